@@ -1,0 +1,31 @@
+"""Fixtures shared by the whole suite."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+#: ``../shared`` next to the repository (read-only reference data; absent on some machines).
+SHARED_DIR = Path(os.environ.get("NEUROSEG_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+REPO_DIR = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The shared reference folder; tests that need it skip cleanly where it is absent."""
+    if not (SHARED_DIR / "fisbe").is_dir():
+        pytest.skip(f"shared reference data not found at {SHARED_DIR}")
+    return SHARED_DIR
+
+
+@pytest.fixture(scope="session")
+def fisbe_real_dir(shared_dir: Path) -> Path:
+    """``shared/fisbe/real`` (ground truth, Duan et al. predictions, reference TOMLs)."""
+    return shared_dir / "fisbe" / "real"
+
+
+@pytest.fixture(scope="session")
+def repo_dir() -> Path:
+    return REPO_DIR
