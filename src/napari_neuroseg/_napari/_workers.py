@@ -1,0 +1,154 @@
+"""Run a progress generator in a napari worker thread.
+
+Every long job in napari-neuroseg is a generator that yields
+:class:`~napari_neuroseg.runtime.progress.Progress` and returns its result (see
+``runtime/progress.py``). :func:`start_worker` runs one with napari's ``create_worker`` so that:
+
+- the activity dock shows a progress bar driven by each yielded ``Progress`` (step/total/message);
+- ``worker.quit()`` cancels it: the generator is not resumed past its current ``yield`` and is
+  closed (its ``finally`` blocks run, e.g. temp files are removed);
+- an exception becomes an error notification (a ``NeurosegError`` shows its own message) instead
+  of a traceback, and the progress bar is closed on every outcome, so no spinner stays stuck.
+
+Layers and Qt objects are only touched in the callbacks, which run in the main thread.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Generator
+from typing import Any
+
+from napari.qt.threading import GeneratorWorker, create_worker
+
+from napari_neuroseg._napari._notify import notify_error
+from napari_neuroseg.runtime.progress import Progress
+
+__all__ = ["JobRuntimeError", "as_progress", "start_worker"]
+
+
+class JobRuntimeError(Exception):
+    """Carries a ``RuntimeError`` raised by a job out of the worker thread.
+
+    superqt treats a ``RuntimeError`` from a generator worker as "the worker was deleted": it
+    emits neither ``errored`` nor ``finished`` (a stuck spinner, and e.g. torch's out-of-memory
+    error is a ``RuntimeError``). :func:`start_worker` re-raises such errors wrapped in this class;
+    ``on_error`` still receives the original exception (``.original``).
+    """
+
+    def __init__(self, original: RuntimeError):
+        super().__init__(str(original))
+        self.original = original
+
+
+def as_progress(item: Any) -> Progress | None:
+    """Interpret one yielded item as :class:`Progress` (also accepts a dict with step/total)."""
+    if isinstance(item, Progress):
+        return item
+    if isinstance(item, dict) and "step" in item:
+        return Progress(
+            int(item["step"]), int(item.get("total", 0)), str(item.get("message", ""))
+        )
+    return None
+
+
+def start_worker(
+    gen_func: Callable[..., Generator[Any, Any, Any]],
+    *args: Any,
+    on_yield: Callable[[Any], None] | None = None,
+    on_return: Callable[[Any], None] | None = None,
+    total: int | None = None,
+    desc: str | None = None,
+    on_error: Callable[[BaseException], None] | None = None,
+    on_finished: Callable[[], None] | None = None,
+    _start: bool = True,
+    **kwargs: Any,
+) -> GeneratorWorker:
+    """Start ``gen_func(*args, **kwargs)`` (a progress generator) in a worker thread.
+
+    Parameters
+    ----------
+    gen_func
+        A generator function yielding ``Progress`` (or dicts with ``step``/``total``/``message``,
+        or anything else, which is passed to ``on_yield`` only) and returning its result.
+    on_yield, on_return
+        Main-thread callbacks for every yielded item and for the return value (not called when
+        the job was cancelled or failed).
+    total
+        Number of steps if known in advance (otherwise taken from the first ``Progress``).
+    desc
+        Label of the progress bar (defaults to the function name).
+    on_error
+        Extra main-thread callback for an exception (after the error notification is shown).
+    on_finished
+        Main-thread callback run once on every outcome (success, error or cancel).
+    _start
+        Start the thread at once (default). Pass ``False`` to connect more signals first and
+        call ``worker.start()`` yourself: a queued signal emitted before a slot is connected
+        never reaches it (so ``qtbot.waitSignal(worker.finished)`` after a started fast job
+        can miss it; use ``on_finished`` or ``_start=False`` instead).
+
+    Returns
+    -------
+    The started ``GeneratorWorker``; ``worker.quit()`` cancels at the next ``yield``.
+    """
+    label = desc or getattr(gen_func, "__name__", "napari-neuroseg job").replace("_", " ")
+    gen = gen_func(*args, **kwargs)
+    if not isinstance(gen, Generator):
+        raise TypeError(f"start_worker needs a generator function, got {gen_func!r}")
+
+    @functools.wraps(gen_func)
+    def _drive() -> Generator[Any, Any, Any]:
+        try:
+            return (yield from gen)
+        except RuntimeError as exc:
+            raise JobRuntimeError(exc) from exc
+
+    worker = create_worker(
+        _drive,
+        _progress={"total": int(total or 0), "desc": label},
+        _ignore_errors=True,  # errors are reported below, not re-raised in the main thread
+    )
+    pbar = getattr(worker, "pbar", None)
+    if pbar is not None:
+        # We set the bar from each Progress ourselves instead of counting yields.
+        try:
+            worker.yielded.disconnect(pbar.increment_with_overflow)
+        except (TypeError, RuntimeError):  # not connected (total == 0)
+            pass
+
+    def _yielded(item: Any) -> None:
+        prog = as_progress(item)
+        if prog is not None and pbar is not None:
+            if prog.total > 0 and pbar.total != prog.total:
+                pbar.total = prog.total
+            pbar.n = max(0, min(prog.step, prog.total) if prog.total > 0 else prog.step)
+            pbar.events.value(value=pbar.n)
+            if prog.message:
+                pbar.set_description(f"{label}: {prog.message}")
+        if on_yield is not None:
+            on_yield(item)
+
+    def _errored(exc: BaseException) -> None:
+        if isinstance(exc, JobRuntimeError):
+            exc = exc.original
+        notify_error(exc)
+        if on_error is not None:
+            on_error(exc)
+
+    def _finished() -> None:
+        # After quit() the generator is suspended at a yield: close it so its cleanup runs.
+        gen.close()
+        if pbar is not None:
+            pbar.close()  # also connected by napari; closing twice is harmless
+        if on_finished is not None:
+            on_finished()
+
+    worker.yielded.connect(_yielded)
+    worker.errored.connect(_errored)
+    worker.finished.connect(_finished)
+    if on_return is not None:
+        worker.returned.connect(on_return)
+    if _start:
+        worker.start()
+    return worker

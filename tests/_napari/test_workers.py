@@ -1,0 +1,122 @@
+"""start_worker: progress generators in a napari worker thread (yield, return, error, cancel)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from napari_neuroseg._napari import _notify, _workers
+from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.runtime.progress import Progress
+
+pytestmark = pytest.mark.gui
+
+
+def counting(n: int, log: list, gate: threading.Event | None = None):
+    """Yield n Progress steps, return the sum; record what ran (and cleanup) in ``log``."""
+    total = 0
+    try:
+        for i in range(n):
+            total += i
+            log.append(i)
+            yield Progress(i + 1, n, f"step {i + 1}")
+            if gate is not None:
+                gate.wait(5)
+        return total
+    finally:
+        log.append("closed")
+
+
+def failing(log: list):
+    yield Progress(1, 2, "half")
+    log.append("before error")
+    raise NeurosegError("volume is 2D", path="x.tif", fix="give a ZYX volume")
+
+
+@pytest.fixture
+def errors_shown(monkeypatch):
+    shown: list[str] = []
+    monkeypatch.setattr(_notify, "show_error", shown.append)
+    return shown
+
+
+def test_yields_progress_and_returns(qtbot, errors_shown):
+    log: list = []
+    yielded: list = []
+    returned: list = []
+    worker = _workers.start_worker(
+        counting, 5, log, on_yield=yielded.append, on_return=returned.append, desc="count",
+        _start=False,
+    )
+    with qtbot.waitSignal(worker.finished, timeout=5000):
+        worker.start()
+    assert returned == [0 + 1 + 2 + 3 + 4]
+    assert [p.step for p in yielded] == [1, 2, 3, 4, 5]
+    assert all(p.total == 5 for p in yielded)
+    assert log == [0, 1, 2, 3, 4, "closed"]
+    # the progress bar followed the Progress steps and was closed (no stuck spinner)
+    assert worker.pbar.total == 5 and worker.pbar.n == 5
+    assert worker.pbar.disable
+    assert errors_shown == []
+
+
+def test_error_becomes_notification(qtbot, errors_shown):
+    log: list = []
+    got: list = []
+    finished: list = []
+    worker = _workers.start_worker(
+        failing, log, on_error=got.append, on_finished=lambda: finished.append(True)
+    )
+    qtbot.waitUntil(lambda: finished == [True], timeout=5000)
+    assert log == ["before error"]
+    assert len(got) == 1 and isinstance(got[0], NeurosegError)
+    assert errors_shown == ["x.tif: volume is 2D. Fix: give a ZYX volume."]
+    assert finished == [True]
+    assert worker.pbar.disable  # bar closed after the error
+
+
+def test_unexpected_error_message_names_type(qtbot, errors_shown):
+    def boom():
+        yield Progress(0, 1)
+        raise RuntimeError("kaput")
+
+    worker = _workers.start_worker(boom, _start=False)
+    with qtbot.waitSignal(worker.finished, timeout=5000):
+        worker.start()
+    assert errors_shown == ["RuntimeError: kaput"]
+
+
+def test_quit_stops_at_next_yield_and_runs_cleanup(qtbot, errors_shown):
+    log: list = []
+    returned: list = []
+    gate = threading.Event()
+    first = threading.Event()
+
+    def on_yield(p):
+        first.set()
+
+    worker = _workers.start_worker(
+        counting, 100, log, gate, on_yield=on_yield, on_return=returned.append
+    )
+    # wait until the first step ran, then cancel while the generator is blocked in step 1
+    qtbot.waitUntil(first.is_set, timeout=5000)
+    with qtbot.waitSignal(worker.finished, timeout=5000):
+        worker.quit()
+        gate.set()
+    steps = [x for x in log if x != "closed"]
+    assert len(steps) <= 2  # at most the step that was already running when quit() came
+    assert log[-1] == "closed"  # the generator was closed: its finally block ran
+    assert returned == []
+    assert errors_shown == []
+
+
+def test_dict_progress_is_understood():
+    p = _workers.as_progress({"step": 3, "total": 7, "message": "tile"})
+    assert p == Progress(3, 7, "tile")
+    assert _workers.as_progress("not progress") is None
+
+
+def test_rejects_plain_function():
+    with pytest.raises(TypeError, match="generator"):
+        _workers.start_worker(lambda: 3)
