@@ -1,0 +1,224 @@
+"""A persistent, cancellable worker process for GIL-holding C++ (StarDist NMS, rendering).
+
+The compiled NMS and polyhedron rendering of the ``stardist`` package hold Python's global
+interpreter lock for their whole run; called from a napari thread worker they freeze the viewer
+for seconds. :class:`ProcessWorker` runs such calls in one long-lived *spawned* process (started
+on first use, reused afterwards). Its :meth:`~ProcessWorker.call_iter` is a generator that yields
+the elapsed time while it waits, so a progress generator stays responsive and cancellable:
+closing it while a call is in flight terminates the worker process (a fresh one starts on the next
+call).
+
+Functions sent to the worker must be importable module-level functions and their arguments and
+results picklable. ``NEUROSEG_INPROCESS=1`` (or ``ProcessWorker(in_process=True)``) runs calls in
+the calling process instead (for debugging and environments where spawning is not possible).
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing as mp
+import os
+import threading
+import time
+import traceback
+from collections.abc import Callable, Generator
+from typing import Any, TypeVar
+
+from napari_neuroseg.errors import NeurosegError
+
+T = TypeVar("T")
+
+#: Environment variable that makes :func:`get_worker` run calls in-process.
+INPROCESS_ENV = "NEUROSEG_INPROCESS"
+
+__all__ = ["ProcessWorker", "WorkerDied", "get_worker", "run_in_worker", "shutdown_worker"]
+
+
+class WorkerDied(NeurosegError):
+    """The worker process exited (killed, crashed, out of memory) before answering."""
+
+
+def _serve(conn) -> None:  # pragma: no cover - runs in the child process
+    """Child main loop: receive ``(fn, args, kwargs)``, send ``("ok", result)`` or ``("err", ...)``."""
+    # keep the child's CPU use polite and predictable for numeric libraries
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        fn, args, kwargs = msg
+        try:
+            result = fn(*args, **kwargs)
+            reply = ("ok", result)
+        except BaseException as err:  # noqa: BLE001 - everything goes back to the parent
+            reply = ("err", err, traceback.format_exc())
+        try:
+            conn.send(reply)
+        except Exception as err:  # unpicklable result or exception
+            conn.send(("err", RuntimeError(f"worker could not send its reply: {err!r}"), traceback.format_exc()))
+
+
+class ProcessWorker:
+    """One persistent spawned process that runs one call at a time.
+
+    Thread-safe: concurrent callers queue on a lock. ``in_process=True`` runs calls directly.
+    """
+
+    def __init__(self, *, in_process: bool = False, name: str = "neuroseg-worker"):
+        self.in_process = in_process
+        self.name = name
+        self._ctx = mp.get_context("spawn")
+        self._proc: mp.process.BaseProcess | None = None
+        self._conn = None
+        self._lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def alive(self) -> bool:
+        """Whether the worker process is running."""
+        return self._proc is not None and self._proc.is_alive()
+
+    @property
+    def pid(self) -> int | None:
+        """The worker process id (``None`` when not started)."""
+        return self._proc.pid if self.alive else None
+
+    def start(self) -> None:
+        """Start the process now (otherwise it starts on the first call)."""
+        if self.in_process or self.alive:
+            return
+        parent, child = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(target=_serve, args=(child,), name=self.name, daemon=True)
+        proc.start()
+        child.close()
+        self._proc, self._conn = proc, parent
+
+    def terminate(self) -> None:
+        """Kill the worker process at once (an in-flight call is lost)."""
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if proc is not None:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(2.0)
+                if proc.is_alive():  # pragma: no cover - terminate ignored
+                    proc.kill()
+                    proc.join(2.0)
+        if conn is not None:
+            conn.close()
+
+    def shutdown(self, timeout: float = 2.0) -> None:
+        """Ask the worker to exit; kill it if it does not within ``timeout`` seconds."""
+        proc, conn = self._proc, self._conn
+        if proc is None:
+            return
+        try:
+            if proc.is_alive() and conn is not None:
+                conn.send(None)
+                proc.join(timeout)
+        except (OSError, BrokenPipeError):
+            pass
+        self.terminate()
+
+    # -- calls -----------------------------------------------------------------------------
+    def call_iter(
+        self, fn: Callable[..., T], *args: Any, poll: float = 0.05, **kwargs: Any
+    ) -> Generator[float, None, T]:
+        """Run ``fn(*args, **kwargs)`` in the worker; yield the elapsed seconds every ``poll``
+        seconds while waiting and return its result (its exception is re-raised here).
+
+        Closing the generator while the call is in flight terminates the worker process.
+        """
+        t0 = time.perf_counter()
+        if self.in_process:
+            yield 0.0
+            return fn(*args, **kwargs)
+        with self._lock:
+            self.start()
+            conn = self._conn
+            try:
+                conn.send((fn, args, kwargs))
+            except (OSError, BrokenPipeError, EOFError):
+                # the process died since the last call: restart once
+                self.terminate()
+                self.start()
+                conn = self._conn
+                conn.send((fn, args, kwargs))
+            done = False
+            try:
+                while not conn.poll(poll):
+                    if not self._proc.is_alive():
+                        raise WorkerDied(
+                            f"the worker process exited with code {self._proc.exitcode} while running "
+                            f"{getattr(fn, '__name__', fn)}",
+                            fix="it may have run out of memory: use a smaller image or more tiles",
+                        )
+                    yield time.perf_counter() - t0
+                try:
+                    reply = conn.recv()
+                except (EOFError, OSError) as err:
+                    raise WorkerDied(
+                        f"the worker process died while running {getattr(fn, '__name__', fn)}",
+                        fix="it may have run out of memory: use a smaller image or more tiles",
+                    ) from err
+                done = True
+            finally:
+                if not done:  # cancelled (generator closed) or failed mid-call
+                    self.terminate()
+        if reply[0] == "ok":
+            return reply[1]
+        err = reply[1]
+        if isinstance(err, BaseException):
+            if not isinstance(err, NeurosegError):
+                err.add_note(f"(in the neuroseg worker process)\n{reply[2]}")
+            raise err
+        raise RuntimeError(str(err))  # pragma: no cover
+
+    def call(
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        should_stop: Callable[[], bool] | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """Blocking :meth:`call_iter`; ``should_stop()`` true → worker terminated, ``Cancelled``."""
+        from napari_neuroseg.runtime.progress import Cancelled
+
+        gen = self.call_iter(fn, *args, **kwargs)
+        try:
+            while True:
+                next(gen)
+                if should_stop is not None and should_stop():
+                    gen.close()
+                    raise Cancelled(f"cancelled while running {getattr(fn, '__name__', fn)}")
+        except StopIteration as stop:
+            return stop.value
+
+
+_DEFAULT: ProcessWorker | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
+def get_worker() -> ProcessWorker:
+    """The shared worker (created on first use; in-process if ``$NEUROSEG_INPROCESS`` is set)."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            _DEFAULT = ProcessWorker(in_process=os.environ.get(INPROCESS_ENV, "") not in ("", "0"))
+        return _DEFAULT
+
+
+def shutdown_worker() -> None:
+    """Stop the shared worker process (it restarts on the next call)."""
+    if _DEFAULT is not None:
+        _DEFAULT.shutdown()
+
+
+def run_in_worker(fn: Callable[..., T], *args: Any, **kwargs: Any) -> Generator[float, None, T]:
+    """``get_worker().call_iter(fn, *args, **kwargs)``."""
+    return get_worker().call_iter(fn, *args, **kwargs)
+
+
+atexit.register(shutdown_worker)
