@@ -1,0 +1,204 @@
+"""Conversion between TIFF, Zarr, OME-Zarr, the FISBe layout and HDF5 (used by ``neuroseg convert``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.io.fisbe import instances_to_labels, is_fisbe, labels_to_instances, read_fisbe, write_fisbe
+from napari_neuroseg.io.hdf5 import HDF5_SUFFIXES, write_hdf5
+from napari_neuroseg.io.readers import read_image, read_labels
+from napari_neuroseg.io.tiff import TIFF_SUFFIXES, write_tiff
+from napari_neuroseg.io.zarr_io import write_ome_zarr, write_zarr
+
+__all__ = ["OUTPUT_FORMATS", "ConvertResult", "output_format", "convert"]
+
+OUTPUT_FORMATS = ("tiff", "zarr", "ome-zarr", "fisbe", "hdf5")
+
+
+@dataclass
+class ConvertResult:
+    """What :func:`convert` wrote: the path, the format, shape/dtype and any warnings."""
+
+    path: Path
+    format: str
+    shape: tuple[int, ...]
+    dtype: str
+    warnings: list[str] = field(default_factory=list)
+
+
+def output_format(dst: str | Path, fmt: str | None = None, *, src_is_fisbe: bool = False) -> str:
+    """Output format from ``fmt`` or the extension of ``dst``.
+
+    ``.tif/.tiff`` → tiff, ``.ome.zarr`` → ome-zarr, ``.zarr`` → fisbe when the input is a
+    FISBe sample, else ome-zarr; ``.h5/.hdf/.hdf5`` → hdf5.
+    """
+    if fmt:
+        fmt = fmt.lower()
+        if fmt not in OUTPUT_FORMATS:
+            raise NeurosegError(f"unknown output format {fmt!r}", path=dst, fix=f"use one of {', '.join(OUTPUT_FORMATS)}")
+        return fmt
+    name = Path(dst).name.lower()
+    if name.endswith(TIFF_SUFFIXES):
+        return "tiff"
+    if name.endswith(".ome.zarr"):
+        return "ome-zarr"
+    if name.endswith(".zarr"):
+        return "fisbe" if src_is_fisbe else "ome-zarr"
+    if name.endswith(HDF5_SUFFIXES):
+        return "hdf5"
+    raise NeurosegError(
+        f"cannot tell the output format from the name {Path(dst).name!r}",
+        path=dst,
+        fix="end the output name with .tif, .zarr, .ome.zarr or .h5, or pass --format",
+    )
+
+
+def _scale_of(src: Path, key: str | None, override: tuple[float, ...] | None) -> tuple[float, ...] | None:
+    if override is not None:
+        return tuple(float(s) for s in override)
+    try:
+        return read_image(src, key, lazy=True).scale
+    except NeurosegError:
+        return None
+
+
+def _overlap_warning(count: np.ndarray) -> list[str]:
+    n = int((count > 1).sum())
+    if not n:
+        return []
+    return [
+        f"{n} voxels where neurons overlap keep only the lower id in this format; "
+        "write the FISBe layout (.zarr) or a TIFF with --labels to keep every instance"
+    ]
+
+
+def convert(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    key: str | None = None,
+    axes: str | None = None,
+    fmt: str | None = None,
+    labels: bool = False,
+    scale: tuple[float, ...] | None = None,
+    n_levels: int = 1,
+    overwrite: bool = False,
+) -> ConvertResult:
+    """Convert ``src`` to ``dst`` (atomically). ``labels`` reads ``src`` as labels (a FISBe
+    sample: its instance stack). FISBe → TIFF with ``labels`` writes the full (N,Z,Y,X) stack
+    as channels, so overlaps survive; formats with one id per voxel (OME-Zarr labels) keep the
+    lower id and a warning says how many voxels overlap."""
+    src, dst = Path(src), Path(dst)
+    if not src.exists():
+        raise NeurosegError("input not found", path=src, fix="check the input path")
+    if src.resolve() == dst.resolve():
+        raise NeurosegError("input and output are the same path", path=dst, fix="choose another output path")
+    if dst.exists() and not overwrite:
+        raise NeurosegError("the output already exists", path=dst, fix="choose a new name or pass --overwrite")
+    fisbe_in = is_fisbe(src) and key is None
+    out = output_format(dst, fmt, src_is_fisbe=fisbe_in)
+    warnings: list[str] = []
+
+    if fisbe_in:
+        sample = read_fisbe(src, lazy=True)
+        use_labels = labels or sample.raw is None
+        if out == "fisbe":
+            write_fisbe(dst, raw=sample.raw, gt_instances=sample.gt_instances, dim_neurons=sample.dim_neurons)
+            arr = sample.gt_instances if sample.raw is None else sample.raw
+            return ConvertResult(dst, out, tuple(arr.shape), str(arr.dtype), warnings)
+        if use_labels and sample.gt_instances is None:
+            raise NeurosegError("the FISBe sample has no gt_instances", path=src, fix="leave out --labels")
+        if use_labels:
+            stack = np.asarray(sample.gt_instances)
+            if out == "tiff":
+                write_tiff(dst, stack, axes="CZYX", scale=scale)
+                return ConvertResult(dst, out, stack.shape, str(stack.dtype), warnings)
+            if out == "zarr":
+                write_zarr(dst, stack, axes="CZYX", scale=scale, attrs={"dim_neurons": sample.dim_neurons})
+                return ConvertResult(dst, out, stack.shape, str(stack.dtype), warnings)
+            flat, count = instances_to_labels(stack)
+            warnings += _overlap_warning(count)
+            if out == "hdf5":
+                write_hdf5(dst, flat, key="volumes/labels", scale=scale)
+            else:
+                write_ome_zarr(dst, flat, axes="ZYX", scale=scale, is_label=True, n_levels=n_levels)
+            return ConvertResult(dst, out, flat.shape, str(flat.dtype), warnings)
+        raw = sample.raw
+        if out == "tiff":
+            raw = np.asarray(raw)
+            write_tiff(dst, raw, axes="CZYX", scale=scale)
+        elif out == "zarr":
+            write_zarr(dst, raw, axes="CZYX", scale=scale)
+        elif out == "hdf5":
+            write_hdf5(dst, np.asarray(raw), key="volumes/raw", scale=scale)
+        else:
+            lab = None
+            if sample.gt_instances is not None:
+                flat, count = instances_to_labels(sample.gt_instances)
+                warnings += _overlap_warning(count)
+                lab = {"neurons": flat}
+            write_ome_zarr(dst, raw, axes="CZYX", scale=scale, labels=lab, n_levels=n_levels)
+        return ConvertResult(dst, out, tuple(raw.shape), str(raw.dtype), warnings)
+
+    if labels:
+        data = read_labels(src, key, lazy=True)
+        sc = _scale_of(src, key, scale)
+        if data.ndim == 4:
+            lab_axes = "CZYX"
+        elif data.ndim in (2, 3):
+            lab_axes = "ZYX"[-data.ndim:]
+        else:
+            raise NeurosegError(f"labels of shape {tuple(data.shape)} are not 2D-4D", path=src, fix="pass --key")
+        if sc is not None and len(sc) != len(lab_axes.replace("C", "")):
+            sc = None
+        if out == "fisbe":
+            arr = np.asarray(data)
+            if arr.ndim == 3:
+                arr = labels_to_instances(arr)
+            elif arr.ndim != 4:
+                raise NeurosegError("FISBe needs 3D labels or a 4D instance stack", path=src, fix="pass --key")
+            write_fisbe(dst, gt_instances=arr)
+            return ConvertResult(dst, out, arr.shape, str(arr.dtype), warnings)
+        if out == "tiff":
+            arr = np.asarray(data)
+            write_tiff(dst, arr, axes=lab_axes, scale=sc)
+        elif out == "zarr":
+            arr = data
+            write_zarr(dst, data, axes=lab_axes, scale=sc)
+        elif out == "hdf5":
+            arr = np.asarray(data)
+            write_hdf5(dst, arr, key="volumes/labels", scale=sc)
+        else:
+            arr = data
+            if data.ndim == 4:
+                arr, count = instances_to_labels(data)
+                warnings += _overlap_warning(count)
+                lab_axes = "ZYX"
+            write_ome_zarr(dst, arr, axes=lab_axes, scale=sc, is_label=True, n_levels=n_levels)
+        return ConvertResult(dst, out, tuple(arr.shape), str(arr.dtype), warnings)
+
+    vol = read_image(src, key, lazy=True, axes=axes)
+    sc = tuple(float(s) for s in scale) if scale is not None else vol.scale
+    data = vol.data
+    if out == "fisbe":
+        if vol.axes == "ZYX":
+            data = data[None]
+        elif vol.axes != "CZYX":
+            raise NeurosegError(
+                f"FISBe raw must be 3D (with channels), the input has axes {vol.axes}", path=src,
+                fix="convert a 3D (Z, Y, X) or (C, Z, Y, X) volume",
+            )
+        write_fisbe(dst, raw=data)
+    elif out == "tiff":
+        write_tiff(dst, np.asarray(data), axes=vol.axes, scale=sc, unit=vol.meta.get("unit", "micrometer"))
+    elif out == "zarr":
+        write_zarr(dst, data, axes=vol.axes, scale=sc)
+    elif out == "hdf5":
+        write_hdf5(dst, np.asarray(data), key="data", scale=sc)
+    else:
+        write_ome_zarr(dst, data, axes=vol.axes, scale=sc, n_levels=n_levels, name=vol.name)
+    return ConvertResult(dst, out, tuple(data.shape), str(data.dtype), warnings)
