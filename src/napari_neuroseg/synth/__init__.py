@@ -4,5 +4,6 @@ See ``docs/synth.md``.
 """
 
 from .neurons import NeuronSettings, NeuronVolume, make_neurons
+from .nuclei import NucleiSettings, make_nuclei
 
-__all__ = ["NeuronSettings", "NeuronVolume", "make_neurons"]
+__all__ = ["NeuronSettings", "NeuronVolume", "NucleiSettings", "make_neurons", "make_nuclei"]

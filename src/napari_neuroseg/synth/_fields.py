@@ -26,11 +26,33 @@ def smooth_field(
     # cubic to a quarter resolution, then linear to full size: smooth and fast
     mid = tuple(max(2, -(-int(s) // 4)) for s in shape)
     up = resize(coarse, mid, order=3, mode="reflect", anti_aliasing=False)
-    up = resize(up, tuple(shape), order=1, mode="edge", anti_aliasing=False)
+    up = _linear_upsample(up, tuple(shape))
     std = float(up.std())
     if std > 0:
         up = (up - up.mean()) / std
     return (mean + amplitude * up).astype(np.float32)
+
+
+def _interp_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """Dense (n_out, n_in) matrix of linear interpolation with aligned pixel centres."""
+    x = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
+    x = np.clip(x, 0, n_in - 1)
+    i0 = np.floor(x).astype(int)
+    i1 = np.minimum(i0 + 1, n_in - 1)
+    w = x - i0
+    m = np.zeros((n_out, n_in))
+    m[np.arange(n_out), i0] += 1 - w
+    m[np.arange(n_out), i1] += w
+    return m
+
+
+def _linear_upsample(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Separable linear resize of a small array to ``shape`` (fast: one matmul per axis)."""
+    out = a.astype(np.float32)
+    for ax, n in enumerate(shape):
+        m = _interp_matrix(out.shape[ax], n).astype(np.float32)
+        out = np.moveaxis(np.tensordot(m, np.moveaxis(out, ax, 0), axes=(1, 0)), 0, ax)
+    return np.ascontiguousarray(out)
 
 
 def illumination_field(
