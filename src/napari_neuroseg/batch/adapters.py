@@ -1,0 +1,180 @@
+"""Thin batch adapters around the project's segmenters and metrics (imported lazily).
+
+* ``nuclei``  → :mod:`napari_neuroseg.models.stardist3d` (``StarDist3D.predict_instances``);
+  stitched by centre ownership (nuclei are smaller than the halo).
+* ``neurons`` → :mod:`napari_neuroseg.models.neurons` (``predict.predict``); stitched across
+  block faces with a global union-find (neurons span many blocks); the size filter runs globally.
+* ``evaluate`` → :func:`napari_neuroseg.metrics.evaluate` on prediction files against ground
+  truth found by name in ``--gt`` (a folder, or one file for a single input).
+
+Nothing heavy (torch, models) is imported until a task actually runs, so listing tasks and the
+CLI ``--help`` stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_neuroseg.batch.tasks import Param, Task
+from napari_neuroseg.errors import NeurosegError
+
+
+def _require(module: str, what: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise NeurosegError(
+            f"the {what} is not available ({err})",
+            fix="update napari-neuroseg; use the 'threshold' task meanwhile",
+        ) from err
+
+
+def _device_needs_gpu(device: str | None) -> bool:
+    return bool(device) and str(device).startswith("cuda")
+
+
+class NucleiTask(Task):
+    """StarDist-3D nuclei; blockwise with centre ownership (as StarDist's big-image mode)."""
+
+    name = "nuclei"
+    description = "StarDist-3D nuclei (PyTorch)"
+    stitch = "centre"
+    default_halo = (16, 32, 32)
+    params = (
+        Param("model", str, None, "StarDist-3D model folder or name (default: the shipped model)"),
+        Param("prob_thresh", float, None, "object probability threshold (default: the model's)"),
+        Param("nms_thresh", float, None, "NMS overlap threshold (default: the model's)"),
+        Param("n_tiles", str, None, "tiles per axis inside a block/volume, e.g. '1,2,2' (default: auto)"),
+        Param("device", str, "auto", "torch device: auto, cpu, cuda, cuda:1, mps"),
+        Param("channel", int, 0, "channel used when the input has several"),
+    )
+
+    def uses_gpu(self, params: dict) -> bool:
+        return _device_needs_gpu(params.get("device"))
+
+    def model_info(self, params: dict) -> dict:
+        return {"name": "stardist3d", "model": params.get("model") or "default"}
+
+    def _model(self, params: dict) -> Any:
+        mod = _require("napari_neuroseg.models.stardist3d", "StarDist-3D nuclei segmenter")
+        cls = getattr(mod, "StarDist3D", None)
+        if cls is None:
+            raise NeurosegError("napari_neuroseg.models.stardist3d has no StarDist3D yet", fix="use the 'threshold' task meanwhile")
+        cache = self.__dict__.setdefault("_cache", {})
+        key = (params.get("model"), params.get("device"))
+        if key not in cache:
+            name = params.get("model")
+            loader = getattr(cls, "from_pretrained", None) if name and not Path(name).exists() else None
+            if loader is not None:
+                cache[key] = loader(name, device=params.get("device"))
+            elif hasattr(cls, "load"):
+                cache[key] = cls.load(name, device=params.get("device")) if name else cls.load(device=params.get("device"))
+            else:
+                cache[key] = cls(name) if name else cls()
+        return cache[key]
+
+    def __getstate__(self) -> dict:  # never ship a loaded model to Dask workers
+        return {k: v for k, v in self.__dict__.items() if k != "_cache"}
+
+    def segment(self, image: np.ndarray, axes: str, params: dict) -> np.ndarray:
+        img = image if axes == "ZYX" else image[int(params.get("channel", 0))]
+        model = self._model(params)
+        kw: dict[str, Any] = {}
+        for k in ("prob_thresh", "nms_thresh"):
+            if params.get(k) is not None:
+                kw[k] = params[k]
+        if params.get("n_tiles"):
+            kw["n_tiles"] = tuple(int(t) for t in str(params["n_tiles"]).split(","))
+        out = model.predict_instances(img, **kw)
+        labels = out[0] if isinstance(out, tuple) else getattr(out, "labels", out)
+        return np.asarray(labels)
+
+
+class NeuronsTask(Task):
+    """The FISBe neuron segmenter; blockwise with face matching + global union-find."""
+
+    name = "neurons"
+    description = "FISBe neuron instance segmentation"
+    stitch = "faces"
+    default_halo = (32, 32, 32)
+    min_size_param = "min_size"
+    params = (
+        Param("model", str, None, "neuron model file (default: the shipped model)"),
+        Param("device", str, "auto", "torch device: auto, cpu, cuda, cuda:1, mps"),
+        Param("fg_threshold", float, None, "foreground probability threshold (default: the model's)"),
+        Param("aff_threshold", float, None, "affinity threshold (default: the model's)"),
+        Param("min_size", int, 40, "remove neurons smaller than this many voxels (applied globally)"),
+    )
+
+    def uses_gpu(self, params: dict) -> bool:
+        return _device_needs_gpu(params.get("device"))
+
+    def model_info(self, params: dict) -> dict:
+        return {"name": "neurons", "model": params.get("model") or "default"}
+
+    def segment(self, image: np.ndarray, axes: str, params: dict) -> np.ndarray:
+        if axes != "CZYX":
+            raise NeurosegError("the neuron segmenter needs a multicolour (3,Z,Y,X) volume", fix="give the FISBe raw volume")
+        pred_mod = _require("napari_neuroseg.models.neurons.predict", "neuron segmenter")
+        post = {k: params[k] for k in ("fg_threshold", "aff_threshold", "min_size") if params.get(k) is not None}
+        device = None if params.get("device") in (None, "auto") else params["device"]
+        res = pred_mod.predict(image, params.get("model"), device=device, params=post)
+        return np.asarray(res.labels)
+
+
+class EvaluateTask(Task):
+    """FISBe metrics of prediction files against ground truth matched by file name."""
+
+    name = "evaluate"
+    description = "FISBe metrics (avF1, C, S, clDice, FS, FM) of predictions vs ground truth"
+    output = "metrics"
+    params = (
+        Param("gt", str, None, "ground-truth folder (matched by name) or file"),
+        Param("gt_key", str, None, "array key inside ground-truth containers (default: auto)"),
+        Param("pred_key", str, None, "array key inside prediction containers (default: auto)"),
+        Param("partly", bool, False, "ground truth is partly labelled (FISBe 'partly' set)"),
+    )
+    _ROW = ("avF1", "C", "S", "clDice_TP", "tp", "FS", "FM", "n_gt", "n_pred")
+
+    def model_info(self, params: dict) -> dict:
+        return {"name": "fisbe-metrics", "gt": params.get("gt")}
+
+    def find_gt(self, pred_path: str, params: dict) -> Path:
+        from napari_neuroseg.batch.sources import _stem, classify
+
+        gt = params.get("gt")
+        if not gt:
+            raise NeurosegError("the evaluate task needs ground truth", fix="give --gt FOLDER (or FILE)")
+        g = Path(gt)
+        if not g.is_dir() or classify(g) is not None:
+            return g
+        stem = _stem(Path(pred_path))
+        cands = [c for c in sorted(g.iterdir()) if classify(c) is not None and (_stem(c) == stem or stem.startswith(_stem(c)))]
+        if not cands:
+            raise NeurosegError(f"no ground truth named like {stem!r} in {g}", path=pred_path, fix="name GT and prediction files alike")
+        return max(cands, key=lambda c: len(_stem(c)))
+
+    def evaluate_file(self, path: str, key: str | None, params: dict) -> dict:
+        from napari_neuroseg.batch.sources import InputSpec, classify, open_input
+
+        metrics = _require("napari_neuroseg.metrics", "FISBe metrics package")
+        evaluate = getattr(metrics, "evaluate", None)
+        if evaluate is None:
+            raise NeurosegError("napari_neuroseg.metrics has no evaluate() yet", fix="update napari-neuroseg")
+        gt_path = self.find_gt(path, params)
+        gspec = InputSpec(str(gt_path), classify(gt_path) or "unknown", gt_path.name, params.get("gt_key"))
+        with open_input(gspec, role="labels") as g:
+            gt = g.read()
+        pspec = InputSpec(path, classify(path) or "unknown", Path(path).name, params.get("pred_key") or key)
+        with open_input(pspec, role="labels") as p:
+            pred = p.read()
+        res = evaluate(gt, pred, partly=bool(params.get("partly")))
+        return {"gt": str(gt_path), "prediction": path, **res}
+
+    def summary_row(self, result: dict) -> dict:
+        return {k: result.get(k) for k in self._ROW if k in result}
+

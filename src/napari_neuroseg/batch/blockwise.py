@@ -1,0 +1,252 @@
+"""Blockwise segmentation of volumes larger than memory, written to a chunked Zarr/OME-Zarr.
+
+:func:`segment_blockwise` is a progress generator:
+
+1. ``prepare``: the task resolves data-dependent parameters once (e.g. Otsu on a strided sample);
+2. pass 1: every block is read with its halo, segmented, and its local result stored in the
+   run's work folder (``OUTDIR/.neuroseg-work/<output name>/``) with a completion marker;
+3. stitching: ``faces`` — pairs of ids touching across block faces → global union-find (ids in
+   the order of first appearance, global size filter); ``centre`` — id offsets per block;
+4. pass 2: each output chunk is written once (blocks are chunk-aligned), with a marker;
+5. the finished store is renamed onto the target and the work folder removed.
+
+Only one block (plus its halo) is in memory per worker at a time. An interrupted run resumes
+from the markers (same parameters, block shape and input), giving the same output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_neuroseg import __version__
+from napari_neuroseg.batch import jobs
+from napari_neuroseg.batch.blocks import grid_shape, plan_blocks, union_find_mapping
+from napari_neuroseg.batch.engine import Engine
+from napari_neuroseg.batch.outputs import create_label_store, replace_path, write_json_atomic
+from napari_neuroseg.batch.sources import InputSpec, open_input
+from napari_neuroseg.batch.tasks import Task
+from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.runtime.progress import Progress
+
+WORK_DIR = ".neuroseg-work"
+
+
+def work_dir_for(target: Path) -> Path:
+    return target.parent / WORK_DIR / target.name
+
+
+def blockwise_units(n_blocks: int, mode: str) -> int:
+    """Progress steps of a blockwise run (pass 1, matching for ``faces``, pass 2)."""
+    return n_blocks * (3 if mode == "faces" else 2)
+
+
+def _input_fingerprint(spec: InputSpec) -> dict[str, Any]:
+    p = Path(spec.path)
+    if not p.exists():
+        return {"path": spec.path}
+    st = p.stat()
+    if p.is_dir():  # a Zarr store: its metadata files change when it is rewritten
+        metas = [m for m in (".zarray", ".zgroup", "zarr.json", ".zattrs") if (p / m).exists()]
+        st_m = max((os.stat(p / m).st_mtime_ns for m in metas), default=st.st_mtime_ns)
+        return {"path": str(p.resolve()), "mtime": st_m}
+    return {"path": str(p.resolve()), "mtime": st.st_mtime_ns, "size": st.st_size}
+
+
+def segment_blockwise(
+    spec: InputSpec,
+    task: Task,
+    params: dict[str, Any],
+    target: str | Path,
+    fmt: str = "zarr",
+    *,
+    block_shape: tuple[int, int, int],
+    halo: tuple[int, int, int] | None = None,
+    engine: Engine | None = None,
+    resume: bool = True,
+    resources: dict[str, float] | None = None,
+) -> Generator[Progress, None, dict[str, Any]]:
+    """Segment ``spec`` block by block into the chunked store ``target`` (progress generator).
+
+    Returns a dict with ``n_objects``, ``shape``, ``blocks``, ``truncated`` and timings.
+    ``resume=False`` discards a previous unfinished run of the same target.
+    """
+    t0 = time.perf_counter()
+    target = Path(target)
+    mode = task.stitch
+    if mode not in ("faces", "centre"):
+        raise NeurosegError(f"task {task.name} has unknown stitch mode {mode!r}", fix="use 'faces' or 'centre'")
+    if fmt not in ("zarr", "ome-zarr"):
+        raise NeurosegError(
+            f"blockwise output cannot be written as {fmt!r}", path=target,
+            fix="use --format zarr or --format ome-zarr for blockwise runs",
+        )
+    halo = tuple(int(h) for h in (halo if halo is not None else task.default_halo))  # type: ignore[assignment]
+    own_engine = engine is None
+    engine = engine or Engine("sync")
+    with open_input(spec) as inp:
+        shape = inp.spatial_shape
+        axes, scale = inp.axes, inp.scale
+        resolved = task.prepare(inp.data, axes, dict(params))
+    block_shape = tuple(max(1, min(int(b), s)) for b, s in zip(block_shape, shape))  # type: ignore[assignment]
+    blocks = plan_blocks(shape, block_shape, halo)
+    n = len(blocks)
+    total = blockwise_units(n, mode)
+    block_params = dict(resolved)
+    min_size = 0
+    if mode == "faces" and task.min_size_param and task.min_size_param in block_params:
+        min_size = int(block_params[task.min_size_param] or 0)
+        block_params[task.min_size_param] = 0
+    connectivity = int(resolved.get("connectivity", 26))
+
+    work = work_dir_for(target)
+    state = {
+        "version": __version__, "task": task.name, "params": resolved, "mode": mode, "format": fmt,
+        "block_shape": list(block_shape), "halo": list(halo), "input": _input_fingerprint(spec),
+    }
+    state_hash = hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
+    state_file = work / "state.json"
+    fresh = True
+    if resume and state_file.exists():
+        try:
+            fresh = json.loads(state_file.read_text()).get("hash") != state_hash
+        except (OSError, ValueError):
+            fresh = True
+    final = work / ("final.ome.zarr" if fmt == "ome-zarr" else "final.zarr")
+    if fresh:
+        shutil.rmtree(work, ignore_errors=True)
+        for sub in ("p1", "p2", "blocks"):
+            (work / sub).mkdir(parents=True, exist_ok=True)
+        if mode == "faces":
+            create_label_store(work / "pass1.zarr", shape, block_shape, "zarr")
+        create_label_store(final, shape, block_shape, fmt, scale=scale, name=target.name)
+        write_json_atomic(state_file, {"hash": state_hash, "state": state})
+
+    def done(phase: str) -> dict[int, dict]:
+        out = {}
+        for b in blocks:
+            m = work / phase / f"{b.index}.json"
+            if m.exists():
+                try:
+                    out[b.index] = json.loads(m.read_text())
+                except ValueError:  # a torn marker (should not happen: markers are atomic)
+                    pass
+        return out
+
+    step = 0
+    try:
+        # -- pass 1 ---------------------------------------------------------------------------
+        p1 = done("p1")
+        step += len(p1)
+        if p1:
+            yield Progress(step, total, f"resuming: {len(p1)}/{n} blocks already segmented")
+        todo = [b for b in blocks if b.index not in p1]
+        jobs_args = [(spec, task, block_params, b, mode, shape, str(work)) for b in todo]
+        for i, res, err in engine.map(jobs.pass1_block_job, jobs_args, resources=resources, label="block"):
+            b = todo[i]
+            if err is not None:
+                raise NeurosegError(
+                    f"block {b.index} ({_fmt_slices(b.core)}) failed: {type(err).__name__}: {err}",
+                    path=spec.path, fix="fix the cause and rerun with --resume (finished blocks are kept)",
+                ) from err
+            p1[b.index] = res
+            step += 1
+            yield Progress(step, total, f"segmented block {len(p1)}/{n}")
+        counts = np.array([p1[b.index]["n"] for b in blocks], np.int64)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        n_total = int(counts.sum())
+        truncated = int(sum(p1[b.index].get("truncated", 0) for b in blocks))
+
+        # -- stitching ------------------------------------------------------------------------
+        if mode == "faces":
+            offsets = starts.reshape(grid_shape(shape, block_shape))
+            pairs = [np.zeros((0, 2), np.int64)]
+            margs = [(str(work), b, shape, block_shape, offsets, connectivity) for b in blocks]
+            for i, res, err in engine.map(jobs.match_block_job, margs, label="match"):
+                if err is not None:
+                    raise NeurosegError(f"matching block {i} failed: {err}", path=spec.path, fix="rerun with --resume") from err
+                pairs.append(res)
+                step += 1
+                yield Progress(step, total, f"matched faces of block {len(pairs) - 1}/{n}")
+            sizes = np.zeros(n_total + 1, np.int64)
+            for b, s0 in zip(blocks, starts):
+                sz = p1[b.index].get("sizes", [])
+                sizes[s0 + 1 : s0 + 1 + len(sz)] = sz
+            mapping = union_find_mapping(n_total, np.concatenate(pairs), sizes, min_size)
+            n_objects = int(mapping.max()) if mapping.size else 0
+        else:
+            mapping = None
+            n_objects = n_total
+
+        # -- pass 2 ---------------------------------------------------------------------------
+        p2 = done("p2")
+        step += len(p2)
+        todo = [b for b in blocks if b.index not in p2]
+        if mode == "faces":
+            assert mapping is not None
+            args2 = [
+                (str(work), b, np.concatenate([[0], mapping[starts[b.index] + 1 : starts[b.index] + 1 + counts[b.index]]]).astype(np.uint32),
+                 str(final), fmt, shape)
+                for b in todo
+            ]
+            fn = jobs.pass2_faces_job
+        else:
+            reach = [-(-h // bs) for h, bs in zip(halo, block_shape)]
+            gshape = grid_shape(shape, block_shape)
+            by_grid = {b.grid: b for b in blocks}
+            args2 = []
+            for b in todo:
+                nbs = []
+                for dz in range(-reach[0], reach[0] + 1):
+                    for dy in range(-reach[1], reach[1] + 1):
+                        for dx in range(-reach[2], reach[2] + 1):
+                            g = (b.grid[0] + dz, b.grid[1] + dy, b.grid[2] + dx)
+                            if all(0 <= gi < gs for gi, gs in zip(g, gshape)):
+                                nb = by_grid[g]
+                                if counts[nb.index]:
+                                    nbs.append((nb, int(starts[nb.index])))
+                nbs.sort(key=lambda t: t[0].index)
+                args2.append((str(work), b, nbs, str(final), fmt, shape))
+            fn = jobs.pass2_centre_job
+        for i, _res, err in engine.map(fn, args2, label="write"):
+            if err is not None:
+                raise NeurosegError(f"writing block {todo[i].index} failed: {err}", path=target, fix="free disk space and rerun with --resume") from err
+            p2[todo[i].index] = {}
+            step += 1
+            yield Progress(step, total, f"wrote block {len(p2)}/{n}")
+
+        # -- finish ---------------------------------------------------------------------------
+        target.parent.mkdir(parents=True, exist_ok=True)
+        replace_path(final, target)
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            (work.parent).rmdir()
+        except OSError:
+            pass
+        return {
+            "seconds": time.perf_counter() - t0,
+            "shape": list(shape),
+            "n_objects": n_objects,
+            "blocks": n,
+            "block_shape": list(block_shape),
+            "halo": list(halo),
+            "stitch": mode,
+            "truncated": truncated,
+            "resolved_params": {k: v for k, v in resolved.items() if params.get(k) != v},
+        }
+    finally:
+        if own_engine:
+            engine.close()
+
+
+def _fmt_slices(sl: tuple[slice, ...]) -> str:
+    return ", ".join(f"{s.start}:{s.stop}" for s in sl)
+

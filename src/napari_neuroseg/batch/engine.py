@@ -1,0 +1,176 @@
+"""Dask as the batch engine: embedded by default, an existing cluster on request.
+
+``Engine(scheduler)``:
+
+* ``None`` / ``"local"`` — embedded: ``"sync"`` for one worker, ``"threads"`` for several;
+* ``"sync"`` — every job runs in the calling thread (no Dask overhead, easiest to debug);
+* ``"threads"`` — an in-process ``distributed.LocalCluster`` (one worker, N threads);
+* ``"processes"`` — a ``LocalCluster`` of N single-threaded worker processes on 127.0.0.1;
+* ``"tcp://HOST:PORT"`` (or any Dask address) — ``distributed.Client(address)`` on an existing
+  cluster; every job must then reach the inputs and the output folder by the same paths (shared
+  file system);
+* a ``distributed.Client`` instance — used as is (not closed by the engine).
+
+Jobs that need a GPU are submitted with ``resources={"GPU": 1}``, so each GPU worker (started
+with ``dask worker ADDR --resources GPU=1 --nthreads 1``, one per GPU with
+``CUDA_VISIBLE_DEVICES`` set) runs one such job at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+from napari_neuroseg.errors import NeurosegError
+
+
+class Engine:
+    """Runs independent jobs and yields ``(index, result, error)`` as they complete."""
+
+    def __init__(self, scheduler: Any = None, workers: int | None = None):
+        self.workers = max(1, int(workers or min(4, os.cpu_count() or 1)))
+        if scheduler in (None, "local"):
+            scheduler = "sync" if self.workers == 1 else "threads"
+        self.scheduler = scheduler
+        self._client: Any = None
+        self._cluster: Any = None
+        self._own_client = True
+
+    # -- life cycle -------------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        if isinstance(self.scheduler, str):
+            return self.scheduler if self.scheduler in ("sync", "threads", "processes") else "cluster"
+        return "cluster"
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about the engine."""
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.kind == "cluster":
+            out["address"] = self.scheduler if isinstance(self.scheduler, str) else getattr(self.scheduler, "scheduler", None) and self.scheduler.scheduler.address
+        else:
+            out["workers"] = self.workers
+        return out
+
+    def start(self) -> Any:
+        """Connect/start the Dask client (no-op for ``sync``); returns it."""
+        if self.kind == "sync" or self._client is not None:
+            return self._client
+        from distributed import Client, LocalCluster
+
+        if self.kind == "threads":
+            self._cluster = LocalCluster(
+                processes=False, n_workers=1, threads_per_worker=self.workers,
+                dashboard_address=None, silence_logs=logging.ERROR,
+            )
+            self._client = Client(self._cluster)
+        elif self.kind == "processes":
+            self._cluster = LocalCluster(
+                processes=True, n_workers=self.workers, threads_per_worker=1, host="127.0.0.1",
+                dashboard_address=None, worker_dashboard_address=None, silence_logs=logging.ERROR,
+            )
+            self._client = Client(self._cluster)
+        elif isinstance(self.scheduler, str):
+            try:
+                self._client = Client(self.scheduler, timeout="10s")
+            except (OSError, TimeoutError) as err:
+                raise NeurosegError(
+                    f"cannot connect to the Dask scheduler at {self.scheduler} ({err})",
+                    fix="start it with `dask scheduler` (and workers with `dask worker ADDRESS`) or check the address",
+                ) from err
+        else:
+            self._client = self.scheduler
+            self._own_client = False
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None and self._own_client:
+            try:
+                self._client.close()
+            finally:
+                if self._cluster is not None:
+                    self._cluster.close()
+        self._client = self._cluster = None
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- jobs -------------------------------------------------------------------------------
+    def check_resources(self, resources: dict[str, float] | None) -> None:
+        """Fail clearly when no worker of the cluster offers the requested resources."""
+        if not resources or self.kind in ("sync", "threads", "processes"):
+            return
+        info = self.start().scheduler_info()
+        workers = info.get("workers", {})
+        ok = [w for w in workers.values() if all(w.get("resources", {}).get(k, 0) >= v for k, v in resources.items())]
+        if not ok:
+            raise NeurosegError(
+                f"no worker of the Dask cluster offers the resources {resources}",
+                fix="start GPU workers with `dask worker ADDRESS --resources GPU=1 --nthreads 1` "
+                "(one per GPU), or run the task on the CPU (--device cpu)",
+            )
+
+    def map(
+        self,
+        fn: Callable[..., Any],
+        jobs: Sequence[tuple],
+        *,
+        resources: dict[str, float] | None = None,
+        label: str = "job",
+    ) -> Iterator[tuple[int, Any, BaseException | None]]:
+        """Run ``fn(*args)`` for each args tuple; yield ``(index, result, error)`` as each ends.
+
+        Closing the iterator early (cancel) cancels the jobs that have not started.
+        """
+        if not jobs:
+            return
+        if self.kind == "sync":
+            for i, args in enumerate(jobs):
+                try:
+                    res = fn(*args)
+                except Exception as err:  # noqa: BLE001 - reported per job
+                    yield i, None, err
+                else:
+                    yield i, res, None
+            return
+        from distributed import as_completed
+
+        client = self.start()
+        # Embedded engines have no resources; asking for them would block forever.
+        res = resources if self.kind == "cluster" else None
+        self.check_resources(res)
+        token = uuid.uuid4().hex[:8]
+        futures = [
+            client.submit(fn, *args, pure=False, resources=res, key=f"neuroseg-{label}-{i}-{token}")
+            for i, args in enumerate(jobs)
+        ]
+        index = {f.key: i for i, f in enumerate(futures)}
+        try:
+            for fut in as_completed(futures):
+                i = index[fut.key]
+                if fut.status == "error":
+                    yield i, None, _explain(fut.exception())
+                elif fut.status == "cancelled":
+                    yield i, None, NeurosegError("the Dask job was cancelled", fix="rerun with --resume")
+                else:
+                    yield i, fut.result(), None
+                fut.release()
+        finally:
+            client.cancel([f for f in futures if not f.done()])
+
+
+def _explain(err: BaseException) -> BaseException:
+    """Turn Dask's worker-death error into a clear message."""
+    if type(err).__name__ == "KilledWorker":
+        return NeurosegError(
+            f"a Dask worker process died while running this job, several times ({err})",
+            fix="the job probably ran out of memory or crashed: use a smaller --block-shape or "
+            "give the workers more memory, then rerun with --resume",
+        )
+    return err

@@ -1,0 +1,163 @@
+"""Worker-side jobs: plain module-level functions Dask can ship to any worker.
+
+Each job opens what it needs by path (inputs, the run's work folder) so that only small
+arguments travel; results are small dicts or pair lists. Every job writes its output before a
+completion marker (``write_json_atomic``), so an interrupted job is simply redone on resume.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_neuroseg.batch.blocks import Block, centre_owned, face_pairs, face_regions, to_global
+from napari_neuroseg.batch.outputs import create_label_store, write_json_atomic, write_labels
+from napari_neuroseg.batch.sources import InputSpec, open_input
+from napari_neuroseg.batch.tasks import Task
+
+
+def as_labels(labels: Any) -> np.ndarray:
+    """A task result as a uint32 ZYX label array."""
+    labels = np.asarray(labels)
+    if labels.ndim != 3:
+        raise ValueError(f"the task returned a {labels.ndim}D array, expected ZYX labels")
+    if labels.dtype != np.uint32:
+        if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.uint32).max):
+            raise ValueError("label ids must fit in uint32")
+        labels = labels.astype(np.uint32)
+    return labels
+
+
+def count_objects(labels: np.ndarray) -> int:
+    import fastremap
+
+    u = fastremap.unique(labels)
+    return int(np.count_nonzero(u))
+
+
+# -- whole files ---------------------------------------------------------------------------------
+def run_file_job(spec: InputSpec, task: Task, params: dict, target: str, fmt: str) -> dict[str, Any]:
+    """Process one whole input and write ``target`` atomically; returns the manifest fields."""
+    t0 = time.perf_counter()
+    if task.output == "metrics":
+        result = task.evaluate_file(spec.path, spec.key, params)
+        write_json_atomic(target, result)
+        return {"seconds": time.perf_counter() - t0, "metrics": task.summary_row(result)}
+    with open_input(spec) as inp:
+        image = inp.read()
+        axes, scale = inp.axes, inp.scale
+    t_read = time.perf_counter() - t0
+    resolved = task.prepare(image, axes, params)
+    labels = as_labels(task.segment(image, axes, resolved))
+    del image
+    t_seg = time.perf_counter() - t0 - t_read
+    write_labels(target, labels, fmt, scale=scale)
+    return {
+        "seconds": time.perf_counter() - t0,
+        "timings": {"read": t_read, "segment": t_seg, "write": time.perf_counter() - t0 - t_read - t_seg},
+        "shape": list(labels.shape),
+        "n_objects": count_objects(labels),
+        "resolved_params": {k: v for k, v in resolved.items() if params.get(k) != v},
+    }
+
+
+# -- blockwise -----------------------------------------------------------------------------------
+def _marker(work: Path, phase: str, index: int) -> Path:
+    return work / phase / f"{index}.json"
+
+
+def pass1_block_job(
+    spec: InputSpec, task: Task, params: dict, block: Block, mode: str,
+    volume_shape: tuple[int, int, int], work: str,
+) -> dict[str, Any]:
+    """Segment one block with its halo and store the local result (faces: core labels in
+    ``pass1.zarr``; centre: the owned objects in ``blocks/<i>.npy``); returns the marker."""
+    import fastremap
+
+    t0 = time.perf_counter()
+    w = Path(work)
+    with open_input(spec) as inp:
+        region = inp.read(block.outer)
+        axes = inp.axes
+    labels = as_labels(task.segment(region, axes, params))
+    del region
+    if labels.shape != block.outer_shape:
+        raise ValueError(f"the task returned shape {labels.shape} for a block of shape {block.outer_shape}")
+    if mode == "faces":
+        core = np.ascontiguousarray(labels[block.core_in_outer])
+        core, _ = fastremap.renumber(core, in_place=True)
+        core = core.astype(np.uint32, copy=False)
+        sizes = np.bincount(core.ravel())[1:]
+        arr = create_label_store(w / "pass1.zarr", volume_shape, (1, 1, 1), "zarr", mode="r+")
+        arr[block.core] = core
+        info = {"n": int(sizes.size), "sizes": sizes.tolist()}
+    else:
+        ids, truncated = centre_owned(labels, block, volume_shape)
+        n = int(ids.size)
+        if n:
+            kept = fastremap.mask_except(labels, ids.tolist())
+            kept, _ = fastremap.renumber(kept, in_place=True)
+            tmp = w / "blocks" / f".{block.index}.npy.tmp"
+            with open(tmp, "wb") as fh:
+                np.save(fh, kept.astype(np.uint32, copy=False))
+            tmp.replace(w / "blocks" / f"{block.index}.npy")
+        info = {"n": n, "truncated": truncated}
+    info["seconds"] = time.perf_counter() - t0
+    write_json_atomic(_marker(w, "p1", block.index), info)
+    return info
+
+
+def match_block_job(
+    work: str, block: Block, volume_shape: tuple[int, int, int], block_shape: tuple[int, int, int],
+    offsets: np.ndarray, connectivity: int,
+) -> np.ndarray:
+    """Global id pairs that touch across this block's three high faces."""
+    arr = create_label_store(Path(work) / "pass1.zarr", volume_shape, (1, 1, 1), "zarr", mode="r+")
+    out = [np.zeros((0, 2), np.int64)]
+    for axis, region in face_regions(block, volume_shape):
+        slab = np.asarray(arr[region])
+        if not slab.any():
+            continue
+        g = to_global(slab, region, block_shape, offsets)
+        out.append(face_pairs(g, axis, connectivity, block, region))
+    return np.concatenate(out)
+
+
+def pass2_faces_job(work: str, block: Block, lut: np.ndarray, final: str, fmt: str, volume_shape: tuple[int, int, int]) -> dict:
+    """Write this block's final ids: ``lut[local id]`` (``lut[0] == 0``)."""
+    w = Path(work)
+    src = create_label_store(w / "pass1.zarr", volume_shape, (1, 1, 1), "zarr", mode="r+")
+    dst = create_label_store(final, volume_shape, (1, 1, 1), fmt, mode="r+")
+    local = np.asarray(src[block.core])
+    dst[block.core] = lut[local]
+    write_json_atomic(_marker(w, "p2", block.index), {"ok": True})
+    return {"ok": True}
+
+
+def pass2_centre_job(
+    work: str, block: Block, neighbours: list[tuple[Block, int]], final: str, fmt: str,
+    volume_shape: tuple[int, int, int],
+) -> dict:
+    """Paste the owned objects of this block and of its neighbours that reach into its core.
+
+    Neighbours are visited in block order and an object never overwrites an earlier one, so the
+    result is deterministic; their ids are offset to be globally unique.
+    """
+    w = Path(work)
+    out = np.zeros(block.core_shape, np.uint32)
+    for nb, offset in neighbours:
+        inter = [slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(nb.outer, block.core)]
+        if any(s.stop <= s.start for s in inter):
+            continue
+        src = np.load(w / "blocks" / f"{nb.index}.npy", mmap_mode="r")
+        part = np.asarray(src[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(inter, nb.outer))])
+        view = out[tuple(slice(s.start - c.start, s.stop - c.start) for s, c in zip(inter, block.core))]
+        m = (part > 0) & (view == 0)
+        view[m] = part[m] + np.uint32(offset)
+    dst = create_label_store(final, volume_shape, (1, 1, 1), fmt, mode="r+")
+    dst[block.core] = out
+    write_json_atomic(_marker(w, "p2", block.index), {"ok": True})
+    return {"ok": True}

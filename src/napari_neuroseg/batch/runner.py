@@ -1,0 +1,276 @@
+"""Batch runs over many files: :func:`run_batch` (a progress generator).
+
+Per input: skip it when ``resume`` and the manifest says it is complete; otherwise open it (a bad
+file is reported and skipped), then process it whole (small volumes, run in parallel on the
+engine) or block by block (``block_shape`` given, or larger than ``memory_limit``). Every file's
+outcome is recorded in the manifest as it ends; a summary table (CSV + JSON) is written at the end
+— also after a cancel or an error, listing what was not done.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import time
+from collections.abc import Generator, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_neuroseg.batch import jobs
+from napari_neuroseg.batch.blockwise import blockwise_units, segment_blockwise
+from napari_neuroseg.batch.blocks import plan_blocks
+from napari_neuroseg.batch.engine import Engine
+from napari_neuroseg.batch.manifest import Manifest, params_hash
+from napari_neuroseg.batch.outputs import FORMATS, atomic_target, clean_temporaries, output_path
+from napari_neuroseg.batch.sources import InputSpec, discover_inputs, open_input
+from napari_neuroseg.batch.tasks import Task, get_task
+from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.runtime.progress import Progress
+
+#: inputs larger than this many bytes are processed blockwise when no block shape is given
+DEFAULT_MEMORY_LIMIT = 2 * 1024**3
+DEFAULT_BLOCK_SHAPE = (128, 256, 256)
+SUMMARY_FIELDS = ("input", "output", "status", "mode", "seconds", "n_objects", "shape", "blocks", "error")
+
+
+@dataclass(frozen=True)
+class BatchProgress(Progress):
+    """A :class:`Progress` with the batch context: current file and overall ETA.
+
+    ``record`` is set on the step that ends a file (its summary row: done, failed or skipped).
+    """
+
+    file: str = ""
+    file_index: int = 0
+    n_files: int = 0
+    file_fraction: float = 0.0
+    eta_s: float | None = None
+    record: dict | None = None
+
+
+@dataclass
+class BatchResult:
+    """What :func:`run_batch` returns."""
+
+    records: list[dict[str, Any]]
+    outdir: Path
+    manifest: Path
+    summary_csv: Path
+    summary_json: Path
+    cancelled: bool = False
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.cancelled and self.counts.get("failed", 0) == 0
+
+
+def _eta_text(eta: float | None) -> str:
+    if eta is None:
+        return ""
+    eta = int(round(eta))
+    return f" — ETA {eta // 3600:d}:{eta % 3600 // 60:02d}:{eta % 60:02d}"
+
+
+def run_batch(
+    task: str | Task,
+    inputs: Iterable[str | Path | tuple[str, np.ndarray]],
+    outdir: str | Path,
+    *,
+    params: Mapping[str, Any] | None = None,
+    fmt: str = "tif",
+    block_shape: tuple[int, int, int] | None = None,
+    halo: tuple[int, int, int] | None = None,
+    scheduler: Any = None,
+    workers: int | None = None,
+    resume: bool = False,
+    key: str | None = None,
+    memory_limit: int = DEFAULT_MEMORY_LIMIT,
+    engine: Engine | None = None,
+) -> Generator[BatchProgress, None, BatchResult]:
+    """Run ``task`` over ``inputs`` into ``outdir`` (a progress generator returning a BatchResult).
+
+    ``scheduler``: see :class:`~napari_neuroseg.batch.engine.Engine` (``None`` = embedded,
+    ``"tcp://HOST:PORT"`` = an existing Dask cluster). Closing the generator cancels between files
+    and blocks; finished outputs stay, and ``resume=True`` continues where the run stopped.
+    """
+    t_start = time.perf_counter()
+    task = get_task(task)
+    params = task.resolve(params)
+    if task.output == "metrics":
+        fmt = "json"
+    elif fmt not in FORMATS:
+        raise NeurosegError(f"unknown output format {fmt!r}", fix=f"use one of {', '.join(FORMATS)}")
+    if block_shape is not None:
+        block_shape = tuple(int(b) for b in block_shape)  # type: ignore[assignment]
+        if len(block_shape) != 3 or min(block_shape) < 1:
+            raise NeurosegError(f"bad block shape {block_shape}", fix="give three positive sizes Z Y X")
+        if task.output == "labels" and fmt == "tif":
+            raise NeurosegError(
+                "blockwise runs write chunked stores, not TIFF",
+                fix="add --format zarr or --format ome-zarr (or drop --block-shape)",
+            )
+    specs = discover_inputs(inputs, key=key)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    clean_temporaries(outdir)
+    engine_given = engine is not None
+    engine = engine or Engine(scheduler, workers)
+    settings = {
+        "task": task.name, "params": params, "output_format": fmt,
+        "block_shape": list(block_shape) if block_shape else None,
+        "halo": list(halo) if halo else None, "model": task.model_info(params),
+    }
+    phash = params_hash(settings)
+    manifest = Manifest.open(outdir, task.name, resume=resume)
+    manifest.begin(**settings, params_hash=phash, engine=engine.describe())
+    resources = {"GPU": 1} if task.uses_gpu(params) else None
+
+    n_files = len(specs)
+    records: list[dict[str, Any] | None] = [None] * n_files
+    plans: list[tuple[int, InputSpec, Path, str, int]] = []  # (i, spec, target, mode, units)
+    for i, spec in enumerate(specs):
+        target = output_path(outdir, spec.name, task.name, fmt)
+        base = {"input": spec.path, "output": str(target), "params_hash": phash}
+        if resume and spec.format != "array" and manifest.is_complete(spec.name, phash, target):
+            old = manifest.data["entries"][spec.name]
+            records[i] = {**old, "status": "skipped", "error": "complete in a previous run"}
+            continue
+        mode, units = "whole", 1
+        if task.output == "labels":
+            try:
+                with open_input(spec) as inp:
+                    size, shape = inp.nbytes, inp.spatial_shape
+            except NeurosegError as err:
+                records[i] = {**base, "status": "failed", "mode": "-", "error": str(err)}
+                manifest.record(spec.name, {**records[i], "seconds": 0.0})
+                continue
+            if block_shape is not None or size > memory_limit:
+                if fmt == "tif":
+                    records[i] = {**base, "status": "failed", "mode": "blockwise", "error": (
+                        f"{spec.path}: the volume ({size / 1e9:.1f} GB) is larger than the memory limit and "
+                        "must be processed blockwise. Fix: use --format zarr or ome-zarr.")}
+                    manifest.record(spec.name, {**records[i], "seconds": 0.0})
+                    continue
+                bs = block_shape or DEFAULT_BLOCK_SHAPE
+                n_blocks = len(plan_blocks(shape, bs))
+                mode, units = "blockwise", blockwise_units(n_blocks, task.stitch)
+        plans.append((i, spec, target, mode, units))
+
+    total = sum(p[4] for p in plans)
+    state = {"done": 0, "t_work": time.perf_counter()}
+
+    def progress(msg: str, i: int, frac: float, record: dict | None = None) -> BatchProgress:
+        done = state["done"]
+        elapsed = time.perf_counter() - state["t_work"]
+        eta = None if done == 0 else elapsed / done * max(0, total - done)
+        name = specs[i].name if i >= 0 else ""
+        return BatchProgress(
+            done, total, f"[{i + 1}/{n_files}] {name}: {msg}{_eta_text(eta)}" if i >= 0 else msg,
+            file=name, file_index=i, n_files=n_files, file_fraction=frac, eta_s=eta, record=record,
+        )
+
+    # Skipped and unreadable files first (they cost nothing).
+    for i, rec in enumerate(records):
+        if rec is not None:
+            yield progress(f"{rec['status']} ({rec.get('error', '')})", i, 1.0, _row(rec))
+
+    cancelled = True
+    try:
+        # Whole files: all at once on the engine.
+        whole = [p for p in plans if p[3] == "whole"]
+        args = [(spec, task, params, str(target), fmt) for (_i, spec, target, _m, _u) in whole]
+        t_submit = time.perf_counter()
+        mapper = engine.map(jobs.run_file_job, args, resources=resources, label="file")
+        for j, res, err in mapper:
+            i, spec, target = whole[j][0], whole[j][1], whole[j][2]
+            base = {"input": spec.path, "output": str(target), "params_hash": phash, "mode": "whole"}
+            if err is None:
+                rec = {**base, "status": "done", **res}
+            else:
+                rec = {**base, "status": "failed", "error": _err_text(err, spec), "seconds": time.perf_counter() - t_submit}
+            records[i] = rec
+            if spec.format != "array" or rec["status"] == "failed":
+                manifest.record(spec.name, rec)
+            state["done"] += 1
+            yield progress(rec["status"] + (f": {rec['error']}" if err else ""), i, 1.0, _row(rec))
+
+        # Big files: one at a time, blocks in parallel.
+        for i, spec, target, _mode, units in (p for p in plans if p[3] == "blockwise"):
+            base = {"input": spec.path, "output": str(target), "params_hash": phash, "mode": "blockwise"}
+            d0 = state["done"]
+            gen = segment_blockwise(
+                spec, task, params, target, fmt, block_shape=block_shape or DEFAULT_BLOCK_SHAPE,
+                halo=halo, engine=engine, resume=resume, resources=resources,
+            )
+            try:
+                while True:
+                    p = next(gen)
+                    state["done"] = d0 + min(p.step, units)
+                    yield progress(p.message, i, p.fraction)
+            except StopIteration as stop:
+                rec = {**base, "status": "done", **stop.value}
+            except NeurosegError as err:
+                rec = {**base, "status": "failed", "error": str(err)}
+            except Exception as err:  # noqa: BLE001 - one bad file must not stop the batch
+                rec = {**base, "status": "failed", "error": _err_text(err, spec)}
+            finally:
+                gen.close()
+            records[i] = rec
+            manifest.record(spec.name, rec)
+            state["done"] = d0 + units
+            yield progress(rec["status"] + (f": {rec['error']}" if rec["status"] == "failed" else ""), i, 1.0, _row(rec))
+        cancelled = False
+    finally:
+        rows = [
+            _row(r) if r is not None else {"input": s.path, "output": "", "status": "cancelled" if cancelled else "not run"}
+            for r, s in zip(records, specs)
+        ]
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        result = _write_summary(outdir, task.name, rows, counts, cancelled, time.perf_counter() - t_start, manifest)
+        if not engine_given:
+            engine.close()
+    return result
+
+
+def _err_text(err: BaseException, spec: InputSpec) -> str:
+    if isinstance(err, NeurosegError):
+        return str(err)
+    return f"{spec.path}: {type(err).__name__}: {err}"
+
+
+def _row(rec: Mapping[str, Any]) -> dict[str, Any]:
+    row = {k: rec.get(k, "") for k in SUMMARY_FIELDS}
+    if isinstance(row["seconds"], float):
+        row["seconds"] = round(row["seconds"], 3)
+    if isinstance(row["shape"], (list, tuple)):
+        row["shape"] = "x".join(map(str, row["shape"]))
+    for k, v in (rec.get("metrics") or {}).items():
+        row[k] = v
+    return row
+
+
+def _write_summary(
+    outdir: Path, task: str, rows: list[dict], counts: dict[str, int], cancelled: bool, seconds: float, manifest: Manifest,
+) -> BatchResult:
+    csv_path = outdir / f"summary-{task}.csv"
+    json_path = outdir / f"summary-{task}.json"
+    fields = list(SUMMARY_FIELDS) + sorted({k for r in rows for k in r} - set(SUMMARY_FIELDS))
+    buf = _io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    with atomic_target(csv_path) as tmp:
+        tmp.write_text(buf.getvalue())
+    from napari_neuroseg.batch.outputs import write_json_atomic
+
+    summary = {"task": task, "cancelled": cancelled, "seconds": round(seconds, 3), "counts": counts, "files": rows}
+    write_json_atomic(json_path, summary)
+    manifest.finish({"cancelled": cancelled, "seconds": round(seconds, 3), "counts": counts})
+    return BatchResult(rows, outdir, manifest.path, csv_path, json_path, cancelled, counts)

@@ -1,0 +1,338 @@
+"""Batch inputs: find them (folder / glob / list) and open them lazily for block reads.
+
+Supported: TIFF (``.tif``/``.tiff``, memory-mapped or read tile by tile), Zarr arrays and groups,
+OME-Zarr (level 0 of the first multiscale image), the FISBe layout (``volumes/raw`` of a Zarr
+group, or ``volumes/gt_instances`` / a prediction key for metric tasks) and HDF5. Opening never
+reads the whole volume: the returned array is sliced block by block. Problems are reported as
+:class:`~napari_neuroseg.errors.NeurosegError` naming the file and the fix.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_neuroseg.errors import NeurosegError
+
+TIFF_EXT = (".tif", ".tiff")
+ZARR_EXT = (".zarr", ".n5zarr")
+HDF5_EXT = (".h5", ".hdf5", ".hdf")
+_MAGIC_GLOB = set("*?[")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One batch input: a file path (or an in-memory array) and how to open it."""
+
+    path: str
+    format: str  # "tif" | "zarr" | "ome-zarr" | "fisbe" | "hdf5" | "array"
+    name: str
+    key: str | None = None
+    array: Any = field(default=None, compare=False, repr=False)
+
+
+@dataclass
+class OpenedInput:
+    """A lazily sliceable volume: ``data[..., z0:z1, y0:y1, x0:x1]`` reads only that block."""
+
+    data: Any
+    axes: str
+    scale: tuple[float, float, float]
+    spec: InputSpec
+    _closers: list = field(default_factory=list, repr=False)
+
+    @property
+    def spatial_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape[-3:])  # type: ignore[return-value]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.data.shape)) * np.dtype(self.data.dtype).itemsize
+
+    def read(self, spatial: tuple[slice, slice, slice] | None = None) -> np.ndarray:
+        """Read a block (all channels) as a numpy array; ``None`` reads everything."""
+        sl: tuple = spatial if spatial is not None else (slice(None),) * 3
+        if self.axes == "CZYX":
+            sl = (slice(None),) + tuple(sl)
+        return np.asarray(self.data[sl])
+
+    def close(self) -> None:
+        for c in self._closers:
+            try:
+                c()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+        self._closers.clear()
+
+    def __enter__(self) -> OpenedInput:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _stem(path: Path) -> str:
+    name = path.name.rstrip("/")
+    for ext in (".ome.zarr", ".ome.tiff", ".ome.tif") + TIFF_EXT + ZARR_EXT + HDF5_EXT:
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return path.stem
+
+
+def classify(path: str | Path) -> str | None:
+    """The input format of ``path`` from its name and, for Zarr, its contents; None if unknown."""
+    p = Path(path)
+    low = p.name.lower()
+    if low.endswith(TIFF_EXT):
+        return "tif"
+    if low.endswith(HDF5_EXT):
+        return "hdf5"
+    is_zarr_dir = p.is_dir() and any((p / m).exists() for m in (".zarray", ".zgroup", "zarr.json"))
+    if low.endswith(ZARR_EXT) or is_zarr_dir:
+        if (p / "volumes" / "raw").exists() or (p / "volumes" / "gt_instances").exists():
+            return "fisbe"
+        try:
+            import zarr
+
+            node = zarr.open(str(p), mode="r")
+            if isinstance(node, zarr.Group) and "multiscales" in node.attrs:
+                return "ome-zarr"
+        except Exception:  # noqa: BLE001 - decided at open time, where errors are reported
+            pass
+        return "zarr"
+    return None
+
+
+def discover_inputs(
+    inputs: Iterable[str | Path | tuple[str, np.ndarray]], key: str | None = None
+) -> list[InputSpec]:
+    """Expand folders, globs and file names into :class:`InputSpec` s (sorted within a folder).
+
+    A folder that is itself a Zarr store counts as one input; any other folder contributes its
+    direct children with a supported extension. ``(name, array)`` tuples are in-memory inputs.
+    Unknown files named explicitly are kept (they fail, reported, when opened).
+    """
+    specs: list[InputSpec] = []
+    seen: set[str] = set()
+
+    def add(path: Path, explicit: bool) -> None:
+        fmt = classify(path)
+        if fmt is None and not explicit:
+            return
+        real = str(path.resolve())
+        if real in seen:
+            return
+        seen.add(real)
+        specs.append(InputSpec(str(path), fmt or "unknown", _stem(path), key))
+
+    for item in inputs:
+        if isinstance(item, tuple):
+            name, arr = item
+            specs.append(InputSpec(f"<layer {name}>", "array", str(name), None, arr))
+            continue
+        text = os.fspath(item)
+        if _MAGIC_GLOB & set(text):
+            matches = sorted(glob.glob(text))
+            if not matches:
+                raise NeurosegError(f"the pattern {text!r} matches no file", fix="check the glob pattern")
+            for m in matches:
+                add(Path(m), explicit=False)
+            continue
+        p = Path(text)
+        if not p.exists():
+            raise NeurosegError("input not found", path=p, fix="check the path")
+        if p.is_dir() and classify(p) is None:
+            children = sorted(p.iterdir())
+            before = len(specs)
+            for c in children:
+                if not c.name.startswith("."):
+                    add(c, explicit=False)
+            if len(specs) == before:
+                raise NeurosegError(
+                    "the folder holds no TIFF, Zarr, OME-Zarr or HDF5 volume",
+                    path=p,
+                    fix="point to a folder of volumes or list the files",
+                )
+        else:
+            add(p, explicit=True)
+    # Output names must be unique: suffix duplicates with a counter.
+    counts: dict[str, int] = {}
+    out = []
+    for s in specs:
+        n = counts.get(s.name, 0)
+        counts[s.name] = n + 1
+        out.append(s if n == 0 else InputSpec(s.path, s.format, f"{s.name}-{n}", s.key, s.array))
+    return out
+
+
+def _axes_for(ndim: int, spec: InputSpec) -> str:
+    if ndim == 3:
+        return "ZYX"
+    if ndim == 4:
+        return "CZYX"
+    raise NeurosegError(
+        f"expected a 3D (Z,Y,X) or 4D (C,Z,Y,X) volume, found {ndim} dimensions",
+        path=spec.path,
+        fix="give 3D volumes (2D images are not supported by batch)",
+    )
+
+
+def _zarr_keys(group: Any) -> list[str]:
+    keys: list[str] = []
+
+    def walk(g: Any, prefix: str) -> None:
+        for name, node in g.members():
+            full = f"{prefix}{name}"
+            if hasattr(node, "shape"):
+                keys.append(full)
+            else:
+                walk(node, full + "/")
+
+    walk(group, "")
+    return sorted(keys)
+
+
+def open_input(spec: InputSpec, *, role: str = "image") -> OpenedInput:
+    """Open ``spec`` lazily. ``role="labels"`` picks the label array of FISBe groups.
+
+    Raises :class:`NeurosegError` for unreadable/corrupt files, missing keys or bad shapes.
+    """
+    if spec.format == "array":
+        data = np.asarray(spec.array)
+        return OpenedInput(data, _axes_for(data.ndim, spec), (1.0, 1.0, 1.0), spec)
+    path = spec.path
+    try:
+        if spec.format == "tif":
+            return _open_tiff(spec)
+        if spec.format in ("zarr", "ome-zarr", "fisbe"):
+            return _open_zarr(spec, role)
+        if spec.format == "hdf5":
+            return _open_hdf5(spec)
+    except NeurosegError:
+        raise
+    except Exception as err:  # noqa: BLE001 - corrupt files raise all sorts of errors
+        raise NeurosegError(
+            f"cannot read the volume ({type(err).__name__}: {err})",
+            path=path,
+            fix="check that the file is complete and not corrupt, or remove it from the inputs",
+        ) from err
+    raise NeurosegError(
+        "unsupported input format",
+        path=path,
+        fix="give TIFF (.tif), Zarr/OME-Zarr (.zarr), FISBe Zarr or HDF5 (.h5/.hdf) volumes",
+    )
+
+
+def _open_tiff(spec: InputSpec) -> OpenedInput:
+    import tifffile
+
+    scale = (1.0, 1.0, 1.0)
+    with tifffile.TiffFile(spec.path) as tf:
+        ij = tf.imagej_metadata or {}
+        if ij.get("spacing"):
+            scale = (float(ij["spacing"]), 1.0, 1.0)
+        # Force reading every page header: truncated files fail here, not mid-batch.
+        _ = [p.shape for p in tf.pages]
+    try:
+        data: Any = tifffile.memmap(spec.path, mode="r")
+        closers: list = []
+    except ValueError:  # compressed or not contiguous: read tiles through the zarr interface
+        import zarr
+
+        store = tifffile.imread(spec.path, aszarr=True)
+        data = zarr.open(store, mode="r")
+        closers = [store.close]
+    data = _squeeze_to_3d4d(data, spec)
+    return OpenedInput(data, _axes_for(data.ndim, spec), scale, spec, closers)
+
+
+class _Squeezed:
+    """A lazy view of ``base`` without its leading length-1 axes (slicing stays lazy)."""
+
+    def __init__(self, base: Any, n: int):
+        self.base, self.n = base, n
+        self.shape = tuple(base.shape[n:])
+        self.dtype = base.dtype
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, sl: Any) -> np.ndarray:
+        sl = sl if isinstance(sl, tuple) else (sl,)
+        return np.asarray(self.base[(0,) * self.n + sl])
+
+
+def _squeeze_to_3d4d(data: Any, spec: InputSpec) -> Any:
+    """Drop leading length-1 axes (e.g. TCZYX with T=C=1) without reading the data."""
+    n = 0
+    while data.ndim - n > 3 and data.shape[n] == 1:
+        n += 1
+    return data if n == 0 else _Squeezed(data, n)
+
+
+def _open_zarr(spec: InputSpec, role: str) -> OpenedInput:
+    import zarr
+
+    node = zarr.open(spec.path, mode="r")
+    scale = (1.0, 1.0, 1.0)
+    if isinstance(node, zarr.Array):
+        data = node
+    else:
+        key = spec.key
+        if key is None and spec.format == "ome-zarr":
+            ms = node.attrs["multiscales"][0]
+            ds = ms["datasets"][0]
+            key = ds["path"]
+            for t in ds.get("coordinateTransformations", []):
+                if t.get("type") == "scale":
+                    scale = tuple(float(v) for v in t["scale"][-3:])  # type: ignore[assignment]
+        if key is None and spec.format == "fisbe":
+            key = "volumes/raw" if role == "image" else "volumes/gt_instances"
+        if key is None:
+            keys = _zarr_keys(node)
+            if len(keys) != 1:
+                raise NeurosegError(
+                    f"the Zarr group holds {len(keys)} arrays {keys}, which one?",
+                    path=spec.path,
+                    fix="give --key with one of them",
+                )
+            key = keys[0]
+        try:
+            data = node[key]
+        except KeyError:
+            raise NeurosegError(
+                f"no array {key!r} in the Zarr group (arrays: {_zarr_keys(node)})",
+                path=spec.path,
+                fix="give --key with one of them",
+            ) from None
+    data = _squeeze_to_3d4d(data, spec)
+    return OpenedInput(data, _axes_for(data.ndim, spec), scale, spec)
+
+
+def _open_hdf5(spec: InputSpec) -> OpenedInput:
+    import h5py
+
+    f = h5py.File(spec.path, "r")
+    try:
+        key = spec.key
+        if key is None:
+            keys: list[str] = []
+            f.visititems(lambda n, o: keys.append(n) if isinstance(o, h5py.Dataset) else None)
+            if len(keys) != 1:
+                raise NeurosegError(
+                    f"the HDF5 file holds {len(keys)} datasets {sorted(keys)}, which one?",
+                    path=spec.path,
+                    fix="give --key with one of them",
+                )
+            key = keys[0]
+        if key not in f:
+            raise NeurosegError(f"no dataset {key!r} in the HDF5 file", path=spec.path, fix="give the right --key")
+        data = _squeeze_to_3d4d(f[key], spec)
+        return OpenedInput(data, _axes_for(data.ndim, spec), (1.0, 1.0, 1.0), spec, [f.close])
+    except BaseException:
+        f.close()
+        raise
