@@ -1,0 +1,59 @@
+"""Fixtures for the napari-layer tests: small files in every supported format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+PLUGIN = "napari-neuroseg"
+
+
+@pytest.fixture(scope="session")
+def small_volumes() -> dict[str, np.ndarray]:
+    """A small image (uint16 ZYX) and labels (uint32 ZYX, touching objects)."""
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 2000, size=(6, 20, 24)).astype(np.uint16)
+    labels = np.zeros((6, 20, 24), np.uint32)
+    labels[1:4, 2:8, 2:9] = 1
+    labels[1:5, 8:15, 2:9] = 2
+    labels[2:6, 5:18, 12:22] = 7
+    return {"image": image, "labels": labels}
+
+
+@pytest.fixture(scope="session")
+def fisbe_small(tmp_path_factory) -> dict:
+    """A small synthetic FISBe sample on disk (raw + overlapping instances + dim neurons)."""
+    from napari_neuroseg.io import write_fisbe
+    from napari_neuroseg.synth import make_neurons
+
+    vol = make_neurons((20, 48, 48), n_neurons=4, seed=3)
+    stack = vol.gt_instances.copy()
+    # guarantee an overlap between neurons 1 and 2 whatever the generator drew
+    stack[0, 5, 5:9, 5] = 1
+    stack[1, 5, 5:9, 5] = 2
+    path = tmp_path_factory.mktemp("fisbe") / "sample.zarr"
+    write_fisbe(path, raw=vol.raw, gt_instances=stack, dim_neurons=[2])
+    return {"path": path, "raw": vol.raw, "stack": stack, "dim_neurons": [2]}
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+def layer_by_name(viewer, fragment: str):
+    exact = [ly for ly in viewer.layers if ly.name == fragment]
+    matches = exact or [ly for ly in viewer.layers if fragment in ly.name]
+    assert len(matches) == 1, [ly.name for ly in viewer.layers]
+    return matches[0]
+
+
+@pytest.fixture
+def by_name():
+    return layer_by_name
+
+
+def path_str(p: Path) -> str:
+    return str(p)
