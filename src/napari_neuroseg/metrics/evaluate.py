@@ -1,0 +1,367 @@
+"""FISBe metrics (FlyLight preset of the official evaluator), exact and per instance.
+
+``evaluate(gt, pred, partly=False)`` returns the leaderboard numbers (avF1, C, S, clDice_TP, tp,
+FS, FM), the per-threshold table, per-GT coverage, the dim/overlap sub-metrics, the matching and
+the error lists (with the user's original ids), plus ``official``: the same numbers in the layout
+of the official evaluator's TOML file. ``evaluate_iter`` is the same as a progress generator.
+"""
+
+from __future__ import annotations
+
+import warnings as _warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..runtime.progress import Progress, run_to_completion
+from ._localize import cldice, overlap_matrix
+from ._match import false_labels, greedy_assign, m2m_counts, m2m_matches
+from ._skeleton import skeleton_keys
+from ._sparse import SparseLabels, _View, build, match_shapes
+
+#: thresholds in the order the official evaluator visits them (avF1 uses the first nine)
+THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+                                 0.55, 0.65, 0.75, 0.85, 0.95)
+#: FlyLight preset
+MIN_SIZE = 800
+FM_THRESH = 0.1
+FS_THRESH = 0.05
+
+
+def th_key(th: float) -> str:
+    """``0.55 -> "th_0_55"`` (the official TOML table name)."""
+    return "th_" + str(th).replace(".", "_")
+
+
+def _coverage(
+    prec: np.ndarray,
+    rec: np.ndarray,
+    gt_overlapping: bool,
+    pred_overlapping: bool,
+    row_skeletons: dict[int, np.ndarray],
+    pred: SparseLabels,
+) -> list:
+    """Per-GT coverage: clRecall of each GT skeleton against the union of the predictions whose
+    best clPrecision row is that GT (a prediction counts for one GT only)."""
+    best = np.argmax(prec, axis=0)
+    if gt_overlapping and pred_overlapping:
+        assigned = np.unique(best[best > 0])
+        out: list = []
+        for i in range(1, rec.shape[0]):
+            if i in assigned:
+                preds = np.arange(prec.shape[1])[best == i]
+                sk = row_skeletons.get(i, np.zeros(0, np.int64))
+                hit = pred.covered(sk, preds)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    out.append(np.sum(hit, dtype=float) / np.float64(sk.size))
+            else:
+                out.append(0.0)
+        return out
+    return [np.sum(rec[i, best == i]) for i in range(1, rec.shape[0])]
+
+
+def _has_overlap(keys: np.ndarray) -> bool:
+    return bool(keys.size > 1 and np.any(keys[1:] == keys[:-1]))
+
+
+def _subset_metrics(
+    ids: list[int],
+    gt: SparseLabels,
+    pred: SparseLabels,
+    skel_p: dict[int, np.ndarray],
+    skel_g: dict[int, np.ndarray],
+    loc: np.ndarray,
+    rec: np.ndarray,
+    *,
+    need_pred: bool,
+    warn: list[str],
+    what: str,
+) -> tuple[int, int, float, list, Any]:
+    """GT-subset numbers (dim or overlapping neurons): count, TP@0.5, its fraction, coverages."""
+    k = len(ids)
+    tp, rel, covs, avg = 0, 0.0, [], 0
+    if k > 0 and (pred.n > 0 or not need_pred):
+        prec_sub = np.ascontiguousarray(overlap_matrix(skel_p, pred.n, gt, subset=np.asarray(ids)).T)
+        rows = [0] + list(ids)
+        rec_sub, loc_sub = rec[rows], loc[rows]
+        sub_keys = gt.keys[np.isin(gt.ids, np.asarray(ids))]
+        covs = _coverage(
+            prec_sub, rec_sub, _has_overlap(sub_keys), pred.has_overlaps,
+            {j + 1: skel_g[i] for j, i in enumerate(ids)}, pred,
+        )
+        avg = np.mean(covs)
+        fg = loc_sub[1:, 1:]
+        if fg.size == 0:
+            warn.append(f"no predicted instances: TP_05_{what} set to 0 (the official evaluator "
+                        "crashes here)")
+        elif np.max(fg) > 0.5:
+            tp = len(greedy_assign(loc_sub, 0.5)[0])
+        rel = tp / float(k)
+    return k, tp, rel, covs, avg
+
+
+def _py(x: Any) -> Any:
+    """numpy scalars/arrays -> plain Python (for TOML/JSON)."""
+    if isinstance(x, dict):
+        return {k: _py(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_py(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return [_py(v) for v in x.tolist()]
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (np.floating,)):
+        return float(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    return x
+
+
+def evaluate_iter(
+    gt: Any,
+    pred: Any,
+    partly: bool = False,
+    *,
+    dim_ids: Sequence[int] | None = None,
+    min_size: int = MIN_SIZE,
+    fm_thresh: float = FM_THRESH,
+    fs_thresh: float = FS_THRESH,
+):
+    """Progress generator version of :func:`evaluate` (yields ``Progress``, returns the dict)."""
+    warn: list[str] = []
+    gv = _View(gt, "ground truth")
+    pv = _View(pred, "prediction")
+    msg = match_shapes(gv, pv)
+    if msg:
+        warn.append(msg)
+    shape = gv.spatial
+    total = 4
+    yield Progress(0, total, "reading ground truth")
+    gt_l, _ = build(gv.extract(), shape)
+    yield Progress(1, total, "reading prediction")
+    pred_l, removed = build(pv.extract(), shape, min_size=min_size)
+    G, P = gt_l.n, pred_l.n
+    if G == 0:
+        warn.append("the ground truth has no instances: recall-based numbers are 0 and C is "
+                    "set to 0 (the official evaluator crashes here)")
+    if P == 0:
+        warn.append("the prediction is empty" + (f" after removing {len(removed)} ids with "
+                    f"<= {min_size} voxels" if removed else "") +
+                    ": every GT instance is missed (the official evaluator crashes here)")
+
+    # skeletons, one instance at a time inside its bounding box
+    total = 2 + P + G + 2
+    step = 2
+    skel_p: dict[int, np.ndarray] = {}
+    for p in range(1, P + 1):
+        skel_p[p] = skeleton_keys(pred_l.coords(p), shape)
+        step += 1
+        yield Progress(step, total, f"skeletonising prediction {p}/{P}")
+    skel_g: dict[int, np.ndarray] = {}
+    for g in range(1, G + 1):
+        skel_g[g] = skeleton_keys(gt_l.coords(g), shape)
+        step += 1
+        yield Progress(step, total, f"skeletonising ground truth {g}/{G}")
+
+    prec = np.ascontiguousarray(overlap_matrix(skel_p, P, gt_l).T)
+    rec = overlap_matrix(skel_g, G, pred_l)
+    loc = cldice(prec, rec)
+    gt_over, pred_over = gt_l.has_overlaps, pred_l.has_overlaps
+    overlaps = gt_over or pred_over
+
+    rec_wo = None
+    if partly and overlaps:
+        # recall without GT-overlap voxels, used only for the per-threshold false merges
+        ov = gt_l.overlap_keys()
+        skel_wo = {}
+        for g in range(1, G + 1):
+            c = gt_l.coords(g)
+            skel_wo[g] = skeleton_keys(c[~np.isin(c, ov)], shape)
+        rec_wo = overlap_matrix(skel_wo, G, pred_l)
+    step += 1
+    yield Progress(step, total, "matching")
+
+    gen: dict[str, Any] = {"Num GT": G, "Num Pred": P}
+    cm: dict[str, Any] = {}
+    per_th: dict[str, dict[str, Any]] = {}
+    matches: dict[str, list[dict[str, Any]]] = {}
+    aps, fscores = [], []
+    num_matches = min(G, P)
+    tp_05, tp_05_cl, tp05_pairs, fp05 = 0, [], ([], []), []
+    for th in THRESHOLDS:
+        if num_matches > 0 and np.max(loc) > th:
+            tp_g, tp_p = greedy_assign(loc, th)
+        else:
+            tp_g, tp_p = [], []
+        tp = len(tp_g)
+        if partly:
+            fs_ind, fp_bg, fm_count, _, _ = false_labels(tp_p, P, prec, rec, th, rec_wo)
+            fp, fp_ind = len(fs_ind), fs_ind
+        else:
+            fp = P - tp
+            all_p = np.arange(1, P + 1)
+            fp_ind = all_p[~np.isin(all_p, np.asarray(tp_p, np.int64))]
+        fn = G - tp
+        precision = 1.0 * tp / max(1, tp + fp)
+        recall = 1.0 * tp / max(1, tp + fn)
+        ap = precision * recall
+        fscore = (2.0 * precision * recall) / (precision + recall) if precision + recall > 0 else 0.0
+        aps.append(ap)
+        fscores.append(fscore)
+        tbl: dict[str, Any] = {"AP_TP": tp, "AP_FP": fp, "AP_FN": fn, "precision": precision,
+                               "recall": recall, "AP": ap, "fscore": fscore}
+        if partly:
+            tbl["false_split"] = len(fs_ind)
+            tbl["false_merge"] = fm_count
+        cm[th_key(th)] = tbl
+        row = {"tp": tp, "fp": fp, "fn": fn, "precision": precision, "recall": recall,
+               "f1": fscore, "ap": ap}
+        if partly:
+            row["false_split"] = len(fs_ind)
+            row["false_merge"] = fm_count
+        per_th[str(th)] = row
+        matches[str(th)] = [
+            {"gt": int(gt_l.original[g]), "pred": int(pred_l.original[p]),
+             "cldice": float(loc[g, p])}
+            for g, p in zip(tp_g, tp_p)
+        ]
+        if th == 0.5:
+            tp_05 = tp
+            tp_05_cl = list(loc[tp_g, tp_p]) if tp_g else []
+            tp05_pairs = (tp_g, tp_p)
+            fp05 = [int(x) for x in fp_ind]
+    avAP19 = np.mean(aps[:-5])
+    avAP59 = np.mean(aps[4:])
+    avF19 = np.mean(fscores[:-5])
+    avF59 = np.mean(fscores[4:])
+    cm_head = {"avAP": avAP59, "avAP59": avAP59, "avAP19": avAP19,
+               "avFscore": avF19, "avFscore59": avF59, "avFscore19": avF19}
+
+    gen["TP_05"] = tp_05
+    if G > 0:
+        gen["TP_05_rel"] = tp_05 / float(G)
+    else:
+        gen["TP_05_rel"] = 0.0
+    gen["TP_05_cldice"] = tp_05_cl
+    if tp_05_cl:
+        gen["avg_TP_05_cldice"] = np.mean(tp_05_cl)
+    else:
+        gen["avg_TP_05_cldice"] = float("nan")
+        if G > 0 and P > 0:
+            warn.append("no true positives at clDice 0.5: clDice_TP is undefined (NaN, as in "
+                        "the official evaluator)")
+
+    gt_cov = _coverage(prec, rec, gt_over, pred_over, skel_g, pred_l)
+    if gt_cov:
+        with np.errstate(invalid="ignore"), _warnings.catch_warnings():
+            _warnings.simplefilter("ignore", RuntimeWarning)
+            cov_mean = np.mean(gt_cov)
+    else:
+        cov_mean = np.float32(0.0)
+    gen["gt_skel_coverage"] = gt_cov
+    gen["avg_gt_skel_coverage"] = cov_mean
+    gen["avg_f1_cov_score"] = 0.5 * avF19 + 0.5 * cov_mean
+
+    step += 1
+    yield Progress(step, total, "false merges and splits")
+    fm_m = m2m_matches(rec, fm_thresh, gt_l, pred_l, skel_g, overlaps)
+    fm, fs_at_fm = m2m_counts(fm_m, P)
+    if fs_thresh == fm_thresh:
+        fs_m, fs = fm_m, fs_at_fm
+    else:
+        fs_m = m2m_matches(rec, fs_thresh, gt_l, pred_l, skel_g, overlaps)
+        _, fs = m2m_counts(fs_m, P)
+    gen["FM"] = fm
+    gen["FS"] = fs
+
+    # dim and overlapping neurons
+    orig_to_rel = {int(o): i for i, o in enumerate(gt_l.original) if i > 0}
+    dim_rel: list[int] = []
+    for d in dim_ids or []:
+        if int(d) in orig_to_rel:
+            dim_rel.append(orig_to_rel[int(d)])
+        else:
+            warn.append(f"dim neuron id {d} is not in the ground truth; ignored")
+    k, t, r, c, a = _subset_metrics(dim_rel, gt_l, pred_l, skel_p, skel_g, loc, rec,
+                                    need_pred=True, warn=warn, what="dim")
+    gen.update({"GT_dim": k, "TP_05_dim": t, "TP_05_rel_dim": r, "gt_covs_dim": c,
+                "avg_gt_cov_dim": a})
+    ov_keys = gt_l.overlap_keys()
+    ov_ids = [int(x) for x in np.unique(gt_l.query(ov_keys)[1])] if ov_keys.size else []
+    k, t, r, c, a = _subset_metrics(ov_ids, gt_l, pred_l, skel_p, skel_g, loc, rec,
+                                    need_pred=False, warn=warn, what="overlap")
+    gen.update({"GT_overlap": k, "TP_05_overlap": t, "TP_05_rel_overlap": r,
+                "gt_covs_overlap": c, "avg_gt_cov_overlap": a})
+
+    official = _py({"general": gen, "confusion_matrix": {**cm_head, **cm}})
+
+    # error lists with the user's ids
+    og, op = gt_l.original, pred_l.original
+    matched_g = set(tp05_pairs[0])
+    missed = [int(og[g]) for g in range(1, G + 1) if g not in matched_g]
+    pred_to_gts: dict[int, list[int]] = {}
+    for g, ps in (fm_m or {}).items():
+        for p in ps:
+            pred_to_gts.setdefault(p, []).append(g)
+    false_merge = [{"pred": int(op[p]), "gts": sorted(int(og[g]) for g in gs)}
+                   for p, gs in sorted(pred_to_gts.items()) if len(gs) > 1]
+    false_split = [{"gt": int(og[g]), "preds": sorted(int(op[p]) for p in ps)}
+                   for g, ps in sorted((fs_m or {}).items()) if len(ps) > 1]
+    best = np.argmax(prec, axis=0)
+    errors = {
+        "missed_gt": missed,
+        "false_positive": [int(op[p]) for p in fp05],
+        "false_merge": false_merge,
+        "false_split": false_split,
+    }
+    if partly:
+        tp_p05 = set(tp05_pairs[1])
+        errors["ignored_background"] = [int(op[p]) for p in range(1, P + 1)
+                                        if p not in tp_p05 and best[p] == 0]
+
+    gc = official["general"]
+    result: dict[str, Any] = {
+        "avF1": official["confusion_matrix"]["avFscore19"],
+        "C": gc["avg_gt_skel_coverage"],
+        "S": gc["avg_f1_cov_score"],
+        "clDice_TP": gc["avg_TP_05_cldice"],
+        "tp": gc["TP_05_rel"],
+        "FS": fs,
+        "FM": fm,
+        "n_gt": G,
+        "n_pred": P,
+        "TP_05": tp_05,
+        "per_threshold": per_th,
+        "gt_coverage": gc["gt_skel_coverage"],
+        "tp_cldice": gc["TP_05_cldice"],
+        "dim": {"n": gc["GT_dim"], "TP_05": gc["TP_05_dim"], "tp": gc["TP_05_rel_dim"],
+                "gt_coverage": gc["gt_covs_dim"], "C": gc["avg_gt_cov_dim"]},
+        "overlap": {"n": gc["GT_overlap"], "TP_05": gc["TP_05_overlap"],
+                    "tp": gc["TP_05_rel_overlap"], "gt_coverage": gc["gt_covs_overlap"],
+                    "C": gc["avg_gt_cov_overlap"]},
+        "errors": errors,
+        "matches": matches,
+        "coverage_assignment": {int(op[p]): int(og[best[p]]) for p in range(1, P + 1)},
+        "gt_ids": [int(x) for x in og[1:]],
+        "pred_ids": [int(x) for x in op[1:]],
+        "removed_small_pred_ids": removed,
+        "partly": bool(partly),
+        "warnings": warn,
+        "official": official,
+    }
+    step = total
+    yield Progress(step, total, "done")
+    return result
+
+
+def evaluate(gt: Any, pred: Any, partly: bool = False, **opts: Any) -> dict[str, Any]:
+    """FISBe metrics of one sample (see module docstring and ``docs/metrics.md``).
+
+    ``gt``: (N,Z,Y,X) instance stack (FISBe ``volumes/gt_instances``) or (Z,Y,X) label volume;
+    ``pred``: (Z,Y,X) label volume or stack. numpy, Zarr, HDF5 and dask arrays are read in slabs.
+    ``partly``: the sample is partly labelled (predictions lying mostly in unlabelled background
+    are not false positives). Options: ``dim_ids`` (original ids of dim GT neurons),
+    ``min_size`` (800), ``fm_thresh`` (0.1), ``fs_thresh`` (0.05).
+    """
+    return run_to_completion(evaluate_iter(gt, pred, partly, **opts))
