@@ -62,6 +62,7 @@ class NeuronSettings:
     radius_variation: float = 0.12  # relative smooth variation of the radius along a neurite
     bouton_rate: float = 0.015  # varicosities per voxel of length (radius bumps, raw and GT)
     tortuosity: float = 0.03  # random turning per step (radians, correlated)
+    branch_tortuosity: float = 2.0  # branches turn this many times more than the trunk
     z_flatten: float = 0.45  # damping of Z in directions (neurons lie more in YX)
     touch_prob: float = 0.35  # fraction of branches steered towards another neuron
     # --- colour (MCFO) ----------------------------------------------------------------------
@@ -70,11 +71,13 @@ class NeuronSettings:
     min_colour_angle: float = 22.0  # degrees between colours of different neurons (best effort)
     crosstalk: float = 0.03  # floor of every channel (bleed-through)
     # --- brightness and gaps ----------------------------------------------------------------
-    brightness: float = 1100.0  # counts of an unblurred unit-intensity neurite
+    brightness: float = 800.0  # counts of an unblurred unit-intensity neurite
     brightness_sigma: float = 0.3  # log-normal spread between neurons
     dim_prob: float = 0.15  # chance that a neuron is dim (listed in dim_neurons)
     dim_factor: Range = (0.15, 0.35)  # brightness multiplier of dim neurons
     intensity_variation: float = 0.25  # smooth relative variation along neurites
+    texture: float = 0.45  # punctate/varicose texture: log-std of a fine multiplicative field
+    texture_scale: float = 1.0  # its correlation length (voxels)
     gap_rate: float = 0.008  # intensity gaps per voxel of neurite length
     gap_length: Range = (2.0, 6.0)
     gap_depth: Range = (0.0, 0.2)  # remaining intensity inside a gap
@@ -88,7 +91,7 @@ class NeuronSettings:
     clutter_blob_radius: Range = (1.5, 3.5)
     clutter_brightness: Range = (0.4, 1.0)  # relative to the neurons' brightness
     # --- optics and camera ------------------------------------------------------------------
-    psf_sigma: tuple[float, float, float] = (1.2, 0.7, 0.7)  # ZYX Gaussian PSF
+    psf_sigma: tuple[float, float, float] = (1.5, 0.6, 0.6)  # ZYX Gaussian PSF
     illumination_strength: float = 0.25  # log-std of the smooth illumination field
     depth_attenuation: float = 0.25  # signal lost from top to bottom slice
     background: tuple[float, float, float] = (4.0, 3.0, 6.0)  # autofluorescence per channel
@@ -111,10 +114,11 @@ class NeuronSettings:
             gap_rate=0.02,
             gap_length=(2.0, 10.0),
             intensity_variation=0.35,
+            texture=0.6,
             same_colour_pairs=2,
             n_clutter_neurites=(3, 6),
             n_clutter_blobs=(4, 10),
-            brightness=700.0,
+            brightness=500.0,
             gain=6.0,
             read_noise=4.0,
             background=(8.0, 6.0, 12.0),
@@ -332,8 +336,9 @@ def _grow_neuron(
             op = o[0].points
             target = op[int(rng.integers(len(op)))]
             attraction = 0.12
+        bkw = dict(walk_kw, tortuosity=walk_kw["tortuosity"] * s.branch_tortuosity)
         pts = persistent_walk(
-            rng, parent.points[i], d0, length, shape, target=target, attraction=attraction, **walk_kw
+            rng, parent.points[i], d0, length, shape, target=target, attraction=attraction, **bkw
         )
         if len(pts) < 6:
             return None
@@ -461,6 +466,10 @@ def make_neurons(
             signal[c, idx] += np.float32(col[c] * s.brightness) * val
     clutter = clutter.reshape(shape)
 
+    if s.texture > 0:
+        tex = blur(rng.normal(size=shape).astype(np.float32), s.texture_scale)
+        tex *= np.float32(s.texture / max(float(tex.std()), 1e-6))
+        signal *= np.exp(tex).reshape(1, -1)
     illum = illumination_field(rng, shape, strength=s.illumination_strength, depth_attenuation=s.depth_attenuation)
     raw = np.empty((3,) + shape, dtype=np.uint16)
     for c in range(3):
