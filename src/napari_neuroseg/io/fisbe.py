@@ -188,7 +188,7 @@ def labels_to_instances(labels: Any, original_stack: Any | None = None) -> np.nd
     flat = labels.reshape(-1)
     if original_stack is None:
         out = np.zeros((max_id,) + labels.shape, dtype=_stack_dtype(max_id))
-        out_flat = out.reshape(max_id, -1)
+        out_flat = out.reshape(max_id, labels.size)
         idx = np.flatnonzero(flat)
         vals = flat[idx].astype(np.int64)
         out_flat[vals - 1, idx] = vals
@@ -206,7 +206,7 @@ def labels_to_instances(labels: Any, original_stack: Any | None = None) -> np.nd
     for i in range(n0):
         out[i] = np.asarray(original_stack[i])
     before, _ = instances_to_labels(out[:n0]) if n0 else (np.zeros(labels.shape, np.uint32), None)
-    out_flat = out.reshape(n, -1)
+    out_flat = out.reshape(n, labels.size)
     changed = np.flatnonzero(before.reshape(-1) != flat)
     if changed.size:
         new_vals = flat[changed].astype(np.int64)
@@ -245,8 +245,6 @@ def _check_gt(gt: Any, p: Path) -> Any:
                     path=p,
                     fix="build the stack with labels_to_instances(labels) (channel i = id i+1)",
                 )
-        if int(gt.min()) < 0:
-            raise NeurosegError("gt_instances has negative values", path=p, fix="use 0 for background")
     target = _stack_dtype(n)
     if np.dtype(gt.dtype) != target and (np.dtype(gt.dtype).itemsize > target.itemsize or np.dtype(gt.dtype).kind == "i"):
         gt = gt.astype(target)  # values are 0..n, so narrowing is exact

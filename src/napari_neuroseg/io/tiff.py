@@ -257,7 +257,8 @@ def write_tiff(
     ``scale`` is the voxel size of its spatial axes in (Z, Y, X) order. uint8/uint16/float32
     data is written as an ImageJ hyperstack (``spacing`` + X/Y resolution, opens in Fiji);
     other dtypes (e.g. uint32/int32 labels) as OME-TIFF with ``PhysicalSize*``. 64-bit integer
-    labels are narrowed to 32 bits when the ids fit. Returns the path written.
+    labels are narrowed to 32 bits when the ids fit. Singleton axes are not kept by TIFF
+    readers (a 1-channel CZYX stack reads back as ZYX). Returns the path written.
     """
     import tifffile
 
@@ -284,7 +285,8 @@ def write_tiff(
     dtype = _tiff_dtype(data, path)
     if dtype != data.dtype:
         data = data.astype(dtype)
-    imagej = dtype in [np.dtype(d) for d in _IMAGEJ_DTYPES]
+    # tifffile's ImageJ writer mistakes a last axis of length 1 for samples: use OME there.
+    imagej = dtype in [np.dtype(d) for d in _IMAGEJ_DTYPES] and data.shape[-1] > 1
     res = (1.0 / sz.get("X", 1.0), 1.0 / sz.get("Y", 1.0))
     kwargs: dict[str, Any] = {"compression": compression} if compression else {}
     with atomic_output(path) as tmp:

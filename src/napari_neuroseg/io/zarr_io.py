@@ -424,8 +424,11 @@ def _ome_axes_meta(axes: str, unit: str) -> list[dict]:
 
 
 def _downsample(data: Any, axes: str, *, labels: bool) -> Any:
-    """Halve Y and X (and Z when Z is as fine as Y/X is not assumed: only Y, X)."""
-    index = tuple(slice(None, None, 2) if a in "YX" else slice(None) for a in axes)
+    """Halve Y and X (Z is kept: light-sheet/confocal Z is usually coarser already).
+
+    Images: 2×2 mean; labels: every other voxel. An odd last row/column is dropped in both, so
+    image and label levels keep the same shape."""
+    index = tuple(slice(0, (int(s) // 2) * 2, 2) if a in "YX" else slice(None) for a, s in zip(axes, data.shape))
     if labels or np.dtype(data.dtype).kind == "b":
         return data[index]
     import dask.array as da
