@@ -296,6 +296,25 @@ class RemapEdit(Edit):
     def bbox(self) -> Bbox | None:
         return None
 
+    def as_voxel_edit(self, labels: Any, forward: bool = True) -> Edit:
+        """The same change as a per-voxel :class:`Edit` (e.g. for napari's undo history),
+        computed slab by slab from the current (not yet remapped) ``labels``."""
+        import fastremap
+
+        a, b = (self.src, self.dst) if forward else (self.dst, self.src)
+        table = {int(x): int(y) for x, y in zip(a, b) if x != y}
+        out = Edit(self.kind, [], dict(self.info))
+        if not table:
+            return out
+        moved = np.array(sorted(table), dtype=np.int64)
+        for bbox in iter_slabs(labels.shape, getattr(labels, "chunks", None)):
+            block = read_block(labels, bbox)
+            if not np.isin(block, moved).any():
+                continue
+            mapped = fastremap.remap(np.array(block, copy=True), table, preserve_missing_labels=True, in_place=True)
+            out.add_mask(bbox, block != mapped, block, mapped)
+        return out
+
     def __repr__(self) -> str:
         return f"RemapEdit({self.kind!r}, remapped={self.n_changed}, nbytes={self.nbytes})"
 

@@ -1,0 +1,268 @@
+"""Proofreading in a real napari viewer: bound mouse/keys, undo through the layer's history."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from napari_neuroseg.proofread.review import ReviewQueue
+
+pytestmark = pytest.mark.gui
+
+
+def _labels():
+    lab = np.zeros((12, 40, 40), np.uint32)
+    lab[2:10, 2:18, 2:18] = 1
+    lab[2:10, 2:18, 20:38] = 2
+    lab[2:10, 22:38, 2:38] = 3
+    lab[5, 30, 30] = 0  # a hole in 3
+    lab[1, 0, 0] = 7  # tiny, at the border
+    return lab
+
+
+def _key(layer, key):
+    """The function bound to ``key`` on the layer (as napari calls it)."""
+    for k, func in layer.keymap.items():
+        if str(k) == key:
+            return lambda: func(layer)
+    raise KeyError(key)
+
+
+def _click(layer, coord, *mods):
+    return SimpleNamespace(
+        position=layer.data_to_world(np.asarray(coord, float)), modifiers=tuple(mods), type="mouse_press",
+        dims_displayed=(1, 2), view_direction=None,
+    )
+
+
+def _press(ctrl, coord, *mods):
+    ctrl._on_click(ctrl.layer, _click(ctrl.layer, coord, *mods))
+
+
+@pytest.fixture
+def setup(make_napari_viewer):
+    from napari_neuroseg._napari.proofread_widget import ProofreadWidget
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(_labels(), name="seg")
+    widget = ProofreadWidget(viewer)
+    return viewer, layer, widget
+
+
+def test_shift_click_merge_and_ctrl_z(setup):
+    viewer, layer, widget = setup
+    ctrl = widget.controller
+    assert ctrl is not None and ctrl.layer is layer
+    original = np.array(layer.data)
+    layer.selected_label = 1
+    _press(ctrl, (5, 5, 25), "Shift")  # label 2 → 1
+    assert not (layer.data == 2).any() and (layer.data[2:10, 2:18, 20:38] == 1).all()
+    # the history holds only the changed voxels
+    (atom,) = layer._undo_history[-1]
+    assert atom[0][0].size == (original == 2).sum()
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, original)
+    layer.redo()
+    assert not (layer.data == 2).any()
+    layer.undo()
+    # plain clicks do nothing
+    _press(ctrl, (5, 5, 25))
+    np.testing.assert_array_equal(layer.data, original)
+
+
+def test_ctrl_click_seeds_and_split_key(setup):
+    viewer, layer, widget = setup
+    ctrl = widget.controller
+    original = np.array(layer.data)
+    _press(ctrl, (5, 25, 4), "Control")
+    _press(ctrl, (5, 34, 36), "Control")
+    assert ctrl.seeds == [(5, 25, 4), (5, 34, 36)] and layer.selected_label == 3
+    seeds_layer = viewer.layers["seg split seeds"]
+    assert len(seeds_layer.data) == 2
+    _key(layer, "Shift+S")()
+    a, b = layer.data[5, 25, 4], layer.data[5, 34, 36]
+    assert a == 3 and b != 3 and b > 0
+    assert ctrl.seeds == [] and len(seeds_layer.data) == 0
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, original)
+
+
+def test_keys_for_components_delete_fill_dilate_erode_relabel(setup):
+    viewer, layer, widget = setup
+    original = np.array(layer.data)
+    layer.selected_label = 3
+    _key(layer, "Shift+F")()
+    assert layer.data[5, 30, 30] == 3
+    _key(layer, "Delete")()
+    assert not (layer.data == 3).any()
+    layer.undo()
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, original)
+    layer.selected_label = 1
+    _key(layer, "Shift+D")()
+    assert layer.data[5, 18, 5] == 1 and layer.data[5, 5, 18] == 1  # grown into background
+    _key(layer, "Shift+E")()
+    _key(layer, "Shift+E")()
+    assert layer.data[2, 2, 2] == 0 and layer.data[5, 5, 5] == 1
+    for _ in range(3):
+        layer.undo()
+    np.testing.assert_array_equal(layer.data, original)
+    # connected components: cut label 1 in two
+    cut = np.zeros(layer.data.shape, bool)
+    cut[2:10, 2:18, 9] = True
+    layer.data_setitem(np.nonzero(cut), 0)
+    before = np.array(layer.data)
+    _key(layer, "Shift+C")()
+    assert len(np.unique(layer.data[2:10, 2:18, 2:9])) == 1
+    assert layer.data[5, 5, 3] != layer.data[5, 5, 15]
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, before)
+    # relabel keeps the selected label pointing at the same object
+    layer.selected_label = 7
+    _key(layer, "Shift+R")()
+    assert sorted(np.unique(layer.data)) == [0, 1, 2, 3, 4]
+    assert layer.data[1, 0, 0] == layer.selected_label == 4
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, before)
+
+
+def test_locked_label_is_never_changed(setup):
+    viewer, layer, widget = setup
+    ctrl = widget.controller
+    layer.selected_label = 2
+    _key(layer, "Shift+K")()
+    assert ctrl.locked == {2} and layer.metadata["proofread_locked"] == [2]
+    before = np.array(layer.data)
+    layer.selected_label = 1
+    _press(ctrl, (5, 5, 25), "Shift")  # merging locked 2 into 1: refused
+    _key(layer, "Shift+D")()  # dilating 1 must not grow into 2
+    layer.selected_label = 2
+    _key(layer, "Delete")()
+    np.testing.assert_array_equal(layer.data == 2, before == 2)
+    assert "locked" in widget.status_label.text() or "locked" in str(viewer.status)
+
+
+def test_painted_region_new_label_and_take_over(setup):
+    viewer, layer, widget = setup
+    ctrl = widget.controller
+    widget.paint_btn.click()
+    scratch = viewer.layers["seg painted region"]
+    scratch.data[4:6, 4:8, 4:8] = 1
+    widget.run_action("new_label")
+    new = layer.selected_label
+    assert new == 8 and (layer.data[4:6, 4:8, 4:8] == 8).all()
+    assert not scratch.data.any()
+    layer.selected_label = 2
+    scratch.data[3:5, 10:14, 10:25] = 1  # mostly label 1, partly 2
+    widget.run_action("take_over")
+    assert (layer.data[3:5, 10:14, 10:18] == 2).all()
+    layer.undo()
+    layer.undo()
+    np.testing.assert_array_equal(layer.data, _labels())
+
+
+def test_rebinding_a_shortcut(setup):
+    viewer, layer, widget = setup
+    widget.set_shortcut("delete", "Alt+X")
+    assert "Delete" not in [str(k) for k in layer.keymap]
+    layer.selected_label = 1
+    _key(layer, "Alt+X")()
+    assert not (layer.data == 1).any()
+
+
+def test_review_queue_walk_and_resume(setup, tmp_path):
+    viewer, layer, widget = setup
+    ctrl = widget.controller
+    widget.tiny.setValue(5)
+    widget.largest.setValue(1)
+    widget.build_review_from_checks()
+    q = ctrl.review
+    kinds = [(it.kind, it.id) for it in q.items]
+    assert kinds[0] == ("tiny", 7) and ("largest", 3) in kinds
+    path = tmp_path / "seg.tif.review.json"
+    ctrl.review_path = str(path)
+    _key(layer, "N")()
+    assert layer.selected_label == 7
+    assert tuple(int(round(v)) for v in viewer.dims.point) == (1, 0, 0)
+    _key(layer, "Shift+M")()  # fixed → next
+    assert q.items[0].status == "fixed" and q.position == 1
+    item = q.current
+    assert layer.selected_label == item.id
+    camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
+    np.testing.assert_allclose(camera.center[-2:], item.centroid[1:], atol=0.6)
+    _key(layer, "Shift+I")()
+    saved = json.loads(path.read_text())
+    assert [it["status"] for it in saved["items"]][:2] == ["fixed", "ignored"]
+    # resume in a fresh widget
+    widget.load_review(str(path))
+    assert ctrl.review.position == saved["position"]
+    assert ctrl.review.position == 1  # the last item: "next" found nothing left to do
+    _key(layer, "Shift+N")()
+    assert ctrl.review.position == 0 and ctrl.review.current.status == "fixed"
+
+
+def test_zarr_backed_layer_edit_undo_save(make_napari_viewer, tmp_path):
+    zarr = pytest.importorskip("zarr")
+    from napari_neuroseg._napari.proofread_widget import ProofreadWidget
+    from napari_neuroseg.proofread.chunked import ChunkedLabels
+
+    data = _labels()
+    z = zarr.open_array(str(tmp_path / "seg.zarr"), mode="w", shape=data.shape, chunks=(4, 16, 16), dtype="uint32")
+    z[:] = data
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(z, name="seg")
+    widget = ProofreadWidget(viewer)
+    ctrl = widget.controller
+    assert isinstance(layer.data, ChunkedLabels)
+    layer.selected_label = 1
+    _press(ctrl, (5, 5, 25), "Shift")
+    assert layer.data[5, 5, 25] == 1
+    layer.undo()
+    assert layer.data[5, 5, 25] == 2
+    layer.redo()
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "seg.zarr"))[:], data)  # not saved yet
+    widget.save()
+    ref = data.copy()
+    ref[ref == 2] = 1
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "seg.zarr"))[:], ref)
+
+
+def test_fisbe_layer_save_after_edits(make_napari_viewer, tmp_path):
+    from napari_neuroseg._napari.proofread_widget import ProofreadWidget
+    from napari_neuroseg.io import instances_to_labels, read_fisbe, write_fisbe
+
+    stack = np.zeros((3, 8, 20, 20), np.uint8)
+    stack[0, 2:6, 2:8, 2:18] = 1
+    stack[1, 2:6, 10:16, 2:18] = 2
+    stack[2, 3:5, 4:14, 9:11] = 3  # crosses 1 and 2
+    path = tmp_path / "s.zarr"
+    write_fisbe(path, gt_instances=stack)
+    labels, _ = instances_to_labels(stack)
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(labels, name="gt", metadata={"fisbe_instances": stack, "fisbe_dim_neurons": []})
+    widget = ProofreadWidget(viewer)
+    layer.selected_label = 2
+    widget.run_action("delete")
+    widget.controller.save(str(path))
+    out = np.asarray(read_fisbe(path).gt_instances)
+    assert not out[1].any()
+    np.testing.assert_array_equal(out[0], stack[0])
+    np.testing.assert_array_equal(out[2], stack[2])
+    layer.undo()
+    widget.controller.save(str(path))
+    np.testing.assert_array_equal(np.asarray(read_fisbe(path).gt_instances), stack)
+
+
+def test_review_queue_from_metric_errors_in_viewer(setup):
+    viewer, layer, widget = setup
+    errors = {"false_merge": [{"pred": 3, "gts": [4, 5]}], "false_split": [{"gt": 1, "preds": [1, 2]}],
+              "false_positive": [7], "missed_gt": []}
+    q = ReviewQueue.from_errors(errors, layer.data)
+    widget._install_queue(q, None)
+    widget.run_action("review_next")
+    assert layer.selected_label == 3 and "false merge" in widget.review_label.text()
+    widget.run_action("review_next")
+    assert layer.selected_label == 1  # a false split selects its first prediction
