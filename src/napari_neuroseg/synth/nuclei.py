@@ -42,7 +42,7 @@ class NucleiSettings:
     # image
     background: float = 160.0
     background_variation: float = 0.08  # relative smooth variation of the background
-    contrast: float = 65.0  # nucleus minus background (counts) at brightness 1
+    contrast: float = 75.0  # nucleus minus background (counts) at brightness 1
     brightness_sigma: float = 0.25  # log-normal spread of the nuclei's brightness
     texture: float = 0.15  # relative chromatin texture inside nuclei
     texture_scale: float = 1.0  # its correlation length (physical units)
