@@ -123,7 +123,7 @@ def segment_blockwise(
     final = work / ("final.ome.zarr" if fmt == "ome-zarr" else "final.zarr")
     if fresh:
         shutil.rmtree(work, ignore_errors=True)
-        for sub in ("p1", "p2", "blocks"):
+        for sub in ("p1", "p2", "blocks", "faces"):
             (work / sub).mkdir(parents=True, exist_ok=True)
         if mode == "faces":
             create_label_store(work / "pass1.zarr", shape, block_shape, "zarr")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_neuroseg.batch.blocks import Block, centre_owned, face_pairs, face_regions, to_global
+from napari_neuroseg.batch.blocks import Block, centre_owned, face_pairs, face_regions
 from napari_neuroseg.batch.outputs import create_label_store, write_json_atomic, write_labels
 from napari_neuroseg.batch.sources import InputSpec, open_input
 from napari_neuroseg.batch.tasks import Task
@@ -91,6 +91,12 @@ def pass1_block_job(
         core, _ = fastremap.renumber(core, in_place=True)
         core = core.astype(np.uint32, copy=False)
         sizes = np.bincount(core.ravel())[1:]
+        for ax in range(3):  # the six face planes, for matching without reading chunks
+            for side, pos in (("lo", 0), ("hi", -1)):
+                tmp = w / "faces" / f".{block.index}_{side}{ax}.npy.tmp"
+                with open(tmp, "wb") as fh:
+                    np.save(fh, np.ascontiguousarray(np.take(core, pos, axis=ax)))
+                tmp.replace(w / "faces" / f"{block.index}_{side}{ax}.npy")
         arr = create_label_store(w / "pass1.zarr", volume_shape, (1, 1, 1), "zarr", mode="r+")
         arr[block.core] = core
         info = {"n": int(sizes.size), "sizes": sizes.tolist()}
@@ -106,23 +112,55 @@ def pass1_block_job(
             tmp.replace(w / "blocks" / f"{block.index}.npy")
         info = {"n": n, "truncated": truncated}
     info["seconds"] = time.perf_counter() - t0
-    write_json_atomic(_marker(w, "p1", block.index), info)
+    write_json_atomic(_marker(w, "p1", block.index), info, fsync=False)
     return info
+
+
+def _plane(work: Path, grid: tuple[int, ...], key: str, cache: dict) -> np.ndarray:
+    if (grid, key) not in cache:
+        index = cache["index"][grid]
+        cache[(grid, key)] = np.load(work / "faces" / f"{index}_{key}.npy")
+    return cache[(grid, key)]
 
 
 def match_block_job(
     work: str, block: Block, volume_shape: tuple[int, int, int], block_shape: tuple[int, int, int],
     offsets: np.ndarray, connectivity: int,
 ) -> np.ndarray:
-    """Global id pairs that touch across this block's three high faces."""
-    arr = create_label_store(Path(work) / "pass1.zarr", volume_shape, (1, 1, 1), "zarr", mode="r+")
+    """Global id pairs that touch across this block's three high faces.
+
+    Reads only the face planes saved by pass 1 (``faces/<i>_<side><axis>.npy``) of this block and of its
+    neighbours — a few planes of the block size — never whole chunks.
+    """
+    w = Path(work)
+    gshape = offsets.shape
+    cache: dict = {"index": {g: i for i, g in enumerate(np.ndindex(*gshape))}}
     out = [np.zeros((0, 2), np.int64)]
     for axis, region in face_regions(block, volume_shape):
-        slab = np.asarray(arr[region])
-        if not slab.any():
+        others = [a for a in range(3) if a != axis]
+        planes = []
+        for side, ga in (("hi", block.grid[axis]), ("lo", block.grid[axis] + 1)):
+            ext = [region[a] for a in others]
+            plane = np.zeros([e.stop - e.start for e in ext], np.int64)
+            g_ranges = [range(e.start // block_shape[a], (e.stop - 1) // block_shape[a] + 1) for e, a in zip(ext, others)]
+            for g1 in g_ranges[0]:
+                for g2 in g_ranges[1]:
+                    grid = [0, 0, 0]
+                    grid[axis], grid[others[0]], grid[others[1]] = ga, g1, g2
+                    grid_t = tuple(grid)
+                    local = _plane(w, grid_t, f"{side}{axis}", cache)
+                    # the neighbour's core start along the two other axes
+                    c1, c2 = g1 * block_shape[others[0]], g2 * block_shape[others[1]]
+                    r = slice(max(ext[0].start, c1), min(ext[0].stop, c1 + local.shape[0]))
+                    c = slice(max(ext[1].start, c2), min(ext[1].stop, c2 + local.shape[1]))
+                    part = local[r.start - c1 : r.stop - c1, c.start - c2 : c.stop - c2].astype(np.int64)
+                    part[part > 0] += int(offsets[grid_t])
+                    plane[r.start - ext[0].start : r.stop - ext[0].start, c.start - ext[1].start : c.stop - ext[1].start] = part
+            planes.append(plane)
+        if not (planes[0].any() and planes[1].any()):
             continue
-        g = to_global(slab, region, block_shape, offsets)
-        out.append(face_pairs(g, axis, connectivity, block, region))
+        slab = np.stack(planes, axis=axis)
+        out.append(face_pairs(slab, axis, connectivity, block, region))
     return np.concatenate(out)
 
 
@@ -133,7 +171,7 @@ def pass2_faces_job(work: str, block: Block, lut: np.ndarray, final: str, fmt: s
     dst = create_label_store(final, volume_shape, (1, 1, 1), fmt, mode="r+")
     local = np.asarray(src[block.core])
     dst[block.core] = lut[local]
-    write_json_atomic(_marker(w, "p2", block.index), {"ok": True})
+    write_json_atomic(_marker(w, "p2", block.index), {"ok": True}, fsync=False)
     return {"ok": True}
 
 
@@ -159,5 +197,5 @@ def pass2_centre_job(
         view[m] = part[m] + np.uint32(offset)
     dst = create_label_store(final, volume_shape, (1, 1, 1), fmt, mode="r+")
     dst[block.core] = out
-    write_json_atomic(_marker(w, "p2", block.index), {"ok": True})
+    write_json_atomic(_marker(w, "p2", block.index), {"ok": True}, fsync=False)
     return {"ok": True}

@@ -87,14 +87,15 @@ def clean_temporaries(outdir: str | Path) -> int:
     return n
 
 
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON through a temporary file + rename (and fsync, so a crash cannot truncate it)."""
+def write_json_atomic(path: str | Path, obj: Any, *, fsync: bool = True) -> None:
+    """Write JSON through a temporary file + rename (``fsync``: also safe against power loss)."""
     path = Path(path)
     with atomic_target(path) as tmp:
         with open(tmp, "w") as fh:
             json.dump(obj, fh, indent=1, default=_json_default)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
 
 
 def _json_default(o: Any) -> Any:
