@@ -167,5 +167,5 @@ def test_ome_zarr_writer_validates(tmp_path):
     with pytest.raises(NeurosegError, match="labels must be integers"):
         write_ome_zarr(tmp_path / "x.ome.zarr", np.zeros((2, 4, 4)), labels=np.zeros((2, 4, 4), np.float32))
     with pytest.raises(NeurosegError, match="axes"):
-        write_ome_zarr(tmp_path / "x.ome.zarr", np.zeros((2, 4, 4)), axes="CZYX")
+        write_ome_zarr(tmp_path / "x.ome.zarr", np.zeros((2, 4, 4)), axes="CZY")
     assert not any(tmp_path.iterdir())

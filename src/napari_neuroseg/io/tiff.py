@@ -242,11 +242,18 @@ def _tiff_dtype(data: Any, path: Path) -> np.dtype:
     return dtype
 
 
+def _default_axes(axes: str | None, ndim: int) -> str:
+    """``None`` or the default ``"ZYX"`` on non-3D data means the usual axes for ``ndim``."""
+    if axes is None or (axes.upper() == "ZYX" and ndim != 3):
+        return {2: "YX", 3: "ZYX", 4: "CZYX", 5: "TCZYX"}.get(ndim, axes or "ZYX")
+    return axes.upper()
+
+
 def write_tiff(
     path: str | Path,
     data: Any,
     *,
-    axes: str = "ZYX",
+    axes: str | None = "ZYX",
     scale: tuple[float, ...] | None = None,
     unit: str = "micrometer",
     compression: str | None = "zlib",
@@ -254,6 +261,7 @@ def write_tiff(
     """Write ``data`` to a TIFF atomically, with its voxel size.
 
     ``axes`` names the axes of ``data`` (``ZYX``, ``CZYX``, ``ZCYX``, ``YX``, ``CYX``...);
+    the default ``"ZYX"`` (or None) stands for ``YX``/``ZYX``/``CZYX`` by the number of dims.
     ``scale`` is the voxel size of its spatial axes in (Z, Y, X) order. uint8/uint16/float32
     data is written as an ImageJ hyperstack (``spacing`` + X/Y resolution, opens in Fiji);
     other dtypes (e.g. uint32/int32 labels) as OME-TIFF with ``PhysicalSize*``. 64-bit integer
@@ -264,7 +272,7 @@ def write_tiff(
 
     path = Path(path)
     data = np.asarray(data)
-    axes = axes.upper()
+    axes = _default_axes(axes, data.ndim)
     if len(axes) != data.ndim or len(set(axes)) != len(axes) or not set(axes) <= set("TCZYX"):
         raise NeurosegError(
             f"axes {axes!r} do not fit data of shape {data.shape}",

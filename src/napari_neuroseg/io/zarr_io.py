@@ -477,7 +477,7 @@ def write_ome_zarr(
     path: str | Path,
     data: Any,
     *,
-    axes: str = "ZYX",
+    axes: str | None = "ZYX",
     scale: tuple[float, ...] | None = None,
     labels: Any | Mapping[str, Any] | None = None,
     n_levels: int = 1,
@@ -488,7 +488,8 @@ def write_ome_zarr(
 ) -> Path:
     """Write an OME-Zarr (NGFF v0.4, Zarr v2) image atomically, with optional ``labels/``.
 
-    ``axes`` names the axes of ``data`` (any order of T/C/Z/Y/X; written as given);
+    ``axes`` names the axes of ``data`` (any order of T/C/Z/Y/X, stored in NGFF order TCZYX;
+    the default ``"ZYX"`` on 2D/4D data means ``YX``/``CZYX``);
     ``scale`` is the voxel size of the spatial axes. ``n_levels`` > 1 adds a pyramid halving
     Y and X per level (mean for images, every other voxel for labels). ``labels`` is a label
     volume (spatial axes only, same spatial shape) stored as ``labels/labels``, or a mapping
@@ -505,7 +506,9 @@ def write_ome_zarr(
         data = as_label_array(data, p)
     elif np.dtype(data.dtype) == np.bool_:
         data = data.astype(np.uint8)
-    axes = axes.upper()
+    from napari_neuroseg.io.tiff import _default_axes
+
+    axes = _default_axes(axes, data.ndim)
     if len(axes) != data.ndim or len(set(axes)) != len(axes) or not set(axes) <= set("TCZYX") or not {"Y", "X"} <= set(axes):
         raise NeurosegError(
             f"axes {axes!r} do not fit data of shape {tuple(data.shape)}",
