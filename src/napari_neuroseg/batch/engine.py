@@ -30,7 +30,8 @@ from napari_neuroseg.errors import NeurosegError
 class Engine:
     """Runs independent jobs and yields ``(index, result, error)`` as they complete."""
 
-    def __init__(self, scheduler: Any = None, workers: int | None = None):
+    def __init__(self, scheduler: Any = None, workers: int | None = None, *, timeout: float = 10.0):
+        self.timeout = timeout
         self.workers = max(1, int(workers or min(4, os.cpu_count() or 1)))
         if scheduler in (None, "local"):
             scheduler = "sync" if self.workers == 1 else "threads"
@@ -75,7 +76,7 @@ class Engine:
             self._client = Client(self._cluster)
         elif isinstance(self.scheduler, str):
             try:
-                self._client = Client(self.scheduler, timeout="10s")
+                self._client = Client(self.scheduler, timeout=f"{self.timeout}s")
             except (OSError, TimeoutError) as err:
                 raise NeurosegError(
                     f"cannot connect to the Dask scheduler at {self.scheduler} ({err})",
