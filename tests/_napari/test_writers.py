@@ -89,3 +89,18 @@ def test_ome_zarr_suffix_forces_ome_for_fisbe_labels(viewer, tmp_path, fisbe_sma
     out = _save(viewer, tmp_path / "flat.ome.zarr", inst)
     assert not io.is_fisbe(out)
     np.testing.assert_array_equal(io.read_labels(out), np.asarray(inst.data))
+
+
+def test_saving_instances_in_place_keeps_raw(viewer, tmp_path, fisbe_small, by_name):
+    import shutil
+
+    path = tmp_path / "inplace.zarr"
+    shutil.copytree(fisbe_small["path"], path)
+    viewer.open(str(path), plugin=PLUGIN)
+    inst = by_name(viewer, "instances")
+    inst.data_setitem((np.array([0]), np.array([0]), np.array([0])), 1)
+    _save(viewer, path, inst)
+    saved = io.read_fisbe(path)
+    np.testing.assert_array_equal(saved.raw, fisbe_small["raw"])
+    assert saved.gt_instances[0, 0, 0, 0] == 1
+    assert saved.dim_neurons == fisbe_small["dim_neurons"]

@@ -130,7 +130,7 @@ def _ome_layers(p: Path, root: Any, ms: list[dict], name: str) -> list[LayerData
 def _fisbe_layers(p: Path, name: str) -> list[LayerData]:
     from napari_neuroseg.io import read_fisbe
 
-    sample = read_fisbe(p)
+    sample = read_fisbe(p, lazy=True)  # raw stays lazy if large; the stack is loaded below
     scale = getattr(sample, "scale", None)
     out: list[LayerData] = []
     if sample.raw is not None:
