@@ -118,6 +118,22 @@ class SparseLabels:
 # reading
 
 
+def flatnonzero(flat: np.ndarray) -> np.ndarray:
+    """``np.flatnonzero`` for a contiguous 1D array, several times faster on sparse data: the
+    bytes are first scanned as 64-bit words and only nonzero words are expanded."""
+    isz = flat.dtype.itemsize
+    per = 8 // isz if isz in (1, 2, 4) else 0
+    if per == 0 or flat.size < 64 or not flat.flags.c_contiguous:
+        return np.flatnonzero(flat)
+    m = flat.size // per * per
+    words = np.flatnonzero(flat[:m].view(np.uint64))
+    cand = (words[:, None] * per + np.arange(per)).ravel()
+    idx = cand[flat[cand] != 0]
+    if m < flat.size:
+        idx = np.concatenate([idx, np.flatnonzero(flat[m:]) + m])
+    return idx
+
+
 def _squeezed_index(shape: tuple[int, ...]) -> tuple[tuple, tuple[int, ...]]:
     idx = tuple(0 if s == 1 else slice(None) for s in shape)
     return idx, tuple(s for s in shape if s != 1)
@@ -201,7 +217,7 @@ class _View:
             slab = self._read(z0, z1)
             for c in range(n_ch):
                 flat = slab[c].reshape(-1)
-                idx = np.flatnonzero(flat)
+                idx = flatnonzero(flat)
                 if idx.size == 0:
                     continue
                 v = flat[idx]
@@ -211,7 +227,7 @@ class _View:
                         fix="use 0 for background and positive integers for instances",
                     )
                 keys[c].append(idx.astype(np.int64) + z0 * plane)
-                vals[c].append(v.astype(np.int64) if self.dtype.kind != "b" else v.astype(np.int64))
+                vals[c].append(v.astype(np.int64))
             del slab
             if progress is not None:
                 progress(z1, nz)
