@@ -1,0 +1,141 @@
+"""The neuron model file: network weights + architecture + post-processing defaults.
+
+A model file is a ``torch.save`` dict with ``model_type == MODEL_TYPE``; anything else (a StarDist
+checkpoint, a random ``.pt``) is refused with a :class:`NeurosegError`. Training checkpoints
+(``last.pt``/``best.pt``) are model files with extra optimiser state, so any of them can be used
+for prediction.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from napari_neuroseg.errors import NeurosegError
+
+from .postprocess import PostprocessParams
+from .targets import N_OUTPUTS, OFFSETS
+
+MODEL_TYPE = "napari-neuroseg/neurons-unet-affinities"
+FORMAT_VERSION = 1
+#: The shipped default model (trained on synthetic FISBe-like data, see docs/neurons.md).
+DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "neurons_default.pt"
+
+
+@dataclass
+class NetConfig:
+    """Architecture of the network."""
+
+    base: int = 12
+    levels: int = 4
+    in_channels: int = 3
+    out_channels: int = N_OUTPUTS
+    offsets: list = field(default_factory=lambda: [list(o) for o in OFFSETS])
+
+    def build(self):
+        from .network import UNet3D
+
+        return UNet3D(self.in_channels, self.out_channels, self.base, self.levels)
+
+
+@dataclass
+class NeuronModel:
+    """A loaded model: the torch network (eval mode, on ``device``) and its settings."""
+
+    net: Any
+    config: NetConfig
+    params: PostprocessParams
+    device: Any
+    path: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def divisor(self) -> int:
+        return 2 ** (self.config.levels - 1)
+
+
+def save_model(path: str | Path, net, config: NetConfig, params: PostprocessParams | None = None,
+               **extra: Any) -> None:
+    """Atomically write a model file (``extra`` keys, e.g. optimiser state, are stored too)."""
+    import torch
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    payload = {
+        "model_type": MODEL_TYPE,
+        "format_version": FORMAT_VERSION,
+        "config": config.__dict__.copy(),
+        "postprocess": (params or PostprocessParams()).to_dict(),
+        "state_dict": state,
+        **extra,
+    }
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load and check a model file; NeurosegError if it is missing or of another model type."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise NeurosegError("model file not found", path=path,
+                            fix="pass a neuron model .pt written by 'neuroseg train neurons' or omit --model")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001
+        raise NeurosegError(f"cannot read the model file ({type(err).__name__}: {err})", path=path,
+                            fix="pass a neuron model .pt written by 'neuroseg train neurons'") from err
+    if not isinstance(ckpt, dict) or ckpt.get("model_type") != MODEL_TYPE:
+        found = ckpt.get("model_type", "no model_type") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise NeurosegError(f"not a neuron model (found {found!r}, expected {MODEL_TYPE!r})", path=path,
+                            fix="use a model trained with 'neuroseg train neurons' (a StarDist/nuclei model "
+                                "belongs to 'neuroseg nuclei')")
+    if int(ckpt.get("format_version", 0)) > FORMAT_VERSION:
+        raise NeurosegError(f"model format {ckpt.get('format_version')} is newer than this version supports",
+                            path=path, fix="upgrade napari-neuroseg")
+    return ckpt
+
+
+def load_model(path: str | Path | None = None, device=None) -> NeuronModel:
+    """Load a neuron model (default: the shipped one) onto ``device`` (name, torch.device or None =
+    auto) in eval mode."""
+    from napari_neuroseg.runtime.device import select_device
+
+    path = DEFAULT_MODEL if path is None else Path(path)
+    if path == DEFAULT_MODEL and not path.is_file():
+        raise NeurosegError("the default neuron model is not installed", path=path,
+                            fix="train one with 'neuroseg train neurons --synthetic' and pass --model")
+    ckpt = read_checkpoint(path)
+    dev = device if hasattr(device, "type") else select_device(device)
+    cfg = NetConfig(**ckpt["config"])
+    net = cfg.build()
+    try:
+        net.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as err:
+        raise NeurosegError(f"the weights do not fit the stored architecture ({err})", path=path,
+                            fix="the file is damaged; retrain or re-download it") from err
+    net.eval().to(dev)
+    params = PostprocessParams(**{k: v for k, v in ckpt.get("postprocess", {}).items()
+                                  if k in PostprocessParams.__dataclass_fields__})
+    meta = {k: ckpt[k] for k in ("train_info", "scores", "iteration") if k in ckpt}
+    return NeuronModel(net=net, config=cfg, params=params, device=dev, path=str(path), meta=meta)
+
+
+def cached_load_model(path: str | Path | None = None, device=None) -> NeuronModel:
+    """:func:`load_model` through the runtime's model cache (keyed by path and mtime)."""
+    from napari_neuroseg.runtime.cache import cached_model
+    from napari_neuroseg.runtime.device import select_device
+
+    p = Path(DEFAULT_MODEL if path is None else path)
+    dev = device if hasattr(device, "type") else select_device(device)
+    key = ("neurons", str(p.resolve()), p.stat().st_mtime if p.exists() else 0)
+    return cached_model(key, dev, lambda d: load_model(p, d))

@@ -1,0 +1,127 @@
+"""Whole-volume neuron prediction: normalise → tiled network → global post-processing.
+
+The network runs tile by tile through :func:`napari_neuroseg.runtime.tiling.predict_tiled_auto`
+(automatic tile count from free memory, out-of-memory retry, progress, cancel by closing the
+generator); its outputs are assembled into whole-volume probability maps (uint8) and the
+post-processing runs once on the whole volume, so a neuron crossing tile borders keeps one id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from napari_neuroseg.runtime.progress import Progress, ProgressGenerator, run_to_completion
+
+from .model import NeuronModel, cached_load_model
+from .postprocess import PostprocessParams, instances_from_outputs
+from .preprocess import check_raw, normalize
+
+#: Input voxels of context added around every tile: half the receptive field of the default
+#: 4-level net (~96 voxels), so tiled outputs equal untiled ones; stitching is global anyway.
+TILE_OVERLAP = 48
+#: Rough peak memory per input voxel of the network in inference (float32 activations).
+BYTES_PER_VOXEL = 600.0
+
+
+@dataclass
+class NeuronPrediction:
+    """Result of :func:`predict`: ``labels`` uint32 (Z,Y,X), 0 = background; ``foreground`` and
+    ``affinities`` (uint8 probabilities ×255) when ``return_outputs`` was set."""
+
+    labels: np.ndarray
+    n_instances: int
+    params: PostprocessParams
+    n_tiles: tuple[int, ...] | None = None
+    foreground: np.ndarray | None = None
+    affinities: np.ndarray | None = None
+    info: dict = field(default_factory=dict)
+
+
+def _resolve_model(model, device) -> NeuronModel:
+    if isinstance(model, NeuronModel):
+        return model
+    return cached_load_model(None if model is None else Path(model), device)
+
+
+def network_outputs(model: NeuronModel, image: np.ndarray, *, n_tiles=None) -> ProgressGenerator[np.ndarray]:
+    """Tiled network outputs for a normalised (3,Z,Y,X) image: uint8 (K,Z,Y,X) probabilities."""
+    import torch
+
+    from napari_neuroseg.runtime.tiling import predict_tiled_auto
+
+    dev = model.device
+    net = model.net
+    use_cl = dev.type == "cpu"
+    if use_cl:
+        net = net.to(memory_format=torch.channels_last_3d)
+
+    def forward(tile: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(tile, np.float32))[None].to(dev)
+            if use_cl:
+                x = x.contiguous(memory_format=torch.channels_last_3d)
+            if dev.type == "cuda":
+                with torch.autocast("cuda", dtype=torch.float16):
+                    y = net(x)
+            else:
+                y = net(x)
+            p = torch.sigmoid(y.float())[0]
+            return (p * 255 + 0.5).to(torch.uint8).cpu().numpy()
+
+    outs = yield from predict_tiled_auto(
+        forward, image, divisor=model.divisor, overlap=TILE_OVERLAP, n_tiles=n_tiles,
+        bytes_per_voxel=BYTES_PER_VOXEL, device=dev)
+    return outs[0] if isinstance(outs, tuple) else outs
+
+
+def predict_iter(
+    raw,
+    model: NeuronModel | str | Path | None = None,
+    *,
+    device=None,
+    params: PostprocessParams | dict | None = None,
+    n_tiles=None,
+    channel_axis: int | None = None,
+    return_outputs: bool = False,
+) -> ProgressGenerator[NeuronPrediction]:
+    """Segment neurons in a (3,Z,Y,X) multicolour volume; a progress generator returning a
+    :class:`NeuronPrediction`. ``model``: a loaded model, a model file, or None (shipped default).
+    ``params`` overrides post-processing thresholds (dataclass or dict of fields)."""
+    a = check_raw(raw, channel_axis=channel_axis)
+    m = _resolve_model(model, device)
+    p = m.params
+    if isinstance(params, dict):
+        p = replace(p, **params)
+    elif params is not None:
+        p = params
+    yield Progress(0, 3, "normalising")
+    image = normalize(a)
+    shape = image.shape[1:]
+    n_out = 0
+    gen = network_outputs(m, image, n_tiles=n_tiles)
+    try:
+        while True:
+            pr = next(gen)
+            n_out = pr.total
+            yield Progress(pr.step, pr.total + 1, f"network: {pr.message}")
+    except StopIteration as stop:
+        outs = stop.value
+    outs = outs[(slice(None),) + tuple(slice(0, s) for s in shape)]
+    yield Progress(n_out, n_out + 1, "post-processing")
+    labels = instances_from_outputs(outs[0], outs[1:], image, p)
+    n_inst = int(labels.max())
+    yield Progress(n_out + 1, n_out + 1, f"{n_inst} neurons")
+    return NeuronPrediction(
+        labels=labels, n_instances=n_inst, params=p,
+        foreground=outs[0] if return_outputs else None,
+        affinities=outs[1:] if return_outputs else None,
+        info={"model": m.path, "device": str(m.device)},
+    )
+
+
+def predict(raw, model=None, **kwargs) -> NeuronPrediction:
+    """:func:`predict_iter` run to completion."""
+    return run_to_completion(predict_iter(raw, model, **kwargs))
