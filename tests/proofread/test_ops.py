@@ -296,6 +296,22 @@ def test_split_errors_name_the_fix():
         pr.split(small, 1, [(1, 1, 1), (3, 3, 3)])
 
 
+def test_distance_split_cuts_at_the_neck_and_shares_a_convex_blob():
+    from skimage.morphology import ball
+
+    labels = np.zeros((20, 20, 44), np.uint32)
+    labels[1:20, 1:20, 1:20][ball(9).astype(bool)] = 1
+    labels[1:20, 1:20, 22:41][ball(9).astype(bool)] = 1
+    labels[8:12, 8:12, 15:27] = 1  # a thin neck joins two balls
+    pr.split(labels, 1, [(10, 10, 6), (10, 10, 37)], new_ids=[2])  # seeds off-centre
+    assert set(np.unique(labels[:, :, :19])) == {0, 1} and set(np.unique(labels[:, :, 24:])) == {0, 2}
+    box = np.zeros((10, 10, 30), np.uint32)
+    box[1:9, 1:9, 1:29] = 4
+    pr.split(box, 4, [(4, 4, 3), (4, 4, 12)], new_ids=[5])  # both seeds in one half
+    sizes = np.bincount(box.reshape(-1))[[4, 5]]
+    assert sizes.min() >= 0.2 * sizes.sum()  # split near the bisector (x = 7.5), not a sliver
+
+
 def test_split_follows_the_intensity_valley():
     labels = np.zeros((1, 8, 20), np.uint32)
     labels[0, 2:6, 1:19] = 5

@@ -181,7 +181,8 @@ def split(
 
     ``seeds`` are voxel coordinates inside the label (2 or more). The region of the first seed
     keeps ``label_id``; the others get new ids (``new_ids`` or max + 1, ...). ``method``:
-    ``"distance"`` floods the inverted distance transform of the label (shape-based, no image),
+    ``"distance"`` floods the inverted distance transform of the label (shape-based, no image;
+    cuts at necks, and shares a convex blob out between its seeds),
     ``"intensity"`` floods the inverted ``image`` (bright = inside an object, the cut follows dark
     valleys), ``"boundary"`` floods ``image`` itself (bright = membrane/boundary). ``image`` may
     have a leading channel axis (summed). Voxels no seed can reach keep ``label_id``.
@@ -216,8 +217,12 @@ def split(
         import edt
 
         aniso = tuple(float(x) for x in spacing) if spacing is not None else (1.0,) * labels.ndim
-        dist = edt.edt(np.ascontiguousarray(mask), anisotropy=aniso, black_border=False)
-        landscape = -dist.astype(np.float32)
+        dist = edt.edt(np.ascontiguousarray(mask), anisotropy=aniso, black_border=False).astype(np.float32)
+        # Flatten everything deeper than the shallowest seed: the cut still follows the necks
+        # between blobs (shallower than the seeds), while inside one convex blob the plateau is
+        # shared out between the seeds by distance instead of the deepest seed taking it all.
+        depth = min(float(dist[tuple(s - off)]) for s in seeds_a)
+        landscape = -np.minimum(dist, depth)
     else:
         if image is None:
             raise NeurosegError(f"split method {method!r} needs an image", fix="pass image= or use method='distance'")
