@@ -142,3 +142,32 @@ def test_corrupt_hdf5_raises_neuroseg_error(tmp_path):
     assert reader is not None
     with pytest.raises(NeurosegError, match="broken.h5"):
         reader(str(bad))
+
+
+def test_large_volumes_stay_lazy(viewer, tmp_path, small_volumes, monkeypatch, by_name):
+    """Above the in-memory limit a volume opens as a dask array (browsable, not loaded)."""
+    import dask.array as da
+
+    monkeypatch.setattr(readers, "EAGER_BYTES", 100)
+    monkeypatch.setattr(readers, "EAGER_LABEL_BYTES", 100)
+    path = tmp_path / "big.zarr"
+    root = zarr.open_group(str(path), mode="w")
+    root.create_array("raw", data=small_volumes["image"], chunks=(2, 10, 12))
+    root.create_array("labels", data=small_volumes["labels"], chunks=(2, 10, 12))
+    viewer.open(str(path), plugin=PLUGIN)
+    raw, labels = by_name(viewer, "raw"), by_name(viewer, "labels")
+    assert isinstance(raw.data, da.Array) and isinstance(labels.data, da.Array)
+    np.testing.assert_array_equal(np.asarray(labels.data), small_volumes["labels"])
+    lo, hi = raw.contrast_limits
+    assert 0 <= lo < hi <= 2000  # from a subsample, without loading the volume
+
+
+def test_empty_zarr_group_names_the_problem(tmp_path):
+    from napari_neuroseg.errors import NeurosegError
+
+    path = tmp_path / "empty.zarr"
+    zarr.open_group(str(path), mode="w")
+    reader = readers.get_reader_zarr(str(path))
+    assert reader is not None
+    with pytest.raises(NeurosegError, match="empty.zarr.*no image or label volume"):
+        reader(str(path))

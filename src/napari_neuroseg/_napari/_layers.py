@@ -21,6 +21,7 @@ __all__ = [
     "FISBE_DIM_NEURONS",
     "AXES_KEY",
     "EAGER_BYTES",
+    "EAGER_LABEL_BYTES",
     "looks_like_labels",
     "maybe_load",
     "image_layer",
@@ -34,8 +35,10 @@ FISBE_INSTANCES = "fisbe_instances"
 FISBE_DIM_NEURONS = "fisbe_dim_neurons"
 #: Metadata key holding the axes of the layer data as read (e.g. "ZYX").
 AXES_KEY = "neuroseg_axes"
-#: Arrays up to this size are loaded into memory; larger ones stay lazy (dask).
-EAGER_BYTES = 512 * 2**20
+#: Images up to this size are loaded into memory; larger ones stay lazy (dask).
+EAGER_BYTES = 2**30
+#: Label volumes up to this size are loaded (napari can only paint/undo on in-memory labels).
+EAGER_LABEL_BYTES = 2 * 2**30
 
 LayerData = tuple[Any, dict, str]
 

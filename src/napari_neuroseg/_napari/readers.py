@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 
 from napari_neuroseg._napari._layers import (
+    EAGER_BYTES,
+    EAGER_LABEL_BYTES,
     LayerData,
     fisbe_instance_layers,
     fisbe_raw_layer,
@@ -62,7 +64,7 @@ def _volume_layers(vol: Any, *, name: str | None = None, labels: bool | None = N
     meta = {"source_format": vol.meta.get("format"), "unit": vol.meta.get("unit")}
     if vol.meta.get("axes_guessed"):
         meta["axes_guessed"] = True
-    data = maybe_load(vol.data)
+    data = maybe_load(vol.data, EAGER_LABEL_BYTES if labels else EAGER_BYTES)
     if labels:
         from napari_neuroseg.io.checks import as_label_array
 
@@ -112,17 +114,17 @@ def _ome_layers(p: Path, root: Any, ms: list[dict], name: str) -> list[LayerData
     is_label = "image-label" in dict(root.attrs) or "image-label" in dict(root.attrs).get("ome", {})
     vols = [read_image(p, key=lv, lazy=True) for lv in levels]
     meta = {"source_format": "ome-zarr", "unit": vols[0].meta.get("unit")}
-    data: Any = [v.data for v in vols] if len(vols) > 1 else maybe_load(vols[0].data)
+    data: Any = [v.data for v in vols] if len(vols) > 1 else maybe_load(vols[0].data, EAGER_BYTES)
     out: list[LayerData] = []
     if is_label:
         if len(vols) == 1:
-            data = read_labels(p, key=levels[0])
+            data = maybe_load(read_labels(p, key=levels[0], lazy=True), EAGER_LABEL_BYTES)
         out.append(labels_layer(data, name=name, scale=vols[0].scale, metadata=meta))
     else:
         out.append(image_layer(data, name=name, axes=vols[0].axes, scale=vols[0].scale, metadata=meta))
     for lname in ome_label_names(p):
         lab = read_labels(p, key=f"labels/{lname}", lazy=True)
-        out.append(labels_layer(maybe_load(lab), name=f"{name} {lname}", scale=vols[0].scale,
+        out.append(labels_layer(maybe_load(lab, EAGER_LABEL_BYTES), name=f"{name} {lname}", scale=vols[0].scale,
                                 metadata={"source_format": "ome-zarr", "ome_label": lname}))
     return out
 
@@ -134,7 +136,7 @@ def _fisbe_layers(p: Path, name: str) -> list[LayerData]:
     scale = getattr(sample, "scale", None)
     out: list[LayerData] = []
     if sample.raw is not None:
-        out.append(fisbe_raw_layer(maybe_load(sample.raw), name=name, scale=scale))
+        out.append(fisbe_raw_layer(maybe_load(sample.raw, EAGER_BYTES), name=name, scale=scale))
     if sample.gt_instances is not None:
         out.extend(
             fisbe_instance_layers(
@@ -165,7 +167,7 @@ def _container_layers(p: Path, keys: list[str], name: str, kind: str) -> list[La
             continue
         labels = "C" not in vol.axes and looks_like_labels(key, vol.data.dtype)
         if labels:
-            data = maybe_load(read_labels(p, key=key, lazy=True))
+            data = maybe_load(read_labels(p, key=key, lazy=True), EAGER_LABEL_BYTES)
             out.append(labels_layer(data, name=lname, scale=vol.scale,
                                     metadata={"source_format": kind, "key": key}))
         else:
