@@ -1,0 +1,274 @@
+"""The "Batch" dock widget: run a task over files, huge volumes or open layers.
+
+Collects parameters and calls :func:`napari_neuroseg.batch.run_batch` in a worker thread via
+:func:`~napari_neuroseg._napari._workers.start_worker` (progress bar, cancel, error
+notifications). Results arrive in the main thread and fill the table; a row's output opens in the
+viewer with one click ("Open result" or a double click).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_neuroseg.batch import get_task, list_tasks, read_output, run_batch
+from napari_neuroseg.errors import NeurosegError
+
+if TYPE_CHECKING:
+    import napari
+
+COLUMNS = ("input", "status", "n_objects", "seconds", "output")
+
+
+class BatchWidget(QWidget):
+    """Batch runs from napari: inputs, task + parameters, output, engine, progress, results."""
+
+    def __init__(self, napari_viewer: napari.Viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.worker: Any = None
+        self.result: Any = None
+        self._cancelling = False
+        self._param_edits: dict[str, QLineEdit] = {}
+
+        layout = QVBoxLayout(self)
+        form = QFormLayout()
+        # inputs
+        row = QHBoxLayout()
+        self.inputs_edit = QLineEdit()
+        self.inputs_edit.setPlaceholderText("folder, glob (data/*.tif) or files separated by ';'")
+        browse = QPushButton("Folder…")
+        browse.clicked.connect(self._browse_inputs)
+        row.addWidget(self.inputs_edit)
+        row.addWidget(browse)
+        form.addRow("Inputs", row)
+        self.use_layers = QCheckBox("use the selected image layers instead")
+        form.addRow("", self.use_layers)
+        # task
+        self.task_combo = QComboBox()
+        self.task_combo.addItems(list_tasks())
+        self.task_combo.currentTextChanged.connect(self._build_params)
+        form.addRow("Task", self.task_combo)
+        layout.addLayout(form)
+        self.params_box = QGroupBox("Parameters")
+        self.params_form = QFormLayout(self.params_box)
+        layout.addWidget(self.params_box)
+        # output + engine
+        form2 = QFormLayout()
+        row = QHBoxLayout()
+        self.outdir_edit = QLineEdit()
+        browse_out = QPushButton("Folder…")
+        browse_out.clicked.connect(self._browse_output)
+        row.addWidget(self.outdir_edit)
+        row.addWidget(browse_out)
+        form2.addRow("Output folder", row)
+        self.format_combo = QComboBox()
+        self.format_combo.addItems(["tif", "zarr", "ome-zarr"])
+        form2.addRow("Format", self.format_combo)
+        self.block_edit = QLineEdit()
+        self.block_edit.setPlaceholderText("Z,Y,X for blockwise (needs zarr/ome-zarr); empty = auto")
+        form2.addRow("Block shape", self.block_edit)
+        self.engine_combo = QComboBox()
+        self.engine_combo.addItems(["local", "scheduler"])
+        form2.addRow("Engine", self.engine_combo)
+        self.scheduler_edit = QLineEdit()
+        self.scheduler_edit.setPlaceholderText("tcp://HOST:8786 (Dask scheduler)")
+        form2.addRow("Scheduler", self.scheduler_edit)
+        self.resume_check = QCheckBox("resume (skip finished outputs)")
+        form2.addRow("", self.resume_check)
+        layout.addLayout(form2)
+        # run / cancel / status
+        row = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        row.addWidget(self.run_button)
+        row.addWidget(self.cancel_button)
+        layout.addLayout(row)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        layout.addWidget(self.status_label)
+        # results
+        self.table = QTableWidget(0, len(COLUMNS))
+        self.table.setHorizontalHeaderLabels(list(COLUMNS))
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.cellDoubleClicked.connect(lambda r, _c: self.open_result(r))
+        layout.addWidget(self.table)
+        self.open_button = QPushButton("Open result")
+        self.open_button.clicked.connect(lambda: self.open_result(self.table.currentRow()))
+        layout.addWidget(self.open_button)
+        self._build_params(self.task_combo.currentText())
+
+    # -- form helpers ---------------------------------------------------------------------------
+    def _build_params(self, name: str) -> None:
+        while self.params_form.rowCount():
+            self.params_form.removeRow(0)
+        self._param_edits = {}
+        task = get_task(name)
+        for p in task.params:
+            edit = QLineEdit()
+            edit.setPlaceholderText("" if p.default is None else str(p.default))
+            edit.setToolTip(p.help)
+            self.params_form.addRow(p.name, edit)
+            self._param_edits[p.name] = edit
+
+    def _browse_inputs(self) -> None:  # pragma: no cover - dialog
+        d = QFileDialog.getExistingDirectory(self, "Input folder")
+        if d:
+            self.inputs_edit.setText(d)
+
+    def _browse_output(self) -> None:  # pragma: no cover - dialog
+        d = QFileDialog.getExistingDirectory(self, "Output folder")
+        if d:
+            self.outdir_edit.setText(d)
+
+    def set_param(self, name: str, value: Any) -> None:
+        """Set a task parameter field (for scripts and tests)."""
+        self._param_edits[name].setText(str(value))
+
+    def collect(self) -> dict[str, Any]:
+        """The run_batch arguments from the form; NeurosegError for a bad field."""
+        task = self.task_combo.currentText()
+        params = {k: e.text().strip() for k, e in self._param_edits.items() if e.text().strip()}
+        if self.use_layers.isChecked():
+            from napari.layers import Image
+
+            layers = [ly for ly in self.viewer.layers.selection if isinstance(ly, Image)]
+            if not layers:
+                raise NeurosegError("no image layer is selected", fix="select image layers or untick 'use the selected image layers'")
+            inputs: list = [(ly.name, ly.data) for ly in layers]
+        else:
+            text = self.inputs_edit.text().strip()
+            if not text:
+                raise NeurosegError("no inputs given", fix="enter a folder, a glob or files")
+            inputs = [t.strip() for t in text.split(";") if t.strip()]
+        outdir = self.outdir_edit.text().strip()
+        if not outdir:
+            raise NeurosegError("no output folder given", fix="choose an output folder")
+        block = self.block_edit.text().strip()
+        block_shape = None
+        if block:
+            try:
+                block_shape = tuple(int(v) for v in block.replace(" ", ",").split(",") if v)
+                assert len(block_shape) == 3
+            except (ValueError, AssertionError):
+                raise NeurosegError(f"bad block shape {block!r}", fix="write three sizes Z,Y,X") from None
+        scheduler = None
+        if self.engine_combo.currentText() == "scheduler":
+            scheduler = self.scheduler_edit.text().strip()
+            if not scheduler:
+                raise NeurosegError("no scheduler address given", fix="enter tcp://HOST:PORT or choose the local engine")
+        return {
+            "task": task, "inputs": inputs, "outdir": outdir, "params": params,
+            "fmt": self.format_combo.currentText(), "block_shape": block_shape,
+            "scheduler": scheduler, "resume": self.resume_check.isChecked(),
+        }
+
+    # -- running --------------------------------------------------------------------------------
+    def run(self) -> Any:
+        """Start the batch in a worker thread; returns the worker (None if the form is bad)."""
+        from napari_neuroseg._napari._notify import notify_error
+        from napari_neuroseg._napari._workers import start_worker
+
+        try:
+            kw = self.collect()
+        except NeurosegError as err:
+            notify_error(err)
+            self.status_label.setText(str(err))
+            return None
+        self.table.setRowCount(0)
+        self.result = None
+        self._cancelling = False
+        self.run_button.setEnabled(False)
+        self.cancel_button.setEnabled(True)
+        self.status_label.setText("starting…")
+        task, inputs, outdir = kw.pop("task"), kw.pop("inputs"), kw.pop("outdir")
+        self.worker = start_worker(
+            run_batch, task, inputs, outdir, on_yield=self._on_progress, on_return=self._on_done,
+            on_finished=self._on_finished, desc=f"batch {task}", **kw,
+        )
+        return self.worker
+
+    def cancel(self) -> None:
+        """Stop after the current file/block (finished outputs stay; resume continues)."""
+        if self.worker is not None:
+            self._cancelling = True
+            self.worker.quit()
+            self.status_label.setText("cancelling after the current step…")
+
+    def _on_progress(self, p: Any) -> None:
+        if not self._cancelling:
+            self.status_label.setText(getattr(p, "message", str(p)))
+        rec = getattr(p, "record", None)
+        if rec is not None:
+            self._add_row(rec)
+
+    def _add_row(self, rec: dict) -> None:
+        r = self.table.rowCount()
+        self.table.insertRow(r)
+        for c, key in enumerate(COLUMNS):
+            val = rec.get(key, "")
+            text = Path(val).name if key in ("input", "output") and val else str(val)
+            item = QTableWidgetItem(text)
+            if key in ("output", "input"):
+                item.setToolTip(str(val))
+            if key == "status" and rec.get("error"):
+                item.setToolTip(str(rec["error"]))
+            item.setData(256, rec)  # Qt.UserRole
+            self.table.setItem(r, c, item)
+
+    def _on_done(self, result: Any) -> None:
+        self.result = result
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
+        self.status_label.setText(f"finished: {counts} — summary {result.summary_csv}")
+
+    def _on_finished(self) -> None:
+        self.run_button.setEnabled(True)
+        self.cancel_button.setEnabled(False)
+        if self.result is None and self._cancelling:
+            self.status_label.setText("cancelled — tick 'resume' to continue later")
+
+    def row_record(self, row: int) -> dict | None:
+        item = self.table.item(row, 0) if row >= 0 else None
+        return None if item is None else item.data(256)
+
+    def open_result(self, row: int) -> Any:
+        """Add the output of table row ``row`` to the viewer as a labels layer."""
+        rec = self.row_record(row)
+        if not rec or rec.get("status") not in ("done", "skipped") or not rec.get("output"):
+            self.status_label.setText("choose a finished row to open")
+            return None
+        out = Path(rec["output"])
+        if out.suffix == ".json":
+            import json
+
+            self.status_label.setText(json.dumps({k: v for k, v in rec.items() if k not in ("input", "output")})[:500])
+            return None
+        if out.suffix in (".tif", ".tiff"):
+            data = read_output(out)
+        else:  # Zarr / OME-Zarr: lazily, so huge blockwise outputs open at once
+            import zarr
+
+            node = zarr.open(str(out), mode="r")
+            data = node["0"] if isinstance(node, zarr.Group) else node
+        return self.viewer.add_labels(data, name=out.name.split(".")[0])

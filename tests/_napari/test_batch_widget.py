@@ -1,0 +1,93 @@
+"""The Batch dock widget: form → run in a worker → results table → open a result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_neuroseg._napari import _notify
+from napari_neuroseg._napari.batch_widget import BatchWidget
+
+pytestmark = pytest.mark.gui
+
+
+def _blobs(seed: int) -> np.ndarray:
+    img = np.zeros((12, 24, 24), np.uint16)
+    img[2:6, 3:9, 3:9] = 900
+    img[7:11, 12 + seed : 18 + seed, 10:16] = 900
+    return img
+
+
+@pytest.fixture
+def errors_shown(monkeypatch):
+    shown: list[str] = []
+    monkeypatch.setattr(_notify, "show_error", shown.append)
+    return shown
+
+
+def test_batch_widget_runs_a_folder_and_opens_a_result(make_napari_viewer, qtbot, tmp_path, errors_shown):
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(3):
+        tifffile.imwrite(d / f"v{i}.tif", _blobs(i))
+    (d / "broken.tif").write_bytes(b"garbage")
+    viewer = make_napari_viewer()
+    w = BatchWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.inputs_edit.setText(str(d))
+    w.outdir_edit.setText(str(tmp_path / "out"))
+    w.task_combo.setCurrentText("threshold")
+    w.set_param("threshold", 500)
+    w.format_combo.setCurrentText("zarr")
+    w.run()
+    qtbot.waitUntil(lambda: w.result is not None and w.run_button.isEnabled(), timeout=30000)
+    assert w.table.rowCount() == 4
+    statuses = sorted(w.table.item(r, 1).text() for r in range(4))
+    assert statuses == ["done", "done", "done", "failed"]
+    assert w.result.counts == {"done": 3, "failed": 1}
+    row = next(r for r in range(4) if w.table.item(r, 1).text() == "done")
+    layer = w.open_result(row)
+    assert layer is not None and layer in viewer.layers
+    assert int(np.asarray(layer.data).max()) == 2
+    assert errors_shown == []
+
+
+def test_batch_widget_layers_input_and_form_errors(make_napari_viewer, qtbot, tmp_path, errors_shown):
+    viewer = make_napari_viewer()
+    w = BatchWidget(viewer)
+    assert w.run() is None and errors_shown  # no inputs
+    viewer.add_image(_blobs(0), name="blobs")
+    w.use_layers.setChecked(True)
+    w.outdir_edit.setText(str(tmp_path / "out"))
+    w.set_param("threshold", 500)
+    w.block_edit.setText("6,12,12")
+    w.format_combo.setCurrentText("ome-zarr")
+    worker = w.run()
+    assert worker is not None
+    qtbot.waitUntil(lambda: w.result is not None and w.run_button.isEnabled(), timeout=30000)
+    assert w.table.item(0, 1).text() == "done"
+    layer = w.open_result(0)
+    assert int(np.asarray(layer.data).max()) == 2  # stitched across 8 blocks
+    w.engine_combo.setCurrentText("scheduler")
+    n = len(errors_shown)
+    assert w.run() is None and len(errors_shown) == n + 1  # no scheduler address
+
+
+def test_batch_widget_cancel(make_napari_viewer, qtbot, tmp_path, errors_shown):
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(30):
+        tifffile.imwrite(d / f"v{i:02d}.tif", _blobs(i % 4))
+    viewer = make_napari_viewer()
+    w = BatchWidget(viewer)
+    w.inputs_edit.setText(str(d))
+    w.outdir_edit.setText(str(tmp_path / "out"))
+    w.set_param("threshold", 500)
+    w.set_param("sigma", 2)
+    w.run()
+    qtbot.waitUntil(lambda: w.table.rowCount() >= 1, timeout=30000)
+    w.cancel()
+    qtbot.waitUntil(lambda: w.run_button.isEnabled(), timeout=30000)
+    assert w.result is None and "cancel" in w.status_label.text()
+    assert len(list((tmp_path / "out").glob("*_threshold.tif"))) < 30
