@@ -124,12 +124,62 @@ def read_fisbe(path: str | Path, *, lazy: bool = False) -> FisbeSample:
 
 
 # ------------------------------------------------------------------------- label conversion
+#: Z planes processed at once by the conversions (bounds memory for lazy/zarr stacks).
+SLAB_BYTES = 256 * 2**20
+
+
+def _z_slabs(stack: Any) -> list[tuple[int, int]]:
+    """Z ranges of about SLAB_BYTES of the stack, aligned to its Z chunks when it has any."""
+    nz = int(stack.shape[1])
+    plane = max(1, int(np.prod(stack.shape)) // max(1, nz)) * np.dtype(stack.dtype).itemsize
+    step = max(1, SLAB_BYTES // plane)
+    chunks = getattr(stack, "chunks", None)
+    cz = None
+    if isinstance(chunks, tuple) and len(chunks) > 1:
+        cz = chunks[1][0] if isinstance(chunks[1], tuple) else chunks[1]  # dask / zarr
+    if cz and not isinstance(stack, np.ndarray):
+        step = max(int(cz), (step // int(cz)) * int(cz))
+    return [(z, min(nz, z + step)) for z in range(0, nz, step)] or [(0, 0)]
+
+
+def _flat_nonzero(a: np.ndarray) -> np.ndarray:
+    """``np.flatnonzero`` that is several times faster on sparse 1-/2-/4-byte arrays: it scans
+    8-byte words first and only looks inside the non-zero ones (FISBe is ~0.2% foreground)."""
+    flat = np.ascontiguousarray(a).reshape(-1)
+    k = 8 // flat.dtype.itemsize if flat.dtype.itemsize in (1, 2, 4) else 1
+    if k <= 1 or flat.size < 1 << 16:
+        return np.flatnonzero(flat)
+    n = (flat.size // k) * k
+    words = np.flatnonzero(flat[:n].view(np.uint64))
+    cand = (words[:, None] * k + np.arange(k)).reshape(-1)
+    cand = cand[flat[cand] != 0]
+    return np.concatenate([cand, n + np.flatnonzero(flat[n:])])
+
+
+def _flatten_block(block: np.ndarray, labels: np.ndarray, count: np.ndarray,
+                   visible: np.ndarray | None = None) -> None:
+    """Fill ``labels``/``count`` (contiguous ZYX slabs) from an in-memory (N, ...) block;
+    mark in ``visible[i + 1]`` the channels that own at least one voxel of ``labels``."""
+    lab_flat = labels.reshape(-1)
+    cnt_flat = count.reshape(-1)
+    for i in range(block.shape[0]):
+        idx = _flat_nonzero(block[i])
+        if idx.size == 0:
+            continue
+        free = idx[lab_flat[idx] == 0]
+        lab_flat[free] = i + 1
+        if visible is not None and free.size:
+            visible[i + 1] = True
+        cur = cnt_flat[idx]
+        cnt_flat[idx] = np.where(cur < 255, cur + 1, cur)
+
+
 def instances_to_labels(stack: Any) -> tuple[np.ndarray, np.ndarray]:
     """Flatten an (N,Z,Y,X) instance stack to ``(labels uint32 ZYX, overlap_count uint8 ZYX)``.
 
     Channel ``i`` (any non-zero voxel) becomes id ``i + 1``; where neurons overlap the LOWER id
     is kept in ``labels``. ``overlap_count`` is how many instances cover each voxel (>1 marks an
-    overlap). ``stack`` may be numpy, a zarr or a dask array: it is read one channel at a time.
+    overlap). ``stack`` may be numpy, a zarr or a dask array: it is read in Z slabs.
     """
     if len(stack.shape) != 4:
         raise NeurosegError(
@@ -137,21 +187,14 @@ def instances_to_labels(stack: Any) -> tuple[np.ndarray, np.ndarray]:
             fix="pass the 4D gt_instances array (one channel per neuron)",
         )
     check_label_dtype(stack, what="instance stack")
-    n = int(stack.shape[0])
     spatial = tuple(int(s) for s in stack.shape[1:])
     labels = np.zeros(spatial, dtype=np.uint32)
     count = np.zeros(spatial, dtype=np.uint8)
-    lab_flat = labels.reshape(-1)
-    cnt_flat = count.reshape(-1)
-    for i in range(n):
-        ch = np.asarray(stack[i])
-        idx = np.flatnonzero(ch)
-        if idx.size == 0:
-            continue
-        free = idx[lab_flat[idx] == 0]
-        lab_flat[free] = i + 1
-        cur = cnt_flat[idx]
-        cnt_flat[idx] = np.where(cur < 255, cur + 1, cur)
+    if stack.shape[0] == 0:
+        return labels, count
+    for z0, z1 in _z_slabs(stack):
+        block = np.asarray(stack[:, z0:z1])
+        _flatten_block(block, labels[z0:z1], count[z0:z1])
     return labels, count
 
 
@@ -163,6 +206,15 @@ def _stack_dtype(n: int, base: np.dtype | None = None) -> np.dtype:
         if np.iinfo(d).max >= n:
             return np.dtype(d)
     return np.dtype(np.uint64)
+
+
+def _present(ids: np.ndarray, n: int) -> np.ndarray:
+    """Boolean (n+1,) array: which ids 1..n occur in ``ids`` (fast for sparse volumes)."""
+    out = np.zeros(n + 1, bool)
+    flat = ids.reshape(-1)
+    vals = np.unique(flat[_flat_nonzero(flat)])
+    out[vals[vals <= n].astype(np.intp)] = True
+    return out
 
 
 def labels_to_instances(labels: Any, original_stack: Any | None = None) -> np.ndarray:
@@ -185,6 +237,11 @@ def labels_to_instances(labels: Any, original_stack: Any | None = None) -> np.nd
             fix="pass a 3D label volume (one id per voxel)",
         )
     max_id = int(labels.max()) if labels.size else 0
+    if max_id > 65535:
+        raise NeurosegError(
+            f"label id {max_id} would need {max_id} instance channels",
+            fix="relabel the ids sequentially (skimage.segmentation.relabel_sequential) first",
+        )
     flat = labels.reshape(-1)
     if original_stack is None:
         out = np.zeros((max_id,) + labels.shape, dtype=_stack_dtype(max_id))
@@ -203,20 +260,26 @@ def labels_to_instances(labels: Any, original_stack: Any | None = None) -> np.nd
     n0 = int(original_stack.shape[0])
     n = max(n0, max_id)
     out = np.zeros((n,) + labels.shape, dtype=_stack_dtype(n, original_stack.dtype))
-    for i in range(n0):
-        out[i] = np.asarray(original_stack[i])
-    before, _ = instances_to_labels(out[:n0]) if n0 else (np.zeros(labels.shape, np.uint32), None)
-    out_flat = out.reshape(n, labels.size)
-    changed = np.flatnonzero(before.reshape(-1) != flat)
-    if changed.size:
-        new_vals = flat[changed].astype(np.int64)
-        out_flat[:, changed] = 0
-        fg = new_vals > 0
-        out_flat[new_vals[fg] - 1, changed[fg]] = new_vals[fg]
-    visible_before = set(np.unique(before).tolist()) - {0}
-    visible_now = set(np.unique(flat).tolist()) if changed.size else visible_before
-    for gone in sorted(visible_before - visible_now):
-        out[gone - 1] = 0
+    visible_before = np.zeros(n + 1, bool)
+    visible_now = np.zeros(n + 1, bool)
+    for z0, z1 in _z_slabs(original_stack) if n0 else [(0, labels.shape[0])]:
+        lab = labels[z0:z1]
+        before = np.zeros(lab.shape, np.uint32)
+        if n0:
+            block = np.asarray(original_stack[:, z0:z1])
+            out[:n0, z0:z1] = block
+            _flatten_block(block, before, np.zeros(lab.shape, np.uint8), visible_before)
+        visible_now |= _present(lab, n)
+        changed = _flat_nonzero(before != lab)
+        if changed.size:
+            sub = out[:, z0:z1].reshape(n, -1)  # a view: out is C-contiguous along Z
+            new_vals = lab.reshape(-1)[changed].astype(np.int64)
+            sub[:, changed] = 0
+            fg = new_vals > 0
+            sub[new_vals[fg] - 1, changed[fg]] = new_vals[fg]
+    for gone in np.flatnonzero(visible_before & ~visible_now):
+        if gone:
+            out[gone - 1] = 0
     return out
 
 
