@@ -2,8 +2,12 @@
 
 The compiled NMS and polyhedron rendering of the ``stardist`` package hold Python's global
 interpreter lock for their whole run; called from a napari thread worker they freeze the viewer
-for seconds. :class:`ProcessWorker` runs such calls in one long-lived *spawned* process (started
-on first use, reused afterwards). Its :meth:`~ProcessWorker.call_iter` is a generator that yields
+for seconds. :class:`ProcessWorker` runs such calls in one long-lived child process (started
+on first use, reused afterwards). The child is a fresh interpreter
+(``python -m napari_neuroseg.runtime._worker_main``) connected by an authenticated
+``multiprocessing.connection`` pipe; unlike ``multiprocessing``'s spawn start method it never
+re-imports the caller's ``__main__``, so scripts without an ``if __name__ == "__main__"`` guard
+work too. Its :meth:`~ProcessWorker.call_iter` is a generator that yields
 the elapsed time while it waits, so a progress generator stays responsive and cancellable:
 closing it while a call is in flight terminates the worker process (a fresh one starts on the next
 call).
@@ -16,11 +20,12 @@ the calling process instead (for debugging and environments where spawning is no
 from __future__ import annotations
 
 import atexit
-import multiprocessing as mp
 import os
+import secrets
+import subprocess
+import sys
 import threading
 import time
-import traceback
 from collections.abc import Callable, Generator
 from typing import Any, TypeVar
 
@@ -38,28 +43,6 @@ class WorkerDied(NeurosegError):
     """The worker process exited (killed, crashed, out of memory) before answering."""
 
 
-def _serve(conn) -> None:  # pragma: no cover - runs in the child process
-    """Child main loop: receive ``(fn, args, kwargs)``, send ``("ok", result)`` or ``("err", ...)``."""
-    # keep the child's CPU use polite and predictable for numeric libraries
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg is None:
-            return
-        fn, args, kwargs = msg
-        try:
-            result = fn(*args, **kwargs)
-            reply = ("ok", result)
-        except BaseException as err:  # noqa: BLE001 - everything goes back to the parent
-            reply = ("err", err, traceback.format_exc())
-        try:
-            conn.send(reply)
-        except Exception as err:  # unpicklable result or exception
-            conn.send(("err", RuntimeError(f"worker could not send its reply: {err!r}"), traceback.format_exc()))
-
-
 class ProcessWorker:
     """One persistent spawned process that runs one call at a time.
 
@@ -69,8 +52,7 @@ class ProcessWorker:
     def __init__(self, *, in_process: bool = False, name: str = "neuroseg-worker"):
         self.in_process = in_process
         self.name = name
-        self._ctx = mp.get_context("spawn")
-        self._proc: mp.process.BaseProcess | None = None
+        self._proc: subprocess.Popen | None = None
         self._conn = None
         self._lock = threading.Lock()
 
@@ -78,36 +60,75 @@ class ProcessWorker:
     @property
     def alive(self) -> bool:
         """Whether the worker process is running."""
-        return self._proc is not None and self._proc.is_alive()
+        return self._proc is not None and self._proc.poll() is None
 
     @property
     def pid(self) -> int | None:
         """The worker process id (``None`` when not started)."""
         return self._proc.pid if self.alive else None
 
-    def start(self) -> None:
+    def start(self, timeout: float = 60.0) -> None:
         """Start the process now (otherwise it starts on the first call)."""
+        from multiprocessing.connection import Listener
+
         if self.in_process or self.alive:
             return
-        parent, child = self._ctx.Pipe(duplex=True)
-        proc = self._ctx.Process(target=_serve, args=(child,), name=self.name, daemon=True)
-        proc.start()
-        child.close()
-        self._proc, self._conn = proc, parent
+        authkey = secrets.token_bytes(32)
+        listener = Listener(authkey=authkey)
+        accepted: dict[str, Any] = {}
+
+        def _accept() -> None:
+            try:
+                accepted["conn"] = listener.accept()
+            except Exception as err:  # noqa: BLE001 - reported below
+                accepted["error"] = err
+
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "napari_neuroseg.runtime._worker_main"],
+                stdin=subprocess.PIPE,
+                env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+            )
+            assert proc.stdin is not None
+            proc.stdin.write(repr((listener.address, authkey.hex())).encode() + b"\n")
+            proc.stdin.close()
+            waiter = threading.Thread(target=_accept, daemon=True)
+            waiter.start()
+            t0 = time.perf_counter()
+            while waiter.is_alive():
+                waiter.join(0.05)
+                if waiter.is_alive() and (proc.poll() is not None or time.perf_counter() - t0 > timeout):
+                    proc.kill()
+                    listener.close()  # unblocks accept()
+                    waiter.join(1.0)
+                    raise WorkerDied(
+                        f"the worker process did not start (exit code {proc.poll()})",
+                        fix="check that napari_neuroseg imports in a fresh Python process",
+                    )
+        finally:
+            listener.close()
+        if "conn" not in accepted:
+            raise WorkerDied(f"the worker process did not connect ({accepted.get('error')})", fix="retry")
+        conn = accepted["conn"]
+        conn.send(list(sys.path))
+        self._proc, self._conn = proc, conn
 
     def terminate(self) -> None:
         """Kill the worker process at once (an in-flight call is lost)."""
         proc, conn = self._proc, self._conn
         self._proc = self._conn = None
-        if proc is not None:
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(2.0)
-                if proc.is_alive():  # pragma: no cover - terminate ignored
-                    proc.kill()
-                    proc.join(2.0)
         if conn is not None:
-            conn.close()
+            try:
+                conn.close()
+            except OSError:
+                pass
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(2.0)
+            except subprocess.TimeoutExpired:  # pragma: no cover - terminate ignored
+                proc.kill()
+                proc.wait(2.0)
 
     def shutdown(self, timeout: float = 2.0) -> None:
         """Ask the worker to exit; kill it if it does not within ``timeout`` seconds."""
@@ -115,10 +136,10 @@ class ProcessWorker:
         if proc is None:
             return
         try:
-            if proc.is_alive() and conn is not None:
+            if proc.poll() is None and conn is not None:
                 conn.send(None)
-                proc.join(timeout)
-        except (OSError, BrokenPipeError):
+                proc.wait(timeout)
+        except (OSError, subprocess.TimeoutExpired):
             pass
         self.terminate()
 
@@ -149,9 +170,9 @@ class ProcessWorker:
             done = False
             try:
                 while not conn.poll(poll):
-                    if not self._proc.is_alive():
+                    if self._proc.poll() is not None:
                         raise WorkerDied(
-                            f"the worker process exited with code {self._proc.exitcode} while running "
+                            f"the worker process exited with code {self._proc.returncode} while running "
                             f"{getattr(fn, '__name__', fn)}",
                             fix="it may have run out of memory: use a smaller image or more tiles",
                         )

@@ -1,0 +1,529 @@
+"""``StarDist3D``: load (Keras folder or own format), predict, predict instances.
+
+Example::
+
+    from napari_neuroseg.models.stardist3d import StarDist3D
+    model = StarDist3D.from_folder("path/to/model")          # Keras or neuroseg folder
+    labels, details = model.predict_instances(image)          # image (Z,Y,X) or (C,Z,Y,X)
+
+    # as a progress generator (napari worker, CLI progress bar):
+    gen = model.predict_instances_iter(image)                 # yields Progress, returns result
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Generator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.models.stardist3d.config import StarDistConfig, Thresholds, load_thresholds
+from napari_neuroseg.models.stardist3d.rays import make_rays, rays_spec
+from napari_neuroseg.runtime.progress import Progress, run_to_completion
+
+__all__ = ["StarDist3D", "normalize_image", "OWN_WEIGHTS", "FORMAT_NAME"]
+
+#: The state-dict file of the project's own model format.
+OWN_WEIGHTS = "weights.pt"
+FORMAT_NAME = "neuroseg-stardist3d"
+
+_TENSOR_CHECK_CACHE: dict[tuple[int, str], bool] = {}
+
+
+def normalize_image(
+    image: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.8), *, path: str | None = None
+) -> np.ndarray:
+    """Per-channel percentile normalisation of a (C, Z, Y, X) image as csbdeep does it:
+    ``(x − p_low) / (p_high − p_low + 1e-20)`` in float32, no clipping."""
+    lo, hi = percentiles
+    if not (0 <= lo < hi <= 100):
+        raise NeurosegError(f"bad normalisation percentiles {percentiles}", fix="use e.g. (1, 99.8) with low < high")
+    x = np.asarray(image)
+    _check_not_constant(x, path)
+    mi = np.percentile(x, lo, axis=(1, 2, 3), keepdims=True).astype(np.float32)
+    ma = np.percentile(x, hi, axis=(1, 2, 3), keepdims=True).astype(np.float32)
+    out = x.astype(np.float32)
+    out -= mi
+    out /= ma - mi + np.float32(1e-20)
+    return out
+
+
+def _check_not_constant(x: np.ndarray, path: str | None = None) -> None:
+    flat = x.reshape(x.shape[0], -1)
+    const = np.flatnonzero(flat.max(1) == flat.min(1))
+    if len(const):
+        raise NeurosegError(
+            f"the image is constant (channel {int(const[0])} has the single value {flat[const[0], 0]})",
+            path=path,
+            fix="check that the right image/channel was loaded",
+        )
+
+
+class StarDist3D:
+    """A StarDist-3D model in PyTorch (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: StarDistConfig,
+        thresholds: Thresholds | None = None,
+        net=None,
+        *,
+        name: str = "stardist3d",
+        path: str | Path | None = None,
+        device: str | None = None,
+    ):
+        from napari_neuroseg.models.stardist3d.network import build_network
+        from napari_neuroseg.runtime.device import select_device
+
+        self.config = config
+        self.thresholds = thresholds or Thresholds()
+        self.net = net if net is not None else build_network(config)
+        self.net.eval()
+        self.name = name
+        self.path = None if path is None else Path(path)
+        #: "auto" (float16 on CUDA when it keeps the outputs), "float32", "float16" or "bfloat16"
+        self.precision = "auto"
+        self._rays = None
+        self.device = select_device(device)
+        self.net.to(self.device)
+
+    # ------------------------------------------------------------------ loading and saving
+    @classmethod
+    def from_folder(cls, path: str | Path, *, device: str | None = None) -> "StarDist3D":
+        """Load a model folder: Keras (``config.json``, ``thresholds.json``, ``weights_best.h5``
+        else the newest ``*.h5``) or neuroseg (``config.json``, ``thresholds.json``, ``weights.pt``)."""
+        import torch
+
+        path = Path(path)
+        if not path.is_dir():
+            if path.is_file() and path.suffix == ".pt":
+                return cls.from_file(path, device=device)
+            raise NeurosegError("model folder not found", path=path, fix="give a StarDist model folder")
+        config = StarDistConfig.from_json(path / "config.json")
+        thresholds = load_thresholds(path / "thresholds.json")
+        model = cls(config, thresholds, name=path.name, path=path, device="cpu")
+        own = path / OWN_WEIGHTS
+        if own.is_file():
+            try:
+                state = torch.load(own, map_location="cpu", weights_only=True)
+            except Exception as err:  # noqa: BLE001 - any unpickling problem means a bad file
+                raise NeurosegError(f"cannot read the weights ({err})", path=own, fix="restore or re-save the model") from err
+            model._load_state(state, own)
+        else:
+            h5 = path / "weights_best.h5"
+            if not h5.is_file():
+                candidates = sorted(path.glob("*.h5"), key=lambda p: p.stat().st_mtime)
+                if not candidates:
+                    raise NeurosegError(
+                        "no weight file in the model folder (weights.pt, weights_best.h5 or *.h5)",
+                        path=path,
+                        fix="copy the model's weight file into the folder",
+                    )
+                h5 = candidates[-1]
+            from napari_neuroseg.models.stardist3d.keras_import import load_keras_weights
+
+            load_keras_weights(model.net, h5)
+        return model.to(device)
+
+    @classmethod
+    def from_file(cls, path: str | Path, *, device: str | None = None) -> "StarDist3D":
+        """Load the single-file form of the own format (``.pt`` with config, thresholds and
+        state dict; read with ``weights_only=True``)."""
+        import torch
+
+        path = Path(path)
+        if not path.is_file():
+            raise NeurosegError("model file not found", path=path, fix="give a .pt file saved by neuroseg")
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001
+            raise NeurosegError(f"cannot read the model file ({err})", path=path, fix="restore or re-save the model") from err
+        if not isinstance(blob, dict) or blob.get("format") != FORMAT_NAME:
+            raise NeurosegError("not a neuroseg StarDist-3D model file", path=path, fix="use StarDist3D.save_file output")
+        config = StarDistConfig.from_dict(blob.get("config") or {}, path=path)
+        th = blob.get("thresholds") or {}
+        thresholds = Thresholds(prob=float(th.get("prob", 0.5)), nms=float(th.get("nms", 0.4)))
+        model = cls(config, thresholds, name=path.stem, path=path, device="cpu")
+        model._load_state(blob.get("state_dict") or {}, path)
+        return model.to(device)
+
+    @classmethod
+    def load(cls, name_or_path: str | Path, *, device: str | None = None) -> "StarDist3D":
+        """A bundled model by name (see :func:`~napari_neuroseg.models.stardist3d.bundled_models`),
+        a model folder, or a ``.pt`` model file."""
+        from napari_neuroseg.models.stardist3d.pretrained import resolve_model_path
+
+        p = resolve_model_path(name_or_path)
+        return cls.from_file(p, device=device) if p.is_file() else cls.from_folder(p, device=device)
+
+    def _load_state(self, state: dict, path: Path) -> None:
+        if not isinstance(state, dict):
+            raise NeurosegError("the weights are not a state dict", path=path, fix="re-save the model")
+        try:
+            self.net.load_state_dict(state, strict=True)
+        except (RuntimeError, KeyError) as err:
+            raise NeurosegError(
+                f"the weights do not fit the config ({str(err).splitlines()[0]})",
+                path=path,
+                fix="use the config.json saved with these weights",
+            ) from err
+
+    def _config_dict(self) -> dict[str, Any]:
+        d = self.config.to_dict()
+        d["rays_json"] = rays_spec(self.config)
+        return d
+
+    def save(self, folder: str | Path) -> Path:
+        """Write the own format (``config.json``, ``thresholds.json``, ``weights.pt``) atomically."""
+        import torch
+
+        folder = Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            (tmp / "config.json").write_text(json.dumps(self._config_dict(), indent=1))
+            (tmp / "thresholds.json").write_text(
+                json.dumps({"prob": self.thresholds.prob, "nms": self.thresholds.nms})
+            )
+            state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
+            torch.save(state, tmp / OWN_WEIGHTS)
+            if folder.exists():
+                old = folder.with_name(f".{folder.name}.old")
+                if old.exists():
+                    shutil.rmtree(old)
+                os.replace(folder, old)
+                os.replace(tmp, folder)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, folder)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return folder
+
+    def save_file(self, path: str | Path) -> Path:
+        """Write the single-file own format (``.pt``) atomically."""
+        import torch
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        blob = {
+            "format": FORMAT_NAME,
+            "version": 1,
+            "config": json.loads(json.dumps(self._config_dict())),
+            "thresholds": {"prob": float(self.thresholds.prob), "nms": float(self.thresholds.nms)},
+            "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
+        }
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.save(blob, tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    # ------------------------------------------------------------------ properties
+    def to(self, device: str | None = None) -> "StarDist3D":
+        """Move to ``device`` (``None``/"auto": :func:`~napari_neuroseg.runtime.select_device`)."""
+        from napari_neuroseg.runtime.device import select_device
+
+        self.device = select_device(device)
+        self.net.to(self.device)
+        return self
+
+    @property
+    def rays(self):
+        """The model's ``stardist`` rays object (built without ``eval``)."""
+        if self._rays is None:
+            self._rays = make_rays(rays_spec(self.config), self.config.n_rays)
+        return self._rays
+
+    @property
+    def divisor(self) -> tuple[int, int, int]:
+        return self.config.divisor
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return tuple(self.config.grid)  # type: ignore[return-value]
+
+    @property
+    def receptive_field(self) -> tuple[int, int, int]:
+        """Per-side receptive field in voxels (the tile overlap)."""
+        return self.config.receptive_field
+
+    def __repr__(self) -> str:
+        c = self.config
+        return (
+            f"StarDist3D({self.name!r}, backbone={c.backbone}, n_rays={c.n_rays}, grid={c.grid}, "
+            f"n_channel_in={c.n_channel_in}, device={self.device})"
+        )
+
+    # ------------------------------------------------------------------ input checks
+    def prepare_image(
+        self,
+        image: np.ndarray,
+        *,
+        normalize: bool = True,
+        percentiles: tuple[float, float] = (1.0, 99.8),
+        channel_axis: int | None = None,
+    ) -> np.ndarray:
+        """Validate ``image`` and return it as float32 (C, Z, Y, X), normalised if asked.
+
+        3D images are single-channel; 4D images need a channel axis of size ``n_channel_in``
+        (first or last, or ``channel_axis``)."""
+        x = np.asarray(image)
+        n_c = self.config.n_channel_in
+        if x.dtype == bool or not (np.issubdtype(x.dtype, np.number)):
+            raise NeurosegError(f"the image has dtype {x.dtype}, not numeric", fix="pass a numeric image")
+        if x.ndim == 3:
+            if n_c != 1:
+                raise NeurosegError(
+                    f"the model expects {n_c} channels but the image is 3D (Z, Y, X) with one",
+                    fix=f"pass a (C, Z, Y, X) image with C={n_c}",
+                )
+            x = x[np.newaxis]
+        elif x.ndim == 4:
+            if channel_axis is None:
+                if x.shape[0] == n_c:
+                    channel_axis = 0
+                elif x.shape[-1] == n_c:
+                    channel_axis = -1
+                else:
+                    raise NeurosegError(
+                        f"4D image of shape {x.shape}: no axis of size {n_c} (the model's channel count)",
+                        fix=f"pass a 3D volume or a (C, Z, Y, X) image with C={n_c}",
+                    )
+            x = np.moveaxis(x, channel_axis, 0)
+            if x.shape[0] != n_c:
+                raise NeurosegError(
+                    f"the image has {x.shape[0]} channels but the model expects {n_c}",
+                    fix="choose the right channel(s) or model",
+                )
+        else:
+            raise NeurosegError(
+                f"the image is {x.ndim}D (shape {x.shape}); StarDist-3D needs a 3D volume",
+                fix="pass a (Z, Y, X) volume or a (C, Z, Y, X) image",
+            )
+        if min(x.shape[1:]) < 1:
+            raise NeurosegError(f"the image is empty (shape {x.shape[1:]})", fix="pass a non-empty volume")
+        if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+            raise NeurosegError("the image contains NaN or infinite values", fix="replace them (e.g. np.nan_to_num)")
+        if normalize:
+            return normalize_image(x, percentiles)
+        _check_not_constant(x)
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    # ------------------------------------------------------------------ forward
+    def _autocast_dtype(self) -> Any:
+        import torch
+
+        if self.device.type != "cuda" or self.precision == "float32":
+            return None
+        if self.precision == "float16":
+            return torch.float16
+        if self.precision == "bfloat16":
+            return torch.bfloat16
+        return "check"
+
+    def make_forward(self):
+        """A ``forward(tile (C,z,y,x) float32) -> (prob (1,...), dist (R,...))`` numpy function
+        for :func:`napari_neuroseg.runtime.tiling.predict_tiled` on this model's device.
+
+        With ``precision="auto"`` on CUDA, the first tile is computed in float32 and float16; half
+        precision is used for the rest only if it keeps the outputs (|Δprob| ≤ 1e-3,
+        |Δdist| ≤ 1e-2 · max(1, |dist|)); the decision is cached per model and device.
+        """
+        import torch
+
+        net, device = self.net, self.device
+
+        def run(x_np: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
+            x = torch.from_numpy(x_np[np.newaxis]).to(device, non_blocking=True)
+            with torch.inference_mode():
+                if dtype is None:
+                    p, d = net(x)
+                else:
+                    with torch.autocast(device_type=device.type, dtype=dtype):
+                        p, d = net(x)
+            return p[0].float().cpu().numpy(), d[0].float().cpu().numpy()
+
+        key = (id(self.net), str(device))
+
+        def forward(x_np: np.ndarray):
+            mode = self._autocast_dtype()
+            if mode == "check":
+                ok = _TENSOR_CHECK_CACHE.get(key)
+                if ok is None:
+                    p32, d32 = run(x_np, None)
+                    p16, d16 = run(x_np, torch.float16)
+                    ok = bool(
+                        np.isfinite(p16).all()
+                        and np.isfinite(d16).all()
+                        and np.abs(p16 - p32).max() <= 1e-3
+                        and (np.abs(d16 - d32) / np.maximum(1.0, np.abs(d32))).max() <= 1e-2
+                    )
+                    _TENSOR_CHECK_CACHE[key] = ok
+                    return p32, d32
+                mode = torch.float16 if ok else None
+            return run(x_np, mode)
+
+        return forward
+
+    def _n_tiles(self, shape, n_tiles):
+        from napari_neuroseg.runtime.tiling import auto_tiles, normalize_n_tiles
+
+        if n_tiles is not None:
+            return normalize_n_tiles(n_tiles, shape)
+        bpv = self.net.bytes_per_voxel()
+        fraction = 0.7 if self.device.type == "cuda" else 0.25
+        return auto_tiles(
+            shape, divisor=self.divisor, overlap=self.receptive_field, bytes_per_voxel=bpv,
+            device=self.device, fraction=fraction,
+        )
+
+    def predict_iter(
+        self, image: np.ndarray, *, n_tiles: int | Sequence[int] | None = None, channel_axis: int | None = None
+    ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
+        """Generator form of :meth:`predict`."""
+        from napari_neuroseg.runtime.tiling import predict_tiled_auto
+
+        x = self.prepare_image(image, normalize=False, channel_axis=channel_axis)
+        tiles = self._n_tiles(x.shape[1:], n_tiles)
+        prob, dist = yield from predict_tiled_auto(
+            self.make_forward(), x, divisor=self.divisor, overlap=self.receptive_field, grid=self.grid,
+            n_tiles=tiles, device=self.device,
+        )
+        return prob[0], np.moveaxis(np.maximum(dist, np.float32(1e-3)), 0, -1)
+
+    def predict(
+        self, image: np.ndarray, *, n_tiles: int | Sequence[int] | None = None, channel_axis: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Network outputs at grid resolution for an already normalised image (as ``stardist``):
+        ``prob`` (Z', Y', X') and ``dist`` (Z', Y', X', n_rays) clipped at 1e-3, with
+        Z' = ceil(Z / grid_z) etc. ``n_tiles=None`` chooses tiles from the free memory."""
+        return run_to_completion(self.predict_iter(image, n_tiles=n_tiles, channel_axis=channel_axis))
+
+    # ------------------------------------------------------------------ instances
+    def predict_instances_iter(
+        self,
+        image: np.ndarray,
+        *,
+        normalize: bool = True,
+        prob_thresh: float | None = None,
+        nms_thresh: float | None = None,
+        n_tiles: int | Sequence[int] | None = None,
+        percentiles: tuple[float, float] = (1.0, 99.8),
+        channel_axis: int | None = None,
+        use_subprocess: bool | None = None,
+        return_predict: bool = False,
+    ) -> Generator[Progress, None, tuple]:
+        """Generator form of :meth:`predict_instances`: yields a :class:`Progress` per tile and
+        while NMS/rendering run (in the worker process), returns ``(labels, details)`` (plus
+        ``(prob, dist)`` if ``return_predict``)."""
+        from napari_neuroseg.models.stardist3d.postprocess import Candidates, nms_and_render, select_candidates
+        from napari_neuroseg.runtime.subprocess import ProcessWorker, get_worker
+        from napari_neuroseg.runtime.tiling import iter_tiles, predict_tiled_auto
+
+        prob_thresh = self.thresholds.prob if prob_thresh is None else float(prob_thresh)
+        nms_thresh = self.thresholds.nms if nms_thresh is None else float(nms_thresh)
+        if not (0 <= prob_thresh <= 1 and 0 <= nms_thresh <= 1):
+            raise NeurosegError(
+                f"thresholds must lie in [0, 1] (prob={prob_thresh}, nms={nms_thresh})", fix="use e.g. 0.5 and 0.4"
+            )
+        x = self.prepare_image(image, normalize=normalize, percentiles=percentiles, channel_axis=channel_axis)
+        shape = tuple(int(s) for s in x.shape[1:])
+        grid = self.grid
+        tiles = self._n_tiles(shape, n_tiles)
+        n_total = math.prod(min(t, math.ceil(s / d)) for t, s, d in zip(tiles, shape, self.divisor)) + 1
+        yield Progress(0, n_total, f"predicting {math.prod(tiles)} tile(s)")
+        padded_out = tuple(math.ceil(s / d) * d // g for s, d, g in zip(shape, self.divisor, grid))
+        dense_shape = tuple(math.ceil(s / g) for s, g in zip(shape, grid))
+        forward = self.make_forward()
+
+        def sparse_run(fwd, img, *, n_tiles, divisor, overlap, grid):
+            cands = Candidates(self.config.n_rays)
+            dense = None
+            if return_predict:
+                dense = (np.empty((1,) + dense_shape, np.float32), np.empty((self.config.n_rays,) + dense_shape, np.float32))
+            for i, (tile, total, (p, d)) in enumerate(
+                iter_tiles(fwd, img, n_tiles=n_tiles, divisor=divisor, overlap=overlap, grid=grid)
+            ):
+                border = tuple(
+                    (2 if tile.first[ax] else 0, 2 if tile.last[ax] else 0) for ax in range(3)
+                )
+                offset = tuple(s.start for s in tile.dst)
+                cands.add(*select_candidates(p[0], d, offset=offset, grid=grid, prob_thresh=prob_thresh,
+                                             border=border, shape=shape))
+                if dense is not None:
+                    dst = tuple(slice(s.start, min(s.stop, n)) for s, n in zip(tile.dst, dense_shape))
+                    keep = (slice(None),) + tuple(slice(0, s.stop - s.start) for s in dst)
+                    dense[0][(slice(None),) + dst] = p[keep]
+                    dense[1][(slice(None),) + dst] = d[keep]
+                yield Progress(i + 1, total + 1, f"tile {i + 1}/{total}: {len(cands)} candidates")
+            return cands, dense
+
+        cands, dense = yield from predict_tiled_auto(
+            forward, x, divisor=self.divisor, overlap=self.receptive_field, grid=grid, n_tiles=tiles,
+            device=self.device, run=sparse_run,
+        )
+        del x
+        prob, dist, points = cands.arrays()
+        worker = get_worker() if use_subprocess in (None, True) else ProcessWorker(in_process=True)
+        if use_subprocess is None and len(prob) < 64 and math.prod(shape) < 64**3:
+            worker = ProcessWorker(in_process=True)  # tiny job: not worth a round trip
+        msg = f"non-maximum suppression of {len(prob)} candidates"
+        gen = worker.call_iter(
+            nms_and_render, prob, dist, points, rays_spec(self.config), self.config.n_rays, nms_thresh, shape,
+        )
+        try:
+            while True:
+                elapsed = next(gen)
+                yield Progress(n_total - 1, n_total, f"{msg} ({elapsed:.1f} s)")
+        except StopIteration as stop:
+            labels, details = stop.value
+        finally:
+            gen.close()
+        yield Progress(n_total, n_total, f"{int(labels.max()) if labels is not None else 0} objects")
+        if return_predict:
+            assert dense is not None
+            return labels, details, (dense[0][0], np.moveaxis(np.maximum(dense[1], np.float32(1e-3)), 0, -1))
+        return labels, details
+
+    def predict_instances(
+        self,
+        image: np.ndarray,
+        *,
+        normalize: bool = True,
+        prob_thresh: float | None = None,
+        nms_thresh: float | None = None,
+        n_tiles: int | Sequence[int] | None = None,
+        percentiles: tuple[float, float] = (1.0, 99.8),
+        channel_axis: int | None = None,
+        use_subprocess: bool | None = None,
+        return_predict: bool = False,
+    ):
+        """Segment nuclei: ``(labels int32 (Z, Y, X), details)``.
+
+        ``normalize``: percentile normalisation (``percentiles``, default 1 and 99.8) first;
+        thresholds default to the model's; ``n_tiles=None`` picks tiles from the free (GPU or
+        CPU) memory and retries with more tiles after an out-of-memory error. NMS and rendering
+        run in the worker process (``use_subprocess=False`` runs them here). ``details`` has the
+        kept ``points``, ``prob``, ``dist`` and the rays' ``rays_vertices``/``rays_faces``.
+        """
+        return run_to_completion(
+            self.predict_instances_iter(
+                image, normalize=normalize, prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=n_tiles,
+                percentiles=percentiles, channel_axis=channel_axis, use_subprocess=use_subprocess,
+                return_predict=return_predict,
+            )
+        )
+

@@ -1,0 +1,299 @@
+"""The StarDist-3D networks (ResNet and U-Net backbones + prob/dist head) in PyTorch, with the
+exact semantics of the Keras models of the ``stardist`` package.
+
+* Convolutions use TensorFlow's ``"same"`` padding: ``k // 2`` on both sides for stride 1, and
+  the asymmetric split (``before = total // 2``) for strided convolutions.
+* Max pooling is ``valid`` with stride = pool; up-sampling is nearest-neighbour; U-Net skips are
+  concatenated as ``[up, skip]``.
+* Every convolution is recorded in :attr:`StarDistNet.keras_layers` in the order Keras creates
+  it, with its Keras name (``None`` for layers Keras names automatically ``conv3d[_N]``), so
+  :mod:`.keras_import` can map a weight file onto it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_neuroseg.models.stardist3d.config import StarDistConfig
+
+__all__ = ["Conv3dSame", "StarDistNet", "build_network"]
+
+
+def _activation(name: str | None):
+    return {
+        None: None,
+        "linear": None,
+        "relu": F.relu,
+        "elu": F.elu,
+        "sigmoid": torch.sigmoid,
+        "tanh": torch.tanh,
+        "softplus": F.softplus,
+        "selu": F.selu,
+        "swish": F.silu,
+        "gelu": F.gelu,
+    }[name]
+
+
+class Conv3dSame(nn.Module):
+    """A 3D convolution with TensorFlow ``"same"`` padding and an optional activation."""
+
+    def __init__(self, c_in: int, c_out: int, kernel, stride=(1, 1, 1), activation: str | None = None, bias=True):
+        super().__init__()
+        kernel = tuple(int(k) for k in kernel)
+        stride = tuple(int(s) for s in stride)
+        self.kernel, self.stride = kernel, stride
+        self._symmetric = all(s == 1 and k % 2 == 1 for k, s in zip(kernel, stride))
+        pad = tuple(k // 2 for k in kernel) if self._symmetric else 0
+        self.conv = nn.Conv3d(c_in, c_out, kernel, stride=stride, padding=pad, bias=bias)
+        self.activation = activation
+        self._act = _activation(activation)
+
+    def _tf_pad(self, x: torch.Tensor) -> torch.Tensor:
+        pads: list[int] = []
+        for n, k, s in zip(reversed(x.shape[-3:]), reversed(self.kernel), reversed(self.stride)):
+            total = max(k - s, 0) if n % s == 0 else max(k - n % s, 0)
+            pads += [total // 2, total - total // 2]
+        return F.pad(x, pads) if any(pads) else x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._symmetric:
+            x = self._tf_pad(x)
+        if _use_mkldnn(x):
+            # oneDNN directly: for small channel counts ATen would otherwise fall back to its much
+            # slower im2col kernel (up to 3-4x on CPU)
+            c = self.conv
+            x = torch.ops.aten.mkldnn_convolution(x, c.weight, c.bias, c.padding, c.stride, c.dilation, 1)
+        else:
+            x = self.conv(x)
+        if self._act is None:
+            return x
+        if self.activation == "relu" and not torch.is_grad_enabled():
+            return F.relu_(x)
+        return self._act(x)
+
+
+def _use_mkldnn(x: torch.Tensor) -> bool:
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+    )
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, c_in, n_filter, kernel, pool, n_conv, activation, register):
+        super().__init__()
+        self.first = register(None, Conv3dSame(c_in, n_filter, kernel, pool, activation))
+        self.middle = nn.ModuleList(
+            register(None, Conv3dSame(n_filter, n_filter, kernel, activation=activation)) for _ in range(n_conv - 2)
+        )
+        self.last = register(None, Conv3dSame(n_filter, n_filter, kernel))
+        self.shortcut = None
+        if any(p != 1 for p in pool) or n_filter != c_in:
+            self.shortcut = register(None, Conv3dSame(c_in, n_filter, (1, 1, 1), pool))
+        self._act = _activation(activation)
+
+    def forward(self, x):
+        y = self.first(x)
+        for conv in self.middle:
+            y = conv(y)
+        y = self.last(y)
+        s = x if self.shortcut is None else self.shortcut(x)
+        y = y + s
+        if self._act is F.relu and not torch.is_grad_enabled():
+            return F.relu_(y)
+        return y if self._act is None else self._act(y)
+
+
+class StarDistNet(nn.Module):
+    """Backbone + ``features`` conv + ``prob`` (sigmoid) and ``dist`` (linear) 1³ convs.
+
+    ``forward(x)`` takes (N, C, Z, Y, X) with spatial sizes divisible by ``config.divisor`` and
+    returns ``(prob (N,1,Z/gz,Y/gy,X/gx), dist (N,n_rays,...))``.
+    """
+
+    def __init__(self, config: StarDistConfig):
+        super().__init__()
+        self.config = config
+        #: (keras name or None for auto-named ``conv3d_N``, module) in Keras creation order
+        self.keras_layers: list[tuple[str | None, Conv3dSame]] = []
+        if config.backbone == "resnet":
+            c_out = self._build_resnet()
+            k_feat, act = config.resnet_kernel_size, config.resnet_activation
+            n_feat = config.net_conv_after_resnet
+        else:
+            c_out = self._build_unet()
+            k_feat, act = config.unet_kernel_size, config.unet_activation
+            n_feat = config.net_conv_after_unet
+        self.features = None
+        if n_feat > 0:
+            self.features = self._reg("features", Conv3dSame(c_out, n_feat, k_feat, activation=act))
+            c_out = n_feat
+        self.prob = self._reg("prob", Conv3dSame(c_out, 1, (1, 1, 1), activation="sigmoid"))
+        self.dist = self._reg("dist", Conv3dSame(c_out, config.n_rays, (1, 1, 1)))
+
+    def _reg(self, name: str | None, module: Conv3dSame) -> Conv3dSame:
+        self.keras_layers.append((name, module))
+        return module
+
+    # -- backbones -------------------------------------------------------------------------
+    def _build_resnet(self) -> int:
+        c = self.config
+        n_filter = c.resnet_n_filter_base
+        self.stem = nn.Sequential(
+            self._reg(None, Conv3dSame(c.n_channel_in, n_filter, (7, 7, 7))),
+            self._reg(None, Conv3dSame(n_filter, n_filter, (3, 3, 3))),
+        )
+        blocks = []
+        pooled = [1, 1, 1]
+        c_in = n_filter
+        for _ in range(c.resnet_n_blocks):
+            pool = tuple(2 if g > p else 1 for g, p in zip(c.grid, pooled))
+            pooled = [p * q for p, q in zip(pooled, pool)]
+            if any(p > 1 for p in pool):
+                n_filter *= 2
+            blocks.append(
+                _ResBlock(c_in, n_filter, c.resnet_kernel_size, pool, c.resnet_n_conv_per_block,
+                          c.resnet_activation, self._reg)
+            )
+            c_in = n_filter
+        self.blocks = nn.ModuleList(blocks)
+        return c_in
+
+    def _build_unet(self) -> int:
+        c = self.config
+        k, act, pre = c.unet_kernel_size, c.unet_activation, c.unet_prefix
+        # max-pool the input to the grid, with convs before each pooling
+        self.pre_convs = nn.ModuleList()
+        self.pre_pools: list[tuple[int, int, int]] = []
+        pooled = [1, 1, 1]
+        c_in = c.n_channel_in
+        while tuple(pooled) != tuple(c.grid):
+            pool = tuple(2 if g > p else 1 for g, p in zip(c.grid, pooled))
+            pooled = [p * q for p, q in zip(pooled, pool)]
+            convs = nn.ModuleList()
+            for _ in range(c.unet_n_conv_per_depth):
+                convs.append(self._reg(None, Conv3dSame(c_in, c.unet_n_filter_base, k, activation=act)))
+                c_in = c.unet_n_filter_base
+            self.pre_convs.append(convs)
+            self.pre_pools.append(pool)
+
+        def nf(n: int) -> int:
+            return int(c.unet_n_filter_base * c.unet_expansion**n)
+
+        depth, n_conv = c.unet_n_depth, c.unet_n_conv_per_depth
+        self.down = nn.ModuleList()
+        skip_channels = []
+        for n in range(depth):
+            convs = nn.ModuleList()
+            for i in range(n_conv):
+                convs.append(self._reg(f"{pre}down_level_{n}_no_{i}", Conv3dSame(c_in, nf(n), k, activation=act)))
+                c_in = nf(n)
+            self.down.append(convs)
+            skip_channels.append(c_in)
+        self.middle = nn.ModuleList()
+        for i in range(n_conv - 1):
+            self.middle.append(self._reg(f"{pre}middle_{i}", Conv3dSame(c_in, nf(depth), k, activation=act)))
+            c_in = nf(depth)
+        self.middle.append(
+            self._reg(f"{pre}middle_{n_conv}", Conv3dSame(c_in, nf(max(0, depth - 1)), k, activation=act))
+        )
+        c_in = nf(max(0, depth - 1))
+        self.up = nn.ModuleList()
+        last_act = c.unet_last_activation if c.unet_last_activation is not None else act
+        for n in reversed(range(depth)):
+            convs = nn.ModuleList()
+            c_in = c_in + skip_channels[n]
+            for i in range(n_conv - 1):
+                convs.append(self._reg(f"{pre}up_level_{n}_no_{i}", Conv3dSame(c_in, nf(n), k, activation=act)))
+                c_in = nf(n)
+            convs.append(
+                self._reg(
+                    f"{pre}up_level_{n}_no_{n_conv}",
+                    Conv3dSame(c_in, nf(max(0, n - 1)), k, activation=act if n > 0 else last_act),
+                )
+            )
+            c_in = nf(max(0, n - 1))
+            self.up.append(convs)
+        return c_in
+
+    # -- forward ---------------------------------------------------------------------------
+    def backbone(self, x: torch.Tensor) -> torch.Tensor:
+        c = self.config
+        if c.backbone == "resnet":
+            x = self.stem(x)
+            for block in self.blocks:
+                x = block(x)
+            return x
+        for convs, pool in zip(self.pre_convs, self.pre_pools):
+            for conv in convs:
+                x = conv(x)
+            x = F.max_pool3d(x, pool, pool)
+        skips = []
+        for convs in self.down:
+            for conv in convs:
+                x = conv(x)
+            skips.append(x)
+            x = F.max_pool3d(x, c.unet_pool, c.unet_pool)
+        for conv in self.middle:
+            x = conv(x)
+        for convs, skip in zip(self.up, reversed(skips)):
+            x = F.interpolate(x, scale_factor=tuple(float(p) for p in c.unet_pool), mode="nearest")
+            x = torch.cat([x, skip], dim=1)
+            for conv in convs:
+                x = conv(x)
+        return x
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if _use_mkldnn(x):
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        x = self.backbone(x)
+        if self.features is not None:
+            x = self.features(x)
+        return self.prob(x), self.dist(x)
+
+    # -- sizing ----------------------------------------------------------------------------
+    def bytes_per_voxel(self, dtype_bytes: int = 4) -> float:
+        """Estimated peak memory of a forward pass (no gradients) per input voxel, in bytes.
+
+        Traced with a tiny input: the largest input + output of any convolution plus every U-Net
+        skip connection held meanwhile, times 1.5 for allocator slack and workspaces. Cached.
+        """
+        cached = getattr(self, "_bpv", None)
+        if cached is not None:
+            return cached * dtype_bytes
+        c = self.config
+        div = c.divisor
+        shape = (1, c.n_channel_in) + tuple(2 * d for d in div)
+        n_in = math.prod(shape[2:])
+        sizes: list[int] = []
+
+        def hook(mod, inp, out):
+            sizes.append(inp[0].numel() + out.numel())
+
+        dev = next(self.parameters()).device
+        handles = [m.register_forward_hook(hook) for _, m in self.keras_layers]
+        try:
+            with torch.no_grad():
+                self(torch.zeros(shape, device=dev))
+        finally:
+            for h in handles:
+                h.remove()
+        skips = 0
+        if c.backbone == "unet":
+            g = math.prod(c.grid)
+            p = math.prod(c.unet_pool)
+            skips = sum(c.unet_n_filter_base * c.unet_expansion**n / (g * p**n) for n in range(c.unet_n_depth))
+        self._bpv = float((max(sizes) / n_in + skips) * 1.5)
+        return self._bpv * dtype_bytes
+
+
+def build_network(config: StarDistConfig) -> StarDistNet:
+    """A :class:`StarDistNet` in eval mode."""
+    return StarDistNet(config).eval()

@@ -1,0 +1,45 @@
+"""Bundled models: folders (or ``.pt`` files) under ``models/stardist3d/pretrained/``.
+
+A bundled model is referred to by its name (the folder name or file stem); anything else is a
+path to a model folder or ``.pt`` file.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from napari_neuroseg.errors import NeurosegError
+
+__all__ = ["BUNDLED_DIR", "DEFAULT_MODEL", "bundled_models", "resolve_model_path"]
+
+#: Where bundled models live inside the package.
+BUNDLED_DIR = Path(__file__).resolve().parent / "pretrained"
+#: The name of the default bundled model (shipped by the training work).
+DEFAULT_MODEL = "neuroseg_nuclei"
+
+
+def bundled_models() -> list[str]:
+    """Names of the bundled models (empty if none is installed)."""
+    if not BUNDLED_DIR.is_dir():
+        return []
+    names = [p.name for p in BUNDLED_DIR.iterdir() if p.is_dir() and (p / "config.json").is_file()]
+    names += [p.stem for p in BUNDLED_DIR.glob("*.pt")]
+    return sorted(names)
+
+
+def resolve_model_path(name_or_path: str | Path | None) -> Path:
+    """The folder or file of a bundled model name (``None`` = the default) or a given path."""
+    if name_or_path is None:
+        name_or_path = DEFAULT_MODEL
+    s = str(name_or_path)
+    if s in bundled_models():
+        folder = BUNDLED_DIR / s
+        return folder if folder.is_dir() else BUNDLED_DIR / f"{s}.pt"
+    path = Path(s).expanduser()
+    if path.exists():
+        return path
+    available = ", ".join(bundled_models()) or "none installed"
+    raise NeurosegError(
+        f"model {s!r} is neither a bundled model ({available}) nor an existing path",
+        fix="give a model folder, a .pt file or a bundled model name",
+    )
