@@ -210,3 +210,34 @@ def test_real_ground_truth_read_lazily(fisbe_real_dir, name, shape, dim):
     assert labels_to_instances(labels, block).tobytes() == block.tobytes()
     lazy = read_labels(path, lazy=True)
     assert isinstance(lazy, da.Array) and lazy.shape == shape
+
+
+@settings(max_examples=15, deadline=None)
+@given(stack=instance_stacks(), seed=st.integers(0, 2**16), n_edits=st.integers(0, 12),
+       slab=st.sampled_from([1, 64, 1 << 30]), lazy=st.booleans())
+def test_rebuilt_stack_flattens_to_the_edited_labels(stack, seed, n_edits, slab, lazy):
+    """Whatever the edits, flattening the rebuilt stack gives the edited labels back, and every
+    unedited voxel keeps its original values except in channels whose id was removed."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("napari_neuroseg.io.fisbe.SLAB_BYTES", slab)  # 1: one Z plane per slab
+        _check_rebuild(stack, seed, n_edits, lazy)
+
+
+def _check_rebuild(stack, seed, n_edits, lazy):
+    labels, _ = instances_to_labels(stack)
+    rng = np.random.default_rng(seed)
+    edited = labels.copy()
+    n = stack.shape[0]
+    for _ in range(n_edits):
+        z, y, x = (rng.integers(0, s) for s in labels.shape)
+        edited[z, y, x] = rng.integers(0, n + 3)
+    original = da.from_array(stack, chunks=(1, 1, 4, 4)) if lazy and stack.size else stack
+    out = labels_to_instances(edited, original)
+    np.testing.assert_array_equal(instances_to_labels(out)[0], edited)
+    same = edited == labels
+    gone = {i for i in range(1, n + 1) if (labels == i).any() and not (edited == i).any()}
+    for i in range(n):
+        if i + 1 in gone:
+            assert out[i].max() == 0
+        else:
+            np.testing.assert_array_equal(out[i][same], stack[i][same])
