@@ -160,7 +160,8 @@ def _labels_key_for_zarr(p: Path, fmt: str) -> str | None:
     if fmt == "ome-zarr":
         names = ome_label_names(p)
         root = open_zarr(p)
-        if "image-label" in dict(root.attrs):
+        attrs = dict(root.attrs)
+        if "image-label" in attrs or "image-label" in (attrs.get("ome") or {}):
             return None  # the multiscale image itself is a label image
         if len(names) == 1:
             return f"labels/{names[0]}"
