@@ -266,3 +266,35 @@ def test_review_queue_from_metric_errors_in_viewer(setup):
     assert layer.selected_label == 3 and "false merge" in widget.review_label.text()
     widget.run_action("review_next")
     assert layer.selected_label == 1  # a false split selects its first prediction
+
+
+def test_click_in_3d_picks_the_first_label_along_the_ray(setup):
+    viewer, layer, widget = setup
+    ctrl = widget.controller
+    viewer.dims.ndisplay = 3
+    event = SimpleNamespace(
+        position=(0.0, 5.0, 25.0), view_direction=(1.0, 0.0, 0.0), dims_displayed=(0, 1, 2),
+        modifiers=("Shift",), type="mouse_press",
+    )
+    assert ctrl.event_voxel(event) == (2, 5, 25)  # the first voxel of label 2 along z
+    layer.selected_label = 1
+    ctrl._on_click(layer, event)
+    assert not (layer.data == 2).any()
+
+
+def test_review_from_metrics_runs_in_a_worker(setup, qtbot):
+    viewer, layer, widget = setup
+    from napari_neuroseg.synth import make_neurons
+
+    vol = make_neurons((16, 64, 64), n_neurons=2, seed=1)
+    pred = np.zeros(vol.gt_instances.shape[1:], np.uint32)
+    pred[vol.gt_instances[0] > 0] = 4  # neuron 2 is missed
+    viewer.layers.remove(layer)
+    layer = viewer.add_labels(pred, name="pred")
+    viewer.add_labels(vol.labels, name="gt", metadata={"fisbe_instances": vol.gt_instances})
+    widget.layer_combo.setCurrentText("pred")
+    widget.gt_combo.setCurrentText("gt")
+    widget.build_review_from_metrics()
+    qtbot.waitUntil(lambda: widget.controller.review is not None, timeout=60000)
+    kinds = {(it.kind, it.id) for it in widget.controller.review.items}
+    assert ("missed_gt", 2) in kinds

@@ -95,6 +95,7 @@ class ProofreadController:
         self._index_worker: Any = None
         self._wrap_zarr()
         self.connect()
+        import skimage.segmentation  # noqa: F401  (imported now, not on the first split)
 
     # -- set-up ------------------------------------------------------------------------------
     def _wrap_zarr(self) -> None:
@@ -272,7 +273,7 @@ class ProofreadController:
         dims = tuple(getattr(event, "dims_displayed", ()) or ())
         view_dir = getattr(event, "view_direction", None)
         if len(dims) == 3 and view_dir is not None:
-            start, end = layer.get_ray_intersections(event.position, view_dir, dims, world=True)
+            start, end = layer.get_ray_intersections(event.position, view_dir, list(dims), world=True)
             if start is None or end is None:
                 return None
             n = int(np.ceil(np.linalg.norm(np.asarray(end) - np.asarray(start)) * 2)) + 1
