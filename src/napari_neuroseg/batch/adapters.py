@@ -61,24 +61,11 @@ class NucleiTask(Task):
 
     def _model(self, params: dict) -> Any:
         mod = _require("napari_neuroseg.models.stardist3d", "StarDist-3D nuclei segmenter")
-        cls = getattr(mod, "StarDist3D", None)
-        if cls is None:
-            raise NeurosegError("napari_neuroseg.models.stardist3d has no StarDist3D yet", fix="use the 'threshold' task meanwhile")
-        cache = self.__dict__.setdefault("_cache", {})
-        key = (params.get("model"), params.get("device"))
-        if key not in cache:
-            name = params.get("model")
-            loader = getattr(cls, "from_pretrained", None) if name and not Path(name).exists() else None
-            if loader is not None:
-                cache[key] = loader(name, device=params.get("device"))
-            elif hasattr(cls, "load"):
-                cache[key] = cls.load(name, device=params.get("device")) if name else cls.load(device=params.get("device"))
-            else:
-                cache[key] = cls(name) if name else cls()
-        return cache[key]
-
-    def __getstate__(self) -> dict:  # never ship a loaded model to Dask workers
-        return {k: v for k, v in self.__dict__.items() if k != "_cache"}
+        load = getattr(mod, "load_model", None)
+        if load is None:
+            raise NeurosegError("napari_neuroseg.models.stardist3d has no load_model yet", fix="use the 'threshold' task meanwhile")
+        device = None if params.get("device") in (None, "auto") else params["device"]
+        return load(params.get("model"), device=device)  # cached per (file, device) by the package
 
     def segment(self, image: np.ndarray, axes: str, params: dict) -> np.ndarray:
         img = image if axes == "ZYX" else image[int(params.get("channel", 0))]
@@ -167,12 +154,10 @@ class EvaluateTask(Task):
             raise NeurosegError("napari_neuroseg.metrics has no evaluate() yet", fix="update napari-neuroseg")
         gt_path = self.find_gt(path, params)
         gspec = InputSpec(str(gt_path), classify(gt_path) or "unknown", gt_path.name, params.get("gt_key"))
-        with open_input(gspec, role="labels") as g:
-            gt = g.read()
         pspec = InputSpec(path, classify(path) or "unknown", Path(path).name, params.get("pred_key") or key)
-        with open_input(pspec, role="labels") as p:
-            pred = p.read()
-        res = evaluate(gt, pred, partly=bool(params.get("partly")))
+        # evaluate() reads Zarr/HDF5 arrays in slabs: pass the lazy arrays, not numpy copies
+        with open_input(gspec, role="labels") as g, open_input(pspec, role="labels") as p:
+            res = evaluate(g.data, p.data, partly=bool(params.get("partly")))
         return {"gt": str(gt_path), "prediction": path, **res}
 
     def summary_row(self, result: dict) -> dict:

@@ -89,13 +89,13 @@ def segment_blockwise(
             f"blockwise output cannot be written as {fmt!r}", path=target,
             fix="use --format zarr or --format ome-zarr for blockwise runs",
         )
-    halo = tuple(int(h) for h in (halo if halo is not None else task.default_halo))  # type: ignore[assignment]
     own_engine = engine is None
     engine = engine or Engine("sync")
     with open_input(spec) as inp:
         shape = inp.spatial_shape
         axes, scale = inp.axes, inp.scale
         resolved = task.prepare(inp.data, axes, dict(params))
+    halo = tuple(int(h) for h in (halo if halo is not None else task.halo_for(resolved)))  # type: ignore[assignment]
     block_shape = tuple(max(1, min(int(b), s)) for b, s in zip(block_shape, shape))  # type: ignore[assignment]
     blocks = plan_blocks(shape, block_shape, halo)
     n = len(blocks)

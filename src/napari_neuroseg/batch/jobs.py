@@ -45,7 +45,8 @@ def run_file_job(spec: InputSpec, task: Task, params: dict, target: str, fmt: st
     if task.output == "metrics":
         result = task.evaluate_file(spec.path, spec.key, params)
         write_json_atomic(target, result)
-        return {"seconds": time.perf_counter() - t0, "metrics": task.summary_row(result)}
+        row = task.summary_row(result)
+        return {"seconds": time.perf_counter() - t0, "metrics": row, **row}
     with open_input(spec) as inp:
         image = inp.read()
         axes, scale = inp.axes, inp.scale

@@ -53,7 +53,7 @@ class BatchProgress(Progress):
 
 @dataclass
 class BatchResult:
-    """What :func:`run_batch` returns."""
+    """What :func:`run_batch` returns: one full record per input (manifest fields + status)."""
 
     records: list[dict[str, Any]]
     outdir: Path
@@ -233,6 +233,7 @@ def run_batch(
         for r in rows:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         result = _write_summary(outdir, task.name, rows, counts, cancelled, time.perf_counter() - t_start, manifest)
+        result.records = [dict(r) if r is not None else row for r, row in zip(records, rows)]
         if not engine_given:
             engine.close()
     return result

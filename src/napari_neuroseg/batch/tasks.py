@@ -108,6 +108,10 @@ class Task:
         """
         return params
 
+    def halo_for(self, params: Mapping[str, Any]) -> tuple[int, int, int]:
+        """The halo blockwise runs use when none is given (default: ``default_halo``)."""
+        return self.default_halo
+
     def uses_gpu(self, params: Mapping[str, Any]) -> bool:
         """Whether a run with ``params`` needs a GPU (then Dask tasks ask for ``GPU=1``)."""
         return False
@@ -206,6 +210,11 @@ class ThresholdTask(Task):
         Param("connectivity", int, 26, "voxel connectivity of objects", (6, 18, 26)),
         Param("channel_reduce", str, "max", "how channels are combined", ("max", "sum")),
     )
+
+    def halo_for(self, params: Mapping[str, Any]) -> tuple[int, int, int]:
+        """3·sigma voxels (exact smoothing); no halo is needed for the components themselves."""
+        h = int(np.ceil(3 * float(params.get("sigma") or 0)))
+        return (h, h, h)
 
     def prepare(self, image: Any, axes: str, params: dict[str, Any]) -> dict[str, Any]:
         if params.get("threshold") is not None:
