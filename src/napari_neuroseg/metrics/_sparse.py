@@ -194,7 +194,7 @@ class _View:
         n_ch, (_, ny, nx) = self.full_shape[0], self.spatial
         per_z = max(1, n_ch * ny * nx * self.dtype.itemsize)
         step = max(1, _SLAB_BYTES // per_z)
-        chunks = getattr(self.data, "chunks", None)
+        chunks = getattr(self.data, "chunksize", None) or getattr(self.data, "chunks", None)
         if isinstance(chunks, tuple) and len(chunks) == len(self.data.shape):
             # align to the storage chunks along Z so that each chunk is decoded once
             zaxis = [i for i, p in enumerate(self._idx) if not isinstance(p, int)][-3]
@@ -204,14 +204,84 @@ class _View:
         return step
 
     def extract(self, progress=None) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Per channel: ``(flat voxel indices, values)`` of all nonzero voxels."""
+        """Per channel: ``(flat voxel indices, values)`` of all nonzero voxels (sorted)."""
+        from ._chunks import chunk_source
+
+        src = chunk_source(self.data)
+        if src is not None and src.shape == tuple(self.data.shape):
+            try:
+                return self._extract_chunks(src)
+            finally:
+                if src.close is not None:
+                    src.close()
+        return self._extract_slabs(progress)
+
+    def _check_values(self, v: np.ndarray) -> None:
+        if self.dtype.kind == "i" and v.size and v.min() < 0:
+            raise NeurosegError(
+                f"{self.what} contains negative label ids (min {int(v.min())})",
+                fix="use 0 for background and positive integers for instances",
+            )
+
+    def _extract_chunks(self, src) -> list[tuple[np.ndarray, np.ndarray]]:
+        nz, ny, nx = self.spatial
+        crop0 = [s.start for s in self.crop]
+        kept = [i for i, p in enumerate(self._idx) if not isinstance(p, int)]
+        sp_axes = kept[-3:]
+        ch_axis = kept[0] if self.has_channels else None
+        squeeze = tuple(0 if isinstance(p, int) else slice(None) for p in self._idx)
+        spatial = (nz, ny, nx)
+
+        def fn(origin, chunk):
+            c = chunk[squeeze]
+            if ch_axis is None:
+                c, ch0 = c[None], 0
+            else:
+                ch0 = origin[ch_axis]
+            o = [origin[a] for a in sp_axes]
+            lo = [max(0, crop0[k] - o[k]) for k in range(3)]
+            hi = [min(c.shape[1 + k], crop0[k] + spatial[k] - o[k]) for k in range(3)]
+            if any(h <= l for l, h in zip(lo, hi)):
+                return None
+            c = c[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+            base = [o[k] + lo[k] - crop0[k] for k in range(3)]
+            out = []
+            for ci in range(c.shape[0]):
+                cc = np.ascontiguousarray(c[ci]).reshape(-1)
+                idx = flatnonzero(cc)
+                if idx.size == 0:
+                    continue
+                v = cc[idx].astype(np.int64)
+                zz, yy, xx = np.unravel_index(idx, c.shape[1:])
+                keys = ((zz + base[0]) * ny + (yy + base[1])) * nx + (xx + base[2])
+                out.append((ch0 + ci, keys.astype(np.int64), v))
+            return out
+
+        n_ch = self.full_shape[0]
+        keys: list[list[np.ndarray]] = [[] for _ in range(n_ch)]
+        vals: list[list[np.ndarray]] = [[] for _ in range(n_ch)]
+        for res in src.iter_decoded(fn):
+            for ch, k, v in res or ():
+                self._check_values(v)
+                keys[ch].append(k)
+                vals[ch].append(v)
+        out = []
+        for c in range(n_ch):
+            if keys[c]:
+                k, v = np.concatenate(keys[c]), np.concatenate(vals[c])
+                order = np.argsort(k, kind="stable")
+                out.append((k[order], v[order]))
+            else:
+                out.append((np.zeros(0, np.int64), np.zeros(0, np.int64)))
+        return out
+
+    def _extract_slabs(self, progress=None) -> list[tuple[np.ndarray, np.ndarray]]:
         nz, ny, nx = self.spatial
         plane = ny * nx
         n_ch = self.full_shape[0]
         keys: list[list[np.ndarray]] = [[] for _ in range(n_ch)]
         vals: list[list[np.ndarray]] = [[] for _ in range(n_ch)]
         step = self._z_step()
-        signed = self.dtype.kind == "i"
         for z0 in range(0, nz, step):
             z1 = min(nz, z0 + step)
             slab = self._read(z0, z1)
@@ -221,11 +291,7 @@ class _View:
                 if idx.size == 0:
                     continue
                 v = flat[idx]
-                if signed and v.min() < 0:
-                    raise NeurosegError(
-                        f"{self.what} contains negative label ids (min {int(v.min())})",
-                        fix="use 0 for background and positive integers for instances",
-                    )
+                self._check_values(v)
                 keys[c].append(idx.astype(np.int64) + z0 * plane)
                 vals[c].append(v.astype(np.int64))
             del slab

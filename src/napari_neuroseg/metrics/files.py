@@ -30,11 +30,37 @@ def open_labels(path: str | Path, key: str | None = None) -> tuple[Any, list[int
         if sample.gt_instances is None:
             raise NeurosegError("this FISBe sample has no volumes/gt_instances", path=p,
                                 fix="pass a file that holds labels or give --gt-key")
-        return sample.gt_instances, list(sample.dim_neurons)
-    data = read_labels(p, key, lazy=True)
+        return _raw_array(p, "volumes/gt_instances", sample.gt_instances), list(
+            sample.dim_neurons)
+    data = _raw_array(p, key, None)
+    if data is None:
+        data = read_labels(p, key, lazy=True)
     if key in (None, "volumes/gt_instances") and is_fisbe(p):
         dim = list(read_fisbe(p, lazy=True).dim_neurons)
     return data, dim
+
+
+def _raw_array(p: Path, key: str | None, default: Any) -> Any:
+    """The Zarr array / HDF5 dataset itself (for the fast chunk reader), else ``default``."""
+    try:
+        suffix = p.suffix.lower()
+        if p.is_dir() and suffix == ".zarr" and key:
+            from ..io.zarr_io import open_zarr
+
+            node = open_zarr(p, key)
+            return node if hasattr(node, "shape") else default
+        if p.is_file() and suffix in (".h5", ".hdf", ".hdf5"):
+            import h5py
+
+            from ..io.hdf5 import resolve_hdf5_key
+
+            k = resolve_hdf5_key(p, key, labels=True)
+            return h5py.File(p, "r")[k]
+    except NeurosegError:
+        raise
+    except Exception:  # noqa: BLE001 - fall back to the io layer
+        return default
+    return default
 
 
 def evaluate_files_iter(
