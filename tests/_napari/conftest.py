@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-PLUGIN = "napari-neuroseg"
-
 
 @pytest.fixture(scope="session")
 def small_volumes() -> dict[str, np.ndarray]:
@@ -53,7 +48,3 @@ def layer_by_name(viewer, fragment: str):
 @pytest.fixture
 def by_name():
     return layer_by_name
-
-
-def path_str(p: Path) -> str:
-    return str(p)

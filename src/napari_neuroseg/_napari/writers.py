@@ -9,7 +9,6 @@ every unchanged voxel and all overlaps bit for bit.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
