@@ -9,7 +9,7 @@ import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.io.checks import as_label_array
-from napari_neuroseg.io.fisbe import GT_KEY, is_fisbe
+from napari_neuroseg.io.fisbe import GT_KEY, RAW_KEY, is_fisbe
 from napari_neuroseg.io.hdf5 import HDF5_SUFFIXES, hdf5_keys, hdf5_scale, read_hdf5, resolve_hdf5_key
 from napari_neuroseg.io.tiff import TIFF_SUFFIXES, read_tiff, tiff_series_keys
 from napari_neuroseg.io.volume import Volume, guess_axes, normalize_axes, spatial_scale
@@ -127,12 +127,13 @@ def read_image(path: str | Path, key: str | None = None, *, lazy: bool = False, 
     if fmt == "tiff":
         return read_tiff(p, key, lazy=lazy, axes=axes)
     if fmt in ("zarr", "ome-zarr", "fisbe"):
-        if fmt == "fisbe" and axes is None and (key or "volumes/raw").strip("/") in ("volumes/raw", GT_KEY):
+        k = (key or RAW_KEY).strip("/")
+        if fmt == "fisbe" and axes is None and k in (RAW_KEY, GT_KEY) and getattr(open_zarr(p, k), "ndim", 0) == 4:
             axes = "CZYX"  # the FISBe layout is channels (or instances) first
         vol = read_zarr_image(p, key, lazy=lazy, axes=axes)
         if fmt == "fisbe":
             vol.meta["format"] = "fisbe"
-            vol.meta["axes_guessed"] = False
+            vol.meta["axes_guessed"] = vol.meta["axes_guessed"] and axes is None
         return vol
     if fmt == "hdf5":
         k = resolve_hdf5_key(p, key)
@@ -192,8 +193,6 @@ def read_labels(path: str | Path, key: str | None = None, *, lazy: bool = False)
     key = key if key is not None else inner
     fmt = detect_format(p)
     if fmt == "tiff":
-        import tifffile  # noqa: F401 - read through read_tiff for the corruption checks
-
         vol = read_tiff(p, key, lazy=lazy, axes=None)
         data = vol.data
     elif fmt in ("zarr", "ome-zarr", "fisbe"):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -288,7 +287,7 @@ def read_zarr_image(
 
 def default_chunks(shape: tuple[int, ...], axes: str | None = None) -> tuple[int, ...]:
     """Chunks of about 1-4 MiB: one channel, up to 64 Z, up to 256 Y/X."""
-    axes = axes or guess_axes_fallback(len(shape))
+    axes = axes or _fallback_axes(len(shape))
     out = []
     for s, a in zip(shape, axes):
         limit = {"T": 1, "C": 1, "Z": 64}.get(a, 256)
@@ -296,7 +295,7 @@ def default_chunks(shape: tuple[int, ...], axes: str | None = None) -> tuple[int
     return tuple(out)
 
 
-def guess_axes_fallback(ndim: int) -> str:
+def _fallback_axes(ndim: int) -> str:
     return ("TCZYX"[-ndim:]) if ndim <= 5 else "Q" * (ndim - 3) + "ZYX"
 
 
@@ -577,6 +576,3 @@ def ome_label_names(path: str | Path) -> list[str]:
         return [str(n) for n in names]
     return sorted(k for k, v in lg.members() if hasattr(v, "members"))
 
-
-def dump_attrs(node) -> str:  # pragma: no cover - debugging aid
-    return json.dumps(_attrs(node), indent=2)
