@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from skimage.morphology import skeletonize
 
 MARGIN = 2
 
@@ -52,6 +51,8 @@ def skeleton_keys(
 
         zyx = thin_coords(np.unravel_index(keys, shape))
         return np.ravel_multi_index(zyx, shape).astype(np.int64)
+    from skimage.morphology import skeletonize
+
     mask, lo = bbox_mask(keys, shape)
     skel = skeletonize(mask.astype(np.uint8)) > 0
     local = np.nonzero(skel)

@@ -25,19 +25,27 @@ def open_labels(path: str | Path, key: str | None = None) -> tuple[Any, list[int
     if not p.exists():
         raise NeurosegError("file or folder not found", path=p, fix="check the path")
     dim: list[int] = []
-    if key is None and is_fisbe(p):
+    fisbe = is_fisbe(p)
+    if fisbe and key in (None, "volumes/gt_instances"):
+        arr = _raw_array(p, "volumes/gt_instances", None)
+        if arr is not None:
+            return arr, _dim_ids(arr)
         sample = read_fisbe(p, lazy=True)
         if sample.gt_instances is None:
             raise NeurosegError("this FISBe sample has no volumes/gt_instances", path=p,
                                 fix="pass a file that holds labels or give --gt-key")
-        return _raw_array(p, "volumes/gt_instances", sample.gt_instances), list(
-            sample.dim_neurons)
+        return sample.gt_instances, list(sample.dim_neurons)
     data = _raw_array(p, key, None)
     if data is None:
         data = read_labels(p, key, lazy=True)
-    if key in (None, "volumes/gt_instances") and is_fisbe(p):
-        dim = list(read_fisbe(p, lazy=True).dim_neurons)
     return data, dim
+
+
+def _dim_ids(arr: Any) -> list[int]:
+    try:
+        return [int(v) for v in (dict(arr.attrs).get("dim_neurons") or [])]
+    except (TypeError, ValueError):
+        return []
 
 
 def _raw_array(p: Path, key: str | None, default: Any) -> Any:
