@@ -1,0 +1,96 @@
+"""The "Evaluate segmentation" widget: run in a worker, tables, error layers, jump, export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "metrics"))
+from helpers import SHAPE, labels_from, stack_from, three_tubes, tube  # noqa: E402
+
+from napari_neuroseg._napari.evaluate_widget import EvaluateWidget  # noqa: E402
+
+
+def _scene(viewer):
+    masks = three_tubes()
+    stack = stack_from(masks)
+    gt_labels = labels_from(masks).astype(np.uint32)
+    left, right = tube(y=8, x1=70, r=2), tube(y=8, x0=70, r=2)  # > 800 voxels each
+    extra = tube(z=20, y=44, x0=0, x1=130)
+    pred = labels_from([left, right, masks[1], extra], ids=[11, 12, 13, 50]).astype(np.int32)
+    viewer.add_labels(gt_labels, name="gt_instances",
+                      metadata={"fisbe_instances": stack, "fisbe_dim_neurons": [3]})
+    viewer.add_labels(pred, name="prediction")
+    return stack, pred
+
+
+def _run(widget, qtbot):
+    widget.run()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=60000)
+    assert widget.result is not None, widget.status.text()
+    return widget.result
+
+
+def test_widget_evaluates_and_adds_error_layers(make_napari_viewer, qtbot, tmp_path):
+    viewer = make_napari_viewer()
+    stack, pred = _scene(viewer)
+    w = EvaluateWidget(viewer)
+    assert w.gt_combo.currentText() == "gt_instances"
+    assert w.pred_combo.currentText() == "prediction"
+    res = _run(w, qtbot)
+    # tube 3 missed, tube 1 split (11 + 12), extra tube 50 false positive; dim neuron 3 read
+    assert res["errors"]["missed_gt"] == [3]
+    assert res["errors"]["false_split"] == [{"gt": 1, "preds": [11, 12]}]
+    assert 50 in res["errors"]["false_positive"]
+    assert res["dim"]["n"] == 1 and res["FS"] == 1
+    assert w.summary.item(1, 0).text() == "avF1"
+    assert float(w.summary.item(1, 1).text()) == pytest.approx(res["avF1"], abs=1e-4)
+    assert w.thresholds.rowCount() == 14
+    # error layers hold only the erroneous ids, with the user's ids
+    missed = viewer.layers["missed GT"].data
+    assert set(np.unique(missed)) == {0, 3}
+    assert np.array_equal(missed > 0, stack[2] > 0)
+    fp = viewer.layers["false positives"].data
+    assert 50 in set(np.unique(fp)) and np.array_equal(fp == 50, pred == 50)
+    assert set(np.unique(viewer.layers["false splits"].data)) == {0, 1}
+    assert "false merges" not in viewer.layers
+    assert w.errors_list.count() == len(res["errors"]["missed_gt"]) + len(
+        res["errors"]["false_positive"]) + 1
+    # jump to the missed neuron: the view centres on it and the label is selected
+    item = next(w.errors_list.item(i) for i in range(w.errors_list.count())
+                if w.errors_list.item(i).text().startswith("missed GT 3"))
+    w._jump(item)
+    zc, yc, _ = np.argwhere(stack[2] > 0).mean(axis=0)
+    assert viewer.dims.point[0] == pytest.approx(zc, abs=1)
+    assert tuple(viewer.camera.center)[-2] == pytest.approx(yc, abs=1)
+    assert viewer.layers["missed GT"].selected_label == 3
+    # export
+    w.export_csv(str(tmp_path / "m.csv"))
+    rows = list(csv.reader(open(tmp_path / "m.csv")))
+    assert rows[0][:3] == ["sample", "S", "avF1"] and rows[3][0] == "threshold"
+    w.export_json(str(tmp_path / "m.json"))
+    assert json.loads((tmp_path / "m.json").read_text())["errors"]["missed_gt"] == [3]
+    # running again replaces the error layers instead of stacking copies
+    _run(w, qtbot)
+    assert sum(ly.name == "missed GT" for ly in viewer.layers) == 1
+
+
+def test_widget_partly_and_bad_input(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    _scene(viewer)
+    w = EvaluateWidget(viewer)
+    w.partly_check.setChecked(True)
+    res = _run(w, qtbot)
+    assert res["partly"] and 50 not in res["errors"]["false_positive"]
+    # a 2D prediction layer: a clear error in the status line, no result, buttons usable again
+    viewer.add_labels(np.zeros((10, 10), np.int32), name="flat pred")
+    w.pred_combo.setCurrentText("flat pred")
+    w.run()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=30000)
+    assert w.result is None and "2D" in w.status.text()
+    assert w.run_button.isEnabled()
