@@ -64,60 +64,49 @@ def _dtype_for(max_id: int):
     return np.uint64
 
 
-def _ids_volume(source: np.ndarray, ids: list[int], stack: bool) -> np.ndarray:
-    """A label volume holding only ``ids`` of ``source`` (a ZYX volume, or a FISBe stack in
-    which channel ``i`` is id ``i + 1``)."""
+def _error_volume(lab: Any, ids: list[int]):
+    """A label volume holding only the instances ``ids`` (original ids) of a SparseLabels, and
+    their centroids; built from the stored voxel lists (no pass over the full volume)."""
     ids = sorted(set(int(i) for i in ids))
-    if stack:
-        out = np.zeros(source.shape[1:], _dtype_for(max(ids)))
-        for i in reversed(ids):  # lower id wins where neurons overlap (as the GT layer)
-            if 1 <= i <= source.shape[0]:
-                out[np.asarray(source[i - 1]) > 0] = i
-        return out
-    src = np.asarray(source)
-    keep = np.isin(src, np.asarray(ids, dtype=src.dtype))
-    out = np.zeros(src.shape, _dtype_for(max(ids)))
-    out[keep] = src[keep]
-    return out
+    out = np.zeros(lab.shape, _dtype_for(max(ids)))
+    flat = out.reshape(-1)
+    cents = {}
+    for i in reversed(ids):  # the lower id wins where instances overlap (as in the GT layer)
+        keys = lab.coords_of_original(i)
+        flat[keys] = i
+        cents[i] = tuple(float(c.mean()) if c.size else float("nan")
+                         for c in np.unravel_index(keys, lab.shape))
+    return out, cents
 
 
-def _centroids(vol: np.ndarray, ids: list[int]) -> dict[int, tuple[float, float, float]]:
-    from scipy import ndimage as ndi
-
-    ids = sorted(set(int(i) for i in ids))
-    cms = ndi.center_of_mass(vol > 0, vol, ids)
-    return {i: tuple(float(c) for c in cm) for i, cm in zip(ids, cms)}
-
-
-def evaluate_layers_iter(gt: Any, pred: Any, partly: bool, *, gt_is_stack: bool,
-                         pred_is_stack: bool, dim_ids: list[int] | None = None):
+def evaluate_layers_iter(gt: Any, pred: Any, partly: bool, *, dim_ids: list[int] | None = None):
     """Worker job: evaluate, then build the error volumes and their centroids (numpy only).
 
     Returns ``(result, errors)`` with ``errors[kind] = (volume, {id: centroid}, items)``.
     """
-    result = yield from evaluate_iter(gt, pred, partly, dim_ids=dim_ids)
+    result = yield from evaluate_iter(gt, pred, partly, dim_ids=dim_ids, with_instances=True)
+    inst = result.pop("_instances")
     err = result["errors"]
     kinds = {
-        "missed_gt": (gt, gt_is_stack, err["missed_gt"],
+        "missed_gt": (inst["gt"], err["missed_gt"],
                       [(i, f"missed GT {i}") for i in err["missed_gt"]]),
-        "false_positive": (pred, pred_is_stack, err["false_positive"],
+        "false_positive": (inst["pred"], err["false_positive"],
                            [(i, f"false positive: prediction {i}") for i in
                             err["false_positive"]]),
-        "false_merge": (pred, pred_is_stack, [m["pred"] for m in err["false_merge"]],
+        "false_merge": (inst["pred"], [m["pred"] for m in err["false_merge"]],
                         [(m["pred"], f"false merge: prediction {m['pred']} covers GT "
                           + ", ".join(map(str, m["gts"]))) for m in err["false_merge"]]),
-        "false_split": (gt, gt_is_stack, [s["gt"] for s in err["false_split"]],
+        "false_split": (inst["gt"], [s["gt"] for s in err["false_split"]],
                         [(s["gt"], f"false split: GT {s['gt']} split into predictions "
                           + ", ".join(map(str, s["preds"]))) for s in err["false_split"]]),
     }
     out: dict[str, Any] = {}
-    total = len(kinds)
-    for k, (kind, (src, stack, ids, items)) in enumerate(kinds.items()):
-        yield Progress(k, total, f"building the {ERROR_KINDS[kind][0]} layer")
-        if not ids:
-            continue
-        vol = _ids_volume(src, ids, stack)
-        out[kind] = (vol, _centroids(vol, ids), items)
+    for k, (kind, (lab, ids, items)) in enumerate(kinds.items()):
+        yield Progress(k, len(kinds), f"building the {ERROR_KINDS[kind][0]} layer")
+        if ids:
+            vol, cents = _error_volume(lab, ids)
+            out[kind] = (vol, cents, items)
+    yield Progress(len(kinds), len(kinds), "adding layers")
     return result, out
 
 
@@ -203,8 +192,8 @@ class EvaluateWidget(QWidget):
 
     def _refresh_layers(self, *_: Any) -> None:
         layers = [ly.name for ly in self._label_layers()]
-        for combo, prefer in ((self.gt_combo, ("gt", "truth", "instances")),
-                              (self.pred_combo, ("pred", "seg", "label"))):
+        for combo, prefer in ((self.gt_combo, ("instances", "gt", "truth")),
+                              (self.pred_combo, ("cleaned", "pred", "seg", "label"))):
             current = combo.currentText()
             combo.blockSignals(True)
             combo.clear()
@@ -212,9 +201,10 @@ class EvaluateWidget(QWidget):
             if current in layers:
                 combo.setCurrentText(current)
             else:
-                for name in layers:
-                    if any(p in name.lower() for p in prefer):
-                        combo.setCurrentText(name)
+                for p in prefer:
+                    hit = [n for n in layers if p in n.lower()]
+                    if hit:
+                        combo.setCurrentText(hit[0])
                         break
             combo.blockSignals(False)
         if self.gt_combo.currentText() == self.pred_combo.currentText() and len(layers) > 1:
@@ -222,12 +212,25 @@ class EvaluateWidget(QWidget):
             self.pred_combo.setCurrentText(other[-1])
 
     @staticmethod
-    def _source(layer: Any) -> tuple[Any, bool, list[int] | None]:
+    def _source(layer: Any) -> tuple[Any, list[int] | None]:
+        """What to evaluate for a layer: its FISBe instance stack if it carries one (read
+        straight from its file when the stack is lazy: the fast chunk reader), else its data."""
         md = getattr(layer, "metadata", {}) or {}
         stack = md.get(FISBE_INSTANCES)
-        if stack is not None:
-            return stack, True, list(md.get(FISBE_DIM_NEURONS) or [])
-        return layer.data, False, None
+        if stack is None:
+            return layer.data, None
+        dim = list(md.get(FISBE_DIM_NEURONS) or [])
+        src = md.get("fisbe_source")
+        if not isinstance(stack, np.ndarray) and src:
+            try:
+                from napari_neuroseg.metrics.files import open_labels
+
+                arr, _ = open_labels(src)
+                if tuple(arr.shape) == tuple(stack.shape):
+                    return arr, dim
+            except Exception:  # noqa: BLE001 - fall back to the layer's own (lazy) stack
+                pass
+        return stack, dim
 
     # ---------------------------------------------------------------- running
     def run(self) -> None:
@@ -243,15 +246,15 @@ class EvaluateWidget(QWidget):
         if gt_layer is pred_layer:
             self.status.setText("Ground truth and prediction must be different layers.")
             return
-        gt, gt_stack, dim = self._source(gt_layer)
-        pred, pred_stack, _ = self._source(pred_layer)
+        gt, dim = self._source(gt_layer)
+        pred, _ = self._source(pred_layer)
         self.result = None
         self.run_button.setEnabled(False)
         self.cancel_button.setEnabled(True)
         self.status.setText("Evaluating…")
         self.worker = start_worker(
             evaluate_layers_iter, gt, pred, self.partly_check.isChecked(),
-            gt_is_stack=gt_stack, pred_is_stack=pred_stack, dim_ids=dim,
+            dim_ids=dim,
             on_yield=self._on_progress, on_return=self._on_result,
             on_error=self._on_error, on_finished=self._on_finished,
             desc="Evaluate segmentation",
@@ -279,6 +282,8 @@ class EvaluateWidget(QWidget):
     def _on_result(self, value: tuple[dict[str, Any], dict[str, Any]]) -> None:
         result, errors = value
         self.result = result
+        self.progress.setRange(0, 1)
+        self.progress.setValue(1)
         self._fill_tables(result)
         self._add_error_layers(errors)
         warn = " ".join(f"Warning: {w}." for w in result["warnings"])

@@ -55,6 +55,15 @@ class SparseLabels:
         """Sorted flat voxel indices of relabelled instance ``i`` (1-based)."""
         return self.keys[self._order[self._starts[i] : self._starts[i + 1]]]
 
+    def relabelled(self, original_id: int) -> list[int]:
+        """Relabelled ids whose original id is ``original_id``."""
+        return [int(i) for i in np.nonzero(self.original == int(original_id))[0] if i > 0]
+
+    def coords_of_original(self, original_id: int) -> np.ndarray:
+        """Sorted flat voxel indices of the instance(s) with original id ``original_id``."""
+        parts = [self.coords(i) for i in self.relabelled(original_id)]
+        return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+
     def size(self, i: int) -> int:
         return int(self._starts[i + 1] - self._starts[i])
 

@@ -127,8 +127,14 @@ def evaluate_iter(
     min_size: int = MIN_SIZE,
     fm_thresh: float = FM_THRESH,
     fs_thresh: float = FS_THRESH,
+    with_instances: bool = False,
 ):
-    """Progress generator version of :func:`evaluate` (yields ``Progress``, returns the dict)."""
+    """Progress generator version of :func:`evaluate` (yields ``Progress``, returns the dict).
+
+    ``with_instances`` adds ``result["_instances"] = {"gt": SparseLabels, "pred": ...}`` (the
+    foreground voxels of every instance, e.g. to draw error layers without another pass over
+    the volumes); keys starting with ``_`` are left out of JSON.
+    """
     warn: list[str] = []
     gv = _View(gt, "ground truth")
     pv = _View(pred, "prediction")
@@ -350,6 +356,8 @@ def evaluate_iter(
         "warnings": warn,
         "official": official,
     }
+    if with_instances:
+        result["_instances"] = {"gt": gt_l, "pred": pred_l}
     step = total
     yield Progress(step, total, "done")
     return result

@@ -43,9 +43,10 @@ def write_toml(path: str | Path, result: dict[str, Any]) -> Path:
 
 
 def jsonable(obj: Any) -> Any:
-    """Plain-JSON copy: NaN/inf become ``null``, dict keys strings, numpy scalars Python."""
+    """Plain-JSON copy: NaN/inf become ``null``, dict keys strings, numpy scalars Python;
+    keys starting with ``_`` (in-memory extras) are left out."""
     if isinstance(obj, dict):
-        return {str(k): jsonable(v) for k, v in obj.items()}
+        return {str(k): jsonable(v) for k, v in obj.items() if not str(k).startswith("_")}
     if isinstance(obj, (list, tuple)):
         return [jsonable(v) for v in obj]
     if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):
