@@ -3,11 +3,14 @@
 :func:`segment_blockwise` is a progress generator:
 
 1. ``prepare``: the task resolves data-dependent parameters once (e.g. Otsu on a strided sample);
-2. pass 1: every block is read with its halo, segmented, and its local result stored in the
-   run's work folder (``OUTDIR/.neuroseg-work/<output name>/``) with a completion marker;
+2. pass 1: every block is read with its halo (decoded input chunks are shared between
+   neighbouring blocks through a small LRU cache), segmented, and its local result stored
+   uncompressed (``.npy``, smallest dtype) in the run's work folder
+   (``OUTDIR/.neuroseg-work/<output name>/``) with a completion marker;
 3. stitching: ``faces`` — pairs of ids touching across block faces → global union-find (ids in
    the order of first appearance, global size filter); ``centre`` — id offsets per block;
-4. pass 2: each output chunk is written once (blocks are chunk-aligned), with a marker;
+4. pass 2: each output chunk (the output's chunk grid is the block grid) is remapped in place
+   (``fastremap``; identity maps skipped) and encoded once, with a marker;
 5. the finished store is renamed onto the target and the work folder removed.
 
 Only one block (plus its halo) is in memory per worker at a time. An interrupted run resumes
@@ -21,6 +24,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Generator
 from pathlib import Path
 from typing import Any
@@ -28,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from napari_neuroseg import __version__
-from napari_neuroseg.batch import jobs
+from napari_neuroseg.batch import chunkcache, jobs
 from napari_neuroseg.batch.blocks import grid_shape, plan_blocks, union_find_mapping
 from napari_neuroseg.batch.engine import Engine
 from napari_neuroseg.batch.outputs import create_label_store, replace_path, write_json_atomic
@@ -95,9 +99,16 @@ def segment_blockwise(
         shape = inp.spatial_shape
         axes, scale = inp.axes, inp.scale
         resolved = task.prepare(inp.data, axes, dict(params))
-    halo = tuple(int(h) for h in (halo if halo is not None else task.halo_for(resolved)))  # type: ignore[assignment]
-    block_shape = tuple(max(1, min(int(b), s)) for b, s in zip(block_shape, shape))  # type: ignore[assignment]
-    blocks = plan_blocks(shape, block_shape, halo)
+        halo = tuple(int(h) for h in (halo if halo is not None else task.halo_for(resolved)))  # type: ignore[assignment]
+        block_shape = tuple(max(1, min(int(b), s)) for b, s in zip(block_shape, shape))  # type: ignore[assignment]
+        blocks = plan_blocks(shape, block_shape, halo)
+        # Halos reach into the neighbours' input chunks: keep decoded chunks in a small LRU cache
+        # (twice the chunks one block touches: bounded by the block size, not the volume).
+        cache_bytes = 0
+        if any(halo):
+            sample = [b for b in blocks if max(b.grid) <= 2]
+            cache_bytes = 2 * max(inp.chunk_bytes_touched(b.outer) for b in sample)
+    run_id = uuid.uuid4().hex
     n = len(blocks)
     total = blockwise_units(n, mode)
     block_params = dict(resolved)
@@ -109,7 +120,7 @@ def segment_blockwise(
 
     work = work_dir_for(target)
     state = {
-        "version": __version__, "task": task.name, "params": resolved, "mode": mode, "format": fmt,
+        "version": __version__, "layout": 2, "task": task.name, "params": resolved, "mode": mode, "format": fmt,
         "block_shape": list(block_shape), "halo": list(halo), "input": _input_fingerprint(spec),
     }
     state_hash = hashlib.sha256(json.dumps(state, sort_keys=True, default=str).encode()).hexdigest()
@@ -125,8 +136,6 @@ def segment_blockwise(
         shutil.rmtree(work, ignore_errors=True)
         for sub in ("p1", "p2", "blocks", "faces"):
             (work / sub).mkdir(parents=True, exist_ok=True)
-        if mode == "faces":
-            create_label_store(work / "pass1.zarr", shape, block_shape, "zarr")
         create_label_store(final, shape, block_shape, fmt, scale=scale, name=target.name)
         write_json_atomic(state_file, {"hash": state_hash, "state": state})
 
@@ -149,7 +158,7 @@ def segment_blockwise(
         if p1:
             yield Progress(step, total, f"resuming: {len(p1)}/{n} blocks already segmented")
         todo = [b for b in blocks if b.index not in p1]
-        jobs_args = [(spec, task, block_params, b, mode, shape, str(work)) for b in todo]
+        jobs_args = [(spec, task, block_params, b, mode, shape, str(work), run_id, cache_bytes) for b in todo]
         for i, res, err in engine.map(jobs.pass1_block_job, jobs_args, resources=resources, label="block"):
             b = todo[i]
             if err is not None:
@@ -243,6 +252,7 @@ def segment_blockwise(
             "resolved_params": {k: v for k, v in resolved.items() if params.get(k) != v},
         }
     finally:
+        chunkcache.clear()
         if own_engine:
             engine.close()
 

@@ -70,49 +70,99 @@ def _marker(work: Path, phase: str, index: int) -> Path:
     return work / phase / f"{index}.json"
 
 
+def block_file(work: str | Path, index: int) -> Path:
+    """The uncompressed pass-1 result of block ``index`` (``.npy``, smallest unsigned dtype)."""
+    return Path(work) / "blocks" / f"{index}.npy"
+
+
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    """``np.save`` through a temporary name (a reader never sees a torn file)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(arr))
+    tmp.replace(path)
+
+
+def smallest_dtype(n: int) -> np.dtype:
+    """The smallest unsigned dtype holding ids ``0..n``."""
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if n <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    raise ValueError(f"{n} ids do not fit in uint32")
+
+
+def dense_ids(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Renumber the (C-contiguous uint32) ``labels`` in place to ``1..n``, keeping the order of ids.
+
+    Returns ``(labels, sizes)`` with ``sizes[i]`` the voxel count of new id ``i + 1``. Labels that
+    are already ``1..n`` are not touched (one pass of :func:`fastremap.unique` decides).
+    """
+    import fastremap
+
+    uniq, counts = fastremap.unique(labels, return_counts=True)
+    nz = uniq > 0
+    ids, sizes = uniq[nz], counts[nz].astype(np.int64)
+    n = int(ids.size)
+    if n and int(ids[-1]) != n:
+        lut = np.zeros(int(ids[-1]) + 1, np.uint32)
+        lut[ids] = np.arange(1, n + 1, dtype=np.uint32)
+        fastremap.remap_from_array(labels.reshape(-1), lut, in_place=True)
+    return labels, sizes
+
+
+def apply_lut(local: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """``lut[local]`` as uint32 (``local`` is overwritten when it is already C-contiguous uint32);
+    an identity ``lut`` costs at most one cast."""
+    import fastremap
+
+    out = np.ascontiguousarray(local, dtype=np.uint32)
+    if not np.array_equal(lut, np.arange(lut.size, dtype=lut.dtype)):
+        fastremap.remap_from_array(out.reshape(-1), np.ascontiguousarray(lut, dtype=np.uint32), in_place=True)
+    return out
+
+
 def pass1_block_job(
     spec: InputSpec, task: Task, params: dict, block: Block, mode: str,
-    volume_shape: tuple[int, int, int], work: str,
+    volume_shape: tuple[int, int, int], work: str, run_id: str | None = None, cache_bytes: int = 0,
 ) -> dict[str, Any]:
-    """Segment one block with its halo and store the local result (faces: core labels in
-    ``pass1.zarr``; centre: the owned objects in ``blocks/<i>.npy``); returns the marker."""
+    """Segment one block with its halo and store the local result uncompressed in
+    ``blocks/<i>.npy`` (faces: the core with ids ``1..n`` plus its six face planes; centre: the
+    objects the block owns, on its outer region); returns the marker written last."""
     import fastremap
 
     t0 = time.perf_counter()
     w = Path(work)
     with open_input(spec) as inp:
-        region = inp.read(block.outer)
+        region = inp.read(block.outer, run_id=run_id, cache_bytes=cache_bytes)
         axes = inp.axes
+    t_read = time.perf_counter() - t0
     labels = as_labels(task.segment(region, axes, params))
     del region
+    t_seg = time.perf_counter() - t0 - t_read
     if labels.shape != block.outer_shape:
         raise ValueError(f"the task returned shape {labels.shape} for a block of shape {block.outer_shape}")
     if mode == "faces":
-        core = np.ascontiguousarray(labels[block.core_in_outer])
-        core, _ = fastremap.renumber(core, in_place=True)
-        core = core.astype(np.uint32, copy=False)
-        sizes = np.bincount(core.ravel())[1:]
-        for ax in range(3):  # the six face planes, for matching without reading chunks
+        core = labels[block.core_in_outer]
+        core = np.ascontiguousarray(core) if core.shape != labels.shape else np.ascontiguousarray(labels)
+        del labels
+        core, sizes = dense_ids(core)
+        n = int(sizes.size)
+        for ax in range(3):  # the six face planes, for matching without reading the blocks
             for side, pos in (("lo", 0), ("hi", -1)):
-                tmp = w / "faces" / f".{block.index}_{side}{ax}.npy.tmp"
-                with open(tmp, "wb") as fh:
-                    np.save(fh, np.ascontiguousarray(np.take(core, pos, axis=ax)))
-                tmp.replace(w / "faces" / f"{block.index}_{side}{ax}.npy")
-        arr = create_label_store(w / "pass1.zarr", volume_shape, (1, 1, 1), "zarr", mode="r+")
-        arr[block.core] = core
-        info = {"n": int(sizes.size), "sizes": sizes.tolist()}
+                _save_npy(w / "faces" / f"{block.index}_{side}{ax}.npy", np.take(core, pos, axis=ax))
+        if n:
+            _save_npy(block_file(w, block.index), core.astype(smallest_dtype(n), copy=False))
+        info: dict[str, Any] = {"n": n, "sizes": sizes.tolist()}
     else:
         ids, truncated = centre_owned(labels, block, volume_shape)
         n = int(ids.size)
         if n:
-            kept = fastremap.mask_except(labels, ids.tolist())
+            kept = fastremap.mask_except(labels, ids.tolist(), in_place=True)
             kept, _ = fastremap.renumber(kept, in_place=True)
-            tmp = w / "blocks" / f".{block.index}.npy.tmp"
-            with open(tmp, "wb") as fh:
-                np.save(fh, kept.astype(np.uint32, copy=False))
-            tmp.replace(w / "blocks" / f"{block.index}.npy")
+            _save_npy(block_file(w, block.index), kept.astype(smallest_dtype(n), copy=False))
         info = {"n": n, "truncated": truncated}
     info["seconds"] = time.perf_counter() - t0
+    info["timings"] = {"read": round(t_read, 4), "segment": round(t_seg, 4)}
     write_json_atomic(_marker(w, "p1", block.index), info, fsync=False)
     return info
 
@@ -131,7 +181,7 @@ def match_block_job(
     """Global id pairs that touch across this block's three high faces.
 
     Reads only the face planes saved by pass 1 (``faces/<i>_<side><axis>.npy``) of this block and of its
-    neighbours — a few planes of the block size — never whole chunks.
+    neighbours — a few planes of the block size — never whole blocks.
     """
     w = Path(work)
     gshape = offsets.shape
@@ -166,12 +216,17 @@ def match_block_job(
 
 
 def pass2_faces_job(work: str, block: Block, lut: np.ndarray, final: str, fmt: str, volume_shape: tuple[int, int, int]) -> dict:
-    """Write this block's final ids: ``lut[local id]`` (``lut[0] == 0``)."""
+    """Write this block's final ids ``lut[local id]`` (``lut[0] == 0``) into its output chunk.
+
+    The output's chunk grid equals the block grid, so each block is encoded and written once;
+    empty blocks are not written at all (the store's fill value is 0).
+    """
     w = Path(work)
-    src = create_label_store(w / "pass1.zarr", volume_shape, (1, 1, 1), "zarr", mode="r+")
-    dst = create_label_store(final, volume_shape, (1, 1, 1), fmt, mode="r+")
-    local = np.asarray(src[block.core])
-    dst[block.core] = lut[local]
+    f = block_file(w, block.index)
+    if f.exists():
+        out = apply_lut(np.load(f), lut)
+        dst = create_label_store(final, volume_shape, (1, 1, 1), fmt, mode="r+")
+        dst[block.core] = out
     write_json_atomic(_marker(w, "p2", block.index), {"ok": True}, fsync=False)
     return {"ok": True}
 
@@ -187,16 +242,20 @@ def pass2_centre_job(
     """
     w = Path(work)
     out = np.zeros(block.core_shape, np.uint32)
+    wrote = False
     for nb, offset in neighbours:
         inter = [slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(nb.outer, block.core)]
         if any(s.stop <= s.start for s in inter):
             continue
-        src = np.load(w / "blocks" / f"{nb.index}.npy", mmap_mode="r")
+        src = np.load(block_file(w, nb.index), mmap_mode="r")
         part = np.asarray(src[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(inter, nb.outer))])
         view = out[tuple(slice(s.start - c.start, s.stop - c.start) for s, c in zip(inter, block.core))]
         m = (part > 0) & (view == 0)
-        view[m] = part[m] + np.uint32(offset)
-    dst = create_label_store(final, volume_shape, (1, 1, 1), fmt, mode="r+")
-    dst[block.core] = out
+        if m.any():
+            view[m] = part[m].astype(np.uint32) + np.uint32(offset)
+            wrote = True
+    if wrote:
+        dst = create_label_store(final, volume_shape, (1, 1, 1), fmt, mode="r+")
+        dst[block.core] = out
     write_json_atomic(_marker(w, "p2", block.index), {"ok": True}, fsync=False)
     return {"ok": True}

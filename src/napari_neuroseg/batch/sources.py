@@ -55,12 +55,33 @@ class OpenedInput:
     def nbytes(self) -> int:
         return int(np.prod(self.data.shape)) * np.dtype(self.data.dtype).itemsize
 
-    def read(self, spatial: tuple[slice, slice, slice] | None = None) -> np.ndarray:
-        """Read a block (all channels) as a numpy array; ``None`` reads everything."""
+    def read(
+        self, spatial: tuple[slice, slice, slice] | None = None, *, run_id: str | None = None, cache_bytes: int = 0
+    ) -> np.ndarray:
+        """Read a block (all channels) as a numpy array; ``None`` reads everything.
+
+        With ``run_id`` and ``cache_bytes > 0`` the block is assembled from decoded chunks kept in
+        a per-process LRU cache (:mod:`~napari_neuroseg.batch.chunkcache`), so neighbouring
+        blocks' halos reuse chunks instead of decoding them again.
+        """
         sl: tuple = spatial if spatial is not None else (slice(None),) * 3
         if self.axes == "CZYX":
             sl = (slice(None),) + tuple(sl)
+        if run_id is not None and cache_bytes > 0:
+            from napari_neuroseg.batch import chunkcache
+
+            source = f"{self.spec.path}::{self.spec.key}"
+            return chunkcache.read_region(self.data, sl, run_id=run_id, source=source, capacity=cache_bytes)
         return np.asarray(self.data[sl])
+
+    def chunk_bytes_touched(self, spatial: tuple[slice, slice, slice]) -> int:
+        """Bytes of the input chunks a block read touches (0 for unchunked inputs)."""
+        from napari_neuroseg.batch import chunkcache
+
+        sl: tuple = tuple(spatial)
+        if self.axes == "CZYX":
+            sl = (slice(None),) + sl
+        return chunkcache.touched_bytes(self.data, sl)
 
     def close(self) -> None:
         for c in self._closers:
@@ -260,6 +281,8 @@ class _Squeezed:
         self.shape = tuple(base.shape[n:])
         self.dtype = base.dtype
         self.ndim = len(self.shape)
+        ch = getattr(base, "chunks", None)
+        self.chunks = tuple(ch[n:]) if isinstance(ch, tuple) else None
 
     def __getitem__(self, sl: Any) -> np.ndarray:
         sl = sl if isinstance(sl, tuple) else (sl,)
