@@ -28,10 +28,10 @@ def tiny_model_path(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def small_volume():
-    """A synthetic FISBe-like sample (3, 32, 64, 64)."""
+    """A synthetic FISBe-like sample (3, 24, 48, 48)."""
     from napari_neuroseg.synth import make_neurons
 
-    return make_neurons((32, 64, 64), seed=7, n_neurons=3)
+    return make_neurons((24, 48, 48), seed=7, n_neurons=3)
 
 
 @pytest.fixture

@@ -20,10 +20,10 @@ amount of neurite, not with the volume.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
@@ -41,7 +41,7 @@ class PostprocessParams:
     min_size: int = 40
     use_affinities: bool = True
     use_colour: bool = True
-    colour_sigma: float = 1.0
+    colour_sigma: float = 1.0  # colour smoothing along the neurite (2*sigma neighbour-averaging steps)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,6 +52,16 @@ class _UnionFind:
         self.parent = np.arange(n)
         self.colour = colour.astype(np.float64).copy()  # summed colour (not normalised)
         self.size = size.astype(np.int64).copy()
+
+    def roots(self) -> np.ndarray:
+        """Root of every element (vectorised path halving)."""
+        p = self.parent
+        while True:
+            q = p[p]
+            if np.array_equal(q, p):
+                return p
+            p = q
+            self.parent = p
 
     def find(self, a: int) -> int:
         p = self.parent
@@ -93,16 +103,22 @@ def _pairs(idx: np.ndarray, fg_flat: np.ndarray, shape, off) -> tuple[np.ndarray
     return src, dst
 
 
-def voxel_colour(image: np.ndarray, fg: np.ndarray, sigma: float) -> np.ndarray:
-    """(3,Z,Y,X) normalised image → (3,Z,Y,X) colour smoothed within the foreground only."""
-    fgf = fg.astype(np.float32)
-    den = ndimage.gaussian_filter(fgf, sigma) if sigma > 0 else fgf
-    out = np.empty(image.shape, np.float32)
-    for c in range(image.shape[0]):
-        v = np.clip(image[c], 0, None) * fgf
-        out[c] = ndimage.gaussian_filter(v, sigma) if sigma > 0 else v
-    out /= np.maximum(den, 1e-6)
-    return out
+def _smooth_on_graph(col: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]], steps: int) -> np.ndarray:
+    """Average each foreground voxel's colour with its foreground 6-neighbours, ``steps`` times
+    (colour smoothing restricted to the neurite: background never leaks in)."""
+    if steps <= 0:
+        return col
+    deg = np.ones(len(col))
+    for i, j in pairs:
+        deg += np.bincount(i, minlength=len(col)) + np.bincount(j, minlength=len(col))
+    for _ in range(steps):
+        acc = col.copy()
+        for i, j in pairs:
+            for c in range(col.shape[1]):
+                acc[:, c] += np.bincount(i, weights=col[j, c], minlength=len(col))
+                acc[:, c] += np.bincount(j, weights=col[i, c], minlength=len(col))
+        col = acc / deg[:, None]
+    return col
 
 
 def instances_from_outputs(
@@ -124,14 +140,15 @@ def instances_from_outputs(
         return labels
     fg_flat = fg.ravel()
     use_aff = p.use_affinities and affs is not None
-    col = voxel_colour(image, fg, p.colour_sigma).reshape(3, -1)[:, idx].T  # (n, 3)
-    col = np.clip(col, 0, None)
+    pairs = [_pairs(idx, fg_flat, shape, off) for off in OFFSETS]
+    col = np.stack([np.clip(image[c].ravel()[idx], 0, None) for c in range(image.shape[0])], 1).astype(np.float64)
+    col = _smooth_on_graph(col, pairs[:N_SHORT], int(round(p.colour_sigma * 2)))
     ucol = _unit(col)
 
     # 2. fragments
     keep_i, keep_j, cand = [], [], []
     for k in range(len(OFFSETS)):
-        i, j = _pairs(idx, fg_flat, shape, OFFSETS[k])
+        i, j = pairs[k]
         a = affs[k].ravel()[idx[i]].astype(np.float32) if use_aff else None
         if a is not None and affs.dtype == np.uint8:
             a = a / 255.0
@@ -172,8 +189,8 @@ def instances_from_outputs(
             nbrs.setdefault(x, []).append(y)
             nbrs.setdefault(y, []).append(x)
         hop = set()
-        for lst in nbrs.values():
-            if 2 <= len(lst) <= 12:
+        for f, lst in nbrs.items():
+            if 2 <= len(lst) <= 6 and fsize[f] <= 400:
                 for u in range(len(lst)):
                     for w in range(u + 1, len(lst)):
                         x, y = sorted((lst[u], lst[w]))
@@ -190,44 +207,44 @@ def instances_from_outputs(
         if use_aff:
             ok &= mean_aff > p.aff_threshold
         order = np.argsort(dist[ok], kind="stable")
-        for a_, b_ in zip(pa[ok][order], pb[ok][order]):
-            ra, rb = uf.find(int(a_)), uf.find(int(b_))
+        cl = uf.colour.tolist()  # running colour sums per root (plain floats: fast scalar maths)
+        thr = p.merge_threshold
+        for a_, b_ in zip(pa[ok][order].tolist(), pb[ok][order].tolist()):
+            ra, rb = uf.find(a_), uf.find(b_)
             if ra == rb:
                 continue
-            ca_, cb_ = uf.colour[ra], uf.colour[rb]
-            d = np.linalg.norm(ca_ / max(np.linalg.norm(ca_), 1e-9) - cb_ / max(np.linalg.norm(cb_), 1e-9))
-            if d < p.merge_threshold:
-                uf.union(ra, rb)
+            u, w = cl[ra], cl[rb]
+            nu = math.sqrt(u[0] * u[0] + u[1] * u[1] + u[2] * u[2]) or 1e-9
+            nw = math.sqrt(w[0] * w[0] + w[1] * w[1] + w[2] * w[2]) or 1e-9
+            d = math.sqrt((u[0] / nu - w[0] / nw) ** 2 + (u[1] / nu - w[1] / nw) ** 2 + (u[2] / nu - w[2] / nw) ** 2)
+            if d < thr:
+                root = uf.union(ra, rb)
+                cl[root] = [u[0] + w[0], u[1] + w[1], u[2] + w[2]]
         # 4. small clusters join the touching cluster of the closest colour
-        roots = np.array([uf.find(i) for i in range(nfrag)])
-        small = uf.size < p.min_size
-        ra_, rb_ = roots[pa], roots[pb]
-        adj = ra_ != rb_
-        ra_, rb_ = ra_[adj], rb_[adj]
-        if p.min_size > 0 and len(ra_):
+        if p.min_size > 0:
             for _ in range(3):
-                roots_now = np.array([uf.find(int(r)) for r in range(nfrag)])
-                x, y = roots_now[ra_], roots_now[rb_]
-                cand_pairs = [(a, b) for a, b in zip(x, y) if a != b]
+                r = uf.roots()
+                x, y = r[pa], r[pb]
+                sel = x != y
+                x, y = np.concatenate([x[sel], y[sel]]), np.concatenate([y[sel], x[sel]])
+                small = (uf.size[x] < p.min_size) & (uf.size[y] >= uf.size[x])
+                x, y = x[small], y[small]
+                if not len(x):
+                    break
+                uc = _unit(uf.colour)
+                d = np.linalg.norm(uc[x] - uc[y], axis=1)
+                order = np.lexsort((d, x))
+                x, y = x[order], y[order]
+                first = np.r_[True, x[1:] != x[:-1]]
                 changed = False
-                best: dict[int, tuple[float, int]] = {}
-                for a, b in cand_pairs:
-                    for s, o in ((a, b), (b, a)):
-                        if uf.size[s] < p.min_size and uf.size[o] >= uf.size[s]:
-                            cs, co = uf.colour[s], uf.colour[o]
-                            d = float(np.linalg.norm(cs / max(np.linalg.norm(cs), 1e-9) - co / max(np.linalg.norm(co), 1e-9)))
-                            if s not in best or d < best[s][0]:
-                                best[s] = (d, o)
-                for s, (_, o) in best.items():
-                    rs, ro = uf.find(s), uf.find(o)
+                for s_, o_ in zip(x[first].tolist(), y[first].tolist()):
+                    rs, ro = uf.find(s_), uf.find(o_)
                     if rs != ro and uf.size[rs] < p.min_size:
                         uf.union(ro, rs)
                         changed = True
                 if not changed:
                     break
-        del small
-    roots = np.array([uf.find(i) for i in range(nfrag)])
-    comp = roots[frag]
+    comp = uf.roots()[frag]
     size = np.bincount(comp, minlength=nfrag)
     keep = size >= max(p.min_size, 1)
     new_id = np.zeros(nfrag, np.uint32)

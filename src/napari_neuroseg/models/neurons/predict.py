@@ -17,11 +17,8 @@ from napari_neuroseg.runtime.progress import Progress, ProgressGenerator, run_to
 
 from .model import NeuronModel, cached_load_model
 from .postprocess import PostprocessParams, instances_from_outputs
-from .preprocess import check_raw, normalize
+from .preprocess import apply_norm, check_raw, normalize
 
-#: Input voxels of context added around every tile: half the receptive field of the default
-#: 4-level net (~96 voxels), so tiled outputs equal untiled ones; stitching is global anyway.
-TILE_OVERLAP = 48
 #: Rough peak memory per input voxel of the network in inference (float32 activations).
 BYTES_PER_VOXEL = 600.0
 
@@ -38,6 +35,15 @@ class NeuronPrediction:
     foreground: np.ndarray | None = None
     affinities: np.ndarray | None = None
     info: dict = field(default_factory=dict)
+
+
+def tile_overlap(levels: int) -> int:
+    """Context (input voxels) each tile needs on every side so that tiled outputs equal untiled
+    ones: half the receptive field of the U-Net (two 3×3×3 convolutions per level on both paths,
+    plus the poolings), rounded up to the divisor grid (56 for the default 4-level network)."""
+    half = 2 * (2**levels - 1) + 3 * (2 ** (levels - 1) - 1)
+    div = 2 ** (levels - 1)
+    return int(-(-half // div) * div)
 
 
 def _resolve_model(model, device) -> NeuronModel:
@@ -72,7 +78,7 @@ def network_outputs(model: NeuronModel, image: np.ndarray, *, n_tiles=None) -> P
             return (p * 255 + 0.5).to(torch.uint8).cpu().numpy()
 
     outs = yield from predict_tiled_auto(
-        forward, image, divisor=model.divisor, overlap=TILE_OVERLAP, n_tiles=n_tiles,
+        forward, image, divisor=model.divisor, overlap=tile_overlap(model.config.levels), n_tiles=n_tiles,
         bytes_per_voxel=BYTES_PER_VOXEL, device=dev)
     return outs[0] if isinstance(outs, tuple) else outs
 
@@ -86,6 +92,7 @@ def predict_iter(
     n_tiles=None,
     channel_axis: int | None = None,
     return_outputs: bool = False,
+    norm_stats: tuple | None = None,
 ) -> ProgressGenerator[NeuronPrediction]:
     """Segment neurons in a (3,Z,Y,X) multicolour volume; a progress generator returning a
     :class:`NeuronPrediction`. ``model``: a loaded model, a model file, or None (shipped default).
@@ -98,8 +105,13 @@ def predict_iter(
     elif params is not None:
         p = params
     yield Progress(0, 3, "normalising")
-    image = normalize(a)
+    # norm_stats: precomputed preprocess.norm_stats of the whole volume (batch runs of blocks)
+    image = normalize(a) if norm_stats is None else apply_norm(a, norm_stats)
     shape = image.shape[1:]
+    if not image.any():  # a constant (e.g. all-zero) volume has no signal: no neurons, no network run
+        yield Progress(3, 3, "constant volume: no neurons")
+        return NeuronPrediction(labels=np.zeros(shape, np.uint32), n_instances=0, params=p,
+                                info={"model": m.path, "device": str(m.device), "empty": True})
     n_out = 0
     gen = network_outputs(m, image, n_tiles=n_tiles)
     try:

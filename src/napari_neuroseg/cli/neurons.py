@@ -1,0 +1,125 @@
+"""``neuroseg neurons INPUT -o OUTPUT``: segment neurons in a FISBe-like multicolour volume."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "neurons",
+        help="segment neurons in a multicolour (MCFO, FISBe-like) volume",
+        description=(
+            "Segment neurons with the FISBe neuron model (default: the shipped model, trained on "
+            "synthetic FISBe-like data). INPUT is a FISBe Zarr (volumes/raw) or a CZYX TIFF/Zarr "
+            "with the 3 colour channels first. OUTPUT: .tif/.tiff (uint32 labels), .zarr (labels; "
+            "a FISBe-layout Zarr when INPUT is one or with --format fisbe). When INPUT holds "
+            "volumes/gt_instances the FISBe scores are printed."
+        ),
+    )
+    p.add_argument("input", help="FISBe Zarr or CZYX TIFF/Zarr")
+    p.add_argument("-o", "--output", required=True, help="output .tif/.tiff or .zarr")
+    p.add_argument("--model", default=None, help="neuron model .pt (default: the shipped model)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--key", default=None, help="array key inside a Zarr/HDF5 input")
+    p.add_argument("--channel-axis", type=int, default=None,
+                   help="axis of the 3 colour channels in the stored array, e.g. -1 for ZYXC data")
+    p.add_argument("--format", choices=("auto", "tiff", "zarr", "fisbe"), default="auto")
+    p.add_argument("--tiles", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="number of tiles per axis (default: from free memory)")
+    p.add_argument("--fg-threshold", type=float, default=None, help="foreground probability threshold")
+    p.add_argument("--merge-threshold", type=float, default=None, help="colour distance below which fragments merge")
+    p.add_argument("--min-size", type=int, default=None, help="smallest neuron kept (voxels)")
+    p.add_argument("--partly", action="store_true", help="ground truth is partly labelled (for the scores)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _read_input(args):
+    import numpy as np
+
+    from napari_neuroseg.errors import NeurosegError
+    from napari_neuroseg.io import is_fisbe, read_fisbe, read_image
+
+    path = Path(args.input)
+    if not path.exists():
+        raise NeurosegError("input not found", path=path, fix="check the path")
+    if is_fisbe(path):
+        s = read_fisbe(path)
+        if s.raw is None:
+            raise NeurosegError("the FISBe sample has no volumes/raw", path=path,
+                                fix="segmentation needs the raw multicolour volume")
+        return np.asarray(s.raw), (None if s.gt_instances is None else np.asarray(s.gt_instances)), True
+    vol = read_image(path, key=args.key)
+    data = np.asarray(vol.data)
+    if args.channel_axis is None and vol.axes == "CZYX":
+        return data, None, False
+    if args.channel_axis is not None:
+        src_axes = vol.meta.get("source_axes")
+        if src_axes and src_axes != vol.axes and "C" in vol.axes:
+            return data, None, False  # the reader already moved the channels first
+        return np.moveaxis(data, args.channel_axis, 0), None, False
+    return data, None, False
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_neuroseg.errors import NeurosegError
+    from napari_neuroseg.io import labels_to_instances, write_fisbe, write_tiff, write_zarr
+    from napari_neuroseg.models.neurons import predict_iter
+    from napari_neuroseg.runtime.progress import run_to_completion
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    out = Path(args.output)
+    fmt = args.format
+    suffix = out.suffix.lower()
+    if fmt == "auto":
+        if suffix in (".tif", ".tiff"):
+            fmt = "tiff"
+        elif suffix == ".zarr":
+            fmt = "zarr"
+        else:
+            raise NeurosegError(f"unknown output type {suffix!r}", path=out, fix="use .tif, .tiff or .zarr")
+    if out.resolve() == Path(args.input).resolve():
+        raise NeurosegError("output would overwrite the input", path=out, fix="choose another output path")
+    raw, gt, was_fisbe = _read_input(args)
+    if fmt == "zarr" and was_fisbe and args.format == "auto":
+        fmt = "fisbe"
+    params = {k: v for k, v in (("fg_threshold", args.fg_threshold), ("merge_threshold", args.merge_threshold),
+                                ("min_size", args.min_size)) if v is not None}
+
+    def cb(pr):
+        if not args.quiet:
+            print(f"\r  [{pr.step}/{pr.total}] {pr.message:<40}", end="", file=sys.stderr, flush=True)
+
+    res = run_to_completion(
+        predict_iter(raw, args.model, device=args.device, params=params or None,
+                     n_tiles=tuple(args.tiles) if args.tiles else None,
+                     channel_axis=None),
+        cb,
+    )
+    if not args.quiet:
+        print(file=sys.stderr)
+    labels = res.labels
+    if fmt == "tiff":
+        write_tiff(out, labels, axes="ZYX")
+    elif fmt == "zarr":
+        write_zarr(out, labels, axes="zyx")
+    else:
+        stack = labels_to_instances(labels) if labels.max() else np.zeros((0,) + labels.shape, np.uint8)
+        write_fisbe(out, raw=raw, gt_instances=stack)
+    print(f"{res.n_instances} neurons -> {out}")
+    if gt is not None:
+        from napari_neuroseg.metrics import evaluate
+
+        r = evaluate(gt, labels, partly=args.partly)
+        print("FISBe scores: " + "  ".join(f"{k}={r[k]:.3f}" if isinstance(r[k], float) else f"{k}={r[k]}"
+                                           for k in ("avF1", "C", "S", "clDice_TP", "tp", "FS", "FM", "n_gt", "n_pred")))
+    return 0

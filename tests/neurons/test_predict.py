@@ -1,0 +1,50 @@
+import numpy as np
+import pytest
+
+from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.models.neurons import load_model, predict, predict_iter
+from napari_neuroseg.models.neurons.predict import network_outputs
+from napari_neuroseg.models.neurons.preprocess import normalize
+from napari_neuroseg.runtime.progress import Progress, run_to_completion
+
+
+def test_tiled_outputs_equal_untiled(tiny_model_path, small_volume):
+    m = load_model(tiny_model_path, "cpu")
+    img = normalize(small_volume.raw)
+    whole = run_to_completion(network_outputs(m, img, n_tiles=(1, 1, 1)))
+    tiled = run_to_completion(network_outputs(m, img, n_tiles=(2, 2, 3)))
+    assert whole.shape == (7,) + img.shape[1:] and whole.dtype == np.uint8
+    assert np.abs(whole.astype(int) - tiled).max() <= 1
+
+
+def test_predict_labels_consistent_across_tiles(tiny_model_path, small_volume):
+    m = load_model(tiny_model_path, "cpu")
+    # a random-weight model: make the foreground threshold low enough to get instances
+    params = {"fg_threshold": 0.0, "min_size": 1}
+    a = predict(small_volume.raw, m, params=params, n_tiles=(1, 1, 1))
+    b = predict(small_volume.raw, m, params=params, n_tiles=(2, 2, 2))
+    assert a.labels.shape == small_volume.raw.shape[1:] and a.labels.dtype == np.uint32
+    assert a.n_instances >= 1
+    # same partition (ids may only differ by a permutation)
+    pairs = np.unique(np.stack([a.labels.ravel(), b.labels.ravel()]), axis=1)
+    assert pairs.shape[1] == len(np.unique(a.labels)) == len(np.unique(b.labels))
+
+
+def test_progress_and_cancel(tiny_model_path, small_volume):
+    m = load_model(tiny_model_path, "cpu")
+    gen = predict_iter(small_volume.raw, m, n_tiles=(2, 2, 2))
+    items = [next(gen) for _ in range(3)]
+    assert all(isinstance(p, Progress) for p in items)
+    gen.close()  # cancel: no error, nothing left running
+    with pytest.raises(StopIteration):
+        next(gen)
+
+
+def test_bad_inputs(tiny_model_path):
+    m = load_model(tiny_model_path, "cpu")
+    with pytest.raises(NeurosegError, match="single-channel"):
+        predict(np.zeros((16, 32, 32), np.uint16), m)
+    with pytest.raises(NeurosegError, match="channels seem to be last"):
+        predict(np.zeros((16, 32, 32, 3), np.uint16), m)
+    res = predict(np.zeros((16, 32, 32, 3), np.uint16), m, channel_axis=-1)
+    assert res.labels.shape == (16, 32, 32) and res.n_instances == 0  # empty volume: no neurons

@@ -1,0 +1,77 @@
+"""End-to-end training on a tiny FISBe-layout folder and on synthetic data (a few iterations)."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.models.neurons import load_model, predict
+from napari_neuroseg.models.neurons import train as T
+from napari_neuroseg.models.neurons.data import find_samples
+
+
+def _args(*argv):
+    p = argparse.ArgumentParser()
+    T.add_arguments(p)
+    return p.parse_args(list(argv))
+
+
+@pytest.fixture(scope="module")
+def fisbe_folder(tmp_path_factory):
+    from napari_neuroseg.io import write_fisbe
+    from napari_neuroseg.synth import make_neurons
+
+    d = tmp_path_factory.mktemp("fisbe")
+    for i, name in enumerate(["a", "b", "c"]):
+        v = make_neurons((16, 48, 48), seed=100 + i, n_neurons=2)
+        write_fisbe(d / f"{name}.zarr", raw=v.raw, gt_instances=v.gt_instances)
+    (d / "split.json").write_text(json.dumps({"train": ["a.zarr", "b.zarr"], "val": ["c"], "test": []}))
+    return d
+
+
+def test_split_discovery(fisbe_folder, tmp_path):
+    s = find_samples(fisbe_folder)
+    assert [p.name for p in s["train"]] == ["a.zarr", "b.zarr"] and [p.name for p in s["val"]] == ["c.zarr"]
+    txt = tmp_path / "split.csv"
+    txt.write_text("a,val\nb,train\nc,train\n")
+    s = find_samples(fisbe_folder, txt)
+    assert [p.name for p in s["val"]] == ["a.zarr"]
+    with pytest.raises(NeurosegError, match="no training samples"):
+        find_samples(tmp_path)
+
+
+def test_train_on_fisbe_folder_and_resume(fisbe_folder, tmp_path):
+    out = tmp_path / "run"
+    common = ["--data", str(fisbe_folder), "-o", str(out), "--patch", "8", "16", "16", "--base", "4",
+              "--levels", "2", "--save-every", "2", "--val-every", "3", "--threads", "1", "--quiet"]
+    assert T.main(_args(*common, "--iterations", "3")) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [1, 2, 3] and "val" in log[-1]
+    assert np.isfinite([r["loss"] for r in log]).all()
+    for f in ("last.pt", "best.pt", "model.pt"):
+        assert (out / f).is_file()
+    assert T.main(_args(*common, "--iterations", "5", "--resume")) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log][-2:] == [4, 5]
+    m = load_model(out / "model.pt", "cpu")
+    res = predict(np.random.default_rng(0).integers(0, 1000, (3, 16, 32, 32)).astype(np.uint16), m)
+    assert res.labels.shape == (16, 32, 32)
+
+
+def test_train_synthetic_few_iterations(tmp_path):
+    out = tmp_path / "syn"
+    args = _args("--synthetic", "-o", str(out), "--iterations", "2", "--patch", "8", "16", "16", "--base", "4",
+                 "--levels", "2", "--pool-size", "1", "--synth-shape", "16", "32", "32", "--val-every", "0",
+                 "--threads", "1", "--quiet")
+    assert T.main(args) == 0
+    assert (out / "model.pt").is_file() and (out / "last.pt").is_file()
+
+
+def test_bad_training_arguments(tmp_path):
+    with pytest.raises(NeurosegError, match="multiple"):
+        T.main(_args("--synthetic", "-o", str(tmp_path / "x"), "--patch", "9", "16", "16", "--levels", "2",
+                     "--iterations", "1", "--quiet"))
+    with pytest.raises(NeurosegError, match="nothing to resume"):
+        T.main(_args("--synthetic", "-o", str(tmp_path / "y"), "--resume", "--iterations", "1", "--quiet"))
