@@ -64,10 +64,19 @@ def test_missing_models_fail_clearly_per_file(tmp_path):
 
 
 class _FakeStarDist:
-    """predict_instances with StarDist's signature: (labels, details) from a threshold."""
+    """predict_instances with StarDist's signature and normalisation: (labels, details) from a
+    threshold of the (1, 99.8)-percentile normalised image."""
 
-    def predict_instances(self, image, *, prob_thresh=None, nms_thresh=None, n_tiles=None, **kw):
-        lab = cc3d.connected_components(np.asarray(image) > (prob_thresh or 0.5) * 1000)
+    calls: list = []
+
+    def predict_instances(self, image, *, normalize=True, prob_thresh=None, nms_thresh=None, n_tiles=None, **kw):
+        from napari_neuroseg.models.stardist3d.model import normalize_image
+
+        x = np.asarray(image)
+        self.calls.append(normalize)
+        if normalize:
+            x = normalize_image(x[None])[0]
+        lab = cc3d.connected_components(x > (prob_thresh or 0.5))
         return lab.astype(np.int32), {"points": None}
 
 
@@ -119,3 +128,77 @@ def test_neurons_adapter_blockwise_faces_and_global_min_size(tmp_path, monkeypat
     assert all(c.get("min_size") == 0 for c in calls)
     out = read_output(r["output"])
     assert np.array_equal(out > 0, raw[1] > 100)
+
+
+def _bright_corner(shape=(32, 48, 48), seed=4):
+    """Blobs of intensity 1000 everywhere, and in one corner a small blob 40x brighter: the
+    corner's block, normalised on its own, would lose its dim blobs."""
+    vol = blobs(shape, n=15, radius=3, seed=seed).astype(np.uint16)
+    vol[vol > 0] = 1000
+    vol[1:4, 1:4, 1:4] = 40000
+    return vol
+
+
+def test_nuclei_blocks_use_the_volume_percentiles(tmp_path, monkeypatch):
+    import napari_neuroseg.models.stardist3d as sd
+    from napari_neuroseg.batch.normalize import percentile_stats
+    from napari_neuroseg.models.stardist3d.model import normalize_image
+
+    fake = _FakeStarDist()
+    fake.calls = []
+    monkeypatch.setattr(sd, "load_model", lambda name=None, device=None: fake)
+    vol = _bright_corner()
+    block = vol[:16, :24, :24]  # the corner block: its own 99.8th percentile is the bright blob
+    assert np.percentile(block, 99.8) > 10000 > np.percentile(vol, 99.8)
+    lost = cc3d.connected_components(normalize_image(block[None])[0] > 0.5).max()
+    src = write_zarr(tmp_path / "n.zarr", vol)
+    whole = _run("nuclei", [src], tmp_path / "w", params={"prob_thresh": 0.5}, fmt="zarr")
+    blockw = _run("nuclei", [src], tmp_path / "b", params={"prob_thresh": 0.5}, fmt="zarr",
+                  block_shape=(16, 24, 24), halo=(8, 8, 8))
+    a, b = read_output(whole.records[0]["output"]), read_output(blockw.records[0]["output"])
+    assert set(fake.calls) == {False}  # the adapter normalised every block itself
+    assert blockw.records[0]["resolved_params"]["_norm"] == percentile_stats(vol, "ZYX")[0]
+    assert a.max() == b.max() == 16 and same_partition(a, b)
+    assert lost < int(cc3d.connected_components(block > 500).max())  # per-block normalisation would lose blobs
+
+
+def test_threshold_bright_corner_blockwise_equals_whole(tmp_path):
+    from skimage.filters import threshold_otsu
+
+    vol = _bright_corner()
+    src = write_zarr(tmp_path / "t.zarr", vol)
+    p = {"sigma": 1.0}
+    whole = _run("threshold", [src], tmp_path / "w", fmt="zarr", params=p)
+    blockw = _run("threshold", [src], tmp_path / "b", fmt="zarr", params=p, block_shape=(16, 24, 24))
+    a, b = read_output(whole.records[0]["output"]), read_output(blockw.records[0]["output"])
+    thr = blockw.records[0]["resolved_params"]["threshold"]
+    assert thr == whole.records[0]["resolved_params"]["threshold"] > 1000  # one Otsu for the volume
+    assert threshold_otsu(vol[16:, 24:, 24:]) < 1000  # a block on its own would pick another
+    assert a.max() >= 1 and same_partition(a, b)
+
+
+def test_neuron_blocks_get_the_volume_norm_stats(tmp_path, monkeypatch):
+    import importlib
+
+    from napari_neuroseg.models.neurons.preprocess import apply_norm, norm_stats
+
+    npred = importlib.import_module("napari_neuroseg.models.neurons.predict")
+    seen = []
+
+    def fake_predict(raw, model=None, *, device=None, params=None, norm_stats=None, **kw):
+        seen.append(norm_stats)
+        x = apply_norm(raw, norm_stats)
+        return SimpleNamespace(labels=cc3d.connected_components(x.max(0) > 0.5).astype(np.uint32))
+
+    monkeypatch.setattr(npred, "predict", fake_predict)
+    raw = np.zeros((3, 24, 32, 96), np.uint16)
+    raw[1] = tube((24, 32, 96))
+    raw[2, 1:4, 1:4, 1:4] = 60000
+    src = tmp_path / "raw.zarr"
+    write_zarr(src, raw, chunks=(3, 12, 16, 16))
+    res = _run("neurons", [src], tmp_path / "o", params={"min_size": 0}, fmt="zarr", block_shape=(12, 16, 16))
+    r = res.records[0]
+    assert r["status"] == "done" and r["n_objects"] == 2, r  # the tube and the bright speck
+    bg, hi = norm_stats(raw)
+    assert len(seen) == r["blocks"] and all(np.allclose(s[0], bg) and s[1] == pytest.approx(hi) for s in seen)
+    assert np.array_equal(read_output(r["output"]) > 0, raw.max(0) > 0)

@@ -7,8 +7,10 @@
 * ``evaluate`` → :func:`napari_neuroseg.metrics.evaluate` on prediction files against ground
   truth found by name in ``--gt`` (a folder, or one file for a single input).
 
-Nothing heavy (torch, models) is imported until a task actually runs, so listing tasks and the
-CLI ``--help`` stay fast.
+Learned models see every block normalised with statistics of the whole volume, computed once in
+``prepare`` (StarDist: 1/99.8 percentiles; neurons: ``preprocess.norm_stats``), so blocks get the
+contrast of the whole-volume run. Nothing heavy (torch, models) is imported until a task actually
+runs, so listing tasks and the CLI ``--help`` stay fast.
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ def _require(module: str, what: str) -> Any:
             f"the {what} is not available ({err})",
             fix="update napari-neuroseg; use the 'threshold' task meanwhile",
         ) from err
+
+
+#: StarDist's percentile normalisation (csbdeep defaults)
+PERCENTILES = (1.0, 99.8)
 
 
 def _device_needs_gpu(device: str | None) -> bool:
@@ -67,15 +73,37 @@ class NucleiTask(Task):
         device = None if params.get("device") in (None, "auto") else params["device"]
         return load(params.get("model"), device=device)  # cached per (file, device) by the package
 
+    def prepare(self, image: Any, axes: str, params: dict) -> dict:
+        """The (1, 99.8) percentiles of the whole volume (channel ``channel``), once per input:
+        exact for in-memory volumes, from a bounded sample of lazily read ones. Every block is
+        then normalised with them (``_norm``), as StarDist normalises a whole image."""
+        from napari_neuroseg.batch.normalize import percentile_stats
+
+        if axes not in ("ZYX", "CZYX") or params.get("_norm") is not None:
+            return params
+        stats = percentile_stats(image, axes, PERCENTILES)
+        c = int(params.get("channel", 0)) if axes == "CZYX" else 0
+        if not 0 <= c < len(stats):
+            raise NeurosegError(f"channel {c} does not exist (the input has {len(stats)})", fix="give a valid --channel")
+        return {**params, "_norm": stats[c]}
+
     def segment(self, image: np.ndarray, axes: str, params: dict) -> np.ndarray:
         img = image if axes == "ZYX" else image[int(params.get("channel", 0))]
-        model = self._model(params)
         kw: dict[str, Any] = {}
         for k in ("prob_thresh", "nms_thresh"):
             if params.get(k) is not None:
                 kw[k] = params[k]
         if params.get("n_tiles"):
             kw["n_tiles"] = tuple(int(t) for t in str(params["n_tiles"]).split(","))
+        norm = params.get("_norm")
+        if norm is not None:  # the volume's percentiles, not this block's
+            from napari_neuroseg.batch.normalize import apply_percentiles
+
+            img = apply_percentiles(img, *norm)
+            if img.size and img.min() == img.max():  # a blank block of a volume that is not blank
+                return np.zeros(img.shape, np.uint32)
+            kw["normalize"] = False
+        model = self._model(params)
         out = model.predict_instances(img, **kw)
         labels = out[0] if isinstance(out, tuple) else getattr(out, "labels", out)
         return np.asarray(labels)
@@ -103,13 +131,36 @@ class NeuronsTask(Task):
     def model_info(self, params: dict) -> dict:
         return {"name": "neurons", "model": params.get("model") or "default"}
 
+    def prepare(self, image: Any, axes: str, params: dict) -> dict:
+        """The model's normalisation statistics (``preprocess.norm_stats``: background per channel,
+        one common scale) of the whole volume, once per input — from the in-memory volume as
+        ``predict`` computes them, or from a bounded sample of a lazily read one. Every block is
+        normalised with them (``_norm``)."""
+        if axes != "CZYX" or params.get("_norm") is not None:
+            return params
+        pre = _require("napari_neuroseg.models.neurons.preprocess", "neuron segmenter")
+        if isinstance(image, np.ndarray) and not isinstance(image, np.memmap):
+            bg, hi = pre.norm_stats(image)
+        else:
+            from napari_neuroseg.batch.normalize import sample_values
+
+            sample = sample_values(image, axes)
+            bg, hi = pre.norm_stats(sample.reshape(sample.shape[0], -1, 1, 1))
+        return {**params, "_norm": {"bg": [float(b) for b in bg], "hi": float(hi)}}
+
     def segment(self, image: np.ndarray, axes: str, params: dict) -> np.ndarray:
+        import inspect
+
         if axes != "CZYX":
             raise NeurosegError("the neuron segmenter needs a multicolour (3,Z,Y,X) volume", fix="give the FISBe raw volume")
         pred_mod = _require("napari_neuroseg.models.neurons.predict", "neuron segmenter")
         post = {k: params[k] for k in ("fg_threshold", "aff_threshold", "min_size") if params.get(k) is not None}
         device = None if params.get("device") in (None, "auto") else params["device"]
-        res = pred_mod.predict(image, params.get("model"), device=device, params=post)
+        kw: dict[str, Any] = {}
+        norm = params.get("_norm")
+        if norm is not None and "norm_stats" in inspect.signature(pred_mod.predict_iter).parameters:
+            kw["norm_stats"] = (np.asarray(norm["bg"], np.float32), float(norm["hi"]))
+        res = pred_mod.predict(image, params.get("model"), device=device, params=post, **kw)
         return np.asarray(res.labels)
 
 
