@@ -152,3 +152,24 @@ def test_randomized_settings_stay_valid():
         v = make_neurons((24, 64, 64), seed=1, settings=s)
         assert v.raw.dtype == np.uint16
     assert dataclasses.is_dataclass(s)
+
+
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st  # noqa: E402
+
+
+@hsettings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    shape=st.tuples(st.integers(16, 24), st.integers(16, 48), st.integers(16, 48)),
+    seed=st.integers(0, 10_000),
+    hard=st.booleans(),
+)
+def test_invariants_for_any_shape_and_seed(shape, seed, hard):
+    v = make_neurons(shape, seed=seed, hard=hard)
+    n = v.n_neurons
+    assert v.raw.shape == (3, *shape) and v.gt_instances.shape == (n, *shape)
+    for i in range(n):
+        assert set(np.unique(v.gt_instances[i]).tolist()) <= {0, i + 1}
+        assert (v.gt_instances[i] > 0).any()
+    fg = (v.gt_instances > 0).any(0)
+    assert np.array_equal(v.labels > 0, fg)
+    assert not (v.clutter.any() and not hard)
