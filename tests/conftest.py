@@ -6,6 +6,14 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
+
+# No example database in the repository (CI clones may be read-only; tests write only to
+# tmp_path) and no per-example deadline: the suite runs on loaded 2-core machines.
+settings.register_profile(
+    "neuroseg", database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "neuroseg"))
 
 #: ``../shared`` next to the repository (read-only reference data; absent on some machines).
 SHARED_DIR = Path(os.environ.get("NEUROSEG_SHARED", Path(__file__).resolve().parents[2] / "shared"))

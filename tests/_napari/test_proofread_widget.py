@@ -205,7 +205,7 @@ def test_review_queue_walk_and_resume(setup, tmp_path):
 
 
 def test_zarr_backed_layer_edit_undo_save(make_napari_viewer, tmp_path):
-    zarr = pytest.importorskip("zarr")
+    import zarr
     from napari_neuroseg._napari.proofread_widget import ProofreadWidget
     from napari_neuroseg.proofread.chunked import ChunkedLabels
 

@@ -6,11 +6,10 @@ import os
 
 import numpy as np
 import pytest
+import zarr
 
 from napari_neuroseg import proofread as pr
 from napari_neuroseg.proofread.chunked import ChunkedLabels, recover
-
-zarr = pytest.importorskip("zarr")
 
 
 def _volume():

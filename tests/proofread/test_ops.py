@@ -328,7 +328,7 @@ def test_split_follows_the_intensity_valley():
 
 
 def test_ops_on_zarr_arrays(tmp_path):
-    zarr = pytest.importorskip("zarr")
+    import zarr
     data = np.zeros((16, 20, 20), np.uint32)
     data[2:8, 2:10, 2:10] = 1
     data[2:8, 10:18, 2:10] = 2

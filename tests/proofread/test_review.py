@@ -113,7 +113,6 @@ def test_bad_review_files(tmp_path):
 
 def test_queue_from_metrics_on_synthetic_errors():
     """A prediction with a false merge (1+2 as one label) and a missed GT neuron."""
-    pytest.importorskip("napari_neuroseg.metrics")
     from napari_neuroseg.synth import make_neurons
 
     vol = make_neurons((24, 80, 80), n_neurons=3, seed=3)
@@ -131,8 +130,8 @@ def test_queue_from_metrics_on_synthetic_errors():
 @pytest.mark.realdata
 def test_review_queue_on_real_fisbe_crop(fisbe_real_dir, tmp_path):
     """The queue walks the errors of the real sample's published prediction (a crop)."""
-    h5py = pytest.importorskip("h5py")
-    zarr = pytest.importorskip("zarr")
+    import h5py
+    import zarr
     name = "R14A02-20180905_65_A6"
     sl = (slice(100, 300), slice(380, 620), slice(350, 650))
     gt = np.asarray(zarr.open_array(str(fisbe_real_dir / "gt" / f"{name}.zarr" / "volumes" / "gt_instances"), mode="r")[(slice(None),) + sl])
