@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Candidates", "select_candidates", "nms_and_render"]
+__all__ = ["Candidates", "nms_and_render", "polyhedra_surface", "select_candidates"]
 
 
 class Candidates:
@@ -120,3 +120,24 @@ def nms_and_render(
         "rays_faces": np.asarray(rays.faces),
     }
     return labels, details
+
+
+def polyhedra_surface(details: dict[str, np.ndarray], scale: tuple[float, float, float] = (1.0, 1.0, 1.0)):
+    """One triangle mesh of all kept polyhedra, for a napari Surface layer.
+
+    Returns ``(vertices (n_obj·n_rays, 3) float32, faces (n_obj·n_faces, 3) int, values
+    (n_obj·n_rays,) float32)`` where ``values`` is the object's index + 1 (its label before
+    relabelling, in NMS order) so the layer can be coloured per object.
+    """
+    points = np.asarray(details["points"], np.float32)
+    dist = np.asarray(details["dist"], np.float32)
+    rays = np.asarray(details["rays_vertices"], np.float32)
+    faces = np.asarray(details["rays_faces"], np.int64)
+    n, r = dist.shape if dist.ndim == 2 else (0, len(rays))
+    if n == 0:
+        return np.zeros((0, 3), np.float32), np.zeros((0, 3), np.int64), np.zeros(0, np.float32)
+    verts = points[:, None, :] + dist[:, :, None] * rays[None, :, :]
+    verts = (verts * np.asarray(scale, np.float32)).reshape(-1, 3)
+    all_faces = (faces[None, :, :] + (np.arange(n) * r)[:, None, None]).reshape(-1, 3)
+    values = np.repeat(np.arange(1, n + 1, dtype=np.float32), r)
+    return verts, all_faces, values

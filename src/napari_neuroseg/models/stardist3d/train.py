@@ -1,0 +1,634 @@
+"""Training of StarDist-3D models (``neuroseg train nuclei`` and a Python API).
+
+Example::
+
+    from napari_neuroseg.models.stardist3d.train import TrainSettings, default_config, train
+    result = train(images, labels, default_config(n_rays=64), out_dir="models/my_nuclei",
+                   settings=TrainSettings(steps=2000))
+    labels, details = result.model.predict_instances(image)
+
+What it does, as ``stardist``'s ``StarDist3D.train`` + ``optimize_thresholds``:
+
+- volumes are percentile-normalised (1, 99.8); a validation split is held out by volume;
+- random patches (foreground-biased), augmented (flips, 90° rotations in YX, intensity scale and
+  shift, noise) before their targets are computed: ``edt_prob`` on the grid and
+  ``star_dist3D(labels, rays, grid)``;
+- loss ``1 · BCE(prob) + 0.2 · prob-weighted MAE(dist)`` (+ 1e-4 background regularisation);
+  Adam with a warm-up and cosine decay of the learning rate;
+- the output folder is always a loadable model in the project's format (``config.json``,
+  ``thresholds.json``, ``weights.pt``) plus ``checkpoint.pt`` (optimizer state, step, best weights)
+  and ``training.json`` (history), each file replaced atomically every ``checkpoint_every`` steps
+  and at the end; ``resume=True`` continues from ``checkpoint.pt``;
+- at the end the best weights (lowest validation loss) are kept and the probability and NMS
+  thresholds are optimised on the validation volumes (mean F1 over IoU 0.3, 0.5, 0.7).
+
+This module imports only the standard library at module level: ``add_arguments`` is called when
+the ``neuroseg`` parser is built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "TrainResult",
+    "TrainSettings",
+    "add_arguments",
+    "default_config",
+    "main",
+    "synthetic_dataset",
+    "train",
+    "train_iter",
+]
+
+CHECKPOINT = "checkpoint.pt"
+HISTORY = "training.json"
+CHECKPOINT_FORMAT = "neuroseg-stardist3d-checkpoint"
+
+
+@dataclass
+class TrainSettings:
+    """Training knobs (the ``train_*`` keys of a StarDist config, and a few more)."""
+
+    steps: int = 2000
+    batch_size: int = 2
+    patch_size: tuple[int, int, int] = (32, 96, 96)
+    learning_rate: float = 1e-3
+    min_lr_fraction: float = 0.05  # cosine decay down to learning_rate * this
+    warmup_steps: int = 50
+    loss_weights: tuple[float, float] = (1.0, 0.2)
+    background_reg: float = 1e-4
+    foreground_prob: float = 0.9
+    augment: bool = True
+    val_fraction: float = 0.15
+    n_val_patches: int = 8
+    val_every: int = 100
+    checkpoint_every: int = 100
+    optimize_thresholds: bool = True
+    nms_threshs: tuple[float, ...] = (0.3, 0.4, 0.5)
+    iou_threshs: tuple[float, ...] = (0.3, 0.5, 0.7)
+    keep_best: bool = True  # end with the weights of the lowest validation loss
+    percentiles: tuple[float, float] = (1.0, 99.8)
+    seed: int = 0
+    device: str | None = "auto"
+    threads: int | None = None
+    workers: int = 0  # background processes computing patches and targets
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns."""
+
+    model: Any  # StarDist3D
+    history: list[dict[str, float]] = field(default_factory=list)
+    thresholds: Any = None  # Thresholds
+    val_f1: float | None = None  # mean F1 over iou_threshs at the chosen thresholds
+    val_scores: dict | None = None
+    out_dir: Path | None = None
+    step: int = 0
+
+
+def default_config(
+    *,
+    n_rays: int = 64,
+    grid: Sequence[int] = (1, 2, 2),
+    anisotropy: Sequence[float] | None = (2.0, 1.0, 1.0),
+    backbone: str = "unet",
+    n_filter_base: int = 16,
+    unet_n_depth: int = 2,
+    resnet_n_blocks: int = 2,
+    net_conv_after: int = 64,
+    n_channel_in: int = 1,
+):
+    """A small StarDist-3D config for CPU training (GoldenSpiral rays with the anisotropy)."""
+    from napari_neuroseg.models.stardist3d.config import StarDistConfig
+
+    aniso = None if anisotropy is None else [float(a) for a in anisotropy]
+    cfg = StarDistConfig.from_dict(
+        {
+            "n_rays": int(n_rays),
+            "grid": [int(g) for g in grid],
+            "anisotropy": aniso,
+            "backbone": backbone,
+            "n_channel_in": int(n_channel_in),
+            "rays_json": {"name": "Rays_GoldenSpiral", "kwargs": {"n": int(n_rays), "anisotropy": aniso}},
+            "unet_n_depth": int(unet_n_depth),
+            "unet_n_filter_base": int(n_filter_base),
+            "net_conv_after_unet": int(net_conv_after),
+            "resnet_n_blocks": int(resnet_n_blocks),
+            "resnet_n_filter_base": int(n_filter_base),
+            "net_conv_after_resnet": int(net_conv_after),
+        }
+    )
+    return cfg
+
+
+def synthetic_dataset(
+    n: int,
+    shape: Sequence[int] = (48, 128, 128),
+    *,
+    seed: int = 0,
+    anisotropy: Sequence[float] = (2.0, 1.0, 1.0),
+    vary: float = 0.25,
+    **kw,
+) -> tuple[list, list]:
+    """``n`` synthetic nuclei volumes (:func:`napari_neuroseg.synth.make_nuclei`, seeds
+    ``seed .. seed + n − 1``), each with its appearance varied by ``vary`` (see
+    ``NucleiSettings.randomized``); ``**kw`` override single ``NucleiSettings`` fields."""
+    import numpy as np
+
+    from napari_neuroseg.synth import NucleiSettings, make_nuclei
+
+    images, labels = [], []
+    base = NucleiSettings().replace(**kw) if kw else NucleiSettings()
+    for i in range(int(n)):
+        s = seed + i
+        settings = base.randomized(np.random.default_rng(s + 7_919), vary) if vary > 0 else base
+        x, y = make_nuclei(tuple(shape), anisotropy=tuple(anisotropy), seed=s, settings=settings)
+        images.append(x)
+        labels.append(y)
+    return images, labels
+
+
+# ---------------------------------------------------------------------------- training loop
+def _split(n: int, fraction: float, rng) -> tuple[list[int], list[int]]:
+    if n < 2 or fraction <= 0:
+        return list(range(n)), []
+    n_val = min(n - 1, max(1, int(round(n * fraction))))
+    order = rng.permutation(n)
+    return sorted(int(i) for i in order[n_val:]), sorted(int(i) for i in order[:n_val])
+
+
+def _lr_at(step: int, s: TrainSettings) -> float:
+    if step < s.warmup_steps:
+        return s.learning_rate * (step + 1) / s.warmup_steps
+    t = min(1.0, (step - s.warmup_steps) / max(1, s.steps - s.warmup_steps))
+    lo = s.learning_rate * s.min_lr_fraction
+    return lo + 0.5 * (s.learning_rate - lo) * (1 + math.cos(math.pi * t))
+
+
+class _BatchMaker:
+    """Makes the batch of step ``k`` from a seed derived from (seed, k): reproducible and resumable."""
+
+    def __init__(self, sampler, rays, grid, anisotropy, settings: TrainSettings):
+        from napari_neuroseg.models.stardist3d.training.augment import AugmentSettings
+
+        self.sampler, self.rays, self.grid, self.anisotropy = sampler, rays, tuple(grid), anisotropy
+        self.settings = settings
+        self.augment = AugmentSettings(enabled=settings.augment)
+
+    def __call__(self, k: int):
+        import numpy as np
+
+        from napari_neuroseg.models.stardist3d.training.augment import augment_patch
+        from napari_neuroseg.models.stardist3d.training.data import make_targets
+
+        rng = np.random.default_rng([self.settings.seed, 1, k])
+        xs, ps, ds = [], [], []
+        for _ in range(self.settings.batch_size):
+            x, y = self.sampler.sample(rng)
+            x, y = augment_patch(x, y, rng, self.augment)
+            p, d = make_targets(y, self.rays, self.grid, self.anisotropy)
+            xs.append(x)
+            ps.append(p[np.newaxis])
+            ds.append(d)
+        return np.stack(xs), np.stack(ps), np.stack(ds)
+
+
+class _BatchStream:
+    """Batches for steps ``start, start+1, ...``, computed in ``workers`` background processes
+    (a torch DataLoader) or inline."""
+
+    def __init__(self, maker: _BatchMaker, start: int, stop: int, workers: int):
+        self.maker, self.start, self.stop, self.workers = maker, start, stop, workers
+
+    def __iter__(self):
+        if self.workers <= 0:
+            for k in range(self.start, self.stop):
+                yield self.maker(k)
+            return
+        import torch.utils.data as tud
+
+        maker, start, stop = self.maker, self.start, self.stop
+
+        class _DS(tud.Dataset):
+            def __len__(self):
+                return stop - start
+
+            def __getitem__(self, i):
+                return maker(start + i)
+
+        loader = tud.DataLoader(
+            _DS(), batch_size=None, shuffle=False, num_workers=self.workers, prefetch_factor=2,
+            persistent_workers=False, worker_init_fn=_worker_init,
+        )
+        for batch in loader:
+            yield tuple(b.numpy() if hasattr(b, "numpy") else b for b in batch)
+
+
+def _worker_init(_: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_model_files(model, out_dir: Path) -> None:
+    """Write the model's own-format files into ``out_dir`` (each replaced atomically), leaving
+    other files (checkpoint, history) in place."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=out_dir))
+    try:
+        saved = model.save(tmp / "m")
+        # weights first, thresholds and config after: a reader never sees new thresholds with old weights
+        for name in ("weights.pt", "thresholds.json", "config.json"):
+            os.replace(saved / name, out_dir / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _state_cpu(net) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+
+
+def train_iter(
+    images: Sequence,
+    labels: Sequence,
+    config=None,
+    *,
+    out_dir: str | Path | None = None,
+    settings: TrainSettings | None = None,
+    val_images: Sequence | None = None,
+    val_labels: Sequence | None = None,
+    resume: bool = False,
+    name: str | None = None,
+) -> Generator:
+    """Generator form of :func:`train`: yields :class:`~napari_neuroseg.runtime.progress.Progress`
+    once per step (and during validation / threshold optimisation), returns a :class:`TrainResult`.
+    Closing it early (cancel) leaves the last checkpoint in ``out_dir``."""
+    import numpy as np
+    import torch
+
+    from napari_neuroseg.errors import NeurosegError
+    from napari_neuroseg.models.stardist3d.config import StarDistConfig, Thresholds
+    from napari_neuroseg.models.stardist3d.model import StarDist3D
+    from napari_neuroseg.models.stardist3d.training.data import PatchSampler, check_pairs, make_targets, normalize_volume
+    from napari_neuroseg.models.stardist3d.training.losses import stardist_loss
+    from napari_neuroseg.models.stardist3d.training.thresholds import optimize_thresholds_iter
+    from napari_neuroseg.runtime.device import select_device
+    from napari_neuroseg.runtime.progress import Progress
+
+    s = settings or TrainSettings()
+    config = config or default_config()
+    if isinstance(config, dict):
+        config = StarDistConfig.from_dict(config)
+    if s.threads:
+        torch.set_num_threads(int(s.threads))
+    images = [np.asarray(x) for x in images]
+    labels = [np.asarray(y) for y in labels]
+    check_pairs(images, labels, config.n_channel_in)
+    div = config.divisor
+    if any(p % d for p, d in zip(s.patch_size, div)):
+        raise NeurosegError(
+            f"patch size {tuple(s.patch_size)} is not a multiple of the network's divisor {div}",
+            fix=f"use multiples of {div}",
+        )
+    if s.steps < 1 or s.batch_size < 1:
+        raise NeurosegError(f"steps={s.steps}, batch_size={s.batch_size} must be ≥ 1", fix="use positive values")
+
+    rng = np.random.default_rng(s.seed)
+    if val_images is None:
+        tr_idx, va_idx = _split(len(images), s.val_fraction, rng)
+        val_images = [images[i] for i in va_idx]
+        val_labels = [labels[i] for i in va_idx]
+        images = [images[i] for i in tr_idx]
+        labels = [labels[i] for i in tr_idx]
+    else:
+        val_labels = [np.asarray(y) for y in (val_labels or [])]
+        check_pairs(val_images, val_labels, config.n_channel_in)
+    x_tr = [normalize_volume(x, s.percentiles) for x in images]
+    x_va = [normalize_volume(x, s.percentiles) for x in val_images]
+    y_tr = [np.asarray(y) for y in labels]
+    y_va = [np.asarray(y) for y in val_labels]
+
+    device = select_device(s.device)
+    out = None if out_dir is None else Path(out_dir)
+    ckpt_path = None if out is None else out / CHECKPOINT
+    config.extra.update(
+        {
+            "train_patch_size": list(s.patch_size),
+            "train_loss_weights": list(s.loss_weights),
+            "train_background_reg": s.background_reg,
+            "train_foreground_only": s.foreground_prob,
+            "train_learning_rate": s.learning_rate,
+            "train_batch_size": s.batch_size,
+        }
+    )
+    model = StarDist3D(config, Thresholds(), name=name or (out.name if out else "stardist3d"), path=out, device=str(device))
+    net = model.net
+    opt = torch.optim.Adam(net.parameters(), lr=s.learning_rate)
+    start, history, best_val, best_state = 0, [], math.inf, None
+    if resume:
+        if ckpt_path is None or not ckpt_path.is_file():
+            raise NeurosegError("nothing to resume: no checkpoint.pt", path=out, fix="train without --resume first")
+        try:
+            ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unpickling problem means a bad file
+            raise NeurosegError(f"cannot read the checkpoint ({err})", path=ckpt_path, fix="train from scratch") from err
+        if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+            raise NeurosegError("not a neuroseg training checkpoint", path=ckpt_path, fix="train from scratch")
+        if StarDistConfig.from_dict(ck["config"]).divisor != config.divisor or ck["config"].get("n_rays") != config.n_rays:
+            raise NeurosegError(
+                "the checkpoint was made with another network config", path=ckpt_path,
+                fix="resume with the same architecture options",
+            )
+        model._load_state(ck["state_dict"], ckpt_path)
+        opt.load_state_dict(ck["optimizer"])
+        start = int(ck["step"])
+        history = list(ck.get("history", []))
+        best_val = float(ck.get("best_val", math.inf))
+        best_state = ck.get("best_state")
+
+    rays = model.rays
+    sampler = PatchSampler(x_tr, y_tr, s.patch_size, s.foreground_prob)
+    maker = _BatchMaker(sampler, rays, config.grid, config.anisotropy, s)
+
+    # fixed validation patches (no augmentation)
+    val_batches = []
+    if x_va:
+        vs = PatchSampler(x_va, y_va, s.patch_size, s.foreground_prob)
+        vrng = np.random.default_rng([s.seed, 2])
+        for _ in range(s.n_val_patches):
+            x, y = vs.sample(vrng)
+            p, d = make_targets(y, rays, config.grid, config.anisotropy)
+            val_batches.append((x[np.newaxis], p[np.newaxis, np.newaxis], d[np.newaxis]))
+
+    def to_t(a):
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    def validate() -> float | None:
+        if not val_batches:
+            return None
+        net.eval()
+        tot = 0.0
+        with torch.no_grad():
+            for x, p, d in val_batches:
+                pp, dd = net(to_t(x))
+                tot += stardist_loss(pp, dd, to_t(p), to_t(d), s.loss_weights, s.background_reg)[1]["loss"]
+        net.train()
+        return tot / len(val_batches)
+
+    def checkpoint(step: int) -> None:
+        if out is None:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        blob = {
+            "format": CHECKPOINT_FORMAT,
+            "step": step,
+            "state_dict": _state_cpu(net),
+            "optimizer": opt.state_dict(),
+            "best_val": best_val,
+            "best_state": best_state,
+            "history": history,
+            "config": json.loads(json.dumps(model._config_dict())),
+            "settings": json.loads(json.dumps(s.to_dict())),
+        }
+        _atomic_write_bytes(ckpt_path, lambda tmp: torch.save(blob, tmp))
+        _save_model_files(model, out)
+        _write_history(out, history, s, model, None)
+
+    total = s.steps + (1 if s.optimize_thresholds and x_va else 0)
+    net.train()
+    t0 = time.perf_counter()
+    last_saved = start
+    try:
+        for k, (xb, pb, db) in zip(range(start, s.steps), _BatchStream(maker, start, s.steps, s.workers)):
+            lr = _lr_at(k, s)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            pp, dd = net(to_t(xb))
+            loss, parts = stardist_loss(pp, dd, to_t(pb), to_t(db), s.loss_weights, s.background_reg)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if not math.isfinite(parts["loss"]):
+                raise NeurosegError(f"the loss became {parts['loss']} at step {k + 1}", fix="lower the learning rate")
+            step = k + 1
+            rec = {"step": step, "lr": lr, **parts, "time": time.perf_counter() - t0}
+            if step % s.val_every == 0 or step == s.steps:
+                v = validate()
+                if v is not None:
+                    rec["val_loss"] = v
+                    if v < best_val:
+                        best_val, best_state = v, _state_cpu(net)
+            history.append(rec)
+            if step % s.checkpoint_every == 0 or step == s.steps:
+                checkpoint(step)
+                last_saved = step
+            msg = f"step {step}/{s.steps} loss {parts['loss']:.4f} (prob {parts['prob_loss']:.4f}, dist {parts['dist_loss']:.3f})"
+            if "val_loss" in rec:
+                msg += f" val {rec['val_loss']:.4f}"
+            yield Progress(step, total, msg)
+    finally:
+        net.eval()
+
+    result = TrainResult(model=model, history=history, out_dir=out, step=s.steps)
+    if s.keep_best and best_state is not None:
+        model._load_state(best_state, ckpt_path or Path("best weights"))
+    if s.optimize_thresholds and x_va:
+        gen = optimize_thresholds_iter(
+            model, x_va, y_va, nms_threshs=s.nms_threshs, iou_threshs=s.iou_threshs,
+        )
+        try:
+            while True:
+                p = next(gen)
+                yield Progress(s.steps, total, f"thresholds: {p.message}")
+        except StopIteration as stop:
+            th, f1, th_hist = stop.value
+        model.thresholds = th
+        result.thresholds, result.val_f1 = th, f1
+        result.val_scores = {"mean_f1": f1, "search": {k: [list(t) for t in v] for k, v in th_hist.items()}}
+    else:
+        result.thresholds = model.thresholds
+    if out is not None and (last_saved != s.steps or s.keep_best or s.optimize_thresholds):
+        checkpoint(s.steps)
+        _write_history(out, history, s, model, result.val_scores)
+    yield Progress(total, total, "done")
+    return result
+
+
+def _write_history(out: Path, history, s: TrainSettings, model, val_scores) -> None:
+    doc = {
+        "settings": s.to_dict(),
+        "thresholds": {"prob": model.thresholds.prob, "nms": model.thresholds.nms},
+        "validation": val_scores,
+        "history": history,
+    }
+    text = json.dumps(doc, indent=1)
+    _atomic_write_bytes(out / HISTORY, lambda tmp: Path(tmp).write_text(text))
+
+
+def train(
+    images: Sequence,
+    labels: Sequence,
+    config=None,
+    *,
+    out_dir: str | Path | None = None,
+    settings: TrainSettings | None = None,
+    val_images: Sequence | None = None,
+    val_labels: Sequence | None = None,
+    resume: bool = False,
+    callback=None,
+) -> TrainResult:
+    """Train a StarDist-3D model on (image, labels) volumes (ZYX or CZYX images, integer labels).
+
+    ``config``: a :class:`StarDistConfig` or dict (default :func:`default_config`); ``out_dir``:
+    where the model and checkpoints go (``None``: keep in memory); validation volumes are split off
+    the training ones (``settings.val_fraction``) unless given. ``callback(progress)`` sees each
+    step. Returns a :class:`TrainResult` with the trained ``model`` (best weights, optimised
+    thresholds)."""
+    from napari_neuroseg.runtime.progress import run_to_completion
+
+    return run_to_completion(
+        train_iter(images, labels, config, out_dir=out_dir, settings=settings, val_images=val_images,
+                   val_labels=val_labels, resume=resume),
+        callback,
+    )
+
+
+# ---------------------------------------------------------------------------- command line
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``neuroseg train nuclei`` (cheap: no heavy imports)."""
+    d = TrainSettings()
+    data = parser.add_argument_group("data")
+    data.add_argument("--images", nargs="+", default=[], metavar="PATH",
+                      help="training images (files, or folders whose files are read in sorted order)")
+    data.add_argument("--labels", nargs="+", default=[], metavar="PATH",
+                      help="instance label volumes matching --images one to one")
+    data.add_argument("--synthetic", type=int, default=0, metavar="N",
+                      help="also generate N synthetic nuclei volumes (napari_neuroseg.synth.make_nuclei)")
+    data.add_argument("--synthetic-shape", type=int, nargs=3, default=(48, 128, 128), metavar=("Z", "Y", "X"))
+    data.add_argument("--synthetic-seed", type=int, default=0, help="seed of the first synthetic volume")
+    data.add_argument("--synthetic-vary", type=float, default=0.25,
+                      help="random variation of the synthetic appearance (0 = default settings)")
+    data.add_argument("--synthetic-radius", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                      help="nucleus radius range of the synthetic data (physical units)")
+    data.add_argument("--val-fraction", type=float, default=d.val_fraction, help="fraction of volumes held out")
+    parser.add_argument("-o", "--output", required=True, metavar="MODEL_DIR", help="output model folder")
+    parser.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint.pt")
+    net = parser.add_argument_group("network")
+    net.add_argument("--backbone", choices=("unet", "resnet"), default="unet")
+    net.add_argument("--n-rays", type=int, default=64)
+    net.add_argument("--grid", type=int, nargs=3, default=(1, 2, 2), metavar=("Z", "Y", "X"))
+    net.add_argument("--anisotropy", type=float, nargs=3, default=(2.0, 1.0, 1.0), metavar=("Z", "Y", "X"))
+    net.add_argument("--n-filter-base", type=int, default=16)
+    net.add_argument("--unet-depth", type=int, default=2)
+    net.add_argument("--conv-after", type=int, default=64, help="filters of the 'features' conv")
+    tr = parser.add_argument_group("training")
+    tr.add_argument("--steps", type=int, default=d.steps)
+    tr.add_argument("--batch-size", type=int, default=d.batch_size)
+    tr.add_argument("--patch-size", type=int, nargs=3, default=d.patch_size, metavar=("Z", "Y", "X"))
+    tr.add_argument("--lr", type=float, default=d.learning_rate, help="peak learning rate (Adam)")
+    tr.add_argument("--no-augment", action="store_true")
+    tr.add_argument("--val-every", type=int, default=d.val_every)
+    tr.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    tr.add_argument("--no-optimize-thresholds", action="store_true")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    tr.add_argument("--workers", type=int, default=0, help="background processes making patches")
+    tr.add_argument("--log-every", type=int, default=10)
+
+
+def _expand(paths: Sequence[str]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir() and not path.suffix == ".zarr":
+            out.extend(sorted(q for q in path.iterdir() if not q.name.startswith(".")))
+        else:
+            out.append(path)
+    return out
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``neuroseg train nuclei``."""
+    import numpy as np
+
+    from napari_neuroseg.errors import NeurosegError
+
+    image_paths, label_paths = _expand(args.images), _expand(args.labels)
+    if len(image_paths) != len(label_paths):
+        raise NeurosegError(
+            f"{len(image_paths)} image files but {len(label_paths)} label files",
+            fix="give one label file per image (same order)",
+        )
+    if not image_paths and args.synthetic <= 0:
+        raise NeurosegError("no training data", fix="give --images/--labels or --synthetic N")
+    images, labels = [], []
+    if image_paths:
+        from napari_neuroseg.io import read_image, read_labels
+
+        for ip, lp in zip(image_paths, label_paths):
+            vol = read_image(ip)
+            images.append(np.asarray(vol.data))
+            labels.append(np.asarray(read_labels(lp)))
+    if args.synthetic > 0:
+        kw = {}
+        if args.synthetic_radius:
+            kw["radius"] = tuple(float(r) for r in args.synthetic_radius)
+        t = time.perf_counter()
+        xs, ys = synthetic_dataset(
+            args.synthetic, args.synthetic_shape, seed=args.synthetic_seed, anisotropy=args.anisotropy,
+            vary=args.synthetic_vary, **kw,
+        )
+        print(f"generated {len(xs)} synthetic volumes of {tuple(args.synthetic_shape)} "
+              f"(seeds {args.synthetic_seed}..{args.synthetic_seed + len(xs) - 1}) in {time.perf_counter() - t:.0f} s",
+              flush=True)
+        images += xs
+        labels += ys
+    config = default_config(
+        n_rays=args.n_rays, grid=args.grid, anisotropy=args.anisotropy, backbone=args.backbone,
+        n_filter_base=args.n_filter_base, unet_n_depth=args.unet_depth, net_conv_after=args.conv_after,
+    )
+    settings = TrainSettings(
+        steps=args.steps, batch_size=args.batch_size, patch_size=tuple(args.patch_size), learning_rate=args.lr,
+        augment=not args.no_augment, val_fraction=args.val_fraction, val_every=args.val_every,
+        checkpoint_every=args.checkpoint_every, optimize_thresholds=not args.no_optimize_thresholds,
+        seed=args.seed, device=args.device, threads=args.threads, workers=args.workers,
+    )
+    log_every = max(1, int(args.log_every))
+
+    def show(p) -> None:
+        if p.step % log_every == 0 or "val" in p.message or not p.message.startswith("step"):
+            print(p.message, flush=True)
+
+    result = train(images, labels, config, out_dir=args.output, settings=settings, resume=args.resume, callback=show)
+    th = result.thresholds
+    print(f"saved {args.output} (thresholds prob {th.prob:.3f}, nms {th.nms:g}"
+          + (f", validation mean F1 {result.val_f1:.3f}" if result.val_f1 is not None else "") + ")")
+    return 0

@@ -1,0 +1,135 @@
+"""Training data for StarDist-3D: normalisation, targets and foreground-biased patch sampling.
+
+Targets are those of ``stardist``'s ``StarDistData3D``: the object probability is the Euclidean
+distance transform of each object normalised to 1 at its centre (``stardist.utils.edt_prob`` with
+the anisotropy), taken on the grid; the distances are ``stardist.geometry.star_dist3D(labels,
+rays, grid)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from napari_neuroseg.errors import NeurosegError
+
+__all__ = ["PatchSampler", "check_pairs", "make_targets", "normalize_volume"]
+
+
+def normalize_volume(image: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.8)) -> np.ndarray:
+    """A (Z,Y,X) or (C,Z,Y,X) image as float32 (C,Z,Y,X), percentile-normalised per channel
+    exactly as at prediction time."""
+    from napari_neuroseg.models.stardist3d.model import normalize_image
+
+    x = np.asarray(image)
+    if x.ndim == 3:
+        x = x[np.newaxis]
+    if x.ndim != 4:
+        raise NeurosegError(f"training image of shape {x.shape} is not 3D", fix="pass (Z,Y,X) or (C,Z,Y,X) volumes")
+    if np.issubdtype(x.dtype, np.floating) and not np.isfinite(x).all():
+        raise NeurosegError("a training image contains NaN or infinite values", fix="clean it first")
+    return normalize_image(x, percentiles)
+
+
+def check_pairs(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], n_channel_in: int = 1) -> None:
+    """Raise :class:`NeurosegError` unless images and labels form matching (image, labels) pairs."""
+    if len(images) == 0:
+        raise NeurosegError("no training volumes given", fix="pass at least one (image, labels) pair")
+    if len(images) != len(labels):
+        raise NeurosegError(
+            f"{len(images)} images but {len(labels)} label volumes", fix="pass one label volume per image"
+        )
+    for i, (x, y) in enumerate(zip(images, labels)):
+        y = np.asarray(y)
+        shape = x.shape[-3:] if x.ndim == 4 else x.shape
+        if y.ndim != 3 or tuple(shape) != tuple(y.shape):
+            raise NeurosegError(
+                f"pair {i}: image shape {x.shape} does not match labels shape {y.shape}",
+                fix="labels must be a (Z,Y,X) volume of the image's spatial shape",
+            )
+        if not np.issubdtype(y.dtype, np.integer):
+            raise NeurosegError(f"pair {i}: labels have dtype {y.dtype}, not integer", fix="pass instance labels")
+        if x.ndim == 4 and x.shape[0] != n_channel_in:
+            raise NeurosegError(
+                f"pair {i}: image has {x.shape[0]} channels, the model {n_channel_in}",
+                fix="use (C,Z,Y,X) images with the model's channel count",
+            )
+
+
+def make_targets(
+    labels: np.ndarray, rays, grid: tuple[int, int, int], anisotropy: tuple[float, float, float] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(prob (Z',Y',X') float32, dist (n_rays,Z',Y',X') float32)`` targets of a label patch on
+    the grid (Z' = ceil(Z / grid_z) etc.)."""
+    from stardist.geometry import star_dist3D
+    from stardist.utils import edt_prob
+
+    lbl = np.ascontiguousarray(labels, dtype=np.uint16 if labels.max() < 65535 else np.int32)
+    if lbl.max() == 0:
+        sub = tuple(slice(0, None, g) for g in grid)
+        shp = lbl[sub].shape
+        return np.zeros(shp, np.float32), np.zeros((len(rays),) + shp, np.float32)
+    prob = edt_prob(lbl, anisotropy=anisotropy)[tuple(slice(0, None, g) for g in grid)]
+    dist = star_dist3D(lbl, rays, grid=tuple(grid))
+    return np.ascontiguousarray(prob, np.float32), np.ascontiguousarray(np.moveaxis(dist, -1, 0), np.float32)
+
+
+class PatchSampler:
+    """Random (image, labels) patches of ``patch_size`` from a list of volumes.
+
+    With probability ``foreground_prob`` the patch is centred (up to a random offset) on a random
+    foreground voxel, otherwise placed uniformly (as ``train_foreground_only`` in ``stardist``).
+    Volumes smaller than the patch are reflect-padded (labels with 0).
+    """
+
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray],
+        patch_size: tuple[int, int, int],
+        foreground_prob: float = 0.9,
+    ):
+        self.images = [x if x.ndim == 4 else x[np.newaxis] for x in images]
+        self.labels = [np.asarray(y) for y in labels]
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.foreground_prob = float(foreground_prob)
+        self._fg: dict[int, np.ndarray] = {}
+        sizes = np.array([y.size for y in self.labels], dtype=float)
+        self._weights = sizes / sizes.sum()
+
+    def _pad(self, k: int) -> None:
+        x, y = self.images[k], self.labels[k]
+        pads = [max(0, p - s) for p, s in zip(self.patch_size, y.shape)]
+        if any(pads):
+            mode = "reflect" if all(s > p for s, p in zip(y.shape, pads)) else "edge"
+            x = np.pad(x, [(0, 0)] + [(0, p) for p in pads], mode=mode)
+            y = np.pad(y, [(0, p) for p in pads])
+            self.images[k], self.labels[k] = x, y
+
+    def _foreground(self, k: int) -> np.ndarray:
+        if k not in self._fg:
+            idx = np.flatnonzero(self.labels[k].ravel())
+            # a subsample is plenty to pick centres from
+            if len(idx) > 200_000:
+                idx = idx[:: len(idx) // 200_000 + 1]
+            self._fg[k] = idx
+        return self._fg[k]
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One ``(image (C,pz,py,px) float32, labels (pz,py,px))`` patch."""
+        k = int(rng.choice(len(self.labels), p=self._weights))
+        self._pad(k)
+        x, y = self.images[k], self.labels[k]
+        shape = np.asarray(y.shape)
+        ps = np.asarray(self.patch_size)
+        hi = shape - ps
+        fg = self._foreground(k)
+        if len(fg) and rng.random() < self.foreground_prob:
+            centre = np.asarray(np.unravel_index(int(fg[rng.integers(len(fg))]), y.shape))
+            jitter = rng.integers(-(ps // 4), ps // 4 + 1)
+            start = np.clip(centre - ps // 2 + jitter, 0, hi)
+        else:
+            start = np.array([rng.integers(h + 1) for h in hi])
+        sl = tuple(slice(int(s), int(s) + int(p)) for s, p in zip(start, ps))
+        return x[(slice(None),) + sl], y[sl]
