@@ -98,7 +98,7 @@ def test_nuclei_adapter_whole_and_blockwise_centre_stitching(tmp_path, monkeypat
     assert a.max() == b.max() >= 10 and same_partition(a, b)
 
 
-def test_neurons_adapter_blockwise_faces_and_global_min_size(tmp_path, monkeypatch):
+def test_neurons_adapter_blockwise_overlap_stitching_and_global_min_size(tmp_path, monkeypatch):
     import importlib
 
     npred = importlib.import_module("napari_neuroseg.models.neurons.predict")
@@ -123,7 +123,7 @@ def test_neurons_adapter_blockwise_faces_and_global_min_size(tmp_path, monkeypat
     write_zarr(src, raw, chunks=(3, 12, 16, 16))
     res = _run("neurons", [src], tmp_path / "o", params={"min_size": 20}, fmt="ome-zarr", block_shape=(12, 16, 16))
     r = res.records[0]
-    assert r["status"] == "done" and r["n_objects"] == 1 and r["blocks"] == 2 * 2 * 6
+    assert r["status"] == "done" and r["n_objects"] == 1 and r["blocks"] == 2 * 2 * 6 and r["stitch"] == "overlap"
     # blocks ran without the size filter (tube pieces are small); it was applied globally
     assert all(c.get("min_size") == 0 for c in calls)
     out = read_output(r["output"])

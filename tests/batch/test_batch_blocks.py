@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_neuroseg.batch.blocks import face_pairs, face_regions, plan_blocks, union_find_mapping
+from napari_neuroseg.batch.blocks import (
+    face_pairs, face_regions, forward_neighbours, overlap_pairs, overlap_region, plan_blocks, union_find_mapping,
+)
 
 
 def test_plan_blocks_partitions_the_volume_and_clamps_the_halo():
@@ -50,3 +52,26 @@ def test_face_pairs_diagonal_contact_needs_26_connectivity(connectivity, expecte
     slab[1, 1, 1] = 3  # face contact: found with any connectivity
     got = {tuple(p) for p in face_pairs(slab, axis, connectivity, b0, region)}
     assert (1, 3) in got
+
+
+def test_overlap_pairs_match_by_shared_fraction_of_the_smaller_label():
+    a = np.zeros((4, 10), np.uint16)
+    b = np.zeros((4, 10), np.uint16)
+    a[:, :5], a[:, 5:] = 1, 2  # two objects touching at x = 4|5
+    b[:, :6], b[:, 6:] = 7, 8  # the neighbour sees the contact one voxel off
+    got = {tuple(p) for p in overlap_pairs(a, b, 0.5)}
+    assert got == {(1, 7), (2, 8)}  # (2, 7) share 4 of 20 voxels: no merge
+    b[:, :] = 9  # the neighbour sees one object: both of ours overlap it fully
+    assert {tuple(p) for p in overlap_pairs(a, b, 0.5)} == {(1, 9), (2, 9)}
+    assert overlap_pairs(a, np.zeros_like(b)).shape == (0, 2)
+
+
+def test_forward_neighbours_visit_each_overlapping_pair_once():
+    blocks = plan_blocks((8, 8, 8), (4, 4, 4), (1, 1, 1))
+    by_grid = {b.grid: b for b in blocks}
+    pairs = {(b.index, nb.index) for b in blocks for nb in forward_neighbours(b, by_grid)}
+    assert len(pairs) == 28  # all pairs of the 2x2x2 grid: every outer region overlaps every other
+    assert all(i < j for i, j in pairs)
+    r = overlap_region(blocks[0], blocks[1])  # neighbours along X: a 2-voxel slab around x = 4
+    assert r == (slice(0, 5), slice(0, 5), slice(3, 5))
+    assert forward_neighbours(plan_blocks((8, 8, 8), (4, 4, 4))[0], {b.grid: b for b in plan_blocks((8, 8, 8), (4, 4, 4))}) == []

@@ -14,7 +14,7 @@ import pytest
 import zarr
 
 sys.path.insert(0, str(Path(__file__).parent))
-from batch_helpers import CentreThreshold, blobs, same_partition, tube, write_zarr  # noqa: E402
+from batch_helpers import CentreThreshold, ColourObjects, ColourObjectsFaces, blobs, same_partition, tube, write_zarr  # noqa: E402
 
 from napari_neuroseg.batch import discover_inputs, get_task, open_input, read_output, segment_blockwise
 from napari_neuroseg.batch.blocks import plan_blocks
@@ -156,3 +156,40 @@ def test_blockwise_reads_multichannel_fisbe_layout(tmp_path):
     state = json.loads((tmp_path / "o.zarr" / ".zarray").read_text())
     assert state["chunks"] == [12, 16, 16]
     shutil.rmtree(tmp_path / "o.zarr")
+
+
+def test_overlap_stitching_keeps_a_tube_across_many_blocks_whole(tmp_path):
+    vol = tube((32, 48, 128))
+    spec = discover_inputs([write_zarr(tmp_path / "tube.zarr", vol)])[0]
+    task = ColourObjects()
+    params = task.resolve({"threshold": 400})
+    res = _run(spec, task, params, tmp_path / "out.zarr", block_shape=(16, 16, 16))
+    out = read_output(tmp_path / "out.zarr")
+    assert res["stitch"] == "overlap" and res["halo"] == [3, 3, 3]
+    assert res["n_objects"] == 1
+    assert set(np.unique(out[vol > 0])) == {1} and not out[vol == 0].any()
+
+
+def test_overlap_stitching_keeps_touching_objects_apart(tmp_path):
+    """Two bars told apart by intensity touch along their whole length and cross 4 block faces:
+    face stitching merges them, overlap matching keeps them apart, like the whole-volume run."""
+    vol = np.zeros((16, 32, 64), np.uint16)
+    vol[5:10, 8:14, 2:62] = 500
+    vol[5:10, 14:20, 2:62] = 700  # touches the first bar at y = 13|14
+    spec = discover_inputs([write_zarr(tmp_path / "bars.zarr", vol)])[0]
+    whole = ColourObjects().segment(vol, "ZYX", ColourObjects().resolve({"threshold": 100}))
+    assert whole.max() == 2
+    for task, expected in ((ColourObjects(), 2), (ColourObjectsFaces(), 1)):
+        params = task.resolve({"threshold": 100})
+        target = tmp_path / f"{task.name}.zarr"
+        res = _run(spec, task, params, target, block_shape=(16, 16, 16))
+        assert res["n_objects"] == expected, task.name
+    out = read_output(tmp_path / "colour.zarr")
+    assert same_partition(out, whole)
+
+
+def test_overlap_stitching_needs_a_halo(tmp_path):
+    spec = discover_inputs([write_zarr(tmp_path / "t.zarr", tube((16, 16, 32)))])[0]
+    task = ColourObjects()
+    with pytest.raises(NeurosegError, match="halo"):
+        _run(spec, task, task.resolve({"threshold": 100}), tmp_path / "o.zarr", block_shape=(8, 8, 8), halo=(0, 2, 2))

@@ -2,8 +2,9 @@
 
 * ``nuclei``  → :mod:`napari_neuroseg.models.stardist3d` (``StarDist3D.predict_instances``);
   stitched by centre ownership (nuclei are smaller than the halo).
-* ``neurons`` → :mod:`napari_neuroseg.models.neurons` (``predict.predict``); stitched across
-  block faces with a global union-find (neurons span many blocks); the size filter runs globally.
+* ``neurons`` → :mod:`napari_neuroseg.models.neurons` (``predict.predict``); neurons span many
+  blocks: labels of neighbouring blocks that overlap in their shared halo region are joined with a
+  global union-find (touching neurons stay apart); the size filter runs globally.
 * ``evaluate`` → :func:`napari_neuroseg.metrics.evaluate` on prediction files against ground
   truth found by name in ``--gt`` (a folder, or one file for a single input).
 
@@ -110,11 +111,12 @@ class NucleiTask(Task):
 
 
 class NeuronsTask(Task):
-    """The FISBe neuron segmenter; blockwise with face matching + global union-find."""
+    """The FISBe neuron segmenter; blockwise with overlap matching in the halos + global union-find
+    (two neurons that touch at a block face are not merged)."""
 
     name = "neurons"
     description = "FISBe neuron instance segmentation"
-    stitch = "faces"
+    stitch = "overlap"
     default_halo = (32, 32, 32)
     min_size_param = "min_size"
     params = (

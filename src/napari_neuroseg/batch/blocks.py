@@ -5,9 +5,15 @@ Two ways to make objects whole across blocks:
 * ``centre`` (nuclei/blobs, as StarDist's big-image mode): each block is segmented with a halo
   and keeps only the objects whose bounding-box centre lies in its core; objects must be smaller
   than the halo (objects cut by the outer edge of a block's halo are counted as ``truncated``).
-* ``faces`` (neurons, objects of any length): each block is labelled on its own; labels that
-  touch across a block face (with the run's voxel connectivity, edges and corners included) are
-  joined by a global union-find; a second pass relabels every block chunk by chunk.
+* ``faces`` (connected components, objects of any length): each block is labelled on its own;
+  labels that touch across a block face (with the run's voxel connectivity, edges and corners
+  included) are joined by a global union-find; a second pass relabels every block chunk by chunk.
+  Exact for connected components; it would merge two different objects that merely touch.
+* ``overlap`` (neurons, objects of any length that may touch each other): each block is labelled
+  on its core plus a halo; in the region where two neighbouring blocks' halo'd regions overlap,
+  a label of one and a label of the other that share at least ``min_fraction`` of the smaller
+  one's voxels there are the same object (global union-find). Two objects that touch at a face
+  but were told apart by the segmenter stay apart.
 """
 
 from __future__ import annotations
@@ -206,3 +212,39 @@ def union_find_mapping(n_total: int, pairs: np.ndarray, sizes: np.ndarray | None
     mapping = np.zeros(n, np.uint32)
     mapping[1:] = rank[comp_ids]
     return mapping
+
+
+# -- overlap matching ----------------------------------------------------------------------------
+def forward_neighbours(block: Block, blocks_by_grid: dict[tuple[int, int, int], Block]) -> list[Block]:
+    """The neighbours after ``block`` in the 26-neighbourhood of the block grid whose halo'd
+    regions overlap ``block``'s (each pair of blocks is visited once)."""
+    out = []
+    for d in itertools.product((-1, 0, 1), repeat=3):
+        if d <= (0, 0, 0):
+            continue
+        nb = blocks_by_grid.get(tuple(g + o for g, o in zip(block.grid, d)))  # type: ignore[arg-type]
+        if nb is not None and all(max(a.start, b.start) < min(a.stop, b.stop) for a, b in zip(block.outer, nb.outer)):
+            out.append(nb)
+    return out
+
+
+def overlap_region(a: Block, b: Block) -> tuple[slice, slice, slice]:
+    """The intersection of two blocks' halo'd regions (global coordinates)."""
+    return tuple(slice(max(x.start, y.start), min(x.stop, y.stop)) for x, y in zip(a.outer, b.outer))  # type: ignore[return-value]
+
+
+def overlap_pairs(a: np.ndarray, b: np.ndarray, min_fraction: float = 0.5) -> np.ndarray:
+    """Pairs ``(i, j)`` of labels of two segmentations ``a``, ``b`` of the same region that share
+    at least ``min_fraction`` of the voxels of the smaller of the two (within this region)."""
+    m = (a > 0) & (b > 0)
+    if not m.any():
+        return np.zeros((0, 2), np.int64)
+    av, bv = a[m].astype(np.int64), b[m].astype(np.int64)
+    nb = int(bv.max()) + 1
+    keys, n_ab = np.unique(av * nb + bv, return_counts=True)
+    ai, bi = keys // nb, keys % nb
+    size_a = np.bincount(a.ravel())
+    size_b = np.bincount(b.ravel())
+    frac = n_ab / np.minimum(size_a[ai], size_b[bi])
+    keep = frac >= min_fraction
+    return np.stack([ai[keep], bi[keep]], axis=1)

@@ -33,7 +33,7 @@ import numpy as np
 
 from napari_neuroseg import __version__
 from napari_neuroseg.batch import chunkcache, jobs
-from napari_neuroseg.batch.blocks import grid_shape, plan_blocks, union_find_mapping
+from napari_neuroseg.batch.blocks import forward_neighbours, grid_shape, plan_blocks, union_find_mapping
 from napari_neuroseg.batch.engine import Engine
 from napari_neuroseg.batch.outputs import create_label_store, replace_path, write_json_atomic
 from napari_neuroseg.batch.sources import InputSpec, open_input
@@ -50,7 +50,7 @@ def work_dir_for(target: Path) -> Path:
 
 def blockwise_units(n_blocks: int, mode: str) -> int:
     """Progress steps of a blockwise run (pass 1, matching for ``faces``, pass 2)."""
-    return n_blocks * (3 if mode == "faces" else 2)
+    return n_blocks * (3 if mode in ("faces", "overlap") else 2)
 
 
 def _input_fingerprint(spec: InputSpec) -> dict[str, Any]:
@@ -86,8 +86,8 @@ def segment_blockwise(
     t0 = time.perf_counter()
     target = Path(target)
     mode = task.stitch
-    if mode not in ("faces", "centre"):
-        raise NeurosegError(f"task {task.name} has unknown stitch mode {mode!r}", fix="use 'faces' or 'centre'")
+    if mode not in ("faces", "centre", "overlap"):
+        raise NeurosegError(f"task {task.name} has unknown stitch mode {mode!r}", fix="use 'faces', 'overlap' or 'centre'")
     if fmt not in ("zarr", "ome-zarr"):
         raise NeurosegError(
             f"blockwise output cannot be written as {fmt!r}", path=target,
@@ -101,6 +101,11 @@ def segment_blockwise(
         resolved = task.prepare(inp.data, axes, dict(params))
         halo = tuple(int(h) for h in (halo if halo is not None else task.halo_for(resolved)))  # type: ignore[assignment]
         block_shape = tuple(max(1, min(int(b), s)) for b, s in zip(block_shape, shape))  # type: ignore[assignment]
+        if mode == "overlap" and min(halo) < 1:
+            raise NeurosegError(
+                f"task {task.name} matches objects where blocks overlap, which needs a halo of at least "
+                f"1 voxel on every axis (got {list(halo)})", path=spec.path, fix="give --halo Z Y X with values >= 1",
+            )
         blocks = plan_blocks(shape, block_shape, halo)
         # Halos reach into the neighbours' input chunks: keep decoded chunks in a small LRU cache
         # (twice the chunks one block touches: bounded by the block size, not the volume).
@@ -113,7 +118,7 @@ def segment_blockwise(
     total = blockwise_units(n, mode)
     block_params = dict(resolved)
     min_size = 0
-    if mode == "faces" and task.min_size_param and task.min_size_param in block_params:
+    if mode in ("faces", "overlap") and task.min_size_param and task.min_size_param in block_params:
         min_size = int(block_params[task.min_size_param] or 0)
         block_params[task.min_size_param] = 0
     connectivity = int(resolved.get("connectivity", 26))
@@ -191,6 +196,26 @@ def segment_blockwise(
                 sizes[s0 + 1 : s0 + 1 + len(sz)] = sz
             mapping = union_find_mapping(n_total, np.concatenate(pairs), sizes, min_size)
             n_objects = int(mapping.max()) if mapping.size else 0
+        elif mode == "overlap":
+            by_grid = {b.grid: b for b in blocks}
+            pairs = [np.zeros((0, 2), np.int64)]
+            margs = [
+                (str(work), b, [(nb, int(starts[nb.index])) for nb in forward_neighbours(b, by_grid)],
+                 int(starts[b.index]), float(task.overlap_fraction))
+                for b in blocks
+            ]
+            for i, res, err in engine.map(jobs.match_overlap_job, margs, label="match"):
+                if err is not None:
+                    raise NeurosegError(f"matching block {i} failed: {err}", path=spec.path, fix="rerun with --resume") from err
+                pairs.append(res)
+                step += 1
+                yield Progress(step, total, f"matched overlaps of block {len(pairs) - 1}/{n}")
+            sizes = np.zeros(n_total + 1, np.int64)
+            for b, s0 in zip(blocks, starts):
+                sz = p1[b.index].get("sizes", [])
+                sizes[s0 + 1 : s0 + 1 + len(sz)] = sz
+            mapping = union_find_mapping(n_total, np.concatenate(pairs), sizes, min_size)
+            n_objects = int(mapping.max()) if mapping.size else 0
         else:
             mapping = None
             n_objects = n_total
@@ -199,11 +224,11 @@ def segment_blockwise(
         p2 = done("p2")
         step += len(p2)
         todo = [b for b in blocks if b.index not in p2]
-        if mode == "faces":
+        if mode in ("faces", "overlap"):
             assert mapping is not None
             args2 = [
                 (str(work), b, np.concatenate([[0], mapping[starts[b.index] + 1 : starts[b.index] + 1 + counts[b.index]]]).astype(np.uint32),
-                 str(final), fmt, shape)
+                 str(final), fmt, shape, "core" if mode == "faces" else "outer")
                 for b in todo
             ]
             fn = jobs.pass2_faces_job

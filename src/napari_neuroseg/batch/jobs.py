@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_neuroseg.batch.blocks import Block, centre_owned, face_pairs, face_regions
+from napari_neuroseg.batch.blocks import Block, centre_owned, face_pairs, face_regions, overlap_pairs, overlap_region
 from napari_neuroseg.batch.outputs import create_label_store, write_json_atomic, write_labels
 from napari_neuroseg.batch.sources import InputSpec, open_input
 from napari_neuroseg.batch.tasks import Task
@@ -153,6 +153,22 @@ def pass1_block_job(
         if n:
             _save_npy(block_file(w, block.index), core.astype(smallest_dtype(n), copy=False))
         info: dict[str, Any] = {"n": n, "sizes": sizes.tolist()}
+    elif mode == "overlap":
+        # The whole halo'd result is kept (matching compares neighbours in their overlap); ids of
+        # objects present in the core become 1..n, objects seen only in the halo become 0.
+        labels = np.ascontiguousarray(labels)
+        core = np.ascontiguousarray(labels[block.core_in_outer])
+        uniq, counts = fastremap.unique(core, return_counts=True)
+        nz = uniq > 0
+        ids, sizes = uniq[nz], counts[nz].astype(np.int64)
+        n = int(ids.size)
+        del core
+        if n:
+            lut = np.zeros(int(labels.max()) + 1, np.uint32)
+            lut[ids] = np.arange(1, n + 1, dtype=np.uint32)
+            fastremap.remap_from_array(labels.reshape(-1), lut, in_place=True)
+            _save_npy(block_file(w, block.index), labels.astype(smallest_dtype(n), copy=False))
+        info = {"n": n, "sizes": sizes.tolist()}
     else:
         ids, truncated = centre_owned(labels, block, volume_shape)
         n = int(ids.size)
@@ -215,16 +231,49 @@ def match_block_job(
     return np.concatenate(out)
 
 
-def pass2_faces_job(work: str, block: Block, lut: np.ndarray, final: str, fmt: str, volume_shape: tuple[int, int, int]) -> dict:
+def match_overlap_job(
+    work: str, block: Block, neighbours: list[tuple[Block, int]], offset: int, min_fraction: float,
+) -> np.ndarray:
+    """Global id pairs of this block and its forward neighbours that are the same object: labels
+    sharing at least ``min_fraction`` of the smaller one's voxels where the two halo'd regions
+    overlap. Reads only those overlap regions of the stored block results (memory-mapped)."""
+    w = Path(work)
+    out = [np.zeros((0, 2), np.int64)]
+    f = block_file(w, block.index)
+    if not f.exists():
+        return out[0]
+    mine = np.load(f, mmap_mode="r")
+    for nb, nb_offset in neighbours:
+        g = block_file(w, nb.index)
+        if not g.exists():
+            continue
+        region = overlap_region(block, nb)
+        a = np.asarray(mine[tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, block.outer))])
+        other = np.load(g, mmap_mode="r")
+        b = np.asarray(other[tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, nb.outer))])
+        pairs = overlap_pairs(a, b, min_fraction)
+        if pairs.size:
+            out.append(pairs + np.array([offset, nb_offset], np.int64))
+    return np.concatenate(out)
+
+
+def pass2_faces_job(
+    work: str, block: Block, lut: np.ndarray, final: str, fmt: str, volume_shape: tuple[int, int, int],
+    stored: str = "core",
+) -> dict:
     """Write this block's final ids ``lut[local id]`` (``lut[0] == 0``) into its output chunk.
 
-    The output's chunk grid equals the block grid, so each block is encoded and written once;
-    empty blocks are not written at all (the store's fill value is 0).
+    ``stored``: the pass-1 file holds the block's ``"core"`` (faces mode) or its halo'd
+    ``"outer"`` region (overlap mode). The output's chunk grid equals the block grid, so each
+    block is encoded and written once; empty blocks are not written at all (fill value 0).
     """
     w = Path(work)
     f = block_file(w, block.index)
     if f.exists():
-        out = apply_lut(np.load(f), lut)
+        local = np.load(f, mmap_mode="r" if stored == "outer" else None)
+        if stored == "outer":
+            local = np.array(local[block.core_in_outer])
+        out = apply_lut(local, lut)
         dst = create_label_store(final, volume_shape, (1, 1, 1), fmt, mode="r+")
         dst[block.core] = out
     write_json_atomic(_marker(w, "p2", block.index), {"ok": True}, fsync=False)

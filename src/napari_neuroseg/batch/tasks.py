@@ -77,8 +77,13 @@ class Task:
     #: ``"labels"`` (writes a label volume per input) or ``"metrics"`` (a JSON row per input).
     output: ClassVar[str] = "labels"
     #: blockwise stitching: ``"centre"`` (objects smaller than the halo, kept by the block that
-    #: owns their centre) or ``"faces"`` (objects of any size, matched across block faces).
+    #: owns their centre), ``"faces"`` (objects of any size joined where they touch across block
+    #: faces: exact for connected components) or ``"overlap"`` (objects of any size matched by
+    #: their overlap where neighbouring halo'd blocks overlap: touching objects stay apart).
     stitch: ClassVar[str] = "faces"
+    #: ``overlap`` stitching: the share of the smaller label's voxels in the overlap region that
+    #: two labels of neighbouring blocks must have in common to be joined.
+    overlap_fraction: ClassVar[float] = 0.5
     #: default halo (Z, Y, X) in voxels added around each block.
     default_halo: ClassVar[tuple[int, int, int]] = (8, 8, 8)
     #: parameter whose size filter must be applied globally after stitching (``faces`` mode).
