@@ -106,7 +106,6 @@ def evaluate_layers_iter(gt: Any, pred: Any, partly: bool, *, dim_ids: list[int]
         if ids:
             vol, cents = _error_volume(lab, ids)
             out[kind] = (vol, cents, items)
-    yield Progress(len(kinds), len(kinds), "adding layers")
     return result, out
 
 
@@ -266,6 +265,8 @@ class EvaluateWidget(QWidget):
             self.status.setText("Cancelled.")
 
     def _on_progress(self, item: Any) -> None:
+        if self.result is not None:  # a late progress signal after the result arrived
+            return
         if isinstance(item, Progress):
             self.progress.setRange(0, max(1, item.total))
             self.progress.setValue(min(item.step, max(1, item.total)))
@@ -324,6 +325,13 @@ class EvaluateWidget(QWidget):
             layer = self.viewer.add_labels(vol, name=name, opacity=0.8,
                                            scale=scale if scale is not None else None)
             layer.metadata["neuroseg_error_kind"] = kind
+            try:  # one colour per kind of error, whatever the ids
+                from napari.utils.colormaps import DirectLabelColormap
+
+                layer.colormap = DirectLabelColormap(
+                    color_dict={None: colour, 0: "transparent"})
+            except Exception:  # noqa: BLE001 - cosmetic only
+                pass
             self.error_layers[kind] = layer
             for i, text in items:
                 self._centroids[(kind, int(i))] = cents[int(i)]
