@@ -94,3 +94,20 @@ def test_widget_partly_and_bad_input(make_napari_viewer, qtbot):
     qtbot.waitUntil(lambda: w.worker is None, timeout=30000)
     assert w.result is None and "2D" in w.status.text()
     assert w.run_button.isEnabled()
+
+
+def test_lazy_fisbe_stack_is_read_through_its_file(make_napari_viewer, fisbe_small):
+    """A FISBe GT layer whose stack is lazy (dask) is evaluated from its Zarr file directly
+    (the chunk reader), with its dim neurons."""
+    import dask.array as da
+
+    viewer = make_napari_viewer()
+    stack = fisbe_small["stack"]
+    layer = viewer.add_labels(
+        np.zeros(stack.shape[1:], np.uint32), name="gt",
+        metadata={"fisbe_instances": da.from_array(stack), "fisbe_dim_neurons": [2],
+                  "fisbe_source": str(fisbe_small["path"])})
+    src, dim = EvaluateWidget._source(layer)
+    assert dim == [2]
+    assert hasattr(src, "store_path") and tuple(src.shape) == stack.shape  # the zarr array
+    np.testing.assert_array_equal(np.asarray(src[:]), stack)
