@@ -40,59 +40,73 @@ CONFIGS = {
     "resnet_demo": dict(backbone="resnet", n_rays=96, grid=[1, 2, 2], anisotropy=[2, 1, 1]),
 }
 
-KERAS_SCRIPT = textwrap.dedent(
+KERAS_SERVER = textwrap.dedent(
     r'''
     import json, os, sys, time
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"; os.environ["CUDA_VISIBLE_DEVICES"] = ""
     import numpy as np
     import tensorflow as tf
-    args = json.loads(sys.argv[1])
-    tf.config.threading.set_intra_op_parallelism_threads(args["threads"])
+    threads = int(sys.argv[1])
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(1)
+    from csbdeep.utils import normalize
     from stardist import Rays_GoldenSpiral
     from stardist.models import Config3D, StarDist3D
-    out = {}
-    if args["mode"] == "forward":
-        tf.random.set_seed(0)
-        c = dict(args["config"]); n_rays = c.pop("n_rays")
-        conf = Config3D(rays=Rays_GoldenSpiral(n_rays, anisotropy=c.get("anisotropy")), **c)
-        model = StarDist3D(conf, name=args["name"], basedir=args["basedir"])
-        model.keras_model.save_weights(os.path.join(args["basedir"], args["name"], "weights_best.h5"))
-        x = np.load(args["input"])
-        xb = x[np.newaxis, ..., np.newaxis]
-        model.keras_model.predict(xb, verbose=0)  # warm-up (graph build)
-        times = []
-        for _ in range(args["repeats"]):
-            t0 = time.perf_counter(); prob, dist = model.keras_model.predict(xb, verbose=0); times.append(time.perf_counter() - t0)
-        np.save(args["output"], prob[0, ..., 0])
-        out["times"] = times
-    else:
-        model = StarDist3D(None, name=args["name"], basedir=args["basedir"])
-        from csbdeep.utils import normalize
-        img = np.load(args["input"])
-        model.predict_instances(normalize(img[:16, :32, :32], 1, 99.8), verbose=False)  # warm-up
-        times = []
-        for _ in range(args["repeats"]):
+    models, inputs = {}, {}
+    def reply(d):
+        sys.stdout.write("RESULT " + json.dumps(d) + "\n"); sys.stdout.flush()
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if cmd["cmd"] == "build":  # random Keras init, saved as a model folder
+            tf.random.set_seed(0)
+            c = dict(cmd["config"]); n_rays = c.pop("n_rays")
+            conf = Config3D(rays=Rays_GoldenSpiral(n_rays, anisotropy=c.get("anisotropy")), **c)
+            m = StarDist3D(conf, name=cmd["name"], basedir=cmd["basedir"])
+            m.keras_model.save_weights(os.path.join(cmd["basedir"], cmd["name"], "weights_best.h5"))
+            models[cmd["name"]] = m
+            reply({})
+        elif cmd["cmd"] == "load":
+            models[cmd["name"]] = StarDist3D(None, name=cmd["name"], basedir=cmd["basedir"])
+            reply({})
+        elif cmd["cmd"] == "forward":
+            x = np.load(cmd["input"])[np.newaxis, ..., np.newaxis]
+            t0 = time.perf_counter(); prob, dist = models[cmd["name"]].keras_model.predict(x, verbose=0)
+            dt = time.perf_counter() - t0
+            if cmd.get("output"):
+                np.save(cmd["output"], prob[0, ..., 0])
+            reply({"time": dt})
+        elif cmd["cmd"] == "e2e":
+            img = np.load(cmd["input"])
             t0 = time.perf_counter()
-            labels, details = model.predict_instances(normalize(img, 1, 99.8, axis=(0, 1, 2)), verbose=False)
-            times.append(time.perf_counter() - t0)
-        np.save(args["output"], labels)
-        out["times"] = times; out["n_objects"] = int(labels.max())
-    print("RESULT " + json.dumps(out))
+            labels, _ = models[cmd["name"]].predict_instances(normalize(img, 1, 99.8, axis=(0, 1, 2)), verbose=False)
+            dt = time.perf_counter() - t0
+            if cmd.get("output"):
+                np.save(cmd["output"], labels)
+            reply({"time": dt, "n_objects": int(labels.max())})
     '''
 )
 
 
-def run_keras(tfvenv: Path, args: dict, script: Path) -> dict | None:
-    py = tfvenv / "bin" / "python"
-    if not py.is_file():
-        return None
-    proc = subprocess.run([str(py), str(script), json.dumps(args)], capture_output=True, text=True)
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[7:])
-    print(proc.stdout[-2000:], proc.stderr[-4000:], file=sys.stderr)
-    raise RuntimeError("the Keras baseline failed")
+class KerasServer:
+    """The Keras reference in a persistent TensorFlow-venv process, driven command by command so
+    Keras and PyTorch runs can alternate (fair under a fluctuating CPU load)."""
+
+    def __init__(self, tfvenv: Path, threads: int, script: Path):
+        script.write_text(KERAS_SERVER)
+        self.proc = subprocess.Popen([str(tfvenv / "bin" / "python"), str(script), str(threads)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def __call__(self, **cmd) -> dict:
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        for line in self.proc.stdout:
+            if line.startswith("RESULT "):
+                return json.loads(line[7:])
+        raise RuntimeError(f"the Keras baseline process died (exit code {self.proc.wait()})")
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(30)
 
 
 def nuclei_volume(shape) -> np.ndarray:
@@ -113,7 +127,7 @@ def main() -> int:
     ap.add_argument("--shape", type=int, nargs=3, default=[32, 128, 128])
     ap.add_argument("--e2e-shape", type=int, nargs=3, default=[31, 122, 114])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--gpu-shape", type=int, nargs=3, default=[256, 512, 512])
     ap.add_argument("--tfvenv", type=Path, default=Path(os.environ.get("NEUROSEG_TFVENV", "/work/tfvenv")))
@@ -125,6 +139,7 @@ def main() -> int:
     torch.set_num_threads(a.threads)
     from napari_neuroseg.models.stardist3d import StarDist3D, StarDistConfig
     from napari_neuroseg.runtime import run_to_completion
+    from napari_neuroseg.runtime.tiling import pad_to_divisor
 
     have_keras = (a.tfvenv / "bin" / "python").is_file()
     print(f"# StarDist-3D forward benchmark: volume {tuple(a.shape)}, {a.threads} CPU threads, "
@@ -135,85 +150,85 @@ def main() -> int:
     x = rng.normal(0.5, 0.25, size=a.shape).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        script = tmp / "keras_bench.py"
-        script.write_text(KERAS_SCRIPT)
         np.save(tmp / "x.npy", x)
-        for name, cfg in CONFIGS.items():
-            keras = None
-            if have_keras:
-                keras = run_keras(a.tfvenv, dict(mode="forward", config=cfg, name=name, basedir=str(tmp),
-                                                 input=str(tmp / "x.npy"), output=str(tmp / f"{name}_prob.npy"),
-                                                 threads=a.threads, repeats=a.repeats), script)
-                model = StarDist3D.from_folder(tmp / name, device=a.device)
-            else:
-                model = StarDist3D(StarDistConfig.from_dict(cfg), device=a.device)
-            fwd = model.make_forward()
-            xp = x[np.newaxis]
-            from napari_neuroseg.runtime.tiling import pad_to_divisor
+        keras = KerasServer(a.tfvenv, a.threads, tmp / "keras_server.py") if have_keras else None
+        try:
+            for name, cfg in CONFIGS.items():
+                if keras is not None:
+                    keras(cmd="build", config=cfg, name=name, basedir=str(tmp))
+                    model = StarDist3D.from_folder(tmp / name, device=a.device)
+                    keras(cmd="forward", name=name, input=str(tmp / "x.npy"), output=str(tmp / f"{name}_prob.npy"))
+                else:
+                    model = StarDist3D(StarDistConfig.from_dict(cfg), device=a.device)
+                fwd = model.make_forward()
+                xp = pad_to_divisor(x[np.newaxis], model.divisor)
+                prob, _ = fwd(xp)  # warm-up
+                t_ours, t_keras = [], []
+                for _ in range(a.repeats):  # alternate: both see the same CPU load
+                    t0 = time.perf_counter()
+                    fwd(xp)
+                    if a.device.startswith("cuda"):
+                        torch.cuda.synchronize()
+                    t_ours.append(time.perf_counter() - t0)
+                    if keras is not None:
+                        t_keras.append(keras(cmd="forward", name=name, input=str(tmp / "x.npy"))["time"])
+                line = f"{name:14s} forward: pytorch {min(t_ours):7.2f} s (median {np.median(t_ours):.2f})"
+                if keras is not None:
+                    ref = np.load(tmp / f"{name}_prob.npy")
+                    diff = float(np.abs(prob[0][tuple(slice(0, s) for s in ref.shape)] - ref).max())
+                    line += (f" | keras {min(t_keras):7.2f} s (median {np.median(t_keras):.2f})"
+                             f" | speed-up {min(t_keras) / min(t_ours):5.2f}x (target >= 1.5x) | max |dprob| {diff:.1e}")
+                print(line, flush=True)
 
-            xp = pad_to_divisor(xp, model.divisor)
-            fwd(xp)  # warm-up
-            times = []
-            for _ in range(a.repeats):
-                t0 = time.perf_counter()
-                prob, _ = fwd(xp)
-                if a.device.startswith("cuda"):
+            if a.device.startswith("cuda"):
+                big = rng.normal(0.5, 0.25, size=a.gpu_shape).astype(np.float32)
+                for name in CONFIGS:
+                    model = (StarDist3D.from_folder(tmp / name, device=a.device) if keras is not None
+                             else StarDist3D(StarDistConfig.from_dict(CONFIGS[name]), device=a.device))
+                    run_to_completion(model.predict_iter(big[:64, :128, :128]))  # warm-up
+                    t0 = time.perf_counter()
+                    run_to_completion(model.predict_iter(big))
                     torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
-            t_ours = min(times)
-            line = f"{name:14s} forward: pytorch {t_ours:7.2f} s"
+                    dt = time.perf_counter() - t0
+                    print(f"GPU predict {name} {tuple(a.gpu_shape)}: {dt:.2f} s = "
+                          f"{np.prod(a.gpu_shape) / dt / 1e6:.1f} Mvoxel/s (precision {model.precision})")
+
+            if not a.skip_e2e:
+                name = "resnet_b2_g111_r32"
+                folder = FIXTURES / "models" / name
+                if not folder.is_dir():
+                    print("# end-to-end: Keras fixture model missing (run make_keras_fixtures.py)")
+                    return 0
+                img = nuclei_volume(a.e2e_shape)
+                np.save(tmp / "img.npy", img)
+                model = StarDist3D.from_folder(folder, device=a.device)
+                labels, _ = model.predict_instances(img, use_subprocess=True)  # warm-up (+ worker start)
+                if keras is not None:
+                    import shutil
+
+                    shutil.copytree(folder, tmp / "e2e" / name)
+                    keras(cmd="load", name=name, basedir=str(tmp / "e2e"))
+                    keras(cmd="e2e", name=name, input=str(tmp / "img.npy"), output=str(tmp / "klabels.npy"))
+                t_ours, t_keras = [], []
+                for _ in range(a.repeats):
+                    t0 = time.perf_counter()
+                    labels, _ = model.predict_instances(img, use_subprocess=True)
+                    t_ours.append(time.perf_counter() - t0)
+                    if keras is not None:
+                        r = keras(cmd="e2e", name=name, input=str(tmp / "img.npy"))
+                        t_keras.append(r["time"])
+                line = (f"end-to-end predict_instances {tuple(a.e2e_shape)} ({name}): pytorch {min(t_ours):6.2f} s, "
+                        f"{labels.max()} objects")
+                if keras is not None:
+                    from stardist.matching import matching
+
+                    f1 = matching(np.load(tmp / "klabels.npy"), labels, thresh=0.5).f1
+                    line += (f" | stardist {min(t_keras):6.2f} s, {r['n_objects']} objects | speed-up "
+                             f"{min(t_keras) / min(t_ours):4.2f}x (target >= 1.0x) | F1@0.5 vs stardist {f1:.3f}")
+                print(line, flush=True)
+        finally:
             if keras is not None:
-                t_k = min(keras["times"])
-                ref = np.load(tmp / f"{name}_prob.npy")
-                diff = float(np.abs(prob[0][tuple(slice(0, s) for s in ref.shape)] - ref).max())
-                line += f" | keras {t_k:7.2f} s | speed-up {t_k / t_ours:5.2f}x (target >= 1.5x) | max |dprob| {diff:.1e}"
-            print(line, flush=True)
-
-        if a.device.startswith("cuda"):
-            model = StarDist3D.from_folder(tmp / "resnet_demo", device=a.device) if have_keras else model
-            big = rng.normal(0.5, 0.25, size=a.gpu_shape).astype(np.float32)
-            t0 = time.perf_counter()
-            run_to_completion(model.predict_iter(big))
-            torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
-            print(f"GPU predict {tuple(a.gpu_shape)}: {dt:.2f} s = {np.prod(a.gpu_shape) / dt / 1e6:.1f} Mvoxel/s")
-
-        if not a.skip_e2e:
-            name = "resnet_b2_g111_r32"
-            folder = FIXTURES / "models" / name
-            if not folder.is_dir():
-                print("# end-to-end: Keras fixture model missing (run make_keras_fixtures.py)")
-                return 0
-            img = nuclei_volume(a.e2e_shape)
-            np.save(tmp / "img.npy", img)
-            model = StarDist3D.from_folder(folder, device=a.device)
-            model.predict_instances(img[:16, :32, :32])  # warm-up (and worker process start)
-            times = []
-            for _ in range(a.repeats):
-                t0 = time.perf_counter()
-                labels, _ = model.predict_instances(img, use_subprocess=True)
-                times.append(time.perf_counter() - t0)
-            t_ours = min(times)
-            line = (f"end-to-end predict_instances {tuple(a.e2e_shape)} ({name}): pytorch {t_ours:6.2f} s, "
-                    f"{labels.max()} objects")
-            if have_keras:
-                shutil_copy = tmp / "e2e"
-                import shutil
-
-                shutil.copytree(folder, shutil_copy / name)
-                cfg = json.loads((shutil_copy / name / "config.json").read_text())
-                cfg.pop("a_key_from_a_newer_stardist", None)
-                (shutil_copy / name / "config.json").write_text(json.dumps(cfg))
-                keras = run_keras(a.tfvenv, dict(mode="e2e", name=name, basedir=str(shutil_copy),
-                                                 input=str(tmp / "img.npy"), output=str(tmp / "klabels.npy"),
-                                                 threads=a.threads, repeats=a.repeats), script)
-                from stardist.matching import matching
-
-                f1 = matching(np.load(tmp / "klabels.npy"), labels, thresh=0.5).f1
-                t_k = min(keras["times"])
-                line += (f" | stardist {t_k:6.2f} s, {keras['n_objects']} objects | speed-up {t_k / t_ours:4.2f}x "
-                         f"(target >= 1.0x) | F1@0.5 vs stardist {f1:.3f}")
-            print(line, flush=True)
+                keras.close()
     return 0
 
 
