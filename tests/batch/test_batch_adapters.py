@@ -121,7 +121,8 @@ def test_neurons_adapter_blockwise_overlap_stitching_and_global_min_size(tmp_pat
     raw[0, 2:4, 2:4, 2:4] = 500  # an 8-voxel speck: removed by min_size
     src = tmp_path / "raw.zarr"
     write_zarr(src, raw, chunks=(3, 12, 16, 16))
-    res = _run("neurons", [src], tmp_path / "o", params={"min_size": 20}, fmt="ome-zarr", block_shape=(12, 16, 16))
+    res = _run("neurons", [src], tmp_path / "o", params={"min_size": 20}, fmt="ome-zarr", block_shape=(12, 16, 16),
+               halo=(32, 32, 32))
     r = res.records[0]
     assert r["status"] == "done" and r["n_objects"] == 1 and r["blocks"] == 2 * 2 * 6 and r["stitch"] == "overlap"
     # blocks ran without the size filter (tube pieces are small); it was applied globally
@@ -196,7 +197,8 @@ def test_neuron_blocks_get_the_volume_norm_stats(tmp_path, monkeypatch):
     raw[2, 1:4, 1:4, 1:4] = 60000
     src = tmp_path / "raw.zarr"
     write_zarr(src, raw, chunks=(3, 12, 16, 16))
-    res = _run("neurons", [src], tmp_path / "o", params={"min_size": 0}, fmt="zarr", block_shape=(12, 16, 16))
+    res = _run("neurons", [src], tmp_path / "o", params={"min_size": 0}, fmt="zarr", block_shape=(12, 16, 16),
+               halo=(32, 32, 32))
     r = res.records[0]
     assert r["status"] == "done" and r["n_objects"] == 2, r  # the tube and the bright speck
     bg, hi = norm_stats(raw)

@@ -66,6 +66,14 @@ class NucleiTask(Task):
     def model_info(self, params: dict) -> dict:
         return {"name": "stardist3d", "model": params.get("model") or "default"}
 
+    def halo_for(self, params: dict) -> tuple[int, int, int]:
+        """Room for a nucleus (``default_halo``) plus half the network's receptive field, so the
+        probabilities and distances of an owned nucleus do not see the block's edge."""
+        rf = getattr(self._model({**params, "device": "cpu"}), "receptive_field", None)
+        if rf is None:
+            return self.default_halo
+        return tuple(int(d) + -(-int(r) // 2) for d, r in zip(self.default_halo, rf))  # type: ignore[return-value]
+
     def _model(self, params: dict) -> Any:
         mod = _require("napari_neuroseg.models.stardist3d", "StarDist-3D nuclei segmenter")
         load = getattr(mod, "load_model", None)
@@ -132,6 +140,17 @@ class NeuronsTask(Task):
 
     def model_info(self, params: dict) -> dict:
         return {"name": "neurons", "model": params.get("model") or "default"}
+
+    def halo_for(self, params: dict) -> tuple[int, int, int]:
+        """At least the context the network needs (``predict.tile_overlap``, 56 voxels for the
+        default 4-level U-Net), so the core of each block is predicted as in the whole volume."""
+        pred_mod = _require("napari_neuroseg.models.neurons.predict", "neuron segmenter")
+        overlap = getattr(pred_mod, "tile_overlap", None)
+        if overlap is None:
+            return self.default_halo
+        model = pred_mod.cached_load_model(params.get("model"), "cpu")
+        h = int(overlap(model.config.levels))
+        return tuple(max(d, h) for d in self.default_halo)  # type: ignore[return-value]
 
     def prepare(self, image: Any, axes: str, params: dict) -> dict:
         """The model's normalisation statistics (``preprocess.norm_stats``: background per channel,
