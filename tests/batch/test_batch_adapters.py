@@ -125,8 +125,9 @@ def test_neurons_adapter_blockwise_overlap_stitching_and_global_min_size(tmp_pat
                halo=(32, 32, 32))
     r = res.records[0]
     assert r["status"] == "done" and r["n_objects"] == 1 and r["blocks"] == 2 * 2 * 6 and r["stitch"] == "overlap"
-    # blocks ran without the size filter (tube pieces are small); it was applied globally
-    assert all(c.get("min_size") == 0 for c in calls)
+    # blocks keep the parameter (the neuron model also uses it to absorb small fragments; in a
+    # halo'd block the tube's piece is long), and the filter runs again on the stitched objects
+    assert calls and all(c.get("min_size") == 20 for c in calls)
     out = read_output(r["output"])
     assert np.array_equal(out > 0, raw[1] > 100)
 

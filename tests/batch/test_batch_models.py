@@ -57,3 +57,48 @@ def test_nuclei_real_model_whole_equals_direct_and_blockwise_matches_away_from_b
     borders = {2: [0, 48, 96]}
     ious = _matches(a, b, 4, borders) + _matches(b, a, 4, borders)
     assert len(ious) >= 20 and min(ious) >= 0.9, ious
+
+
+@pytest.fixture(scope="module")
+def tiny_neuron_model(tmp_path_factory):
+    """A 2-level, 4-filter neuron network with random weights (the real code path, fast)."""
+    import torch
+
+    from napari_neuroseg.models.neurons import NetConfig, save_model
+
+    torch.manual_seed(0)
+    cfg = NetConfig(base=4, levels=2)
+    net = cfg.build()
+    net.train()
+    with torch.no_grad():  # non-trivial BatchNorm statistics
+        for _ in range(2):
+            net(torch.randn(1, 3, 8, 16, 16))
+    path = tmp_path_factory.mktemp("neuron_model") / "tiny.pt"
+    save_model(path, net, cfg)
+    return path
+
+
+@pytest.mark.slow
+def test_neurons_real_model_whole_equals_direct_and_blockwise_agrees(tmp_path, tiny_neuron_model):
+    import zarr
+
+    from napari_neuroseg.io import read_fisbe
+    from napari_neuroseg.models.neurons.predict import predict
+
+    raw = np.asarray(read_fisbe(sample_path("neurons")).raw)[:, :24, :64, :]
+    src = tmp_path / "raw.zarr"
+    g = zarr.open_group(str(src), mode="w", zarr_format=2)
+    g.create_array("raw", shape=raw.shape, chunks=(3, 12, 32, 32), dtype=raw.dtype)[...] = raw
+    params = {"model": str(tiny_neuron_model), "device": "cpu"}
+    whole = run_to_completion(run_batch("neurons", [src], tmp_path / "w", params=params, workers=1, fmt="zarr"))
+    block = run_to_completion(run_batch("neurons", [src], tmp_path / "b", params=params, workers=1, fmt="zarr",
+                                        block_shape=(24, 64, 64), halo=(4, 16, 16)))
+    rw, rb = whole.records[0], block.records[0]
+    assert rw["status"] == rb["status"] == "done", (rw, rb)
+    a, b = read_output(rw["output"]), read_output(rb["output"])
+    direct = predict(raw, str(tiny_neuron_model), device="cpu").labels
+    assert np.array_equal(a, direct) and a.max() > 10  # the adapter's norm_stats are predict's own
+    assert rb["blocks"] == 2 and rb["stitch"] == "overlap"
+    # random weights give many small fragments; blockwise sees (almost) the same foreground
+    assert np.count_nonzero((a > 0) != (b > 0)) < 0.01 * np.count_nonzero(a)
+    assert abs(int(b.max()) - int(a.max())) < 0.1 * a.max()

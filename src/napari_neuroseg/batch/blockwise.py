@@ -119,8 +119,13 @@ def segment_blockwise(
     block_params = dict(resolved)
     min_size = 0
     if mode in ("faces", "overlap") and task.min_size_param and task.min_size_param in block_params:
+        # The size filter runs on whole (stitched) objects. In faces mode blocks run without it (an
+        # object is cut exactly at the block faces, its pieces may be small); in overlap mode each
+        # block sees the objects through its halo and keeps the parameter, which a segmenter may
+        # also use to absorb small fragments into their neighbours (the neuron model does).
         min_size = int(block_params[task.min_size_param] or 0)
-        block_params[task.min_size_param] = 0
+        if mode == "faces":
+            block_params[task.min_size_param] = 0
     connectivity = int(resolved.get("connectivity", 26))
 
     work = work_dir_for(target)
