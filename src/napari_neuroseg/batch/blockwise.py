@@ -8,7 +8,9 @@
    uncompressed (``.npy``, smallest dtype) in the run's work folder
    (``OUTDIR/.neuroseg-work/<output name>/``) with a completion marker;
 3. stitching: ``faces`` — pairs of ids touching across block faces → global union-find (ids in
-   the order of first appearance, global size filter); ``centre`` — id offsets per block;
+   the order of first appearance, global size filter); ``overlap`` — pairs of ids sharing ≥ half
+   of the smaller one's voxels where neighbouring halo'd blocks overlap → the same union-find;
+   ``centre`` — id offsets per block;
 4. pass 2: each output chunk (the output's chunk grid is the block grid) is remapped in place
    (``fastremap``; identity maps skipped) and encoded once, with a marker;
 5. the finished store is renamed onto the target and the work folder removed.
@@ -49,7 +51,7 @@ def work_dir_for(target: Path) -> Path:
 
 
 def blockwise_units(n_blocks: int, mode: str) -> int:
-    """Progress steps of a blockwise run (pass 1, matching for ``faces``, pass 2)."""
+    """Progress steps of a blockwise run (pass 1, matching for ``faces``/``overlap``, pass 2)."""
     return n_blocks * (3 if mode in ("faces", "overlap") else 2)
 
 
@@ -283,6 +285,8 @@ def segment_blockwise(
         }
     finally:
         chunkcache.clear()
+        if cache_bytes:
+            engine.run_on_workers(chunkcache.clear)
         if own_engine:
             engine.close()
 

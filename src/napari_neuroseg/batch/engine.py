@@ -102,6 +102,16 @@ class Engine:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def run_on_workers(self, fn: Callable[[], Any]) -> None:
+        """Call ``fn()`` once in every worker process of a started process/cluster engine (best
+        effort, e.g. to free per-process caches); embedded engines share this process."""
+        if self.kind in ("sync", "threads") or self._client is None:
+            return
+        try:
+            self._client.run(fn)
+        except Exception:  # noqa: BLE001 - a worker gone away holds no cache either
+            pass
+
     # -- jobs -------------------------------------------------------------------------------
     def check_resources(self, resources: dict[str, float] | None) -> None:
         """Fail clearly when no worker of the cluster offers the requested resources."""
