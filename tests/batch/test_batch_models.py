@@ -102,3 +102,48 @@ def test_neurons_real_model_whole_equals_direct_and_blockwise_agrees(tmp_path, t
     # random weights give many small fragments; blockwise sees (almost) the same foreground
     assert np.count_nonzero((a > 0) != (b > 0)) < 0.01 * np.count_nonzero(a)
     assert abs(int(b.max()) - int(a.max())) < 0.1 * a.max()
+
+
+def _default_nuclei_model() -> bool:
+    from napari_neuroseg.models.stardist3d import DEFAULT_MODEL, bundled_models
+
+    return DEFAULT_MODEL in bundled_models()
+
+
+def _default_neuron_model() -> bool:
+    from napari_neuroseg.models.neurons.model import DEFAULT_MODEL
+
+    return DEFAULT_MODEL.is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _default_nuclei_model(), reason="the bundled nuclei model is not installed yet")
+def test_cli_batch_nuclei_with_the_bundled_model_on_the_sample(tmp_path):
+    from napari_neuroseg.cli import main
+
+    src = sample_path("nuclei")
+    gt = tifffile.imread(src.with_name("nuclei_labels.tif"))
+    rc = main(["batch", "nuclei", str(src), "-o", str(tmp_path / "o"), "--device", "cpu", "--workers", "1", "-q"])
+    assert rc == 0
+    out = read_output(tmp_path / "o" / "nuclei_image_nuclei.tif")
+    ious = _matches(gt, out, 0, {})
+    assert np.mean(np.array(ious) >= 0.5) >= 0.7, sorted(ious)  # most nuclei found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _default_neuron_model(), reason="the bundled neuron model is not installed yet")
+def test_cli_batch_neurons_with_the_bundled_model_on_the_sample_whole_and_blockwise(tmp_path):
+    from napari_neuroseg.cli import main
+    from napari_neuroseg.io import read_fisbe
+    from napari_neuroseg.metrics import evaluate
+
+    src = sample_path("neurons")
+    gt = read_fisbe(src).gt_instances
+    common = ["--device", "cpu", "--workers", "1", "-q", "--format", "zarr"]
+    assert main(["batch", "neurons", str(src), "-o", str(tmp_path / "w"), *common]) == 0
+    assert main(["batch", "neurons", str(src), "-o", str(tmp_path / "b"), *common, "--block-shape", "40", "64", "64"]) == 0
+    a = read_output(tmp_path / "w" / "neurons_neurons.zarr")
+    b = read_output(tmp_path / "b" / "neurons_neurons.zarr")
+    fa, fb = evaluate(gt, a)["avF1"], evaluate(gt, b)["avF1"]
+    assert a.max() >= 1 and b.max() >= 1
+    assert fb >= fa - 0.1, (fa, fb)  # stitched blocks score about as well as the whole volume
