@@ -56,6 +56,8 @@ KERAS_SERVER = textwrap.dedent(
     def reply(d):
         sys.stdout.write("RESULT " + json.dumps(d) + "\n"); sys.stdout.flush()
     for line in sys.stdin:
+        if not line.strip():
+            break
         cmd = json.loads(line)
         if cmd["cmd"] == "build":  # random Keras init, saved as a model folder
             tf.random.set_seed(0)
@@ -106,7 +108,11 @@ class KerasServer:
 
     def close(self) -> None:
         self.proc.stdin.close()
-        self.proc.wait(30)
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:  # TensorFlow's threads can keep it alive
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 def nuclei_volume(shape) -> np.ndarray:
@@ -132,6 +138,7 @@ def main() -> int:
     ap.add_argument("--gpu-shape", type=int, nargs=3, default=[256, 512, 512])
     ap.add_argument("--tfvenv", type=Path, default=Path(os.environ.get("NEUROSEG_TFVENV", "/work/tfvenv")))
     ap.add_argument("--skip-e2e", action="store_true")
+    ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="skip the opt-in CPU bfloat16 timing")
     a = ap.parse_args()
 
     import torch
@@ -163,13 +170,23 @@ def main() -> int:
                 fwd = model.make_forward()
                 xp = pad_to_divisor(x[np.newaxis], model.divisor)
                 prob, _ = fwd(xp)  # warm-up
-                t_ours, t_keras = [], []
-                for _ in range(a.repeats):  # alternate: both see the same CPU load
+                fwd_bf16 = None
+                if a.device == "cpu" and a.bf16:
+                    model.precision = "bfloat16"
+                    fwd_bf16 = model.make_forward()
+                    prob_bf16, _ = fwd_bf16(xp)
+                    model.precision = "auto"
+                t_ours, t_keras, t_bf16 = [], [], []
+                for _ in range(a.repeats):  # alternate: all see the same CPU load
                     t0 = time.perf_counter()
                     fwd(xp)
                     if a.device.startswith("cuda"):
                         torch.cuda.synchronize()
                     t_ours.append(time.perf_counter() - t0)
+                    if fwd_bf16 is not None:
+                        t0 = time.perf_counter()
+                        fwd_bf16(xp)
+                        t_bf16.append(time.perf_counter() - t0)
                     if keras is not None:
                         t_keras.append(keras(cmd="forward", name=name, input=str(tmp / "x.npy"))["time"])
                 line = f"{name:14s} forward: pytorch {min(t_ours):7.2f} s (median {np.median(t_ours):.2f})"
@@ -179,6 +196,12 @@ def main() -> int:
                     line += (f" | keras {min(t_keras):7.2f} s (median {np.median(t_keras):.2f})"
                              f" | speed-up {min(t_keras) / min(t_ours):5.2f}x (target >= 1.5x) | max |dprob| {diff:.1e}")
                 print(line, flush=True)
+                if t_bf16:
+                    line = f"{name:14s} forward bf16 (opt-in): pytorch {min(t_bf16):7.2f} s"
+                    if t_keras:
+                        line += f" | speed-up vs keras fp32 {min(t_keras) / min(t_bf16):5.2f}x"
+                    line += f" | max |dprob| vs fp32 {float(np.abs(prob_bf16 - prob).max()):.1e}"
+                    print(line, flush=True)
 
             if a.device.startswith("cuda"):
                 big = rng.normal(0.5, 0.25, size=a.gpu_shape).astype(np.float32)

@@ -47,12 +47,34 @@ def normalize_image(
         raise NeurosegError(f"bad normalisation percentiles {percentiles}", fix="use e.g. (1, 99.8) with low < high")
     x = np.asarray(image)
     _check_not_constant(x, path)
-    mi = np.percentile(x, lo, axis=(1, 2, 3), keepdims=True).astype(np.float32)
-    ma = np.percentile(x, hi, axis=(1, 2, 3), keepdims=True).astype(np.float32)
+    mi = np.array([_percentile(c, lo) for c in x], np.float32).reshape(-1, 1, 1, 1)
+    ma = np.array([_percentile(c, hi) for c in x], np.float32).reshape(-1, 1, 1, 1)
     out = x.astype(np.float32)
     out -= mi
     out /= ma - mi + np.float32(1e-20)
     return out
+
+
+def _percentile(a: np.ndarray, q: float) -> float:
+    """``np.percentile(a, q)`` (linear interpolation). Large arrays go through
+    ``torch.kthvalue``, which gives the same order statistics but releases the GIL, so a viewer
+    stays responsive while a big volume is normalised in a worker thread."""
+    if a.size < 262144:
+        return float(np.percentile(a, q))
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(a).reshape(-1))
+    if not torch.is_floating_point(t):
+        t = t.to(torch.float64)
+    n = t.numel()
+    pos = q / 100.0 * (n - 1)
+    k = int(np.floor(pos))
+    frac = pos - k
+    v0 = float(t.kthvalue(k + 1).values)
+    if frac == 0 or k + 1 >= n:
+        return v0
+    v1 = float(t.kthvalue(k + 2).values)
+    return v0 + (v1 - v0) * frac
 
 
 def _check_not_constant(x: np.ndarray, path: str | None = None) -> None:
@@ -88,7 +110,9 @@ class StarDist3D:
         self.net.eval()
         self.name = name
         self.path = None if path is None else Path(path)
-        #: "auto" (float16 on CUDA when it keeps the outputs), "float32", "float16" or "bfloat16"
+        #: "auto" (float16 on CUDA when it keeps the outputs, else float32), "float32", "float16"
+        #: (CUDA) or "bfloat16" (CUDA autocast; on CPU a bf16 copy of the net run by oneDNN: ~3-4x
+        #: faster on CPUs with AMX/AVX512-BF16, outputs differ by ~1e-2)
         self.precision = "auto"
         self._rays = None
         self.device = select_device(device)
@@ -345,9 +369,17 @@ class StarDist3D:
         import torch
 
         net, device = self.net, self.device
+        cpu_bf16 = device.type == "cpu" and self.precision == "bfloat16"
+        if cpu_bf16:  # oneDNN bf16 (AMX/AVX512-BF16 where present): a bf16 copy of the weights
+            import copy
+
+            net = copy.deepcopy(self.net).to(torch.bfloat16)
 
         def run(x_np: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
             x = torch.from_numpy(x_np[np.newaxis]).to(device, non_blocking=True)
+            if cpu_bf16:
+                x = x.to(torch.bfloat16)
+                dtype = None
             with torch.inference_mode():
                 if dtype is None:
                     p, d = net(x)

@@ -100,7 +100,7 @@ _POINTWISE = _pointwise_op()
 def _use_mkldnn(x: torch.Tensor) -> bool:
     return (
         x.device.type == "cpu"
-        and x.dtype == torch.float32
+        and x.dtype in (torch.float32, torch.bfloat16)
         and not torch.is_grad_enabled()
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
