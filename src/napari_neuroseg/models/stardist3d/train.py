@@ -272,7 +272,7 @@ def _save_model_files(model, out_dir: Path) -> None:
 
 
 def _state_cpu(net) -> dict:
-    return {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+    return {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
 
 
 def train_iter(
@@ -348,6 +348,7 @@ def train_iter(
             "train_batch_size": s.batch_size,
         }
     )
+    torch.manual_seed(s.seed)  # reproducible initial weights
     model = StarDist3D(config, Thresholds(), name=name or (out.name if out else "stardist3d"), path=out, device=str(device))
     net = model.net
     opt = torch.optim.Adam(net.parameters(), lr=s.learning_rate)
@@ -387,8 +388,14 @@ def train_iter(
             p, d = make_targets(y, rays, config.grid, config.anisotropy)
             val_batches.append((x[np.newaxis], p[np.newaxis, np.newaxis], d[np.newaxis]))
 
-    def to_t(a):
-        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+    # channels-last 3D on CPU: oneDNN's convolution backward is ~10x faster than with the
+    # default layout (measured: 0.15 s vs 1.7 s for an 8-channel 3³ conv on 2×16×64×64)
+    fmt = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+    net.to(memory_format=fmt)
+
+    def to_t(a, image: bool = False):
+        t = torch.from_numpy(np.ascontiguousarray(a)).to(device)
+        return t.contiguous(memory_format=fmt) if image else t
 
     def validate() -> float | None:
         if not val_batches:
@@ -397,7 +404,7 @@ def train_iter(
         tot = 0.0
         with torch.no_grad():
             for x, p, d in val_batches:
-                pp, dd = net(to_t(x))
+                pp, dd = net(to_t(x, True))
                 tot += stardist_loss(pp, dd, to_t(p), to_t(d), s.loss_weights, s.background_reg)[1]["loss"]
         net.train()
         return tot / len(val_batches)
@@ -430,7 +437,7 @@ def train_iter(
             lr = _lr_at(k, s)
             for g in opt.param_groups:
                 g["lr"] = lr
-            pp, dd = net(to_t(xb))
+            pp, dd = net(to_t(xb, True))
             loss, parts = stardist_loss(pp, dd, to_t(pb), to_t(db), s.loss_weights, s.background_reg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -455,6 +462,7 @@ def train_iter(
             yield Progress(step, total, msg)
     finally:
         net.eval()
+        net.to(memory_format=torch.contiguous_format)
 
     result = TrainResult(model=model, history=history, out_dir=out, step=s.steps)
     if s.keep_best and best_state is not None:
