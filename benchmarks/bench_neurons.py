@@ -10,9 +10,9 @@ scored as partly labelled):
 * **baseline** — k-means on the normalised colour (chromaticity) of the foreground (smoothed
   intensity above a threshold), k = the true number of neurons (a generous oracle k), then
   connected components of each colour cluster;
-* **design A, colour graph** — the network's foreground, fragments = connected components of
+* **design A, colour graph** (the shipped default) — the network's foreground, fragments = connected components of
   neighbouring voxels with similar colour, colour agglomeration (no learned affinities);
-* **design B, affinities + colour** (the shipped default) — the network's foreground and learned
+* **design B, affinities + colour** — the network's foreground and learned
   affinities, cut by colour, colour agglomeration with long-range (gap) links.
 
 It prints avF1 (mean of the per-volume values, and the pooled leaderboard value), C, FS, FM per
@@ -62,8 +62,9 @@ def kmeans_baseline(raw: np.ndarray, k: int, fg_threshold: float = 0.15, seed: i
 
 
 DESIGNS = {
-    "A colour graph": dict(use_affinities=False, colour_threshold=0.05, merge_threshold=0.2),
-    "B affinities + colour": {},  # the model's stored defaults
+    "A colour graph": {},  # the model's stored defaults (colour graph on the learned foreground)
+    "B affinities + colour": dict(use_affinities=True, colour_threshold=0.25, merge_threshold=0.15,
+                                  colour_sigma=1.0),
 }
 
 

@@ -3,6 +3,10 @@ import numpy as np
 from napari_neuroseg.models.neurons import PostprocessParams, instances_from_outputs
 from napari_neuroseg.models.neurons.targets import make_targets
 
+#: design B: learned affinities (here: the ground-truth ones) cut by colour
+DESIGN_B = PostprocessParams(use_affinities=True, colour_threshold=0.25, merge_threshold=0.15, colour_sigma=1.0,
+                             min_size=5)
+
 
 def _colour_image(stack, colours):
     img = np.zeros((3,) + stack.shape[1:], np.float32)
@@ -20,7 +24,7 @@ def test_oracle_outputs_give_one_id_per_tube(tube_stack):
     stack = tube_stack()
     fg, affs, _ = make_targets(stack)
     img = _colour_image(stack, [(1, 0, 0), (0, 0.2, 1)])
-    lab = instances_from_outputs(fg, affs, img, PostprocessParams(min_size=5))
+    lab = instances_from_outputs(fg, affs, img, DESIGN_B)
     a_only = (stack[0] > 0) & ~(stack[1] > 0)
     b_only = (stack[1] > 0) & ~(stack[0] > 0)
     ia, ib = _major(lab[a_only]), _major(lab[b_only])
@@ -48,7 +52,7 @@ def test_colour_design_splits_crossing_and_affinity_design_bridges_gap(tube_stac
     fg2[gap] = 0
     affs2[:3, gap] = 0
     img2 = _colour_image(one, [(0.5, 0.5, 0)]) * ~gap
-    lab2 = instances_from_outputs(fg2, affs2, img2, PostprocessParams(min_size=5))
+    lab2 = instances_from_outputs(fg2, affs2, img2, DESIGN_B)
     assert len(np.unique(lab2[fg2 > 0])) == 1
 
 
