@@ -1,0 +1,113 @@
+"""``neuroseg nuclei INPUT -o OUTPUT``: segment nuclei with StarDist-3D (PyTorch)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "nuclei",
+        help="segment 3D nuclei with StarDist-3D (default: the shipped model)",
+        description=(
+            "Segment nuclei in a 3D volume with a StarDist-3D model: the bundled 'neuroseg_nuclei' "
+            "(default), another bundled name, a model folder (neuroseg or Keras StarDist) or a .pt "
+            "file. INPUT: TIFF, Zarr/OME-Zarr, HDF5 (use --key for containers). OUTPUT by extension: "
+            ".tif/.tiff, .ome.zarr, .zarr, .h5/.hdf5 (int32 labels, written atomically)."
+        ),
+    )
+    p.add_argument("input", help="3D image (ZYX, or CZYX for multi-channel models)")
+    p.add_argument("-o", "--output", required=True, help="output labels: .tif/.tiff, .zarr, .ome.zarr or .h5")
+    p.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="bundled model name, folder or .pt")
+    p.add_argument("--prob-thresh", type=float, default=None, help="probability threshold (default: the model's)")
+    p.add_argument("--nms-thresh", type=float, default=None, help="NMS overlap threshold (default: the model's)")
+    p.add_argument("--n-tiles", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="tiles per axis (default: chosen from the free memory)")
+    p.add_argument("--percentiles", type=float, nargs=2, default=(1.0, 99.8), metavar=("LOW", "HIGH"),
+                   help="normalisation percentiles")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--key", default=None, help="array key inside a Zarr/HDF5 input")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run)
+
+
+def write_labels(path: Path, labels, scale=None) -> Path:
+    """Write a label volume by extension (atomic writers of :mod:`napari_neuroseg.io`)."""
+    from napari_neuroseg.errors import NeurosegError
+    from napari_neuroseg.io import write_hdf5, write_ome_zarr, write_tiff, write_zarr
+
+    name = path.name.lower()
+    if name.endswith((".tif", ".tiff")):
+        return write_tiff(path, labels, axes="ZYX", scale=scale)
+    if name.endswith(".ome.zarr"):
+        return write_ome_zarr(path, labels, axes="ZYX", scale=scale, is_label=True)
+    if name.endswith(".zarr"):
+        return write_zarr(path, labels, axes="ZYX", scale=scale)
+    if name.endswith((".h5", ".hdf5", ".hdf")):
+        return write_hdf5(path, labels, key="labels", scale=scale)
+    raise NeurosegError(
+        f"unknown output format {path.suffix!r}", path=path, fix="use .tif, .tiff, .zarr, .ome.zarr or .h5"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from napari_neuroseg.errors import NeurosegError
+    from napari_neuroseg.io import read_image
+    from napari_neuroseg.models.stardist3d import load_model
+    from napari_neuroseg.runtime.progress import run_to_completion
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    inp, out = Path(args.input), Path(args.output)
+    if not inp.exists():
+        raise NeurosegError("input not found", path=inp, fix="check the path")
+    out_name = out.name.lower()
+    if not out_name.endswith((".tif", ".tiff", ".zarr", ".h5", ".hdf5", ".hdf")):
+        raise NeurosegError(
+            f"unknown output format {out.suffix!r}", path=out, fix="use .tif, .tiff, .zarr, .ome.zarr or .h5"
+        )
+    if out.resolve() == inp.resolve():
+        raise NeurosegError("the output would overwrite the input", path=out, fix="choose another output path")
+    vol = read_image(inp, key=args.key)
+    model = load_model(args.model, device=args.device)
+    image = np.asarray(vol.data)
+    channel_axis = 0 if image.ndim == 4 and vol.axes.startswith("C") else None
+    t0 = time.perf_counter()
+
+    last = [0.0]
+
+    def show(p) -> None:
+        if args.quiet:
+            return
+        now = time.perf_counter()
+        if now - last[0] > 0.5 or p.step >= p.total:
+            last[0] = now
+            print(f"\r[{p.step}/{p.total}] {p.message}".ljust(79), end="", file=sys.stderr, flush=True)
+
+    labels, details = run_to_completion(
+        model.predict_instances_iter(
+            image, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh,
+            n_tiles=None if args.n_tiles is None else tuple(args.n_tiles),
+            percentiles=tuple(args.percentiles), channel_axis=channel_axis,
+        ),
+        show,
+    )
+    if not args.quiet:
+        print(file=sys.stderr)
+    labels = np.asarray(labels, dtype=np.int32)
+    scale = tuple(vol.scale) if getattr(vol, "scale", None) else None
+    write_labels(out, labels, scale)
+    n = int(len(details["points"]))
+    th_p = model.thresholds.prob if args.prob_thresh is None else args.prob_thresh
+    th_n = model.thresholds.nms if args.nms_thresh is None else args.nms_thresh
+    print(f"{n} objects (model {model.name}, prob {th_p:.3f}, nms {th_n:.3f}, "
+          f"{time.perf_counter() - t0:.1f} s) -> {out}")
+    return 0

@@ -1,0 +1,142 @@
+"""The "Nuclei (StarDist-3D)" dock widget: run → labels (+ polyhedra, probability), cancel, errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_neuroseg._napari import _notify
+from napari_neuroseg._napari.nuclei_widget import NucleiWidget, polyhedra_surface, segment_nuclei_iter
+from napari_neuroseg.runtime.progress import Progress, run_to_completion
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A tiny saved StarDist-3D model (untrained, but biased to give candidates of radius ~3)."""
+    import torch
+
+    from napari_neuroseg.models.stardist3d.config import Thresholds
+    from napari_neuroseg.models.stardist3d.model import StarDist3D
+    from napari_neuroseg.models.stardist3d.train import default_config
+
+    torch.manual_seed(0)
+    model = StarDist3D(default_config(n_rays=16, n_filter_base=4, net_conv_after=8), Thresholds(0.6, 0.3), device="cpu")
+    with torch.no_grad():
+        model.net.prob.conv.bias.fill_(0.3)
+        model.net.dist.conv.bias.fill_(3.0)
+    return str(model.save(tmp_path_factory.mktemp("m") / "tiny"))
+
+
+@pytest.fixture(scope="module")
+def crop():
+    from napari_neuroseg.synth import load_sample
+
+    image, labels = load_sample("nuclei")
+    return image[:16, :48, :48], labels[:16, :48, :48]
+
+
+@pytest.fixture
+def errors_shown(monkeypatch):
+    shown: list = []
+    monkeypatch.setattr(_notify, "show_error", shown.append)
+    return shown
+
+
+def test_segment_generator_and_polyhedra_without_gui(crop, tiny_model):
+    image, _ = crop
+    steps = []
+    res = run_to_completion(segment_nuclei_iter(image, tiny_model, device="cpu", return_prob=True), steps.append)
+    assert all(isinstance(p, Progress) for p in steps) and steps[0].message == "loading the model"
+    assert res["labels"].shape == image.shape and res["prob"].shape == (16, 24, 24)
+    assert res["thresholds"] == (0.6, 0.3)
+    details = {
+        "points": np.array([[5, 10, 10], [8, 30, 30]]),
+        "dist": np.full((2, 16), 3.0, np.float32),
+        "rays_vertices": res["details"]["rays_vertices"],
+        "rays_faces": res["details"]["rays_faces"],
+    }
+    v, f, vals = polyhedra_surface(details)
+    assert v.shape == (32, 3) and f.shape == (2 * len(details["rays_faces"]), 3) and f.max() == 31
+    np.testing.assert_allclose(np.linalg.norm((v[:16] - [5, 10, 10]) / 1.0, axis=1),
+                               3 * np.linalg.norm(details["rays_vertices"], axis=1), rtol=1e-5)
+    assert set(vals) == {1.0, 2.0}
+    assert polyhedra_surface({**details, "points": np.zeros((0, 3))}) is None
+
+
+def test_widget_runs_and_adds_layers(make_napari_viewer, qtbot, crop, tiny_model, errors_shown):
+    image, _ = crop
+    viewer = make_napari_viewer()
+    viewer.add_image(image, name="nuclei", scale=(2, 1, 1))
+    w = NucleiWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert w.image_combo.currentText() == "nuclei"
+    w.model_combo.setCurrentText("Model folder…")
+    w.model_path.setText(tiny_model)
+    w.reset_thresholds()
+    assert (w.prob_spin.value(), w.nms_spin.value()) == (0.6, 0.3)  # the model's thresholds
+    w.prob_spin.setValue(0.55)
+    w.surface_check.setChecked(True)
+    w.prob_check.setChecked(True)
+    w.device_combo.setCurrentText("cpu")
+    assert w.run() is not None
+    qtbot.waitUntil(lambda: w.worker is None, timeout=60000)
+    assert errors_shown == [] and w.result is not None
+    labels = viewer.layers["nuclei nuclei"]
+    assert labels.data.shape == image.shape and tuple(labels.scale) == (2, 1, 1)
+    assert w.result["thresholds"] == (0.55, 0.3)
+    prob = viewer.layers["nuclei probability"]
+    assert tuple(prob.scale) == (2, 2, 2)
+    n = len(w.result["details"]["points"])
+    assert n > 0 and labels.data.max() > 0
+    surf = viewer.layers["nuclei polyhedra"]
+    assert len(surf.data[0]) == n * 16
+    assert f"{n} nuclei" in w.status.text()
+    # a second run updates the same labels layer
+    w.surface_check.setChecked(False)
+    w.run()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=60000)
+    assert [ly.name for ly in viewer.layers].count("nuclei nuclei") == 1
+
+
+def test_widget_cancel(make_napari_viewer, qtbot, tiny_model, errors_shown):
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    viewer.add_image(rng.random((16, 96, 96)).astype(np.float32), name="noise")
+    w = NucleiWidget(viewer)
+    w.model_combo.setCurrentText("Model folder…")
+    w.model_path.setText(tiny_model)
+    w.auto_tiles.setChecked(False)
+    for spin, n in zip(w.tile_spins, (1, 6, 6)):
+        spin.setValue(n)
+    seen = []
+    w._on_progress = lambda p: (seen.append(p), w.cancel() if len(seen) == 2 else None)
+    worker = w.run()
+    assert worker is not None
+    qtbot.waitUntil(lambda: w.worker is None, timeout=60000)
+    assert w.result is None and errors_shown == []
+    assert "noise nuclei" not in viewer.layers
+    assert w.status.text() == "cancelled" and w.run_button.isEnabled()
+    assert len(seen) < 12  # stopped long before the 36 tiles were done
+
+
+def test_widget_errors_are_shown(make_napari_viewer, qtbot, tiny_model, errors_shown):
+    viewer = make_napari_viewer()
+    w = NucleiWidget(viewer)
+    assert w.run() is None and "no image layer" in str(errors_shown[-1])
+    viewer.add_image(np.zeros((8, 32, 32), np.float32), name="flat")
+    w.model_combo.setCurrentText("Model folder…")
+    w.model_path.setText("")
+    assert w.run() is None and "no model path" in str(errors_shown[-1])
+    w.model_path.setText(tiny_model)
+    w.p_low.setValue(50)
+    w.p_high.setValue(10)
+    assert w.run() is None and "percentiles" in str(errors_shown[-1])
+    w.p_low.setValue(1)
+    w.p_high.setValue(99.8)
+    n = len(errors_shown)
+    assert w.run() is not None  # a constant image fails inside the worker
+    qtbot.waitUntil(lambda: w.worker is None, timeout=60000)
+    assert len(errors_shown) == n + 1 and "constant" in str(errors_shown[-1])
+    assert w.status.text().startswith("failed") and w.run_button.isEnabled()
