@@ -110,12 +110,6 @@ def _default_nuclei_model() -> bool:
     return DEFAULT_MODEL in bundled_models()
 
 
-def _default_neuron_model() -> bool:
-    from napari_neuroseg.models.neurons.model import DEFAULT_MODEL
-
-    return DEFAULT_MODEL.is_file()
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not _default_nuclei_model(), reason="the bundled nuclei model is not installed yet")
 def test_cli_batch_nuclei_with_the_bundled_model_on_the_sample(tmp_path):
@@ -131,8 +125,9 @@ def test_cli_batch_nuclei_with_the_bundled_model_on_the_sample(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not _default_neuron_model(), reason="the bundled neuron model is not installed yet")
 def test_cli_batch_neurons_with_the_bundled_model_on_the_sample_whole_and_blockwise(tmp_path):
+    """The shipped neuron model (committed): whole volume and 16 blocks of 40x32x32 stitched by
+    overlap matching score alike against the sample's ground truth."""
     from napari_neuroseg.cli import main
     from napari_neuroseg.io import read_fisbe
     from napari_neuroseg.metrics import evaluate
@@ -141,9 +136,10 @@ def test_cli_batch_neurons_with_the_bundled_model_on_the_sample_whole_and_blockw
     gt = read_fisbe(src).gt_instances
     common = ["--device", "cpu", "--workers", "1", "-q", "--format", "zarr"]
     assert main(["batch", "neurons", str(src), "-o", str(tmp_path / "w"), *common]) == 0
-    assert main(["batch", "neurons", str(src), "-o", str(tmp_path / "b"), *common, "--block-shape", "40", "64", "64"]) == 0
+    assert main(["batch", "neurons", str(src), "-o", str(tmp_path / "b"), *common,
+                 "--block-shape", "40", "32", "32", "--halo", "8", "24", "24"]) == 0
     a = read_output(tmp_path / "w" / "neurons_neurons.zarr")
     b = read_output(tmp_path / "b" / "neurons_neurons.zarr")
     fa, fb = evaluate(gt, a)["avF1"], evaluate(gt, b)["avF1"]
-    assert a.max() >= 1 and b.max() >= 1
+    assert fa >= 0.6, fa  # the model works on its sample (0.83 when measured)
     assert fb >= fa - 0.1, (fa, fb)  # stitched blocks score about as well as the whole volume
