@@ -99,9 +99,10 @@ def test_neurons_real_model_whole_equals_direct_and_blockwise_agrees(tmp_path, t
     direct = predict(raw, str(tiny_neuron_model), device="cpu").labels
     assert np.array_equal(a, direct) and a.max() > 10  # the adapter's norm_stats are predict's own
     assert rb["blocks"] == 2 and rb["stitch"] == "overlap"
-    # random weights give many small fragments; blockwise sees (almost) the same foreground
-    assert np.count_nonzero((a > 0) != (b > 0)) < 0.01 * np.count_nonzero(a)
-    assert abs(int(b.max()) - int(a.max())) < 0.1 * a.max()
+    # random weights give many small fragments (their number depends on the post-processing
+    # defaults): blockwise sees (almost) the same foreground; the shipped model's test below
+    # compares the instances themselves
+    assert b.max() > 10 and np.count_nonzero((a > 0) != (b > 0)) < 0.01 * np.count_nonzero(a)
 
 
 def _default_nuclei_model() -> bool:
