@@ -5,11 +5,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import tempfile
+
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
-# No example database in the repository (CI clones may be read-only; tests write only to
-# tmp_path) and no per-example deadline: the suite runs on loaded 2-core machines.
+# Nothing written into the repository (CI clones may be read-only; tests write only to
+# tmp_path): no example database, and Hypothesis' other caches go to the temp folder. No
+# per-example deadline: the suite runs on loaded 2-core machines.
+if not os.environ.get("HYPOTHESIS_STORAGE_DIRECTORY"):
+    set_hypothesis_home_dir(Path(tempfile.gettempdir()) / "napari-neuroseg-hypothesis")
 settings.register_profile(
     "neuroseg", database=None, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
