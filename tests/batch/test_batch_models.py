@@ -105,16 +105,13 @@ def test_neurons_real_model_whole_equals_direct_and_blockwise_agrees(tmp_path, t
     assert b.max() > 10 and np.count_nonzero((a > 0) != (b > 0)) < 0.01 * np.count_nonzero(a)
 
 
-def _default_nuclei_model() -> bool:
+@pytest.mark.slow
+def test_cli_batch_nuclei_with_the_bundled_model_on_the_sample(tmp_path):
+    """The shipped StarDist-3D model (committed) through ``neuroseg batch nuclei``."""
+    from napari_neuroseg.cli import main
     from napari_neuroseg.models.stardist3d import DEFAULT_MODEL, bundled_models
 
-    return DEFAULT_MODEL in bundled_models()
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(not _default_nuclei_model(), reason="the bundled nuclei model is not installed yet")
-def test_cli_batch_nuclei_with_the_bundled_model_on_the_sample(tmp_path):
-    from napari_neuroseg.cli import main
+    assert DEFAULT_MODEL in bundled_models()
 
     src = sample_path("nuclei")
     gt = tifffile.imread(src.with_name("nuclei_labels.tif"))
