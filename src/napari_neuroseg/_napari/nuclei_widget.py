@@ -160,6 +160,7 @@ class NucleiWidget(QWidget):
             spin.setRange(0.0, 1.0)
             spin.setDecimals(3)
             spin.setSingleStep(0.05)
+            spin.setMinimumWidth(80)
         self.prob_spin.setValue(0.5)  # StarDist's defaults until a model's thresholds are read
         self.nms_spin.setValue(0.4)
         reset = QPushButton("model's")
