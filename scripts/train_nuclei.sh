@@ -16,7 +16,7 @@ COMMON=(--synthetic 20 --synthetic-shape 48 128 128 --synthetic-seed 0 --synthet
 #    shared CPU; `--steps 900` is kept so that the learning-rate schedule of steps 0-200 is the same.
 #    Stop it yourself after "step 200/900 ... val" appears in the log.
 # 2) steps 200-500, 3) 500-640: patches 16x64x64, batch 2
-# 4) steps 640-N: patches 32x64x64, batch 1 (fewer nuclei cut by the patch's Z border)
+# 4) steps 640-1050, 5) 1050-1450: patches 32x64x64, batch 1 (fewer nuclei cut by the patch's Z border)
 if [[ "${FROM_SCRATCH:-1}" == 1 ]]; then
   nice -n 10 neuroseg train nuclei "${COMMON[@]}" --steps 900 --batch-size 2 --patch-size 16 64 64 \
     --checkpoint-every 50 || true
@@ -25,15 +25,38 @@ nice -n 10 neuroseg train nuclei "${COMMON[@]}" --resume --steps 500 --batch-siz
   --checkpoint-every 50 --no-optimize-thresholds
 nice -n 10 neuroseg train nuclei "${COMMON[@]}" --resume --steps 640 --batch-size 2 --patch-size 16 64 64 \
   --checkpoint-every 20 --no-optimize-thresholds
-nice -n 10 neuroseg train nuclei "${COMMON[@]}" --resume --steps "${FINAL_STEPS:-1050}" --batch-size 1 \
-  --patch-size 32 64 64 --checkpoint-every 25 --no-optimize-thresholds
+for STEPS in 1050 1450; do
+  nice -n 10 neuroseg train nuclei "${COMMON[@]}" --resume --steps "$STEPS" --batch-size 1 \
+    --patch-size 32 64 64 --checkpoint-every 25 --no-optimize-thresholds
+done
 
-# thresholds: see docs/nuclei-model-card.md (optimize_thresholds on crops of the validation volumes)
+# thresholds: optimize_thresholds on 32x64x64 crops of the two validation volumes (seeds 4, 19)
+nice -n 10 python - "$RUN" <<'PY'
+import json, sys
+from pathlib import Path
+import numpy as np, torch
+from napari_neuroseg.models.stardist3d.model import StarDist3D
+from napari_neuroseg.models.stardist3d.train import _split, synthetic_dataset
+from napari_neuroseg.models.stardist3d.training import normalize_volume, optimize_thresholds
+torch.set_num_threads(2)
+folder = Path(sys.argv[1])
+m = StarDist3D.from_folder(folder, device="cpu")
+_, va = _split(20, 0.1, np.random.default_rng(0))
+xs, ys = [], []
+for i in va:
+    x, y = synthetic_dataset(1, (48, 128, 128), seed=i, vary=0.25)
+    xs.append(normalize_volume(x[0])[:, 8:40, 32:96, 32:96]); ys.append(y[0][8:40, 32:96, 32:96])
+th, f1, hist = optimize_thresholds(m, xs, ys, nms_threshs=(0.3, 0.4, 0.5), maxiter=3, tol=0.02)
+(folder / "thresholds.json").write_text(json.dumps({"prob": th.prob, "nms": th.nms}))
+(folder / "threshold_search.json").write_text(json.dumps({"val_seeds": [int(v) for v in va], "crop": "[8:40, 32:96, 32:96]",
+    "mean_f1_iou_0.3_0.5_0.7": f1, "search": {k: [list(p) for p in v] for k, v in hist.items()}}, indent=1))
+print(th, f1)
+PY
 
 # ship the model files (not the checkpoint / optimizer state)
 DEST=src/napari_neuroseg/models/stardist3d/pretrained/neuroseg_nuclei
 mkdir -p "$DEST"
-cp "$RUN"/config.json "$RUN"/thresholds.json "$RUN"/weights.pt "$RUN"/training.json "$DEST"/
+cp "$RUN"/config.json "$RUN"/thresholds.json "$RUN"/weights.pt "$RUN"/training.json "$RUN"/threshold_search.json "$DEST"/
 
 # held-out evaluation: the stardist package's 3D test image + unseen synthetic volumes
 nice -n 10 python -m napari_neuroseg.models.stardist3d.training.evaluate "$DEST" \
