@@ -187,36 +187,26 @@ def segment_blockwise(
         truncated = int(sum(p1[b.index].get("truncated", 0) for b in blocks))
 
         # -- stitching ------------------------------------------------------------------------
-        if mode == "faces":
-            offsets = starts.reshape(grid_shape(shape, block_shape))
+        if mode in ("faces", "overlap"):
+            if mode == "faces":
+                offsets = starts.reshape(grid_shape(shape, block_shape))
+                match_job, what = jobs.match_block_job, "faces"
+                margs = [(str(work), b, shape, block_shape, offsets, connectivity) for b in blocks]
+            else:
+                by_grid = {b.grid: b for b in blocks}
+                match_job, what = jobs.match_overlap_job, "overlaps"
+                margs = [
+                    (str(work), b, [(nb, int(starts[nb.index])) for nb in forward_neighbours(b, by_grid)],
+                     int(starts[b.index]), float(task.overlap_fraction))
+                    for b in blocks
+                ]
             pairs = [np.zeros((0, 2), np.int64)]
-            margs = [(str(work), b, shape, block_shape, offsets, connectivity) for b in blocks]
-            for i, res, err in engine.map(jobs.match_block_job, margs, label="match"):
+            for i, res, err in engine.map(match_job, margs, label="match"):
                 if err is not None:
                     raise NeurosegError(f"matching block {i} failed: {err}", path=spec.path, fix="rerun with --resume") from err
                 pairs.append(res)
                 step += 1
-                yield Progress(step, total, f"matched faces of block {len(pairs) - 1}/{n}")
-            sizes = np.zeros(n_total + 1, np.int64)
-            for b, s0 in zip(blocks, starts):
-                sz = p1[b.index].get("sizes", [])
-                sizes[s0 + 1 : s0 + 1 + len(sz)] = sz
-            mapping = union_find_mapping(n_total, np.concatenate(pairs), sizes, min_size)
-            n_objects = int(mapping.max()) if mapping.size else 0
-        elif mode == "overlap":
-            by_grid = {b.grid: b for b in blocks}
-            pairs = [np.zeros((0, 2), np.int64)]
-            margs = [
-                (str(work), b, [(nb, int(starts[nb.index])) for nb in forward_neighbours(b, by_grid)],
-                 int(starts[b.index]), float(task.overlap_fraction))
-                for b in blocks
-            ]
-            for i, res, err in engine.map(jobs.match_overlap_job, margs, label="match"):
-                if err is not None:
-                    raise NeurosegError(f"matching block {i} failed: {err}", path=spec.path, fix="rerun with --resume") from err
-                pairs.append(res)
-                step += 1
-                yield Progress(step, total, f"matched overlaps of block {len(pairs) - 1}/{n}")
+                yield Progress(step, total, f"matched {what} of block {len(pairs) - 1}/{n}")
             sizes = np.zeros(n_total + 1, np.int64)
             for b, s0 in zip(blocks, starts):
                 sz = p1[b.index].get("sizes", [])
