@@ -75,3 +75,26 @@ def test_bad_training_arguments(tmp_path):
                      "--iterations", "1", "--quiet"))
     with pytest.raises(NeurosegError, match="nothing to resume"):
         T.main(_args("--synthetic", "-o", str(tmp_path / "y"), "--resume", "--iterations", "1", "--quiet"))
+
+
+def test_train_with_batch_workers_and_time_budget(fisbe_folder, tmp_path):
+    """--workers makes batches in background processes (synthetic and FISBe files);
+    a spent --max-minutes budget stops the run at once with a checkpoint."""
+    out = tmp_path / "w"
+    args = _args("--synthetic", "-o", str(out), "--iterations", "3", "--patch", "8", "16", "16", "--base", "4",
+                 "--levels", "2", "--pool-size", "2", "--synth-shape", "16", "32", "32", "--val-every", "0",
+                 "--threads", "1", "--workers", "2", "--quiet")
+    assert T.main(args) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [1, 2, 3] and np.isfinite([r["loss"] for r in log]).all()
+
+    out2 = tmp_path / "b"
+    args = _args("--data", str(fisbe_folder), "-o", str(out2), "--iterations", "50", "--patch", "8", "16", "16",
+                 "--base", "4", "--levels", "2", "--val-every", "0", "--threads", "1", "--workers", "1",
+                 "--max-minutes", "1e-6", "--quiet")
+    assert T.main(args) == 0
+    log = [json.loads(line) for line in (out2 / "log.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in log] == [1]
+    from napari_neuroseg.models.neurons.model import read_checkpoint
+
+    assert read_checkpoint(out2 / "last.pt")["iteration"] == 1

@@ -236,3 +236,18 @@ def test_train_cli_synthetic_and_files(tmp_path, tiny_data):
     assert rc == 0 and (out2 / "config.json").is_file()
     rc = main(["train", "nuclei", "--images", str(tmp_path / "img" / "v0.tif"), "-o", str(tmp_path / "x"), *common])
     assert rc == 1  # one image, no labels: a clear error, not a traceback
+
+
+def test_train_stops_when_the_time_budget_is_spent(tmp_path, tiny_data):
+    """--max-minutes: a spent budget ends the run early with a checkpoint at the last step, and
+    the caller's settings are not changed."""
+    xs, ys = tiny_data
+    settings = _tiny_settings(steps=50, max_minutes=1e-6)
+    res = train(xs, ys, _tiny_config(), out_dir=tmp_path / "m", settings=settings)
+    assert res.step == 1 and settings.steps == 50
+    hist = json.loads((tmp_path / "m" / "training.json").read_text())["history"]
+    assert [h["step"] for h in hist] == [1] and "val_loss" in hist[0]
+    import torch
+
+    ck = torch.load(tmp_path / "m" / "checkpoint.pt", weights_only=True)
+    assert ck["step"] == 1

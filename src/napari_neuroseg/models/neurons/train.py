@@ -47,7 +47,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hard-fraction", type=float, default=0.5, help="synthetic: fraction of hard volumes")
     p.add_argument("--elastic", action="store_true", help="add elastic deformation to the augmentation")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this wall time")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock budget: the learning-rate schedule is shortened to end in time, "
+                        "then the run stops with a checkpoint")
+    p.add_argument("--workers", type=int, default=0,
+                   help="background processes making training batches (use on a GPU; 0 = inline)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -92,6 +96,38 @@ def _batch(source, n, patch, rng, elastic):
         afs.append(affs)
         ams.append(amask)
     return [np.stack(a) for a in (xs, fgs, afs, ams)]
+
+
+def _batches_in_workers(source, args, patch, start_it: int):
+    """Endless training batches made in ``args.workers`` background processes (a torch
+    DataLoader). Synthetic data: every worker keeps its own pool, drawn from its own range of
+    training seeds; files: the workers share the (lazily read) volumes, each with its own
+    random stream."""
+    import numpy as np
+    import torch.utils.data as tud
+
+    from .data import TRAIN_SEED_BASE, SyntheticSource
+
+    class _Stream(tud.IterableDataset):
+        def __iter__(self):
+            import torch
+
+            info = tud.get_worker_info()
+            w = info.id if info is not None else 0
+            torch.set_num_threads(1)
+            rng = np.random.default_rng([args.seed, start_it, w, 7])
+            src = source
+            if args.synthetic:
+                pool = max(4, -(-args.pool_size // args.workers))
+                src = SyntheticSource(pool, tuple(args.synth_shape), args.hard_fraction, seed=args.seed)
+                src.rng = np.random.default_rng([args.seed, start_it, w])
+                src.next_seed = TRAIN_SEED_BASE + 100_000 * (w + 1) + 1000 * args.seed + 10 * start_it
+            while True:
+                yield _batch(src, args.batch_size, patch, rng, args.elastic)
+
+    loader = tud.DataLoader(_Stream(), batch_size=None, num_workers=args.workers, prefetch_factor=4)
+    for batch in loader:
+        yield [b.numpy() for b in batch]
 
 
 def _evaluate(gt, pred) -> dict:
@@ -209,12 +245,14 @@ def train_iter(args):
     if rng_state is not None:
         rng.bit_generator.state = rng_state
 
+    workers = max(0, int(getattr(args, "workers", 0) or 0))
     if args.synthetic:
         source = SyntheticSource(args.pool_size, tuple(args.synth_shape), args.hard_fraction, seed=args.seed)
         if next_seed is not None:
             source.next_seed = int(next_seed)
-        for done, total in source.fill():
-            yield Progress(done, total, f"generating synthetic volume {done}/{total}")
+        if not workers:  # with workers, each worker fills its own pool
+            for done, total in source.fill():
+                yield Progress(done, total, f"generating synthetic volume {done}/{total}")
     else:
         paths = find_samples(args.data, args.split)["train"]
         samples = []
@@ -248,14 +286,25 @@ def train_iter(args):
         net.train()
         return scores
 
+    from napari_neuroseg.runtime.budget import TimeBudget
+
     t0 = time.time()
     net.train()
     it = start_it
+    total = int(args.iterations)
+    budget = TimeBudget(args.max_minutes, start_it, total)
+    stream = _batches_in_workers(source, args, patch, start_it) if workers else None
     try:
         for it in range(start_it, args.iterations):
-            x, fg, affs, amask = _batch(source, args.batch_size, patch, rng, args.elastic)
+            if it >= total:  # the time budget shortened the run
+                it -= 1
+                break
+            if stream is not None:
+                x, fg, affs, amask = next(stream)
+            else:
+                x, fg, affs, amask = _batch(source, args.batch_size, patch, rng, args.elastic)
             for g in opt.param_groups:
-                g["lr"] = _lr(it, args.iterations, args.lr)
+                g["lr"] = _lr(it, total, args.lr)
             xt = torch.from_numpy(x).to(dev)
             if cl:
                 xt = xt.contiguous(memory_format=torch.channels_last_3d)
@@ -274,9 +323,10 @@ def train_iter(args):
                 loss.backward()
                 opt.step()
             done = it + 1
-            rec = {"iteration": done, "loss": float(loss), **parts, "lr": opt.param_groups[0]["lr"],
+            total = done if budget.expired() else budget.update(done)
+            rec = {"iteration": done, "loss": float(loss.detach()), **parts, "lr": opt.param_groups[0]["lr"],
                    "time": round(time.time() - t0, 1)}
-            if args.val_every and val and (done % args.val_every == 0 or done == args.iterations):
+            if args.val_every and val and (done % args.val_every == 0 or done == total):
                 scores = validate(done)
                 rec["val"] = scores
                 score = float(np.mean(list(scores.values())))
@@ -285,14 +335,13 @@ def train_iter(args):
                     checkpoint(out_dir / "best.pt", done, scores)
             log.write(json.dumps(rec) + "\n")
             log.flush()
-            if done % args.save_every == 0 or done == args.iterations:
+            if done % args.save_every == 0 or done == total:
                 checkpoint(last, done)
-            yield Progress(done, args.iterations, f"loss {float(loss):.4f}" + (f" val {rec['val']}" if "val" in rec else ""))
-            if args.max_minutes is not None and time.time() - t0 > 60 * args.max_minutes:
-                checkpoint(last, done)
-                break
+            yield Progress(done, total, f"loss {float(loss.detach()):.4f}" + (f" val {rec['val']}" if "val" in rec else ""))
     finally:
         log.close()
+        if stream is not None:
+            stream.close()
     # export the weights-only model
     src = out_dir / "best.pt" if (out_dir / "best.pt").is_file() else last
     if src.is_file():

@@ -36,7 +36,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Generator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,7 @@ class TrainSettings:
     device: str | None = "auto"
     threads: int | None = None
     workers: int = 0  # background processes computing patches and targets
+    max_minutes: float | None = None  # wall-clock budget: the schedule shrinks to end in time
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -302,7 +303,7 @@ def train_iter(
     from napari_neuroseg.runtime.device import select_device
     from napari_neuroseg.runtime.progress import Progress
 
-    s = settings or TrainSettings()
+    s = replace(settings) if settings is not None else TrainSettings()  # a copy: a time budget may shorten it
     config = config or default_config()
     if isinstance(config, dict):
         config = StarDistConfig.from_dict(config)
@@ -428,12 +429,17 @@ def train_iter(
         _save_model_files(model, out)
         _write_history(out, history, s, model, None)
 
+    from napari_neuroseg.runtime.budget import TimeBudget
+
+    budget = TimeBudget(s.max_minutes, start, s.steps)
     total = s.steps + (1 if s.optimize_thresholds and x_va else 0)
     net.train()
     t0 = time.perf_counter()
     last_saved = start
     try:
         for k, (xb, pb, db) in zip(range(start, s.steps), _BatchStream(maker, start, s.steps, s.workers)):
+            if k >= s.steps:  # the time budget shortened the run
+                break
             lr = _lr_at(k, s)
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -445,6 +451,9 @@ def train_iter(
             if not math.isfinite(parts["loss"]):
                 raise NeurosegError(f"the loss became {parts['loss']} at step {k + 1}", fix="lower the learning rate")
             step = k + 1
+            if budget.update(step) != s.steps or budget.expired():
+                s.steps = step if budget.expired() else budget.total
+                total = s.steps + (1 if s.optimize_thresholds and x_va else 0)
             rec = {"step": step, "lr": lr, **parts, "time": time.perf_counter() - t0}
             if step % s.val_every == 0 or step == s.steps:
                 v = validate()
@@ -570,6 +579,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     tr.add_argument("--workers", type=int, default=0, help="background processes making patches")
     tr.add_argument("--log-every", type=int, default=10)
+    tr.add_argument("--max-minutes", type=float, default=None,
+                    help="wall-clock budget: the learning-rate schedule is shortened so the run ends in time")
 
 
 def _expand(paths: Sequence[str]) -> list[Path]:
@@ -628,6 +639,7 @@ def main(args: argparse.Namespace) -> int:
         augment=not args.no_augment, val_fraction=args.val_fraction, val_every=args.val_every,
         checkpoint_every=args.checkpoint_every, optimize_thresholds=not args.no_optimize_thresholds,
         seed=args.seed, device=args.device, threads=args.threads, workers=args.workers,
+        max_minutes=args.max_minutes,
     )
     log_every = max(1, int(args.log_every))
 
