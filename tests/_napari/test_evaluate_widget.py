@@ -67,7 +67,7 @@ def test_widget_evaluates_and_adds_error_layers(make_napari_viewer, qtbot, tmp_p
     w._jump(item)
     zc, yc, _ = np.argwhere(stack[2] > 0).mean(axis=0)
     assert viewer.dims.point[0] == pytest.approx(zc, abs=1)
-    assert tuple(viewer.camera.center)[-2] == pytest.approx(yc, abs=1)
+    assert tuple(viewer.scene.camera.center)[-2] == pytest.approx(yc, abs=1)
     assert viewer.layers["missed GT"].selected_label == 3
     # export
     w.export_csv(str(tmp_path / "m.csv"))

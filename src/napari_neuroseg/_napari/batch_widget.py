@@ -1,7 +1,7 @@
 """The "Batch" dock widget: run a task over files, huge volumes or open layers.
 
 Collects parameters and calls :func:`napari_neuroseg.batch.run_batch` in a worker thread via
-:func:`~napari_neuroseg._napari._workers.start_worker` (progress bar, cancel, error
+:class:`~napari_neuroseg._napari._run_controls.RunControls` (Run/Cancel, status, error
 notifications). Results arrive in the main thread and fill the table; a row's output opens in the
 viewer with one click ("Open result" or a double click).
 """
@@ -19,7 +19,6 @@ from qtpy.QtWidgets import (
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
-    QLabel,
     QLineEdit,
     QPushButton,
     QTableWidget,
@@ -28,6 +27,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_neuroseg._napari._notify import notify_error
+from napari_neuroseg._napari._run_controls import RunControls
 from napari_neuroseg.batch import get_task, list_tasks, read_output, run_batch
 from napari_neuroseg.errors import NeurosegError
 
@@ -43,9 +44,7 @@ class BatchWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__()
         self.viewer = napari_viewer
-        self.worker: Any = None
         self.result: Any = None
-        self._cancelling = False
         self._param_edits: dict[str, QLineEdit] = {}
 
         layout = QVBoxLayout(self)
@@ -95,18 +94,15 @@ class BatchWidget(QWidget):
         form2.addRow("", self.resume_check)
         layout.addLayout(form2)
         # run / cancel / status
-        row = QHBoxLayout()
-        self.run_button = QPushButton("Run")
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        row.addWidget(self.run_button)
-        row.addWidget(self.cancel_button)
-        layout.addLayout(row)
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
-        layout.addWidget(self.status_label)
+        self.controls = RunControls(
+            "Run", on_run=self.run, on_cancel=self.cancel, running_text="starting…",
+            cancel_text="cancelling after the current step…",
+            cancelled_text="cancelled — tick 'resume' to continue later",
+        )
+        layout.addWidget(self.controls)
+        self.run_button = self.controls.run_button
+        self.cancel_button = self.controls.cancel_button
+        self.status_label = self.controls.status
         # results
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(list(COLUMNS))
@@ -185,11 +181,15 @@ class BatchWidget(QWidget):
         }
 
     # -- running --------------------------------------------------------------------------------
+    @property
+    def worker(self) -> Any:
+        """The running job's worker (None when idle)."""
+        return self.controls.worker
+
     def run(self) -> Any:
         """Start the batch in a worker thread; returns the worker (None if the form is bad)."""
-        from napari_neuroseg._napari._notify import notify_error
-        from napari_neuroseg._napari._workers import start_worker
-
+        if self.controls.busy:
+            return None
         try:
             kw = self.collect()
         except NeurosegError as err:
@@ -198,27 +198,17 @@ class BatchWidget(QWidget):
             return None
         self.table.setRowCount(0)
         self.result = None
-        self._cancelling = False
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status_label.setText("starting…")
         task, inputs, outdir = kw.pop("task"), kw.pop("inputs"), kw.pop("outdir")
-        self.worker = start_worker(
+        return self.controls.start(
             run_batch, task, inputs, outdir, on_yield=self._on_progress, on_return=self._on_done,
-            on_finished=self._on_finished, desc=f"batch {task}", **kw,
+            desc=f"batch {task}", **kw,
         )
-        return self.worker
 
     def cancel(self) -> None:
         """Stop after the current file/block (finished outputs stay; resume continues)."""
-        if self.worker is not None:
-            self._cancelling = True
-            self.worker.quit()
-            self.status_label.setText("cancelling after the current step…")
+        self.controls.cancel()
 
     def _on_progress(self, p: Any) -> None:
-        if not self._cancelling:
-            self.status_label.setText(getattr(p, "message", str(p)))
         rec = getattr(p, "record", None)
         if rec is not None:
             self._add_row(rec)
@@ -241,12 +231,6 @@ class BatchWidget(QWidget):
         self.result = result
         counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
         self.status_label.setText(f"finished: {counts} — summary {result.summary_csv}")
-
-    def _on_finished(self) -> None:
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        if self.result is None and self._cancelling:
-            self.status_label.setText("cancelled — tick 'resume' to continue later")
 
     def row_record(self, row: int) -> dict | None:
         item = self.table.item(row, 0) if row >= 0 else None

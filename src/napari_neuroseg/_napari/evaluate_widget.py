@@ -24,7 +24,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QListWidget,
     QListWidgetItem,
-    QProgressBar,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -32,6 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_neuroseg._napari._run_controls import RunControls
 from napari_neuroseg.metrics import evaluate_iter, write_csv, write_json
 from napari_neuroseg.metrics.report import SUMMARY_KEYS, per_threshold_rows, summary_rows
 from napari_neuroseg.runtime.progress import Progress
@@ -115,7 +115,6 @@ class EvaluateWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__()
         self.viewer = napari_viewer
-        self.worker: Any = None
         self.result: dict[str, Any] | None = None
         self.error_layers: dict[str, Any] = {}
         self._centroids: dict[tuple[str, int], tuple[float, float, float]] = {}
@@ -132,22 +131,15 @@ class EvaluateWidget(QWidget):
         form.addRow("", self.partly_check)
         layout.addLayout(form)
 
-        row = QHBoxLayout()
-        self.run_button = QPushButton("Evaluate")
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        row.addWidget(self.run_button)
-        row.addWidget(self.cancel_button)
-        layout.addLayout(row)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
+        self.controls = RunControls(
+            "Evaluate", on_run=self.run, on_cancel=self.cancel, progress_bar=True,
+            running_text="Evaluating…", cancel_text="Cancelled.", cancelled_text=None,
+        )
+        layout.addWidget(self.controls)
+        self.run_button = self.controls.run_button
+        self.cancel_button = self.controls.cancel_button
+        self.progress = self.controls.progress
+        self.status = self.controls.status
 
         self.summary = QTableWidget(len(SUMMARY_KEYS), 2)
         self.summary.setHorizontalHeaderLabels(["metric", "value"])
@@ -232,10 +224,15 @@ class EvaluateWidget(QWidget):
         return stack, dim
 
     # ---------------------------------------------------------------- running
+    @property
+    def worker(self) -> Any:
+        """The running job's worker (None when idle)."""
+        return self.controls.worker
+
     def run(self) -> None:
         """Start the evaluation of the chosen layers in a worker thread."""
-        from napari_neuroseg._napari._workers import start_worker
-
+        if self.controls.busy:
+            return
         try:
             gt_layer = self.viewer.layers[self.gt_combo.currentText()]
             pred_layer = self.viewer.layers[self.pred_combo.currentText()]
@@ -248,43 +245,17 @@ class EvaluateWidget(QWidget):
         gt, dim = self._source(gt_layer)
         pred, _ = self._source(pred_layer)
         self.result = None
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status.setText("Evaluating…")
-        self.worker = start_worker(
+        self.controls.start(
             evaluate_layers_iter, gt, pred, self.partly_check.isChecked(),
-            dim_ids=dim,
-            on_yield=self._on_progress, on_return=self._on_result,
-            on_error=self._on_error, on_finished=self._on_finished,
-            desc="Evaluate segmentation",
+            dim_ids=dim, on_return=self._on_result, desc="Evaluate segmentation",
         )
 
     def cancel(self) -> None:
-        if self.worker is not None:
-            self.worker.quit()
-            self.status.setText("Cancelled.")
-
-    def _on_progress(self, item: Any) -> None:
-        if self.result is not None:  # a late progress signal after the result arrived
-            return
-        if isinstance(item, Progress):
-            self.progress.setRange(0, max(1, item.total))
-            self.progress.setValue(min(item.step, max(1, item.total)))
-            self.status.setText(item.message)
-
-    def _on_error(self, exc: BaseException) -> None:
-        self.status.setText(f"Error: {exc}")
-
-    def _on_finished(self) -> None:
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.worker = None
+        self.controls.cancel()
 
     def _on_result(self, value: tuple[dict[str, Any], dict[str, Any]]) -> None:
         result, errors = value
         self.result = result
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
         self._fill_tables(result)
         self._add_error_layers(errors)
         warn = " ".join(f"Warning: {w}." for w in result["warnings"])
@@ -350,7 +321,7 @@ class EvaluateWidget(QWidget):
         nd = self.viewer.dims.ndim
         for k in range(min(3, nd)):
             self.viewer.dims.set_point(nd - 3 + k, float(world[k]))
-        self.viewer.camera.center = world
+        self.viewer.scene.camera.center = world
         layer.selected_label = int(obj_id)
         self.viewer.layers.selection.active = layer
 

@@ -17,17 +17,15 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QLineEdit,
-    QProgressBar,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
+from napari_neuroseg._napari._run_controls import RunControls
 from napari_neuroseg.errors import NeurosegError
-from napari_neuroseg.runtime.progress import Progress
 
 if TYPE_CHECKING:
     import napari
@@ -57,7 +55,6 @@ class NeuronsWidget(QWidget):
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__()
         self.viewer = napari_viewer
-        self.worker: Any = None
         self.result: Any = None
         layout = QVBoxLayout(self)
         form = QFormLayout()
@@ -96,21 +93,15 @@ class NeuronsWidget(QWidget):
         form.addRow("Colour merge threshold", self.merge_spin)
         form.addRow("Min. size (voxels)", self.min_size_spin)
         layout.addLayout(form)
-        row = QHBoxLayout()
-        self.run_button = QPushButton("Segment neurons")
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        row.addWidget(self.run_button)
-        row.addWidget(self.cancel_button)
-        layout.addLayout(row)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.progress)
-        layout.addWidget(self.status)
+        self.controls = RunControls(
+            "Segment neurons", on_run=self.run, on_cancel=self.cancel, progress_bar=True,
+            running_text="Segmenting…", cancel_text="Cancelled.", cancelled_text=None,
+        )
+        layout.addWidget(self.controls)
+        self.run_button = self.controls.run_button
+        self.cancel_button = self.controls.cancel_button
+        self.progress = self.controls.progress
+        self.status = self.controls.status
         layout.addStretch(1)
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(self._refresh_layers)
@@ -172,49 +163,30 @@ class NeuronsWidget(QWidget):
         return {"fg_threshold": self.fg_spin.value(), "merge_threshold": self.merge_spin.value(),
                 "min_size": self.min_size_spin.value()}
 
+    @property
+    def worker(self) -> Any:
+        """The running job's worker (None when idle)."""
+        return self.controls.worker
+
     def run(self) -> None:
         """Start the segmentation in a worker thread."""
-        from napari_neuroseg._napari._workers import start_worker
-
+        if self.controls.busy:
+            return
         try:
             channels = self.selected_channels()
         except NeurosegError as err:
             self.status.setText(f"Error: {err}")
             return
         self.result = None
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status.setText("Segmenting…")
         self._source_name = self.channel_combos[0].currentText()
         self._scale = self.viewer.layers[self._source_name].scale[-3:]
-        self.worker = start_worker(
+        self.controls.start(
             neurons_job, channels, self.model_edit.text().strip() or None, self.device_combo.currentText(),
-            self.params(), on_yield=self._on_progress, on_return=self._on_result,
-            on_error=self._on_error, on_finished=self._on_finished, desc="Neurons (FISBe)",
+            self.params(), on_return=self._on_result, desc="Neurons (FISBe)",
         )
 
     def cancel(self) -> None:
-        if self.worker is not None:
-            self.worker.quit()
-            self.status.setText("Cancelled.")
-
-    def _on_progress(self, item: Any) -> None:
-        if self.worker is None:  # a queued progress signal arriving after the job finished
-            return
-        if isinstance(item, Progress):
-            self.progress.setRange(0, max(1, item.total))
-            self.progress.setValue(min(item.step, max(1, item.total)))
-            self.status.setText(item.message)
-
-    def _on_error(self, exc: BaseException) -> None:
-        self.status.setText(f"Error: {exc}")
-
-    def _on_finished(self) -> None:
-        if self.result is not None:  # progress signals may arrive after the result
-            self.status.setText(f"Done: {self.result.n_instances} neurons.")
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
-        self.worker = None
+        self.controls.cancel()
 
     def _on_result(self, res: Any) -> None:
         self.result = res
@@ -225,6 +197,4 @@ class NeuronsWidget(QWidget):
             self.viewer.add_labels(res.labels, name=name, scale=self._scale,
                                    metadata={"neuroseg": {"model": res.info.get("model"),
                                                           "params": res.params.to_dict()}})
-        self.progress.setRange(0, 1)
-        self.progress.setValue(1)
         self.status.setText(f"Done: {res.n_instances} neurons.")

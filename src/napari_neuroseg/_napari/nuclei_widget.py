@@ -2,8 +2,8 @@
 
 Collects the parameters (image layer, model, thresholds, normalisation, tiles, device, outputs)
 and runs :func:`segment_nuclei_iter` — the model's ``predict_instances_iter`` behind a model
-load — as a cancellable generator worker (:func:`~napari_neuroseg._napari._workers.start_worker`:
-progress bar, error notifications, no stuck spinner). Layers are added only in the main thread,
+load — as a cancellable generator worker (:class:`~napari_neuroseg._napari._run_controls.RunControls`:
+error notifications, no stuck spinner). Layers are added only in the main thread,
 from the worker's result: the labels, optionally the polyhedra as a Surface layer and the
 probability map.
 """
@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_neuroseg._napari._notify import notify_error
-from napari_neuroseg._napari._workers import start_worker
+from napari_neuroseg._napari._run_controls import RunControls
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.runtime.progress import Progress
 
@@ -129,9 +129,7 @@ class NucleiWidget(QWidget):
         from napari_neuroseg.models.stardist3d import DEFAULT_MODEL, bundled_models
 
         self.viewer = napari_viewer
-        self.worker: Any = None
         self.result: dict | None = None
-        self.last_error: BaseException | None = None
 
         layout = QVBoxLayout(self)
         form = QFormLayout()
@@ -210,18 +208,14 @@ class NucleiWidget(QWidget):
         form.addRow("", self.prob_check)
         layout.addLayout(form)
 
-        row = QHBoxLayout()
-        self.run_button = QPushButton("Segment nuclei")
-        self.run_button.clicked.connect(self.run)
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        self.cancel_button.clicked.connect(self.cancel)
-        row.addWidget(self.run_button)
-        row.addWidget(self.cancel_button)
-        layout.addLayout(row)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        layout.addWidget(self.status)
+        self.controls = RunControls(
+            "Segment nuclei", on_run=self.run, on_cancel=self.cancel,
+            progress_text=lambda p: f"[{p.step}/{p.total}] {p.message}", error_prefix="failed: ",
+        )
+        layout.addWidget(self.controls)
+        self.run_button = self.controls.run_button
+        self.cancel_button = self.controls.cancel_button
+        self.status = self.controls.status
         layout.addStretch(1)
 
         self.model_combo.currentTextChanged.connect(self._model_changed)
@@ -310,9 +304,19 @@ class NucleiWidget(QWidget):
         }
 
     # ------------------------------------------------------------------ running
+    @property
+    def worker(self) -> Any:
+        """The running job's worker (None when idle)."""
+        return self.controls.worker
+
+    @property
+    def last_error(self) -> BaseException | None:
+        """The exception of the last run, if it failed."""
+        return self.controls.last_error
+
     def run(self):
         """Start the segmentation worker; returns it (or None if the form is invalid)."""
-        if self.worker is not None:
+        if self.controls.busy:
             return None
         try:
             layer = self.image_layer()
@@ -322,42 +326,20 @@ class NucleiWidget(QWidget):
             self.status.setText(str(err))
             return None
         self.result = None
-        self.last_error = None
-        self.run_button.setEnabled(False)
-        self.cancel_button.setEnabled(True)
-        self.status.setText("running…")
         self._layer_name = layer.name
         self._scale = tuple(layer.scale[-3:])
         self._translate = tuple(layer.translate[-3:])
-        self.worker = start_worker(
+        return self.controls.start(
             segment_nuclei_iter, layer.data, desc="Nuclei (StarDist-3D)",
-            on_yield=self._on_progress, on_return=self._on_result, on_error=self._on_error,
-            on_finished=self._on_finished, **params,
+            on_yield=self._on_progress, on_return=self._on_result, **params,
         )
-        return self.worker
 
     def cancel(self) -> None:
         """Stop the running job at its next step (no layer is added)."""
-        if self.worker is not None:
-            self.status.setText("cancelling…")
-            self.worker.quit()
+        self.controls.cancel()
 
     def _on_progress(self, p: Any) -> None:
-        if isinstance(p, Progress) and self.result is None:
-            self.status.setText(f"[{p.step}/{p.total}] {p.message}")
-
-    def _on_error(self, err: BaseException) -> None:
-        self.last_error = err
-        self.status.setText(f"failed: {err}")
-
-    def _on_finished(self) -> None:
-        if self.result is not None:
-            self.status.setText(self._summary(self.result))
-        elif self.last_error is None:
-            self.status.setText("cancelled")
-        self.worker = None
-        self.run_button.setEnabled(True)
-        self.cancel_button.setEnabled(False)
+        """Per-step hook (the status line and bar are kept by ``self.controls``)."""
 
     def _on_result(self, result: dict) -> None:
         self.result = result
