@@ -26,7 +26,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBox
 from napari_neuroseg._napari._notify import error_message
 from napari_neuroseg._napari._workers import as_progress, start_worker
 
-__all__ = ["RunControls"]
+__all__ = ["RunControls", "RunControlsMixin"]
 
 
 def _message(p: Any) -> str:
@@ -189,3 +189,36 @@ class RunControls(QWidget):
             self.cancelling = True
             self.status.setText(self.cancel_text)
             self.worker.quit()
+
+
+class RunControlsMixin:
+    """For a dock widget holding a :class:`RunControls` as ``self.controls``: exposes its
+    ``worker``, buttons, status label and progress bar as the widget's own attributes, and
+    ``cancel()``. Put it before ``QWidget`` in the bases."""
+
+    controls: RunControls
+
+    @property
+    def worker(self) -> Any:
+        """The running job's worker (None when idle)."""
+        return self.controls.worker
+
+    @property
+    def run_button(self) -> QPushButton:
+        return self.controls.run_button
+
+    @property
+    def cancel_button(self) -> QPushButton:
+        return self.controls.cancel_button
+
+    @property
+    def status(self) -> QLabel:
+        return self.controls.status
+
+    @property
+    def progress(self) -> QProgressBar | None:
+        return self.controls.progress
+
+    def cancel(self) -> None:
+        """Stop the running job at its next step (nothing happens when idle)."""
+        self.controls.cancel()

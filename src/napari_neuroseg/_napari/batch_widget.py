@@ -28,7 +28,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_neuroseg._napari._notify import notify_error
-from napari_neuroseg._napari._run_controls import RunControls
+from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
 from napari_neuroseg.batch import get_task, list_tasks, read_output, run_batch
 from napari_neuroseg.errors import NeurosegError
 
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 COLUMNS = ("input", "status", "n_objects", "seconds", "output")
 
 
-class BatchWidget(QWidget):
+class BatchWidget(RunControlsMixin, QWidget):
     """Batch runs from napari: inputs, task + parameters, output, engine, progress, results."""
 
     def __init__(self, napari_viewer: napari.Viewer):
@@ -100,9 +100,6 @@ class BatchWidget(QWidget):
             cancelled_text="cancelled — tick 'resume' to continue later",
         )
         layout.addWidget(self.controls)
-        self.run_button = self.controls.run_button
-        self.cancel_button = self.controls.cancel_button
-        self.status_label = self.controls.status
         # results
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(list(COLUMNS))
@@ -182,9 +179,9 @@ class BatchWidget(QWidget):
 
     # -- running --------------------------------------------------------------------------------
     @property
-    def worker(self) -> Any:
-        """The running job's worker (None when idle)."""
-        return self.controls.worker
+    def status_label(self) -> Any:
+        """The status line (``self.status``)."""
+        return self.controls.status
 
     def run(self) -> Any:
         """Start the batch in a worker thread; returns the worker (None if the form is bad)."""

@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_neuroseg._napari._run_controls import RunControls
+from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
 from napari_neuroseg.metrics import evaluate_iter, write_csv, write_json
 from napari_neuroseg.metrics.report import SUMMARY_KEYS, per_threshold_rows, summary_rows
 from napari_neuroseg.runtime.progress import Progress
@@ -109,7 +109,7 @@ def evaluate_layers_iter(gt: Any, pred: Any, partly: bool, *, dim_ids: list[int]
     return result, out
 
 
-class EvaluateWidget(QWidget):
+class EvaluateWidget(RunControlsMixin, QWidget):
     """Pick GT and prediction layers, evaluate with the FISBe metrics, inspect the errors."""
 
     def __init__(self, napari_viewer: napari.Viewer):
@@ -136,10 +136,6 @@ class EvaluateWidget(QWidget):
             running_text="Evaluating…", cancel_text="Cancelled.", cancelled_text=None,
         )
         layout.addWidget(self.controls)
-        self.run_button = self.controls.run_button
-        self.cancel_button = self.controls.cancel_button
-        self.progress = self.controls.progress
-        self.status = self.controls.status
 
         self.summary = QTableWidget(len(SUMMARY_KEYS), 2)
         self.summary.setHorizontalHeaderLabels(["metric", "value"])
@@ -224,11 +220,6 @@ class EvaluateWidget(QWidget):
         return stack, dim
 
     # ---------------------------------------------------------------- running
-    @property
-    def worker(self) -> Any:
-        """The running job's worker (None when idle)."""
-        return self.controls.worker
-
     def run(self) -> None:
         """Start the evaluation of the chosen layers in a worker thread."""
         if self.controls.busy:
@@ -249,9 +240,6 @@ class EvaluateWidget(QWidget):
             evaluate_layers_iter, gt, pred, self.partly_check.isChecked(),
             dim_ids=dim, on_return=self._on_result, desc="Evaluate segmentation",
         )
-
-    def cancel(self) -> None:
-        self.controls.cancel()
 
     def _on_result(self, value: tuple[dict[str, Any], dict[str, Any]]) -> None:
         result, errors = value

@@ -24,7 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_neuroseg._napari._run_controls import RunControls
+from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
 from napari_neuroseg.errors import NeurosegError
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ def neurons_job(channels: list[Any], model: str | None, device: str, params: dic
     return (yield from predict_iter(raw, model or None, device=device, params=params))
 
 
-class NeuronsWidget(QWidget):
+class NeuronsWidget(RunControlsMixin, QWidget):
     """Choose the raw layer(s), model, device and thresholds; segment; get a Labels layer."""
 
     def __init__(self, napari_viewer: napari.Viewer):
@@ -98,10 +98,6 @@ class NeuronsWidget(QWidget):
             running_text="Segmenting…", cancel_text="Cancelled.", cancelled_text=None,
         )
         layout.addWidget(self.controls)
-        self.run_button = self.controls.run_button
-        self.cancel_button = self.controls.cancel_button
-        self.progress = self.controls.progress
-        self.status = self.controls.status
         layout.addStretch(1)
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(self._refresh_layers)
@@ -163,11 +159,6 @@ class NeuronsWidget(QWidget):
         return {"fg_threshold": self.fg_spin.value(), "merge_threshold": self.merge_spin.value(),
                 "min_size": self.min_size_spin.value()}
 
-    @property
-    def worker(self) -> Any:
-        """The running job's worker (None when idle)."""
-        return self.controls.worker
-
     def run(self) -> None:
         """Start the segmentation in a worker thread."""
         if self.controls.busy:
@@ -184,9 +175,6 @@ class NeuronsWidget(QWidget):
             neurons_job, channels, self.model_edit.text().strip() or None, self.device_combo.currentText(),
             self.params(), on_return=self._on_result, desc="Neurons (FISBe)",
         )
-
-    def cancel(self) -> None:
-        self.controls.cancel()
 
     def _on_result(self, res: Any) -> None:
         self.result = res

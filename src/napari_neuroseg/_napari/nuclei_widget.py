@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_neuroseg._napari._notify import notify_error
-from napari_neuroseg._napari._run_controls import RunControls
+from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.runtime.progress import Progress
 
@@ -121,7 +121,7 @@ def _model_thresholds(spec: str) -> tuple[float, float] | None:
         return None
 
 
-class NucleiWidget(QWidget):
+class NucleiWidget(RunControlsMixin, QWidget):
     """Segment nuclei of an image layer with a StarDist-3D model."""
 
     def __init__(self, napari_viewer: napari.Viewer):
@@ -213,9 +213,6 @@ class NucleiWidget(QWidget):
             progress_text=lambda p: f"[{p.step}/{p.total}] {p.message}", error_prefix="failed: ",
         )
         layout.addWidget(self.controls)
-        self.run_button = self.controls.run_button
-        self.cancel_button = self.controls.cancel_button
-        self.status = self.controls.status
         layout.addStretch(1)
 
         self.model_combo.currentTextChanged.connect(self._model_changed)
@@ -305,11 +302,6 @@ class NucleiWidget(QWidget):
 
     # ------------------------------------------------------------------ running
     @property
-    def worker(self) -> Any:
-        """The running job's worker (None when idle)."""
-        return self.controls.worker
-
-    @property
     def last_error(self) -> BaseException | None:
         """The exception of the last run, if it failed."""
         return self.controls.last_error
@@ -333,10 +325,6 @@ class NucleiWidget(QWidget):
             segment_nuclei_iter, layer.data, desc="Nuclei (StarDist-3D)",
             on_yield=self._on_progress, on_return=self._on_result, **params,
         )
-
-    def cancel(self) -> None:
-        """Stop the running job at its next step (no layer is added)."""
-        self.controls.cancel()
 
     def _on_progress(self, p: Any) -> None:
         """Per-step hook (the status line and bar are kept by ``self.controls``)."""
