@@ -15,7 +15,9 @@ reported as missing. Both sides use ``--threads`` CPU threads.
     nice -n 10 python benchmarks/bench_stardist_forward.py [--shape 32 128 128] [--device cpu]
 
 With ``--device cuda`` the PyTorch side also reports throughput (voxels/s) for ``--gpu-shape``
-(default 256×512×512).
+(default 256×512×512). ``--profile`` adds, per backbone, the share of the PyTorch forward spent in
+convolutions (torch.profiler), and the top operators. The last line sums up the float32 ratios
+of both backbones (Keras time / PyTorch time, measured in this run).
 """
 
 from __future__ import annotations
@@ -128,6 +130,25 @@ def nuclei_volume(shape) -> np.ndarray:
     return np.ascontiguousarray(tiles[tuple(slice(0, s) for s in shape)])
 
 
+def profile_forward(model, xp: np.ndarray, name: str, top: int = 6) -> None:
+    """Print the share of one PyTorch forward spent in convolutions and the top operators."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.from_numpy(xp[np.newaxis]).to(model.device)
+    with torch.inference_mode():
+        model.net(x)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            model.net(x)
+    events = [e for e in prof.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    conv = sum(e.self_cpu_time_total for e in events if "conv" in e.key)
+    events.sort(key=lambda e: -e.self_cpu_time_total)
+    tops = ", ".join(f"{e.key} {100 * e.self_cpu_time_total / total:.0f}%" for e in events[:top])
+    print(f"{name:14s} profile: convolutions {100 * conv / total:.0f}% of {total / 1e6:.2f} s | top: {tops}",
+          flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", type=int, nargs=3, default=[32, 128, 128])
@@ -139,6 +160,7 @@ def main() -> int:
     ap.add_argument("--tfvenv", type=Path, default=Path(os.environ.get("NEUROSEG_TFVENV", "/work/tfvenv")))
     ap.add_argument("--skip-e2e", action="store_true")
     ap.add_argument("--no-bf16", dest="bf16", action="store_false", help="skip the opt-in CPU bfloat16 timing")
+    ap.add_argument("--profile", action="store_true", help="per-operator profile of the PyTorch forward")
     a = ap.parse_args()
 
     import torch
@@ -153,6 +175,7 @@ def main() -> int:
           f"PyTorch {torch.__version__} on {a.device}")
     if not have_keras:
         print(f"# Keras baseline missing: no TensorFlow venv at {a.tfvenv} (see make_keras_fixtures.py)")
+    ratios: dict[str, float] = {}
     rng = np.random.default_rng(0)
     x = rng.normal(0.5, 0.25, size=a.shape).astype(np.float32)
     with tempfile.TemporaryDirectory() as tmp:
@@ -193,6 +216,7 @@ def main() -> int:
                 if keras is not None:
                     ref = np.load(tmp / f"{name}_prob.npy")
                     diff = float(np.abs(prob[0][tuple(slice(0, s) for s in ref.shape)] - ref).max())
+                    ratios[name] = min(t_keras) / min(t_ours)
                     line += (f" | keras {min(t_keras):7.2f} s (median {np.median(t_keras):.2f})"
                              f" | speed-up {min(t_keras) / min(t_ours):5.2f}x (target >= 1.5x) | max |dprob| {diff:.1e}")
                 print(line, flush=True)
@@ -202,6 +226,11 @@ def main() -> int:
                         line += f" | speed-up vs keras fp32 {min(t_keras) / min(t_bf16):5.2f}x"
                     line += f" | max |dprob| vs fp32 {float(np.abs(prob_bf16 - prob).max()):.1e}"
                     print(line, flush=True)
+                if a.profile:
+                    profile_forward(model, xp, name)
+            if ratios:
+                print("summary float32 speed-up (keras / pytorch, same run): "
+                      + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()) + " (target >= 1.5x)", flush=True)
 
             if a.device.startswith("cuda"):
                 big = rng.normal(0.5, 0.25, size=a.gpu_shape).astype(np.float32)

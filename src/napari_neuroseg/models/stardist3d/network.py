@@ -13,6 +13,7 @@ exact semantics of the Keras models of the ``stardist`` package.
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -67,24 +68,93 @@ class Conv3dSame(nn.Module):
         x = self.conv(x)
         return x if self._act is None else self._act(x)
 
-    def _forward_onednn(self, x: torch.Tensor) -> torch.Tensor:
+    def _forward_onednn(self, x: torch.Tensor, residual: torch.Tensor | None = None,
+                        residual_act: str | None = None) -> torch.Tensor:
         """oneDNN directly, channels-last, ReLU fused: for small channel counts ATen would
-        otherwise fall back to its much slower im2col kernel (3-4x on CPU)."""
+        otherwise fall back to its much slower im2col kernel (3-4x on CPU).
+
+        The weights are reordered once per input shape into oneDNN's blocked layout
+        (:func:`_packed`). With ``residual`` (same shape as the output, channels-last), computes
+        ``residual_act(act(conv(x)) + residual)`` in place in ``residual`` (the ResNet block's
+        skip add; ``residual_act`` None or ``"relu"``).
+        """
         c = self.conv
-        w = c.weight
         if x.shape[1] == 1:
             # a 1-channel tensor counts as plain layout for oneDNN (slow kernel + reorders):
             # add a zero channel with zero weights, which leaves every sum exactly unchanged
             x2 = x.new_zeros((x.shape[0], 2) + tuple(x.shape[2:])).contiguous(memory_format=torch.channels_last_3d)
             x2[:, :1] = x
             x = x2
-            w = torch.cat([w, torch.zeros_like(w)], dim=1)
-        if self.activation == "relu" and _POINTWISE is not None:
-            return _POINTWISE(x, w, c.bias, list(c.padding), list(c.stride), list(c.dilation), 1, "relu", [], "")
-        y = torch.ops.aten.mkldnn_convolution(x, w, c.bias, c.padding, c.stride, c.dilation, 1)
-        if self._act is None:
-            return y
-        return F.relu_(y) if self.activation == "relu" else self._act(y)
+        w = _packed(self, (c.weight,), x, c.padding, c.stride)
+        if residual is not None and _POINTWISE_INPLACE is not None and self._act is None:
+            return _POINTWISE_INPLACE(residual, x, w, c.bias, list(c.padding), list(c.stride), list(c.dilation), 1,
+                                      "add", 1.0, residual_act, [], "")
+        fused = "relu" if self.activation == "relu" else "none"
+        if _POINTWISE is not None:
+            y = _POINTWISE(x, w, c.bias, list(c.padding), list(c.stride), list(c.dilation), 1, fused, [], "")
+        else:  # pragma: no cover - builds without the fused op
+            y = torch.ops.aten.mkldnn_convolution(x, _plain(w), c.bias, c.padding, c.stride, c.dilation, 1)
+            fused = "none"
+        if self._act is not None and fused == "none":
+            y = self._act(y)
+        if residual is not None:
+            y.add_(residual)
+            if residual_act == "relu":
+                F.relu_(y)
+        return y
+
+
+#: per-module cache of oneDNN-packed weights: {module: {key: packed}}; weak, so copies/deleted
+#: modules never share or keep entries
+_PACKED: "weakref.WeakKeyDictionary[nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
+def _weight_key(weights: tuple[torch.Tensor, ...], x: torch.Tensor) -> tuple:
+    # _version changes on any in-place update (load_state_dict, optimiser step), data_ptr on .to()
+    return (tuple(x.shape), x.dtype) + tuple((w.data_ptr(), w._version, w.dtype, tuple(w.shape)) for w in weights)
+
+
+def _packed(module: nn.Module, weights: tuple[torch.Tensor, ...], x: torch.Tensor, padding, stride) -> torch.Tensor:
+    """The concatenated ``weights`` (zero-padded to ``x``'s channel count) reordered by oneDNN
+    for input shape ``x.shape``, cached per module, input shape and weight version; the plain
+    (channels-last) weight where packing is unavailable."""
+    key = _weight_key(weights, x)
+    cache = _PACKED.setdefault(module, {})
+    hit = cache.get(key)
+    if hit is not None:
+        return hit
+    w = weights[0] if len(weights) == 1 else torch.cat(weights, 0)
+    if w.shape[1] < x.shape[1]:
+        w = torch.cat([w, w.new_zeros((w.shape[0], x.shape[1] - w.shape[1]) + tuple(w.shape[2:]))], 1)
+    w = w.detach().contiguous(memory_format=torch.channels_last_3d)
+    try:
+        p = torch.ops.mkldnn._reorder_convolution_weight(w, list(padding), list(stride), [1, 1, 1], 1, list(x.shape))
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without the op
+        p = w
+    if len(cache) >= 8:  # tiles come in a few shapes; bound the cache anyway
+        cache.clear()
+    cache[key] = p
+    return p
+
+
+_HEAD_BIAS: "weakref.WeakKeyDictionary[nn.Module, tuple]" = weakref.WeakKeyDictionary()
+
+
+def _head_bias(module: nn.Module, weights: tuple[torch.Tensor, ...], x: torch.Tensor) -> torch.Tensor:
+    """``cat([prob.bias, dist.bias])``, cached like :func:`_packed`."""
+    key = _weight_key(weights, x)
+    hit = _HEAD_BIAS.get(module)
+    if hit is None or hit[0] != key:
+        hit = (key, torch.cat(weights[2:], 0))
+        _HEAD_BIAS[module] = hit
+    return hit[1]
+
+
+def _plain(w: torch.Tensor) -> torch.Tensor:
+    """A dense weight for ops that do not take oneDNN-packed tensors."""
+    if not w.is_mkldnn:
+        return w
+    return w.to_dense().contiguous(memory_format=torch.channels_last_3d)
 
 
 def _pointwise_op():
@@ -95,6 +165,10 @@ def _pointwise_op():
 
 
 _POINTWISE = _pointwise_op()
+try:
+    _POINTWISE_INPLACE = torch.ops.mkldnn._convolution_pointwise_.binary
+except (AttributeError, RuntimeError):  # pragma: no cover - older/other builds
+    _POINTWISE_INPLACE = None
 
 
 def _use_mkldnn(x: torch.Tensor) -> bool:
@@ -124,8 +198,13 @@ class _ResBlock(nn.Module):
         y = self.first(x)
         for conv in self.middle:
             y = conv(y)
-        y = self.last(y)
         s = x if self.shortcut is None else self.shortcut(x)
+        if _use_mkldnn(y) and self.last._symmetric and y.shape[1] > 1 and self._act in (None, F.relu):
+            # oneDNN: conv + skip add (+ ReLU) in one pass, written into the skip tensor (the
+            # block input is not used after this)
+            s = s.contiguous(memory_format=torch.channels_last_3d)
+            return self.last._forward_onednn(y, residual=s, residual_act="relu" if self._act is F.relu else None)
+        y = self.last(y)
         if not torch.is_grad_enabled():
             y.add_(s)
             return F.relu_(y) if self._act is F.relu else (y if self._act is None else self._act(y))
@@ -280,9 +359,14 @@ class StarDistNet(nn.Module):
             x = self.features(x)
         if _use_mkldnn(x):
             # one 1x1 conv for both heads: the features are read once
-            w = torch.cat([self.prob.conv.weight, self.dist.conv.weight], 0)
-            b = torch.cat([self.prob.conv.bias, self.dist.conv.bias], 0)
-            out = torch.ops.aten.mkldnn_convolution(x, w, b, (0, 0, 0), (1, 1, 1), (1, 1, 1), 1)
+            weights = (self.prob.conv.weight, self.dist.conv.weight, self.prob.conv.bias, self.dist.conv.bias)
+            w = _packed(self, weights[:2], x, (0, 0, 0), (1, 1, 1))
+            b = _head_bias(self, weights, x)
+            if _POINTWISE is not None:
+                out = _POINTWISE(x, w, b, [0, 0, 0], [1, 1, 1], [1, 1, 1], 1, "none", [], "")
+            else:
+                out = torch.ops.aten.mkldnn_convolution(x, _plain(w), b, (0, 0, 0), (1, 1, 1),
+                                                        (1, 1, 1), 1)
             return torch.sigmoid(out[:, :1]), out[:, 1:]
         return self.prob(x), self.dist(x)
 
