@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         viewer.grid.enabled = True  # image | labels | polyhedra side by side
         viewer.grid.shape = (1, -1)
         viewer.reset_view()
-        viewer.camera.angles = tuple(a + t for a, t in zip(viewer.camera.angles, (-20.0, 15.0, 0.0)))
+        camera = viewer.scene.camera
+        camera.angles = tuple(a + t for a, t in zip(camera.angles, (-20.0, 15.0, 0.0)))
     for _ in range(20):
         QApplication.processEvents()
         time.sleep(0.05)
