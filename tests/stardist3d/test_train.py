@@ -251,3 +251,39 @@ def test_train_stops_when_the_time_budget_is_spent(tmp_path, tiny_data):
 
     ck = torch.load(tmp_path / "m" / "checkpoint.pt", weights_only=True)
     assert ck["step"] == 1
+
+
+def test_targets_on_device_give_the_same_batches_and_training(tiny_data):
+    """``targets_on_device`` (the CUDA default, forced here on CPU): the workers return label
+    patches and the distance targets are computed per batch with star_dist3d_torch — the same
+    targets as stardist's, so the same losses and weights."""
+    import torch
+
+    from napari_neuroseg.models.stardist3d.rays import make_rays, rays_spec
+    from napari_neuroseg.models.stardist3d.train import _BatchMaker
+    from napari_neuroseg.models.stardist3d.training.star_dist_torch import star_dist3d_torch
+
+    xs, ys = tiny_data
+    cfg = _tiny_config()
+    rays = make_rays(rays_spec(cfg), cfg.n_rays)
+    s = _tiny_settings(batch_size=2)
+    sampler = PatchSampler(xs, ys, s.patch_size, s.foreground_prob)
+    ref = _BatchMaker(sampler, rays, cfg.grid, cfg.anisotropy, s)
+    dev = _BatchMaker(sampler, rays, cfg.grid, cfg.anisotropy, s, labels_only=True)
+    for k in range(3):
+        x0, p0, d0 = ref(k)
+        x1, p1, y1 = dev(k)
+        np.testing.assert_array_equal(x0, x1)
+        np.testing.assert_array_equal(p0, p1)
+        assert y1.shape == (2, 8, 32, 32) and y1.dtype == np.int32 and y1.any()
+        d1 = star_dist3d_torch(torch.from_numpy(y1), rays, cfg.grid).permute(0, 4, 1, 2, 3).numpy()
+        assert d0.shape == d1.shape == (2, 16, 8, 16, 16) and d0.any()
+        np.testing.assert_array_equal(d0, d1)
+
+    a = train(xs, ys, cfg, settings=_tiny_settings(steps=2, keep_best=False, targets_on_device=False))
+    b = train(xs, ys, _tiny_config(), settings=_tiny_settings(steps=2, keep_best=False, targets_on_device=True))
+    for ha, hb in zip(a.history, b.history, strict=True):
+        assert ha["loss"] == hb["loss"] and ha["dist_loss"] == hb["dist_loss"] and ha["val_loss"] == hb["val_loss"]
+    sa, sb = a.model.net.state_dict(), b.model.net.state_dict()
+    for k in sa:
+        np.testing.assert_array_equal(sa[k].numpy(), sb[k].numpy())

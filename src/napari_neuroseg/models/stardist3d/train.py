@@ -12,7 +12,8 @@ What it does, as ``stardist``'s ``StarDist3D.train`` + ``optimize_thresholds``:
 - volumes are percentile-normalised (1, 99.8); a validation split is held out by volume;
 - random patches (foreground-biased), augmented (flips, 90° rotations in YX, intensity scale and
   shift, noise) before their targets are computed: ``edt_prob`` on the grid and
-  ``star_dist3D(labels, rays, grid)``;
+  ``star_dist3D(labels, rays, grid)`` (on CUDA by default computed per batch on the GPU with
+  ``star_dist3d_torch``, bit-exact: ``TrainSettings.targets_on_device``);
 - loss ``1 · BCE(prob) + 0.2 · prob-weighted MAE(dist)`` (+ 1e-4 background regularisation);
   Adam with a warm-up and cosine decay of the learning rate;
 - the output folder is always a loadable model in the project's format (``config.json``,
@@ -84,6 +85,10 @@ class TrainSettings:
     threads: int | None = None
     workers: int = 0  # background processes computing patches and targets
     max_minutes: float | None = None  # wall-clock budget: the schedule shrinks to end in time
+    # distance targets computed per batch on the training device (star_dist3d_torch, bit-exact
+    # with stardist's C++ star_dist3D; workers then make only patches and prob targets);
+    # None: on when training on CUDA
+    targets_on_device: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -184,25 +189,32 @@ def _lr_at(step: int, s: TrainSettings) -> float:
 class _BatchMaker:
     """Makes the batch of step ``k`` from a seed derived from (seed, k): reproducible and resumable."""
 
-    def __init__(self, sampler, rays, grid, anisotropy, settings: TrainSettings):
+    def __init__(self, sampler, rays, grid, anisotropy, settings: TrainSettings, labels_only: bool = False):
         from napari_neuroseg.models.stardist3d.training.augment import AugmentSettings
 
         self.sampler, self.rays, self.grid, self.anisotropy = sampler, rays, tuple(grid), anisotropy
         self.settings = settings
         self.augment = AugmentSettings(enabled=settings.augment)
+        # labels_only: return the label patches (as stardist sees them: uint16, here in int32)
+        # instead of the distance targets, which are then computed on the training device
+        self.labels_only = bool(labels_only)
 
     def __call__(self, k: int):
         import numpy as np
 
         from napari_neuroseg.models.stardist3d.training.augment import augment_patch
-        from napari_neuroseg.models.stardist3d.training.data import make_targets
+        from napari_neuroseg.models.stardist3d.training.data import make_targets, prob_target
 
         rng = np.random.default_rng([self.settings.seed, 1, k])
         xs, ps, ds = [], [], []
         for _ in range(self.settings.batch_size):
             x, y = self.sampler.sample(rng)
             x, y = augment_patch(x, y, rng, self.augment)
-            p, d = make_targets(y, self.rays, self.grid, self.anisotropy)
+            if self.labels_only:
+                p = prob_target(y, self.grid, self.anisotropy)
+                d = np.asarray(y).astype(np.uint16).astype(np.int32)
+            else:
+                p, d = make_targets(y, self.rays, self.grid, self.anisotropy)
             xs.append(x)
             ps.append(p[np.newaxis])
             ds.append(d)
@@ -376,8 +388,9 @@ def train_iter(
         best_state = ck.get("best_state")
 
     rays = model.rays
+    on_device = device.type == "cuda" if s.targets_on_device is None else bool(s.targets_on_device)
     sampler = PatchSampler(x_tr, y_tr, s.patch_size, s.foreground_prob)
-    maker = _BatchMaker(sampler, rays, config.grid, config.anisotropy, s)
+    maker = _BatchMaker(sampler, rays, config.grid, config.anisotropy, s, labels_only=on_device)
 
     # fixed validation patches (no augmentation)
     val_batches = []
@@ -386,7 +399,7 @@ def train_iter(
         vrng = np.random.default_rng([s.seed, 2])
         for _ in range(s.n_val_patches):
             x, y = vs.sample(vrng)
-            p, d = make_targets(y, rays, config.grid, config.anisotropy)
+            p, d = make_targets(y, rays, config.grid, config.anisotropy, device=device if on_device else None)
             val_batches.append((x[np.newaxis], p[np.newaxis, np.newaxis], d[np.newaxis]))
 
     # channels-last 3D on CPU: oneDNN's convolution backward is ~10x faster than with the
@@ -395,8 +408,17 @@ def train_iter(
     net.to(memory_format=fmt)
 
     def to_t(a, image: bool = False):
-        t = torch.from_numpy(np.ascontiguousarray(a)).to(device)
+        t = a.to(device) if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a)).to(device)
         return t.contiguous(memory_format=fmt) if image else t
+
+    def dist_targets(db):
+        """The batch's (B, n_rays, Z', Y', X') distance targets: given, or (``on_device``)
+        computed from its label patches on the training device."""
+        if not on_device:
+            return to_t(db)
+        from napari_neuroseg.models.stardist3d.training.star_dist_torch import star_dist3d_torch
+
+        return star_dist3d_torch(to_t(db), rays, config.grid, device=device).permute(0, 4, 1, 2, 3).contiguous()
 
     def validate() -> float | None:
         if not val_batches:
@@ -444,7 +466,7 @@ def train_iter(
             for g in opt.param_groups:
                 g["lr"] = lr
             pp, dd = net(to_t(xb, True))
-            loss, parts = stardist_loss(pp, dd, to_t(pb), to_t(db), s.loss_weights, s.background_reg)
+            loss, parts = stardist_loss(pp, dd, to_t(pb), dist_targets(db), s.loss_weights, s.background_reg)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

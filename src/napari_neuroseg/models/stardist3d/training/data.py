@@ -3,7 +3,7 @@
 Targets are those of ``stardist``'s ``StarDistData3D``: the object probability is the Euclidean
 distance transform of each object normalised to 1 at its centre (``stardist.utils.edt_prob`` with
 the anisotropy), taken on the grid; the distances are ``stardist.geometry.star_dist3D(labels,
-rays, grid)``.
+rays, grid)`` (or, bit-exact, :mod:`.star_dist_torch` on the training device).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
 
-__all__ = ["PatchSampler", "check_pairs", "make_targets", "normalize_volume"]
+__all__ = ["PatchSampler", "check_pairs", "make_targets", "normalize_volume", "prob_target"]
 
 
 def normalize_volume(image: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.8)) -> np.ndarray:
@@ -57,22 +57,45 @@ def check_pairs(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], n_ch
             )
 
 
-def make_targets(
-    labels: np.ndarray, rays, grid: tuple[int, int, int], anisotropy: tuple[float, float, float] | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(prob (Z',Y',X') float32, dist (n_rays,Z',Y',X') float32)`` targets of a label patch on
-    the grid (Z' = ceil(Z / grid_z) etc.)."""
-    from stardist.geometry import star_dist3D
+def prob_target(
+    labels: np.ndarray, grid: tuple[int, int, int], anisotropy: tuple[float, float, float] | None = None
+) -> np.ndarray:
+    """The ``prob`` target of :func:`make_targets` alone: ``(Z',Y',X')`` float32."""
     from stardist.utils import edt_prob
 
     lbl = np.ascontiguousarray(labels, dtype=np.uint16 if labels.max() < 65535 else np.int32)
+    sub = tuple(slice(0, None, g) for g in grid)
     if lbl.max() == 0:
-        sub = tuple(slice(0, None, g) for g in grid)
-        shp = lbl[sub].shape
-        return np.zeros(shp, np.float32), np.zeros((len(rays),) + shp, np.float32)
-    prob = edt_prob(lbl, anisotropy=anisotropy)[tuple(slice(0, None, g) for g in grid)]
-    dist = star_dist3D(lbl, rays, grid=tuple(grid))
-    return np.ascontiguousarray(prob, np.float32), np.ascontiguousarray(np.moveaxis(dist, -1, 0), np.float32)
+        return np.zeros(lbl[sub].shape, np.float32)
+    return np.ascontiguousarray(edt_prob(lbl, anisotropy=anisotropy)[sub], np.float32)
+
+
+def make_targets(
+    labels: np.ndarray,
+    rays,
+    grid: tuple[int, int, int],
+    anisotropy: tuple[float, float, float] | None = None,
+    device=None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(prob (Z',Y',X') float32, dist (n_rays,Z',Y',X') float32)`` targets of a label patch on
+    the grid (Z' = ceil(Z / grid_z) etc.).
+
+    ``device`` (a torch device): compute the distances with
+    :func:`~napari_neuroseg.models.stardist3d.training.star_dist_torch.star_dist3d_torch` there
+    (bit-exact with ``star_dist3D``); default ``None``: ``stardist``'s C++ ``star_dist3D``."""
+    lbl = np.ascontiguousarray(labels, dtype=np.uint16 if labels.max() < 65535 else np.int32)
+    prob = prob_target(lbl, grid, anisotropy)
+    if lbl.max() == 0:
+        return prob, np.zeros((len(rays),) + prob.shape, np.float32)
+    if device is None:
+        from stardist.geometry import star_dist3D
+
+        dist = star_dist3D(lbl, rays, grid=tuple(grid))
+    else:
+        from napari_neuroseg.models.stardist3d.training.star_dist_torch import star_dist3d_torch
+
+        dist = star_dist3d_torch(lbl, rays, tuple(grid), device=device).cpu().numpy()
+    return prob, np.ascontiguousarray(np.moveaxis(dist, -1, 0), np.float32)
 
 
 class PatchSampler:
