@@ -57,6 +57,8 @@ def test_batch_tensor_input_and_uint16_cast():
     batch = np.stack(vols)
     got = star_dist3d_torch(torch.from_numpy(batch), rays.vertices, (1, 2, 2))
     assert tuple(got.shape) == (3, 12, 15, 13, 32)
+    chunked = star_dist3d_torch(torch.from_numpy(batch), rays.vertices, (1, 2, 2), max_pairs=1000)
+    np.testing.assert_array_equal(chunked.numpy(), got.numpy())
     for b, v in enumerate(vols):
         np.testing.assert_array_equal(got[b].numpy(), star_dist3D(v, rays, (1, 2, 2)))
 

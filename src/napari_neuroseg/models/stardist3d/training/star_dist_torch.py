@@ -87,13 +87,15 @@ def star_dist3d_torch(
     rays_vertices,
     grid: Sequence[int] = (1, 1, 1),
     device: torch.device | str | None = None,
+    max_pairs: int = 1 << 25,
 ) -> torch.Tensor:
     """Star distances of a label volume, equal to ``stardist.geometry.star_dist3D(labels, rays,
     grid)``.
 
     ``labels``: (Z, Y, X) or a batch (B, Z, Y, X) of integer labels (cast to uint16 as stardist
     does); ``rays_vertices``: a ``stardist`` ``Rays`` object or an (n_rays, 3) array of (dz, dy,
-    dx) steps; ``device``: where to compute (default: the tensor's device, or CPU).
+    dx) steps; ``device``: where to compute (default: the tensor's device, or CPU);
+    ``max_pairs``: (point, ray) pairs marched at once (memory ~60 bytes each).
     Returns float32 ``((Z-1)//gz+1, (Y-1)//gy+1, (X-1)//gx+1, n_rays)`` (with a leading B for a
     batch) on ``device``.
     """
@@ -133,21 +135,24 @@ def star_dist3d_torch(
         strides = torch.tensor([ny * nx, nx, 1], device=device, dtype=itype)
         flat = lbl.view(-1)
         res = torch.empty(n_pts * n_rays, dtype=torch.float32, device=device)
-        # active pairs, point-major (pair index = p * R + r)
-        pair = torch.arange(n_pts * n_rays, device=device, dtype=itype)
-        p = pair // n_rays
-        r = pair % n_rays
-        for t in range(n_steps):
-            if pair.numel() == 0:
-                break
-            q = torch.round(origin[p] + step_pos[t][r]).to(itype)  # (N, 3): rint(i*gz + z), ...
-            inside = ((q >= 0) & (q < upper)).all(dim=1)
-            idx = base[p] + (torch.minimum(q.clamp_(min=0), upper - 1) * strides).sum(dim=1, dtype=itype)
-            stop = ~inside | (flat[idx] != value[p])
-            res[pair[stop]] = dist[t][r[stop]]
-            keep = ~stop
-            pair, p, r = pair[keep], p[keep], r[keep]
-        if pair.numel():  # cannot happen: n_steps covers the volume
-            raise RuntimeError("star_dist3d_torch: rays did not leave the volume")
+        chunk = max(1, int(max_pairs) // n_rays)  # points per march: bounds the memory
+        for p0 in range(0, n_pts, chunk):
+            p1 = min(n_pts, p0 + chunk)
+            # active pairs, point-major (pair index = p * R + r)
+            pair = torch.arange(p0 * n_rays, p1 * n_rays, device=device, dtype=itype)
+            p = pair // n_rays
+            r = pair % n_rays
+            for t in range(n_steps):
+                if pair.numel() == 0:
+                    break
+                q = torch.round(origin[p] + step_pos[t][r]).to(itype)  # (N, 3): rint(i*gz + z), ...
+                inside = ((q >= 0) & (q < upper)).all(dim=1)
+                idx = base[p] + (torch.minimum(q.clamp_(min=0), upper - 1) * strides).sum(dim=1, dtype=itype)
+                stop = ~inside | (flat[idx] != value[p])
+                res[pair[stop]] = dist[t][r[stop]]
+                keep = ~stop
+                pair, p, r = pair[keep], p[keep], r[keep]
+            if pair.numel():  # cannot happen: n_steps covers the volume
+                raise RuntimeError("star_dist3d_torch: rays did not leave the volume")
         out[bi, ii, jj, kk] = res.view(n_pts, n_rays)
     return out if batched else out[0]
