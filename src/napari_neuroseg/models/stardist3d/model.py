@@ -139,7 +139,7 @@ class StarDist3D:
                 state = torch.load(own, map_location="cpu", weights_only=True)
             except Exception as err:  # noqa: BLE001 - any unpickling problem means a bad file
                 raise NeurosegError(f"cannot read the weights ({err})", path=own, fix="restore or re-save the model") from err
-            model._load_state(state, own)
+            model.load_weights(state, own)
         else:
             h5 = path / "weights_best.h5"
             if not h5.is_file():
@@ -175,7 +175,7 @@ class StarDist3D:
         th = blob.get("thresholds") or {}
         thresholds = Thresholds(prob=float(th.get("prob", 0.5)), nms=float(th.get("nms", 0.4)))
         model = cls(config, thresholds, name=path.stem, path=path, device="cpu")
-        model._load_state(blob.get("state_dict") or {}, path)
+        model.load_weights(blob.get("state_dict") or {}, path)
         return model.to(device)
 
     @classmethod
@@ -187,7 +187,10 @@ class StarDist3D:
         p = resolve_model_path(name_or_path)
         return cls.from_file(p, device=device) if p.is_file() else cls.from_folder(p, device=device)
 
-    def _load_state(self, state: dict, path: Path) -> None:
+    def load_weights(self, state: dict, path: str | Path | None = None) -> None:
+        """Load a PyTorch state dict into the network; a clear error (naming ``path``, where the
+        weights came from) if it is not one or does not fit the config."""
+        path = Path(path) if path is not None else None
         if not isinstance(state, dict):
             raise NeurosegError("the weights are not a state dict", path=path, fix="re-save the model")
         try:
@@ -199,7 +202,8 @@ class StarDist3D:
                 fix="use the config.json saved with these weights",
             ) from err
 
-    def _config_dict(self) -> dict[str, Any]:
+    def config_dict(self) -> dict[str, Any]:
+        """The config as saved in ``config.json`` (with the rays' JSON spec)."""
         d = self.config.to_dict()
         d["rays_json"] = rays_spec(self.config)
         return d
@@ -212,7 +216,7 @@ class StarDist3D:
         folder.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
-            (tmp / "config.json").write_text(json.dumps(self._config_dict(), indent=1))
+            (tmp / "config.json").write_text(json.dumps(self.config_dict(), indent=1))
             (tmp / "thresholds.json").write_text(
                 json.dumps({"prob": self.thresholds.prob, "nms": self.thresholds.nms})
             )
@@ -241,7 +245,7 @@ class StarDist3D:
         blob = {
             "format": FORMAT_NAME,
             "version": 1,
-            "config": json.loads(json.dumps(self._config_dict())),
+            "config": json.loads(json.dumps(self.config_dict())),
             "thresholds": {"prob": float(self.thresholds.prob), "nms": float(self.thresholds.nms)},
             "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
         }

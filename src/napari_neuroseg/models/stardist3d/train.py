@@ -380,7 +380,7 @@ def train_iter(
                 "the checkpoint was made with another network config", path=ckpt_path,
                 fix="resume with the same architecture options",
             )
-        model._load_state(ck["state_dict"], ckpt_path)
+        model.load_weights(ck["state_dict"], ckpt_path)
         opt.load_state_dict(ck["optimizer"])
         start = int(ck["step"])
         history = list(ck.get("history", []))
@@ -444,7 +444,7 @@ def train_iter(
             "best_val": best_val,
             "best_state": best_state,
             "history": history,
-            "config": json.loads(json.dumps(model._config_dict())),
+            "config": json.loads(json.dumps(model.config_dict())),
             "settings": json.loads(json.dumps(s.to_dict())),
         }
         _atomic_write_bytes(ckpt_path, lambda tmp: torch.save(blob, tmp))
@@ -497,7 +497,7 @@ def train_iter(
 
     result = TrainResult(model=model, history=history, out_dir=out, step=s.steps)
     if s.keep_best and best_state is not None:
-        model._load_state(best_state, ckpt_path or Path("best weights"))
+        model.load_weights(best_state, ckpt_path or Path("best weights"))
     if s.optimize_thresholds and x_va:
         gen = optimize_thresholds_iter(
             model, x_va, y_va, nms_threshs=s.nms_threshs, iou_threshs=s.iou_threshs,
