@@ -31,8 +31,8 @@ for STEPS in 1050 1450; do
 done
 
 # second session: steps 1450 -> (time budget) with the same data and patches; the 85-minute budget
-# fitted the schedule to 3854 steps; the shipped weights are those of the step-2825 checkpoint
-# (copied while the run went on, thresholds and evaluation below) unless docs/nuclei-model-card.md says otherwise
+# fitted the schedule to 3854 steps; the shipped weights are those of the lowest validation loss (step 3800)
+# (thresholds and evaluation below)
 nice -n 15 neuroseg train nuclei "${COMMON[@]}" --threads 1 --resume --steps 4000 --batch-size 1 \
   --patch-size 32 64 64 --checkpoint-every 25 --no-optimize-thresholds --max-minutes 85
 
