@@ -53,8 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         image.rendering = "mip"
         for ly in gt:  # grid mode shows every layer, visible or not: drop the ground truth
             viewer.layers.remove(ly)
-        viewer.grid.enabled = True  # image | labels | polyhedra side by side
-        viewer.grid.shape = (1, -1)
+        viewer.canvas.grid.enabled = True  # image | labels | polyhedra side by side
+        viewer.canvas.grid.shape = (1, -1)
         viewer.reset_view()
         camera = viewer.scene.camera
         camera.angles = tuple(a + t for a, t in zip(camera.angles, (-20.0, 15.0, 0.0)))
