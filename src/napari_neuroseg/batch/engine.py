@@ -173,7 +173,12 @@ class Engine:
                     yield i, fut.result(), None
                 fut.release()
         finally:
-            client.cancel([f for f in futures if not f.done()])
+            pending = [f for f in futures if not f.done()]
+            if pending:
+                try:
+                    client.cancel(pending)
+                except RuntimeError:  # closed late (garbage collection): the engine's loop is gone already
+                    pass
 
 
 def _explain(err: BaseException) -> BaseException:
