@@ -85,3 +85,31 @@ def test_cancel_leaves_no_layer(make_napari_viewer, qtbot, tiny_model, volume):
     _wait(w, qtbot)
     assert "big neurons" not in viewer.layers
     assert w.run_button.isEnabled()
+
+
+def test_thresholds_follow_the_chosen_model(make_napari_viewer, tmp_path):
+    """The threshold boxes show the values stored in the model file (shipped model by default);
+    an unreadable model file leaves them and says why."""
+    import torch
+
+    from napari_neuroseg.models.neurons import NetConfig, PostprocessParams, save_model
+    from napari_neuroseg.models.neurons.model import DEFAULT_MODEL, read_checkpoint
+
+    w = NeuronsWidget(make_napari_viewer())
+    shipped = read_checkpoint(DEFAULT_MODEL)["postprocess"]
+    assert w.merge_spin.value() == pytest.approx(shipped["merge_threshold"])
+    assert w.min_size_spin.value() == shipped["min_size"]
+
+    torch.manual_seed(0)
+    cfg = NetConfig(base=4, levels=2)
+    path = tmp_path / "tuned.pt"
+    save_model(path, cfg.build(), cfg, PostprocessParams(fg_threshold=0.3, merge_threshold=0.4, min_size=77))
+    w.model_edit.setText(str(path))
+    w.model_edit.editingFinished.emit()
+    assert (w.fg_spin.value(), w.merge_spin.value(), w.min_size_spin.value()) == (pytest.approx(0.3), pytest.approx(0.4), 77)
+    assert w.params() == {"fg_threshold": pytest.approx(0.3), "merge_threshold": pytest.approx(0.4), "min_size": 77}
+
+    (tmp_path / "bad.pt").write_bytes(b"not a model")
+    w.model_edit.setText(str(tmp_path / "bad.pt"))
+    w.model_edit.editingFinished.emit()
+    assert w.merge_spin.value() == pytest.approx(0.4) and "Model not read" in w.status.text()

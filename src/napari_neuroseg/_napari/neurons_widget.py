@@ -65,6 +65,7 @@ class NeuronsWidget(RunControlsMixin, QWidget):
         row = QHBoxLayout()
         self.model_edit = QLineEdit()
         self.model_edit.setPlaceholderText("default (shipped, synthetic-trained)")
+        self.model_edit.editingFinished.connect(self.use_model_thresholds)
         browse = QPushButton("…")
         browse.clicked.connect(self._browse)
         row.addWidget(self.model_edit)
@@ -102,6 +103,7 @@ class NeuronsWidget(RunControlsMixin, QWidget):
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
             ev.connect(self._refresh_layers)
         self._refresh_layers()
+        self.use_model_thresholds()
 
     @staticmethod
     def _spin(value, lo, hi, step, tip) -> QDoubleSpinBox:
@@ -117,6 +119,26 @@ class NeuronsWidget(RunControlsMixin, QWidget):
         path, _ = QFileDialog.getOpenFileName(self, "Neuron model", "", "Model (*.pt)")
         if path:
             self.model_edit.setText(path)
+            self.use_model_thresholds()
+
+    def use_model_thresholds(self) -> None:
+        """Set the threshold boxes to the post-processing values stored in the chosen model file
+        (the shipped model when the field is empty), so a model's own tuned values are used
+        unless the user changes them. An unreadable file leaves the boxes and says why."""
+        from napari_neuroseg.models.neurons.model import DEFAULT_MODEL, read_checkpoint
+        from napari_neuroseg.models.neurons.postprocess import PostprocessParams
+
+        text = self.model_edit.text().strip()
+        try:
+            stored = read_checkpoint(text or DEFAULT_MODEL).get("postprocess") or {}
+        except Exception as err:  # noqa: BLE001 - any unreadable model: keep the values, say why
+            self.status.setText(f"Model not read: {err}")
+            return
+        known = PostprocessParams.__dataclass_fields__
+        p = PostprocessParams(**{k: v for k, v in stored.items() if k in known})
+        self.fg_spin.setValue(p.fg_threshold)
+        self.merge_spin.setValue(p.merge_threshold)
+        self.min_size_spin.setValue(int(p.min_size))
 
     # ---------------------------------------------------------------- layers
     def _image_layers(self) -> list[Any]:
