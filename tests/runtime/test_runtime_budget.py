@@ -39,3 +39,13 @@ def test_fast_run_keeps_requested_total():
         clock.t += 0.01
         assert b.update(done) == 300
     assert not b.expired()
+
+
+def test_after_step_ends_the_run_once_the_budget_is_spent():
+    clock = FakeClock()
+    b = TimeBudget(1.0, 0, 1000, clock=clock)
+    clock.t = 1.0
+    assert b.after_step(1) == 1000  # not measured yet: the requested total
+    clock.t = 61
+    assert b.after_step(7) == 7 and b.total == 7
+    assert TimeBudget(None, 0, 50).after_step(3) == 50

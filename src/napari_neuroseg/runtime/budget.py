@@ -51,6 +51,14 @@ class TimeBudget:
             self.total = max(done + 1, min(self.total, fit))
         return self.total
 
+    def after_step(self, done: int) -> int:
+        """The total to schedule for once ``done`` steps are finished: ``done`` itself when the
+        budget is spent (the run ends now), else :meth:`update`'s estimate."""
+        if self.expired():
+            self.total = int(done)
+            return self.total
+        return self.update(done)
+
     def expired(self) -> bool:
         """True once the budget's wall time has passed (never without a budget)."""
         return self.seconds is not None and self.clock() - self.t0 >= self.seconds

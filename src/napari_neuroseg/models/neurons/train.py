@@ -323,7 +323,7 @@ def train_iter(args):
                 loss.backward()
                 opt.step()
             done = it + 1
-            total = done if budget.expired() else budget.update(done)
+            total = budget.after_step(done)
             rec = {"iteration": done, "loss": float(loss.detach()), **parts, "lr": opt.param_groups[0]["lr"],
                    "time": round(time.time() - t0, 1)}
             if args.val_every and val and (done % args.val_every == 0 or done == total):

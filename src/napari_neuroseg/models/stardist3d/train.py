@@ -473,8 +473,8 @@ def train_iter(
             if not math.isfinite(parts["loss"]):
                 raise NeurosegError(f"the loss became {parts['loss']} at step {k + 1}", fix="lower the learning rate")
             step = k + 1
-            if budget.update(step) != s.steps or budget.expired():
-                s.steps = step if budget.expired() else budget.total
+            if budget.after_step(step) != s.steps:
+                s.steps = budget.total
                 total = s.steps + (1 if s.optimize_thresholds and x_va else 0)
             rec = {"step": step, "lr": lr, **parts, "time": time.perf_counter() - t0}
             if step % s.val_every == 0 or step == s.steps:
