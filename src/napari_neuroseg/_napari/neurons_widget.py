@@ -125,17 +125,14 @@ class NeuronsWidget(RunControlsMixin, QWidget):
         """Set the threshold boxes to the post-processing values stored in the chosen model file
         (the shipped model when the field is empty), so a model's own tuned values are used
         unless the user changes them. An unreadable file leaves the boxes and says why."""
-        from napari_neuroseg.models.neurons.model import DEFAULT_MODEL, read_checkpoint
-        from napari_neuroseg.models.neurons.postprocess import PostprocessParams
+        from napari_neuroseg.models.neurons.model import DEFAULT_MODEL, read_checkpoint, stored_params
 
         text = self.model_edit.text().strip()
         try:
-            stored = read_checkpoint(text or DEFAULT_MODEL).get("postprocess") or {}
+            p = stored_params(read_checkpoint(text or DEFAULT_MODEL))
         except Exception as err:  # noqa: BLE001 - any unreadable model: keep the values, say why
             self.status.setText(f"Model not read: {err}")
             return
-        known = PostprocessParams.__dataclass_fields__
-        p = PostprocessParams(**{k: v for k, v in stored.items() if k in known})
         self.fg_spin.setValue(p.fg_threshold)
         self.merge_spin.setValue(p.merge_threshold)
         self.min_size_spin.setValue(int(p.min_size))

@@ -105,6 +105,13 @@ def read_checkpoint(path: str | Path) -> dict:
     return ckpt
 
 
+def stored_params(ckpt: dict) -> PostprocessParams:
+    """The post-processing thresholds stored in a model file (:func:`read_checkpoint`'s dict);
+    keys this version does not know are ignored, missing ones take the defaults."""
+    known = PostprocessParams.__dataclass_fields__
+    return PostprocessParams(**{k: v for k, v in (ckpt.get("postprocess") or {}).items() if k in known})
+
+
 def load_model(path: str | Path | None = None, device=None) -> NeuronModel:
     """Load a neuron model (default: the shipped one) onto ``device`` (name, torch.device or None =
     auto) in eval mode."""
@@ -124,8 +131,7 @@ def load_model(path: str | Path | None = None, device=None) -> NeuronModel:
         raise NeurosegError(f"the weights do not fit the stored architecture ({err})", path=path,
                             fix="the file is damaged; retrain or re-download it") from err
     net.eval().to(dev)
-    params = PostprocessParams(**{k: v for k, v in ckpt.get("postprocess", {}).items()
-                                  if k in PostprocessParams.__dataclass_fields__})
+    params = stored_params(ckpt)
     meta = {k: ckpt[k] for k in ("train_info", "scores", "iteration") if k in ckpt}
     return NeuronModel(net=net, config=cfg, params=params, device=dev, path=str(path), meta=meta)
 
