@@ -89,6 +89,9 @@ class TrainSettings:
     # with stardist's C++ star_dist3D; workers then make only patches and prob targets);
     # None: on when training on CUDA
     targets_on_device: bool | None = None
+    # fine-tuning: start from the weights of this model (bundled name or folder) instead of a
+    # random initialisation (a new run: step 0, fresh optimizer and schedule)
+    init_from: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -149,20 +152,35 @@ def synthetic_dataset(
     seed: int = 0,
     anisotropy: Sequence[float] = (2.0, 1.0, 1.0),
     vary: float = 0.25,
+    axial_blur: Sequence[float] | None = None,
     **kw,
 ) -> tuple[list, list]:
     """``n`` synthetic nuclei volumes (:func:`napari_neuroseg.synth.make_nuclei`, seeds
     ``seed .. seed + n − 1``), each with its appearance varied by ``vary`` (see
-    ``NucleiSettings.randomized``); ``**kw`` override single ``NucleiSettings`` fields."""
+    ``NucleiSettings.randomized``); ``**kw`` override single ``NucleiSettings`` fields.
+
+    ``axial_blur=(lo, hi)``: each volume's Z blur (PSF sigma in Z voxels) drawn uniformly from
+    that range, so that a model learns the elongated axial PSF of real stacks (confocal to
+    widefield) instead of one sharpness; the Y/X blur stays as ``settings``/``vary`` make it."""
     import numpy as np
+
+    from napari_neuroseg.errors import NeurosegError
 
     from napari_neuroseg.synth import NucleiSettings, make_nuclei
 
     images, labels = [], []
+    if axial_blur is not None:
+        lo_hi = tuple(float(v) for v in axial_blur)
+        if len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1]:
+            raise NeurosegError(f"axial blur range {tuple(axial_blur)} is not (min, max) with 0 <= min <= max",
+                                fix="pass e.g. (1.0, 4.5) Z voxels")
     base = NucleiSettings().replace(**kw) if kw else NucleiSettings()
     for i in range(int(n)):
         s = seed + i
         settings = base.randomized(np.random.default_rng(s + 7_919), vary) if vary > 0 else base
+        if axial_blur is not None:
+            z = float(np.random.default_rng(s + 104_729).uniform(*lo_hi))
+            settings = settings.replace(psf_sigma=(z, *settings.psf_sigma[1:]))
         x, y = make_nuclei(tuple(shape), anisotropy=tuple(anisotropy), seed=s, settings=settings)
         images.append(x)
         labels.append(y)
@@ -386,6 +404,8 @@ def train_iter(
         history = list(ck.get("history", []))
         best_val = float(ck.get("best_val", math.inf))
         best_state = ck.get("best_state")
+    elif s.init_from:
+        _init_weights(model, s.init_from)
 
     rays = model.rays
     on_device = device.type == "cuda" if s.targets_on_device is None else bool(s.targets_on_device)
@@ -520,6 +540,28 @@ def train_iter(
     return result
 
 
+_SAME_FOR_FINE_TUNING = ("n_dim", "n_channel_in", "n_rays", "grid", "anisotropy", "backbone", "rays_json")
+
+
+def _init_weights(model, source: str) -> None:
+    """Copy the weights of ``source`` (bundled model name or folder) into ``model``; a clear
+    error if its network differs (rays, grid, anisotropy, backbone or layer shapes)."""
+    from napari_neuroseg.errors import NeurosegError
+    from napari_neuroseg.models.stardist3d.model import StarDist3D
+    from napari_neuroseg.models.stardist3d.pretrained import resolve_model_path
+
+    path = resolve_model_path(source)
+    other = StarDist3D.load(path, device="cpu")
+    mine, theirs = model.config_dict(), other.config_dict()
+    diff = [k for k in _SAME_FOR_FINE_TUNING if mine.get(k) != theirs.get(k)]
+    if diff:
+        raise NeurosegError(
+            f"cannot start from this model: its {', '.join(diff)} differ from the training config",
+            path=path, fix="use the same network options as that model (see its config.json)",
+        )
+    model.load_weights(other.net.state_dict(), path)
+
+
 def _write_history(out: Path, history, s: TrainSettings, model, val_scores) -> None:
     doc = {
         "settings": s.to_dict(),
@@ -576,9 +618,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="random variation of the synthetic appearance (0 = default settings)")
     data.add_argument("--synthetic-radius", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
                       help="nucleus radius range of the synthetic data (physical units)")
+    data.add_argument("--synthetic-axial-blur", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                      help="draw each synthetic volume's Z blur (PSF sigma, Z voxels) from this range")
     data.add_argument("--val-fraction", type=float, default=d.val_fraction, help="fraction of volumes held out")
     parser.add_argument("-o", "--output", required=True, metavar="MODEL_DIR", help="output model folder")
     parser.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint.pt")
+    parser.add_argument("--init-from", default=None, metavar="MODEL",
+                        help="fine-tune: start from this model's weights (bundled name or folder; same network options)")
     net = parser.add_argument_group("network")
     net.add_argument("--backbone", choices=("unet", "resnet"), default="unet")
     net.add_argument("--n-rays", type=int, default=64)
@@ -645,7 +691,7 @@ def main(args: argparse.Namespace) -> int:
         t = time.perf_counter()
         xs, ys = synthetic_dataset(
             args.synthetic, args.synthetic_shape, seed=args.synthetic_seed, anisotropy=args.anisotropy,
-            vary=args.synthetic_vary, **kw,
+            vary=args.synthetic_vary, axial_blur=args.synthetic_axial_blur, **kw,
         )
         print(f"generated {len(xs)} synthetic volumes of {tuple(args.synthetic_shape)} "
               f"(seeds {args.synthetic_seed}..{args.synthetic_seed + len(xs) - 1}) in {time.perf_counter() - t:.0f} s",
@@ -661,7 +707,7 @@ def main(args: argparse.Namespace) -> int:
         augment=not args.no_augment, val_fraction=args.val_fraction, val_every=args.val_every,
         checkpoint_every=args.checkpoint_every, optimize_thresholds=not args.no_optimize_thresholds,
         seed=args.seed, device=args.device, threads=args.threads, workers=args.workers,
-        max_minutes=args.max_minutes,
+        max_minutes=args.max_minutes, init_from=args.init_from,
     )
     log_every = max(1, int(args.log_every))
 
