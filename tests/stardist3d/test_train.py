@@ -336,3 +336,18 @@ def test_fine_tuning_starts_from_the_given_model(tmp_path, tiny_data):
     other = default_config(n_rays=32, n_filter_base=4, net_conv_after=8, grid=(1, 2, 2), anisotropy=(2, 1, 1))
     with pytest.raises(NeurosegError, match="n_rays"):
         train(xs, ys, other, settings=_tiny_settings(steps=1, init_from=str(src)))
+
+
+def test_evaluate_cli_scores_test_image_synthetic_and_axial_blur(tmp_path):
+    """The model-card evaluation: the stardist test image, unseen synthetic volumes and the same
+    volumes with a stronger Z blur, scored at IoU 0.3/0.5/0.7 and written as JSON."""
+    from napari_neuroseg.models.stardist3d.training.evaluate import main
+
+    out = tmp_path / "eval.json"
+    assert main(["--synthetic", "1", "--shape", "16", "48", "48", "--axial-blur", "3", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    for name in ("stardist_test_image", "synthetic", "synthetic_axial_blur_3"):
+        assert set(res[name]) == {"0.3", "0.5", "0.7"}
+        s = res[name]["0.5"]
+        assert s["tp"] + s["fn"] == s["n_true"] > 0 and 0.0 <= s["f1"] <= 1.0
+    assert res["stardist_test_image"]["0.5"]["n_true"] == 51  # all of the test image's nuclei

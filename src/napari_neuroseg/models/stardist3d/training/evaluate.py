@@ -2,7 +2,8 @@
 
 ``python -m napari_neuroseg.models.stardist3d.training.evaluate MODEL`` prints F1 at IoU 0.3,
 0.5 and 0.7 of a model on the ``stardist`` package's 3D test image and on unseen synthetic
-volumes (the numbers of ``docs/nuclei-model-card.md``).
+volumes (the numbers of ``docs/nuclei-model-card.md``); ``--axial-blur 2 3 4`` adds the same
+synthetic volumes rendered with those Z blurs (PSF sigma in Z voxels; the default is 1.0).
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--synthetic", type=int, default=4, help="number of unseen synthetic volumes")
     parser.add_argument("--seed", type=int, default=900_000, help="first seed of the synthetic test volumes")
     parser.add_argument("--shape", type=int, nargs=3, default=(48, 128, 128), metavar=("Z", "Y", "X"))
+    parser.add_argument("--axial-blur", type=float, nargs="*", default=[], metavar="SIGMA_Z",
+                        help="also score the synthetic volumes rendered with these Z blurs")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the scores to this JSON file")
     args = parser.parse_args(argv)
@@ -79,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     import torch
 
     from napari_neuroseg.models.stardist3d.model import StarDist3D
-    from napari_neuroseg.synth import make_nuclei, stardist_nuclei_3d
+    from napari_neuroseg.synth import NucleiSettings, make_nuclei, stardist_nuclei_3d
 
     torch.set_num_threads(args.threads)
     model = StarDist3D.load(args.model if args.model else "neuroseg_nuclei", device="cpu")
@@ -91,13 +94,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     res["synthetic"] = evaluate_model(model, [p[0] for p in pairs], [p[1] for p in pairs])
     res["synthetic_seeds"] = seeds
     res["synthetic_shape"] = list(args.shape)
+    names = ["stardist_test_image", "synthetic"]
+    lateral = NucleiSettings().psf_sigma[1:]
+    for sz in args.axial_blur:
+        blurred = [make_nuclei(tuple(args.shape), seed=s, psf_sigma=(float(sz), *lateral)) for s in seeds]
+        names.append(f"synthetic_axial_blur_{sz:g}")
+        res[names[-1]] = evaluate_model(model, [p[0] for p in blurred], [p[1] for p in blurred])
     text = json.dumps(res, indent=1)
     print(text)
     if args.json:
         from pathlib import Path
 
         Path(args.json).write_text(text)
-    for name in ("stardist_test_image", "synthetic"):
+    for name in names:
         print(name, " ".join(f"F1@{t}={v['f1']:.3f}" for t, v in res[name].items()))
     return 0
 
