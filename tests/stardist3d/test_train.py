@@ -351,3 +351,18 @@ def test_evaluate_cli_scores_test_image_synthetic_and_axial_blur(tmp_path):
         s = res[name]["0.5"]
         assert s["tp"] + s["fn"] == s["n_true"] > 0 and 0.0 <= s["f1"] <= 1.0
     assert res["stardist_test_image"]["0.5"]["n_true"] == 51  # all of the test image's nuclei
+
+
+def test_synthetic_dome_range_is_drawn_per_volume_without_changing_the_other_draws():
+    """``dome=(lo, hi)`` changes only the intensity profile: the labels and the axial-blur draws
+    stay those of the run without it; a range reaching 1 is refused."""
+    a_x, a_y = synthetic_dataset(2, (16, 48, 48), seed=3, axial_blur=(1.0, 4.5))
+    b_x, b_y = synthetic_dataset(2, (16, 48, 48), seed=3, axial_blur=(1.0, 4.5), dome=(0.3, 0.6))
+    for xa, xb, ya, yb in zip(a_x, b_x, a_y, b_y):
+        np.testing.assert_array_equal(ya, yb)
+        assert not np.array_equal(xa, xb)
+    same, _ = synthetic_dataset(2, (16, 48, 48), seed=3, axial_blur=(1.0, 4.5), dome=(0.0, 0.0))
+    for xa, xs in zip(a_x, same):
+        np.testing.assert_array_equal(xa, xs)
+    with pytest.raises(NeurosegError, match="dome range"):
+        synthetic_dataset(1, (16, 48, 48), dome=(0.2, 1.0))

@@ -103,3 +103,24 @@ def test_settings_and_errors():
         make_nuclei((16, 48, 48), anisotropy=(0, 1, 1))
     with pytest.raises(NeurosegError):
         make_nuclei((48, 48))
+
+
+def test_dome_dims_the_rims_and_keeps_the_labels(nuclei):
+    """``dome``: the same nuclei (labels identical), brightness falling from centre to rim;
+    ``dome=0`` is the default image exactly; values outside [0, 1) are refused."""
+    img, lab = nuclei
+    flat, lab0 = make_nuclei(SHAPE, seed=2, dome=0.0)
+    np.testing.assert_array_equal(flat, img)
+    domed, lab2 = make_nuclei(SHAPE, seed=2, dome=0.6)
+    np.testing.assert_array_equal(lab2, lab)
+    fg = lab > 0
+    core = ndi.binary_erosion(fg, iterations=3)
+    rim = fg & ~ndi.binary_erosion(fg, iterations=1)
+
+    def rim_to_core(x):
+        return float(np.median(x[rim]) - np.median(x[~fg])) / float(np.median(x[core]) - np.median(x[~fg]))
+
+    assert rim_to_core(domed) < rim_to_core(img) - 0.1
+    for bad in (-0.1, 1.0):
+        with pytest.raises(NeurosegError, match="dome"):
+            make_nuclei((16, 48, 48), dome=bad)

@@ -46,6 +46,7 @@ class NucleiSettings:
     brightness_sigma: float = 0.25  # log-normal spread of the nuclei's brightness
     texture: float = 0.15  # relative chromatin texture inside nuclei
     texture_scale: float = 1.0  # its correlation length (physical units)
+    dome: float = 0.0  # brightness falls from the centre to the rim by this fraction (1 - dome·d², d = 0 … 1)
     psf_sigma: tuple[float, float, float] = (1.0, 1.2, 1.2)  # ZYX voxels
     illumination_strength: float = 0.12
     gain: float = 0.7  # counts per photon (shot noise)
@@ -77,6 +78,7 @@ class NucleiSettings:
             out,
             packing=min(0.95, out.packing),
             fill=min(0.6, out.fill),
+            dome=min(0.9, out.dome),
             elongation=tuple(min(1.0, x) for x in out.elongation),
         )
 
@@ -158,6 +160,8 @@ def make_nuclei(
     s = settings if settings is not None else NucleiSettings()
     if kw:
         s = s.replace(**kw)
+    if not 0.0 <= s.dome < 1.0:
+        raise NeurosegError(f"dome={s.dome} is outside [0, 1)", fix="pass a fraction such as 0.4")
     rng = np.random.default_rng(seed)
 
     shp = np.asarray(shape)
@@ -222,6 +226,8 @@ def make_nuclei(
     bright = np.exp(rng.normal(0.0, s.brightness_sigma, size=n_lab + 1)).astype(np.float32)
     bright[0] = 0.0
     signal = bright[labels]
+    if s.dome:  # a thicker centre is brighter: a smooth dome instead of a flat top
+        signal *= np.where(labels > 0, 1.0 - np.float32(s.dome) * best**2, 0.0).astype(np.float32)
     tex_sigma = np.maximum(s.texture_scale / aniso, 0.3)
     tex = ndi.gaussian_filter(rng.normal(size=shape).astype(np.float32), tex_sigma)
     tex /= max(float(tex.std()), 1e-6)

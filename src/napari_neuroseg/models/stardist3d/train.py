@@ -145,6 +145,22 @@ def default_config(
     return cfg
 
 
+def _check_range(
+    name: str, value: Sequence[float] | None, example: str, below: float = math.inf
+) -> tuple[float, float] | None:
+    """``value`` as a (min, max) pair with 0 <= min <= max < ``below``, or a clear error."""
+    from napari_neuroseg.errors import NeurosegError
+
+    if value is None:
+        return None
+    lo_hi = tuple(float(v) for v in value)
+    if len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1] < below:
+        bound = "" if below == math.inf else f" < {below:g}"
+        raise NeurosegError(f"{name} range {tuple(value)} is not (min, max) with 0 <= min <= max{bound}",
+                            fix=f"pass e.g. {example}")
+    return lo_hi  # type: ignore[return-value]
+
+
 def synthetic_dataset(
     n: int,
     shape: Sequence[int] = (48, 128, 128),
@@ -153,34 +169,38 @@ def synthetic_dataset(
     anisotropy: Sequence[float] = (2.0, 1.0, 1.0),
     vary: float = 0.25,
     axial_blur: Sequence[float] | None = None,
+    dome: Sequence[float] | None = None,
     **kw,
 ) -> tuple[list, list]:
     """``n`` synthetic nuclei volumes (:func:`napari_neuroseg.synth.make_nuclei`, seeds
     ``seed .. seed + n − 1``), each with its appearance varied by ``vary`` (see
     ``NucleiSettings.randomized``); ``**kw`` override single ``NucleiSettings`` fields.
 
-    ``axial_blur=(lo, hi)``: each volume's Z blur (PSF sigma in Z voxels) drawn uniformly from
-    that range, so that a model learns the elongated axial PSF of real stacks (confocal to
-    widefield) instead of one sharpness; the Y/X blur stays as ``settings``/``vary`` make it."""
-    import numpy as np
+    Per-volume ranges, each drawn uniformly with its own seed (adding one leaves the others' draws
+    unchanged):
 
-    from napari_neuroseg.errors import NeurosegError
+    * ``axial_blur=(lo, hi)``: the Z blur (PSF sigma in Z voxels), so that a model learns the
+      elongated axial PSF of real stacks (confocal to widefield) instead of one sharpness; the
+      Y/X blur stays as ``settings``/``vary`` make it;
+    * ``dome=(lo, hi)``: how much dimmer the rim of a nucleus is than its centre
+      (``NucleiSettings.dome``), so that the label boundary is learned for flat-topped and for
+      dome-shaped intensity profiles alike."""
+    import numpy as np
 
     from napari_neuroseg.synth import NucleiSettings, make_nuclei
 
+    axial = _check_range("axial blur", axial_blur, "(1.0, 4.5) Z voxels")
+    domes = _check_range("dome", dome, "(0.0, 0.6)", below=1.0)
     images, labels = [], []
-    if axial_blur is not None:
-        lo_hi = tuple(float(v) for v in axial_blur)
-        if len(lo_hi) != 2 or not 0 <= lo_hi[0] <= lo_hi[1]:
-            raise NeurosegError(f"axial blur range {tuple(axial_blur)} is not (min, max) with 0 <= min <= max",
-                                fix="pass e.g. (1.0, 4.5) Z voxels")
     base = NucleiSettings().replace(**kw) if kw else NucleiSettings()
     for i in range(int(n)):
         s = seed + i
         settings = base.randomized(np.random.default_rng(s + 7_919), vary) if vary > 0 else base
-        if axial_blur is not None:
-            z = float(np.random.default_rng(s + 104_729).uniform(*lo_hi))
+        if axial is not None:
+            z = float(np.random.default_rng(s + 104_729).uniform(*axial))
             settings = settings.replace(psf_sigma=(z, *settings.psf_sigma[1:]))
+        if domes is not None:
+            settings = settings.replace(dome=float(np.random.default_rng(s + 15_485_863).uniform(*domes)))
         x, y = make_nuclei(tuple(shape), anisotropy=tuple(anisotropy), seed=s, settings=settings)
         images.append(x)
         labels.append(y)
@@ -620,6 +640,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="nucleus radius range of the synthetic data (physical units)")
     data.add_argument("--synthetic-axial-blur", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
                       help="draw each synthetic volume's Z blur (PSF sigma, Z voxels) from this range")
+    data.add_argument("--synthetic-dome", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
+                      help="draw each synthetic volume's rim dimming (0 = flat-topped nuclei, < 1) from this range")
     data.add_argument("--val-fraction", type=float, default=d.val_fraction, help="fraction of volumes held out")
     parser.add_argument("-o", "--output", required=True, metavar="MODEL_DIR", help="output model folder")
     parser.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint.pt")
@@ -691,7 +713,8 @@ def main(args: argparse.Namespace) -> int:
         t = time.perf_counter()
         xs, ys = synthetic_dataset(
             args.synthetic, args.synthetic_shape, seed=args.synthetic_seed, anisotropy=args.anisotropy,
-            vary=args.synthetic_vary, axial_blur=args.synthetic_axial_blur, **kw,
+            vary=args.synthetic_vary, axial_blur=args.synthetic_axial_blur,
+            dome=args.synthetic_dome, **kw,
         )
         print(f"generated {len(xs)} synthetic volumes of {tuple(args.synthetic_shape)} "
               f"(seeds {args.synthetic_seed}..{args.synthetic_seed + len(xs) - 1}) in {time.perf_counter() - t:.0f} s",
