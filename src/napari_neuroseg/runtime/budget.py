@@ -1,8 +1,9 @@
 """Fit a step-based training schedule into a wall-clock budget (``--max-minutes``).
 
 A learning-rate schedule that decays over ``total`` steps only ends well if the run reaches
-``total``. :class:`TimeBudget` measures the step rate once the run is warm and shrinks ``total``
-so that the schedule ends when the time is up (never grows it), re-estimating a few times, and
+``total``. :class:`TimeBudget` measures the step rate once the run is warm and fits ``total``
+so that the schedule ends when the time is up, re-estimating a few times (an estimate made while
+the machine was busy is corrected later, up to the requested total and never beyond it), and
 says when the hard deadline has passed.
 """
 
@@ -24,6 +25,7 @@ class TimeBudget:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.seconds = None if minutes is None else 60.0 * float(minutes)
         self.start, self.total, self.warmup = int(start), int(total), int(warmup)
+        self.requested = self.total
         self.clock = clock
         self.t0 = clock()
         self._mark: tuple[int, float] | None = None  # (steps done, time) once warm
@@ -48,7 +50,7 @@ class TimeBudget:
             rate = steps / t
             left = max(0.0, self.seconds - (now - self.t0))
             fit = done + int(rate * left * 0.97)
-            self.total = max(done + 1, min(self.total, fit))
+            self.total = max(done + 1, min(self.requested, fit))
         return self.total
 
     def after_step(self, done: int) -> int:
