@@ -340,13 +340,14 @@ def test_fine_tuning_starts_from_the_given_model(tmp_path, tiny_data):
 
 def test_evaluate_cli_scores_test_image_synthetic_and_axial_blur(tmp_path):
     """The model-card evaluation: the stardist test image, unseen synthetic volumes and the same
-    volumes with a stronger Z blur, scored at IoU 0.3/0.5/0.7 and written as JSON."""
+    volumes with a stronger Z blur and with dimmer rims, scored at IoU 0.3/0.5/0.7 and written as JSON."""
     from napari_neuroseg.models.stardist3d.training.evaluate import main
 
     out = tmp_path / "eval.json"
-    assert main(["--synthetic", "1", "--shape", "16", "48", "48", "--axial-blur", "3", "--json", str(out)]) == 0
+    assert main(["--synthetic", "1", "--shape", "16", "48", "48", "--axial-blur", "3", "--dome", "0.5",
+                 "--json", str(out)]) == 0
     res = json.loads(out.read_text())
-    for name in ("stardist_test_image", "synthetic", "synthetic_axial_blur_3"):
+    for name in ("stardist_test_image", "synthetic", "synthetic_axial_blur_3", "synthetic_dome_0.5"):
         assert set(res[name]) == {"0.3", "0.5", "0.7"}
         s = res[name]["0.5"]
         assert s["tp"] + s["fn"] == s["n_true"] > 0 and 0.0 <= s["f1"] <= 1.0

@@ -3,7 +3,8 @@
 ``python -m napari_neuroseg.models.stardist3d.training.evaluate MODEL`` prints F1 at IoU 0.3,
 0.5 and 0.7 of a model on the ``stardist`` package's 3D test image and on unseen synthetic
 volumes (the numbers of ``docs/nuclei-model-card.md``); ``--axial-blur 2 3 4`` adds the same
-synthetic volumes rendered with those Z blurs (PSF sigma in Z voxels; the default is 1.0).
+synthetic volumes rendered with those Z blurs (PSF sigma in Z voxels; the default is 1.0) and
+``--dome 0.5`` with rims that much dimmer than the centres (``NucleiSettings.dome``; default 0).
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shape", type=int, nargs=3, default=(48, 128, 128), metavar=("Z", "Y", "X"))
     parser.add_argument("--axial-blur", type=float, nargs="*", default=[], metavar="SIGMA_Z",
                         help="also score the synthetic volumes rendered with these Z blurs")
+    parser.add_argument("--dome", type=float, nargs="*", default=[], metavar="DOME",
+                        help="also score the synthetic volumes rendered with these rim dimmings")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", default=None, help="also write the scores to this JSON file")
     args = parser.parse_args(argv)
@@ -96,10 +99,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     res["synthetic_shape"] = list(args.shape)
     names = ["stardist_test_image", "synthetic"]
     lateral = NucleiSettings().psf_sigma[1:]
-    for sz in args.axial_blur:
-        blurred = [make_nuclei(tuple(args.shape), seed=s, psf_sigma=(float(sz), *lateral)) for s in seeds]
-        names.append(f"synthetic_axial_blur_{sz:g}")
-        res[names[-1]] = evaluate_model(model, [p[0] for p in blurred], [p[1] for p in blurred])
+    variants = [(f"synthetic_axial_blur_{v:g}", {"psf_sigma": (float(v), *lateral)}) for v in args.axial_blur]
+    variants += [(f"synthetic_dome_{v:g}", {"dome": float(v)}) for v in args.dome]
+    for name, change in variants:
+        pairs = [make_nuclei(tuple(args.shape), seed=s, **change) for s in seeds]
+        names.append(name)
+        res[name] = evaluate_model(model, [p[0] for p in pairs], [p[1] for p in pairs])
     text = json.dumps(res, indent=1)
     print(text)
     if args.json:
