@@ -36,8 +36,25 @@ done
 nice -n 15 neuroseg train nuclei "${COMMON[@]}" --threads 1 --resume --steps 4000 --batch-size 1 \
   --patch-size 32 64 64 --checkpoint-every 25 --no-optimize-thresholds --max-minutes 85
 
-# thresholds: optimize_thresholds on 32x64x64 crops of the two validation volumes (seeds 4, 19)
-nice -n 10 python - "$RUN" <<'PY'
+# third session: fine-tuning for softer Z blur and dome-shaped nuclei (see docs/synth.md) on 40 new
+# volumes (seeds 0-39; 4 held out for validation: the split of --seed 0). Stage A started from the
+# step-3800 model and was stopped at step 1225 to add the rim dimming; stage B started from it.
+if [[ "${THIRD_SESSION:-0}" == 1 ]]; then
+  FT=(--synthetic 40 --synthetic-shape 48 128 128 --synthetic-seed 0 --synthetic-vary 0.25 --val-fraction 0.1
+      --n-rays 64 --grid 1 2 2 --anisotropy 2 1 1 --backbone unet --n-filter-base 16 --unet-depth 2 --conv-after 64
+      --lr 5e-4 --val-every 50 --seed 0 --device cpu --threads 1 --workers 1 --batch-size 1 --patch-size 32 64 64
+      --checkpoint-every 25 --no-optimize-thresholds)
+  nice -n 15 neuroseg train nuclei "${FT[@]}" --synthetic-axial-blur 1.0 4.5 --init-from neuroseg_nuclei \
+    --steps 4000 --max-minutes 105 -o runs/nuc_axial || true   # stopped by hand at step 1225
+  nice -n 15 neuroseg train nuclei "${FT[@]}" --synthetic-axial-blur 1.0 4.5 --synthetic-dome 0.0 0.6 \
+    --init-from runs/nuc_axial --steps 6000 --max-minutes 95 -o "$RUN"
+  python scripts/nuclei_thresholds.py "$RUN" --synthetic 40 --shape 48 128 128 --vary 0.25 \
+    --axial-blur 1.0 4.5 --dome 0.0 0.6 --val-fraction 0.1
+fi
+
+# thresholds (first two sessions): optimize_thresholds on 32x64x64 crops of the two validation
+# volumes (seeds 4, 19); the third session's thresholds come from scripts/nuclei_thresholds.py above
+[[ "${THIRD_SESSION:-0}" == 1 ]] || nice -n 10 python - "$RUN" <<'PY'
 import json, sys
 from pathlib import Path
 import numpy as np, torch
@@ -66,4 +83,4 @@ cp "$RUN"/config.json "$RUN"/thresholds.json "$RUN"/weights.pt "$RUN"/training.j
 
 # held-out evaluation: the stardist package's 3D test image + unseen synthetic volumes
 nice -n 10 python -m napari_neuroseg.models.stardist3d.training.evaluate "$DEST" \
-  --synthetic 2 --seed 900000 --shape 32 96 96 --json "$RUN"/evaluation.json
+  --synthetic 2 --seed 900000 --shape 32 96 96 --axial-blur 2 3 4 --dome 0.3 0.6 --json "$RUN"/evaluation.json

@@ -7,6 +7,7 @@ import pytest
 import tifffile
 
 from napari_neuroseg.cli import main
+from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.synth import sample_path
 
 
@@ -94,3 +95,39 @@ def test_nuclei_cli_errors(tmp_path, capsys, sample_crop, tiny_model_dir):
     rc = main(["nuclei", str(flat), "-o", str(tmp_path / "o.tif"), "--model", str(tiny_model_dir), "--device", "cpu"])
     assert rc == 1 and "constant" in capsys.readouterr().err
     assert not (tmp_path / "o.tif").exists()
+
+
+@pytest.mark.skipif(not _bundled_available(), reason="the shipped model is not installed")
+def test_border_keeps_or_skips_object_centres_at_the_edge(tmp_path, capsys, sample_crop):
+    """``border``: stardist's 2 grid voxels at the volume's edge hold no object centres; 0 keeps
+    nuclei cut by the edge. The model's stored value is the default; the CLI can override it."""
+    import dataclasses
+
+    from napari_neuroseg.models.stardist3d import load_model
+
+    path, _ = sample_crop
+    image = tifffile.imread(path)
+    model = load_model(None, device="cpu")
+    grid = np.asarray(model.grid)
+    shape = np.asarray(image.shape)
+
+    def at_edge(points):
+        g = points // grid
+        return np.any((g < 2) | (g >= np.ceil(shape / grid) - 2), axis=1)
+
+    lab2, det2 = model.predict_instances(image, border=2, use_subprocess=False)
+    lab0, det0 = model.predict_instances(image, border=0, use_subprocess=False)
+    assert not at_edge(det2["points"]).any() and at_edge(det0["points"]).any()
+    assert lab0.max() > lab2.max()
+    stored = model.thresholds
+    try:
+        model.thresholds = dataclasses.replace(stored, border=0)
+        np.testing.assert_array_equal(model.predict_instances(image, use_subprocess=False)[0], lab0)
+    finally:
+        model.thresholds = stored
+    with pytest.raises(NeurosegError, match="border"):
+        model.predict_instances(image, border=-1)
+    out = tmp_path / "b.tif"
+    assert main(["nuclei", str(path), "-o", str(out), "--device", "cpu", "--border", "2", "--quiet"]) == 0
+    assert "border 2" in capsys.readouterr().out
+    np.testing.assert_array_equal(tifffile.imread(out), lab2)

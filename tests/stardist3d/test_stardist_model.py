@@ -80,6 +80,15 @@ def test_thresholds_defaults(tmp_path):
     assert load_thresholds(tmp_path / "t.json").prob == 0.5
 
 
+def test_thresholds_border(tmp_path):
+    """``border``: stardist's 2 when absent (Keras folders) or invalid, else the stored count."""
+    assert load_thresholds(tmp_path / "missing.json").border == 2
+    for stored, expected in ((0, 0), (3, 3), (-1, 2), (1.5, 2), ("x", 2), (None, 2)):
+        (tmp_path / "t.json").write_text(json.dumps({"prob": 0.6, "nms": 0.3, "border": stored}))
+        t = load_thresholds(tmp_path / "t.json")
+        assert (t.prob, t.nms, t.border) == (0.6, 0.3, expected)
+
+
 def test_divisor_and_receptive_field_of_reference_configs():
     demo = StarDistConfig.from_dict({"backbone": "resnet", "grid": [1, 2, 2], "anisotropy": [2, 1, 1], "n_rays": 96})
     assert demo.divisor == (1, 2, 2)
@@ -228,18 +237,19 @@ def test_newest_h5_used_when_no_weights_best():
 
 def test_own_format_round_trip(tmp_path):
     model = random_model(SMALL_RESNET, seed=3)
-    model.thresholds = type(model.thresholds)(prob=0.6, nms=0.35)
+    model.thresholds = type(model.thresholds)(prob=0.6, nms=0.35, border=0)
     x = blobs()
     ref = model.predict(x)
     folder = model.save(tmp_path / "m")
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", "thresholds.json", "weights.pt"]
     again = StarDist3D.from_folder(folder)
-    assert again.thresholds.prob == 0.6 and again.config.anisotropy == (2.0, 1.0, 1.0)
+    assert again.thresholds == model.thresholds and again.config.anisotropy == (2.0, 1.0, 1.0)
     for a, b in zip(ref, again.predict(x)):
         np.testing.assert_array_equal(a, b)
     model.save(folder)  # overwrite in place
     f = model.save_file(tmp_path / "m.pt")
     single = StarDist3D.load(f)
+    assert single.thresholds == model.thresholds
     for a, b in zip(ref, single.predict(x)):
         np.testing.assert_array_equal(a, b)
     assert not list(tmp_path.glob(".*"))  # no temp leftovers

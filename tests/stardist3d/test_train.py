@@ -137,6 +137,25 @@ def test_optimize_thresholds_on_perfect_predictions():
     assert set(hist) == {"0.3", "0.5"} and all(len(v) >= 2 for v in hist.values())
 
 
+def test_optimize_thresholds_chooses_the_edge_exclusion():
+    """With objects whose centres lie at the volume's edge, excluding 2 grid voxels there loses
+    them: searched together with the thresholds, border 0 wins; with only (2,) it stays 2."""
+    from napari_neuroseg.models.stardist3d.model import StarDist3D
+
+    cfg = default_config(n_rays=32, n_filter_base=4, net_conv_after=8)
+    model = StarDist3D(cfg, device="cpu")
+    lbl = _balls(centres=((8, 12, 12), (8, 30, 34), (8, -4, 20), (-2, 30, 12)))  # two cut to slivers
+    prob, dist = make_targets(lbl, model.rays, model.grid, cfg.anisotropy)
+    pred = (prob, np.moveaxis(np.maximum(dist, 1e-3), 0, -1))
+    th2, f2, _ = optimize_thresholds(model, [None], [lbl], predictions=[pred], nms_threshs=(0.3,), maxiter=4)
+    th, f, hist = optimize_thresholds(model, [None], [lbl], predictions=[pred], nms_threshs=(0.3,), maxiter=4,
+                                      borders=(2, 0))
+    assert th2.border == 2 and th.border == 0 and f > f2
+    assert set(hist) == {"0.3/2", "0.3/0"}
+    with pytest.raises(NeurosegError, match="borders"):
+        optimize_thresholds(model, [None], [lbl], predictions=[pred], borders=(-1,))
+
+
 def test_train_tiny_writes_loadable_model_and_resumes(tmp_path, tiny_data):
     from napari_neuroseg.models.stardist3d.model import StarDist3D
 

@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="bundled model name, folder or .pt")
     p.add_argument("--prob-thresh", type=float, default=None, help="probability threshold (default: the model's)")
     p.add_argument("--nms-thresh", type=float, default=None, help="NMS overlap threshold (default: the model's)")
+    p.add_argument("--border", type=int, default=None, metavar="N",
+                   help="grid voxels at the volume's edge without object centres (default: the model's; stardist: 2)")
     p.add_argument("--n-tiles", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                    help="tiles per axis (default: chosen from the free memory)")
     p.add_argument("--percentiles", type=float, nargs=2, default=(1.0, 99.8), metavar=("LOW", "HIGH"),
@@ -98,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
 
     labels, details = run_to_completion(
         model.predict_instances_iter(
-            image, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh,
+            image, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh, border=args.border,
             n_tiles=None if args.n_tiles is None else tuple(args.n_tiles),
             percentiles=tuple(args.percentiles), channel_axis=channel_axis,
         ),
@@ -112,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
     n = int(len(details["points"]))
     th_p = model.thresholds.prob if args.prob_thresh is None else args.prob_thresh
     th_n = model.thresholds.nms if args.nms_thresh is None else args.nms_thresh
-    print(f"{n} objects (model {model.name}, prob {th_p:.3f}, nms {th_n:.3f}, "
+    th_b = model.thresholds.border if args.border is None else args.border
+    print(f"{n} objects (model {model.name}, prob {th_p:.3f}, nms {th_n:.3f}, border {th_b}, "
           f"{time.perf_counter() - t0:.1f} s) -> {out}")
     return 0

@@ -222,15 +222,22 @@ def _receptive_field_1d(cfg: StarDistConfig, ax: int) -> int:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """Probability and NMS thresholds of a model."""
+    """Post-processing values of a model: probability and NMS thresholds, and ``border``: how many
+    grid voxels at the volume's edge hold no object centres (``stardist``'s ``b``, 2; a model
+    trained on patches with cut nuclei may do better with 0, chosen on validation data)."""
 
     prob: float = 0.5
     nms: float = 0.4
+    border: int = 2
+
+    def to_dict(self) -> dict:
+        """The ``thresholds.json`` content."""
+        return {"prob": self.prob, "nms": self.nms, "border": self.border}
 
 
 def load_thresholds(path: str | Path) -> Thresholds:
     """Read ``thresholds.json``; a missing file, a missing key or an out-of-range value gives the
-    StarDist defaults (prob 0.5, nms 0.4) for that value."""
+    StarDist defaults (prob 0.5, nms 0.4, border 2) for that value."""
     path = Path(path)
     d: dict = {}
     if path.is_file():
@@ -248,4 +255,13 @@ def load_thresholds(path: str | Path) -> Thresholds:
             return default
         return v if 0.0 < v < 1.0 and math.isfinite(v) else default
 
-    return Thresholds(prob=_get("prob", 0.5), nms=_get("nms", 0.4))
+    return Thresholds(prob=_get("prob", 0.5), nms=_get("nms", 0.4), border=border_from_json(d.get("border", 2)))
+
+
+def border_from_json(value: object) -> int:
+    """A ``border`` value from a file: a non-negative whole number, else stardist's 2."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return 2
+    return int(v) if math.isfinite(v) and v >= 0 and v == int(v) else 2

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
-from napari_neuroseg.models.stardist3d.config import StarDistConfig, Thresholds, load_thresholds
+from napari_neuroseg.models.stardist3d.config import StarDistConfig, Thresholds, border_from_json, load_thresholds
 from napari_neuroseg.models.stardist3d.rays import make_rays, rays_spec
 from napari_neuroseg.runtime.progress import Progress, run_to_completion
 
@@ -173,7 +173,8 @@ class StarDist3D:
             raise NeurosegError("not a neuroseg StarDist-3D model file", path=path, fix="use StarDist3D.save_file output")
         config = StarDistConfig.from_dict(blob.get("config") or {}, path=path)
         th = blob.get("thresholds") or {}
-        thresholds = Thresholds(prob=float(th.get("prob", 0.5)), nms=float(th.get("nms", 0.4)))
+        thresholds = Thresholds(prob=float(th.get("prob", 0.5)), nms=float(th.get("nms", 0.4)),
+                                border=border_from_json(th.get("border", 2)))
         model = cls(config, thresholds, name=path.stem, path=path, device="cpu")
         model.load_weights(blob.get("state_dict") or {}, path)
         return model.to(device)
@@ -217,9 +218,7 @@ class StarDist3D:
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
             (tmp / "config.json").write_text(json.dumps(self.config_dict(), indent=1))
-            (tmp / "thresholds.json").write_text(
-                json.dumps({"prob": self.thresholds.prob, "nms": self.thresholds.nms})
-            )
+            (tmp / "thresholds.json").write_text(json.dumps(self.thresholds.to_dict()))
             state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
             torch.save(state, tmp / OWN_WEIGHTS)
             if folder.exists():
@@ -246,7 +245,7 @@ class StarDist3D:
             "format": FORMAT_NAME,
             "version": 1,
             "config": json.loads(json.dumps(self.config_dict())),
-            "thresholds": {"prob": float(self.thresholds.prob), "nms": float(self.thresholds.nms)},
+            "thresholds": self.thresholds.to_dict(),
             "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
         }
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
@@ -461,6 +460,7 @@ class StarDist3D:
         channel_axis: int | None = None,
         use_subprocess: bool | None = None,
         return_predict: bool = False,
+        border: int | None = None,
     ) -> Generator[Progress, None, tuple]:
         """Generator form of :meth:`predict_instances`: yields a :class:`Progress` per tile and
         while NMS/rendering run (in the worker process), returns ``(labels, details)`` (plus
@@ -471,6 +471,9 @@ class StarDist3D:
 
         prob_thresh = self.thresholds.prob if prob_thresh is None else float(prob_thresh)
         nms_thresh = self.thresholds.nms if nms_thresh is None else float(nms_thresh)
+        border = self.thresholds.border if border is None else int(border)
+        if border < 0:
+            raise NeurosegError(f"border={border} is negative", fix="use 0 (objects up to the edge) or stardist's 2")
         if not (0 <= prob_thresh <= 1 and 0 <= nms_thresh <= 1):
             raise NeurosegError(
                 f"thresholds must lie in [0, 1] (prob={prob_thresh}, nms={nms_thresh})", fix="use e.g. 0.5 and 0.4"
@@ -493,12 +496,12 @@ class StarDist3D:
             for i, (tile, total, (p, d)) in enumerate(
                 iter_tiles(fwd, img, n_tiles=n_tiles, divisor=divisor, overlap=overlap, grid=grid)
             ):
-                border = tuple(
-                    (2 if tile.first[ax] else 0, 2 if tile.last[ax] else 0) for ax in range(3)
+                edge = tuple(
+                    (border if tile.first[ax] else 0, border if tile.last[ax] else 0) for ax in range(3)
                 )
                 offset = tuple(s.start for s in tile.dst)
                 cands.add(*select_candidates(p[0], d, offset=offset, grid=grid, prob_thresh=prob_thresh,
-                                             border=border, shape=shape))
+                                             border=edge, shape=shape))
                 if dense is not None:
                     dst = tuple(slice(s.start, min(s.stop, n)) for s, n in zip(tile.dst, dense_shape))
                     keep = (slice(None),) + tuple(slice(0, s.stop - s.start) for s in dst)
@@ -546,11 +549,13 @@ class StarDist3D:
         channel_axis: int | None = None,
         use_subprocess: bool | None = None,
         return_predict: bool = False,
+        border: int | None = None,
     ):
         """Segment nuclei: ``(labels int32 (Z, Y, X), details)``.
 
         ``normalize``: percentile normalisation (``percentiles``, default 1 and 99.8) first;
-        thresholds default to the model's; ``n_tiles=None`` picks tiles from the free (GPU or
+        thresholds and ``border`` (grid voxels at the volume's edge without object centres,
+        stardist's 2) default to the model's; ``n_tiles=None`` picks tiles from the free (GPU or
         CPU) memory and retries with more tiles after an out-of-memory error. NMS and rendering
         run in the worker process (``use_subprocess=False`` runs them here). ``details`` has the
         kept ``points``, ``prob``, ``dist`` and the rays' ``rays_vertices``/``rays_faces``.
@@ -559,7 +564,7 @@ class StarDist3D:
             self.predict_instances_iter(
                 image, normalize=normalize, prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=n_tiles,
                 percentiles=percentiles, channel_axis=channel_axis, use_subprocess=use_subprocess,
-                return_predict=return_predict,
+                return_predict=return_predict, border=border,
             )
         )
 

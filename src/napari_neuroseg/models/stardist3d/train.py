@@ -77,6 +77,8 @@ class TrainSettings:
     checkpoint_every: int = 100
     optimize_thresholds: bool = True
     nms_threshs: tuple[float, ...] = (0.3, 0.4, 0.5)
+    # edge exclusions searched with the thresholds (stardist's 2 first: it wins ties)
+    borders: tuple[int, ...] = (2, 0)
     iou_threshs: tuple[float, ...] = (0.3, 0.5, 0.7)
     keep_best: bool = True  # end with the weights of the lowest validation loss
     percentiles: tuple[float, float] = (1.0, 99.8)
@@ -540,7 +542,7 @@ def train_iter(
         model.load_weights(best_state, ckpt_path or Path("best weights"))
     if s.optimize_thresholds and x_va:
         gen = optimize_thresholds_iter(
-            model, x_va, y_va, nms_threshs=s.nms_threshs, iou_threshs=s.iou_threshs,
+            model, x_va, y_va, nms_threshs=s.nms_threshs, iou_threshs=s.iou_threshs, borders=s.borders,
         )
         try:
             while True:

@@ -28,14 +28,16 @@ def instances_from_prediction(
     grid: tuple[int, int, int],
     prob_thresh: float,
     nms_thresh: float,
+    border: int = 2,
 ) -> np.ndarray:
     """Label volume from ``prob`` (Z',Y',X') and ``dist`` (Z',Y',X',R) as ``predict`` returns them
-    (candidate selection with the 2-voxel border exclusion, sparse NMS, rendering), in process."""
+    (candidate selection with the ``border`` exclusion in grid voxels, sparse NMS, rendering), in
+    process."""
     from napari_neuroseg.models.stardist3d.postprocess import nms_and_render, select_candidates
 
     p, d, pts = select_candidates(
         prob, np.moveaxis(dist, -1, 0), offset=(0, 0, 0), grid=tuple(grid), prob_thresh=prob_thresh,
-        border=((2, 2),) * 3, shape=tuple(shape),
+        border=((int(border), int(border)),) * 3, shape=tuple(shape),
     )
     labels, _ = nms_and_render(p, d, pts, rays_spec, n_rays, nms_thresh, tuple(shape))
     return labels

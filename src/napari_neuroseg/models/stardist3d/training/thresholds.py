@@ -1,7 +1,8 @@
 """Threshold optimisation as ``stardist``'s ``optimize_thresholds``: for each NMS threshold, a
 golden-section search of the probability threshold (in ``[max_prob / 2, max_prob]``) that
 maximises the mean F1 over IoU thresholds 0.3, 0.5 and 0.7 on validation volumes; the best pair
-wins."""
+wins. Optionally the same search for each of several ``borders`` (grid voxels at the volume's edge
+without object centres; stardist always uses 2), and the best triple wins."""
 
 from __future__ import annotations
 
@@ -28,13 +29,20 @@ def optimize_thresholds_iter(
     tol: float = 1e-2,
     maxiter: int = 20,
     predictions: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
+    borders: Sequence[int] = (2,),
 ) -> Generator[Progress, None, tuple[Thresholds, float, dict]]:
     """Generator form of :func:`optimize_thresholds`; returns ``(thresholds, mean_f1, history)``
-    where ``history`` maps ``"nms"`` → list of ``(prob_thresh, mean_f1)`` tried."""
+    where ``history`` maps ``"nms"`` (or ``"nms/border"`` when several borders are searched) →
+    list of ``(prob_thresh, mean_f1)`` tried."""
     from napari_neuroseg.models.stardist3d.rays import rays_spec
     from napari_neuroseg.models.stardist3d.training.evaluate import instances_from_prediction, score_instances
 
-    total = len(nms_threshs) * (maxiter + 2) + len(images)
+    from napari_neuroseg.errors import NeurosegError
+
+    borders = [int(b) for b in borders]
+    if not borders or min(borders) < 0:
+        raise NeurosegError(f"borders {borders} are not non-negative grid voxel counts", fix="use e.g. (2, 0)")
+    total = len(borders) * len(nms_threshs) * (maxiter + 2) + len(images)
     step = 0
     if predictions is None:
         predictions = []
@@ -47,9 +55,10 @@ def optimize_thresholds_iter(
     max_prob = max(float(p.max()) for p, _ in predictions)
     lo, hi = max_prob / 2, max_prob
     history: dict[str, list[tuple[float, float]]] = {}
-    best = (0.5, 0.4, -1.0)
+    best = (0.5, 0.4, 2, -1.0)
 
-    for nms in nms_threshs:
+    for border, nms in [(b, n) for b in borders for n in nms_threshs]:
+        key = f"{nms:g}" if len(borders) == 1 else f"{nms:g}/{border}"
         cache: dict[float, float] = {}
 
         def value(t: float) -> float:
@@ -57,7 +66,7 @@ def optimize_thresholds_iter(
             if t not in cache:
                 preds = [
                     instances_from_prediction(p, d, s, rays_spec=spec, n_rays=model.config.n_rays,
-                                              grid=model.grid, prob_thresh=t, nms_thresh=nms)
+                                              grid=model.grid, prob_thresh=t, nms_thresh=nms, border=border)
                     for (p, d), s in zip(predictions, shapes)
                 ]
                 scores = score_instances(labels, preds, iou_threshs)
@@ -68,7 +77,7 @@ def optimize_thresholds_iter(
         c, d = b - _INV_PHI * (b - a), a + _INV_PHI * (b - a)
         fc, fd = value(c), value(d)
         step += 2
-        yield Progress(step, total, f"nms {nms:g}: prob {c:.3f} → F1 {fc:.3f}")
+        yield Progress(step, total, f"nms {key}: prob {c:.3f} → F1 {fc:.3f}")
         for _ in range(maxiter):
             if abs(b - a) < tol:
                 break
@@ -81,13 +90,13 @@ def optimize_thresholds_iter(
                 d = a + _INV_PHI * (b - a)
                 fd = value(d)
             step += 1
-            yield Progress(step, total, f"nms {nms:g}: prob {min(c, d):.3f}-{max(c, d):.3f} → F1 {max(fc, fd):.3f}")
+            yield Progress(step, total, f"nms {key}: prob {min(c, d):.3f}-{max(c, d):.3f} → F1 {max(fc, fd):.3f}")
         t_best, f_best = max(cache.items(), key=lambda kv: (kv[1], -kv[0]))
-        history[f"{nms:g}"] = sorted(cache.items())
-        if f_best > best[2]:
-            best = (t_best, float(nms), f_best)
-    yield Progress(total, total, f"best: prob {best[0]:.3f}, nms {best[1]:g} → mean F1 {best[2]:.3f}")
-    return Thresholds(prob=float(best[0]), nms=float(best[1])), float(best[2]), history
+        history[key] = sorted(cache.items())
+        if f_best > best[3]:
+            best = (t_best, float(nms), border, f_best)
+    yield Progress(total, total, f"best: prob {best[0]:.3f}, nms {best[1]:g}, border {best[2]} → mean F1 {best[3]:.3f}")
+    return Thresholds(prob=float(best[0]), nms=float(best[1]), border=int(best[2])), float(best[3]), history
 
 
 def optimize_thresholds(model, images, labels, **kwargs) -> tuple[Thresholds, float, dict]:
