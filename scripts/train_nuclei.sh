@@ -48,8 +48,12 @@ if [[ "${THIRD_SESSION:-0}" == 1 ]]; then
     --steps 4000 --max-minutes 105 -o runs/nuc_axial || true   # stopped by hand at step 1225
   nice -n 15 neuroseg train nuclei "${FT[@]}" --synthetic-axial-blur 1.0 4.5 --synthetic-dome 0.0 0.6 \
     --init-from runs/nuc_axial --steps 6000 --max-minutes 95 -o "$RUN"
-  python scripts/nuclei_thresholds.py "$RUN" --synthetic 40 --shape 48 128 128 --vary 0.25 \
-    --axial-blur 1.0 4.5 --dome 0.0 0.6 --val-fraction 0.1
+  TH=(--synthetic 40 --shape 48 128 128 --vary 0.25 --axial-blur 1.0 4.5 --dome 0.0 0.6 --val-fraction 0.1
+      --crop 32 96 96 --nms 0.3 0.4 --threads 1)
+  python scripts/nuclei_thresholds.py "$RUN" "${TH[@]}" --borders 2 --out "$RUN"/search_b2.json &
+  python scripts/nuclei_thresholds.py "$RUN" "${TH[@]}" --borders 0 --out "$RUN"/search_b0.json
+  wait
+  python scripts/nuclei_thresholds.py --combine "$RUN" "$RUN"/search_b2.json "$RUN"/search_b0.json
 fi
 
 # thresholds (first two sessions): optimize_thresholds on 32x64x64 crops of the two validation
