@@ -83,8 +83,11 @@ def write_best(model: Path, docs: list[dict]) -> dict:
     the model folder, with all searches in ``threshold_search.json``."""
     best = max(docs, key=lambda d: d["mean_f1_iou_0.3_0.5_0.7"])
     (model / "thresholds.json").write_text(json.dumps(best["thresholds"]))
-    merged = dict(best, search={k: v for d in docs for k, v in d["search"].items()},
-                  searched_borders=[d["thresholds"]["border"] for d in docs])
+    search = {}
+    for d in docs:  # keys "nms" of one-border searches become "nms/border"
+        b = d["thresholds"]["border"]
+        search.update({k if "/" in k else f"{k}/{b}": v for k, v in d["search"].items()})
+    merged = dict(best, search=search, searched_borders=[d["thresholds"]["border"] for d in docs])
     (model / "threshold_search.json").write_text(json.dumps(merged, indent=1))
     return best
 
