@@ -234,31 +234,36 @@ class Thresholds:
         """The ``thresholds.json`` content."""
         return {"prob": self.prob, "nms": self.nms, "border": self.border}
 
+    @classmethod
+    def from_dict(cls, d: object) -> "Thresholds":
+        """Values from a ``thresholds.json``-like dict; a missing key or an out-of-range value
+        gives the StarDist default (prob 0.5, nms 0.4, border 2) for that value."""
+        d = d if isinstance(d, dict) else {}
+
+        def _get(key: str, default: float) -> float:
+            try:
+                v = float(d.get(key, default))
+            except (TypeError, ValueError):
+                return default
+            return v if 0.0 < v < 1.0 and math.isfinite(v) else default
+
+        return cls(prob=_get("prob", 0.5), nms=_get("nms", 0.4), border=_border(d.get("border", 2)))
+
 
 def load_thresholds(path: str | Path) -> Thresholds:
-    """Read ``thresholds.json``; a missing file, a missing key or an out-of-range value gives the
-    StarDist defaults (prob 0.5, nms 0.4, border 2) for that value."""
+    """Read ``thresholds.json``; a missing or unreadable file, a missing key or an out-of-range
+    value gives the StarDist defaults (prob 0.5, nms 0.4, border 2) for that value."""
     path = Path(path)
-    d: dict = {}
+    d: object = {}
     if path.is_file():
         try:
             d = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             d = {}
-    if not isinstance(d, dict):
-        d = {}
-
-    def _get(key: str, default: float) -> float:
-        try:
-            v = float(d.get(key, default))
-        except (TypeError, ValueError):
-            return default
-        return v if 0.0 < v < 1.0 and math.isfinite(v) else default
-
-    return Thresholds(prob=_get("prob", 0.5), nms=_get("nms", 0.4), border=border_from_json(d.get("border", 2)))
+    return Thresholds.from_dict(d)
 
 
-def border_from_json(value: object) -> int:
+def _border(value: object) -> int:
     """A ``border`` value from a file: a non-negative whole number, else stardist's 2."""
     try:
         v = float(value)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
-from napari_neuroseg.models.stardist3d.config import StarDistConfig, Thresholds, border_from_json, load_thresholds
+from napari_neuroseg.models.stardist3d.config import StarDistConfig, Thresholds, load_thresholds
 from napari_neuroseg.models.stardist3d.rays import make_rays, rays_spec
 from napari_neuroseg.runtime.progress import Progress, run_to_completion
 
@@ -172,9 +172,7 @@ class StarDist3D:
         if not isinstance(blob, dict) or blob.get("format") != FORMAT_NAME:
             raise NeurosegError("not a neuroseg StarDist-3D model file", path=path, fix="use StarDist3D.save_file output")
         config = StarDistConfig.from_dict(blob.get("config") or {}, path=path)
-        th = blob.get("thresholds") or {}
-        thresholds = Thresholds(prob=float(th.get("prob", 0.5)), nms=float(th.get("nms", 0.4)),
-                                border=border_from_json(th.get("border", 2)))
+        thresholds = Thresholds.from_dict(blob.get("thresholds"))
         model = cls(config, thresholds, name=path.stem, path=path, device="cpu")
         model.load_weights(blob.get("state_dict") or {}, path)
         return model.to(device)
