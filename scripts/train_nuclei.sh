@@ -56,29 +56,11 @@ if [[ "${THIRD_SESSION:-0}" == 1 ]]; then
   python scripts/nuclei_thresholds.py --combine "$RUN" "$RUN"/search_b2.json "$RUN"/search_b0.json
 fi
 
-# thresholds (first two sessions): optimize_thresholds on 32x64x64 crops of the two validation
-# volumes (seeds 4, 19); the third session's thresholds come from scripts/nuclei_thresholds.py above
-[[ "${THIRD_SESSION:-0}" == 1 ]] || nice -n 10 python - "$RUN" <<'PY'
-import json, sys
-from pathlib import Path
-import numpy as np, torch
-from napari_neuroseg.models.stardist3d.model import StarDist3D
-from napari_neuroseg.models.stardist3d.train import _split, synthetic_dataset
-from napari_neuroseg.models.stardist3d.training import normalize_volume, optimize_thresholds
-torch.set_num_threads(2)
-folder = Path(sys.argv[1])
-m = StarDist3D.from_folder(folder, device="cpu")
-_, va = _split(20, 0.1, np.random.default_rng(0))
-xs, ys = [], []
-for i in va:
-    x, y = synthetic_dataset(1, (48, 128, 128), seed=i, vary=0.25)
-    xs.append(normalize_volume(x[0])[:, 8:40, 32:96, 32:96]); ys.append(y[0][8:40, 32:96, 32:96])
-th, f1, hist = optimize_thresholds(m, xs, ys, nms_threshs=(0.3, 0.4, 0.5), maxiter=3, tol=0.02)
-(folder / "thresholds.json").write_text(json.dumps({"prob": th.prob, "nms": th.nms}))
-(folder / "threshold_search.json").write_text(json.dumps({"val_seeds": [int(v) for v in va], "crop": "[8:40, 32:96, 32:96]",
-    "mean_f1_iou_0.3_0.5_0.7": f1, "search": {k: [list(p) for p in v] for k, v in hist.items()}}, indent=1))
-print(th, f1)
-PY
+# thresholds (first two sessions): optimize_thresholds on the central 32x64x64 crops of the two
+# validation volumes (seeds 4, 19) with stardist's border 2; the third session's thresholds come
+# from the parallel search above
+[[ "${THIRD_SESSION:-0}" == 1 ]] || nice -n 10 python scripts/nuclei_thresholds.py "$RUN" --synthetic 20 \
+  --shape 48 128 128 --vary 0.25 --val-fraction 0.1 --crop 32 64 64 --nms 0.3 0.4 0.5 --borders 2
 
 # ship the model files (not the checkpoint / optimizer state)
 DEST=src/napari_neuroseg/models/stardist3d/pretrained/neuroseg_nuclei
