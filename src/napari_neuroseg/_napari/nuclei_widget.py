@@ -111,10 +111,10 @@ def _model_thresholds(spec: str) -> tuple[float, float] | None:
     if path.is_dir():
         th = load_thresholds(path / "thresholds.json")
         return th.prob, th.nms
-    try:
-        import torch
+    from napari_neuroseg.models.safe_load import load_torch_file
 
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        blob = load_torch_file(path, fix="choose another model")
         th = blob.get("thresholds") or {}
         return float(th.get("prob", 0.5)), float(th.get("nms", 0.4))
     except Exception:  # noqa: BLE001 - unreadable file: the run will report it properly

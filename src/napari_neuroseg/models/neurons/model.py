@@ -67,10 +67,10 @@ def save_model(path: str | Path, net, config: NetConfig, params: PostprocessPara
     payload = {
         "model_type": MODEL_TYPE,
         "format_version": FORMAT_VERSION,
-        "config": config.__dict__.copy(),
-        "postprocess": (params or PostprocessParams()).to_dict(),
+        "config": _plain(config.__dict__.copy()),
+        "postprocess": _plain((params or PostprocessParams()).to_dict()),
         "state_dict": state,
-        **extra,
+        **{k: _plain(v) for k, v in extra.items()},
     }
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -81,19 +81,39 @@ def save_model(path: str | Path, net, config: NetConfig, params: PostprocessPara
             tmp.unlink()
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Load and check a model file; NeurosegError if it is missing or of another model type."""
+def _plain(value: Any) -> Any:
+    """``value`` with only types that ``torch.load(weights_only=True)`` accepts: tensors, dicts, lists,
+    str, int, float, bool, None. Paths become strings, numpy values lists/numbers."""
+    import numpy as np
     import torch
+
+    if isinstance(value, torch.Tensor) or value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {(_plain(k) if not isinstance(k, (str, int)) else k): _plain(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_plain(v) for v in value)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load and check a model file; NeurosegError if it is missing or of another model type.
+
+    Read with ``weights_only=True``: a file whose pickle needs anything beyond tensors and plain
+    containers (a class, a function, a ``__reduce__`` payload) is refused and never executed."""
+    from napari_neuroseg.models.safe_load import load_torch_file
 
     path = Path(path)
     if not path.is_file():
         raise NeurosegError("model file not found", path=path,
                             fix="pass a neuron model .pt written by 'neuroseg train neurons' or omit --model")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001
-        raise NeurosegError(f"cannot read the model file ({type(err).__name__}: {err})", path=path,
-                            fix="pass a neuron model .pt written by 'neuroseg train neurons'") from err
+    ckpt = load_torch_file(path, fix="pass a neuron model .pt written by 'neuroseg train neurons'")
     if not isinstance(ckpt, dict) or ckpt.get("model_type") != MODEL_TYPE:
         found = ckpt.get("model_type", "no model_type") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise NeurosegError(f"not a neuron model (found {found!r}, expected {MODEL_TYPE!r})", path=path,

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.models.safe_load import load_torch_file
 from napari_neuroseg.models.stardist3d.config import StarDistConfig, Thresholds, load_thresholds
 from napari_neuroseg.models.stardist3d.rays import make_rays, rays_spec
 from napari_neuroseg.runtime.progress import Progress, run_to_completion
@@ -123,8 +124,6 @@ class StarDist3D:
     def from_folder(cls, path: str | Path, *, device: str | None = None) -> "StarDist3D":
         """Load a model folder: Keras (``config.json``, ``thresholds.json``, ``weights_best.h5``
         else the newest ``*.h5``) or neuroseg (``config.json``, ``thresholds.json``, ``weights.pt``)."""
-        import torch
-
         path = Path(path)
         if not path.is_dir():
             if path.is_file() and path.suffix == ".pt":
@@ -135,10 +134,7 @@ class StarDist3D:
         model = cls(config, thresholds, name=path.name, path=path, device="cpu")
         own = path / OWN_WEIGHTS
         if own.is_file():
-            try:
-                state = torch.load(own, map_location="cpu", weights_only=True)
-            except Exception as err:  # noqa: BLE001 - any unpickling problem means a bad file
-                raise NeurosegError(f"cannot read the weights ({err})", path=own, fix="restore or re-save the model") from err
+            state = load_torch_file(own, what="weights file", fix="restore or re-save the model")
             model.load_weights(state, own)
         else:
             h5 = path / "weights_best.h5"
@@ -160,15 +156,10 @@ class StarDist3D:
     def from_file(cls, path: str | Path, *, device: str | None = None) -> "StarDist3D":
         """Load the single-file form of the own format (``.pt`` with config, thresholds and
         state dict; read with ``weights_only=True``)."""
-        import torch
-
         path = Path(path)
         if not path.is_file():
             raise NeurosegError("model file not found", path=path, fix="give a .pt file saved by neuroseg")
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001
-            raise NeurosegError(f"cannot read the model file ({err})", path=path, fix="restore or re-save the model") from err
+        blob = load_torch_file(path, fix="restore or re-save the model")
         if not isinstance(blob, dict) or blob.get("format") != FORMAT_NAME:
             raise NeurosegError("not a neuroseg StarDist-3D model file", path=path, fix="use StarDist3D.save_file output")
         config = StarDistConfig.from_dict(blob.get("config") or {}, path=path)

@@ -409,10 +409,9 @@ def train_iter(
     if resume:
         if ckpt_path is None or not ckpt_path.is_file():
             raise NeurosegError("nothing to resume: no checkpoint.pt", path=out, fix="train without --resume first")
-        try:
-            ck = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unpickling problem means a bad file
-            raise NeurosegError(f"cannot read the checkpoint ({err})", path=ckpt_path, fix="train from scratch") from err
+        from napari_neuroseg.models.safe_load import load_torch_file
+
+        ck = load_torch_file(ckpt_path, what="checkpoint", fix="train from scratch (without --resume)")
         if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
             raise NeurosegError("not a neuroseg training checkpoint", path=ckpt_path, fix="train from scratch")
         if StarDistConfig.from_dict(ck["config"]).divisor != config.divisor or ck["config"].get("n_rays") != config.n_rays:
