@@ -35,22 +35,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_io(args: argparse.Namespace) -> None:
+    """Outputs never overwrite inputs: a subcommand lists its path flags in ``io_flags``
+    (``({"GT": "gt", ...}, {"--json": "json_out", ...})``: inputs, outputs; flag -> dest)."""
+    io_flags = getattr(args, "io_flags", None)
+    if not io_flags:
+        return
+    from napari_neuroseg.io.checks import require_outputs_apart
+
+    ins, outs = ({flag: getattr(args, dest, None) for flag, dest in d.items()} for d in io_flags)
+    require_outputs_apart(ins, outs)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``neuroseg``; returns the process exit code."""
+    """Run ``neuroseg``; returns the process exit code (130 after Ctrl-C, one line on stderr)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("neuroseg: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 2
     try:
+        _check_io(args)
         result = args.func(args)
     except KeyboardInterrupt:
-        print("neuroseg: interrupted", file=sys.stderr)
+        print(f"neuroseg {args.command}: interrupted", file=sys.stderr)
         return 130
     except NeurosegError as err:
         if args.debug:
             raise
         print(f"neuroseg {args.command}: error: {err}", file=sys.stderr)
+        return 1
+    except MemoryError as err:
+        if args.debug:
+            raise
+        print(f"neuroseg {args.command}: error: out of memory ({err or 'allocation failed'}). "
+              "Fix: use smaller tiles/blocks/patches (see --help) or a machine with more memory.",
+              file=sys.stderr)
         return 1
     except Exception as err:  # noqa: BLE001 - one clear line, traceback only with --debug
         if args.debug:

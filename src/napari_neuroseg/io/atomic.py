@@ -3,15 +3,66 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
+import signal
+import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 from napari_neuroseg.errors import NeurosegError
 
-__all__ = ["atomic_output", "remove_path"]
+__all__ = ["atomic_output", "defer_sigint", "remove_path"]
+
+#: errnos that mean "no room left" (full disk, quota).
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}
+
+
+class _Deferred:
+    interrupted = False
+
+
+_active = threading.local()
+
+
+@contextlib.contextmanager
+def defer_sigint() -> Iterator[_Deferred]:
+    """Hold back Ctrl-C (SIGINT) while the body runs; the caller checks ``.interrupted`` after.
+
+    Writers must not be interrupted half way: a ``KeyboardInterrupt`` raised inside h5py is
+    swallowed by its C code (the write goes on and the program exits 0), and one raised while
+    zarr's I/O thread still writes chunks lets that thread recreate the temporary folder after it
+    was removed. So the first Ctrl-C is only recorded (one line on stderr says so) and honoured
+    when the body ends; a second Ctrl-C interrupts at once. Only in the main thread and only when
+    Python's default SIGINT handler is installed (napari and other hosts keep theirs).
+    """
+    state = _Deferred()
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or getattr(_active, "on", False)
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
+        yield state
+        return
+
+    def handler(signum, frame):  # noqa: ARG001
+        if state.interrupted:  # second Ctrl-C: stop now
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            raise KeyboardInterrupt
+        state.interrupted = True
+        print("neuroseg: interrupted, removing the unfinished output "
+              "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, handler)
+    _active.on = True
+    try:
+        yield state
+    finally:
+        _active.on = False
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def remove_path(path: str | Path) -> None:
@@ -55,30 +106,42 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
         )
     token = uuid.uuid4().hex[:8]
     tmp = parent / f".{target.name}.tmp-{token}{_suffixes(target.name)}"
-    try:
-        yield tmp
-    except BaseException:
-        remove_path(tmp)
-        raise
-    if not tmp.exists():
-        raise NeurosegError("the writer produced no output", path=target, fix="report this as a bug")
-    try:
-        if target.is_dir() and not target.is_symlink():
-            # A directory cannot be replaced in one os.replace: move the old one aside first.
-            backup = parent / f".{target.name}.old-{token}"
-            os.replace(target, backup)
-            try:
+    with defer_sigint() as sig:
+        try:
+            yield tmp
+        except BaseException as err:
+            remove_path(tmp)
+            if isinstance(err, OSError) and err.errno in _NO_SPACE:
+                raise NeurosegError(
+                    f"the disk is full ({err.strerror or err}); nothing was written",
+                    path=target,
+                    fix="free some space or write to another disk",
+                ) from err
+            raise
+        if sig.interrupted:
+            remove_path(tmp)
+            raise KeyboardInterrupt
+        if not tmp.exists():
+            raise NeurosegError("the writer produced no output", path=target, fix="report this as a bug")
+        try:
+            if target.is_dir() and not target.is_symlink():
+                # A directory cannot be replaced in one os.replace: move the old one aside first.
+                backup = parent / f".{target.name}.old-{token}"
+                os.replace(target, backup)
+                try:
+                    os.replace(tmp, target)
+                except BaseException:
+                    os.replace(backup, target)
+                    raise
+                remove_path(backup)
+            else:
                 os.replace(tmp, target)
-            except BaseException:
-                os.replace(backup, target)
-                raise
-            remove_path(backup)
-        else:
-            os.replace(tmp, target)
-    except OSError as err:
-        remove_path(tmp)
-        raise NeurosegError(
-            f"could not move the finished output into place ({err.strerror or err})",
-            path=target,
-            fix="check permissions and that the path is not open in another program",
-        ) from err
+        except OSError as err:
+            remove_path(tmp)
+            raise NeurosegError(
+                f"could not move the finished output into place ({err.strerror or err})",
+                path=target,
+                fix="check permissions and that the path is not open in another program",
+            ) from err
+        if sig.interrupted:  # Ctrl-C during the rename: the output is complete, stop now
+            raise KeyboardInterrupt

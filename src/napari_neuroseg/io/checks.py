@@ -16,6 +16,8 @@ __all__ = [
     "check_label_values",
     "as_label_array",
     "is_lazy",
+    "require_real_image",
+    "require_outputs_apart",
 ]
 
 
@@ -100,3 +102,68 @@ def as_label_array(data: Any, path: str | Path | None = None, *, what: str = "la
         data = data.astype(np.uint8)
     check_label_values(data, path, what=what)
     return data
+
+
+def require_real_image(data: Any, path: str | Path | None = None, *, what: str = "image") -> None:
+    """Images for the models must hold real numbers (bool, integers or floats).
+
+    Complex, string, object and structured arrays are refused with a NeurosegError (numpy would
+    fail deep inside normalisation with a ``TypeError``)."""
+    dtype = np.dtype(getattr(data, "dtype", None) or np.asarray(data).dtype)
+    if dtype.kind in "biuf":
+        return
+    if dtype.kind == "c":
+        fix = "save the magnitude (numpy.abs) or the real part (numpy.real) as a float32 image"
+    else:
+        fix = "save the image as a numeric array (uint8/uint16/float32)"
+    raise NeurosegError(f"the {what} has dtype {dtype}, which is not a real-valued image", path=path, fix=fix)
+
+
+def _container(p: Path) -> bool:
+    """A folder that is one dataset (Zarr/N5 store, FISBe sample), not a plain folder of files."""
+    return p.is_dir() and (p.suffix.lower() in (".zarr", ".n5") or any(
+        (p / m).exists() for m in (".zgroup", ".zarray", "zarr.json")))
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return a.samefile(b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    c, p = child.resolve(), parent.resolve()
+    return c != p and p in c.parents
+
+
+def require_outputs_apart(inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
+    """Refuse any output that would overwrite or remove an input.
+
+    ``inputs`` and ``outputs`` map a flag (``"GT"``, ``"--json"``...) to a path or a list of
+    paths (``None`` entries are skipped). An output is refused when it is the same file as an
+    input (resolved paths or ``samefile``: symlinks and hard links count), when it lies inside an
+    input container (a Zarr store or FISBe sample), or when an input lies inside an output store
+    (writing a Zarr store replaces the whole folder). Plain output folders (``--toml DIR``, a
+    model folder) may hold inputs: files are only added to them.
+    """
+    def items(d: dict[str, Any]):
+        for flag, v in d.items():
+            for p in (v if isinstance(v, (list, tuple)) else [v]):
+                if p not in (None, ""):
+                    yield flag, Path(p)
+
+    ins = list(items(inputs))
+    for oflag, out in items(outputs):
+        for iflag, inp in ins:
+            if _same(out, inp):
+                problem = f"the output {oflag} is the input {iflag}: writing it would overwrite the input"
+            elif _container(inp) and _inside(out, inp):
+                problem = f"the output {oflag} lies inside the input {iflag}: writing it would change the input"
+            elif (_container(out) or out.suffix.lower() in (".zarr", ".n5")) and _inside(inp, out):
+                problem = f"the input {iflag} ({inp}) lies inside the output {oflag}, which would replace it"
+            else:
+                continue
+            raise NeurosegError(problem, path=out, fix=f"choose another path for {oflag}")

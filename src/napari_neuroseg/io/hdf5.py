@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -107,15 +108,28 @@ def hdf5_scale(path: str | Path, key: str, spatial: str) -> dict[str, float]:
 
 
 def write_hdf5(path: str | Path, data: Any, *, key: str = "data", scale: tuple[float, ...] | None = None) -> Path:
-    """Write one dataset to a new HDF5 file atomically (gzip-compressed, chunked)."""
+    """Write one dataset to a new HDF5 file atomically (gzip-compressed, chunked).
+
+    The file is built in memory and then written with plain Python I/O: when the HDF5 library
+    itself meets a full disk it leaves half-closed objects behind that crash the interpreter at
+    exit (segfault), whereas a failed ``write()`` is an ordinary ``OSError`` (a NeurosegError
+    "the disk is full" from :func:`atomic_output`). The extra memory is the compressed file size.
+    """
+    import io
+
     import h5py
 
     path = Path(path)
     data = np.asarray(data)
+    buf = io.BytesIO()
+    with h5py.File(buf, "w") as f:
+        d = f.create_dataset(key, data=data, compression="gzip", compression_opts=4,
+                             chunks=True if data.size else None)
+        if scale is not None:
+            d.attrs["element_size_um"] = np.asarray(scale, dtype=float)
     with atomic_output(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            d = f.create_dataset(key, data=data, compression="gzip", compression_opts=4,
-                                 chunks=True if data.size else None)
-            if scale is not None:
-                d.attrs["element_size_um"] = np.asarray(scale, dtype=float)
+        with open(tmp, "wb") as fh:
+            fh.write(buf.getbuffer())
+            fh.flush()
+            os.fsync(fh.fileno())
     return path
