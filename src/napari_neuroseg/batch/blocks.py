@@ -51,10 +51,72 @@ def grid_shape(shape: tuple[int, ...], block_shape: tuple[int, ...]) -> tuple[in
     return tuple(-(-int(s) // int(b)) for s, b in zip(shape, block_shape))  # type: ignore[return-value]
 
 
+#: most blocks one blockwise plan may have: every block costs bookkeeping in this process (its
+#: :class:`Block`, job arguments, a Dask future, pass-1/pass-2 markers and id counts)
+MAX_BLOCKS = 1_000_000
+#: a generous estimate of that bookkeeping per block, in bytes
+BLOCK_STATE_BYTES = 16 * 1024
+
+
+def count_blocks(shape: tuple[int, ...], block_shape: tuple[int, ...]) -> int:
+    """How many blocks :func:`plan_blocks` makes, without making them."""
+    shape = tuple(int(s) for s in shape)
+    bs = tuple(max(1, min(int(b), s)) for b, s in zip(block_shape, shape))
+    n = 1
+    for g in grid_shape(shape, bs):
+        n *= int(g)
+    return n
+
+
+def block_budget(available: int | None = None) -> int:
+    """Most blocks a plan may have here: :data:`MAX_BLOCKS`, and their bookkeeping within a
+    quarter of the available memory. (One place to swap for a shared memory-budget helper.)"""
+    if available is None:
+        import psutil
+
+        available = int(psutil.virtual_memory().available)
+    return int(max(1, min(MAX_BLOCKS, available // 4 // BLOCK_STATE_BYTES)))
+
+
+def check_block_plan(
+    shape: tuple[int, ...], block_shape: tuple[int, ...], *, path: str | None = None,
+    dtype: object = None, limit: int | None = None,
+) -> int:
+    """The number of blocks of a plan; raises :class:`NeurosegError` (before anything is
+    enumerated or allocated) when it exceeds :func:`block_budget`."""
+    from napari_neuroseg.errors import NeurosegError
+
+    shape = tuple(int(s) for s in shape)
+    n = count_blocks(shape, block_shape)
+    limit = block_budget() if limit is None else int(limit)
+    if n <= limit:
+        return n
+    voxels = 1
+    for s in shape:
+        voxels *= s
+    size = ""
+    if dtype is not None:
+        size = f", {voxels * np.dtype(dtype).itemsize / 1e12:.3g} TB as {np.dtype(dtype)}"
+    # the smallest isotropic scale-up of the block shape that fits the budget
+    k = max(1.0, (n / limit) ** (1 / 3))
+    bigger = [min(s, int(np.ceil(int(b) * k))) for b, s in zip(block_shape, shape)]
+    raise NeurosegError(
+        f"the volume declares shape {list(shape)} ({voxels:.3g} voxels{size}), which makes {n:,} blocks of "
+        f"{list(block_shape)}; planning more than {limit:,} blocks is refused (each block needs bookkeeping "
+        "in memory)",
+        path=path,
+        fix=f"check that the volume's declared shape is right (a small store can declare a huge array), or "
+        f"use a larger --block-shape (about {' '.join(map(str, bigger))} or more)",
+    )
+
+
 def plan_blocks(
     shape: tuple[int, int, int], block_shape: tuple[int, int, int], halo: tuple[int, int, int] = (0, 0, 0)
 ) -> list[Block]:
-    """Tile a ZYX ``shape`` into blocks of ``block_shape`` (edge blocks smaller), C order."""
+    """Tile a ZYX ``shape`` into blocks of ``block_shape`` (edge blocks smaller), C order.
+
+    Refuses (:class:`NeurosegError`) plans larger than :func:`block_budget`."""
+    check_block_plan(shape, block_shape)
     shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
     block_shape = tuple(max(1, min(int(b), s)) for b, s in zip(block_shape, shape))  # type: ignore[assignment]
     blocks = []

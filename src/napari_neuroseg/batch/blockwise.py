@@ -35,8 +35,9 @@ import numpy as np
 
 from napari_neuroseg import __version__
 from napari_neuroseg.batch import chunkcache, jobs
-from napari_neuroseg.batch.blocks import forward_neighbours, grid_shape, plan_blocks, union_find_mapping
+from napari_neuroseg.batch.blocks import check_block_plan, forward_neighbours, grid_shape, plan_blocks, union_find_mapping
 from napari_neuroseg.batch.engine import Engine
+from napari_neuroseg.batch.lock import RunLock
 from napari_neuroseg.batch.outputs import create_label_store, replace_path, write_json_atomic
 from napari_neuroseg.batch.sources import InputSpec, open_input
 from napari_neuroseg.batch.tasks import Task
@@ -95,12 +96,34 @@ def segment_blockwise(
             f"blockwise output cannot be written as {fmt!r}", path=target,
             fix="use --format zarr or --format ome-zarr for blockwise runs",
         )
+    # One run per target: a second run of the same input into the same folder would share the
+    # work folder (refused here, clearly, instead of failing later with a misleading message).
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = RunLock(target.parent / f".{target.name}.lock", what="blockwise run", folder=target)
+    lock.acquire()
     own_engine = engine is None
     engine = engine or Engine("sync")
+    try:
+        return (yield from _segment_blockwise(
+            spec, task, params, target, fmt, block_shape, halo, engine, resume, resources, t0, mode,
+        ))
+    finally:
+        if own_engine:
+            engine.close()
+        lock.release()
+
+
+def _segment_blockwise(
+    spec: InputSpec, task: Task, params: dict[str, Any], target: Path, fmt: str,
+    block_shape: tuple[int, int, int], halo: tuple[int, int, int] | None, engine: Engine, resume: bool,
+    resources: dict[str, float] | None, t0: float, mode: str,
+) -> Generator[Progress, None, dict[str, Any]]:
     with open_input(spec) as inp:
         shape = inp.spatial_shape
         axes, scale = inp.axes, inp.scale
-        resolved = task.prepare(inp.data, axes, dict(params))
+        # Refuse absurd plans before the task reads anything (a tiny store may declare 10^15 voxels).
+        check_block_plan(shape, block_shape, path=spec.path, dtype=inp.data.dtype)
+        resolved = jobs.prepare_task(task, inp.data, axes, dict(params), spec)
         halo = tuple(int(h) for h in (halo if halo is not None else task.halo_for(resolved)))  # type: ignore[assignment]
         block_shape = tuple(max(1, min(int(b), s)) for b, s in zip(block_shape, shape))  # type: ignore[assignment]
         if mode == "overlap" and min(halo) < 1:
@@ -173,10 +196,16 @@ def segment_blockwise(
         jobs_args = [(spec, task, block_params, b, mode, shape, str(work), run_id, cache_bytes) for b in todo]
         for i, res, err in engine.map(jobs.pass1_block_job, jobs_args, resources=resources, label="block"):
             b = todo[i]
+            if isinstance(err, NeurosegError):
+                raise NeurosegError(
+                    f"block {b.index} ({_fmt_slices(b.core)}): {err.problem}", path=err.path or spec.path,
+                    fix=f"{err.fix or 'fix the cause'}, then rerun with --resume (finished blocks are kept)",
+                ) from err
             if err is not None:
                 raise NeurosegError(
-                    f"block {b.index} ({_fmt_slices(b.core)}) failed: {type(err).__name__}: {err}",
-                    path=spec.path, fix="fix the cause and rerun with --resume (finished blocks are kept)",
+                    f"block {b.index} ({_fmt_slices(b.core)}) failed: {type(err).__name__}: {jobs.one_line(err)}",
+                    path=spec.path, fix="fix the cause and rerun with --resume (finished blocks are kept; "
+                    "--debug shows the traceback)",
                 ) from err
             p1[b.index] = res
             step += 1
@@ -203,7 +232,10 @@ def segment_blockwise(
             pairs = [np.zeros((0, 2), np.int64)]
             for i, res, err in engine.map(match_job, margs, label="match"):
                 if err is not None:
-                    raise NeurosegError(f"matching block {i} failed: {err}", path=spec.path, fix="rerun with --resume") from err
+                    raise NeurosegError(
+                        f"matching block {i} failed ({type(err).__name__}: {jobs.one_line(err)})", path=spec.path,
+                        fix="rerun with --resume",
+                    ) from err
                 pairs.append(res)
                 step += 1
                 yield Progress(step, total, f"matched {what} of block {len(pairs) - 1}/{n}")
@@ -249,7 +281,10 @@ def segment_blockwise(
             fn = jobs.pass2_centre_job
         for i, _res, err in engine.map(fn, args2, label="write"):
             if err is not None:
-                raise NeurosegError(f"writing block {todo[i].index} failed: {err}", path=target, fix="free disk space and rerun with --resume") from err
+                raise NeurosegError(
+                    f"writing block {todo[i].index} failed ({type(err).__name__}: {jobs.one_line(err)})", path=target,
+                    fix="check the free disk space and that nothing else writes to this output, then rerun with --resume",
+                ) from err
             p2[todo[i].index] = {}
             step += 1
             yield Progress(step, total, f"wrote block {len(p2)}/{n}")
@@ -277,8 +312,6 @@ def segment_blockwise(
         chunkcache.clear()
         if cache_bytes:
             engine.run_on_workers(chunkcache.clear)
-        if own_engine:
-            engine.close()
 
 
 def _fmt_slices(sl: tuple[slice, ...]) -> str:

@@ -27,11 +27,19 @@ from typing import Any
 from napari_neuroseg.errors import NeurosegError
 
 
+#: loggers of the in-process Dask workers that print a traceback for every failed job
+_JOB_LOGGERS = ("distributed.worker", "distributed.worker.state_machine")
+
+
 class Engine:
     """Runs independent jobs and yields ``(index, result, error)`` as they complete."""
 
-    def __init__(self, scheduler: Any = None, workers: int | None = None, *, timeout: float = 10.0):
+    def __init__(self, scheduler: Any = None, workers: int | None = None, *, timeout: float = 10.0, debug: bool = False):
         self.timeout = timeout
+        #: without ``debug`` the embedded workers do not log a traceback per failed job ("Compute
+        #: Failed"): each failure is reported once, as one line, by the caller
+        self.debug = bool(debug)
+        self._saved_levels: dict[str, int] = {}
         self.workers = max(1, int(workers or min(4, os.cpu_count() or 1)))
         if scheduler in (None, "local"):
             scheduler = "sync" if self.workers == 1 else "threads"
@@ -62,6 +70,11 @@ class Engine:
             return self._client
         from distributed import Client, LocalCluster
 
+        if not self.debug and self.kind in ("threads", "processes"):
+            for name in _JOB_LOGGERS:
+                lg = logging.getLogger(name)
+                self._saved_levels.setdefault(name, lg.level)
+                lg.setLevel(logging.CRITICAL)
         if self.kind == "threads":
             self._cluster = LocalCluster(
                 processes=False, n_workers=1, threads_per_worker=self.workers,
@@ -71,7 +84,8 @@ class Engine:
         elif self.kind == "processes":
             self._cluster = LocalCluster(
                 processes=True, n_workers=self.workers, threads_per_worker=1, host="127.0.0.1",
-                dashboard_address=None, worker_dashboard_address=None, silence_logs=logging.ERROR,
+                dashboard_address=None, worker_dashboard_address=None,
+                silence_logs=logging.ERROR if self.debug else logging.CRITICAL,
             )
             self._client = Client(self._cluster)
         elif isinstance(self.scheduler, str):
@@ -95,6 +109,9 @@ class Engine:
                 if self._cluster is not None:
                     self._cluster.close()
         self._client = self._cluster = None
+        for name, level in self._saved_levels.items():
+            logging.getLogger(name).setLevel(level)
+        self._saved_levels.clear()
 
     def __enter__(self) -> Engine:
         return self

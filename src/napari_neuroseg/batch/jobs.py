@@ -17,6 +17,7 @@ from napari_neuroseg.batch.blocks import Block, centre_owned, face_pairs, face_r
 from napari_neuroseg.batch.outputs import create_label_store, write_json_atomic, write_labels
 from napari_neuroseg.batch.sources import InputSpec, open_input
 from napari_neuroseg.batch.tasks import Task
+from napari_neuroseg.errors import NeurosegError
 
 
 def as_labels(labels: Any) -> np.ndarray:
@@ -29,6 +30,57 @@ def as_labels(labels: Any) -> np.ndarray:
             raise ValueError("label ids must fit in uint32")
         labels = labels.astype(np.uint32)
     return labels
+
+
+def one_line(err: BaseException | str, limit: int = 300) -> str:
+    """An error's text on one line (tracebacks and multi-line messages stay out of the summary)."""
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_image(inp: Any, spec: InputSpec, spatial: Any = None, **kw: Any) -> np.ndarray:
+    """Read (a block of) an opened input; a corrupt or truncated file becomes a NeurosegError."""
+    try:
+        image = inp.read(spatial, **kw)
+    except NeurosegError:
+        raise
+    except Exception as err:  # noqa: BLE001 - decoders raise all sorts (DeflateError, OSError...)
+        raise NeurosegError(
+            f"cannot read the image data ({type(err).__name__}: {one_line(err)})", path=spec.path,
+            fix="the file is truncated or corrupt: copy or export it again, or remove it from the inputs",
+        ) from err
+    check_finite(image, spec)
+    return image
+
+
+def check_finite(image: np.ndarray, spec: InputSpec) -> None:
+    """Refuse float images with NaN or infinite values (thresholds and models cannot use them)."""
+    if image.dtype.kind not in "fc" or image.size == 0:
+        return
+    finite = np.isfinite(image)
+    if finite.all():
+        return
+    n_nan = int(np.count_nonzero(np.isnan(image)))
+    n_inf = int(image.size - np.count_nonzero(finite) - n_nan)
+    what = ", ".join(t for t in (f"{n_nan} NaN" if n_nan else "", f"{n_inf} infinite" if n_inf else "") if t)
+    raise NeurosegError(
+        f"the image has {what} values (of {image.size} voxels)", path=spec.path,
+        fix="replace them before the batch run (e.g. numpy.nan_to_num, or fill them with the background value)",
+    )
+
+
+def prepare_task(task: Task, image: Any, axes: str, params: dict, spec: InputSpec) -> dict:
+    """``task.prepare`` with its failures (e.g. Otsu on a NaN sample) as a NeurosegError."""
+    try:
+        return task.prepare(image, axes, params)
+    except NeurosegError:
+        raise
+    except Exception as err:  # noqa: BLE001 - reported per file
+        raise NeurosegError(
+            f"task {task.name} could not resolve its parameters on this image ({type(err).__name__}: {one_line(err)})",
+            path=spec.path,
+            fix="check the image values (NaN, infinite or constant?) and the task parameters; --debug shows the traceback",
+        ) from err
 
 
 def count_objects(labels: np.ndarray) -> int:
@@ -48,10 +100,10 @@ def run_file_job(spec: InputSpec, task: Task, params: dict, target: str, fmt: st
         row = task.summary_row(result)
         return {"seconds": time.perf_counter() - t0, "metrics": row, **row}
     with open_input(spec) as inp:
-        image = inp.read()
+        image = read_image(inp, spec)
         axes, scale = inp.axes, inp.scale
     t_read = time.perf_counter() - t0
-    resolved = task.prepare(image, axes, params)
+    resolved = prepare_task(task, image, axes, params, spec)
     labels = as_labels(task.segment(image, axes, resolved))
     del image
     t_seg = time.perf_counter() - t0 - t_read
@@ -133,7 +185,7 @@ def pass1_block_job(
     t0 = time.perf_counter()
     w = Path(work)
     with open_input(spec) as inp:
-        region = inp.read(block.outer, run_id=run_id, cache_bytes=cache_bytes)
+        region = read_image(inp, spec, block.outer, run_id=run_id, cache_bytes=cache_bytes)
         axes = inp.axes
     t_read = time.perf_counter() - t0
     labels = as_labels(task.segment(region, axes, params))

@@ -53,18 +53,38 @@ class Manifest:
     def path_for(outdir: str | Path, task: str) -> Path:
         return Path(outdir) / f"neuroseg-batch-{task}.json"
 
+    @staticmethod
+    def _load(path: Path) -> dict[str, Any] | None:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) and isinstance(data.get("entries"), dict) else None
+
+    @classmethod
+    def outputs_in(cls, path: str | Path) -> list[str]:
+        """Every output path a manifest file knows: its done entries' and earlier runs' (``outputs``)."""
+        data = cls._load(Path(path))
+        if data is None:
+            return []
+        out = [str(o) for o in data.get("outputs", []) if isinstance(o, str)]
+        for e in data["entries"].values():
+            if isinstance(e, dict) and e.get("status") == "done" and isinstance(e.get("output"), str) and e["output"]:
+                out.append(e["output"])
+        return out
+
     @classmethod
     def open(cls, outdir: str | Path, task: str, *, resume: bool) -> Manifest:
-        """The existing manifest when resuming (if readable), else a fresh one."""
+        """The existing manifest when resuming (if readable), else a fresh one that still lists
+        the outputs earlier runs wrote (``outputs``), so that they are never taken for inputs."""
         path = cls.path_for(outdir, task)
-        if resume and path.exists():
-            try:
-                data = json.loads(path.read_text())
-                if isinstance(data.get("entries"), dict):
-                    return cls(path, data)
-            except (OSError, ValueError):
-                pass
-        return cls(path, {"format": "napari-neuroseg batch manifest", "version": 1, "entries": {}})
+        old = cls._load(path) if path.exists() else None
+        if resume and old is not None:
+            return cls(path, old)
+        fresh: dict[str, Any] = {"format": "napari-neuroseg batch manifest", "version": 1, "entries": {}}
+        if old is not None:
+            fresh["outputs"] = sorted(set(cls.outputs_in(path)))
+        return cls(path, fresh)
 
     def begin(self, **settings: Any) -> None:
         """Record the run settings (task, params, model, engine, format...) and versions."""

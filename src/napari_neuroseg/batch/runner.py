@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import io as _io
+import logging
+import os
 import time
 from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +23,8 @@ import numpy as np
 
 from napari_neuroseg.batch import jobs
 from napari_neuroseg.batch.blockwise import blockwise_units, segment_blockwise
-from napari_neuroseg.batch.blocks import plan_blocks
+from napari_neuroseg.batch.blocks import check_block_plan
+from napari_neuroseg.batch.lock import RunLock
 from napari_neuroseg.batch.engine import Engine
 from napari_neuroseg.batch.manifest import Manifest, params_hash
 from napari_neuroseg.batch.outputs import FORMATS, atomic_target, clean_temporaries, output_path
@@ -29,6 +32,8 @@ from napari_neuroseg.batch.sources import InputSpec, discover_inputs, open_input
 from napari_neuroseg.batch.tasks import Task, get_task
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.runtime.progress import Progress
+
+_log = logging.getLogger(__name__)
 
 #: inputs larger than this many bytes are processed blockwise when no block shape is given
 DEFAULT_MEMORY_LIMIT = 2 * 1024**3
@@ -90,12 +95,20 @@ def run_batch(
     key: str | None = None,
     memory_limit: int = DEFAULT_MEMORY_LIMIT,
     engine: Engine | None = None,
+    debug: bool = False,
 ) -> Generator[BatchProgress, None, BatchResult]:
     """Run ``task`` over ``inputs`` into ``outdir`` (a progress generator returning a BatchResult).
 
     ``scheduler``: see :class:`~napari_neuroseg.batch.engine.Engine` (``None`` = embedded,
     ``"tcp://HOST:PORT"`` = an existing Dask cluster). Closing the generator cancels between files
     and blocks; finished outputs stay, and ``resume=True`` continues where the run stopped.
+
+    One run at a time per output folder: the run holds ``OUTDIR/.neuroseg-batch.lock`` (see
+    :mod:`~napari_neuroseg.batch.lock`) from its start to its end (also on an error or a cancel);
+    a second run into the same folder raises a :class:`NeurosegError` naming the first one.
+    Outputs of earlier runs in ``OUTDIR`` (listed in its manifests) are never taken as inputs, and
+    an input that a run's output would overwrite is reported as failed, not overwritten.
+    ``debug``: let the embedded Dask workers log a traceback per failed job.
     """
     t_start = time.perf_counter()
     task = get_task(task)
@@ -116,9 +129,33 @@ def run_batch(
     specs = discover_inputs(inputs, key=key)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    clean_temporaries(outdir)
+    lock = RunLock.for_folder(outdir).acquire()
+    try:
+        return (yield from _run_locked(
+            task, specs, outdir, params, fmt, block_shape, halo, scheduler, workers, resume,
+            memory_limit, engine, debug, t_start,
+        ))
+    finally:
+        lock.release()
+
+
+def _run_locked(
+    task: Task, specs: list[InputSpec], outdir: Path, params: dict[str, Any], fmt: str,
+    block_shape: tuple[int, int, int] | None, halo: tuple[int, int, int] | None, scheduler: Any,
+    workers: int | None, resume: bool, memory_limit: int, engine: Engine | None, debug: bool, t_start: float,
+) -> Generator[BatchProgress, None, BatchResult]:
+    clean_temporaries(outdir)  # only now: another run's temporaries are not ours to remove
+    own = known_outputs(outdir)
+    ignored = [s for s in specs if s.format != "array" and _real(s.path) in own]
+    specs = [s for s in specs if not (s.format != "array" and _real(s.path) in own)]
+    if not specs:
+        raise NeurosegError(
+            f"every input is an output of an earlier neuroseg batch run in {outdir} ({len(ignored)} ignored)",
+            fix="give the original volumes as inputs (or another folder)",
+        )
+    input_paths = {_real(s.path): s for s in specs if s.format != "array"}
     engine_given = engine is not None
-    engine = engine or Engine(scheduler, workers)
+    engine = engine or Engine(scheduler, workers, debug=debug)
     settings = {
         "task": task.name, "params": params, "output_format": fmt,
         "block_shape": list(block_shape) if block_shape else None,
@@ -135,6 +172,14 @@ def run_batch(
     for i, spec in enumerate(specs):
         target = output_path(outdir, spec.name, task.name, fmt)
         base = {"input": spec.path, "output": str(target), "params_hash": phash}
+        victim = input_paths.get(_real(target))
+        if victim is not None:
+            records[i] = {**base, "status": "failed", "mode": "-", "error": str(NeurosegError(
+                f"its output would overwrite the input {victim.path} (a file that is not an output of an earlier run)",
+                path=spec.path, fix="use another -o (a folder that holds no inputs), or rename that input",
+            ))}
+            manifest.record(spec.name, {**records[i], "seconds": 0.0})
+            continue
         if resume and spec.format != "array" and manifest.is_complete(spec.name, phash, target):
             old = manifest.data["entries"][spec.name]
             records[i] = {**old, "status": "skipped", "error": "complete in a previous run"}
@@ -143,7 +188,7 @@ def run_batch(
         if task.output == "labels":
             try:
                 with open_input(spec) as inp:
-                    size, shape = inp.nbytes, inp.spatial_shape
+                    size, shape, dtype = inp.nbytes, inp.spatial_shape, inp.data.dtype
             except NeurosegError as err:
                 records[i] = {**base, "status": "failed", "mode": "-", "error": str(err)}
                 manifest.record(spec.name, {**records[i], "seconds": 0.0})
@@ -156,7 +201,12 @@ def run_batch(
                     manifest.record(spec.name, {**records[i], "seconds": 0.0})
                     continue
                 bs = block_shape or DEFAULT_BLOCK_SHAPE
-                n_blocks = len(plan_blocks(shape, bs))
+                try:  # counted, not enumerated: a tiny store can declare a 10^15-voxel array
+                    n_blocks = check_block_plan(shape, bs, path=spec.path, dtype=dtype)
+                except NeurosegError as err:
+                    records[i] = {**base, "status": "failed", "mode": "blockwise", "error": str(err)}
+                    manifest.record(spec.name, {**records[i], "seconds": 0.0})
+                    continue
                 mode, units = "blockwise", blockwise_units(n_blocks, task.stitch)
         plans.append((i, spec, target, mode, units))
 
@@ -173,6 +223,8 @@ def run_batch(
             file=name, file_index=i, n_files=n_files, file_fraction=frac, eta_s=eta, record=record,
         )
 
+    if ignored:
+        yield progress(f"ignored {len(ignored)} output(s) of earlier runs in {outdir} (not inputs)", -1, 0.0)
     # Skipped and unreadable files first (they cost nothing).
     for i, rec in enumerate(records):
         if rec is not None:
@@ -191,6 +243,7 @@ def run_batch(
             if err is None:
                 rec = {**base, "status": "done", **res}
             else:
+                _log_failure(spec, err)
                 rec = {**base, "status": "failed", "error": _err_text(err, spec), "seconds": time.perf_counter() - t_submit}
             records[i] = rec
             if spec.format != "array" or rec["status"] == "failed":
@@ -214,8 +267,10 @@ def run_batch(
             except StopIteration as stop:
                 rec = {**base, "status": "done", **stop.value}
             except NeurosegError as err:
-                rec = {**base, "status": "failed", "error": str(err)}
+                _log_failure(spec, err)
+                rec = {**base, "status": "failed", "error": _err_text(err, spec)}
             except Exception as err:  # noqa: BLE001 - one bad file must not stop the batch
+                _log_failure(spec, err)
                 rec = {**base, "status": "failed", "error": _err_text(err, spec)}
             finally:
                 gen.close()
@@ -240,9 +295,32 @@ def run_batch(
 
 
 def _err_text(err: BaseException, spec: InputSpec) -> str:
+    """One line: the file, the problem and the fix."""
     if isinstance(err, NeurosegError):
-        return str(err)
-    return f"{spec.path}: {type(err).__name__}: {err}"
+        text = str(err)
+        if err.path is None:
+            text = f"{spec.path}: {text}"
+        return jobs.one_line(text, limit=1000)
+    return (f"{spec.path}: {type(err).__name__}: {jobs.one_line(err)}. Fix: check this input "
+            "(or remove it from the inputs); --debug shows the traceback.")
+
+
+def _log_failure(spec: InputSpec, err: BaseException) -> None:
+    """The full traceback of a failed file, at debug level (``neuroseg --debug batch`` shows it)."""
+    _log.debug("%s failed", spec.path, exc_info=(type(err), err, err.__traceback__))
+
+
+def _real(path: str | Path) -> str:
+    return os.path.realpath(os.fspath(path))
+
+
+def known_outputs(outdir: Path) -> set[str]:
+    """Real paths of the outputs earlier runs wrote into ``outdir`` (from its manifests)."""
+    out: set[str] = set()
+    for m in sorted(outdir.glob("neuroseg-batch-*.json")):
+        for p in Manifest.outputs_in(m):
+            out.add(_real(p))
+    return out
 
 
 def _row(rec: Mapping[str, Any]) -> dict[str, Any]:

@@ -84,7 +84,15 @@ def run(args: argparse.Namespace) -> int:
         block_shape=tuple(args.block_shape) if args.block_shape else None,
         halo=tuple(args.halo) if args.halo else None, scheduler=args.scheduler, workers=args.workers,
         resume=args.resume, key=args.key, memory_limit=int(args.memory_limit * 1024**3),
+        debug=bool(getattr(args, "debug", False)),
     )
+    if getattr(args, "debug", False):  # the full traceback of every failed file
+        import logging
+
+        handler = logging.StreamHandler(sys.stderr)
+        log = logging.getLogger("napari_neuroseg.batch.runner")
+        log.addHandler(handler)
+        log.setLevel(logging.DEBUG)
     last = [0.0]
     try:
         while True:
@@ -106,6 +114,6 @@ def run(args: argparse.Namespace) -> int:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result.counts.items()))
     print(f"neuroseg batch {task.name}: {counts}; summary: {result.summary_csv}; manifest: {result.manifest}")
     for r in result.records:
-        if r["status"] == "failed":
-            print(f"  failed: {r['error']}", file=sys.stderr)
+        if r["status"] == "failed":  # one line per failed file: the file, the problem, the fix
+            print(f"  failed: {' '.join(str(r['error']).split())}", file=sys.stderr)
     return 0 if result.ok else 1
