@@ -71,22 +71,32 @@ def test_bad_config_rejected(bad, match):
 
 
 def test_thresholds_defaults(tmp_path):
+    """A missing file or key gives the defaults; a bad value or file is an error naming it."""
     t = load_thresholds(tmp_path / "missing.json")
     assert (t.prob, t.nms) == (0.5, 0.4)
-    (tmp_path / "t.json").write_text(json.dumps({"prob": 1.7, "nms": 0.3}))
+    (tmp_path / "t.json").write_text(json.dumps({"nms": 0.3}))
     t = load_thresholds(tmp_path / "t.json")
     assert (t.prob, t.nms) == (0.5, 0.3)
+    (tmp_path / "t.json").write_text(json.dumps({"prob": 1.7, "nms": 0.3}))
+    with pytest.raises(NeurosegError, match="'prob' is 1.7"):
+        load_thresholds(tmp_path / "t.json")
     (tmp_path / "t.json").write_text("{not json")
-    assert load_thresholds(tmp_path / "t.json").prob == 0.5
+    with pytest.raises(NeurosegError, match="not valid JSON"):
+        load_thresholds(tmp_path / "t.json")
 
 
 def test_thresholds_border(tmp_path):
-    """``border``: stardist's 2 when absent (Keras folders) or invalid, else the stored count."""
+    """``border``: stardist's 2 when absent (Keras folders) or null, else the stored count;
+    anything else is refused."""
     assert load_thresholds(tmp_path / "missing.json").border == 2
-    for stored, expected in ((0, 0), (3, 3), (-1, 2), (1.5, 2), ("x", 2), (None, 2)):
+    for stored, expected in ((0, 0), (3, 3), (None, 2)):
         (tmp_path / "t.json").write_text(json.dumps({"prob": 0.6, "nms": 0.3, "border": stored}))
         t = load_thresholds(tmp_path / "t.json")
         assert (t.prob, t.nms, t.border) == (0.6, 0.3, expected)
+    for stored in (-1, 1.5, "x", True):
+        (tmp_path / "t.json").write_text(json.dumps({"prob": 0.6, "nms": 0.3, "border": stored}))
+        with pytest.raises(NeurosegError, match="'border'"):
+            load_thresholds(tmp_path / "t.json")
 
 
 def test_divisor_and_receptive_field_of_reference_configs():

@@ -147,6 +147,19 @@ class StarDistConfig:
         for name in ("unet_activation", "unet_last_activation", "resnet_activation"):
             if getattr(self, name) not in _ACTIVATIONS:
                 raise NeurosegError(f"unsupported activation {getattr(self, name)!r} for {name}", fix="use 'relu'")
+        self.check_size()
+
+    def check_size(self, *, training: bool = False) -> int:
+        """Refuse a network whose weights do not fit in memory (huge filter counts) before it is
+        built: the parameters are counted on torch's ``meta`` device. Returns the count."""
+        from napari_neuroseg.models.stardist3d.network import build_network
+        from napari_neuroseg.runtime.memory import require_network_fits
+
+        return require_network_fits(
+            lambda: build_network(self), what="the StarDist-3D network", training=training,
+            fix="use fewer filters (unet_n_filter_base / resnet_n_filter_base, net_conv_after_*, "
+                "--n-filter-base, --conv-after) or a smaller depth",
+        )
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -235,38 +248,55 @@ class Thresholds:
         return {"prob": self.prob, "nms": self.nms, "border": self.border}
 
     @classmethod
-    def from_dict(cls, d: object) -> "Thresholds":
-        """Values from a ``thresholds.json``-like dict; a missing key or an out-of-range value
-        gives the StarDist default (prob 0.5, nms 0.4, border 2) for that value."""
-        d = d if isinstance(d, dict) else {}
+    def from_dict(cls, d: object, *, path: str | Path | None = None) -> "Thresholds":
+        """Values from a ``thresholds.json``-like dict. A missing key (or ``null``) gives the
+        StarDist default (prob 0.5, nms 0.4, border 2); a value of the wrong type or out of range
+        (prob/nms not a number in (0, 1), border not a whole number >= 0) is a NeurosegError
+        naming the key, never a silent default. ``None`` (no thresholds stored) gives defaults."""
+        if d is None:
+            d = {}
+        if not isinstance(d, dict):
+            raise NeurosegError(
+                f"the thresholds are a JSON {type(d).__name__}, not an object",
+                path=path, fix='write {"prob": 0.5, "nms": 0.4, "border": 2} (or delete the file for the defaults)',
+            )
 
         def _get(key: str, default: float) -> float:
-            try:
-                v = float(d.get(key, default))
-            except (TypeError, ValueError):
+            v = d.get(key)
+            if v is None:
                 return default
-            return v if 0.0 < v < 1.0 and math.isfinite(v) else default
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.0 < v < 1.0):
+                raise NeurosegError(
+                    f"thresholds value {key!r} is {v!r}, not a number between 0 and 1",
+                    path=path, fix=f"set {key!r} to a number such as {default} (or remove it for the default)",
+                )
+            return float(v)
 
-        return cls(prob=_get("prob", 0.5), nms=_get("nms", 0.4), border=_border(d.get("border", 2)))
+        return cls(prob=_get("prob", 0.5), nms=_get("nms", 0.4), border=_border(d.get("border"), path))
 
 
 def load_thresholds(path: str | Path) -> Thresholds:
-    """Read ``thresholds.json``; a missing or unreadable file, a missing key or an out-of-range
-    value gives the StarDist defaults (prob 0.5, nms 0.4, border 2) for that value."""
+    """Read ``thresholds.json``; a missing file or key gives the StarDist defaults (prob 0.5,
+    nms 0.4, border 2); an unreadable file or a bad value is a NeurosegError."""
     path = Path(path)
-    d: object = {}
-    if path.is_file():
-        try:
-            d = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            d = {}
-    return Thresholds.from_dict(d)
-
-
-def _border(value: object) -> int:
-    """A ``border`` value from a file: a non-negative whole number, else stardist's 2."""
+    if not path.is_file():
+        return Thresholds()
     try:
-        v = float(value)
-    except (TypeError, ValueError):
+        d = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise NeurosegError(f"thresholds.json is not valid JSON ({err})", path=path,
+                            fix="restore the file, or delete it to use the defaults") from err
+    return Thresholds.from_dict(d, path=path)
+
+
+def _border(value: object, path: str | Path | None = None) -> int:
+    """A ``border`` value from a file: a non-negative whole number; absent/null gives stardist's 2."""
+    if value is None:
         return 2
-    return int(v) if math.isfinite(v) and v >= 0 and v == int(v) else 2
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+            math.isfinite(value) and value >= 0 and value == int(value)):
+        raise NeurosegError(
+            f"thresholds value 'border' is {value!r}, not a whole number >= 0",
+            path=path, fix="set 'border' to 0, 2 or another count of grid voxels (or remove it for 2)",
+        )
+    return int(value)
