@@ -89,6 +89,37 @@ def _check_not_constant(x: np.ndarray, path: str | None = None) -> None:
         )
 
 
+#: per process: whether a bfloat16 network runs on this CPU (None = not checked yet)
+_CPU_BF16: dict[str, bool] = {}
+
+
+def _cpu_bf16_runs(net_bf16, n_channel_in: int, divisor) -> bool:
+    """Whether ``net_bf16`` runs on this CPU. oneDNN's bf16 convolution needs AVX512 (BW, VL, DQ),
+    AVX-NE-CONVERT or AMX; elsewhere it raises. Probed once per process on a tiny input; when it
+    fails, one warning says so and the caller runs in float32 instead of crashing."""
+    import warnings
+
+    import torch
+
+    if "ok" not in _CPU_BF16:
+        try:
+            supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)()
+        except RuntimeError:  # pragma: no cover - builds without the query
+            supported = True
+        try:
+            if not supported:
+                raise RuntimeError("oneDNN reports no bf16 support on this CPU")
+            with torch.inference_mode():
+                net_bf16(torch.zeros((1, n_channel_in, *divisor), dtype=torch.bfloat16))
+            _CPU_BF16["ok"] = True
+        except RuntimeError as err:
+            _CPU_BF16["ok"] = False
+            warnings.warn("napari-neuroseg: this CPU cannot run bfloat16 convolutions (oneDNN needs AVX512-BF16, "
+                          f"AVX-NE-CONVERT or AMX: {str(err).splitlines()[0][:120]}); running in float32",
+                          RuntimeWarning, stacklevel=3)
+    return _CPU_BF16["ok"]
+
+
 class StarDist3D:
     """A StarDist-3D model in PyTorch (see the module docstring)."""
 
@@ -366,6 +397,8 @@ class StarDist3D:
             import copy
 
             net = copy.deepcopy(self.net).to(torch.bfloat16)
+            if not _cpu_bf16_runs(net, self.config.n_channel_in, self.divisor):
+                net, cpu_bf16 = self.net, False
 
         def run(x_np: np.ndarray, dtype) -> tuple[np.ndarray, np.ndarray]:
             x = torch.from_numpy(x_np[np.newaxis]).to(device, non_blocking=True)

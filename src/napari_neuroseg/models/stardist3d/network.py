@@ -13,6 +13,8 @@ exact semantics of the Keras models of the ``stardist`` package.
 from __future__ import annotations
 
 import math
+import os
+import warnings
 import weakref
 
 import torch
@@ -170,6 +172,31 @@ try:
 except (AttributeError, RuntimeError):  # pragma: no cover - older/other builds
     _POINTWISE_INPLACE = None
 
+#: ``NEUROSEG_ONEDNN_DIRECT=0`` turns the direct oneDNN path (private ``torch.ops.mkldnn`` ops) off;
+#: it is also turned off, with a one-line notice, when a probe of those ops fails on this CPU/build.
+_DIRECT_STATE: dict[str, bool] = {}
+
+
+def onednn_direct_ok() -> bool:
+    """Whether the direct oneDNN convolution path may be used: enabled (``NEUROSEG_ONEDNN_DIRECT``
+    is not ``0``), oneDNN available, and a tiny fused convolution through the private ops really
+    runs here (checked once per process; a failure warns once and falls back to ``nn.Conv3d``)."""
+    if "ok" in _DIRECT_STATE:
+        return _DIRECT_STATE["ok"]
+    ok = os.environ.get("NEUROSEG_ONEDNN_DIRECT", "1") != "0" and torch.backends.mkldnn.is_available()
+    if ok and _POINTWISE is not None:
+        try:
+            with torch.inference_mode():
+                x = torch.zeros((1, 2, 4, 4, 4)).contiguous(memory_format=torch.channels_last_3d)
+                w = torch.zeros((2, 2, 3, 3, 3)).contiguous(memory_format=torch.channels_last_3d)
+                _POINTWISE(x, w, None, [1, 1, 1], [1, 1, 1], [1, 1, 1], 1, "relu", [], "")
+        except Exception as err:  # noqa: BLE001 - any failure of a private op: use the public path
+            warnings.warn(f"napari-neuroseg: oneDNN's fused convolution failed on this CPU ({type(err).__name__}); "
+                          "using PyTorch's standard convolution (same results, slower)", RuntimeWarning, stacklevel=2)
+            ok = False
+    _DIRECT_STATE["ok"] = ok
+    return ok
+
 
 def _use_mkldnn(x: torch.Tensor) -> bool:
     return (
@@ -178,6 +205,7 @@ def _use_mkldnn(x: torch.Tensor) -> bool:
         and not torch.is_grad_enabled()
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
+        and onednn_direct_ok()
     )
 
 
