@@ -68,46 +68,41 @@ def count_blocks(shape: tuple[int, ...], block_shape: tuple[int, ...]) -> int:
     return n
 
 
-def block_budget(available: int | None = None) -> int:
-    """Most blocks a plan may have here: :data:`MAX_BLOCKS`, and their bookkeeping within a
-    quarter of the available memory. (One place to swap for a shared memory-budget helper.)"""
-    if available is None:
-        import psutil
-
-        available = int(psutil.virtual_memory().available)
-    return int(max(1, min(MAX_BLOCKS, available // 4 // BLOCK_STATE_BYTES)))
-
-
 def check_block_plan(
     shape: tuple[int, ...], block_shape: tuple[int, ...], *, path: str | None = None,
-    dtype: object = None, limit: int | None = None,
+    dtype: object = None, limit: int | None = None, available: int | None = None,
 ) -> int:
-    """The number of blocks of a plan; raises :class:`NeurosegError` (before anything is
-    enumerated or allocated) when it exceeds :func:`block_budget`."""
+    """The number of blocks of a plan, counted without making them. Raises
+    :class:`NeurosegError` before anything is enumerated or allocated when it exceeds ``limit``
+    (default :data:`MAX_BLOCKS`) or when the blocks' bookkeeping would not fit in a quarter of the
+    free memory (:func:`napari_neuroseg.runtime.memory.require_memory`)."""
     from napari_neuroseg.errors import NeurosegError
+    from napari_neuroseg.runtime.memory import require_memory
 
     shape = tuple(int(s) for s in shape)
     n = count_blocks(shape, block_shape)
-    limit = block_budget() if limit is None else int(limit)
-    if n <= limit:
-        return n
+    limit = MAX_BLOCKS if limit is None else int(limit)
     voxels = 1
     for s in shape:
         voxels *= s
-    size = ""
-    if dtype is not None:
-        size = f", {voxels * np.dtype(dtype).itemsize / 1e12:.3g} TB as {np.dtype(dtype)}"
-    # the smallest isotropic scale-up of the block shape that fits the budget
+    size = f", {voxels * np.dtype(dtype).itemsize / 1e12:.3g} TB as {np.dtype(dtype)}" if dtype is not None else ""
+    # the smallest isotropic scale-up of the block shape that brings the count under the limit
     k = max(1.0, (n / limit) ** (1 / 3))
-    bigger = [min(s, int(np.ceil(int(b) * k))) for b, s in zip(block_shape, shape)]
-    raise NeurosegError(
-        f"the volume declares shape {list(shape)} ({voxels:.3g} voxels{size}), which makes {n:,} blocks of "
-        f"{list(block_shape)}; planning more than {limit:,} blocks is refused (each block needs bookkeeping "
-        "in memory)",
-        path=path,
-        fix=f"check that the volume's declared shape is right (a small store can declare a huge array), or "
-        f"use a larger --block-shape (about {' '.join(map(str, bigger))} or more)",
+    bigger = " ".join(str(min(s, int(np.ceil(int(b) * k)))) for b, s in zip(block_shape, shape))
+    fix = (f"check that the volume's declared shape is right (a small store can declare a huge array), or "
+           f"use a larger --block-shape (about {bigger} or more)")
+    if n > limit:
+        raise NeurosegError(
+            f"the volume declares shape {list(shape)} ({voxels:.3g} voxels{size}), which makes {n:,} blocks of "
+            f"{list(block_shape)}; plans of more than {limit:,} blocks are refused (each block needs bookkeeping "
+            "in memory)",
+            path=path, fix=fix,
+        )
+    require_memory(
+        n * BLOCK_STATE_BYTES, what=f"the bookkeeping of {n:,} blocks of {list(block_shape)} (volume {list(shape)})",
+        fix=fix, path=path, available=available, fraction=0.25,
     )
+    return n
 
 
 def plan_blocks(

@@ -31,6 +31,7 @@ from napari_neuroseg.batch.outputs import FORMATS, atomic_target, clean_temporar
 from napari_neuroseg.batch.sources import InputSpec, discover_inputs, open_input
 from napari_neuroseg.batch.tasks import Task, get_task
 from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.io.checks import require_outputs_apart
 from napari_neuroseg.runtime.progress import Progress
 
 _log = logging.getLogger(__name__)
@@ -128,6 +129,8 @@ def run_batch(
             )
     specs = discover_inputs(inputs, key=key)
     outdir = Path(outdir)
+    # The output folder must not lie inside an input store (a Zarr/FISBe sample would be changed).
+    require_outputs_apart({"INPUT": [s.path for s in specs if s.format != "array"]}, {"-o": str(outdir)})
     outdir.mkdir(parents=True, exist_ok=True)
     lock = RunLock.for_folder(outdir).acquire()
     try:
@@ -172,10 +175,12 @@ def _run_locked(
     for i, spec in enumerate(specs):
         target = output_path(outdir, spec.name, task.name, fmt)
         base = {"input": spec.path, "output": str(target), "params_hash": phash}
-        victim = input_paths.get(_real(target))
-        if victim is not None:
+        try:  # an output never replaces an input (a same-named file, or an input inside an output store)
+            require_outputs_apart({"INPUT": list(input_paths)}, {"output": str(target)})
+        except NeurosegError as err:
             records[i] = {**base, "status": "failed", "mode": "-", "error": str(NeurosegError(
-                f"its output would overwrite the input {victim.path} (a file that is not an output of an earlier run)",
+                f"its output {target} would overwrite or change the input {target if _real(target) in input_paths else err.path} "
+                "(an input of this run, not an output of an earlier one)",
                 path=spec.path, fix="use another -o (a folder that holds no inputs), or rename that input",
             ))}
             manifest.record(spec.name, {**records[i], "seconds": 0.0})

@@ -39,15 +39,79 @@ __all__ = [
 
 
 # -- helpers --------------------------------------------------------------------------------
+def _int(value: Any, what: str) -> int:
+    """An integral argument as ``int`` (numpy integers and integral floats too), else an error."""
+    if isinstance(value, (bool, np.bool_)):
+        raise NeurosegError(f"{what} must be an integer, not {value!r}", fix=f"give {what} as an integer")
+    try:
+        out = int(value)
+        ok = out == value
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise NeurosegError(f"{what} must be an integer, not {value!r}", fix=f"give {what} as an integer")
+    return out
+
+
+def _label(value: Any, what: str = "label id") -> int:
+    i = _int(value, what)
+    if i < 0:
+        raise NeurosegError(f"{what} {i} is negative", fix="label ids are >= 0 (0 is background)")
+    return i
+
+
+def _check_labels(labels: Any) -> None:
+    dt = np.dtype(labels.dtype)
+    if dt.kind not in "iu":
+        raise NeurosegError(
+            f"the label array has dtype {dt}, proofreading needs integer labels",
+            fix="convert the labels to an integer type (uint16/uint32) first",
+        )
+
+
 def _ids(ids: int | Iterable[int]) -> list[int]:
     if np.isscalar(ids):
         ids = [ids]
     out: list[int] = []
     for i in ids:
-        i = int(i)
+        i = _label(i)
         if i != 0 and i not in out:
             out.append(i)
     return out
+
+
+def _check_box(labels: Any, box: Any) -> Bbox:
+    """A bounding box (one slice per axis) inside ``labels``, as plain ``slice(int, int)``."""
+    shape = tuple(int(n) for n in labels.shape)
+    if not isinstance(box, tuple) or len(box) != len(shape) or not all(isinstance(s, slice) for s in box):
+        raise NeurosegError(
+            f"the box {box!r} is not one slice per axis of the {len(shape)}D labels",
+            fix=f"give a tuple of {len(shape)} slices",
+        )
+    out = []
+    for ax, (s, n) in enumerate(zip(box, shape)):
+        if s.step not in (None, 1):
+            raise NeurosegError(f"the box has a step on axis {ax} ({s.step})", fix="give slices without a step")
+        lo = 0 if s.start is None else _int(s.start, "a box start")
+        hi = n if s.stop is None else _int(s.stop, "a box stop")
+        if not 0 <= lo <= hi <= n:
+            raise NeurosegError(
+                f"the box {lo}:{hi} on axis {ax} lies outside the label array (0:{n})",
+                fix=f"keep the box within the labels' shape {shape}",
+            )
+        out.append(slice(lo, hi))
+    return tuple(out)
+
+
+def _radius(labels: Any, radius: Any) -> int:
+    r = _int(radius, "radius")
+    limit = max(int(n) for n in labels.shape)
+    if not 0 <= r <= limit:
+        raise NeurosegError(
+            f"radius {r} is out of range for labels of shape {tuple(int(n) for n in labels.shape)}",
+            fix=f"give a radius from 0 to {limit} voxels",
+        )
+    return r
 
 
 def _check_locked(ids: Iterable[int], locked: Iterable[int], op: str) -> None:
@@ -91,14 +155,38 @@ def _pad(box: Bbox, pad: int, shape: Sequence[int]) -> Bbox:
     return tuple(slice(max(0, s.start - pad), min(int(n), s.stop + pad)) for s, n in zip(box, shape))
 
 
-def _new_ids(labels: Any, index: LabelIndex | None, count: int, new_ids: Sequence[int] | None) -> list[int]:
+def _new_ids(
+    labels: Any, index: LabelIndex | None, count: int, new_ids: Sequence[int] | None, locked: Iterable[int] = (),
+) -> list[int]:
+    """``count`` ids for new labels: given (checked: > 0, distinct, not locked, not in use) or
+    max + 1, ... (skipping locked ids); every one must fit the labels' dtype."""
+    locked_set = {int(i) for i in locked}
     if new_ids is not None:
-        out = [int(i) for i in new_ids][:count]
+        out = [_label(i, "new id") for i in new_ids][:count]
         if len(out) < count:
             raise NeurosegError(f"{count} new ids are needed, {len(new_ids)} given", fix="pass more new_ids")
-    else:
-        start = index.next_id() if index is not None else max_label(labels) + 1
-        out = list(range(start, start + count))
+        if 0 in out or len(set(out)) != len(out):
+            raise NeurosegError(f"new ids {out} must be distinct and nonzero", fix="pass distinct ids > 0")
+        hit = sorted(set(out) & locked_set)
+        if hit:
+            raise NeurosegError(f"new id {', '.join(map(str, hit))} is locked", fix="pick ids that are not locked")
+        for i in out:
+            _check_fits(labels, i)
+        used = [i for i in out if (i in index if index is not None else False)]
+        if index is None and find_bbox(labels, out) is not None:
+            used = [i for i in out if find_bbox(labels, i) is not None]
+        if used:
+            raise NeurosegError(
+                f"new id {', '.join(map(str, used))} is already a label", fix="pick unused ids (or omit new_ids)",
+            )
+        return out
+    start = index.next_id() if index is not None else max_label(labels) + 1
+    out = []
+    nxt = start
+    while len(out) < count:
+        if nxt not in locked_set:
+            out.append(nxt)
+        nxt += 1
     for i in out:
         _check_fits(labels, i)
     return out
@@ -126,8 +214,9 @@ def merge(
 
     Only the voxels of the merged-away labels change, so the work is local to their boxes.
     """
+    _check_labels(labels)
     ids = _ids(ids)
-    target = ids[0] if target is None and ids else int(target or 0)
+    target = ids[0] if target is None and ids else _label(target or 0, "merge target")
     if target == 0:
         raise NeurosegError("merge needs a nonzero target label", fix="select the label to merge into")
     _check_fits(labels, target)
@@ -152,6 +241,7 @@ def delete(
     dry_run: bool = False,
 ) -> Edit:
     """Set every voxel of the label(s) ``ids`` to 0 (background)."""
+    _check_labels(labels)
     ids = _ids(ids)
     _check_locked(ids, locked, "delete")
     edit = Edit("delete", info={"ids": ids})
@@ -189,11 +279,20 @@ def split(
     """
     from skimage.segmentation import watershed
 
-    label_id = int(label_id)
+    _check_labels(labels)
+    label_id = _label(label_id)
     _check_locked([label_id], locked, "split")
     if method not in ("distance", "intensity", "boundary"):
         raise NeurosegError(f"unknown split method {method!r}", fix="use 'distance', 'intensity' or 'boundary'")
-    seeds_a = np.asarray(seeds, dtype=np.int64).reshape(-1, labels.ndim) if len(seeds) else np.zeros((0, labels.ndim), np.int64)
+    try:
+        seeds_a = np.asarray(seeds, dtype=np.int64) if len(seeds) else np.zeros((0, labels.ndim), np.int64)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise NeurosegError(f"split seeds {seeds!r} are not voxel coordinates ({err})", fix="give (z, y, x) integer seeds") from None
+    if seeds_a.ndim != 2 or seeds_a.shape[1] != labels.ndim:
+        raise NeurosegError(
+            f"split seeds must be {labels.ndim} coordinates each, got an array of shape {seeds_a.shape}",
+            fix=f"give a list of {labels.ndim}-tuples",
+        )
     if len(seeds_a) < 2:
         raise NeurosegError("a split needs at least 2 seeds", fix="add a seed in each part (Ctrl-click)")
     if len({tuple(s) for s in seeds_a.tolist()}) != len(seeds_a):
@@ -237,7 +336,7 @@ def split(
             )
         landscape = -img if method == "intensity" else img
     ws = watershed(landscape, markers, mask=mask)
-    ids = [label_id] + _new_ids(labels, index, len(seeds_a) - 1, new_ids)
+    ids = [label_id] + _new_ids(labels, index, len(seeds_a) - 1, new_ids, locked)
     lut = np.array([0] + ids, dtype=block.dtype)
     changed = mask & (ws > 1)
     new_block = np.where(changed, lut[ws], block)
@@ -259,13 +358,18 @@ def split_connected_components(
     """Give each connected component of ``label_id`` its own id; the largest keeps the id."""
     import cc3d
 
-    label_id = int(label_id)
+    _check_labels(labels)
+    label_id = _label(label_id)
     _check_locked([label_id], locked, "split")
+    connectivity = _int(connectivity, "connectivity")
+    if labels.ndim == 2 and connectivity not in (4, 8):
+        connectivity = 8 if connectivity == 26 else 4
+    allowed = (4, 8) if labels.ndim == 2 else (6, 18, 26)
+    if connectivity not in allowed:
+        raise NeurosegError(f"connectivity {connectivity} is not one of {allowed}", fix=f"use one of {allowed}")
     box = _require_bbox(labels, label_id, index)
     block = read_block(labels, box)
     mask = block == label_id
-    if labels.ndim == 2 and connectivity not in (4, 8):
-        connectivity = 8 if connectivity == 26 else 4
     cc, n = cc3d.connected_components(np.ascontiguousarray(mask), connectivity=connectivity, return_N=True)
     edit = Edit("split_connected_components", info={"label": label_id, "connectivity": connectivity})
     if n <= 1:
@@ -273,7 +377,7 @@ def split_connected_components(
     sizes = np.bincount(cc.reshape(-1), minlength=n + 1)
     sizes[0] = -1
     keep = int(np.argmax(sizes))
-    ids = _new_ids(labels, index, n - 1, new_ids)
+    ids = _new_ids(labels, index, n - 1, new_ids, locked)
     lut = np.zeros(n + 1, dtype=block.dtype)
     others = [c for c in range(1, n + 1) if c != keep]
     lut[others] = ids
@@ -305,7 +409,8 @@ def fill_holes(
     unless ``into_labels`` (then enclosed labels are absorbed too, except locked ones)."""
     from scipy import ndimage
 
-    label_id = int(label_id)
+    _check_labels(labels)
+    label_id = _label(label_id)
     _check_locked([label_id], locked, "fill holes of")
     box = _require_bbox(labels, label_id, index)
     block = read_block(labels, box)
@@ -333,15 +438,19 @@ def dilate(
 ) -> Edit:
     """Grow ``label_id`` by ``radius`` voxels (a ball) into the background (or, with
     ``into_labels``, into other unlocked labels too)."""
-    from scipy import ndimage
+    import edt
 
-    label_id = int(label_id)
-    radius = int(radius)
+    _check_labels(labels)
+    label_id = _label(label_id)
+    radius = _radius(labels, radius)
     _check_locked([label_id], locked, "dilate")
     box = _pad(_require_bbox(labels, label_id, index), radius, labels.shape)
     block = read_block(labels, box)
     mask = block == label_id
-    grown = ndimage.binary_dilation(mask, structure=_ball(labels.ndim, radius)) & ~mask
+    # voxels within ``radius`` of the label (the dilation by a ball), in time linear in the box
+    # for any radius: squared distances of integer offsets are exact in float32
+    d2 = edt.edtsq(np.ascontiguousarray(~mask), black_border=False)
+    grown = (d2 <= radius * radius) & ~mask
     grown &= _allowed(block, locked, into_labels)
     edit = Edit("dilate", info={"label": label_id, "radius": radius})
     edit.add_mask(box, grown, block, label_id)
@@ -358,15 +467,17 @@ def erode(
     dry_run: bool = False,
 ) -> Edit:
     """Shrink ``label_id`` by ``radius`` voxels (a ball); removed voxels become background."""
-    from scipy import ndimage
+    import edt
 
-    label_id = int(label_id)
-    radius = int(radius)
+    _check_labels(labels)
+    label_id = _label(label_id)
+    radius = _radius(labels, radius)
     _check_locked([label_id], locked, "erode")
     box = _pad(_require_bbox(labels, label_id, index), 1, labels.shape)
     block = read_block(labels, box)
     mask = block == label_id
-    kept = ndimage.binary_erosion(mask, structure=_ball(labels.ndim, radius), border_value=0)
+    # kept: no voxel outside the label (the box's outside counts as outside) within ``radius``
+    kept = edt.edtsq(np.ascontiguousarray(mask), black_border=True) > radius * radius
     edit = Edit("erode", info={"label": label_id, "radius": radius})
     edit.add_mask(box, mask & ~kept, block, 0)
     return _finish(edit, labels, index, dry_run)
@@ -395,10 +506,17 @@ def relabel_sequential(
 
     Recorded compactly as an id mapping (undo applies the inverse), not per voxel.
     """
+    _check_labels(labels)
+    start = _int(start, "start")
+    if start < 1:
+        raise NeurosegError(
+            f"relabel_sequential start={start} would give labels the background id 0 or negative ids",
+            fix="use start >= 1",
+        )
     locked_set = {int(i) for i in locked}
     present = [int(v) for v in _unique(labels) if v != 0]
     src, dst = [], []
-    nxt = int(start)
+    nxt = start
     for v in present:
         if v in locked_set:
             src.append(v)
@@ -409,9 +527,12 @@ def relabel_sequential(
         src.append(v)
         dst.append(nxt)
         nxt += 1
-    edit = RemapEdit("relabel_sequential", info={"start": int(start)})
-    edit.src = np.asarray(src, np.int64)
-    edit.dst = np.asarray(dst, np.int64)
+    if dst:
+        _check_fits(labels, max(dst))  # checked before any voxel changes
+    edit = RemapEdit("relabel_sequential", info={"start": start})
+    id_dtype = np.uint64 if np.dtype(labels.dtype) == np.uint64 else np.int64
+    edit.src = np.asarray(src, id_dtype)
+    edit.dst = np.asarray(dst, id_dtype)
     if not dry_run:
         edit.redo(labels)
         if index is not None:
@@ -421,14 +542,16 @@ def relabel_sequential(
 
 def _region(labels: Any, region: Any, bbox: Bbox | None) -> tuple[Bbox, np.ndarray] | None:
     """Normalise a region given as a full-size mask, a (bbox, local mask) or a bbox alone."""
+    if region is None and bbox is None:
+        raise NeurosegError("no region given", fix="pass a mask, a box, or a local mask with bbox=")
     if region is None and bbox is not None:
-        box = tuple(slice(int(s.start), int(s.stop)) for s in bbox)
+        box = _check_box(labels, bbox)
         return box, np.ones(tuple(s.stop - s.start for s in box), bool)
     if isinstance(region, tuple) and region and all(isinstance(s, slice) for s in region):
         return _region(labels, None, region)
     mask = np.asarray(region, dtype=bool)
     if bbox is not None:
-        box = tuple(slice(int(s.start), int(s.stop)) for s in bbox)
+        box = _check_box(labels, bbox)
         if mask.shape != tuple(s.stop - s.start for s in box):
             raise NeurosegError("region mask and bbox shapes differ", fix="pass a mask of the bbox's shape")
         return box, mask
@@ -459,9 +582,11 @@ def new_label_from_mask(
     ``region`` is a bool mask of the labels' shape, or a local mask with ``bbox``. Voxels of
     locked labels are skipped; with ``overwrite=False`` only background voxels are taken.
     """
+    _check_labels(labels)
     reg = _region(labels, region, bbox)
-    new_id = _new_ids(labels, index, 1, None if new_id is None else [new_id])[0]
-    _check_locked([new_id], locked, "paint into")
+    if new_id is not None:
+        _check_locked([_label(new_id, "new id")], locked, "paint into")
+    new_id = _new_ids(labels, index, 1, None if new_id is None else [new_id], locked)[0]
     edit = Edit("new_label_from_mask", info={"new_id": new_id})
     if reg is None:
         return edit
@@ -485,7 +610,8 @@ def take_over(
 ) -> Edit:
     """Inside ``region`` (a mask, a bbox, or a local mask with ``bbox``) give the voxels of
     ``from_id`` to ``to_id``."""
-    from_id, to_id = int(from_id), int(to_id)
+    _check_labels(labels)
+    from_id, to_id = _label(from_id), _label(to_id)
     _check_locked([from_id, to_id], locked, "take over")
     _check_fits(labels, to_id)
     reg = _region(labels, region, bbox)
