@@ -70,7 +70,8 @@ def test_start_progress_finish(controls, qtbot, errors_shown):
     assert c.busy and not c.run_button.isEnabled()
     gate.set()
     qtbot.waitUntil(lambda: idle(c), timeout=10000)
-    assert returned == [4] and [p.step for p in yielded] == [1, 2, 3, 4]
+    # steps 2-4 come within 0.1 s: rate-limited to the last one (the progress rule)
+    assert returned == [4] and [p.step for p in yielded] == [1, 4]
     assert log == [0, 1, 2, 3, "closed"]
     assert c.progress.value() == c.progress.maximum() > 0  # full, not a busy indicator
     assert finished == ["step 4"] and c.last_error is None and errors_shown == []

@@ -52,13 +52,68 @@ def test_yields_progress_and_returns(qtbot, errors_shown):
     with qtbot.waitSignal(worker.finished, timeout=5000):
         worker.start()
     assert returned == [0 + 1 + 2 + 3 + 4]
-    assert [p.step for p in yielded] == [1, 2, 3, 4, 5]
+    # five quick steps, rate-limited: the first and the last reach the main thread
+    assert [p.step for p in yielded] == [1, 5]
     assert all(p.total == 5 for p in yielded)
     assert log == [0, 1, 2, 3, 4, "closed"]
     # the progress bar followed the Progress steps and was closed (no stuck spinner)
     assert worker.pbar.total == 5 and worker.pbar.n == 5
     assert worker.pbar.disable
     assert errors_shown == []
+
+
+def test_every_step_with_zero_interval_and_data_items_unthrottled(qtbot, errors_shown):
+    def mixed():
+        for i in range(6):
+            yield Progress(i + 1, 6, "step")
+            yield {"data": i}  # not progress: never dropped
+        return "ok"
+
+    yielded: list = []
+    finished: list = []
+    _workers.start_worker(mixed, on_yield=yielded.append, progress_interval=0,
+                          on_finished=lambda: finished.append(True))
+    qtbot.waitUntil(lambda: finished == [True], timeout=5000)
+    assert [x["data"] for x in yielded if isinstance(x, dict)] == list(range(6))
+    steps = [x.step for x in yielded if isinstance(x, Progress)]
+    assert steps[0] == 1 and steps[-1] == 6 and steps == sorted(steps)
+
+
+def test_many_fast_steps_do_not_nest_through_napari_progress_bar(make_napari_viewer, qtbot,
+                                                                  errors_shown):
+    """Thousands of steps with napari's activity bar (which calls processEvents on every
+    update): the main-thread handler never re-enters itself and sees only a few steps."""
+    import sys
+
+    viewer = make_napari_viewer()  # the activity dock that shows napari progress bars
+    depth = {"now": 0, "max": 0}
+    yielded: list = []
+
+    def on_yield(p):
+        depth["now"] += 1
+        depth["max"] = max(depth["max"], depth["now"])
+        try:
+            yielded.append(p)
+            qtbot.wait(1)  # what a slow widget update with processEvents would do
+        finally:
+            depth["now"] -= 1
+
+    def many(n):
+        for i in range(n):
+            yield Progress(i + 1, n, f"object {i + 1}/{n}")
+        return n
+
+    finished: list = []
+    returned: list = []
+    limit = sys.getrecursionlimit()
+    _workers.start_worker(many, 20000, on_yield=on_yield, on_return=returned.append,
+                          on_finished=lambda: finished.append(True))
+    qtbot.waitUntil(lambda: finished == [True], timeout=20000)
+    assert returned == [20000] and errors_shown == []
+    assert depth["max"] == 1
+    assert 1 <= len(yielded) < 200 and yielded[-1].step == 20000
+    assert sys.getrecursionlimit() == limit
+    assert viewer is not None
 
 
 def test_error_becomes_notification(qtbot, errors_shown):

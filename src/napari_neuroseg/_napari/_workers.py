@@ -11,18 +11,31 @@ Every long job in napari-neuroseg is a generator that yields
   of a traceback, and the progress bar is closed on every outcome, so no spinner stays stuck.
 
 Layers and Qt objects are only touched in the callbacks, which run in the main thread.
+
+Progress rule (why a job with one step per object cannot hang the GUI): napari's progress bar
+calls ``QApplication.processEvents()`` on every value or description change, which delivers the
+next queued ``yielded`` signal *inside* the current one. One update per object therefore nested
+hundreds deep (``RecursionError``, a frozen viewer). So
+
+- steps are rate-limited by time in the worker thread
+  (:func:`~napari_neuroseg.runtime.progress.throttle`: at most one ``Progress`` per
+  ``progress_interval``, default 0.1 s; the first and the last always; other items unthrottled);
+- the main-thread handler never re-enters itself: an item arriving while a bar update is inside
+  ``processEvents()`` is queued and handled by the outer call when it returns (only the latest
+  queued ``Progress`` is shown); after the job ended, left-over steps are dropped.
 """
 
 from __future__ import annotations
 
 import functools
+from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any
 
 from napari.qt.threading import GeneratorWorker, create_worker
 
 from napari_neuroseg._napari._notify import notify_error
-from napari_neuroseg.runtime.progress import Progress
+from napari_neuroseg.runtime.progress import PROGRESS_INTERVAL, Progress, throttle
 
 __all__ = ["JobRuntimeError", "as_progress", "start_worker"]
 
@@ -61,6 +74,7 @@ def start_worker(
     desc: str | None = None,
     on_error: Callable[[BaseException], None] | None = None,
     on_finished: Callable[[], None] | None = None,
+    progress_interval: float = PROGRESS_INTERVAL,
     _start: bool = True,
     **kwargs: Any,
 ) -> GeneratorWorker:
@@ -72,8 +86,9 @@ def start_worker(
         A generator function yielding ``Progress`` (or dicts with ``step``/``total``/``message``,
         or anything else, which is passed to ``on_yield`` only) and returning its result.
     on_yield, on_return
-        Main-thread callbacks for every yielded item and for the return value (not called when
-        the job was cancelled or failed).
+        Main-thread callbacks for the yielded items and for the return value (not called when
+        the job was cancelled or failed). ``on_yield`` sees every item that is not progress and
+        the progress steps that are shown (rate-limited, see the module docstring).
     total
         Number of steps if known in advance (otherwise taken from the first ``Progress``).
     desc
@@ -82,6 +97,8 @@ def start_worker(
         Extra main-thread callback for an exception (after the error notification is shown).
     on_finished
         Main-thread callback run once on every outcome (success, error or cancel).
+    progress_interval
+        Seconds between two progress steps sent to the main thread (0: every step).
     _start
         Start the thread at once (default). Pass ``False`` to connect more signals first and
         call ``worker.start()`` yourself: a queued signal emitted before a slot is connected
@@ -97,10 +114,16 @@ def start_worker(
     if not isinstance(gen, Generator):
         raise TypeError(f"start_worker needs a generator function, got {gen_func!r}")
 
+    holder: list[GeneratorWorker] = []
+
+    def _abort_requested() -> bool:
+        return bool(holder) and bool(holder[0].abort_requested)
+
     @functools.wraps(gen_func)
     def _drive() -> Generator[Any, Any, Any]:
         try:
-            return (yield from gen)
+            return (yield from throttle(gen, progress_interval, should_stop=_abort_requested,
+                                        is_progress=lambda x: as_progress(x) is not None))
         except RuntimeError as exc:
             raise JobRuntimeError(exc) from exc
 
@@ -109,6 +132,7 @@ def start_worker(
         _progress={"total": int(total or 0), "desc": label},
         _ignore_errors=True,  # errors are reported below, not re-raised in the main thread
     )
+    holder.append(worker)
     pbar = getattr(worker, "pbar", None)
     if pbar is not None:
         # We set the bar from each Progress ourselves instead of counting yields.
@@ -117,17 +141,39 @@ def start_worker(
         except (TypeError, RuntimeError):  # not connected (total == 0)
             pass
 
+    queue: deque[Any] = deque()
+    state = {"busy": False, "ended": False}
+
+    def _show(prog: Progress) -> None:
+        # napari's bar calls processEvents() here: queued items arrive in _yielded re-entrantly
+        if prog.total > 0 and pbar.total != prog.total:
+            pbar.total = prog.total
+        pbar.n = max(0, min(prog.step, prog.total) if prog.total > 0 else prog.step)
+        pbar.events.value(value=pbar.n)
+        if prog.message and not state["ended"]:
+            pbar.set_description(f"{label}: {prog.message}")
+
     def _yielded(item: Any) -> None:
-        prog = as_progress(item)
-        if prog is not None and pbar is not None:
-            if prog.total > 0 and pbar.total != prog.total:
-                pbar.total = prog.total
-            pbar.n = max(0, min(prog.step, prog.total) if prog.total > 0 else prog.step)
-            pbar.events.value(value=pbar.n)
-            if prog.message:
-                pbar.set_description(f"{label}: {prog.message}")
-        if on_yield is not None:
-            on_yield(item)
+        queue.append(item)
+        if state["busy"]:  # re-entered from a processEvents() below: the outer call handles it
+            return
+        state["busy"] = True
+        try:
+            while queue:
+                item = queue.popleft()
+                prog = as_progress(item)
+                if prog is not None:
+                    if state["ended"] or any(as_progress(x) is not None for x in queue):
+                        continue  # a newer step is already waiting, or the job is over
+                if on_yield is not None:
+                    on_yield(item)
+                if prog is not None and pbar is not None and not state["ended"]:
+                    _show(prog)
+        finally:
+            state["busy"] = False
+
+    def _ended(*_: Any) -> None:
+        state["ended"] = True
 
     def _errored(exc: BaseException) -> None:
         if isinstance(exc, JobRuntimeError):
@@ -145,6 +191,8 @@ def start_worker(
             on_finished()
 
     worker.yielded.connect(_yielded)
+    for sig in (worker.returned, worker.errored, worker.finished):
+        sig.connect(_ended)  # connected first: runs before the other slots of these signals
     worker.errored.connect(_errored)
     worker.finished.connect(_finished)
     if on_return is not None:

@@ -4,15 +4,24 @@ A long job is a generator that yields :class:`Progress` after each step (tile, f
 instance) and *returns* its result. A caller cancels by simply not resuming it (``gen.close()``);
 napari's generator workers do exactly that on ``worker.quit()``. Run one to completion without a
 GUI with :func:`run_to_completion`.
+
+Progress rule for GUIs: a job may yield as often as it likes (one step per object is fine);
+whoever shows the steps must rate-limit them by time, not by count. :func:`throttle` does that in
+the worker thread (at most one ``Progress`` per :data:`PROGRESS_INTERVAL`, the first and the last
+always), so a job with thousands of tiny steps costs the main thread ~10 updates a second.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+#: seconds between two forwarded progress steps (about 10 updates a second)
+PROGRESS_INTERVAL = 0.1
 
 
 @dataclass(frozen=True)
@@ -55,3 +64,52 @@ def run_to_completion(
                 raise Cancelled("cancelled between steps")
     except StopIteration as stop:
         return stop.value
+
+
+def throttle(
+    gen: Generator[Any, Any, T],
+    interval: float = PROGRESS_INTERVAL,
+    should_stop: Callable[[], bool] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+    is_progress: Callable[[Any], bool] | None = None,
+) -> Generator[Any, None, T]:
+    """Forward the items of a progress generator, :class:`Progress` ones at most every
+    ``interval`` seconds, and return its result.
+
+    The first ``Progress`` is forwarded at once, later ones only when ``interval`` has passed
+    since the last forwarded one; a skipped step is not lost for good: the latest one is forwarded
+    before the result (so a bar ends on the job's last step). Items that are not ``Progress``
+    (data for the caller; ``is_progress`` decides, default: instances of ``Progress``) are
+    always forwarded. ``should_stop()`` is asked after each
+    skipped step: when it says true the step is forwarded at once, so a consumer that cancels at
+    a ``yield`` (napari's ``worker.quit()``) still stops within one step of the job. Closing the
+    throttle closes ``gen`` (its ``finally`` blocks run).
+    """
+    last: float | None = None
+    pending: Any = None
+    if is_progress is None:
+        def is_progress(x: Any) -> bool:
+            return isinstance(x, Progress)
+    try:
+        while True:
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                if pending is not None:
+                    yield pending
+                return stop.value
+            if not is_progress(item):
+                yield item
+                continue
+            now = clock()
+            if last is None or now - last >= interval:
+                pending = None
+                last = now
+                yield item
+            elif should_stop is not None and should_stop():
+                pending = None
+                yield item
+            else:
+                pending = item
+    finally:
+        gen.close()

@@ -1,0 +1,69 @@
+"""throttle(): progress steps rate-limited by time (the progress rule for GUIs)."""
+
+from __future__ import annotations
+
+import pytest
+
+from napari_neuroseg.runtime.progress import Progress, run_to_completion, throttle
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def job(n, clock, dt, log, data_every=0):
+    try:
+        for i in range(n):
+            clock.t += dt
+            yield Progress(i + 1, n, f"step {i + 1}")
+            if data_every and (i + 1) % data_every == 0:
+                yield ("data", i + 1)
+        return "result"
+    finally:
+        log.append("closed")
+
+
+def test_forwards_first_last_and_at_most_one_per_interval():
+    clock, log = FakeClock(), []
+    gen = throttle(job(1000, clock, 0.001, log), 0.1, clock=clock)
+    out = []
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            out.append(next(gen))
+    assert stop.value.value == "result"
+    steps = [p.step for p in out]
+    assert steps[0] == 1 and steps[-1] == 1000
+    assert steps == sorted(steps)
+    assert len(steps) <= 1 + 1000 * 0.001 / 0.1 + 1  # 1 s of work at 10 per second
+    assert log == ["closed"]
+
+
+def test_slow_steps_all_pass_and_data_is_never_dropped():
+    clock, log = FakeClock(), []
+    out = list(throttle(job(5, clock, 0.5, log), 0.1, clock=clock))
+    assert [p.step for p in out] == [1, 2, 3, 4, 5]
+    clock2 = FakeClock()
+    items = list(throttle(job(100, clock2, 0.0001, [], data_every=10), 0.1, clock=clock2))
+    assert [x for x in items if isinstance(x, tuple)] == [("data", k) for k in range(10, 101, 10)]
+    assert items[-1] == Progress(100, 100, "step 100")
+
+
+def test_should_stop_forwards_the_step_and_close_closes_the_job():
+    clock, log = FakeClock(), []
+    stop = {"now": False}
+    gen = throttle(job(1000, clock, 0.0001, log), 0.1, should_stop=lambda: stop["now"],
+                   clock=clock)
+    assert next(gen).step == 1
+    stop["now"] = True
+    assert next(gen).step == 2  # would have been skipped without the stop request
+    gen.close()
+    assert log == ["closed"]
+
+
+def test_run_to_completion_through_throttle():
+    clock = FakeClock()
+    assert run_to_completion(throttle(job(50, clock, 0.01, []), clock=clock)) == "result"
