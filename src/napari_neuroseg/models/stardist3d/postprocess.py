@@ -1,16 +1,44 @@
 """From per-voxel predictions to instances: candidate selection, NMS and rendering.
 
-:func:`nms_and_render` is a module-level function so it can run in the worker process of
-:mod:`napari_neuroseg.runtime.subprocess` (the ``stardist`` C++ code holds the GIL).
+Two NMS/rendering backends give the same objects (see ``docs/stardist3d.md``, "NMS"):
+
+* ``"neuroseg"`` (default): :mod:`napari_neuroseg.models.stardist3d.nms`, numba without the GIL,
+  10-100x faster; :func:`nms_and_render_iter` runs it in the calling thread and yields the
+  candidates processed;
+* ``"stardist"``: the C++ code of the ``stardist`` package (the reference). It holds the GIL for
+  its whole run, so :func:`nms_and_render` is a module-level function that can run in the worker
+  process of :mod:`napari_neuroseg.runtime.subprocess`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
 
 import numpy as np
 
-__all__ = ["Candidates", "nms_and_render", "polyhedra_surface", "select_candidates"]
+from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.runtime.progress import Progress
+
+__all__ = [
+    "NMS_BACKENDS",
+    "Candidates",
+    "check_nms_backend",
+    "nms_and_render",
+    "nms_and_render_iter",
+    "polyhedra_surface",
+    "select_candidates",
+]
+
+#: NMS/rendering implementations: the own numba one (default) and stardist's C++ (reference).
+NMS_BACKENDS = ("neuroseg", "stardist")
+
+
+def check_nms_backend(nms: str) -> str:
+    """``nms`` if it names a backend of :data:`NMS_BACKENDS`, else a :class:`NeurosegError`."""
+    if nms not in NMS_BACKENDS:
+        raise NeurosegError(f"unknown NMS backend {nms!r}", fix=f"use one of {', '.join(map(repr, NMS_BACKENDS))}")
+    return nms
 
 
 class Candidates:
@@ -85,33 +113,65 @@ def nms_and_render(
     nms_thresh: float,
     shape: tuple[int, int, int],
     render: bool = True,
+    nms: str = "neuroseg",
 ) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
-    """Sparse 3D NMS (``stardist.nms.non_maximum_suppression_3d_sparse``) then rendering
-    (``polyhedron_to_label``, higher probability wins overlaps) and sequential relabelling.
+    """Sparse 3D NMS (as ``stardist.nms.non_maximum_suppression_3d_sparse``) then rendering
+    (as ``polyhedron_to_label``, higher probability wins overlaps) and sequential relabelling,
+    with the backend ``nms`` (:data:`NMS_BACKENDS`).
 
     Returns ``(labels int32 (Z, Y, X) or None, details)`` with details ``points``, ``prob``,
     ``dist``, ``rays_vertices``, ``rays_faces`` (as ``stardist``'s ``predict_instances``).
     """
-    from skimage.segmentation import relabel_sequential
-    from stardist.geometry import polyhedron_to_label
-    from stardist.nms import non_maximum_suppression_3d_sparse
+    gen = nms_and_render_iter(prob, dist, points, rays_spec, n_rays, nms_thresh, shape, render=render, nms=nms)
+    try:
+        while True:
+            next(gen)
+    except StopIteration as stop:
+        return stop.value
 
+
+def nms_and_render_iter(
+    prob: np.ndarray,
+    dist: np.ndarray,
+    points: np.ndarray,
+    rays_spec: dict[str, Any],
+    n_rays: int,
+    nms_thresh: float,
+    shape: tuple[int, int, int],
+    render: bool = True,
+    nms: str = "neuroseg",
+) -> Generator[Progress, None, tuple[np.ndarray | None, dict[str, np.ndarray]]]:
+    """Generator form of :func:`nms_and_render`: yields ``Progress(candidates processed,
+    candidates + 1)`` about every 50 ms of NMS (``"neuroseg"``; the GIL is released in between)
+    and once before rendering; returns the same result."""
     from napari_neuroseg.models.stardist3d.rays import make_rays
 
+    check_nms_backend(nms)
     rays = make_rays(rays_spec, n_rays)
-    if len(prob) > 0:
-        points_k, prob_k, dist_k, _ = non_maximum_suppression_3d_sparse(
-            dist, prob, points, rays, nms_thresh=nms_thresh, verbose=False
-        )
+    n = len(prob)
+    if nms == "stardist":
+        from stardist.nms import non_maximum_suppression_3d_sparse
+
+        if n > 0:
+            points_k, prob_k, dist_k, _ = non_maximum_suppression_3d_sparse(
+                dist, prob, points, rays, nms_thresh=nms_thresh, verbose=False
+            )
+        else:
+            points_k, prob_k, dist_k = points, prob, dist
     else:
-        points_k, prob_k, dist_k = points, prob, dist
+        from napari_neuroseg.models.stardist3d.nms import nms_3d_iter
+
+        gen = nms_3d_iter(dist, prob, points, rays, nms_thresh)
+        try:
+            while True:
+                done = next(gen)
+                yield Progress(done, n + 1, f"non-maximum suppression: {done}/{n} candidates")
+        except StopIteration as stop:
+            points_k, prob_k, dist_k, _ = stop.value
     labels = None
     if render:
-        if len(points_k) == 0:
-            labels = np.zeros(shape, np.int32)
-        else:
-            labels = polyhedron_to_label(dist_k, points_k, rays=rays, prob=prob_k, shape=shape, verbose=False)
-            labels = relabel_sequential(labels)[0].astype(np.int32, copy=False)
+        yield Progress(n, n + 1, f"rendering {len(points_k)} objects")
+        labels = render_labels(dist_k, points_k, prob_k, rays, shape, nms=nms)
     details = {
         "points": np.asarray(points_k),
         "prob": np.asarray(prob_k),
@@ -120,6 +180,21 @@ def nms_and_render(
         "rays_faces": np.asarray(rays.faces),
     }
     return labels, details
+
+
+def render_labels(dist, points, prob, rays, shape, nms: str = "neuroseg") -> np.ndarray:
+    """Label image (int32, labels 1..k sequential in NMS order) of the kept polyhedra."""
+    if len(points) == 0:
+        return np.zeros(tuple(shape), np.int32)
+    if check_nms_backend(nms) == "stardist":
+        from skimage.segmentation import relabel_sequential
+        from stardist.geometry import polyhedron_to_label
+
+        labels = polyhedron_to_label(dist, points, rays=rays, prob=prob, shape=shape, verbose=False)
+        return relabel_sequential(labels)[0].astype(np.int32, copy=False)
+    from napari_neuroseg.models.stardist3d.nms import polyhedra_to_label
+
+    return polyhedra_to_label(dist, points, rays, shape, prob, sequential=True)
 
 
 def polyhedra_surface(details: dict[str, np.ndarray], scale: tuple[float, float, float] = (1.0, 1.0, 1.0)):
