@@ -23,6 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", required=True, help="output .tif/.tiff or .zarr")
     p.add_argument("--model", default=None, help="neuron model .pt (default: the shipped model)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
+    p.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="voxel size in µm (default: from the file's metadata; none there, e.g. FISBe: the volume "
+                        "is used as it is); the volume is resampled to the model's voxel size")
+    p.add_argument("--no-rescale", action="store_true", help="ignore voxel sizes: predict on the volume as it is")
     p.add_argument("--key", default=None, help="array key inside a Zarr/HDF5 input")
     p.add_argument("--channel-axis", type=int, default=None,
                    help="axis of the 3 colour channels in the stored array, e.g. -1 for ZYXC data")
@@ -65,6 +69,18 @@ def _read_input(args):
     return data, None, False
 
 
+def _voxel_size(args, was_fisbe: bool):
+    """``--voxel-size``, else the input file's metadata (FISBe files store none), else None."""
+    from napari_neuroseg.cli.nuclei import scale_args
+
+    vol = None
+    if args.voxel_size is None and not args.no_rescale and not was_fisbe:
+        from napari_neuroseg.io import read_image
+
+        vol = read_image(Path(args.input), key=args.key, lazy=True)
+    return scale_args(args, vol)[0]
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -90,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     if out.resolve() == Path(args.input).resolve():
         raise NeurosegError("output would overwrite the input", path=out, fix="choose another output path")
     raw, gt, was_fisbe = _read_input(args)
+    voxel_size = _voxel_size(args, was_fisbe)
     if fmt == "zarr" and was_fisbe and args.format == "auto":
         fmt = "fisbe"
     params = {k: v for k, v in (("fg_threshold", args.fg_threshold), ("merge_threshold", args.merge_threshold),
@@ -102,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     res = run_to_completion(
         predict_iter(raw, args.model, device=args.device, params=params or None,
                      n_tiles=tuple(args.tiles) if args.tiles else None,
-                     channel_axis=None),
+                     channel_axis=None, voxel_size=voxel_size),
         cb,
     )
     if not args.quiet:
@@ -115,6 +132,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         stack = labels_to_instances(labels) if labels.max() else np.zeros((0,) + labels.shape, np.uint8)
         write_fisbe(out, raw=raw, gt_instances=stack)
+    if "scale_plan" in res.info:
+        print(f"scale: {res.info['scale_plan']['text']}")
     print(f"{res.n_instances} neurons -> {out}")
     if gt is not None:
         from napari_neuroseg.metrics import evaluate

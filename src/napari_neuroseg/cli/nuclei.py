@@ -30,6 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="tiles per axis (default: chosen from the free memory)")
     p.add_argument("--percentiles", type=float, nargs=2, default=(1.0, 99.8), metavar=("LOW", "HIGH"),
                    help="normalisation percentiles")
+    p.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="voxel size in µm (default: from the file's metadata; none there: the image is used as it is)")
+    p.add_argument("--object-size", default=None, metavar="SIZE",
+                   help="nucleus diameter: 3.2um, 25vox (Y/X voxels) or auto (estimated from the image; printed); "
+                        "overrides the voxel-size rule (see docs/nuclei-model-card.md)")
+    p.add_argument("--no-rescale", action="store_true",
+                   help="ignore voxel and object sizes: predict on the image as it is")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--key", default=None, help="array key inside a Zarr/HDF5 input")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -56,6 +63,25 @@ def write_labels(path: Path, labels, scale=None) -> Path:
     )
 
 
+def scale_args(args: argparse.Namespace, vol) -> tuple:
+    """``(voxel_size, object_size)`` from ``--voxel-size`` (else the file's metadata via
+    :func:`~napari_neuroseg.runtime.scale.voxel_size_from_volume`; ``vol`` may be None),
+    ``--object-size`` and ``--no-rescale``; shared by ``neuroseg nuclei`` and ``neuroseg neurons``."""
+    from napari_neuroseg.errors import NeurosegError
+    from napari_neuroseg.runtime.scale import parse_object_size, parse_voxel_size, voxel_size_from_volume
+
+    obj = getattr(args, "object_size", None)
+    if getattr(args, "no_rescale", False):
+        if args.voxel_size is not None or obj is not None:
+            raise NeurosegError("--no-rescale contradicts --voxel-size/--object-size", fix="give only one of them")
+        return None, None
+    if args.voxel_size is not None:
+        vs = parse_voxel_size(args.voxel_size, what="--voxel-size")
+    else:
+        vs = None if vol is None else voxel_size_from_volume(vol)
+    return vs, parse_object_size(obj)
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
@@ -80,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         raise NeurosegError("the output would overwrite the input", path=out, fix="choose another output path")
     vol = read_image(inp, key=args.key)
     model = load_model(args.model, device=args.device)
+    voxel_size, object_size = scale_args(args, vol)
     image = np.asarray(vol.data)
     channel_axis = 0 if image.ndim == 4 and vol.axes.startswith("C") else None
     t0 = time.perf_counter()
@@ -103,6 +130,7 @@ def run(args: argparse.Namespace) -> int:
             image, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh, border=args.border,
             n_tiles=None if args.n_tiles is None else tuple(args.n_tiles),
             percentiles=tuple(args.percentiles), channel_axis=channel_axis,
+            voxel_size=voxel_size, object_size=object_size,
         ),
         show,
     )
@@ -115,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     th_p = model.thresholds.prob if args.prob_thresh is None else args.prob_thresh
     th_n = model.thresholds.nms if args.nms_thresh is None else args.nms_thresh
     th_b = model.thresholds.border if args.border is None else args.border
+    if "scale_plan" in details:
+        print(f"scale: {details['scale_plan']['text']}")
     print(f"{n} objects (model {model.name}, prob {th_p:.3f}, nms {th_n:.3f}, border {th_b}, "
           f"{time.perf_counter() - t0:.1f} s) -> {out}")
     return 0

@@ -46,6 +46,27 @@ def tile_overlap(levels: int) -> int:
     return int(-(-half // div) * div)
 
 
+def model_scale(model: NeuronModel):
+    """The :class:`~napari_neuroseg.runtime.scale.ModelScale` of a neuron model: a
+    ``<model>.scale.json`` sidecar next to the file (the shipped model's), else the checkpoint's
+    ``scale`` dict (read without code execution), else None (never resampled)."""
+    from napari_neuroseg.runtime.scale import ModelScale, read_scale_json
+
+    if "scale" in model.meta:
+        return None if model.meta["scale"] is None else ModelScale.from_dict(model.meta["scale"], path=model.path)
+    if model.path is None:
+        return None
+    p = Path(model.path)
+    sc = read_scale_json(p.with_name(p.stem + ".scale.json"))
+    if sc is None:
+        from .model import read_checkpoint
+
+        d = read_checkpoint(p).get("scale")
+        sc = None if d is None else ModelScale.from_dict(d, path=p)
+    model.meta["scale"] = None if sc is None else sc.to_dict()
+    return sc
+
+
 def _resolve_model(model, device) -> NeuronModel:
     if isinstance(model, NeuronModel):
         return model
@@ -93,12 +114,29 @@ def predict_iter(
     channel_axis: int | None = None,
     return_outputs: bool = False,
     norm_stats: tuple | None = None,
+    voxel_size=None,
+    scale_factors=None,
 ) -> ProgressGenerator[NeuronPrediction]:
     """Segment neurons in a (3,Z,Y,X) multicolour volume; a progress generator returning a
     :class:`NeuronPrediction`. ``model``: a loaded model, a model file, or None (shipped default).
-    ``params`` overrides post-processing thresholds (dataclass or dict of fields)."""
+    ``params`` overrides post-processing thresholds (dataclass or dict of fields).
+
+    ``voxel_size`` (Z, Y, X µm) or explicit ``scale_factors``: the volume is resampled to the
+    model's voxel size (:func:`model_scale`; linear, anti-aliased when shrinking), predicted there,
+    and labels (and ``return_outputs`` maps) come back at the input's shape by nearest neighbour;
+    ``info["scale_plan"]`` says what was done."""
     a = check_raw(raw, channel_axis=channel_axis)
     m = _resolve_model(model, device)
+    plan = None
+    in_shape = tuple(int(s) for s in a.shape[1:])
+    if voxel_size is not None or scale_factors is not None:
+        from napari_neuroseg.runtime.scale import check_growth, plan_scale, resample_image
+
+        plan = plan_scale(model_scale(m), voxel_size=voxel_size, factors=scale_factors)
+        if not plan.identity:
+            check_growth(in_shape, plan.factors)
+            yield Progress(0, 3, f"rescaling: {plan.describe()}")
+            a = resample_image(a, plan.factors, channel_axis=0)
     p = m.params
     if isinstance(params, dict):
         p = replace(p, **params)
@@ -110,7 +148,7 @@ def predict_iter(
     shape = image.shape[1:]
     if not image.any():  # a constant (e.g. all-zero) volume has no signal: no neurons, no network run
         yield Progress(3, 3, "constant volume: no neurons")
-        return NeuronPrediction(labels=np.zeros(shape, np.uint32), n_instances=0, params=p,
+        return NeuronPrediction(labels=np.zeros(in_shape, np.uint32), n_instances=0, params=p,
                                 info={"model": m.path, "device": str(m.device), "empty": True})
     n_out = 0
     gen = network_outputs(m, image, n_tiles=n_tiles)
@@ -126,11 +164,19 @@ def predict_iter(
     labels = instances_from_outputs(outs[0], outs[1:], image, p)
     n_inst = int(labels.max())
     yield Progress(n_out + 1, n_out + 1, f"{n_inst} neurons")
+    info = {"model": m.path, "device": str(m.device)}
+    if plan is not None:
+        info["scale_plan"] = plan.to_dict()
+        if tuple(labels.shape) != in_shape:
+            from napari_neuroseg.runtime.scale import restore_nearest
+
+            labels = restore_nearest(labels, in_shape)
+            outs = restore_nearest(outs, in_shape) if return_outputs else outs
     return NeuronPrediction(
         labels=labels, n_instances=n_inst, params=p,
         foreground=outs[0] if return_outputs else None,
         affinities=outs[1:] if return_outputs else None,
-        info={"model": m.path, "device": str(m.device)},
+        info=info,
     )
 
 

@@ -147,6 +147,8 @@ class StarDist3D:
         #: faster on CPUs with AMX/AVX512-BF16, outputs differ by ~1e-2)
         self.precision = "auto"
         self._rays = None
+        #: the voxel size / nucleus size it was trained at (``scale.json``; None = unknown: never resampled)
+        self.scale = None
         self.device = select_device(device)
         self.net.to(self.device)
 
@@ -163,6 +165,9 @@ class StarDist3D:
         config = StarDistConfig.from_json(path / "config.json")
         thresholds = load_thresholds(path / "thresholds.json")
         model = cls(config, thresholds, name=path.name, path=path, device="cpu")
+        from napari_neuroseg.runtime.scale import SCALE_FILE, read_scale_json
+
+        model.scale = read_scale_json(path / SCALE_FILE)
         own = path / OWN_WEIGHTS
         if own.is_file():
             state = load_torch_file(own, what="weights file", fix="restore or re-save the model")
@@ -196,6 +201,10 @@ class StarDist3D:
         config = StarDistConfig.from_dict(blob.get("config") or {}, path=path)
         thresholds = Thresholds.from_dict(blob.get("thresholds"))
         model = cls(config, thresholds, name=path.stem, path=path, device="cpu")
+        if blob.get("scale") is not None:
+            from napari_neuroseg.runtime.scale import ModelScale
+
+            model.scale = ModelScale.from_dict(blob["scale"], path=path)
         model.load_weights(blob.get("state_dict") or {}, path)
         return model.to(device)
 
@@ -239,6 +248,10 @@ class StarDist3D:
         try:
             (tmp / "config.json").write_text(json.dumps(self.config_dict(), indent=1))
             (tmp / "thresholds.json").write_text(json.dumps(self.thresholds.to_dict()))
+            if self.scale is not None:
+                from napari_neuroseg.runtime.scale import SCALE_FILE
+
+                (tmp / SCALE_FILE).write_text(json.dumps(self.scale.to_dict(), indent=1))
             state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
             torch.save(state, tmp / OWN_WEIGHTS)
             if folder.exists():
@@ -268,6 +281,8 @@ class StarDist3D:
             "thresholds": self.thresholds.to_dict(),
             "state_dict": {k: v.detach().cpu() for k, v in self.net.state_dict().items()},
         }
+        if self.scale is not None:
+            blob["scale"] = self.scale.to_dict()
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         os.close(fd)
         try:
@@ -483,10 +498,21 @@ class StarDist3D:
         use_subprocess: bool | None = None,
         return_predict: bool = False,
         border: int | None = None,
+        voxel_size: Sequence[float] | None = None,
+        object_size: Any = None,
+        scale_factors: Sequence[float] | None = None,
     ) -> Generator[Progress, None, tuple]:
         """Generator form of :meth:`predict_instances`: yields a :class:`Progress` per tile and
         while NMS/rendering run (in the worker process), returns ``(labels, details)`` (plus
-        ``(prob, dist)`` if ``return_predict``)."""
+        ``(prob, dist)`` if ``return_predict``).
+
+        Physical scale (:mod:`napari_neuroseg.runtime.scale`): with ``voxel_size`` (Z, Y, X µm),
+        ``object_size`` (``"3.2 um"``, ``"25 vox"``, ``"auto"``) or explicit ``scale_factors`` the
+        image is resampled to the model's :attr:`scale` first and the labels come back at the
+        input's shape (nearest neighbour); ``details["points"]`` are in input voxels,
+        ``details["resample_factors"]`` the factors (polyhedra: ``points + dist·rays / factors``),
+        ``details["scale_plan"]`` what was decided; ``prob``/``dist`` of ``return_predict`` stay at
+        the model's scale."""
         from napari_neuroseg.models.stardist3d.postprocess import Candidates, nms_and_render, select_candidates
         from napari_neuroseg.runtime.subprocess import ProcessWorker, get_worker
         from napari_neuroseg.runtime.tiling import iter_tiles, predict_tiled_auto
@@ -501,6 +527,19 @@ class StarDist3D:
                 f"thresholds must lie in [0, 1] (prob={prob_thresh}, nms={nms_thresh})", fix="use e.g. 0.5 and 0.4"
             )
         x = self.prepare_image(image, normalize=normalize, percentiles=percentiles, channel_axis=channel_axis)
+        in_shape = tuple(int(s) for s in x.shape[1:])
+        plan = None
+        if voxel_size is not None or object_size is not None or scale_factors is not None:
+            from napari_neuroseg.runtime.scale import check_growth, plan_scale, resample_image
+
+            if object_size is not None and str(object_size).strip().lower() == "auto":
+                yield Progress(0, 1, "estimating the nucleus size")
+            plan = plan_scale(self.scale, voxel_size=voxel_size, object_size=object_size,
+                              image=x[0] if x.shape[0] == 1 else x.max(0), factors=scale_factors)
+            if not plan.identity:
+                check_growth(in_shape, plan.factors)
+                yield Progress(0, 1, f"rescaling: {plan.describe()}")
+                x = resample_image(x, plan.factors, channel_axis=0)
         shape = tuple(int(s) for s in x.shape[1:])
         grid = self.grid
         tiles = self._n_tiles(shape, n_tiles)
@@ -554,6 +593,16 @@ class StarDist3D:
         finally:
             gen.close()
         yield Progress(n_total, n_total, f"{int(labels.max()) if labels is not None else 0} objects")
+        if plan is not None:
+            details["scale_plan"] = plan.to_dict()
+            if not plan.identity:
+                from napari_neuroseg.runtime.scale import restore_labels
+
+                real = np.asarray(shape, np.float64) / np.asarray(in_shape, np.float64)  # after rounding
+                labels = restore_labels(labels, in_shape)
+                pts = np.asarray(details["points"], np.float64).reshape(-1, 3)
+                details["points"] = ((pts + 0.5) / real - 0.5).astype(np.float32)
+                details["resample_factors"] = tuple(float(v) for v in real)
         if return_predict:
             assert dense is not None
             return labels, details, (dense[0][0], np.moveaxis(np.maximum(dense[1], np.float32(1e-3)), 0, -1))
@@ -572,6 +621,9 @@ class StarDist3D:
         use_subprocess: bool | None = None,
         return_predict: bool = False,
         border: int | None = None,
+        voxel_size: Sequence[float] | None = None,
+        object_size: Any = None,
+        scale_factors: Sequence[float] | None = None,
     ):
         """Segment nuclei: ``(labels int32 (Z, Y, X), details)``.
 
@@ -586,7 +638,8 @@ class StarDist3D:
             self.predict_instances_iter(
                 image, normalize=normalize, prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=n_tiles,
                 percentiles=percentiles, channel_axis=channel_axis, use_subprocess=use_subprocess,
-                return_predict=return_predict, border=border,
+                return_predict=return_predict, border=border, voxel_size=voxel_size, object_size=object_size,
+                scale_factors=scale_factors,
             )
         )
 
