@@ -28,7 +28,7 @@ def register(subparsers) -> None:
                    help="voxel size to write (default: from IN's metadata)")
     p.add_argument("--levels", type=int, default=1, help="OME-Zarr pyramid levels (default 1)")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, io_flags=({"IN": "input"}, {"OUT": "output"}))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--min-size", type=int, default=800,
                    help="remove predicted ids with at most this many voxels (default 800)")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, io_flags=({"GT": "gt", "PRED": "pred", "--split-file": "split_file"},
+                                       {"--json": "json_out", "--toml": "toml_out"}))
 
 
 def _progress(quiet: bool):

@@ -39,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--partly", action="store_true", help="ground truth is partly labelled (for the scores)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, io_flags=({"INPUT": "input", "--model": "model"}, {"--output": "output"}))
 
 
 def _read_input(args):
@@ -47,17 +47,43 @@ def _read_input(args):
 
     from napari_neuroseg.errors import NeurosegError
     from napari_neuroseg.io import is_fisbe, read_fisbe, read_image
+    from napari_neuroseg.io.checks import require_real_image
+    from napari_neuroseg.models.neurons.targets import N_OUTPUTS
+    from napari_neuroseg.runtime.memory import require_volume_fits
 
     path = Path(args.input)
     if not path.exists():
         raise NeurosegError("input not found", path=path, fix="check the path")
+
+    def budget(data) -> None:
+        # checked on the declared shape before anything is read: the input, its float32 copy,
+        # the network's outputs and the labels (int64 while post-processing)
+        require_real_image(data, path)
+        shape = tuple(int(s) for s in data.shape)
+        n_ch = shape[0] if len(shape) == 4 else 1
+        spatial = shape[-3:] if len(shape) >= 3 else shape
+        per_voxel = n_ch * (np.dtype(data.dtype).itemsize + 4) + 4 * N_OUTPUTS + 8
+        require_volume_fits(spatial, per_voxel, what="segmenting the volume", path=path,
+                            fix="segment a crop, or the whole volume block by block with 'neuroseg batch' "
+                                "(--block-shape)")
+
     if is_fisbe(path):
-        s = read_fisbe(path)
+        s = read_fisbe(path, lazy=True)
         if s.raw is None:
             raise NeurosegError("the FISBe sample has no volumes/raw", path=path,
                                 fix="segmentation needs the raw multicolour volume")
+        budget(s.raw)
         return np.asarray(s.raw), (None if s.gt_instances is None else np.asarray(s.gt_instances)), True
-    vol = read_image(path, key=args.key)
+    vol = read_image(path, key=args.key, lazy=True)
+    budget(vol.data)
+    if args.channel_axis is not None:
+        nd = len(vol.meta.get("source_axes") or vol.axes)
+        if not -nd <= args.channel_axis < nd:
+            raise NeurosegError(
+                f"--channel-axis {args.channel_axis} does not exist: the stored array has {nd} axes "
+                f"(shape {vol.shape}, read as {vol.axes})",
+                path=path, fix=f"give an axis between {-nd} and {nd - 1} (e.g. -1 for ZYXC data), or leave it out",
+            )
     data = np.asarray(vol.data)
     if args.channel_axis is None and vol.axes == "CZYX":
         return data, None, False

@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key", default=None, help="array key inside a Zarr/HDF5 input")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--quiet", action="store_true", help="no progress output")
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, io_flags=({"INPUT": "input", "--model": "model"}, {"--output": "output"}))
 
 
 def write_labels(path: Path, labels, scale=None) -> Path:
@@ -87,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_neuroseg.errors import NeurosegError
     from napari_neuroseg.io import read_image
+    from napari_neuroseg.io.checks import require_real_image
     from napari_neuroseg.models.stardist3d import load_model
+    from napari_neuroseg.runtime.memory import require_volume_fits
     from napari_neuroseg.runtime.progress import run_to_completion
 
     if args.threads:
@@ -104,8 +106,21 @@ def run(args: argparse.Namespace) -> int:
         )
     if out.resolve() == inp.resolve():
         raise NeurosegError("the output would overwrite the input", path=out, fix="choose another output path")
-    vol = read_image(inp, key=args.key)
+    vol = read_image(inp, key=args.key, lazy=True)
+    require_real_image(vol.data, inp)
+
+    def budget(per_voxel: float) -> None:
+        require_volume_fits(
+            vol.shape, per_voxel, what="segmenting the image", path=inp,
+            fix="segment a crop, or the whole volume block by block with 'neuroseg batch' (--block-shape)",
+        )
+
+    # whole-volume arrays: the input, its float32 copy, int32 labels (before the model is loaded),
+    # then also the probability and distances on the model's grid
+    budget(vol.dtype.itemsize + 8)
     model = load_model(args.model, device=args.device)
+    cfg = model.config
+    budget(vol.dtype.itemsize + 8 + 4 * (1 + cfg.n_rays) / (cfg.grid[0] * cfg.grid[1] * cfg.grid[2]))
     voxel_size, object_size = scale_args(args, vol)
     image = np.asarray(vol.data)
     channel_axis = 0 if image.ndim == 4 and vol.axes.startswith("C") else None

@@ -159,7 +159,7 @@ def require_outputs_apart(inputs: dict[str, Any], outputs: dict[str, Any]) -> No
     for oflag, out in items(outputs):
         for iflag, inp in ins:
             if _same(out, inp):
-                problem = f"the output {oflag} is the input {iflag}: writing it would overwrite the input"
+                problem = f"the output {oflag} is the same path as the input {iflag}: writing it would overwrite the input"
             elif _container(inp) and _inside(out, inp):
                 problem = f"the output {oflag} lies inside the input {iflag}: writing it would change the input"
             elif (_container(out) or out.suffix.lower() in (".zarr", ".n5")) and _inside(inp, out):

@@ -66,6 +66,36 @@ def _scale_of(src: Path, key: str | None, override: tuple[float, ...] | None) ->
         return None
 
 
+#: Memory a scheduled chunk copy takes per chunk (dask task and key); a declared shape with
+#: billions of chunks would exhaust memory just planning the copy.
+_TASK_BYTES = 2048
+
+
+def _budget(data, src: Path, out: str, *, streamed: bool) -> None:
+    """Refuse, from the declared shape alone, a conversion that cannot fit in memory: a read of
+    the whole input (TIFF, HDF5, instance stacks) or a chunk-by-chunk copy with too many chunks."""
+    from napari_neuroseg.runtime.memory import require_memory, require_volume_fits
+
+    shape = tuple(int(s) for s in data.shape)
+    if not streamed:
+        require_volume_fits(
+            shape, np.dtype(data.dtype).itemsize, what=f"converting to {out} (read whole)", path=src,
+            fix="convert to .zarr or .ome.zarr (written chunk by chunk), or crop the input first",
+        )
+        return
+    numblocks = getattr(data, "numblocks", None)
+    if numblocks is None:
+        chunks = getattr(data, "chunks", None) or shape
+        numblocks = [-(-s // max(1, int(c))) for s, c in zip(shape, chunks)]
+    n = 1
+    for b in numblocks:
+        n *= int(b)
+    require_memory(
+        n * _TASK_BYTES, what=f"copying the input of shape {shape} chunk by chunk ({n:,} chunks)", path=src,
+        fix="check the array's declared shape; re-save it with larger chunks or crop it first",
+    )
+
+
 def _overlap_warning(count: np.ndarray) -> list[str]:
     n = int((count > 1).sum())
     if not n:
@@ -106,6 +136,10 @@ def convert(
     if fisbe_in:
         sample = read_fisbe(src, lazy=True)
         use_labels = labels or sample.raw is None
+        for arr in (sample.raw, sample.gt_instances):
+            if arr is not None:
+                _budget(arr, src, out, streamed=out in ("fisbe", "zarr") or (out == "ome-zarr" and arr is sample.raw
+                                                                                 and not use_labels))
         if out == "fisbe":
             write_fisbe(dst, raw=sample.raw, gt_instances=sample.gt_instances, dim_neurons=sample.dim_neurons)
             arr = sample.gt_instances if sample.raw is None else sample.raw
@@ -146,6 +180,7 @@ def convert(
 
     if labels:
         data = read_labels(src, key, lazy=True)
+        _budget(data, src, out, streamed=out == "zarr" or (out == "ome-zarr" and data.ndim != 4))
         sc = _scale_of(src, key, scale)
         if data.ndim == 4:
             lab_axes = "CZYX"
@@ -182,6 +217,7 @@ def convert(
         return ConvertResult(dst, out, tuple(arr.shape), str(arr.dtype), warnings)
 
     vol = read_image(src, key, lazy=True, axes=axes)
+    _budget(vol.data, src, out, streamed=out in ("fisbe", "zarr", "ome-zarr"))
     sc = tuple(float(s) for s in scale) if scale is not None else vol.scale
     data = vol.data
     if out == "fisbe":

@@ -71,6 +71,20 @@ def _raw_array(p: Path, key: str | None, default: Any) -> Any:
     return default
 
 
+def _budget(data: Any, path: str | Path, what: str) -> None:
+    """Refuse, from its declared shape, a label volume that could not be held in memory (the
+    official evaluator loads both volumes whole; a centre crop of a huge prediction would still
+    be planned over all of its chunks)."""
+    import numpy as np
+
+    from ..runtime.memory import require_volume_fits
+
+    require_volume_fits(
+        tuple(int(s) for s in data.shape), np.dtype(data.dtype).itemsize, what=f"evaluating {what}", path=path,
+        fix="evaluate volumes that fit in memory: crop ground truth and prediction to the same region first",
+    )
+
+
 def evaluate_files_iter(
     gt_path: str | Path,
     pred_path: str | Path,
@@ -85,6 +99,8 @@ def evaluate_files_iter(
 
     gt, dim = open_labels(gt_path, gt_key)
     pred, _ = open_labels(pred_path, pred_key)
+    _budget(gt, gt_path, "the ground truth")
+    _budget(pred, pred_path, "the prediction")
     opts.setdefault("dim_ids", dim)
     result = yield from evaluate_iter(gt, pred, partly, **opts)
     result["gt_path"] = str(gt_path)
