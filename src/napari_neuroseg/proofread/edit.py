@@ -17,6 +17,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from napari_neuroseg.errors import NeurosegError
+
 Bbox = tuple[slice, ...]
 
 
@@ -176,8 +178,31 @@ class Edit:
         self.parts.append(EditPart.from_mask(tb, sub, old, new_vals))
 
     # -- applying -----------------------------------------------------------------------
+    def check(self, labels: Any) -> None:
+        """Raise :class:`NeurosegError` (before any voxel is written) when this edit cannot be
+        applied to ``labels``: another number of axes, a box outside the array, values that do
+        not fit its dtype."""
+        shape = tuple(int(n) for n in labels.shape)
+        dt = np.dtype(labels.dtype)
+        for part in self.parts:
+            if len(part.bbox) != len(shape) or any(
+                not 0 <= s.start <= s.stop <= n for s, n in zip(part.bbox, shape)
+            ):
+                raise NeurosegError(
+                    f"this {self.kind} edit (box {[(s.start, s.stop) for s in part.bbox]}) does not fit a label "
+                    f"array of shape {shape}", fix="undo/redo edits on the array they were made on",
+                )
+            if dt.kind in "iu":
+                for vals in (part.old, part.new):
+                    if vals.size and (int(vals.min()) < np.iinfo(dt).min or int(vals.max()) > np.iinfo(dt).max):
+                        raise NeurosegError(
+                            f"this {self.kind} edit holds ids that do not fit the labels' dtype {dt}",
+                            fix="undo/redo edits on the array they were made on",
+                        )
+
     def redo(self, labels: Any) -> "Edit":
         """Apply the change (again)."""
+        self.check(labels)
         for part in self.parts:
             part.apply(labels, forward=True)
         self.applied = True
@@ -185,6 +210,7 @@ class Edit:
 
     def undo(self, labels: Any) -> "Edit":
         """Revert the change; the array is restored bit for bit."""
+        self.check(labels)
         for part in reversed(self.parts):
             part.apply(labels, forward=False)
         self.applied = False
@@ -274,12 +300,23 @@ class RemapEdit(Edit):
             fastremap.remap(block, table, preserve_missing_labels=True, in_place=True)
             labels[bbox] = block
 
+    def check(self, labels: Any) -> None:
+        dt = np.dtype(labels.dtype)
+        ids = np.concatenate([self.src, self.dst])
+        if dt.kind in "iu" and ids.size and (int(ids.min()) < np.iinfo(dt).min or int(ids.max()) > np.iinfo(dt).max):
+            raise NeurosegError(
+                f"this {self.kind} mapping holds ids that do not fit the labels' dtype {dt}",
+                fix="undo/redo edits on the array they were made on",
+            )
+
     def redo(self, labels: Any) -> "Edit":
+        self.check(labels)
         self._remap(labels, self.src, self.dst)
         self.applied = True
         return self
 
     def undo(self, labels: Any) -> "Edit":
+        self.check(labels)
         self._remap(labels, self.dst, self.src)
         self.applied = False
         return self
@@ -306,7 +343,7 @@ class RemapEdit(Edit):
         out = Edit(self.kind, [], dict(self.info))
         if not table:
             return out
-        moved = np.array(sorted(table), dtype=np.int64)
+        moved = np.array(sorted(table), dtype=a.dtype)
         for bbox in iter_slabs(labels.shape, getattr(labels, "chunks", None)):
             block = read_block(labels, bbox)
             if not np.isin(block, moved).any():

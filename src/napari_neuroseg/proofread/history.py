@@ -5,6 +5,10 @@ from __future__ import annotations
 from collections import deque
 from typing import Any
 
+import numpy as np
+
+from napari_neuroseg.errors import NeurosegError
+
 from .edit import Edit
 
 
@@ -18,6 +22,10 @@ class EditHistory:
     """
 
     def __init__(self, max_steps: int = 100, max_bytes: int = 2 << 30, index: Any = None):
+        if isinstance(max_steps, bool) or not isinstance(max_steps, (int, np.integer)) or max_steps < 1:
+            raise NeurosegError(f"max_steps must be an integer >= 1, not {max_steps!r}", fix="keep at least one step")
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, np.integer)) or max_bytes < 0:
+            raise NeurosegError(f"max_bytes must be an integer >= 0, not {max_bytes!r}", fix="give a size in bytes")
         self.max_steps = int(max_steps)
         self.max_bytes = int(max_bytes)
         self.index = index
@@ -26,6 +34,8 @@ class EditHistory:
 
     def push(self, edit: Edit) -> Edit:
         """Record an edit that has just been applied (empty edits are ignored)."""
+        if not isinstance(edit, Edit):
+            raise NeurosegError(f"push takes a proofreading Edit, not {type(edit).__name__}", fix="push what an operation returned")
         if edit.empty and edit.nbytes == 0 and edit.kind != "relabel_sequential":
             return edit
         self._undo.append(edit)
@@ -37,7 +47,8 @@ class EditHistory:
         """Revert the last edit; returns it (None when there is nothing to undo)."""
         if not self._undo:
             return None
-        edit = self._undo.pop().undo(labels)
+        edit = self._undo[-1].undo(labels)  # raises before touching labels: the edit stays put
+        self._undo.pop()
         if self.index is not None:
             self.index.update(edit, forward=False)
         self._redo.append(edit)
@@ -47,7 +58,8 @@ class EditHistory:
         """Re-apply the last undone edit (None when there is nothing to redo)."""
         if not self._redo:
             return None
-        edit = self._redo.pop().redo(labels)
+        edit = self._redo[-1].redo(labels)
+        self._redo.pop()
         if self.index is not None:
             self.index.update(edit, forward=True)
         self._undo.append(edit)

@@ -71,7 +71,8 @@ def _slab_stats(block: np.ndarray, z0: int) -> tuple[np.ndarray, np.ndarray, np.
     hi_a = np.asarray(hi, np.int64).reshape(-1, nd)
     lo_a[:, 0] += z0
     hi_a[:, 0] += z0
-    return np.asarray(ids, np.int64), lo_a, hi_a
+    # uint64 ids above 2**63 do not fit int64
+    return np.asarray(ids, np.uint64 if block.dtype == np.uint64 else np.int64), lo_a, hi_a
 
 
 class LabelIndex:

@@ -234,6 +234,9 @@ class ReviewQueue:
     ) -> "ReviewQueue":
         """Items from simple checks: objects of at most ``tiny`` voxels, objects touching the
         volume border, and the ``largest`` biggest objects (each object once, first check wins)."""
+        for name, v in (("tiny", tiny), ("largest", largest)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0):
+                raise NeurosegError(f"{name}={v!r} must be a whole number >= 0", fix=f"give {name} as a voxel count")
         stats = object_stats(labels)
         shape = labels.shape
         items: list[ReviewItem] = []
@@ -324,11 +327,17 @@ class ReviewQueue:
                 f"review queue format {d.get('version')} is newer than this napari-neuroseg ({FORMAT_VERSION})",
                 path=path, fix="update napari-neuroseg",
             )
+        if not isinstance(d["items"], list):
+            raise NeurosegError("the review queue's items are not a list", path=path, fix="rebuild the queue")
         try:
-            items = [ReviewItem(**it) for it in d["items"]]
-        except TypeError as err:
+            items = [_checked_item(ReviewItem(**it)) for it in d["items"]]
+            position = int(d.get("position", -1))
+            locked = [int(i) for i in d.get("locked", ())]
+        except (TypeError, ValueError) as err:
             raise NeurosegError(f"a review item is malformed ({err})", path=path, fix="rebuild the queue") from err
-        return cls(items, position=d.get("position", -1), locked=d.get("locked", ()), meta=d.get("meta", {}))
+        meta = d.get("meta", {})
+        return cls(items, position=max(-1, min(position, len(items) - 1)), locked=locked,
+                   meta=meta if isinstance(meta, dict) else {})
 
     def save(self, path: str | Path) -> Path:
         """Write the queue as JSON (atomically: temp file, then rename)."""
@@ -349,6 +358,23 @@ class ReviewQueue:
         except json.JSONDecodeError as err:
             raise NeurosegError(f"review queue is not valid JSON ({err})", path=p, fix="rebuild the queue") from err
         return cls.from_dict(d, p)
+
+
+def _checked_item(it: ReviewItem) -> ReviewItem:
+    """A loaded item with sane fields (a hand-edited file must not break the widget later)."""
+    if not isinstance(it.kind, str) or it.status not in STATUSES or it.source not in ("pred", "gt"):
+        raise ValueError(f"kind/status/source of item {it.id!r} are not valid")
+    it.id = int(it.id)
+    if it.id < 0:
+        raise ValueError(f"item id {it.id} is negative")
+    it.size = int(it.size)
+    it.centroid = [float(c) for c in it.centroid]
+    it.bbox = [[int(lo), int(hi)] for lo, hi in it.bbox]
+    if any(lo < 0 or hi < lo for lo, hi in it.bbox):
+        raise ValueError(f"item {it.id} has an invalid box {it.bbox}")
+    it.related = [int(r) for r in it.related]
+    it.note = str(it.note)
+    return it
 
 
 def _merge_stats(parts: list[dict]) -> dict:
