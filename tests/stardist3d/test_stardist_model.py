@@ -428,6 +428,7 @@ def test_restricted_cpu_paths_give_the_same_outputs(env, tmp_path):
     x = load_inputs()["img1"]
     p_ref, d_ref = model.predict(x)
     np.save(tmp_path / "x.npy", x)
+    run_env = {**os.environ, **env}
     code = (
         "import sys, numpy as np, warnings\n"
         "from napari_neuroseg.models.stardist3d import StarDist3D\n"
@@ -439,9 +440,9 @@ def test_restricted_cpu_paths_give_the_same_outputs(env, tmp_path):
         "p16, _ = m.predict(x)\n"
         "assert np.abs(p16 - p).max() < 0.05\n"
         "from napari_neuroseg.models.stardist3d.network import onednn_direct_ok\n"
-        f"assert onednn_direct_ok() is {env.get('NEUROSEG_ONEDNN_DIRECT') != '0'}\n"
+        f"assert onednn_direct_ok() is {run_env.get('NEUROSEG_ONEDNN_DIRECT', '1') != '0'}\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), p_ref, atol=1e-5)
