@@ -42,6 +42,9 @@ def test_widget_evaluates_and_adds_error_layers(make_napari_viewer, qtbot, tmp_p
     w = EvaluateWidget(viewer)
     assert w.gt_combo.currentText() == "gt_instances"
     assert w.pred_combo.currentText() == "prediction"
+    # auto task: a FISBe stack means neurons, and the widget says so with the preset's filter
+    assert w.task == "auto" and "FISBe" in w.task_note.text()
+    assert "800 voxels" in w.task_note.text()
     res = _run(w, qtbot)
     # tube 3 missed, tube 1 split (11 + 12), extra tube 50 false positive; dim neuron 3 read
     assert res["errors"]["missed_gt"] == [3]
@@ -51,33 +54,44 @@ def test_widget_evaluates_and_adds_error_layers(make_napari_viewer, qtbot, tmp_p
     assert w.summary.item(1, 0).text() == "avF1"
     assert float(w.summary.item(1, 1).text()) == pytest.approx(res["avF1"], abs=1e-4)
     assert w.thresholds.rowCount() == 14
-    # error layers hold only the erroneous ids, with the user's ids
-    missed = viewer.layers["missed GT"].data
-    assert set(np.unique(missed)) == {0, 3}
-    assert np.array_equal(missed > 0, stack[2] > 0)
-    fp = viewer.layers["false positives"].data
-    assert 50 in set(np.unique(fp)) and np.array_equal(fp == 50, pred == 50)
-    assert set(np.unique(viewer.layers["false splits"].data)) == {0, 1}
-    assert "false merges" not in viewer.layers
-    assert w.errors_list.count() == len(res["errors"]["missed_gt"]) + len(
+    assert res["task"] == "neurons" and res["preset"]["min_size"] == 800
+    # one error layer: only the erroneous objects, each kind in its colour, the user's ids in
+    # its features; the list states the FISBe rule first
+    layer = viewer.layers["evaluation errors"]
+    feats = layer.features.set_index("index")
+    kinds = {v: (feats.loc[v, "error"], int(feats.loc[v, "id"])) for v in feats.index}
+    assert sorted(kinds.values()) == sorted(
+        [("missed GT", 3), ("false splits", 1)]
+        + [("false positives", p) for p in res["errors"]["false_positive"]])
+    missed_v = next(v for v, k in kinds.items() if k == ("missed GT", 3))
+    assert np.array_equal(layer.data == missed_v, stack[2] > 0)
+    fp_v = next(v for v, k in kinds.items() if k == ("false positives", 50))
+    assert np.array_equal(layer.data == fp_v, pred == 50)
+    cmap = layer.colormap
+    assert np.allclose(cmap.map(np.array([missed_v]))[0][:3], [1, 0, 1])  # magenta
+    assert np.allclose(cmap.map(np.array([fp_v]))[0][:3], [1, 1, 0])  # yellow
+    assert "FISBe preset" in w.errors_list.item(0).text()
+    assert "800 voxels" in w.errors_list.item(0).text()
+    assert w.errors_list.count() == 1 + len(res["errors"]["missed_gt"]) + len(
         res["errors"]["false_positive"]) + 1
-    # jump to the missed neuron: the view centres on it and the label is selected
+    assert layer.name not in [w.gt_combo.itemText(i) for i in range(w.gt_combo.count())]
+    # jump to the missed neuron: the view centres on it and its value is selected
     item = next(w.errors_list.item(i) for i in range(w.errors_list.count())
                 if w.errors_list.item(i).text().startswith("missed GT 3"))
     w._jump(item)
     zc, yc, _ = np.argwhere(stack[2] > 0).mean(axis=0)
     assert viewer.dims.point[0] == pytest.approx(zc, abs=1)
     assert tuple(viewer.scene.camera.center)[-2] == pytest.approx(yc, abs=1)
-    assert viewer.layers["missed GT"].selected_label == 3
+    assert layer.selected_label == missed_v
     # export
     w.export_csv(str(tmp_path / "m.csv"))
     rows = list(csv.reader(open(tmp_path / "m.csv")))
     assert rows[0][:3] == ["sample", "S", "avF1"] and rows[3][0] == "threshold"
     w.export_json(str(tmp_path / "m.json"))
     assert json.loads((tmp_path / "m.json").read_text())["errors"]["missed_gt"] == [3]
-    # running again replaces the error layers instead of stacking copies
+    # running again updates the error layer instead of stacking copies
     _run(w, qtbot)
-    assert sum(ly.name == "missed GT" for ly in viewer.layers) == 1
+    assert sum(ly.name == "evaluation errors" for ly in viewer.layers) == 1
 
 
 def test_widget_partly_and_bad_input(make_napari_viewer, qtbot):
@@ -111,3 +125,45 @@ def test_lazy_fisbe_stack_is_read_through_its_file(make_napari_viewer, fisbe_sma
     assert dim == [2]
     assert hasattr(src, "store_path") and tuple(src.shape) == stack.shape  # the zarr array
     np.testing.assert_array_equal(np.asarray(src[:]), stack)
+
+
+def test_nuclei_task_matches_stardist_and_feeds_the_list(make_napari_viewer, qtbot, tmp_path):
+    """Compact objects: auto picks nuclei; stardist's numbers; unmatched at IoU 0.5 listed."""
+    from stardist.matching import matching
+
+    viewer = make_napari_viewer()
+    gt = np.zeros((12, 40, 40), np.uint16)
+    gt[2:6, 2:8, 2:8] = 1
+    gt[2:6, 20:26, 20:26] = 2
+    gt[6:10, 30:36, 5:11] = 3  # missed
+    pred = np.zeros_like(gt, np.uint32)
+    pred[2:6, 2:8, 3:8] = 7  # IoU 5/6
+    pred[2:6, 20:26, 20:26] = 8
+    pred[8:11, 10:14, 30:34] = 9  # false positive (small: the FISBe filter would drop all three)
+    viewer.add_labels(gt, name="nuclei gt")
+    viewer.add_labels(pred, name="nuclei pred")
+    w = EvaluateWidget(viewer)
+    w.gt_combo.setCurrentText("nuclei gt")
+    w.pred_combo.setCurrentText("nuclei pred")
+    assert w.task == "auto" and w.task_note.text().startswith("auto: nuclei")
+    assert not w.partly_check.isEnabled()
+    res = _run(w, qtbot)
+    ref = matching(gt, pred, 0.5)
+    assert res["task"] == "nuclei" and res["task_reason"].startswith("guessed")
+    assert (res["TP_05"], res["precision"], res["recall"], res["f1"]) == (
+        ref.tp, ref.precision, ref.recall, ref.f1)
+    assert res["errors"]["missed_gt"] == [3] and res["errors"]["false_positive"] == [9]
+    assert "IoU 0.5" in w.errors_list.item(0).text()
+    assert w.errors_list.count() == 3
+    assert w.summary.item(0, 0).text().startswith("F1")
+    assert float(w.summary.item(0, 1).text()) == pytest.approx(ref.f1, abs=1e-4)
+    assert w.thresholds.rowCount() == 9
+    w.export_csv(str(tmp_path / "n.csv"))
+    rows = list(csv.reader(open(tmp_path / "n.csv")))
+    assert rows[0][:3] == ["sample", "f1", "precision"]
+    # the neurons task on the same layers states its size filter with the result
+    w.set_task("neurons")
+    assert "800 voxels" in w.task_note.text()
+    res = _run(w, qtbot)
+    assert res["task"] == "neurons" and res["preset"]["n_removed_small_pred"] == 3
+    assert "3 removed" in w.errors_list.item(0).text()

@@ -1,11 +1,24 @@
-"""The "Evaluate segmentation" dock widget: FISBe metrics of a prediction layer against a
-ground-truth layer, with the errors as layers you can jump to.
+"""The "Evaluate segmentation" dock widget: metrics of a prediction layer against a
+ground-truth layer, per task, with the errors in one layer you can jump to.
+
+Task (the "Task" box; "auto" guesses it from the ground truth and says what it chose):
+
+- nuclei: instance metrics as ``stardist.matching.matching`` defines them (precision, recall, F1,
+  AP at IoU 0.1 … 0.9, mean matched IoU); errors = objects unmatched at IoU 0.5, every object
+  counts (:mod:`napari_neuroseg.metrics.nuclei`);
+- neurons (FISBe): the FISBe FlyLight preset (:func:`napari_neuroseg.metrics.evaluate_iter`), whose
+  size filter (predictions with <= 800 voxels are removed before matching) and partly-labelled
+  mode are stated in the widget and at the top of the error list.
 
 The ground truth may be any Labels layer; a layer read from a FISBe file carries the full
 instance stack (with overlaps) in ``metadata["fisbe_instances"]`` and its dim neurons in
-``metadata["fisbe_dim_neurons"]``, which are then used. The computation is
-:func:`napari_neuroseg.metrics.evaluate_iter` in a worker thread; the error layers are built in the
-same thread (plain numpy) and added to the viewer in the main thread.
+``metadata["fisbe_dim_neurons"]``, which are then used.
+
+Nothing heavy runs in the main thread: the metrics, the error layer's data (one label volume,
+every error kind with its own colour, the user's ids in its features) and its colormap are built in
+the worker thread; the main thread fills the tables and adds (or updates) that one layer in one
+step. Progress follows the rule of :mod:`napari_neuroseg._napari._workers` (rate-limited, never
+re-entered), so jobs may report one step per object.
 """
 
 from __future__ import annotations
@@ -32,8 +45,15 @@ from qtpy.QtWidgets import (
 )
 
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
-from napari_neuroseg.metrics import evaluate_iter, write_csv, write_json
-from napari_neuroseg.metrics.report import SUMMARY_KEYS, per_threshold_rows, summary_rows
+from napari_neuroseg.metrics import write_csv, write_json
+from napari_neuroseg.metrics.evaluate import MIN_SIZE
+from napari_neuroseg.metrics.nuclei import TASK_TITLES, evaluate_task_iter, guess_task
+from napari_neuroseg.metrics.report import (
+    NUCLEI_SUMMARY_KEYS,
+    SUMMARY_KEYS,
+    per_threshold_rows,
+    summary_rows,
+)
 from napari_neuroseg.runtime.progress import Progress
 
 if TYPE_CHECKING:
@@ -42,18 +62,28 @@ if TYPE_CHECKING:
 FISBE_INSTANCES = "fisbe_instances"
 FISBE_DIM_NEURONS = "fisbe_dim_neurons"
 
-#: error kind -> (layer name, colour used for the centroid points)
+#: error kind -> (title, colour in the error layer); the first kind wins where objects overlap
 ERROR_KINDS = {
     "missed_gt": ("missed GT", "magenta"),
     "false_positive": ("false positives", "yellow"),
     "false_merge": ("false merges", "red"),
     "false_split": ("false splits", "cyan"),
 }
+#: the one layer holding every error object (value v has kind ``KIND_ORDER[(v - 1) % 4]``)
+ERRORS_LAYER = "evaluation errors"
+KIND_ORDER = tuple(ERROR_KINDS)
+#: choices of the Task box: (data, text)
+TASK_CHOICES = (("auto", "auto (guess from the ground truth)"),
+                ("nuclei", TASK_TITLES["nuclei"]),
+                ("neurons", TASK_TITLES["neurons"]))
 
 LABELS_OF = {
     "S": "S (0.5 avF1 + 0.5 C)", "avF1": "avF1", "C": "C (coverage)", "clDice_TP": "clDice TP",
     "tp": "tp (TP@0.5 / #GT)", "FS": "FS (false splits)", "FM": "FM (false merges)",
     "n_gt": "# GT", "n_pred": "# predictions", "TP_05": "TP @ 0.5",
+    "f1": "F1 @ IoU 0.5", "precision": "precision @ 0.5", "recall": "recall @ 0.5",
+    "ap": "AP @ 0.5 (TP/(TP+FP+FN))", "mean_matched_iou": "mean matched IoU @ 0.5",
+    "panoptic_quality": "panoptic quality @ 0.5", "mean_f1": "mean F1 (IoU 0.1-0.9)",
 }
 
 
@@ -64,60 +94,122 @@ def _dtype_for(max_id: int):
     return np.uint64
 
 
-def _error_volume(lab: Any, ids: list[int]):
-    """A label volume holding only the instances ``ids`` (original ids) of a SparseLabels, and
-    their centroids; built from the stored voxel lists (no pass over the full volume)."""
-    ids = sorted(set(int(i) for i in ids))
-    out = np.zeros(lab.shape, _dtype_for(max(ids)))
-    flat = out.reshape(-1)
-    cents = {}
-    for i in reversed(ids):  # the lower id wins where instances overlap (as in the GT layer)
-        keys = lab.coords_of_original(i)
-        flat[keys] = i
-        cents[i] = tuple(float(c.mean()) if c.size else float("nan")
-                         for c in np.unravel_index(keys, lab.shape))
-    return out, cents
+def _keys_in_array(arr: np.ndarray, ids: list[int]) -> dict[int, np.ndarray]:
+    """Flat voxel indices of each of ``ids`` in a label array (one pass)."""
+    flat = np.asarray(arr).reshape(-1)
+    want = np.asarray(sorted(set(int(i) for i in ids)), dtype=flat.dtype)
+    idx = np.flatnonzero(np.isin(flat, want))
+    vals = flat[idx]
+    order = np.argsort(vals, kind="stable")
+    idx, vals = idx[order], vals[order]
+    lo = np.searchsorted(vals, want, "left")
+    hi = np.searchsorted(vals, want, "right")
+    return {int(i): idx[a:b] for i, a, b in zip(want, lo, hi)}
 
 
-def evaluate_layers_iter(gt: Any, pred: Any, partly: bool, *, dim_ids: list[int] | None = None):
-    """Worker job: evaluate, then build the error volumes and their centroids (numpy only).
-
-    Returns ``(result, errors)`` with ``errors[kind] = (volume, {id: centroid}, items)``.
-    """
-    result = yield from evaluate_iter(gt, pred, partly, dim_ids=dim_ids, with_instances=True)
-    inst = result.pop("_instances")
+def _error_entries(result: dict[str, Any]) -> dict[str, list[tuple[int, str, str]]]:
+    """kind -> [(id, source "gt"/"pred", list text)] from a result's error lists."""
     err = result["errors"]
-    kinds = {
-        "missed_gt": (inst["gt"], err["missed_gt"],
-                      [(i, f"missed GT {i}") for i in err["missed_gt"]]),
-        "false_positive": (inst["pred"], err["false_positive"],
-                           [(i, f"false positive: prediction {i}") for i in
-                            err["false_positive"]]),
-        "false_merge": (inst["pred"], [m["pred"] for m in err["false_merge"]],
-                        [(m["pred"], f"false merge: prediction {m['pred']} covers GT "
-                          + ", ".join(map(str, m["gts"]))) for m in err["false_merge"]]),
-        "false_split": (inst["gt"], [s["gt"] for s in err["false_split"]],
-                        [(s["gt"], f"false split: GT {s['gt']} split into predictions "
-                          + ", ".join(map(str, s["preds"]))) for s in err["false_split"]]),
+    return {
+        "missed_gt": [(int(i), "gt", f"missed GT {i}") for i in err["missed_gt"]],
+        "false_positive": [(int(i), "pred", f"false positive: prediction {i}")
+                           for i in err["false_positive"]],
+        "false_merge": [(int(m["pred"]), "pred", f"false merge: prediction {m['pred']} covers GT "
+                         + ", ".join(map(str, m["gts"]))) for m in err["false_merge"]],
+        "false_split": [(int(s["gt"]), "gt", f"false split: GT {s['gt']} split into predictions "
+                         + ", ".join(map(str, s["preds"]))) for s in err["false_split"]],
     }
-    out: dict[str, Any] = {}
-    for k, (kind, (lab, ids, items)) in enumerate(kinds.items()):
-        yield Progress(k, len(kinds), f"building the {ERROR_KINDS[kind][0]} layer")
-        if ids:
-            vol, cents = _error_volume(lab, ids)
-            out[kind] = (vol, cents, items)
-    return result, out
+
+
+def build_error_layer(result: dict[str, Any], instances: dict[str, Any]) -> dict[str, Any] | None:
+    """The error layer's data, built off the main thread (numpy, pandas, a colormap model).
+
+    One label volume: the ``j``-th object of kind ``k`` (``KIND_ORDER``) gets the value
+    ``4 j + k + 1``, so a 5-colour cyclic colormap paints each kind in its colour (no per-label
+    colour table to compile); ``features`` gives each value its kind and the user's id. Where
+    objects of different kinds overlap, the kind listed first in ``ERROR_KINDS`` is shown.
+    Returns ``None`` when there is no error, else ``{"data", "features", "colormap", "items"}``
+    with ``items`` = [(kind, id, value, centroid, text)] in list order.
+    """
+    import pandas as pd
+    from napari.utils.colormaps import CyclicLabelColormap
+    from napari.utils.colormaps.standardize_color import transform_color
+
+    entries = _error_entries(result)
+    if not any(entries.values()):
+        return None
+    keys: dict[tuple[str, int], np.ndarray] = {}
+    for src in ("gt", "pred"):
+        lab = instances[src]
+        ids = [i for kind in KIND_ORDER for i, s, _ in entries[kind] if s == src]
+        if not ids:
+            continue
+        if hasattr(lab, "coords_of_original"):  # SparseLabels of the FISBe metrics
+            found = {i: lab.coords_of_original(i) for i in set(ids)}
+            shape = tuple(lab.shape)
+        else:
+            found = _keys_in_array(lab, ids)
+            shape = tuple(np.shape(lab))
+        for i, k in found.items():
+            keys[(src, i)] = k
+    values: list[tuple[str, int, int, str, str]] = []
+    for k, kind in enumerate(KIND_ORDER):
+        for j, (i, src, text) in enumerate(entries[kind]):
+            values.append((kind, i, 4 * j + k + 1, src, text))
+    top = max(v for _, _, v, _, _ in values)
+    out = np.zeros(shape, _dtype_for(top))
+    flat = out.reshape(-1)
+    items = []
+    for kind, i, v, src, text in reversed(values):  # the first kind / lower index wins
+        kk = keys.get((src, i), np.zeros(0, np.int64))
+        flat[kk] = v
+    for kind, i, v, src, text in values:
+        kk = keys.get((src, i), np.zeros(0, np.int64))
+        cent = tuple(float(c.mean()) if c.size else float("nan")
+                     for c in np.unravel_index(kk, shape))
+        items.append((kind, i, v, cent, text))
+    features = pd.DataFrame({
+        "index": [v for _, _, v, _, _ in values],
+        "error": [ERROR_KINDS[kind][0] for kind, *_ in values],
+        "id": [i for _, i, *_ in values],
+    })
+    colors = np.concatenate([[[0.0, 0.0, 0.0, 0.0]],
+                             transform_color([ERROR_KINDS[k][1] for k in KIND_ORDER])])
+    cmap = CyclicLabelColormap(colors=colors, name="neuroseg errors")
+    return {"data": out, "features": features, "colormap": cmap, "items": items}
+
+
+def evaluate_layers_iter(gt: Any, pred: Any, partly: bool, *, dim_ids: list[int] | None = None,
+                         task: str = "neurons", task_reason: str | None = None):
+    """Worker job: evaluate with the metrics of ``task``, then build the error layer's data.
+
+    Returns ``(result, layer)``; ``layer`` is :func:`build_error_layer`'s dict (or None).
+    """
+    result = yield from evaluate_task_iter(task, gt, pred, partly, dim_ids=dim_ids,
+                                           with_instances=True)
+    inst = result.pop("_instances")
+    if task_reason:
+        result["task_reason"] = task_reason  # guessed in the main thread
+    yield Progress(0, 1, "building the error layer")
+    layer = build_error_layer(result, inst)
+    yield Progress(1, 1, "error layer ready")
+    return result, layer
 
 
 class EvaluateWidget(RunControlsMixin, QWidget):
-    """Pick GT and prediction layers, evaluate with the FISBe metrics, inspect the errors."""
+    """Pick GT and prediction layers and a task (nuclei / FISBe neurons), evaluate, inspect the
+    errors."""
 
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__()
         self.viewer = napari_viewer
         self.result: dict[str, Any] | None = None
-        self.error_layers: dict[str, Any] = {}
+        self.error_layers: dict[str, Any] = {}  # kind -> the error layer (one layer for all)
         self._centroids: dict[tuple[str, int], tuple[float, float, float]] = {}
+        self._values: dict[tuple[str, int], int] = {}  # (kind, id) -> value in the error layer
+        self._guess_cache: tuple[Any, tuple[str, str]] | None = None
+        self._scale: Any = None
+        self._translate: Any = None
 
         layout = QVBoxLayout(self)
         form = QFormLayout()
@@ -125,11 +217,24 @@ class EvaluateWidget(RunControlsMixin, QWidget):
         self.pred_combo = QComboBox()
         form.addRow("Ground truth", self.gt_combo)
         form.addRow("Prediction", self.pred_combo)
-        self.partly_check = QCheckBox("partly labelled ground truth")
+        self.task_combo = QComboBox()
+        for data, text in TASK_CHOICES:
+            self.task_combo.addItem(text, data)
+        self.task_combo.setToolTip(
+            "nuclei: precision/recall/F1/AP at IoU thresholds (stardist.matching), every object "
+            "counts; neurons: the FISBe preset (small predictions removed, clDice matching)")
+        form.addRow("Task", self.task_combo)
+        self.partly_check = QCheckBox("partly labelled ground truth (FISBe)")
         self.partly_check.setToolTip(
             "Predictions lying mostly in unlabelled background are not false positives")
         form.addRow("", self.partly_check)
+        self.task_note = QLabel("")
+        self.task_note.setWordWrap(True)
+        form.addRow("", self.task_note)
         layout.addLayout(form)
+        self.task_combo.currentIndexChanged.connect(self._update_task_note)
+        self.partly_check.toggled.connect(self._update_task_note)
+        self.gt_combo.currentTextChanged.connect(self._update_task_note)
 
         self.controls = RunControls(
             "Evaluate", on_run=self.run, on_cancel=self.cancel, progress_bar=True,
@@ -168,14 +273,16 @@ class EvaluateWidget(RunControlsMixin, QWidget):
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.viewer.layers.events.changed.connect(self._refresh_layers)
         self._refresh_layers()
+        self._update_task_note()
 
     # ---------------------------------------------------------------- layers
     def _label_layers(self) -> list[Any]:
         from napari.layers import Labels
 
-        names = set(v[0] for v in ERROR_KINDS.values())
+        names = set(v[0] for v in ERROR_KINDS.values()) | {ERRORS_LAYER}
         return [ly for ly in self.viewer.layers if isinstance(ly, Labels)
-                and ly.name not in names]
+                and ly.name not in names
+                and not (ly.metadata or {}).get("neuroseg_error_kind")]
 
     def _refresh_layers(self, *_: Any) -> None:
         layers = [ly.name for ly in self._label_layers()]
@@ -197,6 +304,7 @@ class EvaluateWidget(RunControlsMixin, QWidget):
         if self.gt_combo.currentText() == self.pred_combo.currentText() and len(layers) > 1:
             other = [n for n in layers if n != self.gt_combo.currentText()]
             self.pred_combo.setCurrentText(other[-1])
+        self._update_task_note()
 
     @staticmethod
     def _source(layer: Any) -> tuple[Any, list[int] | None]:
@@ -219,6 +327,63 @@ class EvaluateWidget(RunControlsMixin, QWidget):
                 pass
         return stack, dim
 
+    # ---------------------------------------------------------------- task
+    @property
+    def task(self) -> str:
+        """The chosen task: ``"auto"``, ``"nuclei"`` or ``"neurons"``."""
+        return str(self.task_combo.currentData())
+
+    def set_task(self, task: str) -> None:
+        """Choose ``"auto"``, ``"nuclei"`` or ``"neurons"``."""
+        k = self.task_combo.findData(task)
+        if k < 0:
+            raise ValueError(f"unknown task {task!r}")
+        self.task_combo.setCurrentIndex(k)
+
+    def _guess(self) -> tuple[str, str] | None:
+        """The task guessed for the chosen GT layer, or None where guessing needs a pass over
+        lazy data (then it is guessed in the worker, when run)."""
+        try:
+            layer = self.viewer.layers[self.gt_combo.currentText()]
+        except (KeyError, ValueError):
+            return None
+        md = getattr(layer, "metadata", {}) or {}
+        if md.get(FISBE_INSTANCES) is not None:
+            return "neurons", "the layer carries a FISBe instance stack"
+        data = layer.data
+        if not isinstance(data, np.ndarray):
+            return None
+        key = (id(data), data.shape)
+        if self._guess_cache is None or self._guess_cache[0] != key:
+            self._guess_cache = (key, guess_task(data))  # strided: a few ms
+        return self._guess_cache[1]
+
+    def _resolved_task(self) -> tuple[str, str]:
+        """(task or "auto", why) for the next run."""
+        if self.task != "auto":
+            return self.task, "chosen"
+        g = self._guess()
+        return (g[0], "guessed: " + g[1]) if g is not None else ("auto", "guessed when run")
+
+    def _update_task_note(self, *_: Any) -> None:
+        task, why = self._resolved_task()
+        self.partly_check.setEnabled(task != "nuclei")
+        if task == "nuclei":
+            text = ("Nuclei: objects matched one-to-one by IoU (stardist.matching); precision, "
+                    "recall, F1, AP at IoU 0.1-0.9; errors = objects unmatched at IoU 0.5, "
+                    "every object counts.")
+        elif task == "neurons":
+            text = (f"FISBe neuron preset: predictions with <= {MIN_SIZE} voxels are removed "
+                    "before matching (not for nuclei-sized objects); matching by clDice; "
+                    + ("partly labelled GT: predictions mostly in unlabelled background are "
+                       "not false positives." if self.partly_check.isChecked()
+                       else "fully labelled GT."))
+        else:
+            text = "The task is guessed from the ground truth when the evaluation runs."
+        if self.task == "auto" and task != "auto":
+            text = f"auto: {TASK_TITLES[task]} ({why}). " + text
+        self.task_note.setText(text)
+
     # ---------------------------------------------------------------- running
     def run(self) -> None:
         """Start the evaluation of the chosen layers in a worker thread."""
@@ -235,26 +400,38 @@ class EvaluateWidget(RunControlsMixin, QWidget):
             return
         gt, dim = self._source(gt_layer)
         pred, _ = self._source(pred_layer)
+        task, why = self._resolved_task()
+        partly = self.partly_check.isChecked() and task != "nuclei"
+        self._scale, self._translate = gt_layer.scale, gt_layer.translate
         self.result = None
         self.controls.start(
-            evaluate_layers_iter, gt, pred, self.partly_check.isChecked(),
-            dim_ids=dim, on_return=self._on_result, desc="Evaluate segmentation",
+            evaluate_layers_iter, gt, pred, partly,
+            dim_ids=dim, task=task, task_reason=why if why != "guessed when run" else None,
+            on_return=self._on_result, desc="Evaluate segmentation",
         )
 
-    def _on_result(self, value: tuple[dict[str, Any], dict[str, Any]]) -> None:
-        result, errors = value
+    def _on_result(self, value: tuple[dict[str, Any], dict[str, Any] | None]) -> None:
+        result, layer = value
         self.result = result
         self._fill_tables(result)
-        self._add_error_layers(errors)
+        self._add_error_layer(layer, result)
         warn = " ".join(f"Warning: {w}." for w in result["warnings"])
-        self.status.setText(("Done. " + warn).strip())
+        task = TASK_TITLES.get(result.get("task", ""), "")
+        self.status.setText((f"Done ({task}). " + warn).strip())
+        if self.task == "auto":
+            self.task_note.setText(f"auto: {task} ({result.get('task_reason', '')}).")
         self.csv_button.setEnabled(True)
         self.json_button.setEnabled(True)
 
     # ---------------------------------------------------------------- display
+    @staticmethod
+    def _summary_keys(result: dict[str, Any]) -> tuple[str, ...]:
+        return NUCLEI_SUMMARY_KEYS if result.get("task") == "nuclei" else SUMMARY_KEYS
+
     def _fill_tables(self, result: dict[str, Any]) -> None:
-        rows = summary_rows({"sample": result})
-        self.summary.setRowCount(len(SUMMARY_KEYS))
+        keys = self._summary_keys(result)
+        rows = summary_rows({"sample": result}, keys)
+        self.summary.setRowCount(len(keys))
         for r, (key, val) in enumerate(zip(rows[0][1:], rows[1][1:])):
             self.summary.setItem(r, 0, QTableWidgetItem(LABELS_OF.get(key, key)))
             self.summary.setItem(r, 1, QTableWidgetItem(val))
@@ -266,51 +443,66 @@ class EvaluateWidget(RunControlsMixin, QWidget):
                 self.thresholds.setItem(r, c, QTableWidgetItem(val))
         self.thresholds.resizeColumnsToContents()
 
-    def _add_error_layers(self, errors: dict[str, Any]) -> None:
-        self.errors_list.clear()
-        self._centroids.clear()
-        for kind, (name, colour) in ERROR_KINDS.items():
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-            self.error_layers.pop(kind, None)
-            if kind not in errors:
-                continue
-            vol, cents, items = errors[kind]
-            scale = None
-            try:
-                scale = self.viewer.layers[self.gt_combo.currentText()].scale
-            except (KeyError, ValueError):
-                pass
-            layer = self.viewer.add_labels(vol, name=name, opacity=0.8,
-                                           scale=scale if scale is not None else None)
-            layer.metadata["neuroseg_error_kind"] = kind
-            try:  # one colour per kind of error, whatever the ids
-                from napari.utils.colormaps import DirectLabelColormap
+    def _error_layer_now(self) -> Any:
+        for ly in self.viewer.layers:
+            if ly.name == ERRORS_LAYER and (ly.metadata or {}).get("neuroseg_error_kind"):
+                return ly
+        return None
 
-                layer.colormap = DirectLabelColormap(
-                    color_dict={None: colour, 0: "transparent"})
-            except Exception:  # noqa: BLE001 - cosmetic only
-                pass
-            self.error_layers[kind] = layer
-            for i, text in items:
-                self._centroids[(kind, int(i))] = cents[int(i)]
+    def _add_error_layer(self, built: dict[str, Any] | None, result: dict[str, Any]) -> None:
+        """Show the worker-built error layer: one add (or one data swap on a re-run) and the
+        list; no per-voxel work here."""
+        self.errors_list.setUpdatesEnabled(False)
+        try:
+            self.errors_list.clear()
+            self._centroids.clear()
+            self._values.clear()
+            self.error_layers.clear()
+            rule = result.get("error_rule")
+            if rule:
+                head = QListWidgetItem(f"[{rule}]")
+                head.setToolTip(rule)
+                self.errors_list.addItem(head)  # no data: clicking it does nothing
+            layer = self._error_layer_now()
+            if built is None:
+                if layer is not None:
+                    self.viewer.layers.remove(layer)
+                return
+            if layer is not None and layer.ndim == built["data"].ndim:
+                layer.data = built["data"]
+                layer.features = built["features"]
+                layer.scale, layer.translate = self._scale, self._translate
+            else:
+                if layer is not None:
+                    self.viewer.layers.remove(layer)
+                layer = self.viewer.add_labels(
+                    built["data"], name=ERRORS_LAYER, opacity=0.8, colormap=built["colormap"],
+                    features=built["features"], scale=self._scale, translate=self._translate,
+                    metadata={"neuroseg_error_kind": "all"},
+                )
+            for kind, i, v, cent, text in built["items"]:
+                self.error_layers[kind] = layer
+                self._centroids[(kind, i)] = cent
+                self._values[(kind, i)] = v
                 it = QListWidgetItem(text)
-                it.setData(256, (kind, int(i)))  # Qt.UserRole
+                it.setData(256, (kind, i))  # Qt.UserRole
                 self.errors_list.addItem(it)
+        finally:
+            self.errors_list.setUpdatesEnabled(True)
 
     def jump_to(self, kind: str, obj_id: int) -> None:
-        """Centre the view on error ``obj_id`` of ``kind`` and select it in its layer."""
+        """Centre the view on error ``obj_id`` of ``kind`` and select it in the error layer."""
         c = self._centroids.get((kind, int(obj_id)))
         layer = self.error_layers.get(kind)
         if c is None or layer is None or any(math.isnan(v) for v in c):
             return
-        world = tuple(np.asarray(c) * np.asarray(layer.scale[-3:]) +
-                      np.asarray(layer.translate[-3:]))
+        world = tuple(np.asarray(c) * np.asarray(layer.scale[-len(c):]) +
+                      np.asarray(layer.translate[-len(c):]))
         nd = self.viewer.dims.ndim
-        for k in range(min(3, nd)):
-            self.viewer.dims.set_point(nd - 3 + k, float(world[k]))
+        for k in range(min(len(c), nd)):
+            self.viewer.dims.set_point(nd - len(c) + k, float(world[k]))
         self.viewer.scene.camera.center = world
-        layer.selected_label = int(obj_id)
+        layer.selected_label = int(self._values[(kind, int(obj_id))])
         self.viewer.layers.selection.active = layer
 
     def _jump(self, item: QListWidgetItem) -> None:
@@ -323,7 +515,8 @@ class EvaluateWidget(RunControlsMixin, QWidget):
         """The summary and per-threshold tables as CSV."""
         if self.result is None:
             return
-        rows = summary_rows({"sample": self.result}) + [[]] + per_threshold_rows(self.result)
+        rows = (summary_rows({"sample": self.result}, self._summary_keys(self.result)) + [[]]
+                + per_threshold_rows(self.result))
         write_csv(path, rows)
 
     def export_json(self, path: str) -> None:

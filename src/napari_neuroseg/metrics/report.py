@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 SUMMARY_KEYS = ("S", "avF1", "C", "clDice_TP", "tp", "FS", "FM", "n_gt", "n_pred", "TP_05")
+#: headline numbers of a nuclei result (``metrics.nuclei``; IoU 0.5 unless "mean")
+NUCLEI_SUMMARY_KEYS = ("f1", "precision", "recall", "ap", "mean_matched_iou", "panoptic_quality",
+                       "mean_f1", "n_gt", "n_pred", "TP_05")
 
 
 def _atomic_write_text(path: str | Path, text: str) -> Path:
@@ -70,13 +73,15 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def summary_rows(named: dict[str, dict[str, Any]]) -> list[list[str]]:
-    """Header + one row per named result (sample or set) with the leaderboard numbers."""
-    rows = [["sample", *SUMMARY_KEYS]]
+def summary_rows(named: dict[str, dict[str, Any]],
+                 keys: tuple[str, ...] = SUMMARY_KEYS) -> list[list[str]]:
+    """Header + one row per named result (sample or set) with the leaderboard numbers
+    (``keys``: the FISBe ones by default; :data:`NUCLEI_SUMMARY_KEYS` for nuclei results)."""
+    rows = [["sample", *keys]]
     for name, r in named.items():
         if r is None:
             continue
-        rows.append([name, *[_fmt(r.get(k, float("nan"))) for k in SUMMARY_KEYS]])
+        rows.append([name, *[_fmt(r.get(k, float("nan"))) for k in keys]])
     return rows
 
 
