@@ -43,3 +43,29 @@ def fisbe_real_dir(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def repo_dir() -> Path:
     return REPO_DIR
+
+
+def pytest_itemcollected(item):
+    """Every test under ``tests/_napari`` runs a viewer or Qt widgets: marked ``gui`` (so that
+    ``-m 'not gui'`` deselects all of them)."""
+    if REPO_DIR / "tests" / "_napari" in Path(str(item.path)).parents and not item.get_closest_marker("gui"):
+        item.add_marker(pytest.mark.gui)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """GUI tests need a display. pytest-xvfb (a test dependency) starts Xvfb where it is installed;
+    where neither a display nor Xvfb is there, stop with one line saying what to install instead
+    of letting Qt abort the process."""
+    import sys
+
+    if not sys.platform.startswith("linux") or os.environ.get("QT_QPA_PLATFORM") == "offscreen":
+        return
+    if os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"):
+        return
+    if any(item.get_closest_marker("gui") for item in items):
+        pytest.exit(
+            "GUI tests need a display and none was found: install Xvfb (Debian/Ubuntu: "
+            "'apt-get install -y xvfb'; pytest-xvfb then starts it) or deselect them with -m 'not gui'",
+            returncode=4,
+        )
