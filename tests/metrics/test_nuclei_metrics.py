@@ -123,3 +123,24 @@ def test_task_guess_and_dispatch():
         run_to_completion(evaluate_task_iter("nuclei", gt, gt, partly=True))
     with pytest.raises(NeurosegError, match="unknown"):
         run_to_completion(evaluate_task_iter("cells", gt, gt))
+
+
+def test_review_queue_from_metrics_per_task():
+    """The review queue takes the evaluation's errors: for nuclei the unmatched objects at IoU
+    0.5 (no FISBe size filter turning every small nucleus into a 'missed' one)."""
+    from napari_neuroseg.proofread.review import ReviewQueue
+
+    gt = blobs()
+    pred = perturbed(gt)
+    ref = nuclei_metrics(gt, pred)
+    q = ReviewQueue.from_metrics(gt, pred)  # auto: compact objects -> nuclei
+    assert q.meta["task"] == "nuclei"
+    assert sorted(it.id for it in q.items if it.kind == "missed_gt") == ref["errors"]["missed_gt"]
+    assert sorted(it.id for it in q.items if it.kind == "false_positive") == sorted(
+        ref["errors"]["false_positive"])
+    fisbe = ReviewQueue.from_metrics(gt, pred, task="neurons")
+    assert fisbe.meta["task"] == "neurons" and "800 voxels" in fisbe.meta["rule"]
+    # every prediction is below the FISBe size filter: all GT objects become "missed"
+    assert sum(it.kind == "missed_gt" for it in fisbe.items) == ref["n_gt"]
+    # a guessed nuclei task ignores the FISBe-only partly option (with a warning)
+    assert ReviewQueue.from_metrics(gt, pred, partly=True).meta["task"] == "nuclei"

@@ -195,6 +195,7 @@ def evaluate_task_iter(task: str, gt: Any, pred: Any, partly: bool = False, *,
     from .evaluate import MIN_SIZE, evaluate_iter
 
     reason = "chosen"
+    guessed_note = ""
     if task == "auto":
         yield Progress(0, 1, "guessing the task")
         task, reason = guess_task(gt)
@@ -203,11 +204,17 @@ def evaluate_task_iter(task: str, gt: Any, pred: Any, partly: bool = False, *,
         raise NeurosegError(f"unknown evaluation task {task!r}",
                             fix="use one of " + ", ".join(TASKS + ("auto",)))
     if task == "nuclei":
-        if partly:
+        if partly and reason != "chosen":
+            partly = False  # guessed nuclei: the FISBe-only option does not apply
+            guessed_note = ("'partly labelled' ignored: it is a FISBe neuron option and the task "
+                            "was guessed as nuclei")
+        elif partly:
             raise NeurosegError(
                 "partly labelled ground truth is a FISBe neuron option",
                 fix="choose the neurons (FISBe) task or untick 'partly labelled'")
         result = yield from nuclei_metrics_iter(gt, pred, with_instances=with_instances, **opts)
+        if guessed_note:
+            result["warnings"].append(guessed_note)
     else:
         min_size = int(opts.pop("min_size", MIN_SIZE))
         result = yield from evaluate_iter(gt, pred, partly, dim_ids=dim_ids, min_size=min_size,

@@ -209,13 +209,20 @@ class ReviewQueue:
         return cls(items, meta={"source": "metrics", **meta})
 
     @classmethod
-    def from_metrics_iter(cls, gt: Any, pred: Any, *, partly: bool = False, **opts: Any) -> Generator[Progress, None, "ReviewQueue"]:
-        """Run the FISBe metrics (a progress generator) and build the queue from their errors."""
-        from napari_neuroseg.metrics import evaluate_iter
+    def from_metrics_iter(cls, gt: Any, pred: Any, *, partly: bool = False, task: str = "auto", **opts: Any) -> Generator[Progress, None, "ReviewQueue"]:
+        """Run the metrics of ``task`` (a progress generator) and build the queue from their errors.
 
-        result = yield from evaluate_iter(gt, pred, partly=partly, **opts)
+        ``task``: ``"neurons"`` (FISBe preset: false merges/splits, false positives, missed GT;
+        predictions <= 800 voxels are dropped first), ``"nuclei"`` (unmatched GT / unmatched
+        predictions at IoU 0.5, every object counts) or ``"auto"`` (guessed from ``gt``: an instance
+        stack or thin objects are neurons, compact objects nuclei); the queue's meta records it.
+        """
+        from napari_neuroseg.metrics.nuclei import evaluate_task_iter
+
+        result = yield from evaluate_task_iter(task, gt, pred, partly=partly, **opts)
         yield Progress(0, 1, "placing review items")
-        queue = cls.from_errors(result["errors"], pred, gt, avF1=result.get("avF1"), partly=partly)
+        queue = cls.from_errors(result["errors"], pred, gt, avF1=result.get("avF1"), f1=result.get("f1"),
+                                partly=partly, task=result.get("task"), rule=result.get("error_rule"))
         yield Progress(1, 1, "review queue ready")
         return queue
 
