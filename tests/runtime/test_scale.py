@@ -200,3 +200,17 @@ def test_auto_size_on_a_volume_rendered_at_a_known_scale(zoom):
     est = estimate_object_diameter(resample_image(img, (zoom,) * 3), anisotropy=2.0)
     assert truth / 1.4 < est.diameter_vox < truth * 1.4, (est, truth)
     assert est.n_blobs >= 5
+
+
+def test_batch_nuclei_task_decides_the_factors_once(monkeypatch):
+    from napari_neuroseg.batch.adapters import NucleiTask
+
+    task = NucleiTask()
+    params = task.resolve({"voxel_size": "0.25,0.125,0.125"})
+    img = np.random.default_rng(0).integers(0, 255, (8, 24, 24)).astype(np.uint8)
+    prepared = task.prepare(img, "ZYX", params)
+    assert prepared["_factors"] == pytest.approx([0.5, 0.5, 0.5])
+    plain = task.halo_for(task.resolve({}))
+    assert task.halo_for(prepared) == tuple(2 * h for h in plain)  # context at the model's scale
+    labels = task.segment(img, "ZYX", prepared)
+    assert labels.shape == img.shape

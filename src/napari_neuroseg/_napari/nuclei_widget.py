@@ -54,6 +54,8 @@ def segment_nuclei_iter(
     n_tiles: tuple[int, int, int] | None = None,
     percentiles: tuple[float, float] = (1.0, 99.8),
     return_prob: bool = False,
+    voxel_size: tuple[float, float, float] | None = None,
+    object_size: str | None = None,
 ) -> Generator[Progress, None, dict]:
     """Load ``model`` (bundled name, folder or ``.pt``; cached) and segment ``image``.
 
@@ -67,7 +69,7 @@ def segment_nuclei_iter(
     channel_axis = None
     out = yield from m.predict_instances_iter(
         x, prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=n_tiles, percentiles=tuple(percentiles),
-        channel_axis=channel_axis, return_predict=return_prob,
+        channel_axis=channel_axis, return_predict=return_prob, voxel_size=voxel_size, object_size=object_size,
     )
     labels, details = out[0], out[1]
     prob = out[2][0] if return_prob else None
@@ -81,6 +83,7 @@ def segment_nuclei_iter(
             m.thresholds.nms if nms_thresh is None else float(nms_thresh),
         ),
         "model": m.name,
+        "scale": (details.get("scale_plan") or {}).get("text"),
     }
 
 
@@ -94,7 +97,8 @@ def polyhedra_surface(details: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray
     rays = np.asarray(details["rays_vertices"], dtype=np.float32)
     faces = np.asarray(details["rays_faces"], dtype=np.int64)
     n, r = dist.shape
-    vertices = (points[:, None, :] + dist[:, :, None] * rays[None]).reshape(-1, 3)
+    f = np.asarray(details.get("resample_factors") or (1.0, 1.0, 1.0), np.float32)  # predicted at another scale
+    vertices = (points[:, None, :] + dist[:, :, None] * rays[None] / f).reshape(-1, 3)
     all_faces = (faces[None] + (np.arange(n) * r)[:, None, None]).reshape(-1, 3)
     values = np.repeat(np.arange(1, n + 1, dtype=np.float32), r)
     return vertices, all_faces, values
@@ -202,6 +206,18 @@ class NucleiWidget(RunControlsMixin, QWidget):
         self.device_combo.addItems(["auto", *self._devices()])
         form.addRow("Device", self.device_combo)
 
+        self.voxel_edit = QLineEdit()
+        self.voxel_edit.setPlaceholderText("unknown: image used as it is")
+        self.voxel_edit.setToolTip("Voxel size Z Y X in µm (filled from the image layer's scale); the image is "
+                                   "resampled to the model's scale and the labels come back at the image's shape")
+        self.object_edit = QLineEdit()
+        self.object_edit.setPlaceholderText("model's (e.g. 3.2um, 25vox, auto)")
+        self.object_edit.setToolTip("Nucleus diameter: 3.2um, 25vox (Y/X voxels) or auto (estimated from the "
+                                    "image; shown in the status line). Overrides the voxel-size rule")
+        form.addRow("Voxel size (µm)", self.voxel_edit)
+        form.addRow("Object size", self.object_edit)
+        self.image_combo.currentTextChanged.connect(self._fill_voxel_size)
+
         self.surface_check = QCheckBox("polyhedra (Surface layer)")
         self.prob_check = QCheckBox("probability map")
         form.addRow("Also show", self.surface_check)
@@ -279,6 +295,14 @@ class NucleiWidget(RunControlsMixin, QWidget):
             self.prob_spin.setValue(th[0])
             self.nms_spin.setValue(th[1])
 
+    def _fill_voxel_size(self, name: str) -> None:
+        """The voxel size box follows the chosen layer's ``scale`` (blank when it is all 1)."""
+        from napari_neuroseg.runtime.scale import voxel_size_from_layer_scale
+
+        if name in self.viewer.layers:
+            vs = voxel_size_from_layer_scale(self.viewer.layers[name].scale)
+            self.voxel_edit.setText("" if vs is None else " ".join(f"{v:.4g}" for v in vs))
+
     def image_layer(self):
         name = self.image_combo.currentText()
         if not name or name not in self.viewer.layers:
@@ -298,7 +322,16 @@ class NucleiWidget(RunControlsMixin, QWidget):
             "n_tiles": None if self.auto_tiles.isChecked() else tuple(s.value() for s in self.tile_spins),
             "percentiles": (lo, hi),
             "return_prob": self.prob_check.isChecked(),
+            **self._scale_parameters(),
         }
+
+    def _scale_parameters(self) -> dict:
+        from napari_neuroseg.runtime.scale import parse_object_size, parse_voxel_size
+
+        vs = self.voxel_edit.text().strip()
+        obj = parse_object_size(self.object_edit.text())
+        return {"voxel_size": parse_voxel_size(vs, what="the voxel size") if vs else None,
+                "object_size": None if obj is None else str(obj)}
 
     # ------------------------------------------------------------------ running
     @property
@@ -352,8 +385,9 @@ class NucleiWidget(RunControlsMixin, QWidget):
             if pname in self.viewer.layers:
                 self.viewer.layers.remove(pname)
             g = result["grid"]
+            f = result["details"].get("resample_factors") or (1.0, 1.0, 1.0)  # at the model's scale
             self.viewer.add_image(result["prob"], name=pname, colormap="magma", blending="additive",
-                                  scale=tuple(s * gi for s, gi in zip(self._scale, g)), translate=self._translate,
+                                  scale=tuple(s * gi / fi for s, gi, fi in zip(self._scale, g, f)), translate=self._translate,
                                   contrast_limits=(0.0, 1.0), visible=True)
         self.status.setText(self._summary(result))
 
@@ -361,4 +395,5 @@ class NucleiWidget(RunControlsMixin, QWidget):
     def _summary(result: dict) -> str:
         n = int(len(result["details"]["points"]))
         p, q = result["thresholds"]
-        return f"{n} nuclei (model {result['model']}, prob {p:.3f}, nms {q:.3f})"
+        scale = f"; {result['scale']}" if result.get("scale") else ""
+        return f"{n} nuclei (model {result['model']}, prob {p:.3f}, nms {q:.3f}){scale}"

@@ -58,6 +58,8 @@ class NucleiTask(Task):
         Param("n_tiles", str, None, "tiles per axis inside a block/volume, e.g. '1,2,2' (default: auto)"),
         Param("device", str, "auto", "torch device: auto, cpu, cuda, cuda:1, mps"),
         Param("channel", int, 0, "channel used when the input has several"),
+        Param("voxel_size", str, None, "voxel size 'Z,Y,X' in µm: the volume is resampled to the model's scale"),
+        Param("object_size", str, None, "nucleus diameter: '3.2um', '25vox' or 'auto' (estimated once per volume)"),
     )
 
     def uses_gpu(self, params: dict) -> bool:
@@ -69,10 +71,21 @@ class NucleiTask(Task):
     def halo_for(self, params: dict) -> tuple[int, int, int]:
         """Room for a nucleus (``default_halo``) plus half the network's receptive field, so the
         probabilities and distances of an owned nucleus do not see the block's edge."""
-        rf = getattr(self._model({**params, "device": "cpu"}), "receptive_field", None)
+        model = self._model({**params, "device": "cpu"})
+        rf = getattr(model, "receptive_field", None)
         if rf is None:
             return self.default_halo
-        return tuple(int(d) + -(-int(r) // 2) for d, r in zip(self.default_halo, rf))  # type: ignore[return-value]
+        halo = [int(d) + -(-int(r) // 2) for d, r in zip(self.default_halo, rf)]
+        f = params.get("_factors")
+        if f is None and (params.get("voxel_size") or params.get("object_size")) \
+                and str(params.get("object_size")).strip().lower() != "auto":
+            from napari_neuroseg.runtime.scale import plan_scale
+
+            f = plan_scale(getattr(model, "scale", None), voxel_size=params.get("voxel_size"),
+                           object_size=params.get("object_size")).factors
+        if f is not None:  # the halo is needed at the model's scale: more input voxels when shrinking
+            halo = [int(np.ceil(h / min(1.0, float(v)))) for h, v in zip(halo, f)]
+        return tuple(halo)  # type: ignore[return-value]
 
     def _model(self, params: dict) -> Any:
         mod = _require("napari_neuroseg.models.stardist3d", "StarDist-3D nuclei segmenter")
@@ -94,7 +107,25 @@ class NucleiTask(Task):
         c = int(params.get("channel", 0)) if axes == "CZYX" else 0
         if not 0 <= c < len(stats):
             raise NeurosegError(f"channel {c} does not exist (the input has {len(stats)})", fix="give a valid --channel")
-        return {**params, "_norm": stats[c]}
+        out = {**params, "_norm": stats[c]}
+        if params.get("voxel_size") or params.get("object_size"):
+            out["_factors"] = self._scale_factors(image, axes, params)
+        return out
+
+    def _scale_factors(self, image: Any, axes: str, params: dict) -> list[float]:
+        """The resampling factors of the whole volume (:func:`~napari_neuroseg.runtime.scale.plan_scale`),
+        decided once so every block is resampled alike; ``auto`` looks at a central crop."""
+        from napari_neuroseg.runtime.scale import parse_object_size, plan_scale
+
+        obj = parse_object_size(params.get("object_size"))
+        crop = None
+        if obj is not None and obj.auto:
+            shape = image.shape[-3:]
+            sl = tuple(slice(max(0, (n - m) // 2), max(0, (n - m) // 2) + m) for n, m in zip(shape, (96, 192, 192)))
+            crop = np.asarray(image[((int(params.get("channel", 0)),) if axes == "CZYX" else ()) + sl])
+        plan = plan_scale(getattr(self._model({**params, "device": "cpu"}), "scale", None),
+                          voxel_size=params.get("voxel_size"), object_size=obj, image=crop)
+        return [float(f) for f in plan.factors]
 
     def segment(self, image: np.ndarray, axes: str, params: dict) -> np.ndarray:
         img = image if axes == "ZYX" else image[int(params.get("channel", 0))]
@@ -104,6 +135,10 @@ class NucleiTask(Task):
                 kw[k] = params[k]
         if params.get("n_tiles"):
             kw["n_tiles"] = tuple(int(t) for t in str(params["n_tiles"]).split(","))
+        if params.get("_factors") is not None:
+            kw["scale_factors"] = tuple(params["_factors"])
+        elif params.get("voxel_size") or params.get("object_size"):  # segment() without prepare()
+            kw["voxel_size"], kw["object_size"] = params.get("voxel_size"), params.get("object_size")
         norm = params.get("_norm")
         if norm is not None:  # the volume's percentiles, not this block's
             from napari_neuroseg.batch.normalize import apply_percentiles
@@ -133,6 +168,7 @@ class NeuronsTask(Task):
         Param("fg_threshold", float, None, "foreground probability threshold (default: the model's)"),
         Param("aff_threshold", float, None, "affinity threshold (default: the model's)"),
         Param("min_size", int, 40, "remove neurons smaller than this many voxels (applied globally)"),
+        Param("voxel_size", str, None, "voxel size 'Z,Y,X' in µm: the volume is resampled to the model's scale"),
     )
 
     def uses_gpu(self, params: dict) -> bool:
@@ -181,6 +217,8 @@ class NeuronsTask(Task):
         norm = params.get("_norm")
         if norm is not None and "norm_stats" in inspect.signature(pred_mod.predict_iter).parameters:
             kw["norm_stats"] = (np.asarray(norm["bg"], np.float32), float(norm["hi"]))
+        if params.get("voxel_size"):
+            kw["voxel_size"] = params["voxel_size"]
         res = pred_mod.predict(image, params.get("model"), device=device, params=post, **kw)
         return np.asarray(res.labels)
 

@@ -52,6 +52,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             kw: dict = {"dest": f"task_{prm.name}", "default": None, "help": f"{prm.help} (default: {prm.default})"}
             if prm.choices:
                 kw["choices"] = prm.choices
+            if prm.name == "voxel_size":  # three numbers, as on `neuroseg nuclei` / `neurons`
+                kw.update(nargs=3, type=float, metavar=("Z", "Y", "X"),
+                          help="voxel size in µm; the volume is resampled to the model's scale (default: as it is)")
+                group.add_argument(prm.flag, **kw)
+                continue
             if prm.type is bool:
                 kw["action"] = argparse.BooleanOptionalAction
             else:
@@ -78,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     for prm in task.params:
         v = getattr(args, f"task_{prm.name}", None)
         if v is not None:
-            params[prm.name] = v
+            params[prm.name] = ",".join(map(str, v)) if prm.name == "voxel_size" else v
     gen = run_batch(
         task, args.inputs, args.output, params=params, fmt=args.format,
         block_shape=tuple(args.block_shape) if args.block_shape else None,
