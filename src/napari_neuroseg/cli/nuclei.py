@@ -119,9 +119,9 @@ def run(args: argparse.Namespace) -> int:
     # then also the probability and distances on the model's grid
     budget(vol.dtype.itemsize + 8)
     model = load_model(args.model, device=args.device)
+    voxel_size, object_size = scale_args(args, vol)
     cfg = model.config
     budget(vol.dtype.itemsize + 8 + 4 * (1 + cfg.n_rays) / (cfg.grid[0] * cfg.grid[1] * cfg.grid[2]))
-    voxel_size, object_size = scale_args(args, vol)
     image = np.asarray(vol.data)
     channel_axis = 0 if image.ndim == 4 and vol.axes.startswith("C") else None
     t0 = time.perf_counter()

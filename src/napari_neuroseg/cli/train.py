@@ -15,6 +15,13 @@ _MODELS = {
 }
 
 
+#: path flags of each model's training command (inputs, outputs), checked by ``cli.main``
+_IO_FLAGS = {
+    "nuclei": ({"--images": "images", "--labels": "labels", "--init-from": "init_from"}, {"--output": "output"}),
+    "neurons": ({"--data": "data", "--split": "split", "--init": "init"}, {"--out": "out"}),
+}
+
+
 def _runner(module_name: str):
     def run(args: argparse.Namespace) -> int:
         return importlib.import_module(module_name).main(args)
@@ -32,4 +39,4 @@ def register(sub: argparse._SubParsersAction) -> None:
         except ImportError:  # the model's training code is not available in this build
             continue
         module.add_arguments(mp)
-        mp.set_defaults(func=_runner(module_name))
+        mp.set_defaults(func=_runner(module_name), io_flags=_IO_FLAGS.get(name))

@@ -191,6 +191,24 @@ def _validation_set(args, rng):
     return out
 
 
+def check_train_budget(cfg, patch: tuple[int, ...], batch_size: int) -> None:
+    """Refuse, before anything is built, a network (``--base``/``--levels``) or patch/batch size
+    whose training step cannot fit in the free memory. The weights are counted on torch's meta
+    device (four copies: weights, gradients, AdamW's moments); per patch voxel and batch item a
+    rough estimate: raw, targets and outputs, and ~64 bytes per base filter for activations and
+    their gradients."""
+    import math
+
+    from napari_neuroseg.runtime.memory import require_memory, require_network_fits
+
+    require_network_fits(cfg.build, what="the neuron network", training=True,
+                         fix="use a smaller --base (filters at full resolution) or fewer --levels")
+    per_voxel = 4 * (cfg.in_channels + 2 * cfg.out_channels) + 64 * cfg.base
+    require_memory(batch_size * math.prod(patch) * per_voxel,
+                   what=f"training on patches of {patch} voxels (batch size {batch_size})",
+                   fix="use a smaller --patch or --batch-size")
+
+
 def train_iter(args):
     """The training loop as a progress generator; returns a dict summary."""
     import numpy as np
@@ -205,15 +223,23 @@ def train_iter(args):
     from .postprocess import PostprocessParams
     from .predict import predict_iter
 
+    if int(args.iterations) < 1:
+        raise NeurosegError(f"--iterations {args.iterations}: at least one training iteration is needed",
+                            fix="give --iterations 1 or more (nothing was written)")
+    if int(args.base) < 1 or int(args.levels) < 1 or int(args.batch_size) < 1:
+        raise NeurosegError(f"--base {args.base}, --levels {args.levels}, --batch-size {args.batch_size} must be >= 1",
+                            fix="use positive values")
     torch.set_num_threads(max(1, args.threads))
     dev = select_device(args.device)
     out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     cfg = NetConfig(base=args.base, levels=args.levels)
     div = 2 ** (cfg.levels - 1)
     patch = tuple(int(p) for p in args.patch)
-    if any(p % div for p in patch):
-        raise NeurosegError(f"patch {patch} is not a multiple of {div}", fix=f"use multiples of {div} (2**(levels-1))")
+    if min(patch) < 1 or any(p % div for p in patch):
+        raise NeurosegError(f"patch {patch} is not a positive multiple of {div}",
+                            fix=f"use multiples of {div} (2**(levels-1))")
+    check_train_budget(cfg, patch, int(args.batch_size))
+    out_dir.mkdir(parents=True, exist_ok=True)
     start_it, best, next_seed, rng_state = 0, -1.0, None, None
     params = PostprocessParams()
     state = None

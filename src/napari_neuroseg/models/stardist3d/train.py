@@ -372,6 +372,7 @@ def train_iter(
         )
     if s.steps < 1 or s.batch_size < 1:
         raise NeurosegError(f"steps={s.steps}, batch_size={s.batch_size} must be ≥ 1", fix="use positive values")
+    check_patch_budget(s.patch_size, s.batch_size, config, [x.shape for x in images])
 
     rng = np.random.default_rng(s.seed)
     if val_images is None:
@@ -623,6 +624,35 @@ def train(
 
 
 # ---------------------------------------------------------------------------- command line
+def check_patch_budget(patch_size: Sequence[int], batch_size: int, config, volume_shapes: Sequence = ()) -> int:
+    """Refuse patch and batch sizes whose training step cannot fit in the free memory, before
+    anything is allocated (a 1000^3 patch otherwise grows until stardist's C++ crashes).
+
+    A rough estimate per patch voxel and batch item: the image and labels, the probability and
+    ``n_rays`` distance targets on the grid, and ~64 bytes per base filter for the network's
+    activations and their gradients; plus the padded copies of volumes smaller than a patch.
+    Returns the estimate in bytes."""
+    from napari_neuroseg.errors import NeurosegError
+    from napari_neuroseg.runtime.memory import require_memory
+
+    patch = tuple(int(p) for p in patch_size)
+    if len(patch) != 3 or min(patch) < 1 or int(batch_size) < 1:
+        raise NeurosegError(f"patch size {patch} and batch size {batch_size} must be positive",
+                            fix="give three positive patch sizes (Z Y X) and a batch size >= 1")
+    voxels = math.prod(patch)
+    grid = math.prod(config.grid)
+    base = config.unet_n_filter_base if config.backbone == "unet" else config.resnet_n_filter_base
+    per_voxel = 8 + 4 * (1 + config.n_rays) / grid + 64 * base
+    need = int(batch_size) * voxels * per_voxel
+    for shape in volume_shapes:
+        sp = tuple(int(v) for v in tuple(shape)[-3:])
+        if any(s < p for s, p in zip(sp, patch)):
+            need += math.prod(max(s, p) for s, p in zip(sp, patch)) * 8
+    require_memory(need, what=f"training on patches of {patch} voxels (batch size {batch_size})",
+                   fix="use a smaller --patch-size (e.g. 32 96 96) or --batch-size")
+    return int(need)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``neuroseg train nuclei`` (cheap: no heavy imports)."""
     d = TrainSettings()
@@ -699,14 +729,32 @@ def main(args: argparse.Namespace) -> int:
         )
     if not image_paths and args.synthetic <= 0:
         raise NeurosegError("no training data", fix="give --images/--labels or --synthetic N")
+    # the network and the patches are checked against the free memory before any data is read
+    config = default_config(
+        n_rays=args.n_rays, grid=args.grid, anisotropy=args.anisotropy, backbone=args.backbone,
+        n_filter_base=args.n_filter_base, unet_n_depth=args.unet_depth, net_conv_after=args.conv_after,
+    )
+    config.check_size(training=True)
+    check_patch_budget(args.patch_size, args.batch_size, config,
+                       [tuple(args.synthetic_shape)] * max(0, args.synthetic))
     images, labels = [], []
     if image_paths:
         from napari_neuroseg.io import read_image, read_labels
 
+        from napari_neuroseg.io.checks import require_3d, require_real_image
+        from napari_neuroseg.runtime.memory import require_volume_fits
+
         for ip, lp in zip(image_paths, label_paths):
-            vol = read_image(ip)
+            vol = read_image(ip, lazy=True)
+            lab = read_labels(lp, lazy=True)
+            require_real_image(vol.data, ip, what="training image")
+            require_3d(vol, ip, what="training image", allow_channels=True)
+            require_3d(lab, lp, what="training label volume")
+            for path, arr, extra in ((ip, vol.data, 4), (lp, lab, 0)):  # images become float32 too
+                require_volume_fits(arr.shape, np.dtype(arr.dtype).itemsize + extra, what="reading the training volume",
+                                    path=path, fix="train on crops of the volume")
             images.append(np.asarray(vol.data))
-            labels.append(np.asarray(read_labels(lp)))
+            labels.append(np.asarray(lab))
     if args.synthetic > 0:
         kw = {}
         if args.synthetic_radius:
@@ -722,10 +770,6 @@ def main(args: argparse.Namespace) -> int:
               flush=True)
         images += xs
         labels += ys
-    config = default_config(
-        n_rays=args.n_rays, grid=args.grid, anisotropy=args.anisotropy, backbone=args.backbone,
-        n_filter_base=args.n_filter_base, unet_n_depth=args.unet_depth, net_conv_after=args.conv_after,
-    )
     settings = TrainSettings(
         steps=args.steps, batch_size=args.batch_size, patch_size=tuple(args.patch_size), learning_rate=args.lr,
         augment=not args.no_augment, val_fraction=args.val_fraction, val_every=args.val_every,

@@ -42,6 +42,12 @@ def check_pairs(images: Sequence[np.ndarray], labels: Sequence[np.ndarray], n_ch
         )
     for i, (x, y) in enumerate(zip(images, labels)):
         y = np.asarray(y)
+        if x.ndim not in (3, 4) or y.ndim != 3:
+            raise NeurosegError(
+                f"pair {i}: StarDist-3D trains on 3D volumes, but the image is {x.ndim}D {tuple(x.shape)} "
+                f"and the labels are {y.ndim}D {tuple(y.shape)}",
+                fix="pass (Z,Y,X) images (or (C,Z,Y,X)) with (Z,Y,X) labels; a 2D plane cannot be used",
+            )
         shape = x.shape[-3:] if x.ndim == 4 else x.shape
         if y.ndim != 3 or tuple(shape) != tuple(y.shape):
             raise NeurosegError(
