@@ -22,11 +22,12 @@ from batch_helpers import blobs
 
 from napari_neuroseg import proofread as pr
 from napari_neuroseg.batch import run_batch, segment_blockwise
-from napari_neuroseg.batch.lock import LOCK_NAME
 from napari_neuroseg.batch.sources import InputSpec
 from napari_neuroseg.batch.tasks import ThresholdTask
 from napari_neuroseg.cli import main
 from napari_neuroseg.errors import NeurosegError
+
+LOCK_NAME = ".neuroseg-batch.lock"  # napari_neuroseg.batch.lock.LOCK_NAME
 
 
 def _drain(gen):
