@@ -7,7 +7,6 @@ import errno
 import os
 import shutil
 import signal
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -35,14 +34,18 @@ def defer_sigint() -> Iterator[_Deferred]:
     Writers must not be interrupted half way: a ``KeyboardInterrupt`` raised inside h5py is
     swallowed by its C code (the write goes on and the program exits 0), and one raised while
     zarr's I/O thread still writes chunks lets that thread recreate the temporary folder after it
-    was removed. So the first Ctrl-C is only recorded (one line on stderr says so) and honoured
-    when the body ends; a second Ctrl-C interrupts at once. Only in the main thread and only when
+    was removed. So the first Ctrl-C is only recorded and honoured
+    when the body ends (the CLI then prints one line and exits 130); a second Ctrl-C interrupts
+    at once. Nested uses share one state. Only in the main thread and only when
     Python's default SIGINT handler is installed (napari and other hosts keep theirs).
     """
+    outer = getattr(_active, "state", None)
+    if outer is not None:  # nested (a writer inside a writer): one shared state
+        yield outer
+        return
     state = _Deferred()
     if (
         threading.current_thread() is not threading.main_thread()
-        or getattr(_active, "on", False)
         or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
     ):
         yield state
@@ -53,15 +56,13 @@ def defer_sigint() -> Iterator[_Deferred]:
             signal.signal(signal.SIGINT, signal.default_int_handler)
             raise KeyboardInterrupt
         state.interrupted = True
-        print("neuroseg: interrupted, removing the unfinished output "
-              "(press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
 
     signal.signal(signal.SIGINT, handler)
-    _active.on = True
+    _active.state = state
     try:
         yield state
     finally:
-        _active.on = False
+        _active.state = None
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
@@ -113,7 +114,7 @@ def atomic_output(target: str | Path) -> Iterator[Path]:
             remove_path(tmp)
             if isinstance(err, OSError) and err.errno in _NO_SPACE:
                 raise NeurosegError(
-                    f"the disk is full ({err.strerror or err}); nothing was written",
+                    f"no space left to write the output ({err.strerror or err}); nothing was written",
                     path=target,
                     fix="free some space or write to another disk",
                 ) from err

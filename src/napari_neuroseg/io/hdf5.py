@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
-from napari_neuroseg.io.atomic import atomic_output
+from napari_neuroseg.io.atomic import atomic_output, defer_sigint
 
 __all__ = ["HDF5_SUFFIXES", "hdf5_keys", "read_hdf5", "resolve_hdf5_key", "write_hdf5", "KNOWN_LABEL_KEYS"]
 
@@ -122,14 +122,17 @@ def write_hdf5(path: str | Path, data: Any, *, key: str = "data", scale: tuple[f
     path = Path(path)
     data = np.asarray(data)
     buf = io.BytesIO()
-    with h5py.File(buf, "w") as f:
-        d = f.create_dataset(key, data=data, compression="gzip", compression_opts=4,
-                             chunks=True if data.size else None)
-        if scale is not None:
-            d.attrs["element_size_um"] = np.asarray(scale, dtype=float)
-    with atomic_output(path) as tmp:
-        with open(tmp, "wb") as fh:
-            fh.write(buf.getbuffer())
-            fh.flush()
-            os.fsync(fh.fileno())
+    with defer_sigint() as sig:  # h5py's C code swallows a KeyboardInterrupt raised inside it
+        with h5py.File(buf, "w") as f:
+            d = f.create_dataset(key, data=data, compression="gzip", compression_opts=4,
+                                 chunks=True if data.size else None)
+            if scale is not None:
+                d.attrs["element_size_um"] = np.asarray(scale, dtype=float)
+        if sig.interrupted:
+            raise KeyboardInterrupt
+        with atomic_output(path) as tmp:
+            with open(tmp, "wb") as fh:
+                fh.write(buf.getbuffer())
+                fh.flush()
+                os.fsync(fh.fileno())
     return path
