@@ -342,11 +342,18 @@ def _nms_chunk(
     start, stop, order, dist, points, int_center, bbox, vol, r_out, r_in, aniso, thresh,
     tab_ray, tab_coef, radius, faces, verts, minv, vf_ptr, vf_idx,
     origin, csize, gdim, cell_head, entry_obj, entry_next, n_entries, seen, mask_off, mask_buf, n_mask, keep, stats,
+    stamp, margin, pend, dec_i, dec_v, n_dec,
 ):
     """Process candidates ``order[start:stop]``: each is compared with the kept polyhedra whose
     boxes share a grid cell with its box; a kept one is added to the grid and its voxel mask
-    (over its box) to ``mask_buf``. Returns ``(next position, n_entries, n_mask)``; the next
-    position is below ``stop`` when ``mask_buf`` is full (the caller enlarges it and resumes)."""
+    (over its box) to ``mask_buf``.
+
+    Returns ``(next position, n_entries, n_mask, status)``: status 0 = done; 1 = ``mask_buf`` is
+    full (the caller enlarges it and resumes); 2 = the pair ``pend = (i, j, voxel count)`` has a
+    voxel overlap within ``margin`` of the threshold, where stardist's exact kernel and convex
+    hull tests can decide otherwise: the caller decides it, appends ``(i, decision)`` to
+    ``dec_i``/``dec_v`` (``n_dec[0]`` entries, for the candidate at the next position) and
+    resumes there."""
     n_rays = dist.shape[1]
     rng = np.empty(6, np.int64)
     inv_j = np.empty(n_rays)
@@ -358,7 +365,9 @@ def _nms_chunk(
         j = order[t]
         bz, by, bx = bbox[j, 1] - bbox[j, 0] + 1, bbox[j, 3] - bbox[j, 2] + 1, bbox[j, 5] - bbox[j, 4] + 1
         if n_mask + bz * by * bx > mask_buf.shape[0]:
-            return t, n_entries, n_mask
+            return t, n_entries, n_mask, 1
+        stamp[0] += 1
+        st = stamp[0]
         _cell_range(bbox, j, origin, csize, gdim, rng)
         suppressed = False
         _inverse_dist(dist[j], inv_j)
@@ -375,9 +384,9 @@ def _nms_chunk(
                     while e >= 0:
                         i = entry_obj[e]
                         e = entry_next[e]
-                        if seen[i] == t:
+                        if seen[i] == st:
                             continue
-                        seen[i] = t
+                        seen[i] = st
                         stats[0] += 1
                         a_min = min(vol[i], vol[j])
                         # upper bound: outer spheres and boxes
@@ -395,6 +404,8 @@ def _nms_chunk(
                         # voxels inside both: i's stored mask, then j's test
                         stats[3] += 1
                         limit = (a_min + 1e-10) * thresh
+                        lim_hi = limit + margin * (a_min + 1e-10) + 2.0  # above: surely suppressed
+                        lim_lo = limit - margin * (a_min + 1e-10) - 2.0  # at or below: surely kept
                         z0, z1 = max(bbox[i, 0], bbox[j, 0]), min(bbox[i, 1], bbox[j, 1])
                         y0, y1 = max(bbox[i, 2], bbox[j, 2]), min(bbox[i, 3], bbox[j, 3])
                         x0, x1 = max(bbox[i, 4], bbox[j, 4]), min(bbox[i, 5], bbox[j, 5])
@@ -437,11 +448,28 @@ def _nms_chunk(
                                         count += mask_buf[q + vx] & scratch[vx - x0]
                                 left -= row
                                 stats[4] += row
-                                if count > limit or count + left <= limit:
+                                if count > lim_hi or count + left <= lim_lo:
                                     done = True
                                     break
                             if done:
                                 break
+                        if lim_lo < count <= lim_hi:  # near the threshold: stardist's exact tests
+                            found = -1
+                            if t == start:  # the decisions are for the first candidate of this call
+                                for q in range(n_dec[0]):
+                                    if dec_i[q] == i:
+                                        found = q
+                            if found < 0:
+                                pend[0] = i
+                                pend[1] = j
+                                pend[2] = count
+                                return t, n_entries, n_mask, 2
+                            stats[6] += 1
+                            if dec_v[found]:
+                                stats[5] += 1
+                                suppressed = True
+                                break
+                            continue
                         if count / (a_min + 1e-10) > thresh:
                             stats[5] += 1
                             suppressed = True
@@ -460,7 +488,7 @@ def _nms_chunk(
                     entry_next[n_entries] = cell_head[c]
                     cell_head[c] = n_entries
                     n_entries += 1
-    return stop, n_entries, n_mask
+    return stop, n_entries, n_mask, 0
 
 
 # ------------------------------------------------------------------------------------------------
@@ -561,6 +589,41 @@ def _is_int_center(points: np.ndarray) -> np.ndarray:
     return np.all(np.floor(p) == p, axis=1) & np.all(np.abs(p) < 2**40, axis=1)
 
 
+#: Voxel overlaps within this fraction of the smaller volume (+2 voxels) of the threshold are
+#: decided with stardist's exact tests (see :meth:`_NMSState.exact_decision`).
+MARGIN = 0.05
+
+
+def _kernel_halfspaces(pv: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """stardist's ``build_halfspace`` of every face (float32 arithmetic as in its C++)."""
+    a, b, c = pv[faces[:, 0]], pv[faces[:, 1]], pv[faces[:, 2]]
+    p, q = b - a, c - a
+    nz = -(p[:, 1] * q[:, 2] - p[:, 2] * q[:, 1])
+    ny = -(p[:, 2] * q[:, 0] - p[:, 0] * q[:, 2])
+    nx = -(p[:, 0] * q[:, 1] - p[:, 1] * q[:, 0])
+    n = np.stack([nz, ny, nx], 1)
+    off = -(a[:, 0] * nz + a[:, 1] * ny + a[:, 2] * nx)
+    return np.concatenate([n, off[:, None]], 1).astype(np.float64)
+
+
+def _hull_halfspaces(pv: np.ndarray) -> np.ndarray:
+    from scipy.spatial import ConvexHull
+
+    return ConvexHull(pv.astype(np.float64)).equations
+
+
+def _halfspace_volume(hs: np.ndarray, interior: np.ndarray, err: float) -> float:
+    """Volume of the intersection of the halfspaces ``hs`` (rows ``n·x + o <= 0``) through the
+    interior point; ``err`` if Qhull fails (as stardist)."""
+    from scipy.spatial import ConvexHull, HalfspaceIntersection
+
+    try:
+        pts = HalfspaceIntersection(hs, interior).intersections
+        return float(ConvexHull(pts).volume)
+    except Exception:  # noqa: BLE001 - QhullError, degenerate input: stardist's error value
+        return err
+
+
 class _NMSState:
     def __init__(self, dist, points, rays_vf, nms_thresh):
         verts, faces = rays_vf
@@ -611,21 +674,61 @@ class _NMSState:
         self.keep = np.zeros(n, np.uint8)
         #: pairs compared, kept by the upper bound, suppressed by the lower bound, voxel counts,
         #: voxels scanned, suppressed by the voxel count
-        self.stats = np.zeros(6, np.int64)
+        #: (and 6:) pairs decided by the exact tests
+        self.stats = np.zeros(7, np.int64)
+        self.stamp = np.zeros(1, np.int64)
+        self.pend = np.zeros(3, np.int64)
+        self.dec_i = np.zeros(64, np.int64)
+        self.dec_v = np.zeros(64, np.uint8)
+        self.n_dec = np.zeros(1, np.int64)
 
     def run(self, order, start, stop):
         g = self.geo
         while start < stop:
-            start, self.n_entries, self.n_mask = _nms_chunk(
+            pos, self.n_entries, self.n_mask, status = _nms_chunk(
                 start, stop, order, self.dist, self.points, self.int_center, self.bbox, self.vol, self.r_out, self.r_in,
                 self.aniso, self.thresh, *g.args(),
                 self.origin, self.csize, self.gdim, self.cell_head, self.entry_obj, self.entry_next, self.n_entries,
                 self.seen, self.mask_off, self.mask_buf, self.n_mask, self.keep, self.stats,
+                self.stamp, MARGIN, self.pend, self.dec_i, self.dec_v, self.n_dec,
             )
-            if start < stop:  # the mask buffer is full: double it
+            if pos != start:
+                self.n_dec[0] = 0  # decisions belong to the candidate at position `start`
+            start = pos
+            if status == 1:  # the mask buffer is full: double it
                 buf = np.empty(2 * len(self.mask_buf), np.uint8)
                 buf[: self.n_mask] = self.mask_buf[: self.n_mask]
                 self.mask_buf = buf
+            elif status == 2:
+                i, j, count = (int(v) for v in self.pend)
+                k = int(self.n_dec[0])
+                if k == len(self.dec_i):
+                    self.dec_i = np.concatenate([self.dec_i, np.zeros_like(self.dec_i)])
+                    self.dec_v = np.concatenate([self.dec_v, np.zeros_like(self.dec_v)])
+                self.dec_i[k] = i
+                self.dec_v[k] = self.exact_decision(i, j, count)
+                self.n_dec[0] = k + 1
+
+    def exact_decision(self, i: int, j: int, count: int) -> bool:
+        """stardist's decision for a pair near the threshold: suppress if the volume of the
+        intersection of the two kernels exceeds it, keep if that of the two convex hulls does
+        not, else compare the voxel count (Qhull, as stardist; errors as stardist treats them)."""
+        v = self.geo.verts32
+        pv_i = self.points32[i] + self.dist[i][:, None] * v
+        pv_j = self.points32[j] + self.dist[j][:, None] * v
+        a_min = min(self.vol[i], self.vol[j]) + 1e-10
+        interior = 0.5 * (self.points32[i].astype(np.float64) + self.points32[j])
+        hs = np.concatenate([_kernel_halfspaces(pv_i, self.geo.faces), _kernel_halfspaces(pv_j, self.geo.faces)])
+        if _halfspace_volume(hs, interior, 0.0) / a_min > self.thresh:
+            return True
+        try:
+            hs = np.concatenate([_hull_halfspaces(pv_i), _hull_halfspaces(pv_j)])
+        except Exception:  # noqa: BLE001 - as stardist: a failed hull gives 1e10
+            hs = None
+        conv = 1e10 if hs is None else _halfspace_volume(hs, interior, 1e10)
+        if conv / a_min <= self.thresh:
+            return False
+        return count / a_min > self.thresh
 
 
 def nms_3d_iter(
