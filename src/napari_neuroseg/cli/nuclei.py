@@ -21,15 +21,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("input", help="3D image (ZYX, or CZYX for multi-channel models)")
     p.add_argument("-o", "--output", required=True, help="output labels: .tif/.tiff, .zarr, .ome.zarr or .h5")
-    p.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="bundled model name, folder or .pt")
+    p.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="bundled model name, folder, .pt or BioImage.IO package (folder, rdf.yaml or .zip)")
     p.add_argument("--prob-thresh", type=float, default=None, help="probability threshold (default: the model's)")
     p.add_argument("--nms-thresh", type=float, default=None, help="NMS overlap threshold (default: the model's)")
     p.add_argument("--border", type=int, default=None, metavar="N",
                    help="grid voxels at the volume's edge without object centres (default: the model's; stardist: 2)")
     p.add_argument("--n-tiles", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                    help="tiles per axis (default: chosen from the free memory)")
-    p.add_argument("--percentiles", type=float, nargs=2, default=(1.0, 99.8), metavar=("LOW", "HIGH"),
-                   help="normalisation percentiles")
+    p.add_argument("--percentiles", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="normalisation percentiles (default: the model's; 1 99.8 unless a BioImage.IO package "
+                        "says otherwise)")
     p.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
                    help="voxel size in µm (default: from the file's metadata; none there: the image is used as it is)")
     p.add_argument("--object-size", default=None, metavar="SIZE",
@@ -144,7 +145,7 @@ def run(args: argparse.Namespace) -> int:
         model.predict_instances_iter(
             image, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh, border=args.border,
             n_tiles=None if args.n_tiles is None else tuple(args.n_tiles),
-            percentiles=tuple(args.percentiles), channel_axis=channel_axis,
+            percentiles=None if args.percentiles is None else tuple(args.percentiles), channel_axis=channel_axis,
             voxel_size=voxel_size, object_size=object_size,
         ),
         show,

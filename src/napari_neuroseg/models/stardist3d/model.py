@@ -149,6 +149,9 @@ class StarDist3D:
         self._rays = None
         #: the voxel size / nucleus size it was trained at (``scale.json``; None = unknown: never resampled)
         self.scale = None
+        #: input normalisation percentiles used when ``predict_instances`` gets none (a
+        #: BioImage.IO package's ``scale_range`` pre-processing sets them)
+        self.percentiles: tuple[float, float] = (1.0, 99.8)
         self.device = select_device(device)
         self.net.to(self.device)
 
@@ -162,6 +165,11 @@ class StarDist3D:
             if path.is_file() and path.suffix == ".pt":
                 return cls.from_file(path, device=device)
             raise NeurosegError("model folder not found", path=path, fix="give a StarDist model folder")
+        if not (path / "config.json").is_file():
+            from napari_neuroseg.models.bioimageio.package import is_package
+
+            if is_package(path):
+                return cls.from_bioimageio(path, device=device)
         config = StarDistConfig.from_json(path / "config.json")
         thresholds = load_thresholds(path / "thresholds.json")
         model = cls(config, thresholds, name=path.name, path=path, device="cpu")
@@ -209,12 +217,25 @@ class StarDist3D:
         return model.to(device)
 
     @classmethod
+    def from_bioimageio(cls, path: str | Path, *, device: str | None = None) -> "StarDist3D":
+        """Load a BioImage.IO model package (folder, ``rdf.yaml`` or ``.zip``) of a 3D StarDist
+        model: a Model Zoo package (Keras weights) or one written by ``neuroseg export``; its
+        ``scale_range`` pre-processing sets :attr:`percentiles` (see
+        :mod:`napari_neuroseg.models.bioimageio`)."""
+        from napari_neuroseg.models.bioimageio.load import load_stardist3d
+
+        return load_stardist3d(path, device=device)
+
+    @classmethod
     def load(cls, name_or_path: str | Path, *, device: str | None = None) -> "StarDist3D":
         """A bundled model by name (see :func:`~napari_neuroseg.models.stardist3d.bundled_models`),
-        a model folder, or a ``.pt`` model file."""
+        a model folder, a ``.pt`` model file or a BioImage.IO package (folder, rdf.yaml, .zip)."""
+        from napari_neuroseg.models.bioimageio.package import is_package
         from napari_neuroseg.models.stardist3d.pretrained import resolve_model_path
 
         p = resolve_model_path(name_or_path)
+        if is_package(p):
+            return cls.from_bioimageio(p, device=device)
         return cls.from_file(p, device=device) if p.is_file() else cls.from_folder(p, device=device)
 
     def load_weights(self, state: dict, path: str | Path | None = None) -> None:
@@ -493,7 +514,7 @@ class StarDist3D:
         prob_thresh: float | None = None,
         nms_thresh: float | None = None,
         n_tiles: int | Sequence[int] | None = None,
-        percentiles: tuple[float, float] = (1.0, 99.8),
+        percentiles: tuple[float, float] | None = None,
         channel_axis: int | None = None,
         use_subprocess: bool | None = None,
         return_predict: bool = False,
@@ -526,6 +547,8 @@ class StarDist3D:
             raise NeurosegError(
                 f"thresholds must lie in [0, 1] (prob={prob_thresh}, nms={nms_thresh})", fix="use e.g. 0.5 and 0.4"
             )
+        if percentiles is None:
+            percentiles = self.percentiles
         x = self.prepare_image(image, normalize=normalize, percentiles=percentiles, channel_axis=channel_axis)
         in_shape = tuple(int(s) for s in x.shape[1:])
         plan = None
@@ -616,7 +639,7 @@ class StarDist3D:
         prob_thresh: float | None = None,
         nms_thresh: float | None = None,
         n_tiles: int | Sequence[int] | None = None,
-        percentiles: tuple[float, float] = (1.0, 99.8),
+        percentiles: tuple[float, float] | None = None,
         channel_axis: int | None = None,
         use_subprocess: bool | None = None,
         return_predict: bool = False,
@@ -627,7 +650,8 @@ class StarDist3D:
     ):
         """Segment nuclei: ``(labels int32 (Z, Y, X), details)``.
 
-        ``normalize``: percentile normalisation (``percentiles``, default 1 and 99.8) first;
+        ``normalize``: percentile normalisation (``percentiles``; None: the model's
+        :attr:`percentiles`, 1 and 99.8 unless its package says otherwise) first;
         thresholds and ``border`` (grid voxels at the volume's edge without object centres,
         stardist's 2) default to the model's; ``n_tiles=None`` picks tiles from the free (GPU or
         CPU) memory and retries with more tiles after an out-of-memory error. NMS and rendering
