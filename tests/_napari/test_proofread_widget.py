@@ -230,7 +230,9 @@ def test_zarr_backed_layer_edit_undo_save(make_napari_viewer, tmp_path):
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "seg.zarr"))[:], ref)
 
 
-def test_fisbe_layer_save_after_edits(make_napari_viewer, tmp_path):
+def test_fisbe_layer_save_after_edits(make_napari_viewer, tmp_path, monkeypatch):
+    from qtpy.QtWidgets import QMessageBox
+
     from napari_neuroseg._napari.proofread_widget import ProofreadWidget
     from napari_neuroseg.io import instances_to_labels, read_fisbe, write_fisbe
 
@@ -244,8 +246,11 @@ def test_fisbe_layer_save_after_edits(make_napari_viewer, tmp_path):
     viewer = make_napari_viewer()
     layer = viewer.add_labels(labels, name="gt", metadata={"fisbe_instances": stack, "fisbe_dim_neurons": []})
     widget = ProofreadWidget(viewer)
+    asked = []  # "gt" is ground truth: the first edit asks, once
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: (asked.append(a), QMessageBox.StandardButton.Yes)[1])
     layer.selected_label = 2
     widget.run_action("delete")
+    assert len(asked) == 1
     widget.controller.save(str(path))
     out = np.asarray(read_fisbe(path).gt_instances)
     assert not out[1].any()

@@ -20,6 +20,10 @@ __all__ = [
     "FISBE_INSTANCES",
     "FISBE_DIM_NEURONS",
     "AXES_KEY",
+    "ROLE_KEY",
+    "GROUND_TRUTH",
+    "looks_like_ground_truth",
+    "is_ground_truth",
     "EAGER_BYTES",
     "EAGER_LABEL_BYTES",
     "looks_like_labels",
@@ -35,6 +39,11 @@ FISBE_INSTANCES = "fisbe_instances"
 FISBE_DIM_NEURONS = "fisbe_dim_neurons"
 #: Metadata key holding the axes of the layer data as read (e.g. "ZYX").
 AXES_KEY = "neuroseg_axes"
+#: Metadata key of a layer's role; ``GROUND_TRUTH`` marks reference annotations (set by the readers
+#: for FISBe instance stacks and label arrays whose name says gt / truth), which proofreading edits
+#: only after asking.
+ROLE_KEY = "neuroseg_role"
+GROUND_TRUTH = "ground_truth"
 #: Images up to this size are loaded into memory; larger ones stay lazy (dask).
 EAGER_BYTES = 2**30
 #: Label volumes up to this size are loaded (napari can only paint/undo on in-memory labels).
@@ -65,6 +74,23 @@ def looks_like_labels(name: str, dtype: Any) -> bool:
     if tokens & _IMAGE_HINTS:
         return False
     return dtype.itemsize >= 4
+
+
+def looks_like_ground_truth(name: str) -> bool:
+    """Whether a layer/array name says ground truth: a word ``gt``, ``truth`` or ``groundtruth``
+    (``sample_gt``, ``gt_instances``, ``ground truth``; not ``segment``)."""
+    tokens = set(re.split(r"[^a-z0-9]+", name.lower()))
+    return bool(tokens & {"gt", "truth", "groundtruth"})
+
+
+def is_ground_truth(layer: Any) -> bool:
+    """Whether a layer holds ground truth: its ``metadata["neuroseg_role"]`` when set (the
+    plugin's readers set it), else its name (:func:`looks_like_ground_truth`)."""
+    md = getattr(layer, "metadata", None) or {}
+    role = md.get(ROLE_KEY)
+    if role is not None:
+        return role == GROUND_TRUTH
+    return looks_like_ground_truth(str(getattr(layer, "name", "")))
 
 
 def maybe_load(data: Any, limit: int = EAGER_BYTES) -> Any:
@@ -141,12 +167,14 @@ def labels_layer(
     metadata: dict | None = None,
     **kwargs: Any,
 ) -> LayerData:
-    """A Labels layer (bool data becomes uint8)."""
+    """A Labels layer (bool data becomes uint8); a ground-truth name sets the role (``ROLE_KEY``)."""
     if not isinstance(data, (list, tuple)) and np.dtype(data.dtype) == np.bool_:
         data = data.astype(np.uint8)
     level0 = data[0] if isinstance(data, (list, tuple)) else data
     meta = dict(metadata or {})
     meta.setdefault(AXES_KEY, "ZYX"[-level0.ndim:] if level0.ndim <= 3 else "CZYX"[-level0.ndim:])
+    if looks_like_ground_truth(name):
+        meta.setdefault(ROLE_KEY, GROUND_TRUTH)
     kw: dict[str, Any] = {"name": name, "metadata": meta}
     if isinstance(data, (list, tuple)):
         kw["multiscale"] = True
@@ -183,6 +211,7 @@ def fisbe_instance_layers(
         FISBE_INSTANCES: stack,
         FISBE_DIM_NEURONS: [int(i) for i in (dim_neurons or [])],
         AXES_KEY: "ZYX",
+        ROLE_KEY: GROUND_TRUTH,  # a FISBe file's instance stack is its ground truth
     }
     if source is not None:
         meta["fisbe_source"] = str(source)
@@ -195,7 +224,8 @@ def fisbe_instance_layers(
                 shared,
                 name=f"{name} overlaps",
                 scale=scale,
-                metadata={"fisbe_overlaps": True, "description": "value = number of neurons sharing the voxel"},
+                metadata={"fisbe_overlaps": True, ROLE_KEY: GROUND_TRUTH,
+                          "description": "value = number of neurons sharing the voxel"},
                 opacity=0.8,
             )
         )

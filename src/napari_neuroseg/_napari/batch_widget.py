@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtWidgets import (
+    QAbstractButton,
     QAbstractItemView,
     QCheckBox,
     QComboBox,
@@ -27,6 +28,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_neuroseg._napari._dock import DockLifecycleMixin, fit_controls, scrollable
 from napari_neuroseg._napari._notify import notify_error
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
 from napari_neuroseg.batch import get_task, list_tasks, read_output, run_batch
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 COLUMNS = ("input", "status", "n_objects", "seconds", "output")
 
 
-class BatchWidget(RunControlsMixin, QWidget):
+class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
     """Batch runs from napari: inputs, task + parameters, output, engine, progress, results."""
 
     def __init__(self, napari_viewer: napari.Viewer):
@@ -47,22 +49,27 @@ class BatchWidget(RunControlsMixin, QWidget):
         self.result: Any = None
         self._param_edits: dict[str, QLineEdit] = {}
 
-        layout = QVBoxLayout(self)
+        content = QWidget()
+        layout = QVBoxLayout(content)
         form = QFormLayout()
         # inputs
         row = QHBoxLayout()
         self.inputs_edit = QLineEdit()
         self.inputs_edit.setPlaceholderText("folder, glob (data/*.tif) or files separated by ';'")
+        self.inputs_edit.setToolTip("The input volumes: a folder, a glob (data/*.tif) or files separated by ';'")
         browse = QPushButton("Folder…")
+        browse.setToolTip("Choose an input folder")
         browse.clicked.connect(self._browse_inputs)
         row.addWidget(self.inputs_edit)
         row.addWidget(browse)
         form.addRow("Inputs", row)
         self.use_layers = QCheckBox("use the selected image layers instead")
+        self.use_layers.setToolTip("Run on the image layers selected in the layer list instead of files")
         form.addRow("", self.use_layers)
         # task
         self.task_combo = QComboBox()
         self.task_combo.addItems(list_tasks())
+        self.task_combo.setToolTip("What to run on each input; its parameters appear below")
         self.task_combo.currentTextChanged.connect(self._build_params)
         form.addRow("Task", self.task_combo)
         layout.addLayout(form)
@@ -73,24 +80,32 @@ class BatchWidget(RunControlsMixin, QWidget):
         form2 = QFormLayout()
         row = QHBoxLayout()
         self.outdir_edit = QLineEdit()
+        self.outdir_edit.setToolTip("Folder for the outputs and the summary CSV (created if missing)")
         browse_out = QPushButton("Folder…")
+        browse_out.setToolTip("Choose the output folder")
         browse_out.clicked.connect(self._browse_output)
         row.addWidget(self.outdir_edit)
         row.addWidget(browse_out)
         form2.addRow("Output folder", row)
         self.format_combo = QComboBox()
         self.format_combo.addItems(["tif", "zarr", "ome-zarr"])
+        self.format_combo.setToolTip("Output file format; blockwise runs need zarr or ome-zarr")
         form2.addRow("Format", self.format_combo)
         self.block_edit = QLineEdit()
         self.block_edit.setPlaceholderText("Z,Y,X for blockwise (needs zarr/ome-zarr); empty = auto")
+        self.block_edit.setToolTip("Block size in voxels, Z,Y,X, for huge volumes processed block by block "
+                                   "(needs zarr/ome-zarr); empty = automatic")
         form2.addRow("Block shape", self.block_edit)
         self.engine_combo = QComboBox()
         self.engine_combo.addItems(["local", "scheduler"])
+        self.engine_combo.setToolTip("local = this computer; scheduler = a Dask cluster at the address below")
         form2.addRow("Engine", self.engine_combo)
         self.scheduler_edit = QLineEdit()
         self.scheduler_edit.setPlaceholderText("tcp://HOST:8786 (Dask scheduler)")
+        self.scheduler_edit.setToolTip("Address of the Dask scheduler (engine 'scheduler' only)")
         form2.addRow("Scheduler", self.scheduler_edit)
         self.resume_check = QCheckBox("resume (skip finished outputs)")
+        self.resume_check.setToolTip("Skip the inputs whose outputs are already complete (continue a cancelled run)")
         form2.addRow("", self.resume_check)
         layout.addLayout(form2)
         # run / cancel / status
@@ -99,6 +114,8 @@ class BatchWidget(RunControlsMixin, QWidget):
             cancel_text="cancelling after the current step…",
             cancelled_text="cancelled — tick 'resume' to continue later",
         )
+        self.controls.run_button.setToolTip("Run the task over the inputs (a row per input below)")
+        self.controls.cancel_button.setToolTip("Stop after the current file or block; finished outputs stay")
         layout.addWidget(self.controls)
         # results
         self.table = QTableWidget(0, len(COLUMNS))
@@ -106,11 +123,22 @@ class BatchWidget(RunControlsMixin, QWidget):
         self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.cellDoubleClicked.connect(lambda r, _c: self.open_result(r))
+        self.table.setToolTip("One row per input: status, objects found, seconds, output; double-click opens it")
+        corner = self.table.findChild(QAbstractButton)
+        if corner is not None:  # the table's select-all corner
+            corner.setToolTip("Select all rows")
         layout.addWidget(self.table)
         self.open_button = QPushButton("Open result")
+        self.open_button.setToolTip("Open the selected row's output as a Labels layer (or double-click the row)")
         self.open_button.clicked.connect(lambda: self.open_result(self.table.currentRow()))
         layout.addWidget(self.open_button)
         self._build_params(self.task_combo.currentText())
+        fit_controls(content)
+        self.scroll = scrollable(self, content)  # fits a small screen; no minimum height
+
+    # -- dock lifecycle (_dock.py) -----------------------------------------------------------------
+    def on_dock_closed(self) -> None:
+        self.cancel()  # stop after the current file/block (resume continues later)
 
     # -- form helpers ---------------------------------------------------------------------------
     def _build_params(self, name: str) -> None:
@@ -121,7 +149,7 @@ class BatchWidget(RunControlsMixin, QWidget):
         for p in task.params:
             edit = QLineEdit()
             edit.setPlaceholderText("" if p.default is None else str(p.default))
-            edit.setToolTip(p.help)
+            edit.setToolTip(p.help or f"task parameter {p.name}; empty = {p.default}")
             self.params_form.addRow(p.name, edit)
             self._param_edits[p.name] = edit
 

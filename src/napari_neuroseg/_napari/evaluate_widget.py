@@ -44,6 +44,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_neuroseg._napari._dock import DockLifecycleMixin
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
 from napari_neuroseg.metrics import write_csv, write_json
 from napari_neuroseg.metrics.evaluate import MIN_SIZE
@@ -196,7 +197,7 @@ def evaluate_layers_iter(gt: Any, pred: Any, partly: bool, *, dim_ids: list[int]
     return result, layer
 
 
-class EvaluateWidget(RunControlsMixin, QWidget):
+class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
     """Pick GT and prediction layers and a task (nuclei / FISBe neurons), evaluate, inspect the
     errors."""
 
@@ -269,11 +270,18 @@ class EvaluateWidget(RunControlsMixin, QWidget):
             row.addWidget(b)
         layout.addLayout(row)
 
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
-        self.viewer.layers.events.changed.connect(self._refresh_layers)
+        # released when the dock is hidden or closed (_dock.py)
+        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
+                   self.viewer.layers.events.changed):
+            self.connect_event(ev, self._refresh_layers)
         self._refresh_layers()
         self._update_task_note()
+
+    def on_dock_shown(self) -> None:
+        self._refresh_layers()
+
+    def on_dock_closed(self) -> None:
+        self.cancel()  # a closed dock's evaluation stops at its next step
 
     # ---------------------------------------------------------------- layers
     def _label_layers(self) -> list[Any]:

@@ -24,6 +24,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_neuroseg._napari._dock import DockLifecycleMixin, fit_controls
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
 from napari_neuroseg.errors import NeurosegError
 
@@ -49,7 +50,7 @@ def neurons_job(channels: list[Any], model: str | None, device: str, params: dic
     return (yield from predict_iter(raw, model or None, device=device, params=params))
 
 
-class NeuronsWidget(RunControlsMixin, QWidget):
+class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
     """Choose the raw layer(s), model, device and thresholds; segment; get a Labels layer."""
 
     def __init__(self, napari_viewer: napari.Viewer):
@@ -59,6 +60,10 @@ class NeuronsWidget(RunControlsMixin, QWidget):
         layout = QVBoxLayout(self)
         form = QFormLayout()
         self.channel_combos = [QComboBox() for _ in range(3)]
+        self.channel_combos[0].setToolTip("One 3-channel (C, Z, Y, X) image layer, or the first of three "
+                                          "single-channel (Z, Y, X) layers")
+        for c in self.channel_combos[1:]:
+            c.setToolTip("The next single-channel (Z, Y, X) layer; (none) when channel 1 holds all three")
         form.addRow("Raw (CZYX) or channel 1", self.channel_combos[0])
         form.addRow("Channel 2", self.channel_combos[1])
         form.addRow("Channel 3", self.channel_combos[2])
@@ -66,7 +71,10 @@ class NeuronsWidget(RunControlsMixin, QWidget):
         self.model_edit = QLineEdit()
         self.model_edit.setPlaceholderText("default (shipped, synthetic-trained)")
         self.model_edit.editingFinished.connect(self.use_model_thresholds)
+        self.model_edit.setToolTip("Path of a neuron model (.pt); empty = the shipped model. "
+                                   "Its stored thresholds fill the boxes below")
         browse = QPushButton("…")
+        browse.setToolTip("Browse for a neuron model file (.pt)")
         browse.clicked.connect(self._browse)
         row.addWidget(self.model_edit)
         row.addWidget(browse)
@@ -79,17 +87,23 @@ class NeuronsWidget(RunControlsMixin, QWidget):
             self.device_combo.addItems(available_devices())
         except Exception:  # noqa: BLE001 - torch missing: only "auto"
             pass
+        self.device_combo.setToolTip("Where the network runs: auto = the GPU if there is one, else the CPU")
         form.addRow("Device", self.device_combo)
         from napari_neuroseg.models.neurons import PostprocessParams
 
         d = PostprocessParams()
-        self.fg_spin = self._spin(d.fg_threshold, 0.01, 0.99, 0.05, "foreground probability threshold")
+        self.fg_spin = self._spin(d.fg_threshold, 0.01, 0.99, 0.05,
+                                  "Foreground probability threshold (0-1): voxels below it are background; "
+                                  "higher = thinner, fewer neurons")
         self.merge_spin = self._spin(d.merge_threshold, 0.0, 1.5, 0.01,
-                                     "colour distance below which fragments are merged (higher = fewer, larger neurons)")
+                                     "Colour distance (0-1.5) below which fragments are merged "
+                                     "(higher = fewer, larger neurons)")
         self.min_size_spin = QSpinBox()
         self.min_size_spin.setRange(0, 10_000_000)
         self.min_size_spin.setValue(d.min_size)
-        self.min_size_spin.setToolTip("smaller fragments join a touching neuron or are dropped")
+        self.min_size_spin.setSuffix(" vox")
+        self.min_size_spin.setToolTip("Minimum neuron size, in voxels: smaller fragments join a touching "
+                                      "neuron or are dropped")
         form.addRow("Foreground threshold", self.fg_spin)
         form.addRow("Colour merge threshold", self.merge_spin)
         form.addRow("Min. size (voxels)", self.min_size_spin)
@@ -98,12 +112,23 @@ class NeuronsWidget(RunControlsMixin, QWidget):
             "Segment neurons", on_run=self.run, on_cancel=self.cancel, progress_bar=True,
             running_text="Segmenting…", cancel_text="Cancelled.", cancelled_text=None,
         )
+        self.controls.run_button.setToolTip("Segment the neurons of the chosen raw layer(s) "
+                                            "(adds or updates the '<raw> neurons' Labels layer)")
+        self.controls.cancel_button.setToolTip("Stop the running segmentation at its next step")
         layout.addWidget(self.controls)
         layout.addStretch(1)
+        fit_controls(self)  # never narrower than its value ("0.47(")
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            ev.connect(self._refresh_layers)
+            self.connect_event(ev, self._refresh_layers)
         self._refresh_layers()
         self.use_model_thresholds()
+
+    # ---------------------------------------------------------------- dock lifecycle (_dock.py)
+    def on_dock_shown(self) -> None:
+        self._refresh_layers()
+
+    def on_dock_closed(self) -> None:
+        self.cancel()  # a closed dock's job stops at its next step
 
     @staticmethod
     def _spin(value, lo, hi, step, tip) -> QDoubleSpinBox:

@@ -22,7 +22,6 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QHBoxLayout,
-    QLabel,
     QLineEdit,
     QPushButton,
     QSpinBox,
@@ -30,6 +29,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_neuroseg._napari._dock import DockLifecycleMixin, fit_controls
 from napari_neuroseg._napari._notify import notify_error
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
 from napari_neuroseg.errors import NeurosegError
@@ -125,7 +125,7 @@ def _model_thresholds(spec: str) -> tuple[float, float] | None:
         return None
 
 
-class NucleiWidget(RunControlsMixin, QWidget):
+class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
     """Segment nuclei of an image layer with a StarDist-3D model."""
 
     def __init__(self, napari_viewer: napari.Viewer):
@@ -138,6 +138,7 @@ class NucleiWidget(RunControlsMixin, QWidget):
         layout = QVBoxLayout(self)
         form = QFormLayout()
         self.image_combo = QComboBox()
+        self.image_combo.setToolTip("The 3D image layer (Z, Y, X) to segment; labels come out at its scale")
         form.addRow("Image", self.image_combo)
 
         self.model_combo = QComboBox()
@@ -145,10 +146,14 @@ class NucleiWidget(RunControlsMixin, QWidget):
         self.model_combo.addItems([*bundled, FOLDER, FILE])
         if DEFAULT_MODEL in bundled:
             self.model_combo.setCurrentText(DEFAULT_MODEL)
+        self.model_combo.setToolTip("A bundled StarDist-3D model, or your own model folder / .pt file "
+                                    "(its stored thresholds fill the boxes below)")
         self.model_path = QLineEdit()
         self.model_path.setPlaceholderText("path of a model folder or .pt file")
+        self.model_path.setToolTip("Path of the model folder or .pt file (used when Model is a folder or file)")
         browse = QPushButton("…")
         browse.setMaximumWidth(30)
+        browse.setToolTip("Browse for a model folder or .pt file")
         browse.clicked.connect(self._browse_model)
         row = QHBoxLayout()
         row.addWidget(self.model_path)
@@ -162,19 +167,21 @@ class NucleiWidget(RunControlsMixin, QWidget):
             spin.setRange(0.0, 1.0)
             spin.setDecimals(3)
             spin.setSingleStep(0.05)
-            spin.setMinimumWidth(80)
         self.prob_spin.setValue(0.5)  # StarDist's defaults until a model's thresholds are read
         self.nms_spin.setValue(0.4)
+        self.prob_spin.setToolTip("Object probability threshold (0-1): candidates below it are dropped; "
+                                  "higher = fewer, surer nuclei")
+        self.nms_spin.setToolTip("Non-maximum suppression overlap threshold (0-1): candidates overlapping a "
+                                 "kept nucleus more than this are dropped; higher = more touching nuclei kept")
         reset = QPushButton("model's")
-        reset.setToolTip("reset the thresholds to the model's (optimised on its validation data)")
+        reset.setToolTip("Reset both thresholds to the model's (optimised on its validation data)")
         reset.clicked.connect(self.reset_thresholds)
         row = QHBoxLayout()
-        row.addWidget(QLabel("prob"))
         row.addWidget(self.prob_spin)
-        row.addWidget(QLabel("nms"))
-        row.addWidget(self.nms_spin)
         row.addWidget(reset)
-        form.addRow("Thresholds", row)
+        row.addStretch(1)
+        form.addRow("Probability", row)
+        form.addRow("Overlap (NMS)", self.nms_spin)
 
         self.p_low = QDoubleSpinBox()
         self.p_high = QDoubleSpinBox()
@@ -182,28 +189,35 @@ class NucleiWidget(RunControlsMixin, QWidget):
             spin.setRange(0.0, 100.0)
             spin.setDecimals(2)
             spin.setValue(v)
+        self.p_low.setToolTip("Lower intensity percentile (%) mapped to 0 before the network")
+        self.p_high.setToolTip("Upper intensity percentile (%) mapped to 1 before the network")
         row = QHBoxLayout()
         row.addWidget(self.p_low)
         row.addWidget(self.p_high)
-        form.addRow("Normalise (percentiles)", row)
+        row.addStretch(1)
+        form.addRow("Normalise (%)", row)
 
         self.auto_tiles = QCheckBox("auto")
         self.auto_tiles.setChecked(True)
+        self.auto_tiles.setToolTip("Choose the number of tiles from the free memory (untick to set them)")
         self.tile_spins = []
         row = QHBoxLayout()
-        row.addWidget(self.auto_tiles)
         for _ in range(3):
             spin = QSpinBox()
             spin.setRange(1, 64)
             spin.setValue(1)
             spin.setEnabled(False)
+            spin.setToolTip("Number of tiles along this axis (1-64): more tiles = less memory, a little slower")
             self.tile_spins.append(spin)
             row.addWidget(spin)
         self.auto_tiles.toggled.connect(lambda on: [s.setEnabled(not on) for s in self.tile_spins])
-        form.addRow("Tiles (Z Y X)", row)
+        row.addStretch(1)
+        form.addRow("Tiles", self.auto_tiles)
+        form.addRow("Z, Y, X", row)
 
         self.device_combo = QComboBox()
         self.device_combo.addItems(["auto", *self._devices()])
+        self.device_combo.setToolTip("Where the network runs: auto = the GPU if there is one, else the CPU")
         form.addRow("Device", self.device_combo)
 
         self.voxel_edit = QLineEdit()
@@ -220,6 +234,8 @@ class NucleiWidget(RunControlsMixin, QWidget):
 
         self.surface_check = QCheckBox("polyhedra (Surface layer)")
         self.prob_check = QCheckBox("probability map")
+        self.surface_check.setToolTip("Also add the predicted star-convex polyhedra as a Surface layer")
+        self.prob_check.setToolTip("Also add the object probability map (0-1, at the model's grid) as an image")
         form.addRow("Also show", self.surface_check)
         form.addRow("", self.prob_check)
         layout.addLayout(form)
@@ -228,15 +244,26 @@ class NucleiWidget(RunControlsMixin, QWidget):
             "Segment nuclei", on_run=self.run, on_cancel=self.cancel,
             progress_text=lambda p: f"[{p.step}/{p.total}] {p.message}", error_prefix="failed: ",
         )
+        self.controls.run_button.setToolTip("Segment the image with the model and thresholds above "
+                                            "(adds or updates the '<image> nuclei' Labels layer)")
+        self.controls.cancel_button.setToolTip("Stop the running segmentation at its next step")
         layout.addWidget(self.controls)
         layout.addStretch(1)
+        fit_controls(self)  # never narrower than its value ("0.47(")
 
         self.model_combo.currentTextChanged.connect(self._model_changed)
         self.model_path.editingFinished.connect(self.reset_thresholds)
         self._model_changed(self.model_combo.currentText())
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
-        self.viewer.layers.events.removed.connect(self._refresh_layers)
+        self.connect_event(self.viewer.layers.events.inserted, self._refresh_layers)
+        self.connect_event(self.viewer.layers.events.removed, self._refresh_layers)
         self._refresh_layers()
+
+    # ------------------------------------------------------------------ dock lifecycle (_dock.py)
+    def on_dock_shown(self) -> None:
+        self._refresh_layers()
+
+    def on_dock_closed(self) -> None:
+        self.cancel()  # a closed dock's job stops at its next step
 
     # ------------------------------------------------------------------ form helpers
     @staticmethod

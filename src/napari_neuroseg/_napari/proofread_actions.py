@@ -61,6 +61,10 @@ ACTION_TITLES: dict[str, str] = {
 }
 
 LOCKED_KEY = "proofread_locked"
+
+
+class GroundTruthDeclined(NeurosegError):
+    """An edit of a ground-truth layer that the user (or a missing confirmation) declined."""
 INDEX_SYNC_VOXELS = 64 * 2**20  # larger layers are indexed in a worker thread
 
 
@@ -74,6 +78,7 @@ class ProofreadController:
         *,
         shortcuts: dict[str, str] | None = None,
         status: Callable[[str], None] | None = None,
+        confirm_ground_truth: Callable[[Any], bool] | None = None,
     ):
         self.viewer = viewer
         self.layer = layer
@@ -89,6 +94,9 @@ class ProofreadController:
         self.review_path: str | None = None
         self.last_edit: pr.Edit | None = None
         self._status = status
+        #: asked before an edit of a ground-truth layer (True = go ahead); None refuses such edits
+        self.confirm_ground_truth = confirm_ground_truth
+        self.connected = False
         self._bound: dict[str, str] = {}
         self._seed_layer: Any = None
         self._scratch: Any = None
@@ -115,6 +123,10 @@ class ProofreadController:
         return isinstance(data, np.ndarray) or hasattr(data, "save") and hasattr(data, "dirty_chunks")
 
     def connect(self) -> None:
+        """Bind the mouse actions and keys to the layer and follow its edits."""
+        if self.connected:
+            return
+        self.connected = True
         if self._on_click not in self.layer.mouse_drag_callbacks:
             self.layer.mouse_drag_callbacks.append(self._on_click)
         self.layer.events.paint.connect(self._on_paint)
@@ -124,6 +136,10 @@ class ProofreadController:
         self.rebuild_index()
 
     def disconnect(self) -> None:
+        """Undo :meth:`connect` (the dock was hidden or closed); ``connect`` binds again."""
+        if not self.connected:
+            return
+        self.connected = False
         if self._on_click in self.layer.mouse_drag_callbacks:
             self.layer.mouse_drag_callbacks.remove(self._on_click)
         self.layer.events.paint.disconnect(self._on_paint)
@@ -132,6 +148,7 @@ class ProofreadController:
             self.unbind(action)
         if self._index_worker is not None:
             self._index_worker.quit()
+            self._index_worker = None
 
     def bind(self, action: str, key: str | None) -> None:
         """(Re)bind ``action`` to ``key`` on the layer (None/"" unbinds)."""
@@ -145,8 +162,9 @@ class ProofreadController:
                 self._guarded(_f)
 
             _handler.__name__ = f"proofread_{action}"
-            self.layer.bind_key(key, _handler, overwrite=True)
-            self._bound[action] = key
+            if self.connected:
+                self.layer.bind_key(key, _handler, overwrite=True)
+                self._bound[action] = key
         self.shortcuts[action] = key or ""
 
     def unbind(self, action: str) -> None:
@@ -186,6 +204,9 @@ class ProofreadController:
     def _guarded(self, func: Callable[[], Any]) -> Any:
         try:
             return func()
+        except GroundTruthDeclined as err:  # the user said no: not an error
+            self.status(str(err))
+            return None
         except NeurosegError as err:
             from napari_neuroseg._napari._notify import notify_error
 
@@ -249,10 +270,24 @@ class ProofreadController:
         return edit
 
     def _check_editable(self) -> None:
+        self._check_ground_truth()
         if not self.editable:
             raise NeurosegError(
                 f"layer {self.layer.name!r} is lazy ({type(self.layer.data).__name__}) and cannot be edited",
                 fix="load it into memory (widget: 'Load into memory') or open its .zarr for chunked editing",
+            )
+
+    def _check_ground_truth(self) -> None:
+        """A ground-truth layer is edited only after ``confirm_ground_truth`` said yes."""
+        from napari_neuroseg._napari._layers import is_ground_truth
+
+        if not is_ground_truth(self.layer):
+            return
+        ask = self.confirm_ground_truth
+        if ask is None or not ask(self.layer):
+            raise GroundTruthDeclined(
+                f"layer {self.layer.name!r} is ground truth: not edited",
+                fix="select the result layer to edit, or confirm the edit of the ground truth",
             )
 
     def _selected(self) -> int:

@@ -15,10 +15,10 @@ from qtpy.QtWidgets import (
     QFileDialog,
     QFormLayout,
     QGridLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QMessageBox,
     QPushButton,
     QSpinBox,
     QVBoxLayout,
@@ -27,6 +27,8 @@ from qtpy.QtWidgets import (
 
 from napari_neuroseg.proofread.review import ReviewQueue, review_path
 
+from ._dock import CollapsibleSection, DockLifecycleMixin, fit_controls, scrollable
+from ._layers import ROLE_KEY, is_ground_truth
 from .proofread_actions import ACTION_TITLES, DEFAULT_SHORTCUTS, ProofreadController
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -46,25 +48,77 @@ _BUTTONS = [
     ("lock", "Lock / unlock"),
 ]
 
+#: What each action button does (its tooltip; the key, if any, is added).
+_BUTTON_TIPS = {
+    "split": "Split the seeded label by a seeded watershed, one region per Ctrl+click seed (one undo step)",
+    "clear_seeds": "Forget the split seeds placed with Ctrl+click (no label changes)",
+    "components": "Give each unconnected piece of the selected label its own id (one undo step)",
+    "delete": "Set every voxel of the selected label to background 0 (one undo step)",
+    "fill_holes": "Fill the enclosed background holes of the selected label (one undo step)",
+    "relabel": "Renumber all labels 1..n, locked ids kept (one undo step)",
+    "dilate": "Grow the selected label by the radius (voxels) into background only (one undo step)",
+    "erode": "Shrink the selected label by the radius (voxels) (one undo step)",
+    "new_label": "The region painted on the scratch layer becomes a new label (locked labels kept)",
+    "take_over": "The selected label takes the painted region from the label most present there",
+    "lock": "Lock or unlock the selected label: no proofreading action changes a locked label",
+}
 
-class ProofreadWidget(QWidget):
-    """Dock widget: proofreading tools for a Labels layer (see docs/proofreading.md)."""
+#: Labels layers the plugin itself adds that are never proofreading targets.
+_SCRATCH_SUFFIX = "painted region"
+_NOT_TARGET_META = ("neuroseg_error_kind", "fisbe_overlaps")
+
+
+def _is_candidate(layer: Any) -> bool:
+    """A Labels layer the user may proofread (not a scratch, error or overlaps layer)."""
+    if getattr(layer, "_type_string", None) != "labels" or layer.name.endswith(_SCRATCH_SUFFIX):
+        return False
+    md = getattr(layer, "metadata", None) or {}
+    if md.get(ROLE_KEY) == "scratch" or any(md.get(k) for k in _NOT_TARGET_META):
+        return False
+    from . import evaluate_widget as ev
+
+    names = {name for name, _ in getattr(ev, "ERROR_KINDS", {}).values()} | {getattr(ev, "ERRORS_LAYER", "")}
+    return layer.name not in names
+
+
+class ProofreadWidget(DockLifecycleMixin, QWidget):
+    """Dock widget: proofreading tools for a Labels layer (see docs/proofreading.md).
+
+    It edits the Labels layer chosen in "Labels layer", which follows the layer selected in the
+    layer list, except onto a ground-truth layer (``metadata["neuroseg_role"]``, set by the
+    plugin's readers): that one must be chosen in the box, and its first edit asks first. Its key
+    bindings and mouse actions exist only while the dock is open (released when it is hidden or
+    closed; see :mod:`._dock`).
+    """
 
     def __init__(self, napari_viewer: "napari.Viewer"):
         super().__init__()
         self.viewer = napari_viewer
         self.controller: ProofreadController | None = None
         self.shortcuts = dict(DEFAULT_SHORTCUTS)
-        layout = QVBoxLayout(self)
+        self._gt_confirmed: set[int] = set()  # id() of ground-truth layers the user agreed to edit
+        content = QWidget()
+        layout = QVBoxLayout(content)
 
         form = QFormLayout()
         self.layer_combo = QComboBox()
+        self.layer_combo.setToolTip("The Labels layer that the keys, clicks and buttons edit; "
+                                    "follows the layer selected in the layer list (not onto ground truth)")
+        self.target_label = QLabel("Editing: (no Labels layer)")
+        self.target_label.setWordWrap(True)
         self.image_combo = QComboBox()
+        self.image_combo.setToolTip("Image whose intensities guide an 'intensity' or 'boundary' split "
+                                    "(ignored for 'distance')")
         self.method_combo = QComboBox()
         self.method_combo.addItems(["distance", "intensity", "boundary"])
+        self.method_combo.setToolTip("What the split watershed follows: distance to the label's edge, "
+                                     "dark valleys of the image (intensity) or its bright edges (boundary)")
         self.radius = QSpinBox()
         self.radius.setRange(1, 20)
+        self.radius.setSuffix(" vox")
+        self.radius.setToolTip("Dilate / erode step, in voxels (1-20)")
         form.addRow("Labels layer", self.layer_combo)
+        form.addRow(self.target_label)
         form.addRow("Split on", self.method_combo)
         form.addRow("Image (split)", self.image_combo)
         form.addRow("Dilate/erode radius", self.radius)
@@ -87,6 +141,7 @@ class ProofreadWidget(QWidget):
         self.paint_btn.clicked.connect(lambda: self.controller and self.controller.start_painting())
         grid.addWidget(self.paint_btn, len(_BUTTONS) // 2, len(_BUTTONS) % 2)
         layout.addLayout(grid)
+        self._update_buttons()
 
         self.locked_label = QLabel("Locked: none")
         self.locked_label.setWordWrap(True)
@@ -96,50 +151,64 @@ class ProofreadWidget(QWidget):
         self.save_btn.setToolTip("Zarr-backed layer: write the edited chunks. FISBe layer: rewrite the FISBe layout.")
         self.save_btn.clicked.connect(self.save)
         self.load_btn = QPushButton("Load into memory")
-        self.load_btn.setToolTip("Lazy (dask) layers cannot be edited in place")
+        self.load_btn.setToolTip("Copy a lazy (dask) layer into memory so it can be edited (needs its size in RAM)")
         self.load_btn.clicked.connect(self.load_into_memory)
         row.addWidget(self.save_btn)
         row.addWidget(self.load_btn)
         layout.addLayout(row)
 
-        # shortcuts (editable)
-        self.shortcut_box = QGroupBox("Shortcuts")
-        self.shortcut_box.setCheckable(True)
-        self.shortcut_box.setChecked(False)
+        # shortcuts (editable; always active: the section only folds away)
+        self.shortcut_box = QWidget()
         sform = QFormLayout(self.shortcut_box)
         self.shortcut_edits: dict[str, QLineEdit] = {}
         for action, key in DEFAULT_SHORTCUTS.items():
             edit = QLineEdit(key)
-            edit.setToolTip("napari key syntax, e.g. Shift+S, Alt+D, Delete; empty = no key")
+            edit.setToolTip(f"Key for '{ACTION_TITLES[action]}' on the edited layer: napari key syntax "
+                            "(Shift+S, Alt+D, Delete); empty = no key")
             edit.editingFinished.connect(lambda a=action, e=edit: self.set_shortcut(a, e.text().strip()))
             sform.addRow(ACTION_TITLES[action], edit)
             self.shortcut_edits[action] = edit
-        layout.addWidget(self.shortcut_box)
+        self.shortcut_section = CollapsibleSection(
+            "Shortcuts", self.shortcut_box, expanded=True,
+            tooltip="Show or hide the keys of the actions (the keys work either way)")
+        layout.addWidget(self.shortcut_section)
 
         # review queue
-        review = QGroupBox("Review queue")
+        review = QWidget()
         rl = QVBoxLayout(review)
+        rl.setContentsMargins(0, 0, 0, 0)
         rform = QFormLayout()
         self.gt_combo = QComboBox()
+        self.gt_combo.setToolTip("Ground-truth Labels layer the metrics compare the edited layer with")
         self.partly = QCheckBox("partly labelled GT")
+        self.partly.setToolTip("Predictions lying mostly in unlabelled background are not counted as false positives")
         rform.addRow("Ground truth", self.gt_combo)
         rform.addRow("", self.partly)
         self.tiny = QSpinBox()
         self.tiny.setRange(0, 10**9)
         self.tiny.setValue(100)
+        self.tiny.setSuffix(" vox")
+        self.tiny.setToolTip("Labels of at most this many voxels are queued as tiny (0 = none)")
         self.largest = QSpinBox()
         self.largest.setRange(0, 10**6)
         self.largest.setValue(5)
+        self.largest.setToolTip("Queue this many of the largest labels (likely false merges; 0 = none)")
         self.border = QCheckBox("objects touching the border")
+        self.border.setToolTip("Queue the labels that touch the volume's border")
         self.border.setChecked(True)
-        rform.addRow("Tiny: at most (voxels)", self.tiny)
+        rform.addRow("Tiny: at most", self.tiny)
         rform.addRow("Largest objects", self.largest)
         rform.addRow("", self.border)
         rl.addLayout(rform)
         brow = QHBoxLayout()
-        for title, slot in (("From metrics", self.build_review_from_metrics), ("From checks", self.build_review_from_checks),
-                            ("Load…", self.load_review)):
+        for title, slot, tip in (
+            ("From metrics", self.build_review_from_metrics,
+             "Queue the FISBe metric errors (false merges/splits, missed GT, false positives) against the ground truth"),
+            ("From checks", self.build_review_from_checks, "Queue tiny, largest and border-touching labels"),
+            ("Load…", self.load_review, "Open a saved review queue (.review.json) to resume"),
+        ):
             b = QPushButton(title)
+            b.setToolTip(tip)
             b.clicked.connect(slot)
             brow.addWidget(b)
         rl.addLayout(brow)
@@ -147,38 +216,83 @@ class ProofreadWidget(QWidget):
         for title, action in (("◀ Prev", "review_previous"), ("Next ▶", "review_next"),
                               ("Fixed", "review_fixed"), ("Ignore", "review_ignore")):
             b = QPushButton(title)
+            key = DEFAULT_SHORTCUTS.get(action)
+            b.setToolTip(ACTION_TITLES[action] + (f" ({key})" if key else "") + "; the camera centres on the item")
             b.clicked.connect(lambda _=False, a=action: self.run_action(a))
             nav.addWidget(b)
         rl.addLayout(nav)
         self.review_label = QLabel("No review queue")
         self.review_label.setWordWrap(True)
         rl.addWidget(self.review_label)
-        layout.addWidget(review)
+        self.review_section = CollapsibleSection(
+            "Review queue", review, expanded=True,
+            tooltip="Show or hide the review queue (a list of places to check, saved next to the labels)")
+        layout.addWidget(self.review_section)
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
         layout.addWidget(self.status_label)
         layout.addStretch(1)
+        fit_controls(content)
+        self.scroll = scrollable(self, content)  # as wide as the expanded sections need
+        self.shortcut_section.set_expanded(False)
+        self.review_section.set_expanded(False)
 
-        self.layer_combo.currentIndexChanged.connect(self._bind_selected_layer)
+        self.layer_combo.currentIndexChanged.connect(self._on_combo_changed)
         self.method_combo.currentTextChanged.connect(self._sync_options)
         self.image_combo.currentIndexChanged.connect(self._sync_options)
         self.radius.valueChanged.connect(self._sync_options)
         for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            ev.connect(self._refresh_layers)
+            self.connect_event(ev, self._refresh_layers)
+        self.connect_event(self.viewer.layers.selection.events.active, self._on_active)
+        self.on_teardown(self._release_controller)
         self._refresh_layers()
+
+    # -- dock lifecycle (see _dock.py) ----------------------------------------------------------
+    def _release_controller(self) -> None:
+        """Unbind the keys and mouse actions and stop listening to the layer (no Qt calls)."""
+        if self.controller is not None:
+            try:
+                self.controller.disconnect()
+            except Exception:  # noqa: BLE001 - the layer may be gone
+                pass
+
+    def on_dock_hidden(self) -> None:
+        self._release_controller()
+        self._status("proofreading paused: the dock is hidden (keys and clicks released)")
+
+    def on_dock_shown(self) -> None:
+        self._refresh_layers()
+        c = self.controller
+        if c is not None and c.layer in self.viewer.layers and not c.connected:
+            c.connect()
+            self._status("")
+        self._update_target()
+
+    def on_dock_closed(self) -> None:
+        self._release_controller()
 
     # -- layers ---------------------------------------------------------------------------------
     def _layers(self, kind: str) -> list[Any]:
         return [ly for ly in self.viewer.layers if ly._type_string == kind]
 
+    def _default_target(self, names: list[str]) -> str:
+        """The layer to edit when none is chosen: the selected Labels layer unless it is ground
+        truth, else the last non-ground-truth one, else the first."""
+        layers = [self.viewer.layers[n] for n in names]
+        active = self.viewer.layers.selection.active
+        if active in layers and not is_ground_truth(active):
+            return active.name
+        results = [ly for ly in layers if not is_ground_truth(ly)]
+        return (results[-1] if results else layers[0]).name
+
     def _refresh_layers(self, event: Any = None) -> None:
         cur = self.layer_combo.currentText()
-        labels = [ly for ly in self._layers("labels") if not ly.name.endswith("painted region")]
+        labels = [ly.name for ly in self._layers("labels") if _is_candidate(ly)]
         self.layer_combo.blockSignals(True)
         self.layer_combo.clear()
-        self.layer_combo.addItems([ly.name for ly in labels])
-        if cur in [ly.name for ly in labels]:
-            self.layer_combo.setCurrentText(cur)
+        self.layer_combo.addItems(labels)
+        if labels:
+            self.layer_combo.setCurrentText(cur if cur in labels else self._default_target(labels))
         self.layer_combo.blockSignals(False)
         for combo, kind, none in ((self.image_combo, "image", "(none)"), (self.gt_combo, "labels", "(none)")):
             c = combo.currentText()
@@ -189,8 +303,26 @@ class ProofreadWidget(QWidget):
             if c:
                 combo.setCurrentText(c)
             combo.blockSignals(False)
-        if self.controller is None or self.controller.layer not in self.viewer.layers:
+        if self.controller is None or self.controller.layer not in self.viewer.layers \
+                or self.controller.layer.name != self.layer_combo.currentText():
             self._bind_selected_layer()
+        self._on_active()  # a new layer is selected as napari adds it: follow it
+
+    def _on_active(self, event: Any = None) -> None:
+        """The layer selected in the layer list changed: follow it, unless it is ground truth."""
+        layer = self.viewer.layers.selection.active
+        if layer is not None and _is_candidate(layer) and not is_ground_truth(layer) \
+                and self.layer_combo.findText(layer.name) >= 0:
+            self.layer_combo.setCurrentText(layer.name)  # → _on_combo_changed
+        self._update_target()
+
+    def _on_combo_changed(self, *_: Any) -> None:
+        """A layer chosen in the box: edit it, and select it (its keys work on the active layer)."""
+        self._bind_selected_layer()
+        c = self.controller
+        if c is not None and self.viewer.layers.selection.active is not c.layer:
+            self.viewer.layers.selection.active = c.layer
+        self._update_target()
 
     def _bind_selected_layer(self, *_: Any) -> None:
         name = self.layer_combo.currentText()
@@ -198,16 +330,45 @@ class ProofreadWidget(QWidget):
         if self.controller is not None and self.controller.layer is layer:
             return
         if self.controller is not None:
-            try:
-                self.controller.disconnect()
-            except Exception:  # noqa: BLE001 - the old layer may be gone
-                pass
+            self._release_controller()
             self.controller = None
-        if layer is not None:
-            self.controller = ProofreadController(self.viewer, layer, shortcuts=self.shortcuts, status=self._status)
+        if layer is not None and not (self.dock_closed or self.dock_suspended):
+            self.controller = ProofreadController(self.viewer, layer, shortcuts=self.shortcuts, status=self._status,
+                                                  confirm_ground_truth=self._confirm_ground_truth)
             self._sync_options()
             self._update_buttons()
         self._update_locked()
+
+    def _update_target(self) -> None:
+        """Say which layer the keys and buttons edit (and whether it is ground truth)."""
+        c = self.controller
+        if c is None:
+            text = "Editing: (no Labels layer)"
+        elif is_ground_truth(c.layer):
+            text = f"Editing '{c.layer.name}': GROUND TRUTH — each first edit asks first"
+        else:
+            text = f"Editing '{c.layer.name}'"
+            active = self.viewer.layers.selection.active
+            if active is not None and active is not c.layer and is_ground_truth(active):
+                text += (f" (the selected layer '{active.name}' is ground truth: "
+                         "choose it in 'Labels layer' to edit it)")
+        self.target_label.setText(text)
+        self.target_label.setStyleSheet("color: #f0a030;" if c is not None and is_ground_truth(c.layer) else "")
+
+    def _confirm_ground_truth(self, layer: Any) -> bool:
+        """Ask before the first edit of a ground-truth layer (once per layer)."""
+        if id(layer) in self._gt_confirmed:
+            return True
+        answer = QMessageBox.question(
+            self, "Edit the ground truth?",
+            f"'{layer.name}' is a ground-truth layer. Edit it anyway?\n"
+            "(Each edit can be undone with Ctrl+Z; the file changes only when you save.)",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No, QMessageBox.StandardButton.No,
+        )
+        if answer == QMessageBox.StandardButton.Yes:
+            self._gt_confirmed.add(id(layer))
+            return True
+        return False
 
     def _sync_options(self, *_: Any) -> None:
         c = self.controller
@@ -221,7 +382,7 @@ class ProofreadWidget(QWidget):
     def _update_buttons(self) -> None:
         for action, btn in self.buttons.items():
             key = self.shortcuts.get(action)
-            btn.setToolTip(f"{ACTION_TITLES[action]}" + (f" ({key})" if key else ""))
+            btn.setToolTip(_BUTTON_TIPS[action] + (f" — key {key}" if key else ""))
 
     def _update_locked(self) -> None:
         locked = sorted(self.controller.locked) if self.controller else []

@@ -1,0 +1,282 @@
+"""What every dock widget of the plugin shares: letting go when closed, and fitting the screen.
+
+:class:`DockLifecycleMixin` records a dock's connections to napari (layer-list and layer events,
+through :meth:`~DockLifecycleMixin.connect_event`) and its other bindings (key bindings, mouse
+callbacks: :meth:`~DockLifecycleMixin.on_teardown`) and undoes them, whichever way the user
+closes the dock:
+
+- the title bar's close button and ``viewer.window.remove_dock_widget`` take the widget out of its
+  ``QDockWidget`` (``setParent(None)``) and delete the dock: the widget's ``ParentChange`` event
+  ends it for good (:meth:`~DockLifecycleMixin.teardown`);
+- the title bar's hide button and the Window menu's entry (the dock's toggle-view action) hide
+  the ``QDockWidget``: the dock is *suspended* (connections removed,
+  :meth:`~DockLifecycleMixin.on_dock_hidden`) and comes back when shown again
+  (:meth:`~DockLifecycleMixin.on_dock_shown`); a dock merely behind another tab stays active;
+- closing the viewer deletes the ``QDockWidget`` and the widget with it: their ``destroyed``
+  signals end it (the callbacks then touch no Qt object).
+
+:class:`CollapsibleSection` is a titled section whose content folds away (long docks fit a
+1280x800 screen), and :func:`scrollable` puts a dock's content in a vertical ``QScrollArea``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from qtpy.QtCore import QEvent, QObject, Qt
+from qtpy.QtWidgets import (
+    QAbstractSpinBox,
+    QComboBox,
+    QDockWidget,
+    QFrame,
+    QScrollArea,
+    QSizePolicy,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+__all__ = ["CollapsibleSection", "DockLifecycleMixin", "fit_controls", "scrollable"]
+
+
+class _Bindings:
+    """The connections and undo functions of one dock (plain Python: safe after Qt deleted it)."""
+
+    def __init__(self) -> None:
+        self.connections: list[tuple[Any, Callable]] = []
+        self.teardowns: list[Callable[[], Any]] = []
+        self.connected = True
+        self.closed = False
+
+    def disconnect_all(self) -> None:
+        if not self.connected:
+            return
+        self.connected = False
+        for emitter, callback in self.connections:
+            try:
+                emitter.disconnect(callback)
+            except Exception:  # noqa: BLE001 - the emitter may be gone with its layer
+                pass
+
+    def reconnect_all(self) -> None:
+        if self.connected or self.closed:
+            return
+        self.connected = True
+        for emitter, callback in self.connections:
+            emitter.connect(callback)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.disconnect_all()
+        self.closed = True
+        for fn in reversed(self.teardowns):
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - best effort: the layer or viewer may be gone
+                pass
+        self.teardowns.clear()
+        self.connections.clear()
+
+
+class DockLifecycleMixin:
+    """For a plugin dock widget (put it before ``QWidget`` in the bases).
+
+    Connect to napari events with :meth:`connect_event` (not ``emitter.connect``) and register the
+    undoing of anything else (key bindings, mouse callbacks, running jobs) with
+    :meth:`on_teardown`. Override :meth:`on_dock_hidden` / :meth:`on_dock_shown` for what a
+    hidden dock must release and take back (the proofreading keys), and :meth:`on_dock_closed`
+    for the last words of a closed one (still alive, before its connections are removed).
+    """
+
+    def _bindings(self) -> _Bindings:
+        b = self.__dict__.get("_dock_bindings")
+        if b is None:
+            b = self.__dict__["_dock_bindings"] = _Bindings()
+            self.__dict__["_dock_suspended"] = False
+            self.__dict__["_dock_docked"] = False
+            # Qt deletes the widget (the viewer closed): let go without touching Qt objects
+            self.destroyed.connect(lambda *_: b.close())  # type: ignore[attr-defined]
+        return b
+
+    # -------------------------------------------------------------- recording
+    def connect_event(self, emitter: Any, callback: Callable) -> None:
+        """``emitter.connect(callback)``, undone when the dock is hidden or closed."""
+        b = self._bindings()
+        b.connections.append((emitter, callback))
+        if b.connected:
+            emitter.connect(callback)
+
+    def on_teardown(self, fn: Callable[[], Any]) -> None:
+        """Call ``fn`` once when the dock is closed (also when Qt deletes it: no Qt calls in it)."""
+        self._bindings().teardowns.append(fn)
+
+    @property
+    def dock_closed(self) -> bool:
+        """Whether the dock was closed for good."""
+        return self._bindings().closed
+
+    @property
+    def dock_suspended(self) -> bool:
+        """Whether the dock is hidden (its connections and bindings released)."""
+        self._bindings()
+        return bool(self.__dict__["_dock_suspended"])
+
+    # -------------------------------------------------------------- hooks
+    def on_dock_hidden(self) -> None:
+        """The dock was hidden (hide button, Window menu): release what acts on layers."""
+
+    def on_dock_shown(self) -> None:
+        """A hidden dock is shown again (its event connections are back): take things back."""
+
+    def on_dock_closed(self) -> None:
+        """The dock is being closed for good (the widget is still alive)."""
+
+    # -------------------------------------------------------------- lifecycle
+    def teardown(self) -> None:
+        """Close for good: :meth:`on_dock_closed`, then undo every recorded connection/binding."""
+        b = self._bindings()
+        if b.closed:
+            return
+        try:
+            self.on_dock_closed()
+        finally:
+            b.close()
+
+    def suspend(self) -> None:
+        """Release the connections and bindings until :meth:`resume` (the dock is hidden)."""
+        b = self._bindings()
+        if b.closed or self.__dict__["_dock_suspended"]:
+            return
+        self.__dict__["_dock_suspended"] = True
+        b.disconnect_all()
+        self.on_dock_hidden()
+
+    def resume(self) -> None:
+        b = self._bindings()
+        if b.closed or not self.__dict__["_dock_suspended"]:
+            return
+        self.__dict__["_dock_suspended"] = False
+        b.reconnect_all()
+        self.on_dock_shown()
+
+    def dock_widget(self) -> QDockWidget | None:
+        """The ``QDockWidget`` holding this widget (None when not docked)."""
+        w = self.parentWidget()  # type: ignore[attr-defined]
+        while w is not None and not isinstance(w, QDockWidget):
+            w = w.parentWidget()
+        return w
+
+    def event(self, ev: QEvent) -> bool:
+        t = ev.type()
+        if t == QEvent.Type.ParentChange:
+            self._bindings()
+            dock = self.dock_widget()
+            if dock is not None:
+                if not self.__dict__["_dock_docked"]:
+                    b = self._bindings()
+                    dock.destroyed.connect(lambda *_: b.close())
+                self.__dict__["_dock_docked"] = True
+            elif self.parentWidget() is None and self.__dict__["_dock_docked"]:  # type: ignore[attr-defined]
+                self.teardown()  # taken out of its dock: close button, remove_dock_widget
+        elif t == QEvent.Type.Hide:
+            dock = self.dock_widget()
+            if dock is not None and dock.isHidden():
+                self.suspend()
+        elif t == QEvent.Type.Show and self.__dict__.get("_dock_suspended"):
+            self.resume()
+        return super().event(ev)  # type: ignore[misc]
+
+
+class CollapsibleSection(QWidget):
+    """A title button (arrow) over a content widget that folds away; ``content`` holds the rows."""
+
+    def __init__(self, title: str, content: QWidget, *, expanded: bool = False, tooltip: str = "",
+                 parent: QWidget | None = None):
+        super().__init__(parent)
+        self.toggle = QToolButton()
+        self.toggle.setText(title)
+        self.toggle.setCheckable(True)
+        self.toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+        self.toggle.setAutoRaise(True)
+        self.toggle.setStyleSheet("QToolButton { font-weight: bold; }")
+        self.toggle.setToolTip(tooltip or f"show or hide the {title.lower()} section")
+        self.content = content
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(2)
+        layout.addWidget(self.toggle)
+        layout.addWidget(content)
+        self.toggle.toggled.connect(self.set_expanded)
+        self.set_expanded(expanded)
+
+    @property
+    def expanded(self) -> bool:
+        return self.toggle.isChecked()
+
+    def set_expanded(self, on: bool) -> None:
+        if self.toggle.isChecked() != bool(on):
+            self.toggle.setChecked(bool(on))  # comes back here through `toggled`
+            return
+        self.toggle.setArrowType(Qt.ArrowType.DownArrow if on else Qt.ArrowType.RightArrow)
+        self.content.setVisible(bool(on))
+
+
+def scrollable(owner: QWidget, content: QWidget) -> QScrollArea:
+    """Put ``content`` in a vertical scroll area filling ``owner`` (its only child): the dock needs
+    no minimum height, and never scrolls sideways (the area is as wide as the content needs)."""
+    area = QScrollArea(owner)
+    area.setWidget(content)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+    bar = area.verticalScrollBar().sizeHint().width()
+    area.setMinimumWidth(content.minimumSizeHint().width() + bar)
+    area.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
+    layout = QVBoxLayout(owner)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(area)
+    return area
+
+
+#: Room a spin box needs beside its text under napari's theme: a 20 px button on each side,
+#: 10 px padding on each side, and a few pixels for the frame and the cursor.
+SPIN_CHROME_PX = 2 * 20 + 2 * 10 + 8
+
+
+class _SpinFitter(QObject):
+    """Sets a spin box's minimum width from its font whenever the style or font changes (napari's
+    theme changes both once the dock is shown)."""
+
+    def eventFilter(self, obj: Any, ev: QEvent) -> bool:
+        if ev.type() in (QEvent.Type.Polish, QEvent.Type.FontChange, QEvent.Type.StyleChange, QEvent.Type.Show):
+            _fit_spin(obj)
+        return False
+
+
+def _fit_spin(spin: Any) -> None:
+    fm = spin.fontMetrics()
+    texts = [spin.prefix() + spin.textFromValue(v) + spin.suffix() for v in (spin.minimum(), spin.maximum())]
+    width = max(fm.horizontalAdvance(t) for t in texts) + SPIN_CHROME_PX
+    if spin.minimumWidth() != width:
+        spin.setMinimumWidth(width)
+
+
+def fit_controls(widget: QWidget, *, combo_chars: int = 12) -> None:
+    """Size the controls of a dock to fit a narrow dock area.
+
+    Every spin box gets the width of its longest value (prefix and suffix included, in the font
+    it is shown with), so no layout squeezes it into a clipped "0.47(", and no more. Every combo
+    box asks for ``combo_chars`` characters instead of its longest entry (long layer or model
+    names no longer widen the dock; the open list shows them whole)."""
+    for combo in widget.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(combo_chars)
+    fitter = widget.findChild(_SpinFitter)
+    if fitter is None:
+        fitter = _SpinFitter(widget)
+    for spin in widget.findChildren(QAbstractSpinBox):
+        if hasattr(spin, "textFromValue"):
+            _fit_spin(spin)
+            spin.installEventFilter(fitter)

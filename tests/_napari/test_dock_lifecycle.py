@@ -1,0 +1,317 @@
+"""Docks the way napari runs them: added with ``viewer.window.add_dock_widget``, closed the way a
+user closes them (title-bar close button, hide button / Window menu toggle, the viewer closing),
+then driven with REAL key and mouse events on the canvas.
+
+A closed dock must let go: no key binding, mouse callback or layer-event connection of it stays
+(issue 17). Proofreading edits the selected Labels layer, never silently a ground-truth layer, and
+each dock fits a 1280x800 screen without growing the main window.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QPoint, Qt
+from qtpy.QtWidgets import (
+    QAbstractButton,
+    QAbstractSpinBox,
+    QComboBox,
+    QLineEdit,
+    QMessageBox,
+    QWidget,
+)
+
+pytestmark = pytest.mark.gui
+
+SCREEN = (1280, 800)
+SHIFT = Qt.KeyboardModifier.ShiftModifier
+CTRL = Qt.KeyboardModifier.ControlModifier
+LEFT = Qt.MouseButton.LeftButton
+
+
+def _labels():
+    lab = np.zeros((12, 40, 40), np.uint32)
+    lab[2:10, 2:18, 2:18] = 1
+    lab[2:10, 2:18, 20:38] = 2
+    lab[2:10, 22:38, 2:38] = 3
+    return lab
+
+
+@pytest.fixture
+def shown_viewer(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(*SCREEN)
+    qtbot.wait(20)
+    return viewer
+
+
+def _canvas(viewer):
+    return viewer.window._qt_viewer.canvas.native
+
+
+def _pos(viewer, zyx) -> QPoint:
+    """The canvas pixel of data voxel ``zyx`` (2D view, scale 1), after moving to its slice."""
+    viewer.dims.set_point(0, zyx[0])
+    tr = viewer.window._qt_viewer.canvas.view.scene.transform
+    x, y = tr.map([zyx[2], zyx[1], 0, 1])[:2]
+    return QPoint(round(x), round(y))
+
+
+def _click(qtbot, viewer, zyx, mods):
+    qtbot.mouseClick(_canvas(viewer), LEFT, mods, _pos(viewer, zyx))
+    qtbot.wait(5)
+
+
+def _key(qtbot, viewer, key, mods=Qt.KeyboardModifier.NoModifier):
+    qtbot.keyClick(_canvas(viewer), key, mods)
+    qtbot.wait(5)
+
+
+def _user_edits(qtbot, viewer, layer):
+    """What a user did after closing: Shift+click merge, Ctrl+click x2 + Shift+S split, Delete."""
+    viewer.layers.selection.active = layer
+    layer.selected_label = 1
+    _click(qtbot, viewer, (5, 5, 25), SHIFT)  # merge 2 into 1
+    _click(qtbot, viewer, (5, 25, 4), CTRL)  # two seeds in 3
+    _click(qtbot, viewer, (5, 34, 36), CTRL)
+    _key(qtbot, viewer, Qt.Key.Key_S, SHIFT)  # split
+    layer.selected_label = 1
+    _key(qtbot, viewer, Qt.Key.Key_Delete)  # delete 1
+
+
+def _dock(viewer, widget, name):
+    dw = viewer.window.add_dock_widget(widget, name=name)
+    return dw
+
+
+def _close(viewer, dw, how, qtbot):
+    if how == "close_button":
+        dw.title.close_button.click()
+    elif how == "hide_button":
+        dw.title.hide_button.click()
+    elif how == "window_menu":  # the Window menu's entry is the dock's toggle-view action
+        dw.toggleViewAction().trigger()
+    elif how == "remove_dock_widget":
+        viewer.window.remove_dock_widget(dw.widget())
+    qtbot.wait(20)
+
+
+# ------------------------------------------------------------------------ proofreading lets go
+def test_real_events_edit_while_the_dock_is_open(shown_viewer, qtbot):
+    """The event helpers really reach the proofreading bindings (else the tests below prove nothing)."""
+    from napari_neuroseg._napari.proofread_widget import ProofreadWidget
+
+    viewer = shown_viewer
+    seg = viewer.add_labels(_labels(), name="seg")
+    widget = ProofreadWidget(viewer)
+    _dock(viewer, widget, "Proofreading")
+    qtbot.wait(20)
+    original = np.array(seg.data)
+    seg.selected_label = 1
+    _click(qtbot, viewer, (5, 5, 25), SHIFT)
+    assert not (seg.data == 2).any()
+    _click(qtbot, viewer, (5, 25, 4), CTRL)
+    _click(qtbot, viewer, (5, 34, 36), CTRL)
+    assert widget.controller.seeds == [(5, 25, 4), (5, 34, 36)]
+    _key(qtbot, viewer, Qt.Key.Key_S, SHIFT)
+    assert seg.data[5, 34, 36] not in (0, 3)
+    seg.selected_label = 1
+    _key(qtbot, viewer, Qt.Key.Key_Delete)
+    assert not (seg.data == 1).any()
+    for _ in range(3):
+        seg.undo()
+    np.testing.assert_array_equal(seg.data, original)
+
+
+@pytest.mark.parametrize("how", ["close_button", "hide_button", "window_menu", "remove_dock_widget"])
+def test_closed_proofreading_dock_lets_go(shown_viewer, qtbot, how, monkeypatch):
+    from napari_neuroseg._napari import proofread_actions
+    from napari_neuroseg._napari.proofread_widget import ProofreadWidget
+
+    viewer = shown_viewer
+    seg = viewer.add_labels(_labels(), name="seg")
+    widget = ProofreadWidget(viewer)
+    dw = _dock(viewer, widget, "Proofreading")
+    qtbot.wait(20)
+    assert any(str(k) == "Delete" for k in seg.keymap)
+    _close(viewer, dw, how, qtbot)
+
+    fired: list = []
+    for name in ("_on_click", "merge_at", "add_seed", "run_split", "delete_selected", "_on_paint", "_on_data"):
+        orig = getattr(proofread_actions.ProofreadController, name)
+        monkeypatch.setattr(proofread_actions.ProofreadController, name,
+                            lambda *a, _n=name, _o=orig, **k: (fired.append(_n), _o(*a, **k))[1])
+    original = np.array(seg.data)
+    _user_edits(qtbot, viewer, seg)
+    seg.data = seg.data.copy()  # a data event: nothing of the closed dock may listen
+    np.testing.assert_array_equal(seg.data, original)
+    assert not [str(k) for k, f in seg.keymap.items() if getattr(f, "__name__", "").startswith("proofread_")]
+    assert not any(getattr(cb, "__self__", None) is not None and type(cb.__self__).__name__ == "ProofreadController"
+                   for cb in seg.mouse_drag_callbacks)
+    assert fired == []
+    # closed for good: new layers do not reach the widget
+    viewer.add_labels(np.zeros((4, 4, 4), np.uint8), name="later")
+    assert widget.layer_combo.findText("later") < 0
+
+    if how in ("hide_button", "window_menu"):  # shown again (Window menu): bound again
+        dw.toggleViewAction().trigger()
+        qtbot.wait(20)
+        later = viewer.layers["later"]  # the selected Labels layer while it was hidden
+        assert widget.controller is not None and widget.controller.layer is later
+        assert widget.layer_combo.findText("later") >= 0
+        viewer.layers.selection.active = seg
+        assert widget.controller.layer is seg
+        seg.selected_label = 1
+        _key(qtbot, viewer, Qt.Key.Key_Delete)
+        assert not (seg.data == 1).any()
+
+
+def test_closing_the_viewer_releases_the_layer(make_napari_viewer, qtbot):
+    from napari_neuroseg._napari.proofread_widget import ProofreadWidget
+
+    viewer = make_napari_viewer(show=True)
+    seg = viewer.add_labels(_labels(), name="seg")
+    widget = ProofreadWidget(viewer)
+    _dock(viewer, widget, "Proofreading")
+    qtbot.wait(20)
+    assert widget.controller.layer is seg
+    viewer.close()
+    qtbot.wait(20)
+    assert not [k for k, f in seg.keymap.items() if getattr(f, "__name__", "").startswith("proofread_")]
+    assert not any(type(getattr(cb, "__self__", None)).__name__ == "ProofreadController"
+                   for cb in seg.mouse_drag_callbacks)
+
+
+@pytest.mark.parametrize("kind", ["nuclei", "neurons", "evaluate", "batch"])
+def test_closed_run_docks_disconnect_from_layer_events(shown_viewer, qtbot, kind):
+    viewer = shown_viewer
+    widget = _make(kind, viewer)
+    dw = _dock(viewer, widget, kind)
+    qtbot.wait(20)
+    combos_before = {id(c): [c.itemText(i) for i in range(c.count())] for c in widget.findChildren(QComboBox)}
+    _close(viewer, dw, "close_button", qtbot)
+    calls: list = []
+    if hasattr(widget, "_refresh_layers"):
+        widget._refresh_layers = lambda *a: calls.append(a)  # a bound-method connection would bypass this
+    viewer.add_image(np.zeros((4, 8, 8), np.float32), name="later image")
+    viewer.add_labels(np.zeros((4, 8, 8), np.uint8), name="later labels")
+    viewer.layers.remove("later image")
+    after = {id(c): [c.itemText(i) for i in range(c.count())] for c in widget.findChildren(QComboBox)}
+    assert after == combos_before
+    assert calls == []
+
+
+# ------------------------------------------------------------------------ which layer is edited
+def test_proofreading_targets_the_selected_layer_not_the_ground_truth(shown_viewer, qtbot, fisbe_small, monkeypatch):
+    from napari_neuroseg._napari._layers import ROLE_KEY, is_ground_truth
+    from napari_neuroseg._napari.proofread_widget import ProofreadWidget
+
+    viewer = shown_viewer
+    viewer.open(str(fisbe_small["path"]), plugin="napari-neuroseg")
+    gt = next(ly for ly in viewer.layers if ly.name.endswith("instances"))
+    assert gt.metadata[ROLE_KEY] == "ground_truth" and is_ground_truth(gt)
+    seg = viewer.add_labels(_labels()[:, :, :40], name="result")
+    other = viewer.add_labels(_labels(), name="other result")
+    viewer.layers.selection.active = seg  # the user selected the result
+    widget = ProofreadWidget(viewer)
+    _dock(viewer, widget, "Proofreading")
+    qtbot.wait(20)
+    assert widget.controller.layer is seg and "result" in widget.target_label.text()
+    assert not any(str(k) == "Delete" for k in gt.keymap)
+
+    viewer.layers.selection.active = other  # the target follows the selection
+    assert widget.controller.layer is other and widget.layer_combo.currentText() == "other result"
+    viewer.layers.selection.active = gt  # ... but not silently onto the ground truth
+    assert widget.controller.layer is other
+    assert "ground truth" in widget.target_label.text().lower()
+
+    # chosen explicitly: every edit asks first
+    asked: list = []
+    answer = {"value": QMessageBox.StandardButton.No}
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: (asked.append(a), answer["value"])[1])
+    widget.layer_combo.setCurrentText(gt.name)
+    assert widget.controller.layer is gt and viewer.layers.selection.active is gt
+    assert "ground truth" in widget.target_label.text().lower()
+    before = np.array(gt.data)
+    gt.selected_label = int(before.max())
+    _key(qtbot, viewer, Qt.Key.Key_Delete)
+    assert len(asked) == 1
+    np.testing.assert_array_equal(gt.data, before)
+    answer["value"] = QMessageBox.StandardButton.Yes
+    _key(qtbot, viewer, Qt.Key.Key_Delete)
+    assert len(asked) == 2 and not (gt.data == before.max()).any()
+    _key(qtbot, viewer, Qt.Key.Key_Delete)  # confirmed once for this layer: no more questions
+    assert len(asked) == 2
+
+
+def test_new_proofreading_dock_prefers_a_result_over_the_ground_truth(make_napari_viewer):
+    from napari_neuroseg._napari._layers import labels_layer
+    from napari_neuroseg._napari.proofread_widget import ProofreadWidget
+
+    viewer = make_napari_viewer()
+    data, kw, _ = labels_layer(_labels(), name="sample_gt")
+    gt = viewer.add_labels(data, **kw)
+    seg = viewer.add_labels(_labels(), name="seg")
+    viewer.layers.selection.active = gt
+    widget = ProofreadWidget(viewer)
+    assert widget.controller.layer is seg
+
+
+# ------------------------------------------------------------------------ sizes, tooltips
+def _make(kind, viewer):
+    if kind == "proofread":
+        from napari_neuroseg._napari.proofread_widget import ProofreadWidget as W
+    elif kind == "nuclei":
+        from napari_neuroseg._napari.nuclei_widget import NucleiWidget as W
+    elif kind == "neurons":
+        from napari_neuroseg._napari.neurons_widget import NeuronsWidget as W
+    elif kind == "batch":
+        from napari_neuroseg._napari.batch_widget import BatchWidget as W
+    else:
+        from napari_neuroseg._napari.evaluate_widget import EvaluateWidget as W
+    return W(viewer)
+
+
+@pytest.mark.parametrize("kind", ["proofread", "nuclei", "neurons", "batch"])
+def test_docks_fit_a_1280x800_screen(shown_viewer, qtbot, kind):
+    viewer = shown_viewer
+    viewer.add_image(np.zeros((6, 20, 20), np.float32), name="raw")
+    viewer.add_labels(_labels(), name="seg")
+    win = viewer.window._qt_window
+    size = win.size()
+    assert (size.width(), size.height()) == SCREEN
+    widget = _make(kind, viewer)
+    assert widget.minimumSizeHint().height() <= 600, widget.minimumSizeHint()  # 800 px less menu, title, status bar
+    assert widget.minimumSizeHint().width() <= 420 and widget.sizeHint().width() <= 420, widget.sizeHint()
+    dw = _dock(viewer, widget, kind)
+    qtbot.wait(50)
+    assert win.size() == size
+    # every number box shows its whole value
+    for spin in widget.findChildren(QAbstractSpinBox):
+        if spin.isVisibleTo(widget) and hasattr(spin, "textFromValue"):
+            edit = spin.lineEdit()  # the text field between napari's -/+ buttons
+            longest = max((spin.prefix() + spin.textFromValue(v) + spin.suffix() for v in (spin.minimum(), spin.maximum())),
+                          key=edit.fontMetrics().horizontalAdvance)
+            assert edit.width() >= edit.fontMetrics().horizontalAdvance(longest), (longest, edit.width())
+    _close(viewer, dw, "close_button", qtbot)
+    qtbot.wait(20)
+    assert win.size() == size
+
+
+@pytest.mark.parametrize("kind", ["proofread", "nuclei", "neurons", "batch"])
+def test_every_control_has_a_tooltip(make_napari_viewer, kind):
+    widget = _make(kind, make_napari_viewer())
+    kinds = (QAbstractButton, QComboBox, QAbstractSpinBox, QLineEdit)
+    missing = [f"{type(w).__name__} {getattr(w, 'text', lambda: '')()!r}" for w in widget.findChildren(QWidget)
+               if isinstance(w, kinds) and not w.toolTip().strip()
+               and not isinstance(w.parent(), QAbstractSpinBox)]  # a spin box's own line edit
+    assert missing == []
+
+
+def test_shortcuts_box_does_not_look_disabled(make_napari_viewer):
+    from napari_neuroseg._napari.proofread_widget import ProofreadWidget
+
+    widget = ProofreadWidget(make_napari_viewer())
+    widget.shortcut_section.set_expanded(True)
+    assert all(e.isEnabled() for e in widget.shortcut_edits.values())
+    assert widget.shortcut_box.isEnabled()
