@@ -16,17 +16,24 @@ amount of neurite, not with the volume.
    mean affinity is ``> aff_threshold``).
 4. Clusters smaller than ``min_size`` voxels join the touching cluster of the closest colour, or
    are dropped when isolated.
+
+Implementation: numba kernels (``_postprocess_kernels.py``, no GIL) over the foreground voxels in
+raster order; the per-voxel steps run in a thread pool over independent voxel ranges. The labels
+are bit-identical to the former numpy/Python implementation (kept as the reference in
+``tests/neurons/postprocess_reference.py``; ``benchmarks/bench_neuron_postprocess.py`` compares
+both).
 """
 
 from __future__ import annotations
 
-import math
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
+from napari_neuroseg.errors import NeurosegError
+
+from . import _postprocess_kernels as K
 from .targets import N_SHORT, OFFSETS
 
 
@@ -53,78 +60,30 @@ class PostprocessParams:
         return asdict(self)
 
 
-class _UnionFind:
-    def __init__(self, n: int, colour: np.ndarray, size: np.ndarray):
-        self.parent = np.arange(n)
-        self.colour = colour.astype(np.float64).copy()  # summed colour (not normalised)
-        self.size = size.astype(np.int64).copy()
-
-    def roots(self) -> np.ndarray:
-        """Root of every element (vectorised path halving)."""
-        p = self.parent
-        while True:
-            q = p[p]
-            if np.array_equal(q, p):
-                return p
-            p = q
-            self.parent = p
-
-    def find(self, a: int) -> int:
-        p = self.parent
-        root = a
-        while p[root] != root:
-            root = p[root]
-        while p[a] != root:
-            p[a], a = root, p[a]
-        return root
-
-    def union(self, a: int, b: int) -> int:
-        if self.size[a] < self.size[b]:
-            a, b = b, a
-        self.parent[b] = a
-        self.size[a] += self.size[b]
-        self.colour[a] += self.colour[b]
-        return a
-
-
 def _unit(c: np.ndarray) -> np.ndarray:
     n = np.linalg.norm(c, axis=-1, keepdims=True)
     return c / np.maximum(n, 1e-9)
 
 
-def _pairs(idx: np.ndarray, fg_flat: np.ndarray, shape, off) -> tuple[np.ndarray, np.ndarray]:
-    """(i, j) node pairs where voxel idx[i] + off is the foreground voxel idx[j]."""
-    zyx = np.unravel_index(idx, shape)
-    ok = np.ones(len(idx), bool)
-    for ax, o in enumerate(off):
-        if o:
-            c = zyx[ax] + o
-            ok &= (c >= 0) & (c < shape[ax])
-    stride = int(np.dot(off, [shape[1] * shape[2], shape[2], 1]))
-    src = np.flatnonzero(ok)
-    nbr = idx[src] + stride
-    isfg = fg_flat[nbr]
-    src = src[isfg]
-    dst = np.searchsorted(idx, nbr[isfg])
-    return src, dst
+class _Steps:
+    """Seconds per step, added to a caller's dict (``timings``)."""
+
+    def __init__(self, timings: dict | None):
+        self.d, self.t = timings, time.perf_counter()
+
+    def __call__(self, name: str) -> None:
+        if self.d is not None:
+            t = time.perf_counter()
+            self.d[name] = self.d.get(name, 0.0) + t - self.t
+            self.t = t
 
 
-def _smooth_on_graph(col: np.ndarray, pairs: list[tuple[np.ndarray, np.ndarray]], steps: int) -> np.ndarray:
-    """Average each foreground voxel's colour with its foreground 6-neighbours, ``steps`` times
-    (colour smoothing restricted to the neurite: background never leaks in)."""
-    if steps <= 0:
-        return col
-    deg = np.ones(len(col))
-    for i, j in pairs:
-        deg += np.bincount(i, minlength=len(col)) + np.bincount(j, minlength=len(col))
-    for _ in range(steps):
-        acc = col.copy()
-        for i, j in pairs:
-            for c in range(col.shape[1]):
-                acc[:, c] += np.bincount(i, weights=col[j, c], minlength=len(col))
-                acc[:, c] += np.bincount(j, weights=col[i, c], minlength=len(col))
-        col = acc / deg[:, None]
-    return col
+def _flat(a: np.ndarray, lead: int) -> np.ndarray:
+    """(lead, N) contiguous view (a copy only when needed); dtypes numba lacks go to float32."""
+    a = np.asarray(a)
+    if a.dtype == np.float16 or a.dtype == np.bool_:
+        a = a.astype(np.float32)
+    return np.ascontiguousarray(a).reshape(lead, -1)
 
 
 def instances_from_outputs(
@@ -132,131 +91,156 @@ def instances_from_outputs(
     affs: np.ndarray | None,
     image: np.ndarray,
     params: PostprocessParams | None = None,
+    *,
+    timings: dict | None = None,
+    threads: int | None = None,
 ) -> np.ndarray:
     """Label volume (uint32 ZYX, 0 = background) from the foreground probability (Z,Y,X; float in
     [0, 1] or uint8 = probability × 255), the
     affinity probabilities (K,Z,Y,X, ordered as :data:`OFFSETS`; may be None when
-    ``use_affinities`` is False) and the normalised colour image (3,Z,Y,X)."""
+    ``use_affinities`` is False) and the normalised colour image (3,Z,Y,X).
+
+    ``timings``: a dict that receives the seconds of every step (profiling, benchmarks);
+    ``threads``: threads for the per-voxel steps (default: the CPUs of this process)."""
     p = params or PostprocessParams()
-    shape = fg_prob.shape
+    step = _Steps(timings)
     fg_prob = np.asarray(fg_prob)
-    # uint8 maps hold probability × 255 (as returned by the tiled network)
+    shape = fg_prob.shape
+    image = np.asarray(image)
+    if fg_prob.ndim != 3 or image.ndim != 4 or image.shape[0] != 3 or tuple(image.shape[1:]) != shape:
+        raise NeurosegError(
+            f"post-processing needs a (Z,Y,X) foreground map and a (3,Z,Y,X) colour image of the same "
+            f"size; got {fg_prob.shape} and {image.shape}",
+            fix="pass the network's foreground output and the normalised 3-channel image")
+    nt = max(1, int(threads or K.n_threads()))
+    # 1. foreground: uint8 maps hold probability × 255 (as returned by the tiled network)
     fg = fg_prob > (p.fg_threshold * 255 if fg_prob.dtype == np.uint8 else p.fg_threshold)
-    idx = np.flatnonzero(fg)
+    Z, Y, X = shape
+    counts = np.zeros(Z * Y, np.int64)
+    zr = K.split(Z, nt)
+    K.run_chunks(K.count_rows, zr, fg, counts)
+    rowptr = np.zeros(Z * Y + 1, np.int64)
+    np.cumsum(counts, out=rowptr[1:])
+    n = int(rowptr[-1])
     labels = np.zeros(shape, np.uint32)
-    n = len(idx)
     if n == 0:
         return labels
-    fg_flat = fg.ravel()
-    use_aff = p.use_affinities and affs is not None
-    pairs = [_pairs(idx, fg_flat, shape, off) for off in OFFSETS]
-    col = np.stack([np.clip(image[c].ravel()[idx], 0, None) for c in range(image.shape[0])], 1).astype(np.float64)
-    col = _smooth_on_graph(col, pairs[:N_SHORT], int(round(p.colour_sigma * 2)))
-    ucol = _unit(col)
+    idx = np.empty(n, np.int64)
+    K.run_chunks(K.fill_index, zr, fg, rowptr, idx)
+    del fg, counts
+    step("foreground")
+
+    # neighbour of every foreground voxel at +offset (and at -offset for the short range)
+    offsets = np.asarray(OFFSETS, np.int64)
+    if (offsets < 0).any():  # pragma: no cover - the offsets are fixed
+        raise AssertionError("neighbour search needs non-negative offsets")
+    nbr = np.empty((len(offsets), n), np.int64)
+    K.run_chunks(K.neighbours, K.split(rowptr, nt), idx, rowptr, Z, Y, X, offsets, nbr)
+    vr = K.split(n, nt)
+    rev = np.full((N_SHORT, n), -1, np.int64)
+    K.run_chunks(K.reverse_neighbours, vr, nbr, N_SHORT, rev)
+    step("pairs")
+
+    # colour: clipped raw, averaged with the foreground neighbours, unit length
+    col = np.empty((n, 3), np.float64)
+    K.run_chunks(K.gather_colour, vr, _flat(image, 3), idx, col)
+    for _ in range(int(round(p.colour_sigma * 2))):
+        out = np.empty_like(col)
+        K.run_chunks(K.smooth_step, vr, col, nbr, rev, N_SHORT, out)
+        col = out
+    del rev
+    ucol = np.empty_like(col)
+    K.run_chunks(K.unit_rows, vr, col, ucol)
+    step("colour")
 
     # 2. fragments
-    keep_i, keep_j, cand = [], [], []
-    for k in range(len(OFFSETS)):
-        i, j = pairs[k]
-        a = affs[k].ravel()[idx[i]].astype(np.float32) if use_aff else None
-        if a is not None and affs.dtype == np.uint8:
-            a = a / 255.0
-        if k < N_SHORT:
-            ok = np.ones(len(i), bool)
-            if use_aff:
-                ok &= a > p.aff_threshold
-            if p.use_colour or not use_aff:
-                d = np.linalg.norm(ucol[i] - ucol[j], axis=1)
-                ok &= d < p.colour_threshold
-            keep_i.append(i[ok])
-            keep_j.append(j[ok])
-        cand.append((i, j, a if a is not None else np.ones(len(i), np.float32)))
-    ki = np.concatenate(keep_i)
-    kj = np.concatenate(keep_j)
-    g = coo_matrix((np.ones(len(ki), np.int8), (ki, kj)), shape=(n, n))
-    nfrag, frag = connected_components(g, directed=False)
+    use_aff = bool(p.use_affinities and affs is not None)
+    if use_aff:
+        aff2 = _flat(affs, len(OFFSETS))
+        aff_scale = aff2.dtype == np.uint8
+    else:
+        aff2, aff_scale = np.zeros((len(OFFSETS), 1), np.uint8), False
+    keep = np.empty(n, np.uint8)
+    K.run_chunks(K.keep_edges, vr, ucol, nbr, N_SHORT, idx, aff2, aff_scale, use_aff, np.float32(p.aff_threshold),
+                 bool(p.use_colour or not use_aff), float(p.colour_threshold), keep)
+    del ucol
+    nfrag, frag = K.fragments(nbr, N_SHORT, keep)
+    del keep
+    step("fragments")
 
     # 3. agglomeration over fragment pairs
-    fsize = np.bincount(frag, minlength=nfrag)
-    fcol = np.stack([np.bincount(frag, weights=col[:, c], minlength=nfrag) for c in range(3)], 1)
-    ci = np.concatenate([frag[i] for i, _, _ in cand])
-    cj = np.concatenate([frag[j] for _, j, _ in cand])
-    ca = np.concatenate([a for _, _, a in cand])
-    sel = ci != cj
-    ci, cj, ca = ci[sel], cj[sel], ca[sel]
-    uf = _UnionFind(nfrag, fcol, fsize)
-    if len(ci):
-        lo, hi = np.minimum(ci, cj), np.maximum(ci, cj)
-        key = lo.astype(np.int64) * nfrag + hi
-        ukey, inv = np.unique(key, return_inverse=True)
-        mean_aff = np.bincount(inv, weights=ca) / np.bincount(inv)
+    fsize, fcol = K.fragment_stats(frag, col, nfrag)
+    del col
+    cnt = np.zeros((len(OFFSETS), len(vr)), np.int64)
+    K.run_chunks(K.count_candidates, vr, nbr, frag, cnt, with_index=True)
+    starts = np.concatenate([[0], np.cumsum(cnt.ravel())[:-1]]).reshape(cnt.shape)
+    m = int(cnt.sum())
+    key = np.empty(m, np.int64)
+    val = np.empty(m, np.float32)
+    K.run_chunks(K.fill_candidates, vr, nbr, frag, nfrag, starts, idx, aff2, aff_scale, use_aff, key, val,
+                 with_index=True)
+    del nbr
+    parent = np.arange(nfrag)
+    size = fsize.copy()
+    colour = fcol.copy()
+    if m:
+        if use_aff:
+            order = np.argsort(key, kind="stable")
+            skey = key[order]
+            mean_aff = K.segment_means(skey, val[order])
+            ukey = skey[np.r_[True, skey[1:] != skey[:-1]]]
+            del order, skey
+        else:
+            ukey = np.unique(key)
+            mean_aff = None
+        del key, val
         pa, pb = ukey // nfrag, ukey % nfrag
+        step("candidates")
         # two-hop candidates: fragments that touch a common fragment (a neuron cut in two by
-        # the overlap region of a crossing neuron); judged by colour only
-        nbrs: dict[int, list[int]] = {}
-        for x, y in zip(pa.tolist(), pb.tolist()):
-            nbrs.setdefault(x, []).append(y)
-            nbrs.setdefault(y, []).append(x)
-        hop = set()
-        for f, lst in nbrs.items():
-            if 2 <= len(lst) <= 6 and fsize[f] <= 400:
-                for u in range(len(lst)):
-                    for w in range(u + 1, len(lst)):
-                        x, y = sorted((lst[u], lst[w]))
-                        hop.add(x * nfrag + y)
+        # the overlap region of a crossing neuron); judged by colour only. The keys go through a
+        # Python set as before: their iteration order breaks ties of equal colour distance.
+        hop = set(K.two_hop_sequence(pa, pb, nfrag, fsize, 6, 400).tolist())
         hop -= set(ukey.tolist())
         if hop:
             hk = np.fromiter(hop, np.int64, len(hop))
             pa = np.concatenate([pa, hk // nfrag])
             pb = np.concatenate([pb, hk % nfrag])
-            mean_aff = np.concatenate([mean_aff, np.ones(len(hk))])
+            if use_aff:
+                mean_aff = np.concatenate([mean_aff, np.ones(len(hk))])
+        del hop
+        step("two_hop")
         ufc = _unit(fcol)
         dist = np.linalg.norm(ufc[pa] - ufc[pb], axis=1)
         ok = dist < p.merge_threshold
         if use_aff:
             ok &= mean_aff > p.aff_threshold
         order = np.argsort(dist[ok], kind="stable")
-        cl = uf.colour.tolist()  # running colour sums per root (plain floats: fast scalar maths)
-        thr = p.merge_threshold
-        for a_, b_ in zip(pa[ok][order].tolist(), pb[ok][order].tolist()):
-            ra, rb = uf.find(a_), uf.find(b_)
-            if ra == rb:
-                continue
-            u, w = cl[ra], cl[rb]
-            nu = math.sqrt(u[0] * u[0] + u[1] * u[1] + u[2] * u[2]) or 1e-9
-            nw = math.sqrt(w[0] * w[0] + w[1] * w[1] + w[2] * w[2]) or 1e-9
-            d = math.sqrt((u[0] / nu - w[0] / nw) ** 2 + (u[1] / nu - w[1] / nw) ** 2 + (u[2] / nu - w[2] / nw) ** 2)
-            if d < thr:
-                root = uf.union(ra, rb)
-                cl[root] = [u[0] + w[0], u[1] + w[1], u[2] + w[2]]
+        K.greedy_merge(pa[ok][order], pb[ok][order], parent, size, colour, float(p.merge_threshold), 2.0)
+        step("merge")
         # 4. small clusters join the touching cluster of the closest colour
         if p.min_size > 0:
             for _ in range(3):
-                r = uf.roots()
+                r = K.roots(parent)
                 x, y = r[pa], r[pb]
                 sel = x != y
                 x, y = np.concatenate([x[sel], y[sel]]), np.concatenate([y[sel], x[sel]])
-                small = (uf.size[x] < p.min_size) & (uf.size[y] >= uf.size[x])
+                small = (size[x] < p.min_size) & (size[y] >= size[x])
                 x, y = x[small], y[small]
                 if not len(x):
                     break
-                uc = _unit(uf.colour)
+                uc = _unit(colour)
                 d = np.linalg.norm(uc[x] - uc[y], axis=1)
                 order = np.lexsort((d, x))
                 x, y = x[order], y[order]
                 first = np.r_[True, x[1:] != x[:-1]]
-                changed = False
-                for s_, o_ in zip(x[first].tolist(), y[first].tolist()):
-                    rs, ro = uf.find(s_), uf.find(o_)
-                    if rs != ro and uf.size[rs] < p.min_size:
-                        uf.union(ro, rs)
-                        changed = True
-                if not changed:
+                if not K.attach_small(x[first], y[first], parent, size, colour, int(p.min_size)):
                     break
-    comp = uf.roots()[frag]
-    size = np.bincount(comp, minlength=nfrag)
-    keep = size >= max(p.min_size, 1)
+        step("small_clusters")
+    # clusters of at least min_size voxels, numbered by their root fragment
+    r = K.roots(parent)
+    keep_root = (r == np.arange(nfrag)) & (size >= max(p.min_size, 1))
     new_id = np.zeros(nfrag, np.uint32)
-    new_id[keep] = np.arange(1, keep.sum() + 1, dtype=np.uint32)
-    labels.ravel()[idx] = new_id[comp]
+    new_id[keep_root] = np.arange(1, keep_root.sum() + 1, dtype=np.uint32)
+    K.run_chunks(K.write_labels, vr, idx, frag, new_id[r], labels.reshape(-1))
+    step("labels")
     return labels

@@ -1,0 +1,442 @@
+"""numba kernels of the neuron post-processing (:mod:`.postprocess`).
+
+Every kernel is compiled with ``nogil=True`` and works on a ``[start, stop)`` range, so
+:func:`run_chunks` runs independent ranges in a thread pool (no numba threading layer: safe when
+several batch threads post-process at once). Each kernel reproduces the floating-point operations
+of the former numpy code in the same order (sums start at 0.0 and run in voxel order, norms are
+``sqrt((a*a + b*b) + c*c)`` like ``numpy.linalg.norm`` over 3 values, ``x ** 2`` is the C
+library's ``pow`` like Python's), so the labels are bit-identical to the former implementation
+(kept in ``tests/neurons/postprocess_reference.py``).
+
+The foreground voxels are numbered in raster order (``idx``, flat indices, ascending); ``rowptr``
+gives the first voxel number of every (z, y) row. Neighbours are found by merging two sorted rows
+(no volume-sized index array).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numba as nb
+import numpy as np
+
+_JIT = dict(nogil=True, cache=True, error_model="numpy")
+
+
+def n_threads() -> int:
+    """Threads for the chunked kernels: the CPUs this process may use (at most 16)."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        n = os.cpu_count() or 1
+    return max(1, min(n, 16))
+
+
+def split(bounds_of: np.ndarray | int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` contiguous ranges of ``range(n)`` (``bounds_of`` = n), or of rows balanced by
+    the voxel counts when ``bounds_of`` is a ``rowptr`` array."""
+    if isinstance(bounds_of, (int, np.integer)):
+        n = int(bounds_of)
+        cuts = np.linspace(0, n, parts + 1).astype(np.int64)
+    else:
+        rowptr = bounds_of
+        cuts = np.searchsorted(rowptr, np.linspace(0, rowptr[-1], parts + 1), side="left").astype(np.int64)
+        cuts[0], cuts[-1] = 0, len(rowptr) - 1
+        cuts = np.maximum.accumulate(cuts)
+    return [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+
+
+def run_chunks(fn, ranges: list[tuple[int, int]], *args, with_index: bool = False) -> None:
+    """``fn(*args, start, stop)`` (``fn(*args, start, stop, i)`` with ``with_index``) for every
+    range ``i``, in a thread pool when there are several."""
+    calls = [args + ((a, b, i) if with_index else (a, b)) for i, (a, b) in enumerate(ranges)]
+    if len(calls) <= 1:
+        for c in calls:
+            fn(*c)
+        return
+    with ThreadPoolExecutor(len(calls)) as ex:
+        for f in [ex.submit(fn, *c) for c in calls]:
+            f.result()
+
+
+# -- foreground index ------------------------------------------------------------------------
+@nb.njit(**_JIT)
+def count_rows(fg, counts, z0, z1):
+    """``counts[z*Y + y]`` = foreground voxels in row (z, y), for z in [z0, z1)."""
+    Y, X = fg.shape[1], fg.shape[2]
+    for z in range(z0, z1):
+        for y in range(Y):
+            c = 0
+            for x in range(X):
+                if fg[z, y, x]:
+                    c += 1
+            counts[z * Y + y] = c
+
+
+@nb.njit(**_JIT)
+def fill_index(fg, rowptr, idx, z0, z1):
+    """Flat indices of the foreground voxels of slices [z0, z1) (raster order)."""
+    Y, X = fg.shape[1], fg.shape[2]
+    for z in range(z0, z1):
+        for y in range(Y):
+            r = z * Y + y
+            p = rowptr[r]
+            base = r * X
+            for x in range(X):
+                if fg[z, y, x]:
+                    idx[p] = base + x
+                    p += 1
+
+
+# -- neighbours -----------------------------------------------------------------------------
+@nb.njit(**_JIT)
+def neighbours(idx, rowptr, Z, Y, X, offsets, nbr, r0, r1):
+    """``nbr[k, v]`` = number of the foreground voxel at ``voxel v + offsets[k]`` (offsets >= 0),
+    or -1; for the voxels of rows [r0, r1). Two sorted rows are merged per offset."""
+    for k in range(offsets.shape[0]):
+        dz, dy, dx = offsets[k, 0], offsets[k, 1], offsets[k, 2]
+        for r in range(r0, r1):
+            p0, p1 = rowptr[r], rowptr[r + 1]
+            if p0 == p1:
+                continue
+            z = r // Y
+            y = r - z * Y
+            tz, ty = z + dz, y + dy
+            if tz >= Z or ty >= Y:
+                for p in range(p0, p1):
+                    nbr[k, p] = -1
+                continue
+            tr = tz * Y + ty
+            q, qe = rowptr[tr], rowptr[tr + 1]
+            base, tbase = r * X, tr * X
+            for p in range(p0, p1):
+                tx = idx[p] - base + dx
+                nbr[k, p] = -1
+                if tx >= X:
+                    continue
+                while q < qe and idx[q] - tbase < tx:
+                    q += 1
+                if q < qe and idx[q] - tbase == tx:
+                    nbr[k, p] = q
+
+
+@nb.njit(**_JIT)
+def reverse_neighbours(nbr, n_short, rev, v0, v1):
+    """``rev[k, nbr[k, v]] = v`` (the neighbour at ``-offset``) for the short-range offsets."""
+    for k in range(n_short):
+        for v in range(v0, v1):
+            j = nbr[k, v]
+            if j >= 0:
+                rev[k, j] = v
+
+
+# -- colour ---------------------------------------------------------------------------------
+@nb.njit(**_JIT)
+def gather_colour(img, idx, col, v0, v1):
+    """``col[v, c]`` = ``img[c, idx[v]]`` clipped below at 0 (in the image dtype), as float64."""
+    for v in range(v0, v1):
+        i = idx[v]
+        for c in range(img.shape[0]):
+            a = img[c, i]
+            if not (a >= 0 or a != a):  # np.clip(a, 0, None): NaN stays NaN
+                a = 0
+            col[v, c] = a
+
+
+@nb.njit(**_JIT)
+def smooth_step(col, nbr, rev, n_short, out, v0, v1):
+    """One neighbour-averaging step restricted to the foreground (the former bincount sums:
+    own colour + (+offset, -offset) neighbours per short-range offset, then / degree)."""
+    C = col.shape[1]
+    for v in range(v0, v1):
+        deg = 1.0
+        for k in range(n_short):
+            if nbr[k, v] >= 0:
+                deg += 1.0
+            if rev[k, v] >= 0:
+                deg += 1.0
+        for c in range(C):
+            acc = col[v, c]
+            for k in range(n_short):
+                j = nbr[k, v]
+                acc += col[j, c] if j >= 0 else 0.0
+                j = rev[k, v]
+                acc += col[j, c] if j >= 0 else 0.0
+            out[v, c] = acc / deg
+
+
+@nb.njit(**_JIT)
+def unit_rows(col, out, v0, v1):
+    """Rows scaled to unit length (``numpy.linalg.norm`` order; norm floored at 1e-9)."""
+    C = col.shape[1]
+    for v in range(v0, v1):
+        s = col[v, 0] * col[v, 0]
+        for c in range(1, C):
+            s += col[v, c] * col[v, c]
+        nrm = math.sqrt(s)
+        if not nrm >= 1e-9 and nrm == nrm:  # np.maximum(n, 1e-9) (NaN propagates)
+            nrm = 1e-9
+        for c in range(C):
+            out[v, c] = col[v, c] / nrm
+
+
+# -- fragments ------------------------------------------------------------------------------
+@nb.njit(**_JIT)
+def aff_value(aff, i, scale):
+    """Affinity of flat voxel i as float32 (uint8 maps divided by 255 in float32)."""
+    a = np.float32(aff[i])
+    if scale:
+        a = a / np.float32(255.0)
+    return a
+
+
+@nb.njit(**_JIT)
+def keep_edges(ucol, nbr, n_short, idx, affs, aff_scale, use_aff, aff_thr, use_col, col_thr, keep, v0, v1):
+    """Bit k of ``keep[v]``: the short-range edge (v, nbr[k, v]) joins one fragment
+    (affinity > ``aff_thr`` (float32) and/or colour distance < ``col_thr``)."""
+    C = ucol.shape[1]
+    for v in range(v0, v1):
+        bits = 0
+        for k in range(n_short):
+            j = nbr[k, v]
+            if j < 0:
+                continue
+            ok = True
+            if use_aff:
+                ok = aff_value(affs[k], idx[v], aff_scale) > aff_thr
+            if ok and use_col:
+                d0 = ucol[v, 0] - ucol[j, 0]
+                s = d0 * d0
+                for c in range(1, C):
+                    dc = ucol[v, c] - ucol[j, c]
+                    s += dc * dc
+                ok = math.sqrt(s) < col_thr
+            if ok:
+                bits |= 1 << k
+        keep[v] = bits
+
+
+@nb.njit(**_JIT)
+def _find(parent, a):
+    root = a
+    while parent[root] != root:
+        root = parent[root]
+    while parent[a] != root:
+        nxt = parent[a]
+        parent[a] = root
+        a = nxt
+    return root
+
+
+@nb.njit(**_JIT)
+def fragments(nbr, n_short, keep):
+    """Connected components of the kept edges, numbered by their smallest voxel (the order of
+    ``scipy.sparse.csgraph.connected_components``). Returns ``(nfrag, frag)``."""
+    n = keep.shape[0]
+    parent = np.arange(n)
+    for v in range(n):
+        b = keep[v]
+        if b == 0:
+            continue
+        for k in range(n_short):
+            if b & (1 << k):
+                ra, rb = _find(parent, v), _find(parent, nbr[k, v])
+                if ra < rb:
+                    parent[rb] = ra
+                elif rb < ra:
+                    parent[ra] = rb
+    frag = np.empty(n, np.int64)
+    nfrag = 0
+    for v in range(n):
+        r = _find(parent, v)  # the root is the smallest voxel of the component
+        if r == v:
+            frag[v] = nfrag
+            nfrag += 1
+        else:
+            frag[v] = frag[r]
+    return nfrag, frag
+
+
+@nb.njit(**_JIT)
+def fragment_stats(frag, col, nfrag):
+    """Voxel count and summed colour (first 3 channels, voxel order) per fragment."""
+    size = np.zeros(nfrag, np.int64)
+    fcol = np.zeros((nfrag, 3), np.float64)
+    for v in range(frag.shape[0]):
+        f = frag[v]
+        size[f] += 1
+        for c in range(3):
+            fcol[f, c] += col[v, c]
+    return size, fcol
+
+
+@nb.njit(**_JIT)
+def count_candidates(nbr, frag, counts, v0, v1, chunk):
+    """``counts[k, chunk]`` = voxel pairs (v, nbr[k, v]) of different fragments, v in [v0, v1)."""
+    for k in range(nbr.shape[0]):
+        c = 0
+        for v in range(v0, v1):
+            j = nbr[k, v]
+            if j >= 0 and frag[v] != frag[j]:
+                c += 1
+        counts[k, chunk] = c
+
+
+@nb.njit(**_JIT)
+def fill_candidates(nbr, frag, nfrag, starts, idx, affs, aff_scale, use_aff, key, val, v0, v1, chunk):
+    """Key ``lo * nfrag + hi`` (and float32 affinity, or 1) of every pair counted by
+    :func:`count_candidates`, written in the order offset, voxel."""
+    for k in range(nbr.shape[0]):
+        p = starts[k, chunk]
+        for v in range(v0, v1):
+            j = nbr[k, v]
+            if j < 0:
+                continue
+            a, b = frag[v], frag[j]
+            if a == b:
+                continue
+            if a > b:
+                a, b = b, a
+            key[p] = a * nfrag + b
+            val[p] = aff_value(affs[k], idx[v], aff_scale) if use_aff else np.float32(1.0)
+            p += 1
+
+
+@nb.njit(**_JIT)
+def segment_means(skey, sval):
+    """Mean of ``sval`` per run of equal ``skey`` (sorted, stable), summed in order from 0.0."""
+    n = skey.shape[0]
+    out = np.empty(n, np.float64)
+    m = 0
+    i = 0
+    while i < n:
+        s = 0.0
+        j = i
+        while j < n and skey[j] == skey[i]:
+            s += np.float64(sval[j])
+            j += 1
+        out[m] = s / (j - i)
+        m += 1
+        i = j
+    return out[:m]
+
+
+# -- agglomeration --------------------------------------------------------------------------
+@nb.njit(**_JIT)
+def two_hop_sequence(pa, pb, nfrag, fsize, max_deg, max_size):
+    """Keys ``x * nfrag + y`` (x < y) of the fragment pairs that touch a common fragment, in the
+    order the former dict/set code added them (fragments in order of first appearance in the
+    sorted pair list, their neighbours ascending); duplicates kept."""
+    P = pa.shape[0]
+    deg = np.zeros(nfrag, np.int64)
+    first = np.full(nfrag, -1, np.int64)
+    for p in range(P):
+        x, y = pa[p], pb[p]
+        deg[x] += 1
+        deg[y] += 1
+        if first[x] < 0:
+            first[x] = 2 * p
+        if first[y] < 0:
+            first[y] = 2 * p + 1
+    start = np.zeros(nfrag + 1, np.int64)
+    for f in range(nfrag):
+        start[f + 1] = start[f] + deg[f]
+    fill = start[:-1].copy()
+    lst = np.empty(start[nfrag], np.int64)
+    for p in range(P):
+        x, y = pa[p], pb[p]
+        lst[fill[x]] = y
+        fill[x] += 1
+        lst[fill[y]] = x
+        fill[y] += 1
+    by_first = np.full(2 * P, -1, np.int64)
+    for f in range(nfrag):
+        if first[f] >= 0:
+            by_first[first[f]] = f
+    total = 0
+    for f in range(nfrag):
+        d = deg[f]
+        if 2 <= d <= max_deg and fsize[f] <= max_size:
+            total += d * (d - 1) // 2
+    out = np.empty(total, np.int64)
+    m = 0
+    for q in range(2 * P):
+        f = by_first[q]
+        if f < 0:
+            continue
+        d = deg[f]
+        if not (2 <= d <= max_deg and fsize[f] <= max_size):
+            continue
+        s = start[f]
+        for u in range(d):
+            for w in range(u + 1, d):
+                a, b = lst[s + u], lst[s + w]
+                if a > b:
+                    a, b = b, a
+                out[m] = a * nfrag + b
+                m += 1
+    return out
+
+
+@nb.njit(**_JIT)
+def _union(parent, size, colour, a, b):
+    if size[a] < size[b]:
+        a, b = b, a
+    parent[b] = a
+    size[a] += size[b]
+    for c in range(3):
+        colour[a, c] += colour[b, c]
+    return a
+
+
+@nb.njit(**_JIT)
+def greedy_merge(pa, pb, parent, size, colour, thr, two):
+    """Merge the pairs in the given order while the unit colours of the two clusters differ by
+    less than ``thr`` (the former Python loop's arithmetic; ``two`` = 2.0 is an argument so that
+    ``pow`` stays the C library call, like Python's ``x ** 2``)."""
+    for p in range(pa.shape[0]):
+        ra, rb = _find(parent, pa[p]), _find(parent, pb[p])
+        if ra == rb:
+            continue
+        u0, u1, u2 = colour[ra, 0], colour[ra, 1], colour[ra, 2]
+        w0, w1, w2 = colour[rb, 0], colour[rb, 1], colour[rb, 2]
+        nu = math.sqrt(u0 * u0 + u1 * u1 + u2 * u2)
+        if nu == 0.0:
+            nu = 1e-9
+        nw = math.sqrt(w0 * w0 + w1 * w1 + w2 * w2)
+        if nw == 0.0:
+            nw = 1e-9
+        d = math.sqrt(math.pow(u0 / nu - w0 / nw, two) + math.pow(u1 / nu - w1 / nw, two)
+                      + math.pow(u2 / nu - w2 / nw, two))
+        if d < thr:
+            _union(parent, size, colour, ra, rb)
+
+
+@nb.njit(**_JIT)
+def roots(parent):
+    """Root of every element (compresses the paths)."""
+    out = np.empty(parent.shape[0], np.int64)
+    for i in range(parent.shape[0]):
+        out[i] = _find(parent, i)
+    return out
+
+
+@nb.njit(**_JIT)
+def attach_small(xs, ys, parent, size, colour, min_size):
+    """Small cluster ``xs[i]`` joins ``ys[i]`` (if still small and apart); True if any joined."""
+    changed = False
+    for i in range(xs.shape[0]):
+        rs, ro = _find(parent, xs[i]), _find(parent, ys[i])
+        if rs != ro and size[rs] < min_size:
+            _union(parent, size, colour, ro, rs)
+            changed = True
+    return changed
+
+
+@nb.njit(**_JIT)
+def write_labels(idx, frag, new_id, out, v0, v1):
+    """``out[idx[v]] = new_id[frag[v]]`` (out: the flat label volume)."""
+    for v in range(v0, v1):
+        out[idx[v]] = new_id[frag[v]]
