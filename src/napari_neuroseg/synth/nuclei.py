@@ -51,6 +51,25 @@ class NucleiSettings:
     illumination_strength: float = 0.12
     gain: float = 0.7  # counts per photon (shot noise)
     read_noise: float = 6.0
+    # --- wider appearance (domain randomisation); every default is a no-op, so images made
+    # without them are bit-identical to before. Their random draws come from a second generator
+    # (seeded by (seed, 1)), never from the one that places and renders the nuclei.
+    rim: float = 0.0  # rim-bright profile: brightness × (1 + rim · d⁴), d = 0 (centre) … 1 (boundary)
+    speckle: float = 0.0  # chromatin clumps: brightness × ((1 − speckle) + speckle · blobs), blobs ≥ 0, mean 1
+    speckle_scale: float = 2.0  # the clumps' size (physical units)
+    foci: float = 0.0  # bright foci inside nuclei: peak height relative to the nucleus brightness
+    foci_density: float = 0.004  # foci per nucleus voxel
+    dim_fraction: float = 0.0  # this fraction of the nuclei is dimmed ...
+    dim_level: float = 0.3  # ... to this fraction of its brightness
+    haze: float = 0.0  # out-of-focus light: a wide blur of the signal added at this fraction
+    gradient: float = 0.0  # linear illumination ramp in a random direction: 1 ± gradient across the volume
+    offset: float = 0.0  # camera offset (counts) added before the read noise
+    gamma: float = 1.0  # contrast curve on the final image (between its 0.1 and 99.9 percentiles)
+    # acquisition voxel size relative to the rendered one (Z, Y, X): the clean image is sampled at
+    # that grid, the camera noise is added there, and it is resampled back to the rendered grid as
+    # runtime.scale.resample_image does at prediction time (so a model at its own scale learns the
+    # blur, interpolation and noise texture of data from other anisotropies and pixel sizes)
+    acquisition_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
 
     def replace(self, **changes) -> "NucleiSettings":
         """A copy with some fields changed; unknown names raise :class:`NeurosegError`."""
@@ -67,6 +86,8 @@ class NucleiSettings:
         ``[1 - strength, 1 + strength]`` (``packing`` and ``fill`` kept below 1)."""
         changes = {}
         for f in dataclasses.fields(self):
+            if f.name in _WIDE_FIELDS:  # the domain-randomisation knobs: see randomized_wide
+                continue
             v = getattr(self, f.name)
             if isinstance(v, float):
                 changes[f.name] = v * float(rng.uniform(1 - strength, 1 + strength))
@@ -81,6 +102,71 @@ class NucleiSettings:
             dome=min(0.9, out.dome),
             elongation=tuple(min(1.0, x) for x in out.elongation),
         )
+
+
+    def randomized_wide(self, rng: np.random.Generator, size: Range = (0.5, 3.0)) -> "NucleiSettings":
+        """A wide domain-randomised variant for training (see ``docs/synth.md``): every volume
+        draws its own optics (PSF per axis, haze), camera (Poisson gain, read noise, offset),
+        illumination (smooth field, linear gradient), intensity levels and gamma, nucleus size
+        (radius × log-uniform ``size`` factor), shape, brightness profile (flat, centre-bright or
+        rim-bright), chromatin texture (fine texture, clumps, foci), dim nuclei and an acquisition
+        grid of another anisotropy / pixel size that is resampled back."""
+        lo_s, hi_s = (float(v) for v in size)
+        if not 0 < lo_s <= hi_s:
+            raise NeurosegError(f"size range {size!r} is not 0 < min <= max", fix="pass e.g. (0.5, 3.0)")
+
+        def logu(a: float, b: float) -> float:
+            return float(np.exp(rng.uniform(np.log(a), np.log(b))))
+
+        def maybe(p: float, draw, default):
+            return draw() if rng.random() < p else default
+
+        k = logu(lo_s, hi_s)
+        r_lo = float(rng.uniform(0.6, 0.85))
+        radius = (self.radius[1] * k * r_lo, self.radius[1] * k)
+        profile = rng.choice(3, p=[0.3, 0.3, 0.4])  # flat, centre-bright, rim-bright
+        sxy = float(rng.uniform(0.5, 2.5))
+        background = logu(5.0, 300.0)
+        return dataclasses.replace(
+            self,
+            radius=radius,
+            elongation=(float(rng.uniform(0.55, 0.9)), 1.0),
+            irregularity=float(rng.uniform(0.02, 0.15)),
+            packing=float(rng.uniform(0.7, 0.95)),
+            fill=float(rng.uniform(0.2, 0.5)),
+            min_voxels=int(max(8, round(30 * min(1.0, k) ** 3))),
+            background=background,
+            background_variation=float(rng.uniform(0.0, 0.3)),
+            contrast=max(logu(30.0, 1500.0), 0.4 * background),  # never hopelessly faint
+            brightness_sigma=float(rng.uniform(0.1, 0.6)),
+            texture=float(rng.uniform(0.0, 0.4)),
+            texture_scale=float(rng.uniform(0.5, 2.5)),
+            dome=float(rng.uniform(0.2, 0.7)) if profile == 1 else 0.0,
+            rim=float(rng.uniform(0.5, 3.0)) if profile == 2 else 0.0,
+            speckle=maybe(0.6, lambda: float(rng.uniform(0.2, 0.8)), 0.0),
+            speckle_scale=float(rng.uniform(1.0, 3.0) * np.sqrt(k)),
+            foci=maybe(0.4, lambda: float(rng.uniform(0.5, 3.0)), 0.0),
+            foci_density=logu(0.001, 0.01),
+            dim_fraction=maybe(0.5, lambda: float(rng.uniform(0.05, 0.3)), 0.0),
+            dim_level=float(rng.uniform(0.15, 0.5)),
+            psf_sigma=(float(rng.uniform(0.5, 5.0)), sxy, sxy * float(rng.uniform(0.85, 1.15))),
+            haze=maybe(0.5, lambda: float(rng.uniform(0.0, 0.3)), 0.0),
+            illumination_strength=float(rng.uniform(0.0, 0.4)),
+            gradient=maybe(0.5, lambda: float(rng.uniform(0.0, 0.8)), 0.0),
+            gain=logu(0.2, 8.0),
+            read_noise=logu(0.5, 30.0),
+            offset=maybe(0.5, lambda: float(rng.uniform(0.0, 500.0)), 0.0),
+            gamma=maybe(0.5, lambda: logu(0.6, 1.6), 1.0),
+            acquisition_scale=maybe(
+                0.6, lambda: (logu(0.5, 2.0), *(logu(0.75, 1.5),) * 2), (1.0, 1.0, 1.0)
+            ),
+        )
+
+
+_WIDE_FIELDS = frozenset({
+    "rim", "speckle", "speckle_scale", "foci", "foci_density", "dim_fraction", "dim_level", "haze",
+    "gradient", "offset", "gamma", "acquisition_scale",
+})
 
 
 def _random_rotation(rng: np.random.Generator) -> np.ndarray:
@@ -162,6 +248,7 @@ def make_nuclei(
         s = s.replace(**kw)
     if not 0.0 <= s.dome < 1.0:
         raise NeurosegError(f"dome={s.dome} is outside [0, 1)", fix="pass a fraction such as 0.4")
+    _check_wide(s)
     rng = np.random.default_rng(seed)
 
     shp = np.asarray(shape)
@@ -225,19 +312,108 @@ def make_nuclei(
     n_lab = int(labels.max())
     bright = np.exp(rng.normal(0.0, s.brightness_sigma, size=n_lab + 1)).astype(np.float32)
     bright[0] = 0.0
+    wide = np.random.default_rng([seed, 1])  # draws of the wide options only (see NucleiSettings)
+    if s.dim_fraction > 0 and n_lab:
+        dim = wide.random(n_lab) < s.dim_fraction
+        bright[1:][dim] *= np.float32(s.dim_level)
     signal = bright[labels]
     if s.dome:  # a thicker centre is brighter: a smooth dome instead of a flat top
         signal *= np.where(labels > 0, 1.0 - np.float32(s.dome) * best**2, 0.0).astype(np.float32)
+    if s.rim:  # rim-bright (peripheral chromatin / lamina): brighter towards the boundary
+        signal *= np.where(labels > 0, 1.0 + np.float32(s.rim) * best**4, 0.0).astype(np.float32)
     tex_sigma = np.maximum(s.texture_scale / aniso, 0.3)
     tex = ndi.gaussian_filter(rng.normal(size=shape).astype(np.float32), tex_sigma)
     tex /= max(float(tex.std()), 1e-6)
     signal *= 1.0 + s.texture * tex
+    if s.speckle:  # chromatin clumps: a log-normal blob field with mean 1
+        blobs = ndi.gaussian_filter(wide.normal(size=shape).astype(np.float32), np.maximum(s.speckle_scale / aniso, 0.3))
+        blobs = np.exp(1.2 * blobs / max(float(blobs.std()), 1e-6))
+        blobs /= np.float32(blobs.mean())
+        signal *= np.float32(1.0 - s.speckle) + np.float32(s.speckle) * blobs
+    if s.foci and n_lab:  # bright foci: isolated points inside nuclei, blurred to ~1 unit
+        pts = (wide.random(shape) < s.foci_density) & (labels > 0)
+        spots = ndi.gaussian_filter(pts.astype(np.float32), np.maximum(0.8 / aniso, 0.4))
+        spots /= max(float(spots.max()), 1e-6)
+        signal += np.float32(s.foci) * spots * bright[labels]
     signal = blur(signal, s.psf_sigma) * np.float32(s.contrast)
+    if s.haze:  # out-of-focus light of the nuclei around
+        signal += np.float32(s.haze) * blur(signal, 4.0 * float(np.mean(s.radius)) / aniso)
     illum = illumination_field(rng, shape, strength=s.illumination_strength, depth_attenuation=0.0)
     bg = s.background * smooth_field(rng, shape, cells=3, amplitude=s.background_variation)
     clean = (bg + signal) * illum
-    image = camera_noise(rng, clean, gain=s.gain, offset=0.0, read_noise=s.read_noise)
+    if s.gradient:
+        clean *= _gradient(wide, shape, s.gradient)
+    if tuple(float(a) for a in s.acquisition_scale) == (1.0, 1.0, 1.0):
+        image = camera_noise(rng, clean, gain=s.gain, offset=s.offset, read_noise=s.read_noise)
+    else:
+        image = _acquire_resampled(rng, clean, s)
+    if s.gamma != 1.0:
+        image = _apply_gamma(image, s.gamma)
     return image.astype(np.float32), labels.astype(np.int32)
+
+
+def _check_wide(s: NucleiSettings) -> None:
+    """The wide options' values in range, else a :class:`NeurosegError` naming the field."""
+    checks = {
+        "rim": (s.rim >= 0, "a value >= 0 such as 1.5"),
+        "speckle": (0 <= s.speckle <= 1, "a fraction in [0, 1] such as 0.5"),
+        "speckle_scale": (s.speckle_scale > 0, "a length > 0 such as 2"),
+        "foci": (s.foci >= 0, "a value >= 0 such as 1"),
+        "foci_density": (0 <= s.foci_density <= 1, "a fraction in [0, 1] such as 0.004"),
+        "dim_fraction": (0 <= s.dim_fraction <= 1, "a fraction in [0, 1] such as 0.2"),
+        "dim_level": (0 < s.dim_level <= 1, "a fraction in (0, 1] such as 0.3"),
+        "haze": (s.haze >= 0, "a value >= 0 such as 0.2"),
+        "gradient": (0 <= s.gradient < 1, "a fraction in [0, 1) such as 0.5"),
+        "offset": (np.isfinite(s.offset), "a number of counts such as 100"),
+        "gamma": (s.gamma > 0, "a value > 0 such as 0.8"),
+    }
+    for name, (ok, example) in checks.items():
+        if not ok:
+            raise NeurosegError(f"{name}={getattr(s, name)!r} is out of range", fix=f"pass {example}")
+    a = s.acquisition_scale
+    if len(a) != 3 or not all(0.25 <= float(v) <= 4 for v in a):
+        raise NeurosegError(f"acquisition_scale={a!r} must be 3 factors in [0.25, 4]", fix="pass e.g. (2.0, 1.0, 1.0)")
+
+
+def _gradient(rng: np.random.Generator, shape, strength: float) -> np.ndarray:
+    """A linear multiplicative ramp 1 ± ``strength`` along a random direction (float32)."""
+    direction = rng.normal(size=3)
+    direction /= max(float(np.linalg.norm(direction)), 1e-9)
+    axes = [np.linspace(-0.5, 0.5, n, dtype=np.float32) for n in shape]
+    ramp = (axes[0][:, None, None] * direction[0] + axes[1][None, :, None] * direction[1]
+            + axes[2][None, None, :] * direction[2])
+    ramp /= max(float(np.abs(ramp).max()), 1e-6)
+    return (1.0 + np.float32(strength) * ramp).astype(np.float32)
+
+
+def _acquire_resampled(rng: np.random.Generator, clean: np.ndarray, s: NucleiSettings) -> np.ndarray:
+    """Sample ``clean`` at the acquisition grid (voxels ``acquisition_scale`` times the rendered
+    ones), add the camera noise there, and resample back to the rendered grid the way the model's
+    input is resampled at prediction time (``runtime.scale.resample_image``)."""
+    from napari_neuroseg.runtime.scale import resample_image
+
+    from scipy import ndimage as ndi_
+
+    shape = clean.shape
+    acq = tuple(max(4, int(round(n / float(a)))) for n, a in zip(shape, s.acquisition_scale))
+    # a camera integrates over its (larger or smaller) pixel: area-like sampling of the clean image
+    coarse = resample_image(clean, [m / n for m, n in zip(acq, shape)])
+    if coarse.shape != acq:
+        coarse = ndi_.zoom(clean, [m / n for m, n in zip(acq, shape)], order=1, grid_mode=True, mode="nearest")
+    noisy = camera_noise(rng, coarse, gain=s.gain, offset=s.offset, read_noise=s.read_noise)
+    back = resample_image(noisy, [n / m for n, m in zip(shape, noisy.shape)])
+    if back.shape != shape:
+        back = ndi_.zoom(noisy, [n / m for n, m in zip(shape, noisy.shape)], order=1, grid_mode=True, mode="nearest")
+    return back.astype(np.float32)
+
+
+def _apply_gamma(image: np.ndarray, gamma: float) -> np.ndarray:
+    """``lo + (hi − lo) · ((x − lo) / (hi − lo))^gamma`` with lo, hi the 0.1 / 99.9 percentiles."""
+    lo, hi = (float(v) for v in np.percentile(image, (0.1, 99.9)))
+    if hi <= lo:
+        return image
+    t = np.clip((image - lo) / (hi - lo), 0.0, None)
+    return (lo + (hi - lo) * t ** np.float32(gamma)).astype(np.float32)
 
 
 def _clean_labels(labels: np.ndarray, min_voxels: int) -> np.ndarray:

@@ -172,6 +172,7 @@ def synthetic_dataset(
     vary: float = 0.25,
     axial_blur: Sequence[float] | None = None,
     dome: Sequence[float] | None = None,
+    randomize: float = 0.0,
     **kw,
 ) -> tuple[list, list]:
     """``n`` synthetic nuclei volumes (:func:`napari_neuroseg.synth.make_nuclei`, seeds
@@ -186,13 +187,21 @@ def synthetic_dataset(
       Y/X blur stays as ``settings``/``vary`` make it;
     * ``dome=(lo, hi)``: how much dimmer the rim of a nucleus is than its centre
       (``NucleiSettings.dome``), so that the label boundary is learned for flat-topped and for
-      dome-shaped intensity profiles alike."""
+      dome-shaped intensity profiles alike;
+    * ``randomize=p``: each volume is, with probability ``p``, drawn with the wide domain
+      randomisation instead (``NucleiSettings.randomized_wide``: PSF per axis, noise, background,
+      illumination, gamma, textured / rim- or centre-bright / dim nuclei, sizes ×0.5–3, another
+      acquisition anisotropy resampled back); the other volumes are made as above."""
     import numpy as np
 
     from napari_neuroseg.synth import NucleiSettings, make_nuclei
 
     axial = _check_range("axial blur", axial_blur, "(1.0, 4.5) Z voxels")
     domes = _check_range("dome", dome, "(0.0, 0.6)", below=1.0)
+    if not 0.0 <= float(randomize) <= 1.0:
+        from napari_neuroseg.errors import NeurosegError
+
+        raise NeurosegError(f"synthetic randomize fraction {randomize} is outside [0, 1]", fix="pass e.g. 0.75")
     images, labels = [], []
     base = NucleiSettings().replace(**kw) if kw else NucleiSettings()
     for i in range(int(n)):
@@ -203,6 +212,10 @@ def synthetic_dataset(
             settings = settings.replace(psf_sigma=(z, *settings.psf_sigma[1:]))
         if domes is not None:
             settings = settings.replace(dome=float(np.random.default_rng(s + 15_485_863).uniform(*domes)))
+        if randomize > 0:
+            pick = np.random.default_rng(s + 32_452_843)
+            if pick.random() < randomize:
+                settings = base.randomized_wide(pick)
         x, y = make_nuclei(tuple(shape), anisotropy=tuple(anisotropy), seed=s, settings=settings)
         images.append(x)
         labels.append(y)
@@ -673,6 +686,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="draw each synthetic volume's Z blur (PSF sigma, Z voxels) from this range")
     data.add_argument("--synthetic-dome", type=float, nargs=2, default=None, metavar=("MIN", "MAX"),
                       help="draw each synthetic volume's rim dimming (0 = flat-topped nuclei, < 1) from this range")
+    data.add_argument("--synthetic-randomize", type=float, default=0.0, metavar="FRACTION",
+                      help="this fraction (0-1) of the synthetic volumes gets the wide domain randomisation "
+                           "(NucleiSettings.randomized_wide; docs/synth.md)")
     data.add_argument("--val-fraction", type=float, default=d.val_fraction, help="fraction of volumes held out")
     parser.add_argument("-o", "--output", required=True, metavar="MODEL_DIR", help="output model folder")
     parser.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint.pt")
@@ -763,7 +779,7 @@ def main(args: argparse.Namespace) -> int:
         xs, ys = synthetic_dataset(
             args.synthetic, args.synthetic_shape, seed=args.synthetic_seed, anisotropy=args.anisotropy,
             vary=args.synthetic_vary, axial_blur=args.synthetic_axial_blur,
-            dome=args.synthetic_dome, **kw,
+            dome=args.synthetic_dome, randomize=args.synthetic_randomize, **kw,
         )
         print(f"generated {len(xs)} synthetic volumes of {tuple(args.synthetic_shape)} "
               f"(seeds {args.synthetic_seed}..{args.synthetic_seed + len(xs) - 1}) in {time.perf_counter() - t:.0f} s",
