@@ -91,6 +91,8 @@ def _close(viewer, dw, how, qtbot):
         dw.title.hide_button.click()
     elif how == "window_menu":  # the Window menu's entry is the dock's toggle-view action
         dw.toggleViewAction().trigger()
+    elif how == "plugins_menu":  # napari's Plugins menu entry toggles dock.setVisible
+        dw.setVisible(False)
     elif how == "remove_dock_widget":
         viewer.window.remove_dock_widget(dw.widget())
     qtbot.wait(20)
@@ -123,7 +125,7 @@ def test_real_events_edit_while_the_dock_is_open(shown_viewer, qtbot):
     np.testing.assert_array_equal(seg.data, original)
 
 
-@pytest.mark.parametrize("how", ["close_button", "hide_button", "window_menu", "remove_dock_widget"])
+@pytest.mark.parametrize("how", ["close_button", "hide_button", "window_menu", "plugins_menu", "remove_dock_widget"])
 def test_closed_proofreading_dock_lets_go(shown_viewer, qtbot, how, monkeypatch):
     from napari_neuroseg._napari import proofread_actions
     from napari_neuroseg._napari.proofread_widget import ProofreadWidget
@@ -153,7 +155,7 @@ def test_closed_proofreading_dock_lets_go(shown_viewer, qtbot, how, monkeypatch)
     viewer.add_labels(np.zeros((4, 4, 4), np.uint8), name="later")
     assert widget.layer_combo.findText("later") < 0
 
-    if how in ("hide_button", "window_menu"):  # shown again (Window menu): bound again
+    if how in ("hide_button", "window_menu", "plugins_menu"):  # shown again (Window menu): bound again
         dw.toggleViewAction().trigger()
         qtbot.wait(20)
         later = viewer.layers["later"]  # the selected Labels layer while it was hidden
@@ -242,6 +244,19 @@ def test_proofreading_targets_the_selected_layer_not_the_ground_truth(shown_view
     assert len(asked) == 2 and not (gt.data == before.max()).any()
     _key(qtbot, viewer, Qt.Key.Key_Delete)  # confirmed once for this layer: no more questions
     assert len(asked) == 2
+
+
+def test_ground_truth_names_and_roles():
+    from types import SimpleNamespace
+
+    from napari_neuroseg._napari._layers import is_ground_truth, labels_layer, looks_like_ground_truth
+
+    assert all(looks_like_ground_truth(n) for n in ("sample_gt", "gt_instances", "ground truth", "GT", "groundtruth"))
+    assert not any(looks_like_ground_truth(n) for n in ("segment", "nuclei result", "sample gtx", "prediction"))
+    assert labels_layer(np.zeros((2, 2), np.uint8), name="a_gt")[1]["metadata"]["neuroseg_role"] == "ground_truth"
+    assert "neuroseg_role" not in labels_layer(np.zeros((2, 2), np.uint8), name="seg")[1]["metadata"]
+    # an explicit role wins over the name
+    assert not is_ground_truth(SimpleNamespace(name="gt", metadata={"neuroseg_role": "result"}))
 
 
 def test_new_proofreading_dock_prefers_a_result_over_the_ground_truth(make_napari_viewer):
