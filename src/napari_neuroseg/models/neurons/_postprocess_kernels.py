@@ -440,3 +440,170 @@ def write_labels(idx, frag, new_id, out, v0, v1):
     """``out[idx[v]] = new_id[frag[v]]`` (out: the flat label volume)."""
     for v in range(v0, v1):
         out[idx[v]] = new_id[frag[v]]
+
+
+# -- CPython set order ------------------------------------------------------------------------
+# The former code collected the two-hop pairs in a Python ``set`` of int keys and appended them in
+# the set's iteration order; ties of equal colour distance (common: fragments of one pure colour)
+# are merged in that order. To stay bit-identical without building a set of millions of Python
+# ints, the table of CPython's ``set`` (Objects/setobject.c: linear probing over 9 slots, then
+# perturbed probing; resize at 3/5 fill to 4x/2x the used count) is replayed here for int keys.
+# :func:`set_order_variant` checks the replay against the running interpreter once; where no
+# variant matches, the caller uses a real ``set``.
+_LINEAR_PROBES = 9
+_PERTURB_SHIFT = 5
+_HASH_MOD = (1 << 61) - 1  # hash(int) for 0 <= key: key % (2**61 - 1)
+
+
+@nb.njit(**_JIT)
+def _set_insert_clean(tkey, thash, tstate, mask, key, h):
+    perturb = h
+    i = h & mask
+    while True:
+        if tstate[i] == 0:
+            break
+        done = False
+        if i + _LINEAR_PROBES <= mask:
+            for j in range(1, _LINEAR_PROBES + 1):
+                if tstate[i + j] == 0:
+                    i = i + j
+                    done = True
+                    break
+        if done:
+            break
+        perturb >>= _PERTURB_SHIFT
+        i = (i * 5 + 1 + perturb) & mask
+    tkey[i] = key
+    thash[i] = h
+    tstate[i] = 1
+
+
+@nb.njit(**_JIT)
+def _set_resize(tkey, thash, tstate, fill, used, minused):
+    newsize = 8
+    while newsize <= minused:
+        newsize <<= 1
+    if newsize == 8 and tkey.shape[0] == 8 and fill == used:
+        return tkey, thash, tstate
+    nkey = np.zeros(newsize, np.int64)
+    nhash = np.zeros(newsize, np.int64)
+    nstate = np.zeros(newsize, np.uint8)
+    for s in range(tkey.shape[0]):
+        if tstate[s] == 1:
+            _set_insert_clean(nkey, nhash, nstate, newsize - 1, tkey[s], thash[s])
+    return nkey, nhash, nstate
+
+
+@nb.njit(**_JIT)
+def set_order(seq, remove, resize_after_discard):
+    """Iteration order of ``s = set(seq.tolist()); s -= set(remove.tolist())`` for keys >= 0."""
+    tkey = np.zeros(8, np.int64)
+    thash = np.zeros(8, np.int64)
+    tstate = np.zeros(8, np.uint8)  # 0 unused, 1 active, 2 dummy
+    fill = 0
+    used = 0
+    for q in range(seq.shape[0]):
+        key = seq[q]
+        h = key % _HASH_MOD
+        mask = tkey.shape[0] - 1
+        i = h & mask
+        perturb = h
+        free = -1
+        slot = -1
+        found = False
+        while slot < 0 and not found:
+            probes = _LINEAR_PROBES if i + _LINEAR_PROBES <= mask else 0
+            for j in range(probes + 1):
+                e = i + j
+                st = tstate[e]
+                if st == 0:
+                    slot = e
+                    break
+                if st == 1 and thash[e] == h:
+                    if tkey[e] == key:
+                        found = True
+                        break
+                elif st == 2:
+                    free = e
+            if slot < 0 and not found:
+                perturb >>= _PERTURB_SHIFT
+                i = (i * 5 + 1 + perturb) & mask
+        if found:
+            continue
+        if free >= 0:
+            tkey[free] = key
+            thash[free] = h
+            tstate[free] = 1
+            used += 1
+            continue
+        tkey[slot] = key
+        thash[slot] = h
+        tstate[slot] = 1
+        fill += 1
+        used += 1
+        if fill * 5 >= mask * 3:
+            tkey, thash, tstate = _set_resize(tkey, thash, tstate, fill, used, used * 2 if used > 50000 else used * 4)
+            fill = used
+    for q in range(remove.shape[0]):
+        key = remove[q]
+        h = key % _HASH_MOD
+        mask = tkey.shape[0] - 1
+        i = h & mask
+        perturb = h
+        done = False
+        while not done:
+            probes = _LINEAR_PROBES if i + _LINEAR_PROBES <= mask else 0
+            for j in range(probes + 1):
+                e = i + j
+                st = tstate[e]
+                if st == 0:
+                    done = True
+                    break
+                if st == 1 and thash[e] == h and tkey[e] == key:
+                    tstate[e] = 2
+                    used -= 1
+                    done = True
+                    break
+            if not done:
+                perturb >>= _PERTURB_SHIFT
+                i = (i * 5 + 1 + perturb) & mask
+    if resize_after_discard and (fill - used) > (tkey.shape[0] - 1) // 4:
+        tkey, thash, tstate = _set_resize(tkey, thash, tstate, fill, used, used * 2 if used > 50000 else used * 4)
+    out = np.empty(used, np.int64)
+    m = 0
+    for s in range(tkey.shape[0]):
+        if tstate[s] == 1:
+            out[m] = tkey[s]
+            m += 1
+    return out
+
+
+_SET_VARIANT: list = []
+
+
+def set_order_variant() -> bool | None:
+    """The :func:`set_order` variant (``resize_after_discard``) that reproduces this interpreter's
+    ``set``, checked once on keys shaped like the real ones (clustered, repeated, > 50,000 of them,
+    a third removed); None when neither does (then the caller builds a real set)."""
+    if not _SET_VARIANT:
+        rng = np.random.default_rng(12345)
+        nf = 40_000
+        a = rng.integers(0, nf, 120_000)
+        b = np.minimum(a + rng.integers(1, 50, a.size), nf - 1)
+        seq = (a * nf + b)[a < b]
+        seq = np.concatenate([seq, seq[rng.integers(0, seq.size, seq.size // 3)]])
+        rng.shuffle(seq)
+        remove = np.concatenate([seq[rng.integers(0, seq.size, seq.size // 3)], rng.integers(0, nf * nf, 5000)])
+        small = seq[:40]
+        want = {}
+        for name, (s_, r_) in {"big": (seq, remove), "small": (small, small[::3])}.items():
+            h = set(s_.tolist())
+            h -= set(r_.tolist())
+            want[name] = (s_, r_, np.fromiter(h, np.int64, len(h)))
+        found = None
+        for variant in (True, False):
+            if all(np.array_equal(set_order(s_, r_, variant), w) for s_, r_, w in want.values()):
+                found = variant
+                break
+        _SET_VARIANT.append(found)
+    return _SET_VARIANT[0]

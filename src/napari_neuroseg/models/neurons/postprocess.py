@@ -190,24 +190,32 @@ def instances_from_outputs(
             mean_aff = K.segment_means(skey, val[order])
             ukey = skey[np.r_[True, skey[1:] != skey[:-1]]]
             del order, skey
-        else:
-            ukey = np.unique(key)
+        else:  # (np.unique is far slower than a sort on millions of int64 keys, numpy 2.4)
+            key.sort()
+            ukey = key[np.r_[True, key[1:] != key[:-1]]]
             mean_aff = None
         del key, val
         pa, pb = ukey // nfrag, ukey % nfrag
         step("candidates")
         # two-hop candidates: fragments that touch a common fragment (a neuron cut in two by
-        # the overlap region of a crossing neuron); judged by colour only. The keys go through a
-        # Python set as before: their iteration order breaks ties of equal colour distance.
-        hop = set(K.two_hop_sequence(pa, pb, nfrag, fsize, 6, 400).tolist())
-        hop -= set(ukey.tolist())
-        if hop:
+        # the overlap region of a crossing neuron); judged by colour only. They follow in the
+        # iteration order of the Python set the former code collected them in (it breaks ties of
+        # equal colour distance), replayed by K.set_order where it matches this interpreter.
+        seq = K.two_hop_sequence(pa, pb, nfrag, fsize, 6, 400)
+        variant = K.set_order_variant()
+        if variant is None:  # pragma: no cover - an interpreter whose set the replay does not match
+            hop = set(seq.tolist())
+            hop -= set(ukey.tolist())
             hk = np.fromiter(hop, np.int64, len(hop))
+            del hop
+        else:
+            hk = K.set_order(seq, ukey, variant)
+        del seq
+        if len(hk):
             pa = np.concatenate([pa, hk // nfrag])
             pb = np.concatenate([pb, hk % nfrag])
             if use_aff:
                 mean_aff = np.concatenate([mean_aff, np.ones(len(hk))])
-        del hop
         step("two_hop")
         ufc = _unit(fcol)
         dist = np.linalg.norm(ufc[pa] - ufc[pb], axis=1)
