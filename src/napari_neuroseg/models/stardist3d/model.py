@@ -522,6 +522,7 @@ class StarDist3D:
         voxel_size: Sequence[float] | None = None,
         object_size: Any = None,
         scale_factors: Sequence[float] | None = None,
+        nms: str = "neuroseg",
     ) -> Generator[Progress, None, tuple]:
         """Generator form of :meth:`predict_instances`: yields a :class:`Progress` per tile and
         while NMS/rendering run (in the worker process), returns ``(labels, details)`` (plus
@@ -534,7 +535,8 @@ class StarDist3D:
         ``details["resample_factors"]`` the factors (polyhedra: ``points + dist·rays / factors``),
         ``details["scale_plan"]`` what was decided; ``prob``/``dist`` of ``return_predict`` stay at
         the model's scale."""
-        from napari_neuroseg.models.stardist3d.postprocess import Candidates, nms_and_render, select_candidates
+        from napari_neuroseg.models.stardist3d import postprocess
+        from napari_neuroseg.models.stardist3d.postprocess import Candidates, check_nms_backend, select_candidates
         from napari_neuroseg.runtime.subprocess import ProcessWorker, get_worker
         from napari_neuroseg.runtime.tiling import iter_tiles, predict_tiled_auto
 
@@ -543,6 +545,11 @@ class StarDist3D:
         border = self.thresholds.border if border is None else int(border)
         if border < 0:
             raise NeurosegError(f"border={border} is negative", fix="use 0 (objects up to the edge) or stardist's 2")
+        check_nms_backend(nms)
+        if nms == "neuroseg" and not use_subprocess:  # compile the numba NMS while the network runs
+            from napari_neuroseg.models.stardist3d.nms import warmup_async
+
+            warmup_async()
         if not (0 <= prob_thresh <= 1 and 0 <= nms_thresh <= 1):
             raise NeurosegError(
                 f"thresholds must lie in [0, 1] (prob={prob_thresh}, nms={nms_thresh})", fix="use e.g. 0.5 and 0.4"
@@ -600,21 +607,33 @@ class StarDist3D:
         )
         del x
         prob, dist, points = cands.arrays()
-        worker = get_worker() if use_subprocess in (None, True) else ProcessWorker(in_process=True)
-        if use_subprocess is None and len(prob) < 64 and math.prod(shape) < 64**3:
-            worker = ProcessWorker(in_process=True)  # tiny job: not worth a round trip
-        msg = f"non-maximum suppression of {len(prob)} candidates"
-        gen = worker.call_iter(
-            nms_and_render, prob, dist, points, rays_spec(self.config), self.config.n_rays, nms_thresh, shape,
-        )
-        try:
-            while True:
-                elapsed = next(gen)
-                yield Progress(n_total - 1, n_total, f"{msg} ({elapsed:.1f} s)")
-        except StopIteration as stop:
-            labels, details = stop.value
-        finally:
-            gen.close()
+        nms_args = (prob, dist, points, rays_spec(self.config), self.config.n_rays, nms_thresh, shape)
+        if nms == "neuroseg" and not use_subprocess:
+            # numba without the GIL: this (worker) thread; progress = candidates processed
+            gen = postprocess.nms_and_render_iter(*nms_args, nms=nms)
+            try:
+                while True:
+                    p = next(gen)
+                    yield Progress(n_total - 1, n_total, f"{p.message} ({100 * p.step // max(p.total, 1)} %)")
+            except StopIteration as stop:
+                labels, details = stop.value
+            finally:
+                gen.close()
+        else:
+            # stardist's C++ holds the GIL: the worker process (either backend with use_subprocess=True)
+            worker = get_worker() if use_subprocess in (None, True) else ProcessWorker(in_process=True)
+            if use_subprocess is None and len(prob) < 64 and math.prod(shape) < 64**3:
+                worker = ProcessWorker(in_process=True)  # tiny job: not worth a round trip
+            msg = f"non-maximum suppression of {len(prob)} candidates"
+            gen = worker.call_iter(postprocess.nms_and_render, *nms_args, nms=nms)
+            try:
+                while True:
+                    elapsed = next(gen)
+                    yield Progress(n_total - 1, n_total, f"{msg} ({elapsed:.1f} s)")
+            except StopIteration as stop:
+                labels, details = stop.value
+            finally:
+                gen.close()
         yield Progress(n_total, n_total, f"{int(labels.max()) if labels is not None else 0} objects")
         if plan is not None:
             details["scale_plan"] = plan.to_dict()
@@ -647,6 +666,7 @@ class StarDist3D:
         voxel_size: Sequence[float] | None = None,
         object_size: Any = None,
         scale_factors: Sequence[float] | None = None,
+        nms: str = "neuroseg",
     ):
         """Segment nuclei: ``(labels int32 (Z, Y, X), details)``.
 
@@ -654,16 +674,19 @@ class StarDist3D:
         :attr:`percentiles`, 1 and 99.8 unless its package says otherwise) first;
         thresholds and ``border`` (grid voxels at the volume's edge without object centres,
         stardist's 2) default to the model's; ``n_tiles=None`` picks tiles from the free (GPU or
-        CPU) memory and retries with more tiles after an out-of-memory error. NMS and rendering
-        run in the worker process (``use_subprocess=False`` runs them here). ``details`` has the
-        kept ``points``, ``prob``, ``dist`` and the rays' ``rays_vertices``/``rays_faces``.
+        CPU) memory and retries with more tiles after an out-of-memory error. ``nms``: the NMS and
+        rendering backend, ``"neuroseg"`` (own numba code; runs in this thread, not holding the
+        GIL) or ``"stardist"`` (the package's C++, the reference; runs in the worker process as it
+        holds the GIL); ``use_subprocess=True`` runs either in the worker process, ``False`` here.
+        ``details`` has the kept ``points``, ``prob``, ``dist`` and the rays'
+        ``rays_vertices``/``rays_faces``.
         """
         return run_to_completion(
             self.predict_instances_iter(
                 image, normalize=normalize, prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=n_tiles,
                 percentiles=percentiles, channel_axis=channel_axis, use_subprocess=use_subprocess,
                 return_predict=return_predict, border=border, voxel_size=voxel_size, object_size=object_size,
-                scale_factors=scale_factors,
+                scale_factors=scale_factors, nms=nms,
             )
         )
 

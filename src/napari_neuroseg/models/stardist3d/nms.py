@@ -37,6 +37,7 @@ boxes, so each candidate meets only the kept polyhedra whose boxes overlap its o
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Generator
 from typing import Any
@@ -46,7 +47,7 @@ import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
 
-__all__ = ["nms_3d", "nms_3d_iter", "polyhedra_to_label", "sort_order"]
+__all__ = ["nms_3d", "nms_3d_iter", "polyhedra_to_label", "sort_order", "warmup", "warmup_async"]
 
 _JIT = dict(nogil=True, cache=False, error_model="numpy")
 
@@ -729,6 +730,42 @@ class _NMSState:
         if conv / a_min <= self.thresh:
             return False
         return count / a_min > self.thresh
+
+
+_WARM: dict[str, Any] = {}
+_WARM_LOCK = threading.Lock()
+
+
+def warmup() -> None:
+    """Compile the numba kernels (a few seconds, once per process) on a tiny problem."""
+    from stardist.rays3d import Rays_GoldenSpiral
+
+    rays = Rays_GoldenSpiral(8)
+    d = np.full((3, len(rays)), 2.5, np.float32)
+    pts = np.array([[4, 4, 4], [4, 5, 4], [4.5, 8, 8]], np.float32)
+    p = np.array([0.9, 0.8, 0.7], np.float32)
+    nms_3d(d, p, pts, rays, 0.3)
+    polyhedra_to_label(d, pts, rays, (9, 10, 11), p, sequential=True)
+
+
+def warmup_async() -> threading.Thread:
+    """:func:`warmup` in a daemon thread, started once per process (later calls return the same
+    thread). Start it early (e.g. before the network runs, which releases the GIL) so that the
+    compilation is done when NMS starts; numba's compiler lock makes early NMS calls wait."""
+    with _WARM_LOCK:
+        th = _WARM.get("thread")
+        if th is None:
+            th = threading.Thread(target=_warmup_quiet, name="neuroseg-nms-compile", daemon=True)
+            _WARM["thread"] = th
+            th.start()
+        return th
+
+
+def _warmup_quiet() -> None:
+    try:
+        warmup()
+    except Exception as err:  # noqa: BLE001 - the real call compiles (and reports) again
+        _WARM["error"] = err
 
 
 def nms_3d_iter(
