@@ -168,21 +168,15 @@ def smooth_step(col, nbr, rev, n_short, out, v0, v1):
 
 
 @nb.njit(**_JIT)
-def unit_rows(col, out, v0, v1):
-    """Rows scaled to unit length (``numpy.linalg.norm`` order; norm floored at 1e-9)."""
-    C = col.shape[1]
-    for v in range(v0, v1):
-        s = col[v, 0] * col[v, 0]
-        for c in range(1, C):
-            s += col[v, c] * col[v, c]
-        nrm = math.sqrt(s)
-        if not nrm >= 1e-9 and nrm == nrm:  # np.maximum(n, 1e-9) (NaN propagates)
-            nrm = 1e-9
-        for c in range(C):
-            out[v, c] = col[v, c] / nrm
+def _unit3(col, v):
+    """Row v scaled to unit length (``numpy.linalg.norm`` order; the norm floored at 1e-9)."""
+    a, b, c = col[v, 0], col[v, 1], col[v, 2]
+    nrm = math.sqrt(a * a + b * b + c * c)
+    if not nrm >= 1e-9 and nrm == nrm:  # np.maximum(n, 1e-9): NaN propagates
+        nrm = 1e-9
+    return a / nrm, b / nrm, c / nrm
 
 
-# -- fragments ------------------------------------------------------------------------------
 @nb.njit(**_JIT)
 def aff_value(aff, i, scale):
     """Affinity of flat voxel i as float32 (uint8 maps divided by 255 in float32)."""
@@ -193,12 +187,12 @@ def aff_value(aff, i, scale):
 
 
 @nb.njit(**_JIT)
-def keep_edges(ucol, nbr, n_short, idx, affs, aff_scale, use_aff, aff_thr, use_col, col_thr, keep, v0, v1):
-    """Bit k of ``keep[v]``: the short-range edge (v, nbr[k, v]) joins one fragment
-    (affinity > ``aff_thr`` (float32) and/or colour distance < ``col_thr``)."""
-    C = ucol.shape[1]
+def keep_edges(col, nbr, n_short, idx, affs, aff_scale, use_aff, aff_thr, use_col, col_thr, keep, v0, v1):
+    """Bit k of ``keep[v]``: the short-range edge (v, nbr[k, v]) joins one fragment (affinity >
+    ``aff_thr`` (float32) and/or distance of the unit colours < ``col_thr``)."""
     for v in range(v0, v1):
         bits = 0
+        u0, u1, u2 = _unit3(col, v)
         for k in range(n_short):
             j = nbr[k, v]
             if j < 0:
@@ -207,12 +201,9 @@ def keep_edges(ucol, nbr, n_short, idx, affs, aff_scale, use_aff, aff_thr, use_c
             if use_aff:
                 ok = aff_value(affs[k], idx[v], aff_scale) > aff_thr
             if ok and use_col:
-                d0 = ucol[v, 0] - ucol[j, 0]
-                s = d0 * d0
-                for c in range(1, C):
-                    dc = ucol[v, c] - ucol[j, c]
-                    s += dc * dc
-                ok = math.sqrt(s) < col_thr
+                w0, w1, w2 = _unit3(col, j)
+                d0, d1, d2 = u0 - w0, u1 - w1, u2 - w2
+                ok = math.sqrt(d0 * d0 + d1 * d1 + d2 * d2) < col_thr
             if ok:
                 bits |= 1 << k
         keep[v] = bits
@@ -415,6 +406,74 @@ def greedy_merge(pa, pb, parent, size, colour, thr, two):
 
 
 @nb.njit(**_JIT)
+def pair_dist(ufc, pa, pb, out, p0, p1):
+    """``out[p]`` = distance of rows pa[p], pb[p] of ``ufc`` (``numpy.linalg.norm`` order)."""
+    for p in range(p0, p1):
+        a, b = pa[p], pb[p]
+        d0 = ufc[a, 0] - ufc[b, 0]
+        d1 = ufc[a, 1] - ufc[b, 1]
+        d2 = ufc[a, 2] - ufc[b, 2]
+        out[p] = math.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
+
+
+@nb.njit(**_JIT)
+def stable_argsort_nonneg(vals):
+    """``numpy.argsort(vals, kind="stable")`` for float64 values >= 0 without NaN (their bit
+    patterns sort like the values): LSD radix sort over 16-bit digits."""
+    n = vals.shape[0]
+    key = vals.view(np.uint64).copy()
+    order = np.arange(n)
+    key2 = np.empty_like(key)
+    order2 = np.empty_like(order)
+    counts = np.empty(65537, np.int64)
+    for shift in range(0, 64, 16):
+        counts[:] = 0
+        for i in range(n):
+            counts[((key[i] >> shift) & 0xFFFF) + 1] += 1
+        if counts.max() == n:
+            continue  # one digit value: this pass keeps the order
+        for d in range(65536):
+            counts[d + 1] += counts[d]
+        for i in range(n):
+            d = (key[i] >> shift) & 0xFFFF
+            t = counts[d]
+            key2[t] = key[i]
+            order2[t] = order[i]
+            counts[d] = t + 1
+        key, key2 = key2, key
+        order, order2 = order2, order
+    return order
+
+
+@nb.njit(**_JIT)
+def small_pairs(r, pa, pb, size, min_size):
+    """Pairs (x, y) of touching clusters (roots ``r`` of pa/pb) with x smaller than
+    ``min_size`` and y at least as large: pairs in order, then the reversed pairs in order."""
+    P = pa.shape[0]
+    m = 0
+    for rev in range(2):
+        for p in range(P):
+            x, y = r[pa[p]], r[pb[p]]
+            if rev:
+                x, y = y, x
+            if x != y and size[x] < min_size and size[y] >= size[x]:
+                m += 1
+    xs = np.empty(m, np.int64)
+    ys = np.empty(m, np.int64)
+    m = 0
+    for rev in range(2):
+        for p in range(P):
+            x, y = r[pa[p]], r[pb[p]]
+            if rev:
+                x, y = y, x
+            if x != y and size[x] < min_size and size[y] >= size[x]:
+                xs[m] = x
+                ys[m] = y
+                m += 1
+    return xs, ys
+
+
+@nb.njit(**_JIT)
 def roots(parent):
     """Root of every element (compresses the paths)."""
     out = np.empty(parent.shape[0], np.int64)
@@ -455,17 +514,22 @@ _PERTURB_SHIFT = 5
 _HASH_MOD = (1 << 61) - 1  # hash(int) for 0 <= key: key % (2**61 - 1)
 
 
+# One int64 per slot: the key (>= 0), _EMPTY or _DUMMY (equal int keys <=> equal hashes here).
+_EMPTY = -1
+_DUMMY = -2
+
+
 @nb.njit(**_JIT)
-def _set_insert_clean(tkey, thash, tstate, mask, key, h):
-    perturb = h
-    i = h & mask
+def _set_insert_clean(table, mask, key):
+    perturb = key % _HASH_MOD
+    i = perturb & mask
     while True:
-        if tstate[i] == 0:
+        if table[i] == _EMPTY:
             break
         done = False
         if i + _LINEAR_PROBES <= mask:
             for j in range(1, _LINEAR_PROBES + 1):
-                if tstate[i + j] == 0:
+                if table[i + j] == _EMPTY:
                     i = i + j
                     done = True
                     break
@@ -473,107 +537,91 @@ def _set_insert_clean(tkey, thash, tstate, mask, key, h):
             break
         perturb >>= _PERTURB_SHIFT
         i = (i * 5 + 1 + perturb) & mask
-    tkey[i] = key
-    thash[i] = h
-    tstate[i] = 1
+    table[i] = key
 
 
 @nb.njit(**_JIT)
-def _set_resize(tkey, thash, tstate, fill, used, minused):
+def _set_resize(table, fill, used, minused):
     newsize = 8
     while newsize <= minused:
         newsize <<= 1
-    if newsize == 8 and tkey.shape[0] == 8 and fill == used:
-        return tkey, thash, tstate
-    nkey = np.zeros(newsize, np.int64)
-    nhash = np.zeros(newsize, np.int64)
-    nstate = np.zeros(newsize, np.uint8)
-    for s in range(tkey.shape[0]):
-        if tstate[s] == 1:
-            _set_insert_clean(nkey, nhash, nstate, newsize - 1, tkey[s], thash[s])
-    return nkey, nhash, nstate
+    if newsize == 8 and table.shape[0] == 8 and fill == used:
+        return table
+    new = np.full(newsize, _EMPTY, np.int64)
+    for s in range(table.shape[0]):
+        if table[s] >= 0:
+            _set_insert_clean(new, newsize - 1, table[s])
+    return new
 
 
 @nb.njit(**_JIT)
 def set_order(seq, remove, resize_after_discard):
     """Iteration order of ``s = set(seq.tolist()); s -= set(remove.tolist())`` for keys >= 0."""
-    tkey = np.zeros(8, np.int64)
-    thash = np.zeros(8, np.int64)
-    tstate = np.zeros(8, np.uint8)  # 0 unused, 1 active, 2 dummy
+    table = np.full(8, _EMPTY, np.int64)
     fill = 0
     used = 0
     for q in range(seq.shape[0]):
         key = seq[q]
-        h = key % _HASH_MOD
-        mask = tkey.shape[0] - 1
-        i = h & mask
-        perturb = h
+        mask = table.shape[0] - 1
+        perturb = key % _HASH_MOD
+        i = perturb & mask
         free = -1
         slot = -1
         found = False
         while slot < 0 and not found:
             probes = _LINEAR_PROBES if i + _LINEAR_PROBES <= mask else 0
             for j in range(probes + 1):
-                e = i + j
-                st = tstate[e]
-                if st == 0:
-                    slot = e
+                t = table[i + j]
+                if t == _EMPTY:
+                    slot = i + j
                     break
-                if st == 1 and thash[e] == h:
-                    if tkey[e] == key:
-                        found = True
-                        break
-                elif st == 2:
-                    free = e
+                if t == key:
+                    found = True
+                    break
+                if t == _DUMMY:
+                    free = i + j
             if slot < 0 and not found:
                 perturb >>= _PERTURB_SHIFT
                 i = (i * 5 + 1 + perturb) & mask
         if found:
             continue
-        if free >= 0:
-            tkey[free] = key
-            thash[free] = h
-            tstate[free] = 1
-            used += 1
-            continue
-        tkey[slot] = key
-        thash[slot] = h
-        tstate[slot] = 1
-        fill += 1
         used += 1
+        if free >= 0:
+            table[free] = key
+            continue
+        table[slot] = key
+        fill += 1
         if fill * 5 >= mask * 3:
-            tkey, thash, tstate = _set_resize(tkey, thash, tstate, fill, used, used * 2 if used > 50000 else used * 4)
+            table = _set_resize(table, fill, used, used * 2 if used > 50000 else used * 4)
             fill = used
     for q in range(remove.shape[0]):
         key = remove[q]
-        h = key % _HASH_MOD
-        mask = tkey.shape[0] - 1
-        i = h & mask
-        perturb = h
+        mask = table.shape[0] - 1
+        perturb = key % _HASH_MOD
+        i = perturb & mask
         done = False
         while not done:
             probes = _LINEAR_PROBES if i + _LINEAR_PROBES <= mask else 0
             for j in range(probes + 1):
-                e = i + j
-                st = tstate[e]
-                if st == 0:
+                t = table[i + j]
+                if t == _EMPTY:
                     done = True
                     break
-                if st == 1 and thash[e] == h and tkey[e] == key:
-                    tstate[e] = 2
+                if t == key:
+                    table[i + j] = _DUMMY
                     used -= 1
                     done = True
                     break
             if not done:
                 perturb >>= _PERTURB_SHIFT
                 i = (i * 5 + 1 + perturb) & mask
-    if resize_after_discard and (fill - used) > (tkey.shape[0] - 1) // 4:
-        tkey, thash, tstate = _set_resize(tkey, thash, tstate, fill, used, used * 2 if used > 50000 else used * 4)
+    if resize_after_discard and (fill - used) > (table.shape[0] - 1) // 4:
+        table = _set_resize(table, fill, used, used * 2 if used > 50000 else used * 4)
     out = np.empty(used, np.int64)
     m = 0
-    for s in range(tkey.shape[0]):
-        if tstate[s] == 1:
-            out[m] = tkey[s]
+    for s in range(table.shape[0]):
+        if table[s] >= 0:
+            out[m] = table[s]
             m += 1
     return out
 

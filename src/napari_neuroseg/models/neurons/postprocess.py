@@ -134,10 +134,11 @@ def instances_from_outputs(
     offsets = np.asarray(OFFSETS, np.int64)
     if (offsets < 0).any():  # pragma: no cover - the offsets are fixed
         raise AssertionError("neighbour search needs non-negative offsets")
-    nbr = np.empty((len(offsets), n), np.int64)
+    itype = np.int32 if n < 2**31 - 1 else np.int64
+    nbr = np.empty((len(offsets), n), itype)
     K.run_chunks(K.neighbours, K.split(rowptr, nt), idx, rowptr, Z, Y, X, offsets, nbr)
     vr = K.split(n, nt)
-    rev = np.full((N_SHORT, n), -1, np.int64)
+    rev = np.full((N_SHORT, n), -1, itype)
     K.run_chunks(K.reverse_neighbours, vr, nbr, N_SHORT, rev)
     step("pairs")
 
@@ -149,8 +150,6 @@ def instances_from_outputs(
         K.run_chunks(K.smooth_step, vr, col, nbr, rev, N_SHORT, out)
         col = out
     del rev
-    ucol = np.empty_like(col)
-    K.run_chunks(K.unit_rows, vr, col, ucol)
     step("colour")
 
     # 2. fragments
@@ -161,9 +160,8 @@ def instances_from_outputs(
     else:
         aff2, aff_scale = np.zeros((len(OFFSETS), 1), np.uint8), False
     keep = np.empty(n, np.uint8)
-    K.run_chunks(K.keep_edges, vr, ucol, nbr, N_SHORT, idx, aff2, aff_scale, use_aff, np.float32(p.aff_threshold),
+    K.run_chunks(K.keep_edges, vr, col, nbr, N_SHORT, idx, aff2, aff_scale, use_aff, np.float32(p.aff_threshold),
                  bool(p.use_colour or not use_aff), float(p.colour_threshold), keep)
-    del ucol
     nfrag, frag = K.fragments(nbr, N_SHORT, keep)
     del keep
     step("fragments")
@@ -218,22 +216,18 @@ def instances_from_outputs(
                 mean_aff = np.concatenate([mean_aff, np.ones(len(hk))])
         step("two_hop")
         ufc = _unit(fcol)
-        dist = np.linalg.norm(ufc[pa] - ufc[pb], axis=1)
+        dist = np.empty(len(pa))
+        K.run_chunks(K.pair_dist, K.split(len(pa), nt), ufc, pa, pb, dist)
         ok = dist < p.merge_threshold
         if use_aff:
             ok &= mean_aff > p.aff_threshold
-        order = np.argsort(dist[ok], kind="stable")
+        order = K.stable_argsort_nonneg(dist[ok])  # = np.argsort(dist[ok], kind="stable")
         K.greedy_merge(pa[ok][order], pb[ok][order], parent, size, colour, float(p.merge_threshold), 2.0)
         step("merge")
         # 4. small clusters join the touching cluster of the closest colour
         if p.min_size > 0:
             for _ in range(3):
-                r = K.roots(parent)
-                x, y = r[pa], r[pb]
-                sel = x != y
-                x, y = np.concatenate([x[sel], y[sel]]), np.concatenate([y[sel], x[sel]])
-                small = (size[x] < p.min_size) & (size[y] >= size[x])
-                x, y = x[small], y[small]
+                x, y = K.small_pairs(K.roots(parent), pa, pb, size, int(p.min_size))
                 if not len(x):
                     break
                 uc = _unit(colour)
