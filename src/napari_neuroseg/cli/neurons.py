@@ -47,7 +47,7 @@ def _read_input(args):
 
     from napari_neuroseg.errors import NeurosegError
     from napari_neuroseg.io import is_fisbe, read_fisbe, read_image
-    from napari_neuroseg.io.checks import require_real_image
+    from napari_neuroseg.io.checks import require_finite, require_real_image
     from napari_neuroseg.models.neurons.targets import N_OUTPUTS
     from napari_neuroseg.runtime.memory import require_volume_fits
 
@@ -73,7 +73,9 @@ def _read_input(args):
             raise NeurosegError("the FISBe sample has no volumes/raw", path=path,
                                 fix="segmentation needs the raw multicolour volume")
         budget(s.raw)
-        return np.asarray(s.raw), (None if s.gt_instances is None else np.asarray(s.gt_instances)), True
+        raw = np.asarray(s.raw)
+        require_finite(raw, path, what="raw volume")
+        return raw, (None if s.gt_instances is None else np.asarray(s.gt_instances)), True
     vol = read_image(path, key=args.key, lazy=True)
     budget(vol.data)
     if args.channel_axis is not None:
@@ -85,6 +87,7 @@ def _read_input(args):
                 path=path, fix=f"give an axis between {-nd} and {nd - 1} (e.g. -1 for ZYXC data), or leave it out",
             )
     data = np.asarray(vol.data)
+    require_finite(data, path)
     if args.channel_axis is None and vol.axes == "CZYX":
         return data, None, False
     if args.channel_axis is not None:

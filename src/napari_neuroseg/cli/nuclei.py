@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
     from napari_neuroseg.errors import NeurosegError
     from napari_neuroseg.io import read_image
-    from napari_neuroseg.io.checks import require_real_image
+    from napari_neuroseg.io.checks import require_finite, require_real_image
     from napari_neuroseg.models.stardist3d import load_model
     from napari_neuroseg.runtime.memory import require_volume_fits
     from napari_neuroseg.runtime.progress import run_to_completion
@@ -124,6 +124,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = model.config
     budget(vol.dtype.itemsize + 8 + 4 * (1 + cfg.n_rays) / (cfg.grid[0] * cfg.grid[1] * cfg.grid[2]))
     image = np.asarray(vol.data)
+    require_finite(image, inp)
     channel_axis = 0 if image.ndim == 4 and vol.axes.startswith("C") else None
     t0 = time.perf_counter()
 

@@ -17,6 +17,7 @@ __all__ = [
     "as_label_array",
     "is_lazy",
     "require_real_image",
+    "require_finite",
     "require_outputs_apart",
 ]
 
@@ -117,6 +118,19 @@ def require_real_image(data: Any, path: str | Path | None = None, *, what: str =
     else:
         fix = "save the image as a numeric array (uint8/uint16/float32)"
     raise NeurosegError(f"the {what} has dtype {dtype}, which is not a real-valued image", path=path, fix=fix)
+
+
+def require_finite(data: np.ndarray, path: str | Path | None = None, *, what: str = "image") -> None:
+    """Refuse float images holding NaN or infinite values (decided: refused, not repaired, since
+    any replacement value would silently change the segmentation), naming the file and count."""
+    if data.dtype.kind not in "fc":
+        return
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise NeurosegError(
+            f"the {what} contains {bad} NaN or infinite values", path=path,
+            fix="replace them (e.g. numpy.nan_to_num, or mask and fill the region) and save the image again",
+        )
 
 
 def _container(p: Path) -> bool:
