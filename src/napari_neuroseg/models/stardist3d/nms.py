@@ -2,7 +2,7 @@
 
 The same decisions as ``stardist``'s C++ ``non_maximum_suppression_3d_sparse`` and the same
 label images as its ``polyhedron_to_label`` (see ``docs/stardist3d.md``, section "NMS"), but
-10-100x faster and without holding Python's global lock, so it can run in a napari worker
+100-300x faster and without holding Python's global lock, so it can run in a napari worker
 thread and report progress (candidates processed) between chunks.
 
 Definitions as in ``stardist`` (0.9.2):
@@ -15,13 +15,11 @@ Definitions as in ``stardist`` (0.9.2):
   an upper bound (the smaller of the intersection of the outer bounding spheres, in "isotropic"
   coordinates scaled by the candidates' mean bounding-box aspect, and of the bounding boxes)
   at or below the threshold keeps ``j``; a lower bound (the intersection of the inscribed
-  spheres) above it suppresses ``j``; otherwise the number of integer voxels inside both
-  polyhedra decides. ``stardist`` inserts two further exact tests before the voxel count, the
-  volume of the intersection of the two polyhedra's kernels (above the threshold: suppress) and
-  of their convex hulls (at or below: keep), both with Qhull; they are continuous volumes
-  while the final test counts voxels, so for a pair whose overlap is within about a surface
-  layer of voxels of the threshold the two implementations can disagree. Measured: identical
-  kept sets on the test candidate sets, see the docs.
+  spheres) above it suppresses ``j``; then the Qhull volumes of the intersection of the two
+  kernels (above: suppress) and of the two convex hulls (at or below: keep); else the number
+  of integer voxels inside both polyhedra. Here the voxel count comes first; only pairs whose
+  count is within :data:`MARGIN` of the threshold go through the two Qhull tests (SciPy's
+  Qhull), which is where a voxel count and a continuous volume can fall on different sides.
 * a voxel ``v`` is inside a polyhedron with centre ``c``, distances ``d`` and ray directions
   ``r`` if it lies in one of the tetrahedra (centre, three vertices of a face). Here the face
   whose cone (spanned by its three ray directions, the same for every candidate) contains
