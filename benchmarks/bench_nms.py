@@ -19,10 +19,10 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-import argparse  # noqa: E402
-import time  # noqa: E402
+import argparse
+import time
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 
 def volume(name: str) -> np.ndarray:
@@ -71,7 +71,10 @@ def main() -> None:
     torch.set_num_threads(2)
     from napari_neuroseg.models.stardist3d import StarDist3D
     from napari_neuroseg.models.stardist3d.nms import nms_3d, polyhedra_to_label, warmup
-    from napari_neuroseg.models.stardist3d.postprocess import render_labels, select_candidates
+    from napari_neuroseg.models.stardist3d.postprocess import (
+        render_labels,
+        select_candidates,
+    )
     from napari_neuroseg.models.stardist3d.rays import rays_spec
     from napari_neuroseg.runtime.subprocess import ProcessWorker
 

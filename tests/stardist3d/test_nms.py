@@ -12,12 +12,19 @@ import numpy as np
 import pytest
 
 from napari_neuroseg.errors import NeurosegError
-from napari_neuroseg.models.stardist3d.nms import nms_3d, nms_3d_iter, polyhedra_to_label
-from napari_neuroseg.models.stardist3d.postprocess import nms_and_render, select_candidates
+from napari_neuroseg.models.stardist3d.nms import (
+    nms_3d,
+    nms_3d_iter,
+    polyhedra_to_label,
+)
+from napari_neuroseg.models.stardist3d.postprocess import (
+    nms_and_render,
+    select_candidates,
+)
 
 stardist_nms = pytest.importorskip("stardist.nms")
-from stardist.geometry import polyhedron_to_label  # noqa: E402
-from stardist.matching import matching  # noqa: E402
+from stardist.geometry import polyhedron_to_label
+from stardist.matching import matching
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +86,7 @@ def test_bundled_sample_equivalent(model):
     image, _ = load_sample("nuclei")
     p, d, pts, shape = model_candidates(model, image, box=(12, 36, 36))
     assert len(p) > 300
-    ref, own = assert_equivalent(d, p, pts, model.rays, shape, model.thresholds.nms)
+    _, own = assert_equivalent(d, p, pts, model.rays, shape, model.thresholds.nms)
     assert len(own[0]) > 10
 
 
@@ -155,7 +162,7 @@ def test_one_candidate_and_volume_edge(model):
     p = np.array([0.9, 0.8, 0.7, 0.95], np.float32)
     for k in (1, 4):  # one candidate, then polyhedra cut by the volume's faces
         for thr in (0.0, 0.3, 1.0):
-            ref, own = assert_equivalent(d[:k], p[:k], pts[:k], rays, shape, thr)
+            _, own = assert_equivalent(d[:k], p[:k], pts[:k], rays, shape, thr)
             assert len(own[0]) >= 1
     lab = polyhedra_to_label(d[:1], pts[:1], rays, shape)
     assert lab[0, 0, 0] == 1 and lab.max() == 1
@@ -237,8 +244,8 @@ def test_predict_instances_backends_agree(model):
 
     image, _ = make_nuclei((16, 48, 48), seed=5)
     steps = []
-    lab_own, det_own = run_to_completion(model.predict_instances_iter(image, n_tiles=(1, 1, 1)), steps.append)
-    lab_ref, det_ref = model.predict_instances(image, n_tiles=(1, 1, 1), nms="stardist", use_subprocess=False)
+    lab_own, _ = run_to_completion(model.predict_instances_iter(image, n_tiles=(1, 1, 1)), steps.append)
+    lab_ref, _ = model.predict_instances(image, n_tiles=(1, 1, 1), nms="stardist", use_subprocess=False)
     assert lab_own.dtype == np.int32 and lab_own.max() == len(np.unique(lab_own)) - 1
     assert matching(lab_ref, lab_own, thresh=0.5).f1 >= 0.99
     assert any("candidates" in s.message for s in steps)

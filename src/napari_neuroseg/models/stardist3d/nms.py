@@ -47,7 +47,7 @@ from napari_neuroseg.errors import NeurosegError
 
 __all__ = ["nms_3d", "nms_3d_iter", "polyhedra_to_label", "sort_order", "warmup", "warmup_async"]
 
-_JIT = dict(nogil=True, cache=False, error_model="numpy")
+_JIT = {"nogil": True, "cache": False, "error_model": "numpy"}
 
 #: Largest offset (per axis, voxels) covered by the face lookup table; beyond it the face is
 #: searched per voxel (correct, slower).
