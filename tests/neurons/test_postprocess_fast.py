@@ -145,3 +145,16 @@ def test_stable_radix_argsort_matches_numpy():
     v[:7] = 0.0
     np.testing.assert_array_equal(K.stable_argsort_nonneg(v), np.argsort(v, kind="stable"))
     assert K.stable_argsort_nonneg(np.zeros(0)).size == 0
+
+
+def test_concurrent_calls_from_threads():
+    """Batch runs post-process blocks in several threads at once: same labels as one by one."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    jobs = [(CASES[c](), SETTINGS[s]) for c, s in [("synthetic-standard", "A"), ("synthetic-hard", "B"),
+                                                   ("pure-colour-tubes", "A"), ("synthetic-mirrored", "B")]]
+    want = [reference(*outs, p) for outs, p in jobs]
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda j: instances_from_outputs(*j[0], j[1]), jobs))
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
