@@ -74,13 +74,14 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
 
-    from napari_neuroseg.models.neurons import PostprocessParams, instances_from_outputs
     from postprocess_reference import reference_instances_from_outputs
+
+    from napari_neuroseg.models.neurons import PostprocessParams, instances_from_outputs
 
     params = PostprocessParams() if a.design == "A" else PostprocessParams(
         use_affinities=True, colour_threshold=0.25, merge_threshold=0.15, colour_sigma=1.0)
     fg0, affs0, img0 = network_outputs(Path(a.cache))
-    new = lambda *x, **k: instances_from_outputs(*x, threads=a.threads, **k)  # noqa: E731
+    new = lambda *x, **k: instances_from_outputs(*x, threads=a.threads, **k)
     # first call: numba loads its cached machine code (or compiles it on a fresh install)
     _, t_first, _ = timed(new, fg0, affs0, img0, params)
     _, t_second, _ = timed(new, fg0, affs0, img0, params)

@@ -38,7 +38,7 @@ SETTINGS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _outputs(seed: int, shape=(20, 48, 48), mirror: bool = False):
     """Network-like outputs of a synthetic volume: uint8 foreground (blurred ground truth + noise,
     low probabilities around the neurites), uint8 affinities (targets + noise), normalised image."""

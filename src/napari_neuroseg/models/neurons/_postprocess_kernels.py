@@ -15,6 +15,7 @@ gives the first voxel number of every (z, y) row. Neighbours are found by mergin
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numba as nb
 import numpy as np
 
-_JIT = dict(nogil=True, cache=True, error_model="numpy")
+_JIT = {"nogil": True, "cache": True, "error_model": "numpy"}
 
 
 def n_threads() -> int:
@@ -45,7 +46,7 @@ def split(bounds_of: np.ndarray | int, parts: int) -> list[tuple[int, int]]:
         cuts = np.searchsorted(rowptr, np.linspace(0, rowptr[-1], parts + 1), side="left").astype(np.int64)
         cuts[0], cuts[-1] = 0, len(rowptr) - 1
         cuts = np.maximum.accumulate(cuts)
-    return [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:]) if b > a]
+    return [(int(a), int(b)) for a, b in itertools.pairwise(cuts) if b > a]
 
 
 def run_chunks(fn, ranges: list[tuple[int, int]], *args, with_index: bool = False) -> None:
@@ -140,7 +141,7 @@ def gather_colour(img, idx, col, v0, v1):
         i = idx[v]
         for c in range(img.shape[0]):
             a = img[c, i]
-            if not (a >= 0 or a != a):  # np.clip(a, 0, None): NaN stays NaN
+            if not (a >= 0 or a != a):  # noqa: PLR0124 - np.clip(a, 0, None): NaN stays NaN
                 a = 0
             col[v, c] = a
 
@@ -172,7 +173,7 @@ def _unit3(col, v):
     """Row v scaled to unit length (``numpy.linalg.norm`` order; the norm floored at 1e-9)."""
     a, b, c = col[v, 0], col[v, 1], col[v, 2]
     nrm = math.sqrt(a * a + b * b + c * c)
-    if not nrm >= 1e-9 and nrm == nrm:  # np.maximum(n, 1e-9): NaN propagates
+    if not nrm >= 1e-9 and nrm == nrm:  # noqa: PLR0124 - np.maximum(n, 1e-9): NaN propagates
         nrm = 1e-9
     return a / nrm, b / nrm, c / nrm
 

@@ -145,7 +145,7 @@ def instances_from_outputs(
     # colour: clipped raw, averaged with the foreground neighbours, unit length
     col = np.empty((n, 3), np.float64)
     K.run_chunks(K.gather_colour, vr, _flat(image, 3), idx, col)
-    for _ in range(int(round(p.colour_sigma * 2))):
+    for _ in range(round(p.colour_sigma * 2)):
         out = np.empty_like(col)
         K.run_chunks(K.smooth_step, vr, col, nbr, rev, N_SHORT, out)
         col = out
