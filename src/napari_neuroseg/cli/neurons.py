@@ -21,7 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("input", help="FISBe Zarr or CZYX TIFF/Zarr")
     p.add_argument("-o", "--output", required=True, help="output .tif/.tiff or .zarr")
-    p.add_argument("--model", default=None, help="neuron model .pt (default: the shipped model)")
+    p.add_argument("--model", default=None,
+                   help="neuron model: neuroseg_neurons (the shipped model, default), a registered name or a .pt file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
                    help="voxel size in µm (default: from the file's metadata; none there, e.g. FISBe: the volume "
@@ -116,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
     from napari_neuroseg.errors import NeurosegError
     from napari_neuroseg.io import labels_to_instances, write_fisbe, write_tiff, write_zarr
     from napari_neuroseg.models.neurons import predict_iter
+    from napari_neuroseg.models.registry import resolve_neuron_model
     from napari_neuroseg.runtime.progress import run_to_completion
 
     if args.threads:
@@ -146,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"\r  [{pr.step}/{pr.total}] {pr.message:<40}", end="", file=sys.stderr, flush=True)
 
     res = run_to_completion(
-        predict_iter(raw, args.model, device=args.device, params=params or None,
+        predict_iter(raw, resolve_neuron_model(args.model), device=args.device, params=params or None,
                      n_tiles=tuple(args.tiles) if args.tiles else None,
                      channel_axis=None, voxel_size=voxel_size),
         cb,

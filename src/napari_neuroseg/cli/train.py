@@ -18,7 +18,7 @@ _MODELS = {
 #: path flags of each model's training command (inputs, outputs), checked by ``cli.main``
 _IO_FLAGS = {
     "nuclei": ({"--images": "images", "--labels": "labels", "--init-from": "init_from"}, {"--output": "output"}),
-    "neurons": ({"--data": "data", "--split": "split", "--init": "init"}, {"--out": "out"}),
+    "neurons": ({"--data": "data", "--split": "split", "--init-from": "init"}, {"--output": "out"}),
 }
 
 

@@ -25,15 +25,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                      "DIR/train + DIR/val, or a split file), or DIR/raw + DIR/labels pairs")
     src.add_argument("--synthetic", action="store_true", help="train on on-the-fly synthetic FISBe-like volumes")
     p.add_argument("--split", metavar="FILE", help='split file: JSON {"train": [...], "val": [...]} or "NAME,SPLIT" lines')
-    p.add_argument("-o", "--out", default="neuron_model", help="output folder for checkpoints (default: %(default)s)")
-    p.add_argument("--iterations", type=int, default=4000, help="total training iterations (default: %(default)s)")
+    p.add_argument("-o", "--output", "--out", dest="out", default="neuron_model",
+                   help="output folder for checkpoints (default: %(default)s)")
+    p.add_argument("--steps", "--iterations", dest="iterations", type=int, default=4000,
+                   help="total training steps (iterations; default: %(default)s)")
     p.add_argument("--patch", type=int, nargs=3, default=(32, 64, 64), metavar=("Z", "Y", "X"),
                    help="patch size, multiples of 2**(levels-1) (default: 32 64 64)")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay)")
     p.add_argument("--base", type=int, default=12, help="filters at full resolution")
     p.add_argument("--levels", type=int, default=4, help="U-Net resolution levels")
-    p.add_argument("--init", metavar="MODEL", help="start from these weights (fine-tuning)")
+    p.add_argument("--init-from", "--init", dest="init", metavar="MODEL",
+                   help="start from these weights (fine-tuning): neuroseg_neurons, a registered name or a .pt file")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--save-every", type=int, default=100, help="checkpoint interval (iterations)")
     p.add_argument("--val-every", type=int, default=500, help="validation interval (iterations; 0 = never)")
@@ -254,7 +257,9 @@ def train_iter(args):
         next_seed = state.get("next_seed")
         rng_state = state.get("rng_state")
     elif args.init:
-        state = read_checkpoint(args.init)
+        from napari_neuroseg.models.registry import resolve_neuron_model
+
+        state = read_checkpoint(resolve_neuron_model(args.init))
         cfg = NetConfig(**state["config"])
     net = cfg.build().to(dev)
     if state is not None:

@@ -1,6 +1,7 @@
 """Bundled models: folders (or ``.pt`` files) under ``models/stardist3d/pretrained/``.
 
-A bundled model is referred to by its name (the folder name or file stem); anything else is a
+A bundled model is referred to by its name (the folder name or file stem), a fine-tuned model by
+its name in the user model folder (:mod:`napari_neuroseg.models.registry`); anything else is a
 path to a model folder or ``.pt`` file.
 """
 
@@ -38,8 +39,19 @@ def resolve_model_path(name_or_path: str | Path | None) -> Path:
     path = Path(s).expanduser()
     if path.exists():
         return path
+    from napari_neuroseg.models import registry
+
+    if s in registry.SHIPPED and registry.SHIPPED[s] != "nuclei":
+        raise NeurosegError(f"{s!r} is a neuron model, not a StarDist-3D nuclei model",
+                            fix="use it with 'neuroseg neurons' / 'train neurons', or give neuroseg_nuclei")
+    entry = registry.lookup(s)
+    if entry is not None:
+        if entry["kind"] != "nuclei":
+            raise NeurosegError(f"registered model {s!r} is a {entry['kind']} model, not a nuclei model",
+                                path=entry["path"], fix="give a nuclei model (see 'neuroseg models list')")
+        return Path(entry["path"])
     available = ", ".join(bundled_models()) or "none installed"
     raise NeurosegError(
-        f"model {s!r} is neither a bundled model ({available}) nor an existing path",
-        fix="give a model folder, a .pt file or a bundled model name",
+        f"model {s!r} is neither a bundled model ({available}), a registered model nor an existing path",
+        fix="give a model folder, a .pt file or a model name (see 'neuroseg models list')",
     )
