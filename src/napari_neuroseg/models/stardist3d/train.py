@@ -41,7 +41,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from napari_neuroseg.runtime.progress import Progress  # standard library only
+
 __all__ = [
+    "TrainProgress",
     "TrainResult",
     "TrainSettings",
     "add_arguments",
@@ -94,9 +97,30 @@ class TrainSettings:
     # fine-tuning: start from the weights of this model (bundled name or folder) instead of a
     # random initialisation (a new run: step 0, fresh optimizer and schedule)
     init_from: str | None = None
+    # the physical scale (``ModelScale.to_dict()``) the model is trained at and saved with
+    # (scale.json); None: that of ``init_from`` (if it has one)
+    model_scale: dict | None = None
+    # NMS backend of the threshold search ("neuroseg": numba, compiled on first use; "stardist": C++)
+    nms_backend: str = "neuroseg"
+    # what --max-minutes counts: "wall" (wall-clock) or "cpu" (this process's CPU time divided by
+    # the torch threads: the wall time the run would take with its cores to itself, for
+    # benchmarks on a shared machine)
+    budget_clock: str = "wall"
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+@dataclass(frozen=True)
+class TrainProgress(Progress):
+    """A training step's :class:`~napari_neuroseg.runtime.progress.Progress` with the numbers a
+    widget plots live: the step's ``loss``, ``val_loss`` when validated at this step, the learning
+    rate and the seconds since the start."""
+
+    loss: float | None = None
+    val_loss: float | None = None
+    lr: float | None = None
+    seconds: float | None = None
 
 
 @dataclass
@@ -333,6 +357,8 @@ def _save_model_files(model, out_dir: Path) -> None:
         # weights first, thresholds and config after: a reader never sees new thresholds with old weights
         for name in ("weights.pt", "thresholds.json", "config.json"):
             os.replace(saved / name, out_dir / name)
+        if (saved / "scale.json").is_file():  # the scale it was trained at (fine-tuning: the base model's)
+            os.replace(saved / "scale.json", out_dir / "scale.json")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -441,6 +467,12 @@ def train_iter(
         best_state = ck.get("best_state")
     elif s.init_from:
         _init_weights(model, s.init_from)
+    if s.model_scale is not None:
+        from napari_neuroseg.runtime.scale import ModelScale
+
+        model.scale = ModelScale.from_dict(s.model_scale)
+    elif model.scale is not None:
+        s.model_scale = model.scale.to_dict()  # kept in the checkpoint's settings (resume)
 
     rays = model.rays
     on_device = device.type == "cuda" if s.targets_on_device is None else bool(s.targets_on_device)
@@ -502,13 +534,16 @@ def train_iter(
             "config": json.loads(json.dumps(model.config_dict())),
             "settings": json.loads(json.dumps(s.to_dict())),
         }
-        _atomic_write_bytes(ckpt_path, lambda tmp: torch.save(blob, tmp))
-        _save_model_files(model, out)
-        _write_history(out, history, s, model, None)
+        try:
+            _atomic_write_bytes(ckpt_path, lambda tmp: torch.save(blob, tmp))
+            _save_model_files(model, out)
+            _write_history(out, history, s, model, None)
+        except OSError as err:
+            raise _save_error(err, out, step, last_saved) from err
 
     from napari_neuroseg.runtime.budget import TimeBudget
 
-    budget = TimeBudget(s.max_minutes, start, s.steps)
+    budget = TimeBudget(s.max_minutes, start, s.steps, clock=budget_clock(s.budget_clock))
     total = s.steps + (1 if s.optimize_thresholds and x_va else 0)
     net.train()
     t0 = time.perf_counter()
@@ -545,7 +580,8 @@ def train_iter(
             msg = f"step {step}/{s.steps} loss {parts['loss']:.4f} (prob {parts['prob_loss']:.4f}, dist {parts['dist_loss']:.3f})"
             if "val_loss" in rec:
                 msg += f" val {rec['val_loss']:.4f}"
-            yield Progress(step, total, msg)
+            yield TrainProgress(step, total, msg, loss=float(parts["loss"]), val_loss=rec.get("val_loss"),
+                                lr=float(lr), seconds=float(rec["time"]))
     finally:
         net.eval()
         net.to(memory_format=torch.contiguous_format)
@@ -556,6 +592,7 @@ def train_iter(
     if s.optimize_thresholds and x_va:
         gen = optimize_thresholds_iter(
             model, x_va, y_va, nms_threshs=s.nms_threshs, iou_threshs=s.iou_threshs, borders=s.borders,
+            nms=s.nms_backend,
         )
         try:
             while True:
@@ -570,10 +607,33 @@ def train_iter(
         result.thresholds = model.thresholds
     if out is not None and (last_saved != s.steps or s.keep_best or s.optimize_thresholds):
         checkpoint(s.steps)
-        _write_history(out, history, s, model, result.val_scores)
+        try:
+            _write_history(out, history, s, model, result.val_scores)
+        except OSError as err:
+            raise _save_error(err, out, s.steps, s.steps) from err
     yield Progress(total, total, "done")
     return result
 
+
+def _save_error(err: OSError, out: Path, step: int, last_saved: int):
+    """A NeurosegError for a failed save (a full disk, no permission): the files of the last good
+    save were replaced atomically, so they are still whole."""
+    import errno
+
+    from napari_neuroseg.errors import NeurosegError
+
+    why = "the disk is full" if err.errno in (errno.ENOSPC, errno.EDQUOT) else f"{err.strerror or err}"
+    kept = (f"the model and checkpoint of step {last_saved} are intact" if last_saved > 0
+            else "nothing was saved yet")
+    return NeurosegError(f"saving the model at step {step} failed: {why} ({kept})", path=out,
+                         fix="free disk space (or choose another -o folder) and continue with --resume")
+
+
+#: fine-tuning defaults (see docs/finetune.md for the measurements behind them)
+FINETUNE_WARMUP = 10
+FINETUNE_EVERY = 25
+#: share of --max-minutes kept for the end of a fine-tuning run (thresholds, scores, model card)
+FINETUNE_END_RESERVE = 0.06
 
 _SAME_FOR_FINE_TUNING = ("n_dim", "n_channel_in", "n_rays", "grid", "anisotropy", "backbone", "rays_json")
 
@@ -586,6 +646,7 @@ def _init_weights(model, source: str) -> None:
     from napari_neuroseg.models.stardist3d.pretrained import resolve_model_path
 
     path = resolve_model_path(source)
+    require_stardist_model(path, source)
     other = StarDist3D.load(path, device="cpu")
     mine, theirs = model.config_dict(), other.config_dict()
     diff = [k for k in _SAME_FOR_FINE_TUNING if mine.get(k) != theirs.get(k)]
@@ -595,6 +656,30 @@ def _init_weights(model, source: str) -> None:
             path=path, fix="use the same network options as that model (see its config.json)",
         )
     model.load_weights(other.net.state_dict(), path)
+    model.scale = other.scale
+
+
+def require_stardist_model(path: Path, name: str | None = None) -> None:
+    """A NeurosegError unless ``path`` is a StarDist-3D model (folder or own ``.pt``): a neuron
+    model (or anything else) given to ``train nuclei --init-from`` is named as such."""
+    from napari_neuroseg.errors import NeurosegError
+
+    path = Path(path)
+    if path.is_dir() and (path / "config.json").is_file():
+        return
+    if path.is_file() and path.suffix == ".pt":
+        from napari_neuroseg.models.safe_load import load_torch_file
+
+        blob = load_torch_file(path, what="model file", fix="give a StarDist-3D model folder or name")
+        if isinstance(blob, dict) and blob.get("format") == "neuroseg-stardist3d":
+            return
+        if isinstance(blob, dict) and str(blob.get("model_type", "")).startswith("napari-neuroseg/neurons"):
+            raise NeurosegError(
+                f"{name or path.name!r} is a neuron model, not a StarDist-3D nuclei model", path=path,
+                fix="fine-tune it with 'neuroseg train neurons --init-from ...', or give a nuclei model "
+                    "(e.g. neuroseg_nuclei) to 'train nuclei'")
+    raise NeurosegError(f"{name or path.name!r} is not a StarDist-3D model", path=path,
+                        fix="give a nuclei model folder (config.json + weights) or a name such as neuroseg_nuclei")
 
 
 def _write_history(out: Path, history, s: TrainSettings, model, val_scores) -> None:
@@ -689,11 +774,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--synthetic-randomize", type=float, default=0.0, metavar="FRACTION",
                       help="this fraction (0-1) of the synthetic volumes gets the wide domain randomisation "
                            "(NucleiSettings.randomized_wide; docs/synth.md)")
-    data.add_argument("--val-fraction", type=float, default=d.val_fraction, help="fraction of volumes held out")
+    data.add_argument("--val-fraction", type=float, default=d.val_fraction,
+                      help="fraction of volumes held out (training from scratch on several volumes)")
+    data.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                      help="fine-tuning: voxel size of the training images in µm (default: from their metadata); "
+                           "they are resampled to the base model's scale")
+    data.add_argument("--val-images", nargs="+", default=None, metavar="PATH",
+                      help="fine-tuning: validation images (default: a 25%% slab of each training volume is held out)")
+    data.add_argument("--val-labels", nargs="+", default=None, metavar="PATH", help="labels of --val-images")
     parser.add_argument("-o", "--output", required=True, metavar="MODEL_DIR", help="output model folder")
     parser.add_argument("--resume", action="store_true", help="continue from MODEL_DIR/checkpoint.pt")
-    parser.add_argument("--init-from", default=None, metavar="MODEL",
-                        help="fine-tune: start from this model's weights (bundled name or folder; same network options)")
+    parser.add_argument("--init-from", "--init", dest="init_from", default=None, metavar="MODEL",
+                        help="fine-tune: start from this model (neuroseg_nuclei, a registered name or a folder); "
+                             "its network, scale and thresholds are the starting point")
+    parser.add_argument("--name", default=None,
+                        help="fine-tuning: name in the user model folder (default: the output folder's name)")
+    parser.add_argument("--no-register", action="store_true",
+                        help="fine-tuning: do not register the model in the user model folder")
     net = parser.add_argument_group("network")
     net.add_argument("--backbone", choices=("unet", "resnet"), default="unet")
     net.add_argument("--n-rays", type=int, default=64)
@@ -703,19 +800,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--unet-depth", type=int, default=2)
     net.add_argument("--conv-after", type=int, default=64, help="filters of the 'features' conv")
     tr = parser.add_argument_group("training")
-    tr.add_argument("--steps", type=int, default=d.steps)
+    tr.add_argument("--steps", "--iterations", dest="steps", type=int, default=d.steps,
+                    help="training steps (with --max-minutes: at most this many)")
     tr.add_argument("--batch-size", type=int, default=d.batch_size)
-    tr.add_argument("--patch-size", type=int, nargs=3, default=d.patch_size, metavar=("Z", "Y", "X"))
+    tr.add_argument("--patch-size", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                    help=f"default {' '.join(map(str, d.patch_size))}; fine-tuning: the largest up to "
+                         "32 48 48 (at the model's scale) that the data holds")
     tr.add_argument("--lr", type=float, default=d.learning_rate, help="peak learning rate (Adam)")
+    tr.add_argument("--warmup", type=int, default=None,
+                    help=f"learning-rate warm-up steps (default {d.warmup_steps}; fine-tuning {FINETUNE_WARMUP})")
     tr.add_argument("--no-augment", action="store_true")
-    tr.add_argument("--val-every", type=int, default=d.val_every)
-    tr.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    tr.add_argument("--val-every", type=int, default=None,
+                    help=f"validation loss every N steps (default {d.val_every}; fine-tuning {FINETUNE_EVERY})")
+    tr.add_argument("--checkpoint-every", type=int, default=None,
+                    help=f"save every N steps (default {d.checkpoint_every}; fine-tuning {FINETUNE_EVERY})")
     tr.add_argument("--no-optimize-thresholds", action="store_true")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     tr.add_argument("--workers", type=int, default=0, help="background processes making patches")
     tr.add_argument("--log-every", type=int, default=10)
+    tr.add_argument("--budget-clock", choices=("wall", "cpu"), default="wall",
+                    help="what --max-minutes counts: wall-clock time (default) or this process's CPU time "
+                         "divided by --threads (benchmarks on a shared machine)")
     tr.add_argument("--max-minutes", type=float, default=None,
                     help="wall-clock budget: the learning-rate schedule is shortened so the run ends in time")
 
@@ -751,9 +858,13 @@ def main(args: argparse.Namespace) -> int:
         n_filter_base=args.n_filter_base, unet_n_depth=args.unet_depth, net_conv_after=args.conv_after,
     )
     config.check_size(training=True)
-    check_patch_budget(args.patch_size, args.batch_size, config,
+    patch = tuple(args.patch_size) if args.patch_size else TrainSettings().patch_size
+    check_patch_budget(patch, args.batch_size, config,
                        [tuple(args.synthetic_shape)] * max(0, args.synthetic))
-    images, labels = [], []
+    clock = budget_clock(getattr(args, "budget_clock", "wall"))
+    t_start = clock()
+    base = _finetune_base(args.init_from) if args.init_from else None
+    images, labels, voxel_sizes = [], [], []
     if image_paths:
         from napari_neuroseg.io import read_image, read_labels
 
@@ -771,6 +882,7 @@ def main(args: argparse.Namespace) -> int:
                                     path=path, fix="train on crops of the volume")
             images.append(np.asarray(vol.data))
             labels.append(np.asarray(lab))
+            voxel_sizes.append(_voxel_size(args, vol))
     if args.synthetic > 0:
         kw = {}
         if args.synthetic_radius:
@@ -786,12 +898,17 @@ def main(args: argparse.Namespace) -> int:
               flush=True)
         images += xs
         labels += ys
+        voxel_sizes += [None] * len(xs)
+    d = TrainSettings()
     settings = TrainSettings(
-        steps=args.steps, batch_size=args.batch_size, patch_size=tuple(args.patch_size), learning_rate=args.lr,
-        augment=not args.no_augment, val_fraction=args.val_fraction, val_every=args.val_every,
-        checkpoint_every=args.checkpoint_every, optimize_thresholds=not args.no_optimize_thresholds,
+        steps=args.steps, batch_size=args.batch_size, patch_size=patch, learning_rate=args.lr,
+        augment=not args.no_augment, val_fraction=args.val_fraction,
+        val_every=args.val_every or (FINETUNE_EVERY if base else d.val_every),
+        checkpoint_every=args.checkpoint_every or (FINETUNE_EVERY if base else d.checkpoint_every),
+        warmup_steps=args.warmup if args.warmup is not None else (FINETUNE_WARMUP if base else d.warmup_steps),
+        optimize_thresholds=not args.no_optimize_thresholds,
         seed=args.seed, device=args.device, threads=args.threads, workers=args.workers,
-        max_minutes=args.max_minutes, init_from=args.init_from,
+        max_minutes=args.max_minutes, init_from=args.init_from, budget_clock=args.budget_clock,
     )
     log_every = max(1, int(args.log_every))
 
@@ -799,8 +916,151 @@ def main(args: argparse.Namespace) -> int:
         if p.step % log_every == 0 or "val" in p.message or not p.message.startswith("step"):
             print(p.message, flush=True)
 
+    if base is not None:
+        return _finetune_main(args, base, images, labels, voxel_sizes, image_paths + [None] * args.synthetic,
+                              label_paths, settings, show, t_start, clock)
     result = train(images, labels, config, out_dir=args.output, settings=settings, resume=args.resume, callback=show)
     th = result.thresholds
     print(f"saved {args.output} (thresholds prob {th.prob:.3f}, nms {th.nms:g}"
           + (f", validation mean F1 {result.val_f1:.3f}" if result.val_f1 is not None else "") + ")")
+    return 0
+
+
+def budget_clock(kind: str = "wall"):
+    """The clock of a time budget: ``time.monotonic`` ("wall"), or ("cpu") this process's CPU
+    seconds divided by torch's thread count."""
+    from napari_neuroseg.errors import NeurosegError
+
+    if kind == "wall":
+        return time.monotonic
+    if kind != "cpu":
+        raise NeurosegError(f"unknown budget clock {kind!r}", fix="use 'wall' or 'cpu'")
+
+    def cpu() -> float:
+        import torch
+
+        return time.process_time() / max(1, torch.get_num_threads())
+
+    return cpu
+
+
+def _voxel_size(args: argparse.Namespace, vol) -> tuple[float, float, float] | None:
+    """The training image's voxel size: ``--voxel-size``, else the file's metadata (None: unknown)."""
+    from napari_neuroseg.runtime.scale import parse_voxel_size, voxel_size_from_volume
+
+    if getattr(args, "voxel_size", None) is not None:
+        return parse_voxel_size(args.voxel_size, what="--voxel-size")
+    return voxel_size_from_volume(vol)
+
+
+def _finetune_base(source: str):
+    """The base model of a fine-tuning run (a StarDist-3D model; a neuron model is refused)."""
+    from napari_neuroseg.models.stardist3d.model import StarDist3D
+    from napari_neuroseg.models.stardist3d.pretrained import resolve_model_path
+
+    path = resolve_model_path(source)
+    require_stardist_model(path, source)
+    return StarDist3D.load(path, device="cpu")
+
+
+def _quick_nms() -> str:
+    """The NMS backend for the short predictions of a fine-tuning run: stardist's C++ when it is
+    installed (no ~30 s numba compilation out of a few minutes' budget), else the numba one.
+    Both make the same decisions (``models/stardist3d/nms.py``)."""
+    import importlib.util
+
+    return "stardist" if importlib.util.find_spec("stardist") is not None else "neuroseg"
+
+
+def _read_pairs(image_paths, label_paths, args):
+    import numpy as np
+
+    from napari_neuroseg.io import read_image, read_labels
+
+    xs, ys, vss = [], [], []
+    for ip, lp in zip(image_paths, label_paths):
+        vol = read_image(ip)
+        xs.append(np.asarray(vol.data))
+        ys.append(np.asarray(read_labels(lp)))
+        vss.append(_voxel_size(args, vol))
+    return xs, ys, vss
+
+
+def _finetune_main(args, base, images, labels, voxel_sizes, image_paths, label_paths, settings: TrainSettings,
+                   show, t_start: float, clock=time.monotonic) -> int:
+    """``neuroseg train nuclei --init-from MODEL``: train at the base model's scale, hold out a
+    slab for validation, choose thresholds there, write a model card and register the model."""
+    from napari_neuroseg.errors import NeurosegError
+    from napari_neuroseg.models.stardist3d.training.finetune import (
+        f1_at,
+        fit_patch_size,
+        prepare_finetune_data,
+        write_model_card,
+    )
+    from napari_neuroseg.runtime.device import select_device
+
+    if args.synthetic > 0:
+        raise NeurosegError("fine-tuning uses your annotated volumes only", fix="drop --synthetic with --init-from")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(int(args.threads))
+    val_x = val_y = val_vs = None
+    if args.val_images or args.val_labels:
+        if len(args.val_images or []) != len(args.val_labels or []):
+            raise NeurosegError("--val-images and --val-labels differ in number", fix="give one label file per image")
+        val_x, val_y, val_vs = _read_pairs(_expand(args.val_images), _expand(args.val_labels), args)
+    data = prepare_finetune_data(images, labels, voxel_sizes, base.scale, paths=image_paths,
+                                 val_images=val_x, val_labels=val_y, val_voxel_sizes=val_vs)
+    if not args.patch_size:
+        settings.patch_size = fit_patch_size([y.shape for y in data.labels], base.config.divisor)
+    settings.model_scale = None if base.scale is None else base.scale.to_dict()
+    settings.nms_backend = nms_backend = _quick_nms()
+    out = Path(args.output)
+    f1_before = f1_at(base, data.val_images, data.val_labels, nms=nms_backend)
+    if settings.max_minutes is not None:
+        total = float(settings.max_minutes)
+        used = (clock() - t_start) / 60.0
+        settings.max_minutes = max(0.05, total * (1 - FINETUNE_END_RESERVE) - used)
+    print(f"fine-tuning {base.name} at its scale: training part(s) {[tuple(y.shape) for y in data.labels]}, "
+          f"held-out {[tuple(y.shape) for y in data.val_labels]}, patch {tuple(settings.patch_size)}; "
+          f"F1@0.5 of the base model on the held-out part {f1_before:.3f}", flush=True)
+    for note in data.notes:
+        print(note, flush=True)
+    result = train(data.images, data.labels, base.config_dict(), out_dir=out, settings=settings,
+                   val_images=data.val_images, val_labels=data.val_labels, resume=args.resume, callback=show)
+    model = result.model
+    f1_after = f1_at(model, data.val_images, data.val_labels, nms=nms_backend)
+    minutes = (clock() - t_start) / 60.0
+    th = model.thresholds
+    dev = select_device(settings.device)
+    import torch
+
+    info = {
+        "name": args.name or out.name, "base": str(args.init_from),
+        "images": [str(p) for p in image_paths], "labels": [str(p) for p in label_paths],
+        "voxel_sizes": data.voxel_sizes,
+        "model_voxel_size": None if model.scale is None else list(model.scale.voxel_size),
+        "factors": data.factors,
+        "validation": ("separate volumes" if val_x is not None else
+                       "; ".join(f"slab {sp['axis']} >= {sp['start']} of {sp['shape_at_model_scale']} at the model's scale "
+                                 f"({sp['objects_val']} objects held out, {sp['objects_train']} trained on)"
+                                 for sp in data.split)),
+        "steps": result.step, "batch_size": settings.batch_size, "patch_size": list(settings.patch_size),
+        "minutes": minutes, "device": str(dev), "threads": torch.get_num_threads(),
+        "prob": th.prob, "nms": th.nms, "f1_before": f1_before, "f1_after": f1_after, "notes": data.notes,
+    }
+    _atomic_write_bytes(out / "finetune.json", lambda tmp: Path(tmp).write_text(json.dumps(info, indent=1, default=str)))
+    write_model_card(out, info)
+    print(f"F1@0.5 on the held-out part: base {f1_before:.3f} -> fine-tuned {f1_after:.3f} "
+          f"({result.step} steps, {minutes:.1f} min)", flush=True)
+    if not args.no_register:
+        from napari_neuroseg.models.registry import register_model
+
+        entry = register_model(out, kind="nuclei", name=args.name or out.name,
+                               voxel_size=info["model_voxel_size"],
+                               scores={"f1_0.5_heldout_before": f1_before, "f1_0.5_heldout_after": f1_after},
+                               info={"base": str(args.init_from), "steps": result.step, "minutes": round(minutes, 2)})
+        print(f"registered as {entry['name']!r} ({entry['path']}): use --model {entry['name']}", flush=True)
+    print(f"saved {out} (thresholds prob {th.prob:.3f}, nms {th.nms:g})")
     return 0

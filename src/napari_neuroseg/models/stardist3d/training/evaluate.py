@@ -29,17 +29,18 @@ def instances_from_prediction(
     prob_thresh: float,
     nms_thresh: float,
     border: int = 2,
+    nms: str = "neuroseg",
 ) -> np.ndarray:
     """Label volume from ``prob`` (Z',Y',X') and ``dist`` (Z',Y',X',R) as ``predict`` returns them
-    (candidate selection with the ``border`` exclusion in grid voxels, sparse NMS, rendering), in
-    process."""
+    (candidate selection with the ``border`` exclusion in grid voxels, sparse NMS with the backend
+    ``nms``, rendering), in process."""
     from napari_neuroseg.models.stardist3d.postprocess import nms_and_render, select_candidates
 
     p, d, pts = select_candidates(
         prob, np.moveaxis(dist, -1, 0), offset=(0, 0, 0), grid=tuple(grid), prob_thresh=prob_thresh,
         border=((int(border), int(border)),) * 3, shape=tuple(shape),
     )
-    labels, _ = nms_and_render(p, d, pts, rays_spec, n_rays, nms_thresh, tuple(shape))
+    labels, _ = nms_and_render(p, d, pts, rays_spec, n_rays, nms_thresh, tuple(shape), nms=nms)
     return labels
 
 

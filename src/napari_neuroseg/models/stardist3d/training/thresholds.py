@@ -30,6 +30,7 @@ def optimize_thresholds_iter(
     maxiter: int = 20,
     predictions: Sequence[tuple[np.ndarray, np.ndarray]] | None = None,
     borders: Sequence[int] = (2,),
+    nms: str = "neuroseg",
 ) -> Generator[Progress, None, tuple[Thresholds, float, dict]]:
     """Generator form of :func:`optimize_thresholds`; returns ``(thresholds, mean_f1, history)``
     where ``history`` maps ``"nms"`` (or ``"nms/border"`` when several borders are searched) →
@@ -52,6 +53,7 @@ def optimize_thresholds_iter(
             yield Progress(step, total, f"validation prediction {len(predictions)}/{len(images)}")
     spec = rays_spec(model.config)
     shapes = [tuple(y.shape) for y in labels]
+    backend = nms  # the NMS implementation (the loop below names the thresholds ``nms``)
     max_prob = max(float(p.max()) for p, _ in predictions)
     lo, hi = max_prob / 2, max_prob
     history: dict[str, list[tuple[float, float]]] = {}
@@ -66,7 +68,8 @@ def optimize_thresholds_iter(
             if t not in cache:
                 preds = [
                     instances_from_prediction(p, d, s, rays_spec=spec, n_rays=model.config.n_rays,
-                                              grid=model.grid, prob_thresh=t, nms_thresh=nms, border=border)
+                                              grid=model.grid, prob_thresh=t, nms_thresh=nms, border=border,
+                                              nms=backend)
                     for (p, d), s in zip(predictions, shapes)
                 ]
                 scores = score_instances(labels, preds, iou_threshs)
