@@ -815,6 +815,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     tr.add_argument("--checkpoint-every", type=int, default=None,
                     help=f"save every N steps (default {d.checkpoint_every}; fine-tuning {FINETUNE_EVERY})")
     tr.add_argument("--no-optimize-thresholds", action="store_true")
+    tr.add_argument("--last-weights", action="store_true",
+                    help="end with the last weights instead of those of the lowest validation loss")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -906,7 +908,7 @@ def main(args: argparse.Namespace) -> int:
         val_every=args.val_every or (FINETUNE_EVERY if base else d.val_every),
         checkpoint_every=args.checkpoint_every or (FINETUNE_EVERY if base else d.checkpoint_every),
         warmup_steps=args.warmup if args.warmup is not None else (FINETUNE_WARMUP if base else d.warmup_steps),
-        optimize_thresholds=not args.no_optimize_thresholds,
+        optimize_thresholds=not args.no_optimize_thresholds, keep_best=not args.last_weights,
         seed=args.seed, device=args.device, threads=args.threads, workers=args.workers,
         max_minutes=args.max_minutes, init_from=args.init_from, budget_clock=args.budget_clock,
     )
