@@ -8,6 +8,11 @@
 # (optimize_thresholds on those 5 volumes) picks prob / nms / border.
 # benchmarks/heldout (independent generator) and /work/shared/real_nuclei are NOT used here.
 # 2 shared CPU cores: 1 thread + 1 worker, nice, a time budget; RESUME=1 continues from checkpoint.pt.
+# What was run for the shipped model (session 4), in two stages, then shipped:
+#   EVAL=0 MINUTES=60 scripts/train_nuclei_robust.sh      # stage 1: the budget fitted 252 steps (loaded machine)
+#   RESUME=1 MINUTES=28 scripts/train_nuclei_robust.sh    # stage 2: to step 1332; step-750 weights (lowest val loss)
+#   D=src/napari_neuroseg/models/stardist3d/pretrained/neuroseg_nuclei
+#   cp /work/runs/nuc_robust/{weights.pt,thresholds.json,training.json} "$D"/   # config.json, scale.json unchanged
 # Runs the library API (train()) from a snapshot of src/ (SRC) so edits in the shared checkout cannot
 # change a running job (`neuroseg train nuclei --init-from` is the real-data fine-tuning path, which
 # refuses --synthetic).
