@@ -214,3 +214,31 @@ def test_batch_nuclei_task_decides_the_factors_once(monkeypatch):
     assert task.halo_for(prepared) == tuple(2 * h for h in plain)  # context at the model's scale
     labels = task.segment(img, "ZYX", prepared)
     assert labels.shape == img.shape
+
+
+def test_layer_scale_is_a_voxel_size_only_with_a_length_unit():
+    """napari's default units are pixels: the synthetic sample's scale (2, 1, 1) is an anisotropy,
+    not 2 µm voxels (resampling by it made the nuclei 4x too large); a file's unit or µm layer units count."""
+    from napari_neuroseg.runtime.scale import voxel_size_from_layer_scale
+
+    assert voxel_size_from_layer_scale((2, 1, 1)) is None
+    assert voxel_size_from_layer_scale((2, 1, 1), ("pixel",) * 3) is None
+    assert voxel_size_from_layer_scale((2, 1, 1), ("pixel",) * 3, "pixel") is None
+    assert voxel_size_from_layer_scale((0.3, 0.1, 0.1), ("pixel",) * 3, "micrometer") == (0.3, 0.1, 0.1)
+    assert voxel_size_from_layer_scale((300, 100, 100), ("nanometer",) * 3) == pytest.approx((0.3, 0.1, 0.1))
+    assert voxel_size_from_layer_scale((1, 1, 1), ("micrometer",) * 3) is None
+
+
+def test_imagej_tiff_without_a_unit_has_no_voxel_size(tmp_path):
+    """ImageJ shows 'pixel' for a file with a Z spacing but no unit: not a physical voxel size."""
+    from napari_neuroseg.io import read_image
+    from napari_neuroseg.runtime.scale import voxel_size_from_volume
+
+    import tifffile
+
+    p = tmp_path / "noUnit.tif"
+    tifffile.imwrite(p, np.zeros((4, 8, 8), np.uint16), imagej=True, resolution=(1.0, 1.0),
+                     metadata={"spacing": 2.0, "axes": "ZYX"})
+    vol = read_image(p)
+    assert tuple(vol.scale) == (2.0, 1.0, 1.0)  # still shown with its anisotropy in napari
+    assert voxel_size_from_volume(vol) is None

@@ -323,11 +323,14 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             self.nms_spin.setValue(th[1])
 
     def _fill_voxel_size(self, name: str) -> None:
-        """The voxel size box follows the chosen layer's ``scale`` (blank when it is all 1)."""
+        """The voxel size box follows the chosen layer's ``scale`` when it is a physical size
+        (a length unit in the layer's ``units`` or the file's unit); blank otherwise."""
         from napari_neuroseg.runtime.scale import voxel_size_from_layer_scale
 
         if name in self.viewer.layers:
-            vs = voxel_size_from_layer_scale(self.viewer.layers[name].scale)
+            layer = self.viewer.layers[name]
+            vs = voxel_size_from_layer_scale(layer.scale, getattr(layer, "units", None),
+                                             (layer.metadata or {}).get("unit"))
             self.voxel_edit.setText("" if vs is None else " ".join(f"{v:.4g}" for v in vs))
 
     def image_layer(self):

@@ -130,6 +130,8 @@ def _scale_from_tiff(tif, series) -> tuple[dict[str, float], str]:
         if ij.get("unit"):
             u = str(ij["unit"])
             unit = _UNIT_ALIASES.get(u, u)
+        elif ij:  # an ImageJ file without a unit: ImageJ itself says "pixel" (a ratio, not a size)
+            unit = "pixel"
     return scale, unit
 
 

@@ -188,12 +188,23 @@ def voxel_size_from_volume(vol: Any) -> tuple[float, float, float] | None:
     return tuple(s * k for s in scale)  # type: ignore[return-value]
 
 
-def voxel_size_from_layer_scale(scale: Sequence[float]) -> tuple[float, float, float] | None:
-    """A napari layer's last three ``scale`` entries as a voxel size, None when all are 1."""
+def voxel_size_from_layer_scale(scale: Sequence[float], units: Sequence[Any] | None = None,
+                                metadata_unit: str | None = None) -> tuple[float, float, float] | None:
+    """A napari layer's last three ``scale`` entries as a voxel size in µm, or None when it is not
+    a physical size: all 1, or no length unit. The unit is the layer's ``units`` when those are
+    lengths, else the file's unit the plugin's readers keep in ``metadata["unit"]``; a scale in
+    napari's default ``pixel`` units (e.g. an anisotropy of 2, 1, 1 with no unit) is not a voxel size."""
     s = tuple(float(v) for v in list(scale)[-3:])
     if len(s) != 3 or all(v == 1.0 for v in s) or not all(math.isfinite(v) and v > 0 for v in s):
         return None
-    return s  # type: ignore[return-value]
+    names = [str(u) for u in list(units or [])[-3:]]
+    if len(names) == 3 and all(n in _UNIT_TO_UM for n in names):
+        factors = [_UNIT_TO_UM[n] for n in names]
+    elif metadata_unit is not None and str(metadata_unit).strip() in _UNIT_TO_UM:
+        factors = [_UNIT_TO_UM[str(metadata_unit).strip()]] * 3
+    else:
+        return None
+    return tuple(v * k for v, k in zip(s, factors))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
