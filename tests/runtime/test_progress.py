@@ -67,3 +67,25 @@ def test_should_stop_forwards_the_step_and_close_closes_the_job():
 def test_run_to_completion_through_throttle():
     clock = FakeClock()
     assert run_to_completion(throttle(job(50, clock, 0.01, []), clock=clock)) == "result"
+
+
+def test_throttle_never_skips_steps_that_carry_data():
+    """A batch file's summary row rides on a Progress (``record``): rate limiting must not drop it
+    (the Batch dock lost table rows when several files ended within 0.1 s)."""
+    from dataclasses import dataclass
+
+    from napari_neuroseg.runtime.progress import Progress, carries_data, throttle
+
+    @dataclass(frozen=True)
+    class WithRecord(Progress):
+        record: dict | None = None
+
+    def job():
+        for i in range(6):
+            yield WithRecord(i, 6, "file", record={"i": i} if i % 2 else None)
+        return "ok"
+
+    clock = iter([0.0] * 100).__next__  # no time passes: only the first plain step is due
+    out = list(throttle(job(), 0.1, clock=clock))
+    assert [p.record["i"] for p in out if carries_data(p)] == [1, 3, 5]
+    assert out[0].step == 0

@@ -35,7 +35,7 @@ from typing import Any
 from napari.qt.threading import GeneratorWorker, create_worker
 
 from napari_neuroseg._napari._notify import notify_error
-from napari_neuroseg.runtime.progress import PROGRESS_INTERVAL, Progress, throttle
+from napari_neuroseg.runtime.progress import PROGRESS_INTERVAL, Progress, carries_data, throttle
 
 __all__ = ["JobRuntimeError", "as_progress", "start_worker"]
 
@@ -162,7 +162,7 @@ def start_worker(
             while queue:
                 item = queue.popleft()
                 prog = as_progress(item)
-                if prog is not None:
+                if prog is not None and not carries_data(item):
                     if state["ended"] or any(as_progress(x) is not None for x in queue):
                         continue  # a newer step is already waiting, or the job is over
                 if on_yield is not None:

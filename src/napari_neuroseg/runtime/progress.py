@@ -40,6 +40,12 @@ class Progress:
 ProgressGenerator = Generator[Progress, None, T]
 
 
+def carries_data(item: Any) -> bool:
+    """Whether a yielded item holds data for the caller beyond a step (e.g. a batch file's summary
+    ``record``): such items are never skipped by rate limiting, even when they are ``Progress``."""
+    return getattr(item, "record", None) is not None
+
+
 class Cancelled(Exception):
     """Raised by :func:`run_to_completion` when its ``should_stop`` callback says so."""
 
@@ -79,17 +85,18 @@ def throttle(
     The first ``Progress`` is forwarded at once, later ones only when ``interval`` has passed
     since the last forwarded one; a skipped step is not lost for good: the latest one is forwarded
     before the result (so a bar ends on the job's last step). Items that are not ``Progress``
-    (data for the caller; ``is_progress`` decides, default: instances of ``Progress``) are
-    always forwarded. ``should_stop()`` is asked after each
+    (data for the caller; ``is_progress`` decides, default: instances of ``Progress``) and steps
+    that :func:`carries_data` are always forwarded. ``should_stop()`` is asked after each
     skipped step: when it says true the step is forwarded at once, so a consumer that cancels at
     a ``yield`` (napari's ``worker.quit()``) still stops within one step of the job. Closing the
     throttle closes ``gen`` (its ``finally`` blocks run).
     """
     last: float | None = None
     pending: Any = None
-    if is_progress is None:
-        def is_progress(x: Any) -> bool:
-            return isinstance(x, Progress)
+    step_test = is_progress if is_progress is not None else (lambda x: isinstance(x, Progress))
+
+    def skippable(x: Any) -> bool:  # a plain step; data-carrying steps are always forwarded
+        return step_test(x) and not carries_data(x)
     try:
         while True:
             try:
@@ -98,7 +105,7 @@ def throttle(
                 if pending is not None:
                     yield pending
                 return stop.value
-            if not is_progress(item):
+            if not skippable(item):
                 yield item
                 continue
             now = clock()
