@@ -91,3 +91,23 @@ def test_batch_widget_cancel(make_napari_viewer, qtbot, tmp_path, errors_shown):
     qtbot.waitUntil(lambda: w.run_button.isEnabled(), timeout=30000)
     assert w.result is None and "cancel" in w.status_label.text()
     assert len(list((tmp_path / "out").glob("*_threshold.tif"))) < 30
+
+
+def test_batch_result_opens_with_the_voxel_size_of_its_image(make_napari_viewer, qtbot, tmp_path, errors_shown):
+    """*Open result* keeps the voxel size (it opened at scale 1,1,1 against the image's 2,1,1)."""
+    d = tmp_path / "in"
+    d.mkdir()
+    tifffile.imwrite(d / "v0.tif", _blobs(0), imagej=True, resolution=(1.0, 1.0),
+                     metadata={"spacing": 2.0, "unit": "um", "axes": "ZYX"})
+    viewer = make_napari_viewer()
+    w = BatchWidget(viewer)
+    w.inputs_edit.setText(str(d))
+    w.outdir_edit.setText(str(tmp_path / "out"))
+    w.task_combo.setCurrentText("threshold")
+    w.set_param("threshold", 500)
+    w.run()
+    qtbot.waitUntil(lambda: w.result is not None and w.run_button.isEnabled(), timeout=30000)
+    layer = w.open_result(0)
+    assert layer is not None
+    np.testing.assert_allclose(layer.scale, (2.0, 1.0, 1.0))
+    assert errors_shown == []

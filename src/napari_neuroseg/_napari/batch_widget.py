@@ -280,4 +280,24 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
             node = zarr.open(str(out), mode="r")
             data = node["0"] if isinstance(node, zarr.Group) else node
-        return self.viewer.add_labels(data, name=out.name.split(".")[0])
+        scale, unit = _voxel_size_of(out, rec.get("input"))
+        return self.viewer.add_labels(data, name=out.name.split(".")[0], scale=scale,
+                                      metadata={"unit": unit} if unit else {})
+
+
+def _voxel_size_of(output: Path, input_path: Any) -> tuple[tuple[float, ...], str | None]:
+    """The voxel size (Z, Y, X) and unit a result opens with: the output file's, else its input's
+    (so a result lies on its image in the viewer); (1, 1, 1) when neither says."""
+    from napari_neuroseg.io import read_image
+
+    for path in (output, input_path):
+        if not path:
+            continue
+        try:
+            vol = read_image(path, lazy=True)
+        except Exception:  # noqa: BLE001 - unreadable metadata: try the next source
+            continue
+        scale = tuple(float(v) for v in tuple(vol.scale)[-3:])
+        if len(scale) == 3 and any(v != 1.0 for v in scale):
+            return scale, (vol.meta or {}).get("unit")
+    return (1.0, 1.0, 1.0), None
