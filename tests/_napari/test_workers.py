@@ -111,7 +111,10 @@ def test_many_fast_steps_do_not_nest_through_napari_progress_bar(make_napari_vie
     qtbot.waitUntil(lambda: finished == [True], timeout=20000)
     assert returned == [20000] and errors_shown == []
     assert depth["max"] == 1
-    assert 1 <= len(yielded) < 200 and yielded[-1].step == 20000
+    # rate-limited: a few increasing steps (a step left over when the job has already ended is
+    # dropped, so the last one shown depends on timing)
+    steps = [p.step for p in yielded]
+    assert 1 <= len(steps) < 200 and steps == sorted(steps) and steps[-1] <= 20000
     assert sys.getrecursionlimit() == limit
     assert viewer is not None
 

@@ -87,7 +87,7 @@ def test_bundled_sample_equivalent(model):
     p, d, pts, shape = model_candidates(model, image, box=(12, 36, 36))
     assert len(p) > 300
     _, own = assert_equivalent(d, p, pts, model.rays, shape, model.thresholds.nms)
-    assert len(own[0]) > 10
+    assert len(own[0]) >= 8  # a non-trivial kept set (10 with the shipped model of session 4)
 
 
 @pytest.mark.slow
