@@ -89,3 +89,29 @@ def test_throttle_never_skips_steps_that_carry_data():
     out = list(throttle(job(), 0.1, clock=clock))
     assert [p.record["i"] for p in out if carries_data(p)] == [1, 3, 5]
     assert out[0].step == 0
+
+
+def test_relay_maps_steps_returns_the_result_and_closes_the_sub_job():
+    from napari_neuroseg.runtime.progress import Progress, relay
+
+    closed = []
+
+    def sub():
+        try:
+            yield 1
+            yield 2
+            return "done"
+        finally:
+            closed.append(True)
+
+    def outer():
+        result = yield from relay(sub(), lambda i: Progress(i, 2, "sub"))
+        return result
+
+    gen = outer()
+    assert [p.step for p in gen] == [1, 2]
+    assert closed == [True]
+    gen2 = relay(sub(), lambda i: i)
+    assert next(gen2) == 1
+    gen2.close()
+    assert closed == [True, True]

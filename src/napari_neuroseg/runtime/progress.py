@@ -72,6 +72,21 @@ def run_to_completion(
         return stop.value
 
 
+def relay(gen: Generator[Any, Any, T], to_progress: Callable[[Any], Any]) -> Generator[Any, None, T]:
+    """Forward each item of a sub-job ``gen`` as ``to_progress(item)`` (e.g. rescaled into the
+    caller's steps) and return the sub-job's result; ``gen`` is closed when the relay ends or is
+    closed. Use as ``result = yield from relay(gen, fn)``."""
+    try:
+        while True:
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            yield to_progress(item)
+    finally:
+        gen.close()
+
+
 def throttle(
     gen: Generator[Any, Any, T],
     interval: float = PROGRESS_INTERVAL,

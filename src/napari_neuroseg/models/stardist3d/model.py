@@ -27,7 +27,7 @@ from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.models.safe_load import load_torch_file
 from napari_neuroseg.models.stardist3d.config import StarDistConfig, Thresholds, load_thresholds
 from napari_neuroseg.models.stardist3d.rays import make_rays, rays_spec
-from napari_neuroseg.runtime.progress import Progress, run_to_completion
+from napari_neuroseg.runtime.progress import Progress, relay, run_to_completion
 
 __all__ = ["StarDist3D", "normalize_image", "OWN_WEIGHTS", "FORMAT_NAME"]
 
@@ -610,30 +610,18 @@ class StarDist3D:
         nms_args = (prob, dist, points, rays_spec(self.config), self.config.n_rays, nms_thresh, shape)
         if nms == "neuroseg" and not use_subprocess:
             # numba without the GIL: this (worker) thread; progress = candidates processed
-            gen = postprocess.nms_and_render_iter(*nms_args, nms=nms)
-            try:
-                while True:
-                    p = next(gen)
-                    yield Progress(n_total - 1, n_total, f"{p.message} ({100 * p.step // max(p.total, 1)} %)")
-            except StopIteration as stop:
-                labels, details = stop.value
-            finally:
-                gen.close()
+            labels, details = yield from relay(
+                postprocess.nms_and_render_iter(*nms_args, nms=nms),
+                lambda p: Progress(n_total - 1, n_total, f"{p.message} ({100 * p.step // max(p.total, 1)} %)"))
         else:
             # stardist's C++ holds the GIL: the worker process (either backend with use_subprocess=True)
             worker = get_worker() if use_subprocess in (None, True) else ProcessWorker(in_process=True)
             if use_subprocess is None and len(prob) < 64 and math.prod(shape) < 64**3:
                 worker = ProcessWorker(in_process=True)  # tiny job: not worth a round trip
             msg = f"non-maximum suppression of {len(prob)} candidates"
-            gen = worker.call_iter(postprocess.nms_and_render, *nms_args, nms=nms)
-            try:
-                while True:
-                    elapsed = next(gen)
-                    yield Progress(n_total - 1, n_total, f"{msg} ({elapsed:.1f} s)")
-            except StopIteration as stop:
-                labels, details = stop.value
-            finally:
-                gen.close()
+            labels, details = yield from relay(
+                worker.call_iter(postprocess.nms_and_render, *nms_args, nms=nms),
+                lambda elapsed: Progress(n_total - 1, n_total, f"{msg} ({elapsed:.1f} s)"))
         yield Progress(n_total, n_total, f"{int(labels.max()) if labels is not None else 0} objects")
         if plan is not None:
             details["scale_plan"] = plan.to_dict()

@@ -122,12 +122,10 @@ def nms_and_render(
     Returns ``(labels int32 (Z, Y, X) or None, details)`` with details ``points``, ``prob``,
     ``dist``, ``rays_vertices``, ``rays_faces`` (as ``stardist``'s ``predict_instances``).
     """
-    gen = nms_and_render_iter(prob, dist, points, rays_spec, n_rays, nms_thresh, shape, render=render, nms=nms)
-    try:
-        while True:
-            next(gen)
-    except StopIteration as stop:
-        return stop.value
+    from napari_neuroseg.runtime.progress import run_to_completion
+
+    return run_to_completion(
+        nms_and_render_iter(prob, dist, points, rays_spec, n_rays, nms_thresh, shape, render=render, nms=nms))
 
 
 def nms_and_render_iter(
