@@ -148,7 +148,7 @@ def test_shared_training_flag_names():
     for argv in (["--init-from", "A", "--output", "O", "--steps", "5"], ["--init", "A", "--out", "O", "--iterations", "5"],
                  ["--init-from", "A", "-o", "O", "--steps", "5"]):
         a = p.parse_args(["train", "neurons", "--synthetic", *argv, "--max-minutes", "1", "--device", "cpu"])
-        assert (a.init, a.out, a.iterations, a.max_minutes, a.device) == ("A", "O", 5, 1.0, "cpu")
+        assert (a.init_from, a.output, a.steps, a.max_minutes, a.device) == ("A", "O", 5, 1.0, "cpu")
     for argv in (["--init-from", "A", "--output", "O", "--steps", "5"], ["--init", "A", "-o", "O", "--iterations", "5"]):
         a = p.parse_args(["train", "nuclei", *argv, "--max-minutes", "1", "--device", "cpu"])
         assert (a.init_from, a.output, a.steps, a.max_minutes, a.device) == ("A", "O", 5, 1.0, "cpu")

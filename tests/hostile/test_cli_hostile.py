@@ -297,10 +297,11 @@ def test_check_pairs_says_2d_not_a_shape_mismatch():
 
 
 def test_train_neurons_zero_iterations_is_an_error_and_writes_nothing(tmp_path, capsys):
-    """``--iterations 0`` trained one iteration and wrote a model."""
+    """``--iterations 0`` (now ``--steps 0``; the old spelling is an alias) trained one iteration and
+    wrote a model."""
     out = tmp_path / "m"
     assert main(["train", "neurons", "--synthetic", "--iterations", "0", "--out", str(out)]) == 1
-    assert "--iterations 0" in _one_error_line(capsys, "train")
+    assert "--steps 0" in _one_error_line(capsys, "train")
     assert not out.exists()
 
 

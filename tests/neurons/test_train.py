@@ -8,14 +8,28 @@ import pytest
 
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.models.neurons import load_model, predict
-from napari_neuroseg.models.neurons import train as T
+from napari_neuroseg.cli.train import add_neuron_arguments, neuron_settings, run_neurons
+from napari_neuroseg.models.neurons.train import NeuronTrainSettings
 from napari_neuroseg.models.neurons.data import find_samples
 
 
 def _args(*argv):
     p = argparse.ArgumentParser()
-    T.add_arguments(p)
+    add_neuron_arguments(p)
     return p.parse_args(list(argv))
+
+
+def test_old_flag_spellings_are_hidden_aliases():
+    """--out/--iterations/--init give the same settings as -o/--steps/--init-from and are not
+    listed in --help."""
+    new = neuron_settings(_args("--synthetic", "-o", "d", "--steps", "7", "--init-from", "m.pt"))
+    old = neuron_settings(_args("--synthetic", "--out", "d", "--iterations", "7", "--init", "m.pt"))
+    assert new == old == NeuronTrainSettings(output="d", synthetic=True, steps=7, init_from="m.pt")
+    p = argparse.ArgumentParser()
+    add_neuron_arguments(p)
+    text = p.format_help()
+    assert "--steps" in text and "--init-from" in text
+    assert "--iterations" not in text and "--out " not in text and "--init " not in text
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +60,13 @@ def test_train_on_fisbe_folder_and_resume(fisbe_folder, tmp_path):
     out = tmp_path / "run"
     common = ["--data", str(fisbe_folder), "-o", str(out), "--patch", "8", "16", "16", "--base", "4",
               "--levels", "2", "--save-every", "2", "--val-every", "3", "--threads", "1", "--quiet"]
-    assert T.main(_args(*common, "--iterations", "3")) == 0
+    assert run_neurons(_args(*common, "--steps", "3")) == 0
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log] == [1, 2, 3] and "val" in log[-1]
     assert np.isfinite([r["loss"] for r in log]).all()
     for f in ("last.pt", "best.pt", "model.pt"):
         assert (out / f).is_file()
-    assert T.main(_args(*common, "--iterations", "5", "--resume")) == 0
+    assert run_neurons(_args(*common, "--steps", "5", "--resume")) == 0
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log][-2:] == [4, 5]
     m = load_model(out / "model.pt", "cpu")
@@ -62,37 +76,37 @@ def test_train_on_fisbe_folder_and_resume(fisbe_folder, tmp_path):
 
 def test_train_synthetic_few_iterations(tmp_path):
     out = tmp_path / "syn"
-    args = _args("--synthetic", "-o", str(out), "--iterations", "2", "--patch", "8", "16", "16", "--base", "4",
+    args = _args("--synthetic", "-o", str(out), "--steps", "2", "--patch", "8", "16", "16", "--base", "4",
                  "--levels", "2", "--pool-size", "1", "--synth-shape", "16", "32", "32", "--val-every", "0",
                  "--threads", "1", "--quiet")
-    assert T.main(args) == 0
+    assert run_neurons(args) == 0
     assert (out / "model.pt").is_file() and (out / "last.pt").is_file()
 
 
 def test_bad_training_arguments(tmp_path):
     with pytest.raises(NeurosegError, match="multiple"):
-        T.main(_args("--synthetic", "-o", str(tmp_path / "x"), "--patch", "9", "16", "16", "--levels", "2",
-                     "--iterations", "1", "--quiet"))
+        run_neurons(_args("--synthetic", "-o", str(tmp_path / "x"), "--patch", "9", "16", "16", "--levels", "2",
+                     "--steps", "1", "--quiet"))
     with pytest.raises(NeurosegError, match="nothing to resume"):
-        T.main(_args("--synthetic", "-o", str(tmp_path / "y"), "--resume", "--iterations", "1", "--quiet"))
+        run_neurons(_args("--synthetic", "-o", str(tmp_path / "y"), "--resume", "--steps", "1", "--quiet"))
 
 
 def test_train_with_batch_workers_and_time_budget(fisbe_folder, tmp_path):
     """--workers makes batches in background processes (synthetic and FISBe files);
     a spent --max-minutes budget stops the run at once with a checkpoint."""
     out = tmp_path / "w"
-    args = _args("--synthetic", "-o", str(out), "--iterations", "3", "--patch", "8", "16", "16", "--base", "4",
+    args = _args("--synthetic", "-o", str(out), "--steps", "3", "--patch", "8", "16", "16", "--base", "4",
                  "--levels", "2", "--pool-size", "2", "--synth-shape", "16", "32", "32", "--val-every", "0",
                  "--threads", "1", "--workers", "2", "--quiet")
-    assert T.main(args) == 0
+    assert run_neurons(args) == 0
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log] == [1, 2, 3] and np.isfinite([r["loss"] for r in log]).all()
 
     out2 = tmp_path / "b"
-    args = _args("--data", str(fisbe_folder), "-o", str(out2), "--iterations", "50", "--patch", "8", "16", "16",
+    args = _args("--data", str(fisbe_folder), "-o", str(out2), "--steps", "50", "--patch", "8", "16", "16",
                  "--base", "4", "--levels", "2", "--val-every", "0", "--threads", "1", "--workers", "1",
                  "--max-minutes", "1e-6", "--quiet")
-    assert T.main(args) == 0
+    assert run_neurons(args) == 0
     log = [json.loads(line) for line in (out2 / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log] == [1]
     from napari_neuroseg.models.neurons.model import read_checkpoint

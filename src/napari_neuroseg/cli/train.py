@@ -1,7 +1,8 @@
-"""``neuroseg train nuclei|neurons``: each model package owns its training arguments.
+"""``neuroseg train nuclei|neurons``: the training command lines.
 
-A model's training module provides ``add_arguments(parser)`` and ``main(args) -> int``; they are
-imported only when that subcommand runs, so ``neuroseg --help`` stays fast.
+Each model's arguments are turned into its trainer's settings (``TrainSettings`` for StarDist-3D,
+``NeuronTrainSettings`` for neurons); the trainers themselves live in ``models/*/train.py`` and
+are imported only when a subcommand runs, so ``neuroseg --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -9,16 +10,17 @@ from __future__ import annotations
 import argparse
 import importlib
 
+from napari_neuroseg.cli._flags import add_flag
+
 _MODELS = {
     "nuclei": ("napari_neuroseg.models.stardist3d.train", "train the StarDist-3D nuclei model"),
-    "neurons": ("napari_neuroseg.models.neurons.train", "train the FISBe neuron segmenter"),
 }
 
 
 #: path flags of each model's training command (inputs, outputs), checked by ``cli.main``
 _IO_FLAGS = {
     "nuclei": ({"--images": "images", "--labels": "labels", "--init-from": "init_from"}, {"--output": "output"}),
-    "neurons": ({"--data": "data", "--split": "split", "--init-from": "init"}, {"--output": "out"}),
+    "neurons": ({"--data": "data", "--split": "split", "--init-from": "init_from"}, {"--output": "output"}),
 }
 
 
@@ -40,3 +42,79 @@ def register(sub: argparse._SubParsersAction) -> None:
             continue
         module.add_arguments(mp)
         mp.set_defaults(func=_runner(module_name), io_flags=_IO_FLAGS.get(name))
+    mp = models.add_parser("neurons", help="train the FISBe neuron segmenter")
+    add_neuron_arguments(mp)
+    mp.set_defaults(func=run_neurons, io_flags=_IO_FLAGS["neurons"])
+
+
+# ---------------------------------------------------------------------------------------- neurons
+def add_neuron_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``neuroseg train neurons`` (defaults: ``NeuronTrainSettings``)."""
+    from napari_neuroseg.models.neurons.train import NeuronTrainSettings
+
+    d = NeuronTrainSettings()
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", metavar="DIR", help="folder of FISBe .zarr samples (volumes/raw, volumes/gt_instances; "
+                     "DIR/train + DIR/val, or a split file), or DIR/raw + DIR/labels pairs")
+    src.add_argument("--synthetic", action="store_true", help="train on on-the-fly synthetic FISBe-like volumes")
+    p.add_argument("--split", metavar="FILE", help='split file: JSON {"train": [...], "val": [...]} or "NAME,SPLIT" lines')
+    add_flag(p, "-o", "--output", default=d.output, help="output folder for checkpoints (default: %(default)s)")
+    add_flag(p, "--steps", type=int, default=d.steps, help="total training steps (default: %(default)s)")
+    p.add_argument("--patch", type=int, nargs=3, default=d.patch, metavar=("Z", "Y", "X"),
+                   help="patch size, multiples of 2**(levels-1) (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (cosine decay)")
+    p.add_argument("--base", type=int, default=d.base, help="filters at full resolution")
+    p.add_argument("--levels", type=int, default=d.levels, help="U-Net resolution levels")
+    add_flag(p, "--init-from", metavar="MODEL",
+             help="start from these weights (fine-tuning): neuroseg_neurons, a registered name or a .pt file")
+    p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
+    p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint interval (steps)")
+    p.add_argument("--val-every", type=int, default=d.val_every, help="validation interval (steps; 0 = never)")
+    p.add_argument("--val-crop", type=int, nargs=3, default=d.val_crop, metavar=("Z", "Y", "X"),
+                   help="centre crop of real validation volumes (default: %(default)s)")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, default=d.threads, help="CPU threads for torch (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--pool-size", type=int, default=d.pool_size, help="synthetic: volumes kept in memory")
+    p.add_argument("--synth-shape", type=int, nargs=3, default=d.synth_shape, metavar=("Z", "Y", "X"))
+    p.add_argument("--hard-fraction", type=float, default=d.hard_fraction, help="synthetic: fraction of hard volumes")
+    p.add_argument("--elastic", action="store_true", help="add elastic deformation to the augmentation")
+    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    p.add_argument("--max-minutes", type=float, default=None,
+                   help="wall-clock budget: the learning-rate schedule is shortened to end in time, "
+                        "then the run stops with a checkpoint")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="background processes making training batches (use on a GPU; 0 = inline)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def neuron_settings(args: argparse.Namespace):
+    """The ``NeuronTrainSettings`` of parsed ``neuroseg train neurons`` arguments."""
+    from napari_neuroseg.models.neurons.train import NeuronTrainSettings
+
+    return NeuronTrainSettings(
+        output=args.output, data=args.data, synthetic=bool(args.synthetic), split=args.split, steps=args.steps,
+        patch=tuple(args.patch), batch_size=args.batch_size, lr=args.lr, base=args.base, levels=args.levels,
+        init_from=args.init_from, resume=args.resume, save_every=args.save_every, val_every=args.val_every,
+        val_crop=tuple(args.val_crop), device=args.device, threads=args.threads, seed=args.seed,
+        pool_size=args.pool_size, synth_shape=tuple(args.synth_shape), hard_fraction=args.hard_fraction,
+        elastic=args.elastic, amp=not args.no_amp, max_minutes=args.max_minutes, workers=args.workers,
+    )
+
+
+def run_neurons(args: argparse.Namespace) -> int:
+    """Run ``neuroseg train neurons``, printing one line per 10 steps (and every validation)."""
+    from pathlib import Path
+
+    from napari_neuroseg.models.neurons.train import train
+
+    def show(pr) -> None:
+        if not args.quiet and (pr.step % 10 == 0 or "val" in pr.message or pr.step == pr.total
+                               or "generating" in pr.message or "indexed" in pr.message):
+            print(f"[{pr.step}/{pr.total}] {pr.message}", flush=True)
+
+    res = train(neuron_settings(args), show)
+    print(f"done: {res['iterations']} iterations, best validation avF1 {res['best_score']:.3f}, "
+          f"model written to {Path(res['out']) / 'model.pt'}")
+    return 0

@@ -1,6 +1,7 @@
-"""``neuroseg train neurons``: train the FISBe neuron model on FISBe Zarr data or synthetic data.
+"""Training of the FISBe neuron model on FISBe Zarr data or synthetic data (:func:`train_iter`,
+:func:`train`; the command line ``neuroseg train neurons`` is in ``cli/train.py``).
 
-Writes into ``--out``: ``last.pt`` (every ``--save-every`` iterations, atomically; ``--resume``
+Writes into ``settings.output``: ``last.pt`` (every ``save_every`` steps, atomically; ``resume``
 continues from it), ``best.pt`` (best validation avF1), ``model.pt`` (weights of the best model
 without optimiser state: pass it to ``neuroseg neurons --model``), ``log.jsonl`` (loss and
 validation scores).
@@ -10,52 +11,50 @@ Module import stays cheap (no torch); everything heavy is imported inside the fu
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Training options (see ``neuroseg train neurons --help``)."""
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", metavar="DIR", help="folder of FISBe .zarr samples (volumes/raw, volumes/gt_instances; "
-                     "DIR/train + DIR/val, or a split file), or DIR/raw + DIR/labels pairs")
-    src.add_argument("--synthetic", action="store_true", help="train on on-the-fly synthetic FISBe-like volumes")
-    p.add_argument("--split", metavar="FILE", help='split file: JSON {"train": [...], "val": [...]} or "NAME,SPLIT" lines')
-    p.add_argument("-o", "--output", "--out", dest="out", default="neuron_model",
-                   help="output folder for checkpoints (default: %(default)s)")
-    p.add_argument("--steps", "--iterations", dest="iterations", type=int, default=4000,
-                   help="total training steps (iterations; default: %(default)s)")
-    p.add_argument("--patch", type=int, nargs=3, default=(32, 64, 64), metavar=("Z", "Y", "X"),
-                   help="patch size, multiples of 2**(levels-1) (default: 32 64 64)")
-    p.add_argument("--batch-size", type=int, default=2)
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (cosine decay)")
-    p.add_argument("--base", type=int, default=12, help="filters at full resolution")
-    p.add_argument("--levels", type=int, default=4, help="U-Net resolution levels")
-    p.add_argument("--init-from", "--init", dest="init", metavar="MODEL",
-                   help="start from these weights (fine-tuning): neuroseg_neurons, a registered name or a .pt file")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--save-every", type=int, default=100, help="checkpoint interval (iterations)")
-    p.add_argument("--val-every", type=int, default=500, help="validation interval (iterations; 0 = never)")
-    p.add_argument("--val-crop", type=int, nargs=3, default=(128, 384, 384), metavar=("Z", "Y", "X"),
-                   help="centre crop of real validation volumes (default: 128 384 384)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads for torch (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pool-size", type=int, default=24, help="synthetic: volumes kept in memory")
-    p.add_argument("--synth-shape", type=int, nargs=3, default=(48, 128, 128), metavar=("Z", "Y", "X"))
-    p.add_argument("--hard-fraction", type=float, default=0.5, help="synthetic: fraction of hard volumes")
-    p.add_argument("--elastic", action="store_true", help="add elastic deformation to the augmentation")
-    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
-    p.add_argument("--max-minutes", type=float, default=None,
-                   help="wall-clock budget: the learning-rate schedule is shortened to end in time, "
-                        "then the run stops with a checkpoint")
-    p.add_argument("--workers", type=int, default=0,
-                   help="background processes making training batches (use on a GPU; 0 = inline)")
-    p.add_argument("--quiet", action="store_true")
+@dataclass
+class NeuronTrainSettings:
+    """Training knobs of the neuron model (``neuroseg train neurons`` maps its flags onto these).
+
+    Exactly one data source: ``data`` (a folder of FISBe ``.zarr`` samples, with ``split``) or
+    ``synthetic`` (on-the-fly synthetic FISBe-like volumes)."""
+
+    output: str = "neuron_model"
+    data: str | None = None
+    synthetic: bool = False
+    split: str | None = None
+    steps: int = 4000
+    patch: tuple[int, int, int] = (32, 64, 64)
+    batch_size: int = 2
+    lr: float = 2e-3  # peak learning rate (cosine decay)
+    base: int = 12  # filters at full resolution
+    levels: int = 4  # U-Net resolution levels
+    init_from: str | None = None  # start from these weights (fine-tuning)
+    resume: bool = False  # continue from OUTPUT/last.pt
+    save_every: int = 100
+    val_every: int = 500  # 0 = never
+    val_crop: tuple[int, int, int] = (128, 384, 384)  # centre crop of real validation volumes
+    device: str = "auto"
+    threads: int = 2
+    seed: int = 0
+    pool_size: int = 24  # synthetic: volumes kept in memory
+    synth_shape: tuple[int, int, int] = (48, 128, 128)
+    hard_fraction: float = 0.5  # synthetic: fraction of hard volumes
+    elastic: bool = False
+    amp: bool = True  # mixed precision on CUDA
+    max_minutes: float | None = None  # the schedule is shortened to end in time
+    workers: int = 0  # background processes making training batches (0 = inline)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
 def _lr(it: int, total: int, peak: float) -> float:
@@ -101,7 +100,7 @@ def _batch(source, n, patch, rng, elastic):
     return [np.stack(a) for a in (xs, fgs, afs, ams)]
 
 
-def _batches_in_workers(source, args, patch, start_it: int):
+def _batches_in_workers(source, args: NeuronTrainSettings, patch, start_it: int):
     """Endless training batches made in ``args.workers`` background processes (a torch
     DataLoader). Synthetic data: every worker keeps its own pool, drawn from its own range of
     training seeds; files: the workers share the (lazily read) volumes, each with its own
@@ -162,7 +161,7 @@ def _proxy_scores(gt, pred) -> dict:
     return {"avF1": float(np.mean(f1s)), "proxy": True}
 
 
-def _validation_set(args, rng):
+def _validation_set(args: NeuronTrainSettings, rng):
     """List of (name, raw (3,Z,Y,X), gt stack) for validation."""
     import numpy as np
 
@@ -212,29 +211,32 @@ def check_train_budget(cfg, patch: tuple[int, ...], batch_size: int) -> None:
                    fix="use a smaller --patch or --batch-size")
 
 
-def train_iter(args):
-    """The training loop as a progress generator; returns a dict summary."""
+def train_iter(args: NeuronTrainSettings):
+    """The training loop as a progress generator; returns a dict summary
+    (``iterations``, ``best_score``, ``out``)."""
     import numpy as np
     import torch
 
     from napari_neuroseg.errors import NeurosegError
     from napari_neuroseg.runtime.device import select_device
-    from napari_neuroseg.runtime.progress import Progress
+    from napari_neuroseg.runtime.progress import Progress, run_to_completion
 
     from .data import SyntheticSource, VolumeSource, find_samples, load_sample
     from .model import NetConfig, NeuronModel, read_checkpoint, save_model
     from .postprocess import PostprocessParams
     from .predict import predict_iter
 
-    if int(args.iterations) < 1:
-        raise NeurosegError(f"--iterations {args.iterations}: at least one training iteration is needed",
-                            fix="give --iterations 1 or more (nothing was written)")
+    if int(args.steps) < 1:
+        raise NeurosegError(f"--steps {args.steps}: at least one training step is needed",
+                            fix="give --steps 1 or more (nothing was written)")
+    if bool(args.data) == bool(args.synthetic):
+        raise NeurosegError("give one data source", fix="train on --data DIR or --synthetic (one of them)")
     if int(args.base) < 1 or int(args.levels) < 1 or int(args.batch_size) < 1:
         raise NeurosegError(f"--base {args.base}, --levels {args.levels}, --batch-size {args.batch_size} must be >= 1",
                             fix="use positive values")
     torch.set_num_threads(max(1, args.threads))
     dev = select_device(args.device)
-    out_dir = Path(args.out)
+    out_dir = Path(args.output)
     cfg = NetConfig(base=args.base, levels=args.levels)
     div = 2 ** (cfg.levels - 1)
     patch = tuple(int(p) for p in args.patch)
@@ -256,10 +258,10 @@ def train_iter(args):
         best = float(state.get("best_score", -1.0))
         next_seed = state.get("next_seed")
         rng_state = state.get("rng_state")
-    elif args.init:
+    elif args.init_from:
         from napari_neuroseg.models.registry import resolve_neuron_model
 
-        state = read_checkpoint(resolve_neuron_model(args.init))
+        state = read_checkpoint(resolve_neuron_model(args.init_from))
         cfg = NetConfig(**state["config"])
     net = cfg.build().to(dev)
     if state is not None:
@@ -270,7 +272,7 @@ def train_iter(args):
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     if args.resume and state.get("optimizer"):
         opt.load_state_dict(state["optimizer"])
-    amp = dev.type == "cuda" and not args.no_amp
+    amp = dev.type == "cuda" and args.amp
     scaler = torch.amp.GradScaler("cuda") if amp else None
     rng = np.random.default_rng(args.seed + start_it)
     if rng_state is not None:
@@ -294,8 +296,7 @@ def train_iter(args):
     val = _validation_set(args, rng) if args.val_every else []
 
     log = (out_dir / "log.jsonl").open("a")
-    train_info = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
-                  if k not in ("func",) and not callable(v)}
+    train_info = args.to_dict()
 
     def checkpoint(path, it, extra_scores=None):
         save_model(path, net, cfg, params, optimizer=opt.state_dict(), iteration=it, best_score=best,
@@ -307,12 +308,7 @@ def train_iter(args):
         m = NeuronModel(net=net, config=cfg, params=params, device=dev)
         scores = {}
         for name, raw, gt in val:
-            gen = predict_iter(raw, m)
-            try:
-                while True:
-                    next(gen)
-            except StopIteration as stop:
-                pred = stop.value.labels
+            pred = run_to_completion(predict_iter(raw, m)).labels
             scores[name] = float(_evaluate(gt, pred)["avF1"])
         net.train()
         return scores
@@ -322,11 +318,11 @@ def train_iter(args):
     t0 = time.time()
     net.train()
     it = start_it
-    total = int(args.iterations)
+    total = int(args.steps)
     budget = TimeBudget(args.max_minutes, start_it, total)
     stream = _batches_in_workers(source, args, patch, start_it) if workers else None
     try:
-        for it in range(start_it, args.iterations):
+        for it in range(start_it, int(args.steps)):
             if it >= total:  # the time budget shortened the run
                 it -= 1
                 break
@@ -384,17 +380,8 @@ def train_iter(args):
     return {"iterations": it + 1, "best_score": best, "out": str(out_dir)}
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run training, printing one line per 10 iterations (and every validation)."""
-    gen = train_iter(args)
-    try:
-        while True:
-            pr = next(gen)
-            if not args.quiet and (pr.step % 10 == 0 or "val" in pr.message or pr.step == pr.total
-                                   or "generating" in pr.message or "indexed" in pr.message):
-                print(f"[{pr.step}/{pr.total}] {pr.message}", flush=True)
-    except StopIteration as stop:
-        res = stop.value
-    print(f"done: {res['iterations']} iterations, best validation avF1 {res['best_score']:.3f}, "
-          f"model written to {Path(res['out']) / 'model.pt'}", file=sys.stdout)
-    return 0
+def train(settings: NeuronTrainSettings, callback: Callable | None = None) -> dict:
+    """Run :func:`train_iter` to its end (``callback(progress)`` sees each step); its summary."""
+    from napari_neuroseg.runtime.progress import run_to_completion
+
+    return run_to_completion(train_iter(settings), callback)
