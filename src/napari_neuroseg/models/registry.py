@@ -31,8 +31,12 @@ __all__ = [
     "SHIPPED",
     "list_models",
     "lookup",
+    "model_names",
     "models_dir",
+    "notify_changed",
+    "on_change",
     "register_model",
+    "remove_listener",
     "resolve_neuron_model",
 ]
 
@@ -121,6 +125,44 @@ def _shipped_voxel_size(name: str, path: Path):
     return None if sc is None else [float(v) for v in sc.voxel_size]
 
 
+# ---------------------------------------------------------------- change listeners (model pickers)
+_listeners: list = []
+
+
+def on_change(callback) -> None:
+    """Call ``callback()`` whenever a model is registered (:func:`register_model`) or
+    :func:`notify_changed` is called: model pickers refresh their lists with it. Plain Python:
+    the callback may run in a worker thread (a Qt picker hands it to the main thread, see
+    ``_napari/_model_pickers.py``). Remove it with :func:`remove_listener`."""
+    if callback not in _listeners:
+        _listeners.append(callback)
+
+
+def remove_listener(callback) -> None:
+    """Stop calling ``callback`` (no error if it was not registered)."""
+    try:
+        _listeners.remove(callback)
+    except ValueError:
+        pass
+
+
+def notify_changed() -> None:
+    """Tell every listener that the list of models changed (a listener's error is ignored)."""
+    for cb in _listeners:
+        try:
+            cb()
+        except Exception:  # noqa: BLE001, S110 - a picker whose widget is gone must not stop the others
+            pass
+
+
+def model_names(kind: str, include_shipped: bool = True) -> list[str]:
+    """Names a model picker offers for ``kind`` ("nuclei" or "neurons"): the shipped model(s),
+    then the registered models of that kind (by name)."""
+    if kind not in KINDS:
+        raise NeurosegError(f"unknown model kind {kind!r}", fix=f"use one of {', '.join(KINDS)}")
+    return [m["name"] for m in list_models(include_shipped) if m.get("kind") == kind]
+
+
 def register_model(source: str | Path, *, kind: str, name: str | None = None, voxel_size=None,
                    scores: dict | None = None, info: dict | None = None, replace: bool = True) -> dict:
     """Copy the model at ``source`` (a StarDist-3D model folder, or a neuron ``.pt`` file) into
@@ -174,6 +216,7 @@ def register_model(source: str | Path, *, kind: str, name: str | None = None, vo
                             fix=f"free disk space or set {ENV_VAR} to a writable folder; the trained model itself "
                                 f"is in {src}") from err
     entry["path"] = str(dest / rel) if rel else str(dest)
+    notify_changed()
     return entry
 
 

@@ -1,0 +1,343 @@
+"""Fine-tuning from arrays as one progress generator: what the Fine-tune dock runs (issue 13).
+
+:func:`finetune_nuclei_iter` is the in-memory twin of ``neuroseg train nuclei --init-from``
+(same steps, same public pieces: :func:`~napari_neuroseg.models.stardist3d.training.finetune.prepare_finetune_data`
+for the base model's scale and the held-out slab,
+:func:`~napari_neuroseg.models.stardist3d.train.train_iter`,
+:func:`~napari_neuroseg.models.stardist3d.training.finetune.write_model_card`,
+:func:`~napari_neuroseg.models.registry.register_model`). It yields :class:`FineTuneProgress`
+items that carry the whole curve so far (training loss per step, validation loss and the F1 at
+IoU 0.5 on the held-out part at every validation, computed from the checkpoint just written),
+an ETA and the phase, and returns a :class:`FineTuneResult` (scores before/after on the held-out
+part, the registered entry). Closing the generator (Cancel) stops at the current step; the last
+checkpoint in ``out_dir`` stays loadable and :func:`finetune_nuclei_iter` with ``resume=True``
+continues from it.
+
+:func:`restrict_to_region` implements "only the reviewed part counts" (a mask) and "partly
+labelled: ignore the unlabelled rest" by cropping to the box that holds the reviewed/labelled
+part: StarDist's loss has no ignore mask, so inside that box unlabelled voxels still count as
+background (say so in the widget).
+
+No Qt and no torch at module level.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.runtime.progress import Progress
+
+__all__ = ["FineTuneProgress", "FineTuneResult", "finetune_nuclei_iter", "restrict_to_region"]
+
+#: margin (voxels) kept around the labelled objects when the unlabelled rest is ignored
+IGNORE_MARGIN = 4
+#: at most this share of the training time is spent on the live held-out F1
+LIVE_F1_SHARE = 0.15
+
+
+@dataclass(frozen=True)
+class FineTuneProgress(Progress):
+    """A step of a fine-tuning job with everything a live plot needs (built in the worker).
+
+    ``loss``: ``(step, loss)`` pairs so far; ``val_loss`` and ``val_f1``: ``(step, value)`` at
+    each validation (``val_f1``: F1 at IoU 0.5 on the held-out part, the base model's
+    thresholds); ``f1_before``: the base model's score there; ``eta_s``: seconds left (None:
+    unknown yet); ``phase``: "setup", "train", "thresholds", "saving" or "done"."""
+
+    phase: str = "train"
+    loss: tuple = ()
+    val_loss: tuple = ()
+    val_f1: tuple = ()
+    f1_before: float | None = None
+    eta_s: float | None = None
+    elapsed_s: float = 0.0
+
+
+@dataclass
+class FineTuneResult:
+    """What :func:`finetune_nuclei_iter` returns."""
+
+    out_dir: Path
+    name: str
+    kind: str
+    f1_before: float | None
+    f1_after: float | None
+    steps: int
+    minutes: float
+    entry: dict | None = None
+    info: dict = field(default_factory=dict)
+    curve: dict = field(default_factory=dict)
+
+    @property
+    def model(self) -> str:
+        """What to give a model picker / ``--model``: the registered name, else the folder."""
+        return self.entry["name"] if self.entry else str(self.out_dir)
+
+
+# ------------------------------------------------------------------------------------------ data
+def _bbox(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    idx = np.nonzero(mask)
+    if len(idx[0]) == 0:
+        return None
+    return tuple(slice(max(0, int(i.min()) - margin), min(n, int(i.max()) + 1 + margin))
+                 for i, n in zip(idx, mask.shape))
+
+
+def restrict_to_region(image: Any, labels: Any, *, mask: Any = None, ignore_unlabelled: bool = False,
+                       name: str = "annotation") -> tuple[np.ndarray, np.ndarray, str | None]:
+    """``(image, labels, note)`` cropped to the part that counts.
+
+    ``mask`` (same Z, Y, X shape as ``labels``; nonzero = reviewed): crop to its bounding box and
+    drop the objects that lie mostly outside it. ``ignore_unlabelled``: crop to the bounding box
+    of the labelled objects plus :data:`IGNORE_MARGIN` voxels. ``note`` (for the model card) says
+    what was done (None: nothing)."""
+    x = np.asarray(image)
+    y = np.asarray(labels)
+    if x.shape[-3:] != y.shape:
+        raise NeurosegError(f"the image layer's shape {tuple(x.shape)} and the {name}'s {tuple(y.shape)} differ",
+                            fix="choose the Labels layer drawn on this image (same Z, Y, X size)")
+    note = None
+    if mask is not None:
+        m = np.asarray(mask)
+        if m.shape != y.shape:
+            raise NeurosegError(f"the mask layer's shape {tuple(m.shape)} and the {name}'s {tuple(y.shape)} differ",
+                                fix="paint the reviewed part on a layer of the image's size, or choose no mask")
+        box = _bbox(m > 0)
+        if box is None:
+            raise NeurosegError("the mask layer is empty: no part is marked as reviewed",
+                                fix="paint the reviewed part (any label > 0) or choose no mask")
+        y = y.copy()
+        ids, inside = np.unique(y[(m > 0) & (y > 0)], return_counts=True)
+        all_ids, total = np.unique(y[y > 0], return_counts=True)
+        size = dict(zip(all_ids.tolist(), total.tolist()))
+        keep = [int(i) for i, c in zip(ids.tolist(), inside.tolist()) if c * 2 >= size[i]]
+        drop = np.setdiff1d(all_ids, np.asarray(keep, all_ids.dtype))
+        if len(drop):
+            y[np.isin(y, drop)] = 0
+        y, x = y[box], x[(slice(None),) * (x.ndim - 3) + box]
+        note = (f"only the reviewed part counts: cropped to the mask's box {[(s.start, s.stop) for s in box]} "
+                f"({len(keep)} objects mostly inside kept, {len(drop)} dropped)")
+    if ignore_unlabelled:
+        box = _bbox(y > 0, IGNORE_MARGIN)
+        if box is not None:
+            y, x = y[box], x[(slice(None),) * (x.ndim - 3) + box]
+            part = (f"partly labelled: cropped to the labelled objects' box {[(s.start, s.stop) for s in box]} "
+                    f"(+{IGNORE_MARGIN} voxels); unlabelled voxels inside it count as background")
+            note = part if note is None else f"{note}; {part}"
+    return np.ascontiguousarray(x), np.ascontiguousarray(y), note
+
+
+# ------------------------------------------------------------------------------------------- job
+def _quick_nms() -> str:
+    """stardist's C++ NMS when installed (no numba compilation inside a minutes budget)."""
+    import importlib.util
+
+    return "stardist" if importlib.util.find_spec("stardist") is not None else "neuroseg"
+
+
+def load_base_nuclei_model(base: str | Path):
+    """The StarDist-3D base model (name, registered name, folder or .pt); a neuron model or
+    anything else is a NeurosegError naming it."""
+    from napari_neuroseg.models.stardist3d.model import StarDist3D
+    from napari_neuroseg.models.stardist3d.pretrained import resolve_model_path
+    from napari_neuroseg.models.stardist3d.train import require_stardist_model
+
+    path = resolve_model_path(str(base))
+    require_stardist_model(path, str(base))
+    return StarDist3D.load(path, device="cpu"), path
+
+
+def finetune_nuclei_iter(
+    images: Sequence[Any],
+    labels: Sequence[Any],
+    voxel_sizes: Sequence[Any] | None = None,
+    *,
+    out_dir: str | Path,
+    base: str | Path = "neuroseg_nuclei",
+    name: str | None = None,
+    max_minutes: float | None = 5.0,
+    steps: int = 2000,
+    device: str | None = "auto",
+    threads: int | None = None,
+    masks: Sequence[Any] | None = None,
+    ignore_unlabelled: bool = False,
+    resume: bool = False,
+    register: bool = True,
+    optimize_thresholds: bool = True,
+    live_f1: bool = True,
+    batch_size: int = 2,
+    sources: Sequence[str] | None = None,
+    label_sources: Sequence[str] | None = None,
+    seed: int = 0,
+) -> Generator[FineTuneProgress, None, FineTuneResult]:
+    """Fine-tune the StarDist-3D ``base`` model on (image, corrected labels) pairs.
+
+    ``voxel_sizes``: per pair (Z, Y, X) µm or None (used as it is). ``max_minutes`` covers the
+    whole job (setup, training, thresholds, saving); the schedule is fitted to it. ``out_dir``
+    gets the model, ``checkpoint.pt`` every 25 steps, ``MODEL_CARD.md`` and ``finetune.json``;
+    ``register`` copies it into the user model folder under ``name``. ``sources`` /
+    ``label_sources`` describe the data for the model card (layer names, file paths)."""
+    from dataclasses import replace
+
+    from napari_neuroseg.models.stardist3d import train as st_train
+    from napari_neuroseg.models.stardist3d.training.finetune import (
+        f1_at,
+        fit_patch_size,
+        prepare_finetune_data,
+        write_model_card,
+    )
+
+    t0 = time.monotonic()
+    out = Path(out_dir)
+    name = name or out.name
+    n = len(images)
+    if n == 0 or n != len(labels):
+        raise NeurosegError(f"{n} image(s) but {len(labels)} annotation(s)", fix="give one Labels layer per image")
+    voxel_sizes = list(voxel_sizes) if voxel_sizes is not None else [None] * n
+    masks = list(masks) if masks is not None else [None] * n
+    sources = list(sources) if sources is not None else [f"image {i + 1}" for i in range(n)]
+    label_sources = list(label_sources) if label_sources is not None else [f"annotation {i + 1}" for i in range(n)]
+    curve: dict[str, list] = {"loss": [], "val_loss": [], "val_f1": []}
+    state: dict[str, Any] = {"f1_before": None}
+
+    def progress(step, total, msg, phase, eta=None) -> FineTuneProgress:
+        return FineTuneProgress(int(step), int(total), msg, phase=phase, loss=tuple(curve["loss"]),
+                                val_loss=tuple(curve["val_loss"]), val_f1=tuple(curve["val_f1"]),
+                                f1_before=state["f1_before"], eta_s=eta, elapsed_s=time.monotonic() - t0)
+
+    yield progress(0, 1, f"loading the base model {base}", "setup")
+    base_model, base_path = load_base_nuclei_model(base)
+    xs, ys, notes = [], [], []
+    for x, y, m, src in zip(images, labels, masks, label_sources):
+        xr, yr, note = restrict_to_region(x, y, mask=m, ignore_unlabelled=ignore_unlabelled, name=f"annotation {src!r}")
+        xs.append(xr)
+        ys.append(yr)
+        if note:
+            notes.append(f"{src}: {note}")
+    yield progress(0, 1, "resampling to the model's scale and holding out a validation slab", "setup")
+    data = prepare_finetune_data(xs, ys, voxel_sizes, base_model.scale, paths=label_sources)
+    data.notes[:0] = notes
+    settings = st_train.TrainSettings(
+        steps=int(steps), batch_size=int(batch_size),
+        patch_size=fit_patch_size([yy.shape for yy in data.labels], base_model.config.divisor),
+        val_every=getattr(st_train, "FINETUNE_EVERY", 25), checkpoint_every=getattr(st_train, "FINETUNE_EVERY", 25),
+        warmup_steps=getattr(st_train, "FINETUNE_WARMUP", 10), optimize_thresholds=bool(optimize_thresholds),
+        seed=int(seed), device=device, threads=threads, init_from=str(base_path),
+        model_scale=None if base_model.scale is None else base_model.scale.to_dict(),
+    )
+    nms_backend = _quick_nms()
+    settings = replace(settings, nms_backend=nms_backend)
+    yield progress(0, 1, "scoring the base model on the held-out part", "setup")
+    f1_before = f1_at(base_model, data.val_images, data.val_labels, nms=nms_backend)
+    state["f1_before"] = f1_before
+    reserve = getattr(st_train, "FINETUNE_END_RESERVE", 0.06)
+    deadline = None
+    if max_minutes is not None:
+        total_s = 60.0 * float(max_minutes)
+        deadline = t0 + total_s
+        left_min = max(0.05, (total_s * (1 - reserve) - (time.monotonic() - t0)) / 60.0)
+        settings = replace(settings, max_minutes=left_min)
+    th_base = base_model.thresholds
+    gen = st_train.train_iter(data.images, data.labels, base_model.config_dict(), out_dir=out, settings=settings,
+                              val_images=data.val_images, val_labels=data.val_labels, resume=resume, name=name)
+    t_train = time.monotonic()
+    live_s = 0.0
+    result = None
+    first_step = None
+    try:
+        while True:
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            loss = getattr(item, "loss", None)
+            if loss is None:  # threshold search / done
+                yield progress(item.step, item.total, item.message, "thresholds",
+                               None if deadline is None else max(0.0, deadline - time.monotonic()))
+                continue
+            if first_step is None:
+                first_step = item.step - 1
+            curve["loss"].append((int(item.step), float(loss)))
+            if item.val_loss is not None:
+                curve["val_loss"].append((int(item.step), float(item.val_loss)))
+                spent = time.monotonic() - t_train
+                if live_f1 and live_s <= LIVE_F1_SHARE * max(spent, 1e-6) and (out / "weights.pt").is_file():
+                    t1 = time.monotonic()
+                    f1 = _live_f1(out, data, th_base, nms_backend, f1_at)
+                    live_s += time.monotonic() - t1
+                    if f1 is not None:
+                        curve["val_f1"].append((int(item.step), f1))
+            now = time.monotonic()
+            done = item.step - first_step
+            rate_eta = (now - t_train) / max(1, done) * max(0, item.total - item.step)
+            eta = rate_eta if deadline is None else min(rate_eta + reserve * 60 * float(max_minutes),
+                                                        max(0.0, deadline - now))
+            yield progress(item.step, item.total, item.message, "train", eta)
+    finally:
+        gen.close()
+    model = result.model
+    yield progress(result.step, result.step, "scoring the fine-tuned model on the held-out part", "saving")
+    f1_after = f1_at(model, data.val_images, data.val_labels, nms=nms_backend)
+    minutes = (time.monotonic() - t0) / 60.0
+    th = model.thresholds
+    import torch
+
+    from napari_neuroseg.runtime.device import select_device
+
+    info = {
+        "name": name, "base": str(base), "images": sources, "labels": label_sources,
+        "voxel_sizes": data.voxel_sizes,
+        "model_voxel_size": None if model.scale is None else list(model.scale.voxel_size),
+        "factors": data.factors,
+        "validation": "; ".join(
+            f"slab {sp['axis']} >= {sp['start']} of {sp['shape_at_model_scale']} at the model's scale "
+            f"({sp['objects_val']} objects held out, {sp['objects_train']} trained on)" for sp in data.split),
+        "steps": result.step, "batch_size": settings.batch_size, "patch_size": list(settings.patch_size),
+        "minutes": minutes, "device": str(select_device(device)), "threads": torch.get_num_threads(),
+        "prob": th.prob, "nms": th.nms, "f1_before": f1_before, "f1_after": f1_after, "notes": data.notes,
+        "made_by": "napari Fine-tune dock", "curve": curve,
+    }
+    from napari_neuroseg.io.atomic import atomic_output
+
+    text = json.dumps(info, indent=1, default=str)
+    with atomic_output(out / "finetune.json") as tmp:
+        Path(tmp).write_text(text)
+    write_model_card(out, info)
+    entry = None
+    if register:
+        from napari_neuroseg.models.registry import register_model
+
+        entry = register_model(out, kind="nuclei", name=name, voxel_size=info["model_voxel_size"],
+                               scores={"f1_0.5_heldout_before": f1_before, "f1_0.5_heldout_after": f1_after},
+                               info={"base": str(base), "steps": result.step, "minutes": round(minutes, 2)})
+    res = FineTuneResult(out_dir=out, name=name, kind="nuclei", f1_before=f1_before, f1_after=f1_after,
+                         steps=int(result.step), minutes=minutes, entry=entry, info=info, curve=curve)
+    yield progress(result.step, result.step, f"done: F1@0.5 on the held-out part {_fmt(f1_before)} -> {_fmt(f1_after)}",
+                   "done", 0.0)
+    return res
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def _live_f1(out: Path, data, thresholds, nms_backend: str, f1_at) -> float | None:
+    """F1@0.5 on the held-out part of the weights just checkpointed in ``out`` (the base model's
+    thresholds: the curve shows the network, not a threshold search)."""
+    from napari_neuroseg.models.stardist3d.model import StarDist3D
+
+    try:
+        m = StarDist3D.load(out, device="cpu")
+    except (NeurosegError, OSError):
+        return None
+    return f1_at(m, data.val_images, data.val_labels, thresholds=thresholds, nms=nms_backend)

@@ -1,0 +1,167 @@
+"""The in-memory fine-tuning job the Fine-tune dock runs (models/finetune_job.py): a tiny run with
+curve, scores, model card and registration; resume from its checkpoint; the reviewed-part mask and
+"ignore unlabelled"; bad input as NeurosegErrors. A tiny network and 2-4 steps: fast on 2 cores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.models.finetune_job import (
+    FineTuneProgress,
+    finetune_nuclei_iter,
+    restrict_to_region,
+)
+from napari_neuroseg.runtime.progress import run_to_completion
+
+BASE_SCALE = {"voxel_size": [1.0, 0.5, 0.5], "object_diameter_vox": 12.0, "object_name": "nucleus"}
+
+
+def balls(shape=(16, 48, 48), n_side=3, radius=(3, 6, 6)):
+    """A grid of n_side x n_side ellipsoids (ids 1..n²) and an image of them."""
+    zz, yy, xx = np.indices(shape)
+    lbl = np.zeros(shape, np.uint16)
+    k = 0
+    for cy in np.linspace(radius[1] + 2, shape[1] - radius[1] - 3, n_side):
+        for cx in np.linspace(radius[2] + 2, shape[2] - radius[2] - 3, n_side):
+            k += 1
+            inside = (((zz - shape[0] // 2) / radius[0]) ** 2 + ((yy - cy) / radius[1]) ** 2
+                      + ((xx - cx) / radius[2]) ** 2) <= 1
+            lbl[inside] = k
+    rng = np.random.default_rng(0)
+    img = (20 + 150 * (lbl > 0) + rng.normal(0, 5, shape)).clip(0, 255).astype(np.uint8)
+    return img, lbl
+
+
+def make_tiny_base(folder):
+    """A tiny StarDist-3D model folder (voxel size 1 x 0.5 x 0.5 um, prob threshold 0.95)."""
+    import torch
+
+    from napari_neuroseg.models.stardist3d.config import Thresholds
+    from napari_neuroseg.models.stardist3d.model import StarDist3D
+    from napari_neuroseg.models.stardist3d.train import default_config
+    from napari_neuroseg.runtime.scale import ModelScale
+
+    torch.manual_seed(0)
+    cfg = default_config(n_rays=16, n_filter_base=4, net_conv_after=8, unet_n_depth=1)
+    model = StarDist3D(cfg, Thresholds(prob=0.95, nms=0.4, border=0), name="tiny_base", device="cpu")
+    model.scale = ModelScale.from_dict(BASE_SCALE)
+    return model.save(folder / "tiny_base")
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory):
+    return make_tiny_base(tmp_path_factory.mktemp("base"))
+
+
+@pytest.fixture(autouse=True)
+def _user_models(tmp_path, monkeypatch):
+    monkeypatch.setenv("NEUROSEG_MODELS_DIR", str(tmp_path / "user_models"))
+
+
+TINY = {"steps": 4, "batch_size": 1, "threads": 1, "device": "cpu", "optimize_thresholds": False,
+        "max_minutes": None}
+
+
+def test_job_trains_scores_registers_and_carries_the_curve(tmp_path, base_model):
+    import torch
+
+    torch.set_num_threads(1)
+    from napari_neuroseg.models import registry
+
+    img, lbl = balls()
+    seen = []
+    changed = []
+    registry.on_change(lambda: changed.append(1))
+    try:
+        gen = finetune_nuclei_iter([img], [lbl], [(1.0, 0.5, 0.5)], out_dir=tmp_path / "run", base=str(base_model),
+                                   name="my_tiny", **TINY)
+        res = run_to_completion(gen, seen.append)
+    finally:
+        registry._listeners.clear()
+    assert res.steps == 4 and res.name == "my_tiny" and res.kind == "nuclei"
+    assert 0.0 <= res.f1_before <= 1.0 and 0.0 <= res.f1_after <= 1.0
+    assert (tmp_path / "run" / "MODEL_CARD.md").is_file() and (tmp_path / "run" / "checkpoint.pt").is_file()
+    assert res.entry["name"] == "my_tiny" and "my_tiny" in registry.model_names("nuclei")
+    assert changed, "registering must notify the model pickers"
+    steps = [p for p in seen if isinstance(p, FineTuneProgress) and p.phase == "train"]
+    assert [s for s, _ in steps[-1].loss] == [1, 2, 3, 4]
+    assert all(np.isfinite(v) for _, v in steps[-1].loss)
+    assert steps[-1].val_loss and steps[-1].val_loss[-1][0] == 4  # validated at the last step
+    assert steps[-1].f1_before == res.f1_before
+    assert all(p.eta_s is not None and p.eta_s >= 0 for p in steps)
+    assert seen[-1].phase == "done"
+    assert res.curve["loss"] == list(steps[-1].loss)
+
+
+def test_job_resumes_from_its_checkpoint(tmp_path, base_model):
+    img, lbl = balls()
+    kw = dict(TINY, out_dir=tmp_path / "run", base=str(base_model), register=False, live_f1=False)
+    gen = finetune_nuclei_iter([img], [lbl], [(1.0, 0.5, 0.5)], **dict(kw, steps=2))
+    run_to_completion(gen)
+    seen = []
+    res = run_to_completion(finetune_nuclei_iter([img], [lbl], [(1.0, 0.5, 0.5)], resume=True, **dict(kw, steps=4)),
+                            seen.append)
+    train = [p for p in seen if p.phase == "train"]
+    assert [p.step for p in train] == [3, 4]  # steps 1-2 came from the checkpoint
+    assert res.steps == 4 and res.entry is None
+
+
+def test_cancel_mid_run_keeps_the_checkpoint(tmp_path, base_model):
+    from napari_neuroseg.models.stardist3d.model import StarDist3D
+
+    img, lbl = balls()
+    gen = finetune_nuclei_iter([img], [lbl], [(1.0, 0.5, 0.5)], out_dir=tmp_path / "run", base=str(base_model),
+                               **dict(TINY, steps=100), live_f1=False)
+    for p in gen:
+        if p.phase == "train" and p.step == 26:  # one checkpoint written (every 25 steps)
+            break
+    gen.close()  # what Cancel does
+    StarDist3D.load(tmp_path / "run", device="cpu")  # loadable
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
+def test_restrict_to_region_mask_and_unlabelled():
+    img, lbl = balls()
+    mask = np.zeros(lbl.shape, np.uint8)
+    mask[:, :24, :] = 1
+    x, y, note = restrict_to_region(img, lbl, mask=mask)
+    assert y.shape[1] <= 24 and x.shape == y.shape and "reviewed" in note
+    assert set(np.unique(y)) - {0} <= set(np.unique(lbl[:, :24])) - {0}
+    _x2, y2, note2 = restrict_to_region(img, lbl, ignore_unlabelled=True)
+    box = np.nonzero(lbl)
+    assert y2.shape[0] == min(lbl.shape[0], box[0].max() - box[0].min() + 1 + 8)
+    assert "partly labelled" in note2
+    with pytest.raises(NeurosegError, match="mask layer is empty"):
+        restrict_to_region(img, lbl, mask=np.zeros_like(mask))
+    with pytest.raises(NeurosegError, match="shape"):
+        restrict_to_region(img, lbl, mask=mask[:, :10])
+
+
+@pytest.mark.parametrize("case, match", [
+    ("shapes", "differ"), ("empty", "empty"), ("one", "only one object"), ("small", "too little data"),
+])
+def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, base_model, case, match):
+    img, lbl = balls()
+    if case == "shapes":
+        lbl = lbl[:, :40]
+    elif case == "empty":
+        lbl = np.zeros_like(lbl)
+    elif case == "one":
+        lbl = (lbl == 5).astype(np.uint16)
+    elif case == "small":
+        img, lbl = img[:, :12, :12], lbl[:, :12, :12].copy()
+        lbl[:] = 0
+        lbl[4:8, 1:4, 1:4], lbl[4:8, 8:11, 8:11] = 1, 2
+    with pytest.raises(NeurosegError, match=match):
+        run_to_completion(finetune_nuclei_iter([img], [lbl], [(1.0, 0.5, 0.5)], out_dir=tmp_path / "run",
+                                               base=str(base_model), **TINY))
+    assert not (tmp_path / "run").exists()
+
+
+def test_neuron_model_as_base_is_refused(tmp_path):
+    img, lbl = balls()
+    with pytest.raises(NeurosegError, match="neuron model"):
+        run_to_completion(finetune_nuclei_iter([img], [lbl], None, out_dir=tmp_path / "run",
+                                               base="neuroseg_neurons", **TINY))
