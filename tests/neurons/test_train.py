@@ -6,11 +6,11 @@ import json
 import numpy as np
 import pytest
 
+from napari_neuroseg.cli.train import add_neuron_arguments, neuron_settings, run_neurons
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.models.neurons import load_model, predict
-from napari_neuroseg.cli.train import add_neuron_arguments, neuron_settings, run_neurons
-from napari_neuroseg.models.neurons.train import NeuronTrainSettings
 from napari_neuroseg.models.neurons.data import find_samples
+from napari_neuroseg.models.neurons.train import NeuronTrainSettings
 
 
 def _args(*argv):
@@ -81,6 +81,32 @@ def test_train_synthetic_few_iterations(tmp_path):
                  "--threads", "1", "--quiet")
     assert run_neurons(args) == 0
     assert (out / "model.pt").is_file() and (out / "last.pt").is_file()
+    # a new model stores the scale it was trained at (the shipped model's: same synthetic data)
+    from napari_neuroseg.models.neurons.model import DEFAULT_MODEL
+    from napari_neuroseg.models.neurons.predict import model_scale
+    from napari_neuroseg.runtime.scale import read_scale_json
+
+    shipped = read_scale_json(DEFAULT_MODEL.with_name(DEFAULT_MODEL.stem + ".scale.json"))
+    assert read_scale_json(out / "model.scale.json") == shipped
+    assert model_scale(load_model(out / "model.pt", "cpu")) == shipped
+
+
+def test_trained_model_keeps_the_given_voxel_size(tmp_path):
+    """--voxel-size is the new model's scale: sidecar and checkpoint, so --model resamples to it."""
+    from napari_neuroseg.models.neurons.model import read_checkpoint
+    from napari_neuroseg.models.neurons.predict import model_scale
+    from napari_neuroseg.runtime.scale import read_scale_json
+
+    out = tmp_path / "vs"
+    args = _args("--synthetic", "-o", str(out), "--steps", "1", "--patch", "8", "16", "16", "--base", "4",
+                 "--levels", "2", "--pool-size", "1", "--synth-shape", "16", "32", "32", "--val-every", "0",
+                 "--threads", "1", "--quiet", "--voxel-size", "1", "0.5", "0.5")
+    assert run_neurons(args) == 0
+    sc = read_scale_json(out / "model.scale.json")
+    assert sc.voxel_size == (1.0, 0.5, 0.5) and not sc.nominal
+    assert read_checkpoint(out / "last.pt")["scale"]["voxel_size"] == [1.0, 0.5, 0.5]
+    (out / "model.scale.json").unlink()  # the checkpoint's copy alone still gives the scale
+    assert model_scale(load_model(out / "model.pt", "cpu")).voxel_size == (1.0, 0.5, 0.5)
 
 
 def test_bad_training_arguments(tmp_path):

@@ -79,6 +79,13 @@ def add_neuron_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pool-size", type=int, default=d.pool_size, help="synthetic: volumes kept in memory")
     p.add_argument("--synth-shape", type=int, nargs=3, default=d.synth_shape, metavar=("Z", "Y", "X"))
     p.add_argument("--hard-fraction", type=float, default=d.hard_fraction, help="synthetic: fraction of hard volumes")
+    p.add_argument("--synth-wide", type=float, default=d.synth_wide,
+                   help="synthetic: fraction of volumes with the wide domain randomisation (default: %(default)s)")
+    p.add_argument("--real-morphology", metavar="DIR", default=None,
+                   help="synthetic: folder of FISBe .zarr samples whose ground-truth masks are rendered with "
+                        "synthetic appearance (their raw is never read)")
+    p.add_argument("--real-fraction", type=float, default=d.real_fraction,
+                   help="synthetic: fraction of volumes rendered from --real-morphology (default: %(default)s)")
     p.add_argument("--elastic", action="store_true", help="add elastic deformation to the augmentation")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     p.add_argument("--max-minutes", type=float, default=None,
@@ -86,6 +93,9 @@ def add_neuron_arguments(p: argparse.ArgumentParser) -> None:
                         "then the run stops with a checkpoint")
     p.add_argument("--workers", type=int, default=d.workers,
                    help="background processes making training batches (use on a GPU; 0 = inline)")
+    p.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
+                   help="voxel size of the training data in µm, saved as the model's scale (default: the "
+                        "--init-from model's, else FISBe's 0.44 µm)")
     p.add_argument("--quiet", action="store_true")
 
 
@@ -99,7 +109,9 @@ def neuron_settings(args: argparse.Namespace):
         init_from=args.init_from, resume=args.resume, save_every=args.save_every, val_every=args.val_every,
         val_crop=tuple(args.val_crop), device=args.device, threads=args.threads, seed=args.seed,
         pool_size=args.pool_size, synth_shape=tuple(args.synth_shape), hard_fraction=args.hard_fraction,
+        synth_wide=args.synth_wide, real_morphology=args.real_morphology, real_fraction=args.real_fraction,
         elastic=args.elastic, amp=not args.no_amp, max_minutes=args.max_minutes, workers=args.workers,
+        voxel_size=None if args.voxel_size is None else tuple(args.voxel_size),
     )
 
 

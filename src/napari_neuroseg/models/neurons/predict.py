@@ -50,20 +50,29 @@ def model_scale(model: NeuronModel):
     """The :class:`~napari_neuroseg.runtime.scale.ModelScale` of a neuron model: a
     ``<model>.scale.json`` sidecar next to the file (the shipped model's), else the checkpoint's
     ``scale`` dict (read without code execution), else None (never resampled)."""
-    from napari_neuroseg.runtime.scale import ModelScale, read_scale_json
+    from napari_neuroseg.runtime.scale import ModelScale
 
     if "scale" in model.meta:
         return None if model.meta["scale"] is None else ModelScale.from_dict(model.meta["scale"], path=model.path)
     if model.path is None:
         return None
-    p = Path(model.path)
+    sc = scale_of_model_file(Path(model.path))
+    model.meta["scale"] = None if sc is None else sc.to_dict()
+    return sc
+
+
+def scale_of_model_file(path: Path):
+    """The scale of a neuron model file: its ``<model>.scale.json`` sidecar, else the checkpoint's
+    ``scale`` dict, else None."""
+    from napari_neuroseg.runtime.scale import ModelScale, read_scale_json
+
+    p = Path(path)
     sc = read_scale_json(p.with_name(p.stem + ".scale.json"))
     if sc is None:
         from .model import read_checkpoint
 
         d = read_checkpoint(p).get("scale")
         sc = None if d is None else ModelScale.from_dict(d, path=p)
-    model.meta["scale"] = None if sc is None else sc.to_dict()
     return sc
 
 

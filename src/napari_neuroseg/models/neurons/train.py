@@ -48,10 +48,16 @@ class NeuronTrainSettings:
     pool_size: int = 24  # synthetic: volumes kept in memory
     synth_shape: tuple[int, int, int] = (48, 128, 128)
     hard_fraction: float = 0.5  # synthetic: fraction of hard volumes
+    synth_wide: float = 0.0  # synthetic: fraction drawn with NeuronSettings.randomized_wide
+    real_morphology: str | None = None  # synthetic: folder of FISBe .zarr whose GT masks are rendered
+    real_fraction: float = 0.0  # synthetic: fraction of volumes rendered from real_morphology
     elastic: bool = False
     amp: bool = True  # mixed precision on CUDA
     max_minutes: float | None = None  # the schedule is shortened to end in time
     workers: int = 0  # background processes making training batches (0 = inline)
+    # voxel size (Z, Y, X) in µm of the training data, stored as the model's scale; None: that of
+    # ``init_from``, else the shipped model's (FISBe's 0.44 µm; synthetic data is made to match it)
+    voxel_size: tuple[float, float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -100,6 +106,21 @@ def _batch(source, n, patch, rng, elastic):
     return [np.stack(a) for a in (xs, fgs, afs, ams)]
 
 
+def _synthetic_mix(args: NeuronTrainSettings) -> dict:
+    """SyntheticSource options of the wide randomisation and the real-morphology mix (the real
+    masks are read once and cached in OUTPUT/real_morphology.npz)."""
+    out = {"wide": float(getattr(args, "synth_wide", 0.0) or 0.0)}
+    folder = getattr(args, "real_morphology", None)
+    if folder and float(getattr(args, "real_fraction", 0.0) or 0.0) > 0:
+        from .data import RealMorphology, find_samples
+
+        found = find_samples(folder)
+        paths = [p for p in found["train"] + found["val"] if str(p).endswith(".zarr")]
+        out["morphology"] = RealMorphology.load(paths, cache=Path(args.output) / "real_morphology.npz")
+        out["morphology_fraction"] = float(args.real_fraction)
+    return out
+
+
 def _batches_in_workers(source, args: NeuronTrainSettings, patch, start_it: int):
     """Endless training batches made in ``args.workers`` background processes (a torch
     DataLoader). Synthetic data: every worker keeps its own pool, drawn from its own range of
@@ -121,7 +142,8 @@ def _batches_in_workers(source, args: NeuronTrainSettings, patch, start_it: int)
             src = source
             if args.synthetic:
                 pool = max(4, -(-args.pool_size // args.workers))
-                src = SyntheticSource(pool, tuple(args.synth_shape), args.hard_fraction, seed=args.seed)
+                src = SyntheticSource(pool, tuple(args.synth_shape), args.hard_fraction, seed=args.seed,
+                                      **_synthetic_mix(args))
                 src.rng = np.random.default_rng([args.seed, start_it, w])
                 src.next_seed = TRAIN_SEED_BASE + 100_000 * (w + 1) + 1000 * args.seed + 10 * start_it
             while True:
@@ -191,6 +213,42 @@ def _validation_set(args: NeuronTrainSettings, rng):
         sl = tuple(sl)
         out.append((path.name, np.asarray(raw[(slice(None),) + sl]), np.asarray(gt[(slice(None),) + sl])))
     return out
+
+
+def training_scale(settings: NeuronTrainSettings):
+    """The :class:`~napari_neuroseg.runtime.scale.ModelScale` a run trains at, saved with every
+    checkpoint (``scale``) and next to ``model.pt`` as ``model.scale.json`` so that
+    ``neuroseg neurons --model OUT/model.pt`` resamples inputs to it: the base model's when
+    fine-tuning (``init_from``), else the shipped model's (the same synthetic FISBe-like data, at
+    FISBe's voxel size); ``voxel_size`` replaces the voxel size (the data's own)."""
+    from dataclasses import replace
+
+    from napari_neuroseg.runtime.scale import parse_voxel_size
+
+    from .model import DEFAULT_MODEL
+    from .predict import scale_of_model_file
+
+    scale = None
+    if settings.init_from:
+        from napari_neuroseg.models.registry import resolve_neuron_model
+
+        scale = scale_of_model_file(resolve_neuron_model(settings.init_from))
+    if scale is None:
+        scale = scale_of_model_file(DEFAULT_MODEL)
+    if settings.voxel_size is not None:
+        vs = parse_voxel_size(settings.voxel_size, what="the training voxel size")
+        scale = replace(scale, voxel_size=vs, nominal=False,
+                        note=f"voxel size of the training data: {list(vs)} µm (given); object sizes as "
+                             "the base model's")
+    return scale
+
+
+def _write_scale_sidecar(model_file: Path, scale) -> None:
+    """``<model>.scale.json`` next to a model file, atomically."""
+    from napari_neuroseg.io.atomic import atomic_output
+
+    with atomic_output(model_file.with_name(model_file.stem + ".scale.json")) as tmp:
+        tmp.write_text(json.dumps(scale.to_dict(), indent=1))
 
 
 def check_train_budget(cfg, patch: tuple[int, ...], batch_size: int) -> None:
@@ -280,7 +338,8 @@ def train_iter(args: NeuronTrainSettings):
 
     workers = max(0, int(getattr(args, "workers", 0) or 0))
     if args.synthetic:
-        source = SyntheticSource(args.pool_size, tuple(args.synth_shape), args.hard_fraction, seed=args.seed)
+        source = SyntheticSource(args.pool_size, tuple(args.synth_shape), args.hard_fraction, seed=args.seed,
+                                 **_synthetic_mix(args))
         if next_seed is not None:
             source.next_seed = int(next_seed)
         if not workers:  # with workers, each worker fills its own pool
@@ -297,11 +356,12 @@ def train_iter(args: NeuronTrainSettings):
 
     log = (out_dir / "log.jsonl").open("a")
     train_info = args.to_dict()
+    scale = training_scale(args).to_dict()
 
     def checkpoint(path, it, extra_scores=None):
         save_model(path, net, cfg, params, optimizer=opt.state_dict(), iteration=it, best_score=best,
                    next_seed=getattr(source, "next_seed", None), rng_state=rng.bit_generator.state,
-                   train_info=train_info, scores=extra_scores or {})
+                   train_info=train_info, scores=extra_scores or {}, scale=scale)
 
     def validate(it):
         net.eval()
@@ -376,7 +436,8 @@ def train_iter(args: NeuronTrainSettings):
         net_e = NetConfig(**ck["config"]).build()
         net_e.load_state_dict(ck["state_dict"])
         save_model(out_dir / "model.pt", net_e, NetConfig(**ck["config"]), params,
-                   train_info=train_info, scores=ck.get("scores", {}), iteration=ck.get("iteration"))
+                   train_info=train_info, scores=ck.get("scores", {}), iteration=ck.get("iteration"), scale=scale)
+        _write_scale_sidecar(out_dir / "model.pt", training_scale(args))
     return {"iterations": it + 1, "best_score": best, "out": str(out_dir)}
 
 
