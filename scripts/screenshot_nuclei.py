@@ -38,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     w = NucleiWidget(viewer)
     viewer.window.add_dock_widget(w, name="Nuclei (StarDist-3D)", area="right")
     image = next(ly for ly in layers if ly.__class__.__name__ == "Image")
-    w.image_combo.setCurrentText(image.name)
-    w.surface_check.setChecked(True)
-    w.device_combo.setCurrentText("cpu")
+    w.form.image.value = image
+    w.form.show_surface.value = True
+    w.form.device.value = "cpu"
     w.run()
     t0 = time.time()
     while w.worker is not None and time.time() - t0 < 600:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_neuroseg._napari import _notify
-from napari_neuroseg._napari.nuclei_widget import NucleiWidget, polyhedra_surface, segment_nuclei_iter
+from napari_neuroseg._napari.nuclei_widget import FOLDER, NucleiWidget, polyhedra_surface, segment_nuclei_iter
 from napari_neuroseg.runtime.progress import Progress, run_to_completion
 
 pytestmark = pytest.mark.gui
@@ -71,15 +71,15 @@ def test_widget_runs_and_adds_layers(make_napari_viewer, qtbot, crop, tiny_model
     viewer.add_image(image, name="nuclei", scale=(2, 1, 1))
     w = NucleiWidget(viewer)
     viewer.window.add_dock_widget(w)
-    assert w.image_combo.currentText() == "nuclei"
-    w.model_combo.setCurrentText("Model folder…")
-    w.model_path.setText(tiny_model)
-    w.reset_thresholds()
-    assert (w.prob_spin.value(), w.nms_spin.value()) == (0.6, 0.3)  # the model's thresholds
-    w.prob_spin.setValue(0.55)
-    w.surface_check.setChecked(True)
-    w.prob_check.setChecked(True)
-    w.device_combo.setCurrentText("cpu")
+    f = w.form
+    assert f.image.value is viewer.layers["nuclei"]
+    f.model.value = FOLDER
+    f.model_path.value = tiny_model  # the model's thresholds fill the boxes
+    assert (f.prob_thresh.value, f.nms_thresh.value) == (0.6, 0.3)
+    f.prob_thresh.value = 0.55
+    f.show_surface.value = True
+    f.show_prob.value = True
+    f.device.value = "cpu"
     assert w.run() is not None
     qtbot.waitUntil(lambda: w.worker is None, timeout=60000)
     assert errors_shown == [] and w.result is not None
@@ -94,7 +94,7 @@ def test_widget_runs_and_adds_layers(make_napari_viewer, qtbot, crop, tiny_model
     assert len(surf.data[0]) == n * 16
     assert f"{n} nuclei" in w.status.text()
     # a second run updates the same labels layer
-    w.surface_check.setChecked(False)
+    f.show_surface.value = False
     w.run()
     qtbot.waitUntil(lambda: w.worker is None, timeout=60000)
     assert [ly.name for ly in viewer.layers].count("nuclei nuclei") == 1
@@ -105,11 +105,11 @@ def test_widget_cancel(make_napari_viewer, qtbot, tiny_model, errors_shown):
     rng = np.random.default_rng(0)
     viewer.add_image(rng.random((16, 96, 96)).astype(np.float32), name="noise")
     w = NucleiWidget(viewer)
-    w.model_combo.setCurrentText("Model folder…")
-    w.model_path.setText(tiny_model)
-    w.auto_tiles.setChecked(False)
-    for spin, n in zip(w.tile_spins, (1, 6, 6)):
-        spin.setValue(n)
+    w.form.model.value = FOLDER
+    w.form.model_path.value = tiny_model
+    w.form.auto_tiles.value = False
+    assert w.form.tiles.enabled
+    w.form.tiles.value = (1, 6, 6)
     seen = []
     w._on_progress = lambda p: (seen.append(p), w.cancel() if len(seen) == 2 else None)
     worker = w.run()
@@ -126,15 +126,13 @@ def test_widget_errors_are_shown(make_napari_viewer, qtbot, tiny_model, errors_s
     w = NucleiWidget(viewer)
     assert w.run() is None and "no image layer" in str(errors_shown[-1])
     viewer.add_image(np.zeros((8, 32, 32), np.float32), name="flat")
-    w.model_combo.setCurrentText("Model folder…")
-    w.model_path.setText("")
+    w.form.model.value = FOLDER
+    w.form.model_path.line_edit.value = ""
     assert w.run() is None and "no model path" in str(errors_shown[-1])
-    w.model_path.setText(tiny_model)
-    w.p_low.setValue(50)
-    w.p_high.setValue(10)
+    w.form.model_path.value = tiny_model
+    w.form.percentiles.value = (50, 10)
     assert w.run() is None and "percentiles" in str(errors_shown[-1])
-    w.p_low.setValue(1)
-    w.p_high.setValue(99.8)
+    w.form.percentiles.value = (1, 99.8)
     n = len(errors_shown)
     assert w.run() is not None  # a constant image fails inside the worker
     qtbot.waitUntil(lambda: w.worker is None, timeout=60000)

@@ -15,21 +15,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtWidgets import (
-    QCheckBox,
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QLineEdit,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, PushButton, TupleEdit
+from qtpy.QtWidgets import QPushButton, QVBoxLayout, QWidget
 
-from napari_neuroseg._napari._dock import DockLifecycleMixin, fit_controls
+from napari_neuroseg._napari._dock import DockLifecycleMixin, fit_controls, scrollable
+from napari_neuroseg._napari._forms import (
+    LAYER_EVENTS,
+    decimals,
+    fit_form,
+    follow_registry,
+    keep_or_prefer,
+    layer_choice,
+    model_choices,
+)
 from napari_neuroseg._napari._notify import notify_error
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
 from napari_neuroseg.errors import NeurosegError
@@ -38,10 +36,12 @@ from napari_neuroseg.runtime.progress import Progress
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["NucleiWidget", "polyhedra_surface", "segment_nuclei_iter"]
+__all__ = ["NucleiWidget", "polyhedra_surface", "save_result_layer", "segment_nuclei_iter", "voxel_size_text"]
 
 FOLDER = "Model folder…"
-FILE = "Model file (.pt)…"
+FILE = "Model file (.pt, .zip, rdf.yaml)…"
+#: the file dialog's filter of model files
+MODEL_FILTER = "Model (*.pt *.zip *.yaml)"
 
 
 def segment_nuclei_iter(
@@ -105,28 +105,49 @@ def polyhedra_surface(details: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def _model_thresholds(spec: str) -> tuple[float, float] | None:
-    """The thresholds stored with a model (bundled name, folder or .pt), or None."""
+    """The thresholds stored with a model (bundled name, folder, .pt or BioImage.IO package), or
+    None."""
+    from napari_neuroseg.models.bioimageio.package import is_package
     from napari_neuroseg.models.stardist3d import load_thresholds, resolve_model_path
+    from napari_neuroseg.models.stardist3d.config import Thresholds
 
     try:
         path = resolve_model_path(spec)
     except NeurosegError:
         return None
-    if path.is_dir():
-        th = load_thresholds(path / "thresholds.json")
-        return th.prob, th.nms
-    from napari_neuroseg.models.safe_load import load_torch_file
-
     try:
+        if is_package(path):
+            from napari_neuroseg.models.bioimageio.package import ModelPackage
+
+            with ModelPackage(path) as pkg:
+                sd = (pkg.rdf.get("config") or {}).get("stardist") or {}
+                th = Thresholds.from_dict(sd.get("thresholds"), path=pkg.path)
+            return th.prob, th.nms
+        if path.is_dir():
+            th = load_thresholds(path / "thresholds.json")
+            return th.prob, th.nms
+        from napari_neuroseg.models.safe_load import load_torch_file
+
         blob = load_torch_file(path, fix="choose another model")
-        th = blob.get("thresholds") or {}
-        return float(th.get("prob", 0.5)), float(th.get("nms", 0.4))
-    except Exception:  # noqa: BLE001 - unreadable file: the run will report it properly
+        th = Thresholds.from_dict(blob.get("thresholds") if isinstance(blob, dict) else None, path=path)
+        return th.prob, th.nms
+    except Exception:  # noqa: BLE001 - unreadable model: the run will report it properly
         return None
 
 
+def _is_volume_image(layer: Any) -> bool:
+    from napari.layers import Image
+
+    return isinstance(layer, Image)
+
+
 class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
-    """Segment nuclei of an image layer with a StarDist-3D model."""
+    """Segment nuclei of an image layer with a StarDist-3D model.
+
+    The parameters are the magicgui form ``self.form`` (fields by name: ``image``, ``model``,
+    ``model_path``, ``prob_thresh``, ``nms_thresh``, ``model_thresholds``, ``percentiles``,
+    ``auto_tiles``, ``tiles``, ``device``, ``voxel_size``, ``object_size``, ``show_surface``,
+    ``show_prob``); Run/Cancel, status and Save… below it."""
 
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__()
@@ -134,111 +155,69 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
         self.viewer = napari_viewer
         self.result: dict | None = None
+        self.result_layer: Any = None
+        self._bundled = bundled_models()
 
-        layout = QVBoxLayout(self)
-        form = QFormLayout()
-        self.image_combo = QComboBox()
-        self.image_combo.setToolTip("The 3D image layer (Z, Y, X) to segment; labels come out at its scale")
-        form.addRow("Image", self.image_combo)
-
-        self.model_combo = QComboBox()
-        bundled = bundled_models()
-        self.model_combo.addItems([*bundled, FOLDER, FILE])
-        if DEFAULT_MODEL in bundled:
-            self.model_combo.setCurrentText(DEFAULT_MODEL)
-        self.model_combo.setToolTip("A bundled StarDist-3D model, or your own model folder / .pt file "
-                                    "(its stored thresholds fill the boxes below)")
-        self.model_path = QLineEdit()
-        self.model_path.setPlaceholderText("path of a model folder or .pt file")
-        self.model_path.setToolTip("Path of the model folder or .pt file (used when Model is a folder or file)")
-        browse = QPushButton("…")
-        browse.setMaximumWidth(30)
-        browse.setToolTip("Browse for a model folder or .pt file")
-        browse.clicked.connect(self._browse_model)
-        row = QHBoxLayout()
-        row.addWidget(self.model_path)
-        row.addWidget(browse)
-        form.addRow("Model", self.model_combo)
-        form.addRow("", row)
-
-        self.prob_spin = QDoubleSpinBox()
-        self.nms_spin = QDoubleSpinBox()
-        for spin in (self.prob_spin, self.nms_spin):
-            spin.setRange(0.0, 1.0)
-            spin.setDecimals(3)
-            spin.setSingleStep(0.05)
-        self.prob_spin.setValue(0.5)  # StarDist's defaults until a model's thresholds are read
-        self.nms_spin.setValue(0.4)
-        self.prob_spin.setToolTip("Object probability threshold (0-1): candidates below it are dropped; "
-                                  "higher = fewer, surer nuclei")
-        self.nms_spin.setToolTip("Non-maximum suppression overlap threshold (0-1): candidates overlapping a "
-                                 "kept nucleus more than this are dropped; higher = more touching nuclei kept")
-        reset = QPushButton("model's")
-        reset.setToolTip("Reset both thresholds to the model's (optimised on its validation data)")
-        reset.clicked.connect(self.reset_thresholds)
-        row = QHBoxLayout()
-        row.addWidget(self.prob_spin)
-        row.addWidget(reset)
-        row.addStretch(1)
-        form.addRow("Probability", row)
-        form.addRow("Overlap (NMS)", self.nms_spin)
-
-        self.p_low = QDoubleSpinBox()
-        self.p_high = QDoubleSpinBox()
-        for spin, v in ((self.p_low, 1.0), (self.p_high, 99.8)):
-            spin.setRange(0.0, 100.0)
-            spin.setDecimals(2)
-            spin.setValue(v)
-        self.p_low.setToolTip("Lower intensity percentile (%) mapped to 0 before the network")
-        self.p_high.setToolTip("Upper intensity percentile (%) mapped to 1 before the network")
-        row = QHBoxLayout()
-        row.addWidget(self.p_low)
-        row.addWidget(self.p_high)
-        row.addStretch(1)
-        form.addRow("Normalise (%)", row)
-
-        self.auto_tiles = QCheckBox("auto")
-        self.auto_tiles.setChecked(True)
-        self.auto_tiles.setToolTip("Choose the number of tiles from the free memory (untick to set them)")
-        self.tile_spins = []
-        row = QHBoxLayout()
-        for _ in range(3):
-            spin = QSpinBox()
-            spin.setRange(1, 64)
-            spin.setValue(1)
-            spin.setEnabled(False)
-            spin.setToolTip("Number of tiles along this axis (1-64): more tiles = less memory, a little slower")
-            self.tile_spins.append(spin)
-            row.addWidget(spin)
-        self.auto_tiles.toggled.connect(lambda on: [s.setEnabled(not on) for s in self.tile_spins])
-        row.addStretch(1)
-        form.addRow("Tiles", self.auto_tiles)
-        form.addRow("Z, Y, X", row)
-
-        self.device_combo = QComboBox()
-        self.device_combo.addItems(["auto", *self._devices()])
-        self.device_combo.setToolTip("Where the network runs: auto = the GPU if there is one, else the CPU")
-        form.addRow("Device", self.device_combo)
-
-        self.voxel_edit = QLineEdit()
-        self.voxel_edit.setPlaceholderText("unknown: image used as it is")
-        self.voxel_edit.setToolTip("Voxel size Z Y X in µm (filled from the image layer's scale); the image is "
-                                   "resampled to the model's scale and the labels come back at the image's shape")
-        self.object_edit = QLineEdit()
-        self.object_edit.setPlaceholderText("model's (e.g. 3.2um, 25vox, auto)")
-        self.object_edit.setToolTip("Nucleus diameter: 3.2um, 25vox (Y/X voxels) or auto (estimated from the "
-                                    "image; shown in the status line). Overrides the voxel-size rule")
-        form.addRow("Voxel size (µm)", self.voxel_edit)
-        form.addRow("Object size", self.object_edit)
-        self.image_combo.currentTextChanged.connect(self._fill_voxel_size)
-
-        self.surface_check = QCheckBox("polyhedra (Surface layer)")
-        self.prob_check = QCheckBox("probability map")
-        self.surface_check.setToolTip("Also add the predicted star-convex polyhedra as a Surface layer")
-        self.prob_check.setToolTip("Also add the object probability map (0-1, at the model's grid) as an image")
-        form.addRow("Also show", self.surface_check)
-        form.addRow("", self.prob_check)
-        layout.addLayout(form)
+        image = layer_choice(
+            napari_viewer, name="image", label="Image", accept=_is_volume_image,
+            tooltip="The 3D image layer (Z, Y, X) to segment; the labels come out at its shape and scale")
+        model = ComboBox(
+            name="model", label="Model", choices=lambda _w: model_choices("nuclei", self._bundled, (FOLDER, FILE)),
+            tooltip="A bundled or registered StarDist-3D model, or your own model folder / .pt file / "
+                    "BioImage.IO package (its stored thresholds fill the boxes below)")
+        if DEFAULT_MODEL in model.choices:
+            model.value = DEFAULT_MODEL
+        model_path = FileEdit(name="model_path", label="Path", mode="d", filter=MODEL_FILTER)
+        model_path.line_edit.native.setPlaceholderText("model folder, .pt, .zip or rdf.yaml")
+        model_path.tooltip = model_path.line_edit.tooltip = (
+            "Path of the model folder, .pt file or BioImage.IO package (.zip, rdf.yaml or its folder); "
+            "used when Model is a folder or file")
+        model_path.choose_btn.tooltip = "Browse for the model folder or file"
+        prob = decimals(FloatSpinBox(
+            name="prob_thresh", label="Probability", value=0.5, min=0.0, max=1.0, step=0.05,
+            tooltip="Object probability threshold (0-1, no unit): candidates below it are dropped; "
+                    "higher = fewer, surer nuclei"), 3)
+        nms = decimals(FloatSpinBox(
+            name="nms_thresh", label="Overlap (NMS)", value=0.4, min=0.0, max=1.0, step=0.05,
+            tooltip="Non-maximum suppression overlap threshold (0-1, fraction of the smaller nucleus): "
+                    "candidates overlapping a kept nucleus more than this are dropped; higher = more "
+                    "touching nuclei kept"), 3)
+        reset = PushButton(name="model_thresholds", text="Use the model's thresholds",
+                           tooltip="Reset both thresholds to the model's (optimised on its validation data)")
+        percentiles = TupleEdit(
+            name="percentiles", label="Normalise (%)", value=(1.0, 99.8),
+            options={"min": 0.0, "max": 100.0, "step": 0.1},
+            tooltip="Lower and upper intensity percentiles (%) mapped to 0 and 1 before the network")
+        for sub, tip in zip(percentiles, ("Lower intensity percentile (%) mapped to 0 before the network",
+                                          "Upper intensity percentile (%) mapped to 1 before the network")):
+            sub.tooltip = tip
+        auto_tiles = CheckBox(name="auto_tiles", text="Tiles: automatic", value=True,
+                              tooltip="Choose the number of tiles from the free memory (untick to set them)")
+        tiles = TupleEdit(name="tiles", label="Z, Y, X", value=(1, 1, 1), options={"min": 1, "max": 64},
+                          enabled=False,
+                          tooltip="Number of tiles along Z, Y, X (1-64 each): more tiles = less memory, "
+                                  "a little slower")
+        for sub, axis in zip(tiles, "ZYX"):
+            sub.tooltip = f"Number of tiles along {axis} (1-64): more tiles = less memory, a little slower"
+        device = ComboBox(name="device", label="Device", choices=["auto", *self._devices()],
+                          tooltip="Where the network runs: auto = the GPU if there is one, else the CPU")
+        voxel = LineEdit(name="voxel_size", label="Voxel size (µm)",
+                         tooltip="Voxel size Z Y X in µm (filled from the image layer's scale when it has a "
+                                 "length unit); the image is resampled to the model's scale and the labels "
+                                 "come back at the image's shape. Blank = the image is used as it is")
+        voxel.native.setPlaceholderText("unknown: image used as it is")
+        obj = LineEdit(name="object_size", label="Object size",
+                       tooltip="Nucleus diameter: 3.2um (µm), 25vox (Y/X voxels) or auto (estimated from the "
+                               "image; shown in the status line). Overrides the voxel-size rule")
+        obj.native.setPlaceholderText("model's (e.g. 3.2um, 25vox, auto)")
+        surface = CheckBox(name="show_surface", text="Also show the polyhedra (Surface layer)",
+                           tooltip="Also add the predicted star-convex polyhedra as a Surface layer")
+        show_prob = CheckBox(name="show_prob", text="Also show the probability map",
+                             tooltip="Also add the object probability map (0-1, at the model's grid) as an image")
+        self.form = Container(name="nuclei_form", widgets=[
+            image, model, model_path, prob, nms, reset, percentiles, auto_tiles, tiles, device, voxel, obj,
+            surface, show_prob])
+        self.form.margins = (0, 0, 0, 0)
 
         self.controls = RunControls(
             "Segment nuclei", on_run=self.run, on_cancel=self.cancel,
@@ -247,23 +226,59 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.controls.run_button.setToolTip("Segment the image with the model and thresholds above "
                                             "(adds or updates the '<image> nuclei' Labels layer)")
         self.controls.cancel_button.setToolTip("Stop the running segmentation at its next step")
-        layout.addWidget(self.controls)
-        layout.addStretch(1)
-        fit_controls(self)  # never narrower than its value ("0.47(")
+        self.save_button = QPushButton("Save labels…")
+        self.save_button.setToolTip("Write the result's Labels layer to a TIFF (with the voxel size) or "
+                                    "OME-Zarr file with the plugin's writers")
+        self.save_button.setEnabled(False)
+        self.save_button.clicked.connect(lambda *_: self.save())
 
-        self.model_combo.currentTextChanged.connect(self._model_changed)
-        self.model_path.editingFinished.connect(self.reset_thresholds)
-        self._model_changed(self.model_combo.currentText())
-        self.connect_event(self.viewer.layers.events.inserted, self._refresh_layers)
-        self.connect_event(self.viewer.layers.events.removed, self._refresh_layers)
-        self._refresh_layers()
+        content = QWidget()
+        layout = QVBoxLayout(content)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.form.native)
+        layout.addWidget(self.controls)
+        layout.addWidget(self.save_button)
+        layout.addStretch(1)
+        fit_controls(content)  # never narrower than its value ("0.47(")
+        self.scroll_area = scrollable(self, content)
+        fit_form(self.form, self.scroll_area)
+
+        auto_tiles.changed.connect(lambda on: setattr(tiles, "enabled", not on))
+        model.changed.connect(self._model_changed)
+        model_path.changed.connect(lambda *_: self.reset_thresholds())
+        reset.changed.connect(lambda *_: self.reset_thresholds())
+        image.changed.connect(self._fill_voxel_size)
+        self._model_changed(model.value)
+        for ev in LAYER_EVENTS:
+            self.connect_event(getattr(self.viewer.layers.events, ev), self._refresh_layers)
+        follow_registry(self, self._refresh_models)  # models registered by the Fine-tune dock
+        self._refresh_layers(initial=True)
+        self._fill_voxel_size(image.value)
+        self._start_warmup()
 
     # ------------------------------------------------------------------ dock lifecycle (_dock.py)
     def on_dock_shown(self) -> None:
         self._refresh_layers()
+        self._refresh_models()
 
     def on_dock_closed(self) -> None:
         self.cancel()  # a closed dock's job stops at its next step
+
+    @staticmethod
+    def _start_warmup() -> None:
+        """Compile the numba NMS in a background thread now (once per process), not during the
+        user's first run (where its garbage collections stalled the viewer up to 138 ms)."""
+        import threading
+
+        def warm() -> None:
+            try:
+                from napari_neuroseg.models.stardist3d.nms import warmup_async
+
+                warmup_async()
+            except Exception:  # noqa: BLE001 - the first run compiles (and reports) instead
+                pass
+
+        threading.Thread(target=warm, name="neuroseg-nuclei-dock-warmup", daemon=True).start()
 
     # ------------------------------------------------------------------ form helpers
     @staticmethod
@@ -275,40 +290,27 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         except Exception:  # noqa: BLE001 - torch problems are reported when running
             return ["cpu"]
 
-    def _refresh_layers(self, *_: Any) -> None:
-        from napari.layers import Image
+    def _refresh_layers(self, *_: Any, initial: bool = False) -> None:
+        keep_or_prefer(self.form.image, initial=initial)
 
-        current = self.image_combo.currentText()
-        names = [ly.name for ly in self.viewer.layers if isinstance(ly, Image)]
-        self.image_combo.blockSignals(True)
-        self.image_combo.clear()
-        self.image_combo.addItems(names)
-        if current in names:
-            self.image_combo.setCurrentText(current)
-        self.image_combo.blockSignals(False)
-
-    def _browse_model(self) -> None:  # pragma: no cover - file dialogs are not tested
-        if self.model_combo.currentText() == FILE:
-            path, _ = QFileDialog.getOpenFileName(self, "StarDist-3D model file", "", "PyTorch (*.pt)")
-        else:
-            path = QFileDialog.getExistingDirectory(self, "StarDist-3D model folder")
-            if self.model_combo.currentText() not in (FOLDER, FILE):
-                self.model_combo.setCurrentText(FOLDER)
-        if path:
-            self.model_path.setText(path)
-            self.reset_thresholds()
+    def _refresh_models(self, *_: Any) -> None:
+        """Take newly registered models into the Model box (the choice is kept)."""
+        self.form.model.reset_choices()
 
     def _model_changed(self, text: str) -> None:
-        self.model_path.setEnabled(text in (FOLDER, FILE))
+        path = self.form.model_path
+        path.enabled = text in (FOLDER, FILE)
+        path.mode = "r" if text == FILE else "d"
         self.reset_thresholds()
 
     def model_spec(self) -> str:
-        """The model to load: a bundled name or the path typed in."""
-        text = self.model_combo.currentText()
+        """The model to load: a bundled or registered name or the path typed in."""
+        text = self.form.model.value
         if text in (FOLDER, FILE):
-            path = self.model_path.text().strip()
+            path = self.form.model_path.line_edit.value.strip()
             if not path:
-                raise NeurosegError("no model path given", fix="type or browse a model folder / .pt file")
+                raise NeurosegError("no model path given",
+                                    fix="type or browse a model folder, .pt file or BioImage.IO package")
             return path
         return text
 
@@ -319,47 +321,42 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         except NeurosegError:
             th = None
         if th is not None:
-            self.prob_spin.setValue(th[0])
-            self.nms_spin.setValue(th[1])
+            self.form.prob_thresh.value = th[0]
+            self.form.nms_thresh.value = th[1]
 
-    def _fill_voxel_size(self, name: str) -> None:
+    def _fill_voxel_size(self, layer: Any) -> None:
         """The voxel size box follows the chosen layer's ``scale`` when it is a physical size
         (a length unit in the layer's ``units`` or the file's unit); blank otherwise."""
-        from napari_neuroseg.runtime.scale import voxel_size_from_layer_scale
-
-        if name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-            vs = voxel_size_from_layer_scale(layer.scale, getattr(layer, "units", None),
-                                             (layer.metadata or {}).get("unit"))
-            self.voxel_edit.setText("" if vs is None else " ".join(f"{v:.4g}" for v in vs))
+        self.form.voxel_size.value = voxel_size_text(layer)
 
     def image_layer(self):
-        name = self.image_combo.currentText()
-        if not name or name not in self.viewer.layers:
+        layer = self.form.image.value
+        if layer is None or layer not in self.viewer.layers:
             raise NeurosegError("no image layer selected", fix="open an image (e.g. File ▸ Open Sample ▸ napari-neuroseg)")
-        return self.viewer.layers[name]
+        return layer
 
     def parameters(self) -> dict:
         """The run's keyword arguments for :func:`segment_nuclei_iter` (raises NeurosegError)."""
-        lo, hi = self.p_low.value(), self.p_high.value()
+        f = self.form
+        lo, hi = (float(v) for v in f.percentiles.value)
         if not lo < hi:
             raise NeurosegError(f"normalisation percentiles {lo} and {hi}: low must be below high", fix="e.g. 1 and 99.8")
         return {
             "model": self.model_spec(),
-            "device": self.device_combo.currentText(),
-            "prob_thresh": self.prob_spin.value(),
-            "nms_thresh": self.nms_spin.value(),
-            "n_tiles": None if self.auto_tiles.isChecked() else tuple(s.value() for s in self.tile_spins),
+            "device": f.device.value,
+            "prob_thresh": f.prob_thresh.value,
+            "nms_thresh": f.nms_thresh.value,
+            "n_tiles": None if f.auto_tiles.value else tuple(int(v) for v in f.tiles.value),
             "percentiles": (lo, hi),
-            "return_prob": self.prob_check.isChecked(),
+            "return_prob": bool(f.show_prob.value),
             **self._scale_parameters(),
         }
 
     def _scale_parameters(self) -> dict:
         from napari_neuroseg.runtime.scale import parse_object_size, parse_voxel_size
 
-        vs = self.voxel_edit.text().strip()
-        obj = parse_object_size(self.object_edit.text())
+        vs = self.form.voxel_size.value.strip()
+        obj = parse_object_size(self.form.object_size.value)
         return {"voxel_size": parse_voxel_size(vs, what="the voxel size") if vs else None,
                 "object_size": None if obj is None else str(obj)}
 
@@ -401,8 +398,10 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             layer.data = labels
             layer.scale, layer.translate = self._scale, self._translate
         else:
-            self.viewer.add_labels(labels, name=name, scale=self._scale, translate=self._translate)
-        if self.surface_check.isChecked():
+            layer = self.viewer.add_labels(labels, name=name, scale=self._scale, translate=self._translate)
+        self.result_layer = layer
+        self.save_button.setEnabled(True)
+        if self.form.show_surface.value:
             surf = polyhedra_surface(result["details"])
             sname = f"{self._layer_name} polyhedra"
             if sname in self.viewer.layers:
@@ -421,9 +420,58 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                                   contrast_limits=(0.0, 1.0), visible=True)
         self.status.setText(self._summary(result))
 
+    # ------------------------------------------------------------------ saving
+    def save(self) -> str | None:
+        """Save the result's Labels layer (file dialog with the plugin's formats; an input's file
+        is overwritten only after asking). Returns the path written, or None."""
+        layer = self.result_layer
+        if layer is None or layer not in self.viewer.layers:
+            self.save_button.setEnabled(False)
+            self.status.setText("Nothing to save: run the segmentation first.")
+            return None
+        return save_result_layer(self, layer)
+
     @staticmethod
     def _summary(result: dict) -> str:
         n = int(len(result["details"]["points"]))
         p, q = result["thresholds"]
         scale = f"; {result['scale']}" if result.get("scale") else ""
         return f"{n} nuclei (model {result['model']}, prob {p:.3f}, nms {q:.3f}){scale}"
+
+
+def voxel_size_text(layer: Any) -> str:
+    """The voxel size box's text for a layer: its ``scale`` as ``"Z Y X"`` when it is a physical
+    size (a length unit in the layer's ``units`` or the file's unit), else ``""``."""
+    from napari_neuroseg.runtime.scale import voxel_size_from_layer_scale
+
+    if layer is None:
+        return ""
+    vs = voxel_size_from_layer_scale(layer.scale, getattr(layer, "units", None),
+                                     (layer.metadata or {}).get("unit"))
+    return "" if vs is None else " ".join(f"{v:.4g}" for v in vs)
+
+
+def save_result_layer(dock: Any, layer: Any) -> str | None:
+    """Save ``layer`` through the plugin's writers from ``dock``'s Save… button; the status line
+    says what happened (errors also as a notification)."""
+    from napari_neuroseg._napari._save import LABELS_FILTERS, save_with_dialog, write_layer
+
+    filters = LABELS_FILTERS if (layer.metadata or {}).get("fisbe_instances") is not None else LABELS_FILTERS[:2]
+    try:
+        path = save_with_dialog(dock, title=f"Save '{layer.name}'", start=f"{layer.name}.tif", filters=filters,
+                                viewer=dock.viewer, write=lambda p: write_layer(layer, p))
+    except NeurosegError as err:
+        notify_error(err)
+        dock.status.setText(f"Not saved: {err}")
+        return None
+    except OSError as err:
+        err = NeurosegError(f"could not write the file ({err})", path=getattr(err, "filename", None),
+                            fix="choose a folder you can write to, with free space")
+        notify_error(err)
+        dock.status.setText(f"Not saved: {err}")
+        return None
+    if path is None:
+        dock.status.setText("Not saved.")
+        return None
+    dock.status.setText(f"Saved '{layer.name}' to {path}")
+    return path
