@@ -114,3 +114,109 @@ def test_writer_error_in_metadata_step_leaves_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
     write_zarr(tmp_path / "ok.zarr", np.ones((2, 2, 2), np.uint8))
     assert read_image(tmp_path / "ok.zarr").data.sum() == 8
+
+
+# -- the file helpers (bytes, text, JSON, .npy) and their callers --------------------------------
+from napari_neuroseg.io.atomic import (
+    atomic_save_npy,
+    atomic_write_bytes,
+    atomic_write_file,
+    atomic_write_json,
+    atomic_write_text,
+    clean_temporaries,
+)
+
+
+def _fail_after_some_bytes(fh):
+    fh.write(b"partial data")
+    raise OSError(5, "simulated I/O error")
+
+
+def test_file_helpers_write_and_read_back(tmp_path):
+    assert atomic_write_bytes(tmp_path / "a.bin", b"\x00\x01").read_bytes() == b"\x00\x01"
+    assert atomic_write_text(tmp_path / "a.txt", "é\n").read_text(encoding="utf-8") == "é\n"
+    atomic_write_json(tmp_path / "a.json", {"n": np.int64(3), "x": np.float32(0.5), "a": np.arange(2), "p": tmp_path})
+    import json
+
+    assert json.loads((tmp_path / "a.json").read_text()) == {"n": 3, "x": 0.5, "a": [0, 1], "p": str(tmp_path)}
+    atomic_save_npy(tmp_path / "a.npy", np.arange(6, dtype=np.uint16).reshape(2, 3)[:, ::2])
+    assert np.array_equal(np.load(tmp_path / "a.npy"), [[0, 2], [3, 5]])
+    atomic_write_text(tmp_path / "sub" / "b.txt", "x", parents=True)
+    assert (tmp_path / "sub" / "b.txt").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.bin", "a.json", "a.npy", "a.txt", "sub"]
+
+
+@pytest.mark.parametrize("name", ["old.bin", "old.json", "old.npy"])
+def test_file_helpers_failing_mid_write_keep_the_old_file_and_leave_no_temporary(tmp_path, name):
+    target = tmp_path / name
+    target.write_bytes(b"the previous version")
+    with pytest.raises(OSError, match="simulated"):
+        atomic_write_file(target, _fail_after_some_bytes)
+    with pytest.raises(ValueError):  # an object array would need a pickle: refused, nothing written
+        atomic_save_npy(target, np.array([{"a": 1}], dtype=object))
+    assert target.read_bytes() == b"the previous version"
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+def test_full_disk_mid_write_is_a_clear_error_and_keeps_the_old_file(tmp_path):
+    import errno
+
+    target = tmp_path / "summary.csv"
+    target.write_text("old")
+
+    def full(fh):
+        fh.write(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(NeurosegError, match="no space left"):
+        atomic_write_file(target, full)
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["summary.csv"]
+
+
+def test_clean_temporaries_removes_only_leftovers(tmp_path):
+    (tmp_path / ".out.tif.tmp-1234abcd.tif").write_bytes(b"x")
+    (tmp_path / ".out.zarr.tmp-old-1234abcd").mkdir()
+    (tmp_path / "out.tif").write_bytes(b"keep")
+    (tmp_path / ".hidden").write_bytes(b"keep")
+    assert clean_temporaries(tmp_path) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".hidden", "out.tif"]
+
+
+def test_review_queue_save_failing_mid_write_keeps_the_old_queue(tmp_path, monkeypatch):
+    """The review queue's save went through a fixed ``.tmp`` name that a failed write left behind."""
+    from napari_neuroseg.io import atomic
+    from napari_neuroseg.proofread.review import ReviewQueue
+
+    path = tmp_path / "q.review.json"
+    ReviewQueue([]).save(path)
+    before = path.read_bytes()
+
+    def fsync_fails(fd):  # the data is written, flushing it to the disk fails
+        raise OSError(5, "simulated I/O error")
+
+    monkeypatch.setattr(atomic.os, "fsync", fsync_fails)
+    with pytest.raises(OSError, match="simulated"):
+        ReviewQueue([], position=-1, meta={"changed": True}).save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_batch_block_files_failing_mid_write_leave_no_temporary(tmp_path, monkeypatch):
+    """Batch pass-1 block results (``.npy``) used a hand-written temp name left behind on failure."""
+    from napari_neuroseg.batch import jobs
+
+    target = jobs.block_file(tmp_path, 0)
+    target.parent.mkdir()
+    jobs.atomic_save_npy(target, np.ones((2, 2, 2), np.uint8))
+
+    def boom(fh, arr, allow_pickle=False):
+        fh.write(b"\x93NUMPY torn")
+        raise OSError(28, "simulated")
+
+    monkeypatch.setattr(np, "save", boom)
+    with pytest.raises(NeurosegError, match="no space left"):
+        jobs.atomic_save_npy(target, np.zeros((2, 2, 2), np.uint8))
+    monkeypatch.undo()
+    assert np.array_equal(np.load(target), np.ones((2, 2, 2), np.uint8))
+    assert [p.name for p in target.parent.iterdir()] == ["0.npy"]

@@ -38,10 +38,11 @@ from napari_neuroseg.batch import chunkcache, jobs
 from napari_neuroseg.batch.blocks import check_block_plan, forward_neighbours, grid_shape, plan_blocks, union_find_mapping
 from napari_neuroseg.batch.engine import Engine
 from napari_neuroseg.batch.lock import RunLock
-from napari_neuroseg.batch.outputs import create_label_store, replace_path, write_json_atomic
 from napari_neuroseg.batch.sources import InputSpec, open_input
 from napari_neuroseg.batch.tasks import Task
 from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.io.atomic import atomic_write_json, replace_path
+from napari_neuroseg.io.zarr_io import create_label_store
 from napari_neuroseg.runtime.progress import Progress
 
 WORK_DIR = ".neuroseg-work"
@@ -172,7 +173,7 @@ def _segment_blockwise(
         for sub in ("p1", "p2", "blocks", "faces"):
             (work / sub).mkdir(parents=True, exist_ok=True)
         create_label_store(final, shape, block_shape, fmt, scale=scale, name=target.name)
-        write_json_atomic(state_file, {"hash": state_hash, "state": state})
+        atomic_write_json(state_file, {"hash": state_hash, "state": state})
 
     def done(phase: str) -> dict[int, dict]:
         out = {}

@@ -2,7 +2,7 @@
 
 Each job opens what it needs by path (inputs, the run's work folder) so that only small
 arguments travel; results are small dicts or pair lists. Every job writes its output before a
-completion marker (``write_json_atomic``), so an interrupted job is simply redone on resume.
+completion marker (``atomic_write_json``), so an interrupted job is simply redone on resume.
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from typing import Any
 import numpy as np
 
 from napari_neuroseg.batch.blocks import Block, centre_owned, face_pairs, face_regions, overlap_pairs, overlap_region
-from napari_neuroseg.batch.outputs import create_label_store, write_json_atomic, write_labels
+from napari_neuroseg.batch.outputs import write_labels
 from napari_neuroseg.batch.sources import InputSpec, open_input
 from napari_neuroseg.batch.tasks import Task
 from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.io.atomic import atomic_save_npy, atomic_write_json
+from napari_neuroseg.io.zarr_io import create_label_store
 
 
 def as_labels(labels: Any) -> np.ndarray:
@@ -96,7 +98,7 @@ def run_file_job(spec: InputSpec, task: Task, params: dict, target: str, fmt: st
     t0 = time.perf_counter()
     if task.output == "metrics":
         result = task.evaluate_file(spec.path, spec.key, params)
-        write_json_atomic(target, result)
+        atomic_write_json(target, result)
         row = task.summary_row(result)
         return {"seconds": time.perf_counter() - t0, "metrics": row, **row}
     with open_input(spec) as inp:
@@ -125,14 +127,6 @@ def _marker(work: Path, phase: str, index: int) -> Path:
 def block_file(work: str | Path, index: int) -> Path:
     """The uncompressed pass-1 result of block ``index`` (``.npy``, smallest unsigned dtype)."""
     return Path(work) / "blocks" / f"{index}.npy"
-
-
-def _save_npy(path: Path, arr: np.ndarray) -> None:
-    """``np.save`` through a temporary name (a reader never sees a torn file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as fh:
-        np.save(fh, np.ascontiguousarray(arr))
-    tmp.replace(path)
 
 
 def smallest_dtype(n: int) -> np.dtype:
@@ -201,9 +195,9 @@ def pass1_block_job(
         n = int(sizes.size)
         for ax in range(3):  # the six face planes, for matching without reading the blocks
             for side, pos in (("lo", 0), ("hi", -1)):
-                _save_npy(w / "faces" / f"{block.index}_{side}{ax}.npy", np.take(core, pos, axis=ax))
+                atomic_save_npy(w / "faces" / f"{block.index}_{side}{ax}.npy", np.take(core, pos, axis=ax))
         if n:
-            _save_npy(block_file(w, block.index), core.astype(smallest_dtype(n), copy=False))
+            atomic_save_npy(block_file(w, block.index), core.astype(smallest_dtype(n), copy=False))
         info: dict[str, Any] = {"n": n, "sizes": sizes.tolist()}
     elif mode == "overlap":
         # The whole halo'd result is kept (matching compares neighbours in their overlap); ids of
@@ -219,7 +213,7 @@ def pass1_block_job(
             lut = np.zeros(int(labels.max()) + 1, np.uint32)
             lut[ids] = np.arange(1, n + 1, dtype=np.uint32)
             fastremap.remap_from_array(labels.reshape(-1), lut, in_place=True)
-            _save_npy(block_file(w, block.index), labels.astype(smallest_dtype(n), copy=False))
+            atomic_save_npy(block_file(w, block.index), labels.astype(smallest_dtype(n), copy=False))
         info = {"n": n, "sizes": sizes.tolist()}
     else:
         ids, truncated = centre_owned(labels, block, volume_shape)
@@ -227,11 +221,11 @@ def pass1_block_job(
         if n:
             kept = fastremap.mask_except(labels, ids.tolist(), in_place=True)
             kept, _ = fastremap.renumber(kept, in_place=True)
-            _save_npy(block_file(w, block.index), kept.astype(smallest_dtype(n), copy=False))
+            atomic_save_npy(block_file(w, block.index), kept.astype(smallest_dtype(n), copy=False))
         info = {"n": n, "truncated": truncated}
     info["seconds"] = time.perf_counter() - t0
     info["timings"] = {"read": round(t_read, 4), "segment": round(t_seg, 4)}
-    write_json_atomic(_marker(w, "p1", block.index), info, fsync=False)
+    atomic_write_json(_marker(w, "p1", block.index), info, fsync=False)
     return info
 
 
@@ -328,7 +322,7 @@ def pass2_faces_job(
         out = apply_lut(local, lut)
         dst = create_label_store(final, volume_shape, (1, 1, 1), fmt, mode="r+")
         dst[block.core] = out
-    write_json_atomic(_marker(w, "p2", block.index), {"ok": True}, fsync=False)
+    atomic_write_json(_marker(w, "p2", block.index), {"ok": True}, fsync=False)
     return {"ok": True}
 
 
@@ -358,5 +352,5 @@ def pass2_centre_job(
     if wrote:
         dst = create_label_store(final, volume_shape, (1, 1, 1), fmt, mode="r+")
         dst[block.core] = out
-    write_json_atomic(_marker(w, "p2", block.index), {"ok": True}, fsync=False)
+    atomic_write_json(_marker(w, "p2", block.index), {"ok": True}, fsync=False)
     return {"ok": True}

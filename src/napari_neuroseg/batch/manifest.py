@@ -17,7 +17,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from napari_neuroseg.batch.outputs import write_json_atomic
+from napari_neuroseg.io.atomic import atomic_write_json
 
 _PACKAGES = ("numpy", "scipy", "scikit-image", "dask", "distributed", "zarr", "tifffile", "h5py", "torch", "stardist")
 
@@ -109,4 +109,4 @@ class Manifest:
 
     def save(self) -> None:
         self.data["updated"] = now()
-        write_json_atomic(self.path, self.data)
+        atomic_write_json(self.path, self.data)

@@ -27,10 +27,11 @@ from napari_neuroseg.batch.blocks import check_block_plan
 from napari_neuroseg.batch.lock import RunLock
 from napari_neuroseg.batch.engine import Engine
 from napari_neuroseg.batch.manifest import Manifest, params_hash
-from napari_neuroseg.batch.outputs import FORMATS, atomic_target, clean_temporaries, output_path
+from napari_neuroseg.batch.outputs import FORMATS, output_path
 from napari_neuroseg.batch.sources import InputSpec, discover_inputs, open_input
 from napari_neuroseg.batch.tasks import Task, get_task
 from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.io.atomic import atomic_write_json, atomic_write_text, clean_temporaries
 from napari_neuroseg.io.checks import require_outputs_apart
 from napari_neuroseg.runtime.progress import Progress
 
@@ -350,11 +351,8 @@ def _write_summary(
     w.writeheader()
     for r in rows:
         w.writerow(r)
-    with atomic_target(csv_path) as tmp:
-        tmp.write_text(buf.getvalue())
-    from napari_neuroseg.batch.outputs import write_json_atomic
-
+    atomic_write_text(csv_path, buf.getvalue())
     summary = {"task": task, "cancelled": cancelled, "seconds": round(seconds, 3), "counts": counts, "files": rows}
-    write_json_atomic(json_path, summary)
+    atomic_write_json(json_path, summary)
     manifest.finish({"cancelled": cancelled, "seconds": round(seconds, 3), "counts": counts})
     return BatchResult(rows, outdir, manifest.path, csv_path, json_path, cancelled, counts)

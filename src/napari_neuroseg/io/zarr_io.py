@@ -21,6 +21,8 @@ __all__ = [
     "read_zarr_image",
     "read_zarr_array",
     "ome_multiscales",
+    "ngff_multiscales",
+    "create_label_store",
     "write_zarr",
     "write_ome_zarr",
     "default_chunks",
@@ -461,15 +463,64 @@ def _write_multiscale(
         create_zarr_array(group, str(i), level, chunks=chunks or default_chunks(level.shape, axes),
                           zarr_format=2, dimension_separator="/")
         datasets.append({"path": str(i), "coordinateTransformations": [{"type": "scale", "scale": list(full_scale)}]})
-    group.attrs["multiscales"] = [
-        {
-            "version": "0.4",
-            "name": name,
-            "axes": _ome_axes_meta(axes, unit),
-            "datasets": datasets,
-            "type": "nearest" if labels else "mean",
-        }
-    ]
+    group.attrs["multiscales"] = ngff_multiscales(name, axes, unit, datasets, "nearest" if labels else "mean")
+
+
+def ngff_multiscales(name: str, axes: str, unit: str, datasets: list[dict], kind: str | None = None) -> list[dict]:
+    """The NGFF 0.4 ``multiscales`` attribute written for an image (read by :func:`ome_multiscales`).
+
+    ``datasets``: one ``{"path", "coordinateTransformations"}`` per level; ``kind``: the
+    downsampling type (``"mean"``, ``"nearest"``), left out when None.
+    """
+    ms: dict[str, Any] = {"version": "0.4", "name": name, "axes": _ome_axes_meta(axes, unit), "datasets": datasets}
+    if kind is not None:
+        ms["type"] = kind
+    return [ms]
+
+
+def create_label_store(
+    path: str | Path,
+    shape: tuple[int, int, int],
+    chunks: tuple[int, int, int],
+    fmt: str,
+    *,
+    dtype: Any = np.uint32,
+    scale: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    name: str = "labels",
+    mode: str = "w",
+):
+    """Create (or, ``mode="r+"``, reopen) an empty chunked Zarr v2 ZYX label array; returns it.
+
+    For writers that fill a volume larger than memory chunk by chunk (batch's blockwise runs).
+    ``fmt="zarr"``: the array at the store root (``axes``/``scale`` attributes, as
+    :func:`write_zarr`); ``"ome-zarr"``: an NGFF 0.4 label image with the array at ``"0"`` (as
+    :func:`write_ome_zarr` with ``is_label``). The caller makes it atomic (it writes a temporary
+    store and moves it into place, see :mod:`~napari_neuroseg.io.atomic`).
+    """
+    import zarr
+
+    path = str(path)
+    if fmt == "zarr":
+        if mode == "r+":
+            return zarr.open_array(path, mode="r+")
+        return zarr.open_array(
+            path, mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0, zarr_format=2,
+            attributes={"axes": "ZYX", "scale": [float(s) for s in scale]},
+        )
+    if fmt == "ome-zarr":
+        if mode == "r+":
+            return zarr.open_group(path, mode="r+")["0"]
+        g = zarr.open_group(path, mode="w", zarr_format=2)
+        arr = g.create_array("0", shape=shape, chunks=chunks, dtype=dtype, fill_value=0)
+        level0 = [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [float(s) for s in scale]}]}]
+        g.attrs["multiscales"] = ngff_multiscales(name, "ZYX", "micrometer", level0)
+        g.attrs["image-label"] = {"version": "0.4"}
+        return arr
+    raise NeurosegError(
+        f"format {fmt!r} cannot be written chunk by chunk",
+        path=path,
+        fix="use --format zarr or --format ome-zarr for blockwise runs",
+    )
 
 
 def write_ome_zarr(

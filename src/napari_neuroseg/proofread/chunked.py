@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.io.atomic import atomic_write_json
 
 PENDING_SUFFIX = ".neuroseg-pending"
 COMMIT_NAME = "NEUROSEG_COMMIT.json"
@@ -277,13 +278,8 @@ class ChunkedLabels:
                 raise RuntimeError("simulated crash while writing the pending chunk store")
             tmp[self._chunk_slices(c)] = arr
             keys.append(self._z.metadata.encode_chunk_key(c))
-        commit = pending / COMMIT_NAME
-        tmp_commit = pending / (COMMIT_NAME + ".tmp")
-        with open(tmp_commit, "w") as f:
-            json.dump({"keys": keys, "present": [k for k in keys if (pending / k).exists()]}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_commit, commit)
+        atomic_write_json(pending / COMMIT_NAME, {"keys": keys, "present": [k for k in keys if (pending / k).exists()]},
+                          indent=None)
         if _fail_after is not None and _fail_after < 0:
             raise RuntimeError("simulated crash after the commit mark")
         recover(array_dir)

@@ -10,7 +10,6 @@ saved next to the labels file as ``<labels>.review.json`` and resumes where it w
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Generator, Iterable, Sequence
@@ -18,6 +17,7 @@ from typing import Any, Generator, Iterable, Sequence
 import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.io.atomic import atomic_write_json
 from napari_neuroseg.runtime.progress import Progress
 
 from .edit import iter_slabs, read_block
@@ -348,12 +348,7 @@ class ReviewQueue:
 
     def save(self, path: str | Path) -> Path:
         """Write the queue as JSON (atomically: temp file, then rename)."""
-        p = Path(path)
-        tmp = p.parent / (p.name + ".tmp")
-        with open(tmp, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
-        os.replace(tmp, p)
-        return p
+        return atomic_write_json(path, self.to_dict(), indent=1)
 
     @classmethod
     def load(cls, path: str | Path) -> "ReviewQueue":

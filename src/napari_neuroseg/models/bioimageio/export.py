@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import tempfile
 import zipfile
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.io.atomic import atomic_output
 
 __all__ = ["export_package", "resolve_export_model"]
 
@@ -258,16 +258,9 @@ def export_package(
             t["test_tensor"]["sha256"] = _sha(tmp / t["test_tensor"]["source"])
         (tmp / "rdf.yaml").write_text(yaml.safe_dump(rdf, sort_keys=False, allow_unicode=True), encoding="utf-8")
         _validate(tmp / "rdf.yaml")
-        fd, part = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        os.close(fd)
-        try:
-            with zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as z:
-                for f in sorted(tmp.iterdir()):
-                    z.write(f, f.name)
-            os.replace(part, out)
-        except BaseException:
-            Path(part).unlink(missing_ok=True)
-            raise
+        with atomic_output(out) as part, zipfile.ZipFile(part, "w", zipfile.ZIP_DEFLATED) as z:
+            for f in sorted(tmp.iterdir()):
+                z.write(f, f.name)
     return out
 
 

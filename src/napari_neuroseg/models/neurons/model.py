@@ -8,12 +8,12 @@ for prediction.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.io.atomic import atomic_write_file
 
 from .postprocess import PostprocessParams
 from .targets import N_OUTPUTS, OFFSETS
@@ -72,13 +72,7 @@ def save_model(path: str | Path, net, config: NetConfig, params: PostprocessPara
         "state_dict": state,
         **{k: _plain(v) for k, v in extra.items()},
     }
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_write_file(path, lambda fh: torch.save(payload, fh))
 
 
 def _plain(value: Any) -> Any:
@@ -133,11 +127,17 @@ def stored_params(ckpt: dict) -> PostprocessParams:
 
 
 def load_model(path: str | Path | None = None, device=None) -> NeuronModel:
-    """Load a neuron model (default: the shipped one) onto ``device`` (name, torch.device or None =
-    auto) in eval mode."""
+    """Load a neuron model (default: the shipped one; a ``.pt`` file, or a BioImage.IO package
+    exported by this project: folder, rdf.yaml or .zip, its PyTorch state dict only) onto
+    ``device`` (name, torch.device or None = auto) in eval mode."""
+    from napari_neuroseg.models.bioimageio.package import is_package
     from napari_neuroseg.runtime.device import select_device
 
     path = DEFAULT_MODEL if path is None else Path(path)
+    if is_package(path):
+        from napari_neuroseg.models.bioimageio.load import load_neuron_model
+
+        return load_neuron_model(path, device=device)
     if path == DEFAULT_MODEL and not path.is_file():
         raise NeurosegError("the default neuron model is not installed", path=path,
                             fix="train one with 'neuroseg train neurons --synthetic' and pass --model")

@@ -14,9 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
-import tempfile
 from collections.abc import Generator, Sequence
 from pathlib import Path
 from typing import Any
@@ -263,10 +260,11 @@ class StarDist3D:
         """Write the own format (``config.json``, ``thresholds.json``, ``weights.pt``) atomically."""
         import torch
 
+        from napari_neuroseg.io.atomic import atomic_output
+
         folder = Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-        try:
+        with atomic_output(folder, parents=True) as tmp:
+            tmp.mkdir()
             (tmp / "config.json").write_text(json.dumps(self.config_dict(), indent=1))
             (tmp / "thresholds.json").write_text(json.dumps(self.thresholds.to_dict()))
             if self.scale is not None:
@@ -275,18 +273,6 @@ class StarDist3D:
                 (tmp / SCALE_FILE).write_text(json.dumps(self.scale.to_dict(), indent=1))
             state = {k: v.detach().cpu() for k, v in self.net.state_dict().items()}
             torch.save(state, tmp / OWN_WEIGHTS)
-            if folder.exists():
-                old = folder.with_name(f".{folder.name}.old")
-                if old.exists():
-                    shutil.rmtree(old)
-                os.replace(folder, old)
-                os.replace(tmp, folder)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, folder)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return folder
 
     def save_file(self, path: str | Path) -> Path:
@@ -294,7 +280,6 @@ class StarDist3D:
         import torch
 
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         blob = {
             "format": FORMAT_NAME,
             "version": 1,
@@ -304,15 +289,9 @@ class StarDist3D:
         }
         if self.scale is not None:
             blob["scale"] = self.scale.to_dict()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        os.close(fd)
-        try:
-            torch.save(blob, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        from napari_neuroseg.io.atomic import atomic_write_file
+
+        return atomic_write_file(path, lambda fh: torch.save(blob, fh), parents=True)
 
     # ------------------------------------------------------------------ properties
     def to(self, device: str | None = None) -> "StarDist3D":
