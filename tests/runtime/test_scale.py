@@ -242,3 +242,20 @@ def test_imagej_tiff_without_a_unit_has_no_voxel_size(tmp_path):
     vol = read_image(p)
     assert tuple(vol.scale) == (2.0, 1.0, 1.0)  # still shown with its anisotropy in napari
     assert voxel_size_from_volume(vol) is None
+
+
+def test_object_diameters_skip_cut_objects_and_training_scale_uses_known_voxel_size():
+    from napari_neuroseg.runtime.scale import object_diameters_vox, training_data_scale
+
+    z, y, x = np.ogrid[:20, :40, :40]
+    lab = np.zeros((20, 40, 40), np.uint16)
+    lab[((z - 10) * 2) ** 2 + (y - 20) ** 2 + (x - 20) ** 2 <= 8**2] = 1  # radius 8 Y/X voxels, Z voxels 2x
+    lab[:, :3, :3] = 2  # touches the border: not measured
+    d = object_diameters_vox(lab, (2.0, 1.0, 1.0))
+    assert d.shape == (1,) and abs(d[0] - 16) < 0.5
+    sc = training_data_scale([lab, lab], [(1.0, 0.5, 0.5), (1.0, 0.5, 0.5)], object_name="nucleus")
+    assert sc.voxel_size == (1.0, 0.5, 0.5) and not sc.nominal and abs(sc.object_diameter_vox - 16) < 0.5
+    sc = training_data_scale([lab, lab], [(1.0, 0.5, 0.5), None], (2.0, 1.0, 1.0))
+    assert sc.nominal and sc.voxel_size == (0.5, 0.25, 0.25)
+    with pytest.raises(NeurosegError, match="no objects"):
+        training_data_scale([np.zeros((4, 4, 4), np.uint8)], [None])

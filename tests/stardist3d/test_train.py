@@ -242,6 +242,14 @@ def test_train_cli_synthetic_and_files(tmp_path, tiny_data):
               "--patch-size", "8", "32", "32", "--no-optimize-thresholds", "--device", "cpu", "--val-every", "1"]
     rc = main(["train", "nuclei", "--synthetic", "2", "--synthetic-shape", "16", "48", "48", "-o", str(out), *common])
     assert rc == 0 and (out / "weights.pt").is_file() and (out / "checkpoint.pt").is_file()
+    # a model trained from scratch stores its scale (synthetic: nominal 0.25 um per Y/X voxel, anisotropy 2 1 1;
+    # object sizes measured on the training labels), so --model OUT resamples inputs to it
+    from napari_neuroseg.models.stardist3d.model import StarDist3D
+
+    scale = StarDist3D.load(out, device="cpu").scale
+    assert scale is not None and scale.nominal and scale.voxel_size == (0.5, 0.25, 0.25)
+    lo, hi = scale.object_diameter_range_vox
+    assert 0 < lo <= scale.object_diameter_vox <= hi < 48
 
     xs, ys = tiny_data
     (tmp_path / "img").mkdir()
@@ -251,8 +259,10 @@ def test_train_cli_synthetic_and_files(tmp_path, tiny_data):
         tifffile.imwrite(tmp_path / "lbl" / f"v{i}.tif", y.astype(np.uint16))
     out2 = tmp_path / "files_model"
     rc = main(["train", "nuclei", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lbl"),
-               "-o", str(out2), *common])
+               "-o", str(out2), "--voxel-size", "1", "0.4", "0.4", *common])
     assert rc == 0 and (out2 / "config.json").is_file()
+    scale = StarDist3D.load(out2, device="cpu").scale  # the files' voxel size (--voxel-size), measured sizes
+    assert scale.voxel_size == (1.0, 0.4, 0.4) and not scale.nominal and scale.object_diameter_vox > 0
     rc = main(["train", "nuclei", "--images", str(tmp_path / "img" / "v0.tif"), "-o", str(tmp_path / "x"), *common])
     assert rc == 1  # one image, no labels: a clear error, not a traceback
 

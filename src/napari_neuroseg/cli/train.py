@@ -8,14 +8,8 @@ are imported only when a subcommand runs, so ``neuroseg --help`` stays fast.
 from __future__ import annotations
 
 import argparse
-import importlib
 
 from napari_neuroseg.cli._flags import add_flag
-
-_MODELS = {
-    "nuclei": ("napari_neuroseg.models.stardist3d.train", "train the StarDist-3D nuclei model"),
-}
-
 
 #: path flags of each model's training command (inputs, outputs), checked by ``cli.main``
 _IO_FLAGS = {
@@ -24,24 +18,14 @@ _IO_FLAGS = {
 }
 
 
-def _runner(module_name: str):
-    def run(args: argparse.Namespace) -> int:
-        return importlib.import_module(module_name).main(args)
-
-    return run
-
-
 def register(sub: argparse._SubParsersAction) -> None:
+    from napari_neuroseg.cli._train_nuclei import add_nuclei_arguments, run_nuclei
+
     p = sub.add_parser("train", help="train a model (nuclei or neurons)")
     models = p.add_subparsers(dest="model", metavar="MODEL", required=True)
-    for name, (module_name, help_text) in _MODELS.items():
-        mp = models.add_parser(name, help=help_text)
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:  # the model's training code is not available in this build
-            continue
-        module.add_arguments(mp)
-        mp.set_defaults(func=_runner(module_name), io_flags=_IO_FLAGS.get(name))
+    mp = models.add_parser("nuclei", help="train the StarDist-3D nuclei model")
+    add_nuclei_arguments(mp)
+    mp.set_defaults(func=run_nuclei, io_flags=_IO_FLAGS["nuclei"])
     mp = models.add_parser("neurons", help="train the FISBe neuron segmenter")
     add_neuron_arguments(mp)
     mp.set_defaults(func=run_neurons, io_flags=_IO_FLAGS["neurons"])

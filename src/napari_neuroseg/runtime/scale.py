@@ -47,6 +47,7 @@ __all__ = [
     "ScalePlan",
     "SizeEstimate",
     "estimate_object_diameter",
+    "object_diameters_vox",
     "parse_object_size",
     "parse_voxel_size",
     "plan_scale",
@@ -55,6 +56,7 @@ __all__ = [
     "resampled_shape",
     "restore_labels",
     "restore_nearest",
+    "training_data_scale",
     "voxel_size_from_volume",
     "SCALE_FILE",
 ]
@@ -152,6 +154,63 @@ def read_scale_json(path: str | Path) -> ModelScale | None:
         raise NeurosegError(f"cannot read the model's scale file ({err})", path=p,
                             fix="fix or delete the file (without it the model does not resample)") from None
     return ModelScale.from_dict(d, path=p)
+
+
+#: Y/X voxel size (µm) stated for training data without a physical unit (synthetic volumes):
+#: the shipped nuclei model's convention (``scale.json``: 0.25 µm per Y/X voxel)
+NOMINAL_YX_UM = 0.25
+
+
+def object_diameters_vox(labels: np.ndarray, anisotropy: Sequence[float] = (1.0, 1.0, 1.0)) -> np.ndarray:
+    """Volume-equivalent sphere diameters, in Y/X voxels, of the objects of a 3D label volume that
+    do not touch its border (cut objects would read small; all of them if every object does).
+    ``anisotropy``: voxel size (Z, Y, X) relative to each other (only the ratios count)."""
+    import fastremap
+
+    lab = np.asarray(labels)
+    ids, counts = fastremap.unique(lab, return_counts=True)
+    keep = ids != 0
+    ids, counts = ids[keep], counts[keep]
+    if ids.size == 0:
+        return np.zeros(0)
+    faces = [lab[0], lab[-1], lab[:, 0], lab[:, -1], lab[:, :, 0], lab[:, :, -1]]
+    cut = np.unique(np.concatenate([np.unique(f) for f in faces]))
+    inner = ~np.isin(ids, cut)
+    if inner.any():
+        counts = counts[inner]
+    az, ay, ax = (float(a) for a in anisotropy)
+    return (6.0 / math.pi * counts * (az / ay) * (ax / ay)) ** (1.0 / 3.0)
+
+
+def training_data_scale(
+    labels: Sequence[np.ndarray],
+    voxel_sizes: Sequence[Sequence[float] | None],
+    anisotropy: Sequence[float] = (1.0, 1.0, 1.0),
+    *,
+    object_name: str = "object",
+) -> ModelScale:
+    """The :class:`ModelScale` of a model trained from scratch on ``labels``: the voxel size of the
+    training volumes when all of them have the same known one (``voxel_sizes``), else a nominal
+    one (:data:`NOMINAL_YX_UM` per Y/X voxel, ``anisotropy`` for Z/X); the object diameters
+    (:func:`object_diameters_vox`) measured on the labels: median as the typical size, the 5th to
+    95th percentile as the range."""
+    known = {tuple(float(v) for v in vs) for vs in voxel_sizes if vs is not None}
+    nominal = not (len(known) == 1 and all(vs is not None for vs in voxel_sizes))
+    if nominal:
+        az, ay, ax = (float(a) for a in anisotropy)
+        vs = (NOMINAL_YX_UM * az / ay, NOMINAL_YX_UM, NOMINAL_YX_UM * ax / ay)
+    else:
+        vs = known.pop()
+    d = np.concatenate([object_diameters_vox(y, vs) for y in labels] or [np.zeros(0)])
+    if d.size == 0:
+        raise NeurosegError("the training labels hold no objects", fix="give label volumes with annotated objects")
+    lo, typ, hi = (float(v) for v in np.percentile(d, [5, 50, 95]))
+    note = (f"Measured on the training labels ({d.size} objects away from the volume borders: diameter "
+            f"median {typ:.1f}, 5-95% {lo:.1f}-{hi:.1f} Y/X voxels). "
+            + (f"The training data had no common physical voxel size: {NOMINAL_YX_UM} um per Y/X voxel is a "
+               "convention (give --voxel-size, or --object-size when predicting)." if nominal else
+               "Voxel size of the training data."))
+    return ModelScale(vs, round(typ, 2), (round(lo, 2), round(hi, 2)), object_name, nominal, note)
 
 
 # ---------------------------------------------------------------------------------------- input
