@@ -14,12 +14,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from napari_neuroseg.cli._flags import add_flag
+
 _TASKS = ("threshold", "nuclei", "neurons", "evaluate")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="files, folders or glob patterns (quote globs)")
-    p.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder")
+    add_flag(p, "-o", "--output", required=True, metavar="OUTDIR", help="output folder")
     p.add_argument("--format", default="tif", choices=("tif", "zarr", "ome-zarr"), help="label output format (default tif; blockwise needs zarr/ome-zarr)")
     p.add_argument("--block-shape", nargs=3, type=int, metavar=("Z", "Y", "X"), help="process blockwise with this block shape")
     p.add_argument("--halo", nargs=3, type=int, metavar=("Z", "Y", "X"), help="voxels of context around each block (default: the task's)")
@@ -61,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                 kw["action"] = argparse.BooleanOptionalAction
             else:
                 kw["type"] = prm.type
-            group.add_argument(prm.flag, **kw)
+            add_flag(group, prm.flag, **kw)  # --n-tiles also as --tiles
         tp.set_defaults(func=run, task_name=name)
     cp = tasks.add_parser("custom", help="your own Task subclass, given as module:Class")
     cp.add_argument("task_class", metavar="MODULE:CLASS")

@@ -20,7 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("input", help="FISBe Zarr or CZYX TIFF/Zarr")
-    p.add_argument("-o", "--output", required=True, help="output .tif/.tiff or .zarr")
+    add_flag(p, "-o", "--output", required=True, help="output .tif/.tiff or .zarr")
     p.add_argument("--model", default=None,
                    help="neuron model: neuroseg_neurons (the shipped model, default), a registered name or a .pt file")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")

@@ -7,6 +7,8 @@ import sys
 import time
 from pathlib import Path
 
+from napari_neuroseg.cli._flags import add_flag
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -20,13 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         ),
     )
     p.add_argument("input", help="3D image (ZYX, or CZYX for multi-channel models)")
-    p.add_argument("-o", "--output", required=True, help="output labels: .tif/.tiff, .zarr, .ome.zarr or .h5")
+    add_flag(p, "-o", "--output", required=True, help="output labels: .tif/.tiff, .zarr, .ome.zarr or .h5")
     p.add_argument("--model", default=None, metavar="NAME_OR_PATH", help="bundled model name, folder, .pt or BioImage.IO package (folder, rdf.yaml or .zip)")
     p.add_argument("--prob-thresh", type=float, default=None, help="probability threshold (default: the model's)")
     p.add_argument("--nms-thresh", type=float, default=None, help="NMS overlap threshold (default: the model's)")
     p.add_argument("--border", type=int, default=None, metavar="N",
                    help="grid voxels at the volume's edge without object centres (default: the model's; stardist: 2)")
-    p.add_argument("--n-tiles", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+    add_flag(p, "--n-tiles", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                    help="tiles per axis (default: chosen from the free memory)")
     p.add_argument("--percentiles", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                    help="normalisation percentiles (default: the model's; 1 99.8 unless a BioImage.IO package "
