@@ -18,7 +18,7 @@ class _Payload:
 def test_neurons_widget_model_field_refuses_a_payload(make_napari_viewer, tmp_path):
     import torch
 
-    from napari_neuroseg._napari.neurons_widget import NeuronsWidget
+    from napari_neuroseg._napari.neurons_widget import FILE, NeuronsWidget
     from napari_neuroseg.models.neurons import NetConfig, save_model
 
     marker = tmp_path / "marker"
@@ -30,12 +30,13 @@ def test_neurons_widget_model_field_refuses_a_payload(make_napari_viewer, tmp_pa
     torch.save(ckpt, path)
 
     w = NeuronsWidget(make_napari_viewer())
-    before = (w.fg_spin.value(), w.merge_spin.value(), w.min_size_spin.value())
-    w.model_edit.setText(str(path))
-    w.model_edit.editingFinished.emit()
+    f = w.form
+    before = (f.fg_threshold.value, f.merge_threshold.value, f.min_size.value)
+    f.model.value = FILE
+    f.model_path.value = str(path)
     assert not marker.exists()
     assert "refused" in w.status.text()
-    assert (w.fg_spin.value(), w.merge_spin.value(), w.min_size_spin.value()) == before
+    assert (f.fg_threshold.value, f.merge_threshold.value, f.min_size.value) == before
 
 
 def test_nuclei_widget_threshold_preview_refuses_a_payload(tmp_path):

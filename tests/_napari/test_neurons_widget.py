@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_neuroseg._napari.neurons_widget import NONE, NeuronsWidget
+from napari_neuroseg._napari.neurons_widget import FILE, NeuronsWidget
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +37,13 @@ def test_three_channel_layers_segment_into_labels(make_napari_viewer, qtbot, tin
     viewer = make_napari_viewer()
     viewer.add_image(volume.raw, channel_axis=0, name=["red", "green", "blue"])
     w = NeuronsWidget(viewer)
-    assert [c.currentText() for c in w.channel_combos] == ["red", "green", "blue"]
-    w.model_edit.setText(str(tiny_model))
-    w.device_combo.setCurrentText("cpu")
-    w.fg_spin.setValue(0.05)
-    w.min_size_spin.setValue(1)
+    f = w.form
+    assert [f.raw.value.name, f.channel_2.value.name, f.channel_3.value.name] == ["red", "green", "blue"]
+    f.model.value = FILE
+    f.model_path.value = str(tiny_model)
+    f.device.value = "cpu"
+    f.fg_threshold.value = 0.05
+    f.min_size.value = 1
     w.run()
     _wait(w, qtbot)
     assert w.result is not None, w.status.text()
@@ -59,18 +61,20 @@ def test_czyx_layer_and_bad_choices(make_napari_viewer, qtbot, tiny_model, volum
     viewer = make_napari_viewer()
     viewer.add_image(volume.raw, name="raw czyx")
     w = NeuronsWidget(viewer)
-    assert w.channel_combos[0].currentText() == "raw czyx" and w.channel_combos[1].currentText() == NONE
+    f = w.form
+    assert f.raw.value.name == "raw czyx" and f.channel_2.value is None and f.channel_3.value is None
     assert len(w.selected_channels()) == 1
     # a single-channel 3D layer alone: the model's input check reports it in the status line
     viewer.add_image(volume.raw[0], name="one channel")
-    w.channel_combos[0].setCurrentText("one channel")
-    w.model_edit.setText(str(tiny_model))
+    f.raw.value = viewer.layers["one channel"]
+    f.model.value = FILE
+    f.model_path.value = str(tiny_model)
     w.run()
     _wait(w, qtbot)
     assert w.result is None and "single-channel" in w.status.text()
     # CZYX plus extra channels is refused before starting a worker
-    w.channel_combos[0].setCurrentText("raw czyx")
-    w.channel_combos[1].setCurrentText("one channel")
+    f.raw.value = viewer.layers["raw czyx"]
+    f.channel_2.value = viewer.layers["one channel"]
     w.run()
     assert w.worker is None and "three single-channel" in w.status.text()
 
@@ -79,7 +83,8 @@ def test_cancel_leaves_no_layer(make_napari_viewer, qtbot, tiny_model, volume):
     viewer = make_napari_viewer()
     viewer.add_image(np.tile(volume.raw, (1, 4, 2, 2)), name="big")
     w = NeuronsWidget(viewer)
-    w.model_edit.setText(str(tiny_model))
+    w.form.model.value = FILE
+    w.form.model_path.value = str(tiny_model)
     w.run()
     w.cancel()
     _wait(w, qtbot)
@@ -96,20 +101,145 @@ def test_thresholds_follow_the_chosen_model(make_napari_viewer, tmp_path):
     from napari_neuroseg.models.neurons.model import DEFAULT_MODEL, read_checkpoint
 
     w = NeuronsWidget(make_napari_viewer())
+    f = w.form
     shipped = read_checkpoint(DEFAULT_MODEL)["postprocess"]
-    assert w.merge_spin.value() == pytest.approx(shipped["merge_threshold"])
-    assert w.min_size_spin.value() == shipped["min_size"]
+    assert f.merge_threshold.value == pytest.approx(shipped["merge_threshold"])
+    assert f.min_size.value == shipped["min_size"]
 
     torch.manual_seed(0)
     cfg = NetConfig(base=4, levels=2)
     path = tmp_path / "tuned.pt"
     save_model(path, cfg.build(), cfg, PostprocessParams(fg_threshold=0.3, merge_threshold=0.4, min_size=77))
-    w.model_edit.setText(str(path))
-    w.model_edit.editingFinished.emit()
-    assert (w.fg_spin.value(), w.merge_spin.value(), w.min_size_spin.value()) == (pytest.approx(0.3), pytest.approx(0.4), 77)
+    f.model.value = FILE
+    f.model_path.value = str(path)
+    assert (f.fg_threshold.value, f.merge_threshold.value, f.min_size.value) == (pytest.approx(0.3), pytest.approx(0.4), 77)
     assert w.params() == {"fg_threshold": pytest.approx(0.3), "merge_threshold": pytest.approx(0.4), "min_size": 77}
 
     (tmp_path / "bad.pt").write_bytes(b"not a model")
-    w.model_edit.setText(str(tmp_path / "bad.pt"))
-    w.model_edit.editingFinished.emit()
-    assert w.merge_spin.value() == pytest.approx(0.4) and "Model not read" in w.status.text()
+    f.model_path.value = str(tmp_path / "bad.pt")
+    assert f.merge_threshold.value == pytest.approx(0.4) and "Model not read" in w.status.text()
+
+
+def test_voxel_size_from_the_layer_scale(make_napari_viewer, volume):
+    """The voxel-size box follows the raw layer's scale when it has a length unit (as in the
+    Nuclei dock), is blank for napari's default pixel units, and is passed to the job."""
+    viewer = make_napari_viewer()
+    viewer.add_image(volume.raw, name="raw um", scale=(1, 0.5, 0.4, 0.4), units=("", "um", "um", "um"))
+    viewer.add_image(volume.raw, name="raw px", scale=(1, 2, 1, 1))
+    w = NeuronsWidget(viewer)
+    f = w.form
+    f.raw.value = viewer.layers["raw um"]
+    assert f.voxel_size.value == "0.5 0.4 0.4" and w.voxel_size() == (0.5, 0.4, 0.4)
+    f.raw.value = viewer.layers["raw px"]
+    assert f.voxel_size.value == "" and w.voxel_size() is None
+    f.voxel_size.value = "0.5 zero 1"
+    w.run()
+    assert w.worker is None and "voxel size" in w.status.text()
+
+
+@pytest.fixture(scope="module")
+def neuron_package(tmp_path_factory, tiny_model):
+    pytest.importorskip("bioimageio.spec")
+    from napari_neuroseg.models.bioimageio import export_package
+
+    return export_package(tiny_model, tmp_path_factory.mktemp("pkg") / "tiny_neurons.zip")
+
+
+def test_bioimageio_package_in_the_widget_and_the_cli(make_napari_viewer, qtbot, tmp_path, tiny_model,
+                                                        neuron_package, volume):
+    """A package exported by this project (zip, or its unpacked folder / rdf.yaml) is a model for
+    the widget and for `neuroseg neurons --model`: same labels as the .pt it came from."""
+    import zipfile
+
+    from napari_neuroseg.cli import main
+    from napari_neuroseg.io import read_labels, write_tiff
+    from napari_neuroseg.models.neurons import predict
+
+    viewer = make_napari_viewer()
+    viewer.add_image(volume.raw, name="raw")
+    w = NeuronsWidget(viewer)
+    f = w.form
+    f.model.value = FILE
+    f.model_path.value = str(neuron_package)
+    assert "Model not read" not in w.status.text()
+    f.device.value = "cpu"
+    f.fg_threshold.value = 0.05
+    f.min_size.value = 1
+    w.run()
+    _wait(w, qtbot)
+    assert w.result is not None, w.status.text()
+    ref = predict(volume.raw, tiny_model, device="cpu", params=w.params())
+    np.testing.assert_array_equal(w.result.labels, ref.labels)
+    # unpacked: the folder and its rdf.yaml are packages too
+    folder = tmp_path / "unpacked"
+    with zipfile.ZipFile(neuron_package) as z:
+        z.extractall(folder)
+    for spec in (folder, folder / "rdf.yaml"):
+        res = predict(volume.raw, spec, device="cpu", params=w.params())
+        np.testing.assert_array_equal(res.labels, ref.labels)
+    # the CLI
+    src = tmp_path / "raw.tif"
+    write_tiff(src, volume.raw, axes="CZYX")
+    out = tmp_path / "out.tif"
+    assert main(["neurons", str(src), "-o", str(out), "--model", str(neuron_package), "--device", "cpu",
+                 "--fg-threshold", "0.05", "--min-size", "1", "--quiet"]) == 0
+    np.testing.assert_array_equal(np.asarray(read_labels(out)), ref.labels)
+
+
+def test_torchscript_only_package_is_refused(tmp_path, neuron_package):
+    """TorchScript is code: a package offering only TorchScript weights is not loaded."""
+    import zipfile
+
+    import yaml
+
+    from napari_neuroseg.errors import NeurosegError
+    from napari_neuroseg.models.neurons import load_model
+
+    folder = tmp_path / "ts"
+    with zipfile.ZipFile(neuron_package) as z:
+        z.extractall(folder)
+    rdf = yaml.safe_load((folder / "rdf.yaml").read_text())
+    assert "torchscript" in rdf["weights"]
+    rdf["weights"] = {"torchscript": rdf["weights"]["torchscript"]}
+    (folder / "rdf.yaml").write_text(yaml.safe_dump(rdf))
+    with pytest.raises(NeurosegError, match="pytorch_state_dict"):
+        load_model(folder, "cpu")
+
+
+def test_save_writes_the_result_and_asks_before_overwriting_an_input(make_napari_viewer, qtbot, tiny_model,
+                                                                     volume, tmp_path, monkeypatch):
+    from napari_neuroseg._napari import _save
+    from napari_neuroseg.io import read_labels, write_tiff
+
+    src = tmp_path / "raw.tif"
+    write_tiff(src, volume.raw, axes="CZYX")
+    viewer = make_napari_viewer()
+    viewer.open(str(src), plugin="napari-neuroseg")
+    w = NeuronsWidget(viewer)
+    assert not w.save_button.isEnabled()
+    f = w.form
+    f.model.value = FILE
+    f.model_path.value = str(tiny_model)
+    f.fg_threshold.value = 0.05
+    f.min_size.value = 1
+    w.run()
+    _wait(w, qtbot)
+    assert w.result is not None and w.save_button.isEnabled()
+    asked: list = []
+    answers: list = []
+    monkeypatch.setattr(_save, "ask_save_path", lambda parent, title, start, filters: (
+        asked.append(list(filters)) or answers.pop(0)))
+    confirmed: list = []
+    monkeypatch.setattr(_save, "confirm", lambda parent, title, text: confirmed.append(text) or False)
+    answers.append((str(tmp_path / "result"), _save.TIFF_FILTER))  # no extension: the format's
+    assert w.save() == str(tmp_path / "result.tif")
+    assert asked[0][0] == _save.TIFF_FILTER and any("OME-Zarr" in x for x in asked[0])
+    np.testing.assert_array_equal(np.asarray(read_labels(tmp_path / "result.tif")), w.result.labels)
+    # the input's own file: asked, refused, untouched
+    before = src.read_bytes()
+    answers.append((str(src), _save.TIFF_FILTER))
+    assert w.save() is None and confirmed and "raw" in confirmed[-1]
+    assert src.read_bytes() == before and "Not saved" in w.status.text()
+    # cancelled dialog
+    answers.append(("", ""))
+    assert w.save() is None

@@ -125,7 +125,7 @@ def _label_widgets(form: Any) -> list[Any]:
 def _fit(form: Any, area: Any) -> None:
     labels = _label_widgets(form)
     if labels:
-        width = max(lab.fontMetrics().horizontalAdvance(lab.text()) for lab in labels) + 4
+        width = max(max(lab.fontMetrics().horizontalAdvance(lab.text()) + 4, lab.sizeHint().width()) for lab in labels)
         for lab in labels:
             if lab.minimumWidth() != width:
                 lab.setMinimumWidth(width)

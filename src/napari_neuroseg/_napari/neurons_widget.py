@@ -1,42 +1,53 @@
 """The "Neurons (FISBe)" dock widget: segment neurons in a multicolour volume.
 
 The raw is either one 3-channel (C, Z, Y, X) image layer, or three single-channel (Z, Y, X)
-layers (a FISBe file opens as three additive red/green/blue layers). The job is
+layers (a FISBe file opens as three additive red/green/blue layers). The parameters are a magicgui
+form (``dock.form``: ``raw``, ``channel_2``, ``channel_3``, ``model``, ``model_path``, ``device``,
+``voxel_size``, ``fg_threshold``, ``merge_threshold``, ``min_size``). The model is the shipped one,
+a registered one, a ``.pt`` file or a BioImage.IO package exported by this project (folder,
+rdf.yaml or .zip; its PyTorch state dict — TorchScript is code and is never loaded). The job is
 :func:`napari_neuroseg.models.neurons.predict_iter` in a worker thread (progress, cancel); the
-result is added as a Labels layer in the main thread.
+result is added as a Labels layer in the main thread, and Save… writes it with the plugin's
+writers.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from qtpy.QtWidgets import (
-    QComboBox,
-    QDoubleSpinBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
-    QLineEdit,
-    QPushButton,
-    QSpinBox,
-    QVBoxLayout,
-    QWidget,
-)
+from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, SpinBox
+from qtpy.QtWidgets import QPushButton, QVBoxLayout, QWidget
 
-from napari_neuroseg._napari._dock import DockLifecycleMixin, fit_controls
+from napari_neuroseg._napari._dock import DockLifecycleMixin, fit_controls, scrollable
+from napari_neuroseg._napari._forms import (
+    LAYER_EVENTS,
+    fit_form,
+    follow_registry,
+    keep_or_prefer,
+    layer_choice,
+    model_choices,
+)
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
+from napari_neuroseg._napari.nuclei_widget import save_result_layer, voxel_size_text
 from napari_neuroseg.errors import NeurosegError
 
 if TYPE_CHECKING:
     import napari
 
 NONE = "(none)"
+SHIPPED = "neuroseg_neurons"
+FILE = "Model file (.pt, .zip, rdf.yaml)…"
+FOLDER = "Package folder…"
+MODEL_FILTER = "Neuron model (*.pt *.zip *.yaml)"
 
 
-def neurons_job(channels: list[Any], model: str | None, device: str, params: dict):
-    """Worker job: stack the channel arrays into (3,Z,Y,X) and run the neuron model."""
+def neurons_job(channels: list[Any], model: str | None, device: str, params: dict, voxel_size=None):
+    """Worker job: stack the channel arrays into (3,Z,Y,X) and run the neuron model (resampled to
+    the model's voxel size when ``voxel_size`` (Z, Y, X µm) is given)."""
     from napari_neuroseg.models.neurons import predict_iter
+    from napari_neuroseg.models.registry import resolve_neuron_model
 
     arrays = [np.asarray(c) for c in channels]
     if len(arrays) == 1:
@@ -47,67 +58,97 @@ def neurons_job(channels: list[Any], model: str | None, device: str, params: dic
             raise NeurosegError(f"the three channel layers differ in shape: {sorted(shapes)}",
                                 fix="choose three layers of the same (Z, Y, X) shape")
         raw = np.stack(arrays)
-    return (yield from predict_iter(raw, model or None, device=device, params=params))
+    return (yield from predict_iter(raw, resolve_neuron_model(model), device=device, params=params,
+                                    voxel_size=voxel_size))
+
+
+def stored_model_params(path: str | Path | None):
+    """The post-processing values stored with a neuron model (a ``.pt`` file or a BioImage.IO
+    package of this project; the shipped model for None), read without running any code."""
+    from napari_neuroseg.models.bioimageio.package import is_package
+    from napari_neuroseg.models.neurons.model import DEFAULT_MODEL, read_checkpoint, stored_params
+
+    p = Path(path) if path else DEFAULT_MODEL
+    if is_package(p):
+        from napari_neuroseg.models.bioimageio.load import package_kind
+        from napari_neuroseg.models.bioimageio.package import ModelPackage
+
+        with ModelPackage(p) as pkg:
+            if package_kind(pkg) != "neurons":
+                raise NeurosegError("the package is not a neuroseg neuron model", path=p,
+                                    fix="give a package exported by 'neuroseg export' from a neuron model")
+            own = (pkg.rdf.get("config") or {}).get("neuroseg") or {}
+            return stored_params({"postprocess": own.get("postprocess") or {}})
+    return stored_params(read_checkpoint(p))
+
+
+def _is_raw_image(layer: Any) -> bool:
+    from napari.layers import Image
+
+    return isinstance(layer, Image) and layer.ndim in (3, 4)
+
+
+def _is_channel_image(layer: Any) -> bool:
+    from napari.layers import Image
+
+    return isinstance(layer, Image) and layer.data.ndim == 3
 
 
 class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
-    """Choose the raw layer(s), model, device and thresholds; segment; get a Labels layer."""
+    """Choose the raw layer(s), model, device, voxel size and thresholds; segment; get a Labels
+    layer; save it."""
 
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__()
-        self.viewer = napari_viewer
-        self.result: Any = None
-        layout = QVBoxLayout(self)
-        form = QFormLayout()
-        self.channel_combos = [QComboBox() for _ in range(3)]
-        self.channel_combos[0].setToolTip("One 3-channel (C, Z, Y, X) image layer, or the first of three "
-                                          "single-channel (Z, Y, X) layers")
-        for c in self.channel_combos[1:]:
-            c.setToolTip("The next single-channel (Z, Y, X) layer; (none) when channel 1 holds all three")
-        form.addRow("Raw (CZYX) or channel 1", self.channel_combos[0])
-        form.addRow("Channel 2", self.channel_combos[1])
-        form.addRow("Channel 3", self.channel_combos[2])
-        row = QHBoxLayout()
-        self.model_edit = QLineEdit()
-        self.model_edit.setPlaceholderText("default (shipped, synthetic-trained)")
-        self.model_edit.editingFinished.connect(self.use_model_thresholds)
-        self.model_edit.setToolTip("Path of a neuron model (.pt); empty = the shipped model. "
-                                   "Its stored thresholds fill the boxes below")
-        browse = QPushButton("…")
-        browse.setToolTip("Browse for a neuron model file (.pt)")
-        browse.clicked.connect(self._browse)
-        row.addWidget(self.model_edit)
-        row.addWidget(browse)
-        form.addRow("Model", row)
-        self.device_combo = QComboBox()
-        self.device_combo.addItem("auto")
-        try:
-            from napari_neuroseg.runtime.device import available_devices
-
-            self.device_combo.addItems(available_devices())
-        except Exception:  # noqa: BLE001 - torch missing: only "auto"
-            pass
-        self.device_combo.setToolTip("Where the network runs: auto = the GPU if there is one, else the CPU")
-        form.addRow("Device", self.device_combo)
         from napari_neuroseg.models.neurons import PostprocessParams
 
+        self.viewer = napari_viewer
+        self.result: Any = None
+        self.result_layer: Any = None
+        raw = layer_choice(napari_viewer, name="raw", label="Raw (CZYX) or channel 1", accept=_is_raw_image,
+                           tooltip="One 3-channel (C, Z, Y, X) image layer, or the first of three single-channel "
+                                   "(Z, Y, X) layers; its scale fills the voxel size")
+        ch2, ch3 = (layer_choice(
+            napari_viewer, name=f"channel_{i}", label=f"Channel {i}", accept=_is_channel_image, none_text=NONE,
+            tooltip=f"Channel {i} as a single-channel (Z, Y, X) layer; (none) when channel 1 holds all three")
+            for i in (2, 3))
+        model = ComboBox(
+            name="model", label="Model", choices=lambda _w: model_choices("neurons", (SHIPPED,), (FILE, FOLDER)),
+            tooltip="The shipped neuron model (trained on synthetic data), a registered one, or your own "
+                    ".pt file / BioImage.IO package exported by neuroseg (its stored thresholds fill the boxes "
+                    "below)")
+        model.value = SHIPPED
+        model_path = FileEdit(name="model_path", label="Path", mode="r", filter=MODEL_FILTER)
+        model_path.line_edit.native.setPlaceholderText(".pt, .zip, rdf.yaml or package folder")
+        model_path.tooltip = model_path.line_edit.tooltip = (
+            "Path of the neuron model: a .pt file or a BioImage.IO package exported by neuroseg (.zip, "
+            "rdf.yaml or its folder); used when Model is a file or folder. TorchScript weights are never loaded")
+        model_path.choose_btn.tooltip = "Browse for the model file or package folder"
+        device = ComboBox(name="device", label="Device", choices=["auto", *self._devices()],
+                          tooltip="Where the network runs: auto = the GPU if there is one, else the CPU")
+        voxel = LineEdit(name="voxel_size", label="Voxel size (µm)",
+                         tooltip="Voxel size Z Y X in µm (filled from the raw layer's scale when it has a length "
+                                 "unit); the volume is resampled to the model's voxel size and the labels come "
+                                 "back at its shape. Blank = the volume is used as it is")
+        voxel.native.setPlaceholderText("unknown: volume used as it is")
         d = PostprocessParams()
-        self.fg_spin = self._spin(d.fg_threshold, 0.01, 0.99, 0.05,
-                                  "Foreground probability threshold (0-1): voxels below it are background; "
-                                  "higher = thinner, fewer neurons")
-        self.merge_spin = self._spin(d.merge_threshold, 0.0, 1.5, 0.01,
-                                     "Colour distance (0-1.5) below which fragments are merged "
-                                     "(higher = fewer, larger neurons)")
-        self.min_size_spin = QSpinBox()
-        self.min_size_spin.setRange(0, 10_000_000)
-        self.min_size_spin.setValue(d.min_size)
-        self.min_size_spin.setSuffix(" vox")
-        self.min_size_spin.setToolTip("Minimum neuron size, in voxels: smaller fragments join a touching "
-                                      "neuron or are dropped")
-        form.addRow("Foreground threshold", self.fg_spin)
-        form.addRow("Colour merge threshold", self.merge_spin)
-        form.addRow("Min. size (voxels)", self.min_size_spin)
-        layout.addLayout(form)
+        fg = FloatSpinBox(name="fg_threshold", label="Foreground threshold", value=d.fg_threshold, min=0.01,
+                          max=0.99, step=0.05,
+                          tooltip="Foreground probability threshold (0-1, no unit): voxels below it are "
+                                  "background; higher = thinner, fewer neurons")
+        fg.native.setDecimals(2)
+        merge = FloatSpinBox(name="merge_threshold", label="Colour merge threshold", value=d.merge_threshold,
+                             min=0.0, max=1.5, step=0.01,
+                             tooltip="Colour distance (0-1.5, in normalised intensity units) below which "
+                                     "fragments are merged; higher = fewer, larger neurons")
+        min_size = SpinBox(name="min_size", label="Min. size (voxels)", value=int(d.min_size), min=0,
+                           max=10_000_000,
+                           tooltip="Minimum neuron size, in voxels: smaller fragments join a touching neuron "
+                                   "or are dropped")
+        self.form = Container(name="neurons_form", widgets=[
+            raw, ch2, ch3, model, model_path, device, voxel, fg, merge, min_size])
+        self.form.margins = (0, 0, 0, 0)
+
         self.controls = RunControls(
             "Segment neurons", on_run=self.run, on_cancel=self.cancel, progress_bar=True,
             running_text="Segmenting…", cancel_text="Cancelled.", cancelled_text=None,
@@ -115,82 +156,110 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.controls.run_button.setToolTip("Segment the neurons of the chosen raw layer(s) "
                                             "(adds or updates the '<raw> neurons' Labels layer)")
         self.controls.cancel_button.setToolTip("Stop the running segmentation at its next step")
+        self.controls.progress.setToolTip("Progress of the running segmentation (network tiles, post-processing)")
+        self.save_button = QPushButton("Save labels…")
+        self.save_button.setToolTip("Write the result's Labels layer to a TIFF (with the voxel size) or "
+                                    "OME-Zarr file with the plugin's writers")
+        self.save_button.setEnabled(False)
+        self.save_button.clicked.connect(lambda *_: self.save())
+
+        content = QWidget()
+        layout = QVBoxLayout(content)
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(self.form.native)
         layout.addWidget(self.controls)
+        layout.addWidget(self.save_button)
         layout.addStretch(1)
-        fit_controls(self)  # never narrower than its value ("0.47(")
-        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            self.connect_event(ev, self._refresh_layers)
-        self._refresh_layers()
-        self.use_model_thresholds()
+        fit_controls(content)  # never narrower than its value ("0.47(")
+        self.scroll_area = scrollable(self, content)
+        fit_form(self.form, self.scroll_area)
+
+        model.changed.connect(self._model_changed)
+        model_path.changed.connect(lambda *_: self.use_model_thresholds())
+        raw.changed.connect(lambda layer: setattr(self.form.voxel_size, "value", voxel_size_text(layer)))
+        for ev in LAYER_EVENTS:
+            self.connect_event(getattr(self.viewer.layers.events, ev), self._refresh_layers)
+        follow_registry(self, self._refresh_models)  # models registered by the Fine-tune dock
+        self._refresh_layers(initial=True)
+        self.form.voxel_size.value = voxel_size_text(raw.value)
+        self._model_changed(model.value)
 
     # ---------------------------------------------------------------- dock lifecycle (_dock.py)
     def on_dock_shown(self) -> None:
         self._refresh_layers()
+        self._refresh_models()
 
     def on_dock_closed(self) -> None:
         self.cancel()  # a closed dock's job stops at its next step
 
     @staticmethod
-    def _spin(value, lo, hi, step, tip) -> QDoubleSpinBox:
-        s = QDoubleSpinBox()
-        s.setRange(lo, hi)
-        s.setSingleStep(step)
-        s.setDecimals(2)
-        s.setValue(value)
-        s.setToolTip(tip)
-        return s
+    def _devices() -> list[str]:
+        try:
+            from napari_neuroseg.runtime.device import available_devices
 
-    def _browse(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Neuron model", "", "Model (*.pt)")
-        if path:
-            self.model_edit.setText(path)
-            self.use_model_thresholds()
+            return available_devices()
+        except Exception:  # noqa: BLE001 - torch missing: only "auto"
+            return []
+
+    # ---------------------------------------------------------------- model
+    def _refresh_models(self, *_: Any) -> None:
+        """Take newly registered models into the Model box (the choice is kept)."""
+        self.form.model.reset_choices()
+
+    def _model_changed(self, text: str) -> None:
+        path = self.form.model_path
+        path.enabled = text in (FILE, FOLDER)
+        path.mode = "d" if text == FOLDER else "r"
+        self.use_model_thresholds()
+
+    def model_spec(self) -> str | None:
+        """The model to run: None (the shipped one), a registered name, or the path typed in."""
+        text = self.form.model.value
+        if text in (FILE, FOLDER):
+            path = self.form.model_path.line_edit.value.strip()
+            if not path:
+                raise NeurosegError("no model path given",
+                                    fix="type or browse a neuron model .pt file or BioImage.IO package")
+            return path
+        return None if text == SHIPPED else text
 
     def use_model_thresholds(self) -> None:
-        """Set the threshold boxes to the post-processing values stored in the chosen model file
-        (the shipped model when the field is empty), so a model's own tuned values are used
-        unless the user changes them. An unreadable file leaves the boxes and says why."""
-        from napari_neuroseg.models.neurons.model import DEFAULT_MODEL, read_checkpoint, stored_params
+        """Set the threshold boxes to the post-processing values stored with the chosen model
+        (file or package), so a model's own tuned values are used unless the user changes them.
+        An unreadable model leaves the boxes and says why."""
+        from napari_neuroseg.models.registry import resolve_neuron_model
 
-        text = self.model_edit.text().strip()
         try:
-            p = stored_params(read_checkpoint(text or DEFAULT_MODEL))
+            spec = self.model_spec()
+        except NeurosegError:
+            return  # no path typed yet
+        try:
+            p = stored_model_params(resolve_neuron_model(spec))
         except Exception as err:  # noqa: BLE001 - any unreadable model: keep the values, say why
             self.status.setText(f"Model not read: {err}")
             return
-        self.fg_spin.setValue(p.fg_threshold)
-        self.merge_spin.setValue(p.merge_threshold)
-        self.min_size_spin.setValue(int(p.min_size))
+        if self.status.text().startswith("Model not read"):
+            self.status.setText("")
+        self.form.fg_threshold.value = p.fg_threshold
+        self.form.merge_threshold.value = p.merge_threshold
+        self.form.min_size.value = int(p.min_size)
 
     # ---------------------------------------------------------------- layers
-    def _image_layers(self) -> list[Any]:
-        from napari.layers import Image
-
-        return [ly for ly in self.viewer.layers if isinstance(ly, Image) and ly.ndim in (3, 4)]
-
-    def _refresh_layers(self, *_: Any) -> None:
-        layers = self._image_layers()
-        names = [ly.name for ly in layers]
-        four = [ly.name for ly in layers if ly.data.ndim == 4]
-        three = [ly.name for ly in layers if ly.data.ndim == 3]
-        defaults = [four[0], NONE, NONE] if four else (three[:3] + [NONE] * 3)[:3]
-        for i, combo in enumerate(self.channel_combos):
-            current = combo.currentText()
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItems(names if i == 0 else [NONE, *names])
-            if current and current in names + [NONE] and combo.findText(current) >= 0 and current:
-                combo.setCurrentText(current)
-            elif defaults[i] and combo.findText(defaults[i]) >= 0:
-                combo.setCurrentText(defaults[i])
-            combo.blockSignals(False)
+    def _refresh_layers(self, *_: Any, initial: bool = False) -> None:
+        f = self.form
+        four = [ly for ly in self.viewer.layers if _is_raw_image(ly) and ly.data.ndim == 4]
+        three = [ly for ly in self.viewer.layers if _is_channel_image(ly)]
+        defaults = [four[0], None, None] if four else (three[:3] + [None] * 3)[:3]
+        for box, want in zip((f.raw, f.channel_2, f.channel_3), defaults):
+            keep_or_prefer(box, lambda _c, w=want: w, initial=initial)
 
     def selected_channels(self) -> list[Any]:
         """The chosen layers' data: [CZYX] or [Z, Y, X ×3]; NeurosegError if incomplete."""
-        names = [c.currentText() for c in self.channel_combos]
-        if not names[0] or names[0] not in self.viewer.layers:
+        f = self.form
+        first = f.raw.value
+        if first is None or first not in self.viewer.layers:
             raise NeurosegError("no raw layer chosen", fix="open a FISBe volume or a 3-channel CZYX image")
-        chosen = [self.viewer.layers[n] for n in names if n and n != NONE]
+        chosen = [ly for ly in (first, f.channel_2.value, f.channel_3.value) if ly is not None]
         if len(chosen) == 1:
             return [chosen[0].data]
         if len(chosen) != 3 or any(ly.data.ndim != 3 for ly in chosen):
@@ -200,8 +269,16 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
     # ---------------------------------------------------------------- running
     def params(self) -> dict:
-        return {"fg_threshold": self.fg_spin.value(), "merge_threshold": self.merge_spin.value(),
-                "min_size": self.min_size_spin.value()}
+        f = self.form
+        return {"fg_threshold": f.fg_threshold.value, "merge_threshold": f.merge_threshold.value,
+                "min_size": int(f.min_size.value)}
+
+    def voxel_size(self) -> tuple[float, float, float] | None:
+        """The voxel size typed in (Z, Y, X µm), or None when blank; NeurosegError if malformed."""
+        from napari_neuroseg.runtime.scale import parse_voxel_size
+
+        text = self.form.voxel_size.value.strip()
+        return parse_voxel_size(text, what="the voxel size") if text else None
 
     def run(self) -> None:
         """Start the segmentation in a worker thread."""
@@ -209,24 +286,44 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             return
         try:
             channels = self.selected_channels()
+            model = self.model_spec()
+            voxel_size = self.voxel_size()
         except NeurosegError as err:
             self.status.setText(f"Error: {err}")
             return
         self.result = None
-        self._source_name = self.channel_combos[0].currentText()
-        self._scale = self.viewer.layers[self._source_name].scale[-3:]
+        source = self.form.raw.value
+        self._source_name = source.name
+        self._scale = tuple(source.scale[-3:])
+        self._translate = tuple(source.translate[-3:])
         self.controls.start(
-            neurons_job, channels, self.model_edit.text().strip() or None, self.device_combo.currentText(),
-            self.params(), on_return=self._on_result, desc="Neurons (FISBe)",
+            neurons_job, channels, model, self.form.device.value, self.params(), voxel_size,
+            on_return=self._on_result, desc="Neurons (FISBe)",
         )
 
     def _on_result(self, res: Any) -> None:
         self.result = res
         name = f"{self._source_name.split(' [')[0]} neurons"
-        if name in self.viewer.layers:
-            self.viewer.layers[name].data = res.labels
+        meta = {"neuroseg": {"model": res.info.get("model"), "params": res.params.to_dict()}}
+        if name in self.viewer.layers and self.viewer.layers[name].__class__.__name__ == "Labels":
+            layer = self.viewer.layers[name]
+            layer.data = res.labels
+            layer.scale, layer.translate = self._scale, self._translate
         else:
-            self.viewer.add_labels(res.labels, name=name, scale=self._scale,
-                                   metadata={"neuroseg": {"model": res.info.get("model"),
-                                                          "params": res.params.to_dict()}})
-        self.status.setText(f"Done: {res.n_instances} neurons.")
+            layer = self.viewer.add_labels(res.labels, name=name, scale=self._scale, translate=self._translate,
+                                           metadata=meta)
+        self.result_layer = layer
+        self.save_button.setEnabled(True)
+        plan = (res.info.get("scale_plan") or {}).get("text")
+        self.status.setText(f"Done: {res.n_instances} neurons." + (f" {plan}" if plan else ""))
+
+    # ---------------------------------------------------------------- saving
+    def save(self) -> str | None:
+        """Save the result's Labels layer (file dialog with the plugin's formats; an input's file
+        is overwritten only after asking). Returns the path written, or None."""
+        layer = self.result_layer
+        if layer is None or layer not in self.viewer.layers:
+            self.save_button.setEnabled(False)
+            self.status.setText("Nothing to save: run the segmentation first.")
+            return None
+        return save_result_layer(self, layer)
