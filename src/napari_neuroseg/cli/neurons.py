@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fg-threshold", type=float, default=None, help="foreground probability threshold")
     p.add_argument("--merge-threshold", type=float, default=None, help="colour distance below which fragments merge")
     p.add_argument("--min-size", type=int, default=None, help="smallest neuron kept (voxels)")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time flip averaging: the network's probabilities averaged over the 8 flips of Z/Y/X "
+                        "(8x the network time; see docs/neurons.md)")
     p.add_argument("--partly", action="store_true", help="ground truth is partly labelled (for the scores)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--quiet", action="store_true")
@@ -150,7 +153,7 @@ def run(args: argparse.Namespace) -> int:
     res = run_to_completion(
         predict_iter(raw, resolve_neuron_model(args.model), device=args.device, params=params or None,
                      n_tiles=tuple(args.tiles) if args.tiles else None,
-                     channel_axis=None, voxel_size=voxel_size),
+                     channel_axis=None, voxel_size=voxel_size, tta=args.tta),
         cb,
     )
     if not args.quiet:

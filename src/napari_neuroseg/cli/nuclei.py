@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-rescale", action="store_true",
                    help="ignore voxel and object sizes: predict on the image as it is")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--tta", action="store_true",
+                   help="test-time flip averaging: the network's outputs averaged over the 8 flips of Z/Y/X "
+                        "(8x the network time; see docs/stardist3d.md)")
     p.add_argument("--key", default=None, help="array key inside a Zarr/HDF5 input")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -149,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
             image, prob_thresh=args.prob_thresh, nms_thresh=args.nms_thresh, border=args.border,
             n_tiles=None if args.n_tiles is None else tuple(args.n_tiles),
             percentiles=None if args.percentiles is None else tuple(args.percentiles), channel_axis=channel_axis,
-            voxel_size=voxel_size, object_size=object_size,
+            voxel_size=voxel_size, object_size=object_size, tta=args.tta,
         ),
         show,
     )

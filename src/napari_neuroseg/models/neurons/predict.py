@@ -18,6 +18,7 @@ from napari_neuroseg.runtime.progress import Progress, ProgressGenerator, run_to
 from .model import NeuronModel, cached_load_model
 from .postprocess import PostprocessParams, instances_from_outputs
 from .preprocess import apply_norm, check_raw, normalize
+from .targets import OFFSETS
 
 #: Rough peak memory per input voxel of the network in inference (float32 activations).
 BYTES_PER_VOXEL = 600.0
@@ -82,8 +83,10 @@ def _resolve_model(model, device) -> NeuronModel:
     return cached_load_model(None if model is None else Path(model), device)
 
 
-def network_outputs(model: NeuronModel, image: np.ndarray, *, n_tiles=None) -> ProgressGenerator[np.ndarray]:
-    """Tiled network outputs for a normalised (3,Z,Y,X) image: uint8 (K,Z,Y,X) probabilities."""
+def network_outputs(model: NeuronModel, image: np.ndarray, *, n_tiles=None, tta: bool = False) -> ProgressGenerator[np.ndarray]:
+    """Tiled network outputs for a normalised (3,Z,Y,X) image: uint8 (K,Z,Y,X) probabilities.
+    ``tta``: average the probabilities over the 8 flips of each tile (:mod:`napari_neuroseg.runtime.tta`;
+    affinity channels shifted back along flipped axes), 8× the network time."""
     import torch
 
     from napari_neuroseg.runtime.tiling import predict_tiled_auto
@@ -94,18 +97,31 @@ def network_outputs(model: NeuronModel, image: np.ndarray, *, n_tiles=None) -> P
     if use_cl:
         net = net.to(memory_format=torch.channels_last_3d)
 
+    def probabilities(tile: np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(tile, np.float32))[None].to(dev)
+        if use_cl:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        if dev.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                y = net(x)
+        else:
+            y = net(x)
+        return torch.sigmoid(y.float())[0]
+
     def forward(tile: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(tile, np.float32))[None].to(dev)
-            if use_cl:
-                x = x.contiguous(memory_format=torch.channels_last_3d)
-            if dev.type == "cuda":
-                with torch.autocast("cuda", dtype=torch.float16):
-                    y = net(x)
-            else:
-                y = net(x)
-            p = torch.sigmoid(y.float())[0]
-            return (p * 255 + 0.5).to(torch.uint8).cpu().numpy()
+            return (probabilities(tile) * 255 + 0.5).to(torch.uint8).cpu().numpy()
+
+    if tta:
+        from napari_neuroseg.runtime.tta import affinity_unflip, flip_average
+
+        def probs_np(tile: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return probabilities(tile).cpu().numpy()
+
+        offsets = getattr(model.config, "offsets", None) or OFFSETS
+        forward = flip_average(probs_np, unflip=affinity_unflip(offsets),
+                               finish=lambda outs: (outs[0] * 255 + 0.5).astype(np.uint8))
 
     outs = yield from predict_tiled_auto(
         forward, image, divisor=model.divisor, overlap=tile_overlap(model.config.levels), n_tiles=n_tiles,
@@ -125,6 +141,7 @@ def predict_iter(
     norm_stats: tuple | None = None,
     voxel_size=None,
     scale_factors=None,
+    tta: bool = False,
 ) -> ProgressGenerator[NeuronPrediction]:
     """Segment neurons in a (3,Z,Y,X) multicolour volume; a progress generator returning a
     :class:`NeuronPrediction`. ``model``: a loaded model, a model file, or None (shipped default).
@@ -133,7 +150,10 @@ def predict_iter(
     ``voxel_size`` (Z, Y, X µm) or explicit ``scale_factors``: the volume is resampled to the
     model's voxel size (:func:`model_scale`; linear, anti-aliased when shrinking), predicted there,
     and labels (and ``return_outputs`` maps) come back at the input's shape by nearest neighbour;
-    ``info["scale_plan"]`` says what was done."""
+    ``info["scale_plan"]`` says what was done.
+
+    ``tta``: flip averaging, the network's probabilities averaged over the 8 flips of Z/Y/X
+    (8× the network time; off by default: see ``docs/neurons.md``, "Test-time flip averaging")."""
     a = check_raw(raw, channel_axis=channel_axis)
     m = _resolve_model(model, device)
     plan = None
@@ -160,7 +180,7 @@ def predict_iter(
         return NeuronPrediction(labels=np.zeros(in_shape, np.uint32), n_instances=0, params=p,
                                 info={"model": m.path, "device": str(m.device), "empty": True})
     n_out = 0
-    gen = network_outputs(m, image, n_tiles=n_tiles)
+    gen = network_outputs(m, image, n_tiles=n_tiles, tta=tta)
     try:
         while True:
             pr = next(gen)
@@ -173,7 +193,7 @@ def predict_iter(
     labels = instances_from_outputs(outs[0], outs[1:], image, p)
     n_inst = int(labels.max())
     yield Progress(n_out + 1, n_out + 1, f"{n_inst} neurons")
-    info = {"model": m.path, "device": str(m.device)}
+    info = {"model": m.path, "device": str(m.device), "tta": bool(tta)}
     if plan is not None:
         info["scale_plan"] = plan.to_dict()
         if tuple(labels.shape) != in_shape:

@@ -396,9 +396,14 @@ class StarDist3D:
             return torch.bfloat16
         return "check"
 
-    def make_forward(self):
+    def make_forward(self, tta: bool = False):
         """A ``forward(tile (C,z,y,x) float32) -> (prob (1,...), dist (R,...))`` numpy function
         for :func:`napari_neuroseg.runtime.tiling.predict_tiled` on this model's device.
+
+        ``tta``: flip averaging over the 8 flips of Z/Y/X (:mod:`napari_neuroseg.runtime.tta`):
+        probabilities averaged; distances averaged after mapping each flipped pass's rays back
+        (a permutation for a flip-symmetric ray set, else barycentric interpolation on the rays'
+        triangulation, :func:`~napari_neuroseg.runtime.tta.ray_flip_weights`); 8× the network time.
 
         With ``precision="auto"`` on CUDA, the first tile is computed in float32 and float16; half
         precision is used for the rest only if it keeps the outputs (|Δprob| ≤ 1e-3,
@@ -448,6 +453,16 @@ class StarDist3D:
                 mode = torch.float16 if ok else None
             return run(x_np, mode)
 
+        if tta:
+            from napari_neuroseg.runtime.tta import FLIPS, flip_average, ray_flip_weights, unflip_dist
+
+            rays = self.rays
+            weights = {axes: ray_flip_weights(rays.vertices, rays.faces, axes) for axes in FLIPS if axes}
+
+            def unflip(outs, axes):
+                return outs[0], unflip_dist(outs[1], weights[axes])
+
+            return flip_average(forward, grid=self.grid, unflip=unflip)
         return forward
 
     def _n_tiles(self, shape, n_tiles):
@@ -463,7 +478,8 @@ class StarDist3D:
         )
 
     def predict_iter(
-        self, image: np.ndarray, *, n_tiles: int | Sequence[int] | None = None, channel_axis: int | None = None
+        self, image: np.ndarray, *, n_tiles: int | Sequence[int] | None = None, channel_axis: int | None = None,
+        tta: bool = False,
     ) -> Generator[Progress, None, tuple[np.ndarray, np.ndarray]]:
         """Generator form of :meth:`predict`."""
         from napari_neuroseg.runtime.tiling import predict_tiled_auto
@@ -471,18 +487,20 @@ class StarDist3D:
         x = self.prepare_image(image, normalize=False, channel_axis=channel_axis)
         tiles = self._n_tiles(x.shape[1:], n_tiles)
         prob, dist = yield from predict_tiled_auto(
-            self.make_forward(), x, divisor=self.divisor, overlap=self.receptive_field, grid=self.grid,
+            self.make_forward(tta=tta), x, divisor=self.divisor, overlap=self.receptive_field, grid=self.grid,
             n_tiles=tiles, device=self.device,
         )
         return prob[0], np.moveaxis(np.maximum(dist, np.float32(1e-3)), 0, -1)
 
     def predict(
-        self, image: np.ndarray, *, n_tiles: int | Sequence[int] | None = None, channel_axis: int | None = None
+        self, image: np.ndarray, *, n_tiles: int | Sequence[int] | None = None, channel_axis: int | None = None,
+        tta: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Network outputs at grid resolution for an already normalised image (as ``stardist``):
         ``prob`` (Z', Y', X') and ``dist`` (Z', Y', X', n_rays) clipped at 1e-3, with
-        Z' = ceil(Z / grid_z) etc. ``n_tiles=None`` chooses tiles from the free memory."""
-        return run_to_completion(self.predict_iter(image, n_tiles=n_tiles, channel_axis=channel_axis))
+        Z' = ceil(Z / grid_z) etc. ``n_tiles=None`` chooses tiles from the free memory; ``tta``: flip
+        averaging (:meth:`make_forward`)."""
+        return run_to_completion(self.predict_iter(image, n_tiles=n_tiles, channel_axis=channel_axis, tta=tta))
 
     # ------------------------------------------------------------------ instances
     def predict_instances_iter(
@@ -502,6 +520,7 @@ class StarDist3D:
         object_size: Any = None,
         scale_factors: Sequence[float] | None = None,
         nms: str = "neuroseg",
+        tta: bool = False,
     ) -> Generator[Progress, None, tuple]:
         """Generator form of :meth:`predict_instances`: yields a :class:`Progress` per tile and
         while NMS/rendering run (in the worker process), returns ``(labels, details)`` (plus
@@ -556,7 +575,7 @@ class StarDist3D:
         yield Progress(0, n_total, f"predicting {math.prod(tiles)} tile(s)")
         padded_out = tuple(math.ceil(s / d) * d // g for s, d, g in zip(shape, self.divisor, grid))
         dense_shape = tuple(math.ceil(s / g) for s, g in zip(shape, grid))
-        forward = self.make_forward()
+        forward = self.make_forward(tta=tta)
 
         def sparse_run(fwd, img, *, n_tiles, divisor, overlap, grid):
             cands = Candidates(self.config.n_rays)
@@ -634,6 +653,7 @@ class StarDist3D:
         object_size: Any = None,
         scale_factors: Sequence[float] | None = None,
         nms: str = "neuroseg",
+        tta: bool = False,
     ):
         """Segment nuclei: ``(labels int32 (Z, Y, X), details)``.
 
@@ -646,14 +666,15 @@ class StarDist3D:
         GIL) or ``"stardist"`` (the package's C++, the reference; runs in the worker process as it
         holds the GIL); ``use_subprocess=True`` runs either in the worker process, ``False`` here.
         ``details`` has the kept ``points``, ``prob``, ``dist`` and the rays'
-        ``rays_vertices``/``rays_faces``.
+        ``rays_vertices``/``rays_faces``. ``tta``: flip averaging of the network outputs over the 8
+        flips of Z/Y/X (:meth:`make_forward`; 8× the network time, off by default).
         """
         return run_to_completion(
             self.predict_instances_iter(
                 image, normalize=normalize, prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=n_tiles,
                 percentiles=percentiles, channel_axis=channel_axis, use_subprocess=use_subprocess,
                 return_predict=return_predict, border=border, voxel_size=voxel_size, object_size=object_size,
-                scale_factors=scale_factors, nms=nms,
+                scale_factors=scale_factors, nms=nms, tta=tta,
             )
         )
 
