@@ -144,14 +144,26 @@ def _quick_nms() -> str:
     return "stardist" if importlib.util.find_spec("stardist") is not None else "neuroseg"
 
 
-def load_base_nuclei_model(base: str | Path):
-    """The StarDist-3D base model (name, registered name, folder or .pt); a neuron model or
-    anything else is a NeurosegError naming it."""
+def load_base_nuclei_model(base: str | Path, import_dir: str | Path | None = None):
+    """``(model, path to start from)`` for the StarDist-3D ``base`` (name, registered name,
+    folder, .pt, or a BioImage.IO package: then saved in this project's format into
+    ``import_dir`` first, which ``TrainSettings.init_from`` needs); a neuron model or anything
+    else is a NeurosegError naming it."""
+    from napari_neuroseg.models.bioimageio.package import is_package
     from napari_neuroseg.models.stardist3d.model import StarDist3D
     from napari_neuroseg.models.stardist3d.pretrained import resolve_model_path
     from napari_neuroseg.models.stardist3d.train import require_stardist_model
 
     path = resolve_model_path(str(base))
+    if is_package(path):
+        from napari_neuroseg.models.bioimageio.load import load_stardist3d
+
+        model = load_stardist3d(path, device="cpu")
+        if import_dir is None:
+            raise NeurosegError("a BioImage.IO package needs a folder to be imported into", path=path,
+                                fix="give import_dir")
+        folder = model.save(Path(import_dir))
+        return StarDist3D.load(folder, device="cpu"), folder
     require_stardist_model(path, str(base))
     return StarDist3D.load(path, device="cpu"), path
 
@@ -215,7 +227,7 @@ def finetune_nuclei_iter(
                                 f1_before=state["f1_before"], eta_s=eta, elapsed_s=time.monotonic() - t0)
 
     yield progress(0, 1, f"loading the base model {base}", "setup")
-    base_model, base_path = load_base_nuclei_model(base)
+    base_model, base_path = load_base_nuclei_model(base, out.parent / f".{out.name}.base")
     xs, ys, notes = [], [], []
     for x, y, m, src in zip(images, labels, masks, label_sources):
         xr, yr, note = restrict_to_region(x, y, mask=m, ignore_unlabelled=ignore_unlabelled, name=f"annotation {src!r}")

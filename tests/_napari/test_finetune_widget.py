@@ -1,0 +1,248 @@
+"""The Fine-tune dock (issue 13): the whole cycle on a small volume — annotate (programmatic edits),
+fine-tune a few steps, re-segment, the new model in the Nuclei dock's picker — plus teardown on
+close, session autosave/restore/resume, and bad input as clear messages. A tiny network, a few
+steps: well under 30 s on 2 cores."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+SCALE = (1.0, 0.5, 0.5)  # the tiny base model's voxel size: no resampling
+
+
+def balls(shape=(16, 48, 48), n_side=3, radius=(3, 6, 6)):
+    zz, yy, xx = np.indices(shape)
+    lbl = np.zeros(shape, np.uint16)
+    k = 0
+    for cy in np.linspace(radius[1] + 2, shape[1] - radius[1] - 3, n_side):
+        for cx in np.linspace(radius[2] + 2, shape[2] - radius[2] - 3, n_side):
+            k += 1
+            inside = (((zz - shape[0] // 2) / radius[0]) ** 2 + ((yy - cy) / radius[1]) ** 2
+                      + ((xx - cx) / radius[2]) ** 2) <= 1
+            lbl[inside] = k
+    rng = np.random.default_rng(0)
+    img = (20 + 150 * (lbl > 0) + rng.normal(0, 5, shape)).clip(0, 255).astype(np.uint8)
+    return img, lbl
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory):
+    """A tiny StarDist-3D model folder (voxel size 1 x 0.5 x 0.5 um)."""
+    import torch
+
+    from napari_neuroseg.models.stardist3d.config import Thresholds
+    from napari_neuroseg.models.stardist3d.model import StarDist3D
+    from napari_neuroseg.models.stardist3d.train import default_config
+    from napari_neuroseg.runtime.scale import ModelScale
+
+    torch.manual_seed(0)
+    cfg = default_config(n_rays=16, n_filter_base=4, net_conv_after=8, unet_n_depth=1)
+    model = StarDist3D(cfg, Thresholds(prob=0.95, nms=0.4, border=0), name="tiny_base", device="cpu")
+    model.scale = ModelScale.from_dict({"voxel_size": list(SCALE), "object_diameter_vox": 12.0,
+                                        "object_name": "nucleus"})
+    return model.save(tmp_path_factory.mktemp("base") / "tiny_base")
+
+
+@pytest.fixture(autouse=True)
+def _user_dirs(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("NEUROSEG_MODELS_DIR", str(tmp_path / "user_models"))
+    monkeypatch.setenv("NEUROSEG_SESSIONS_DIR", str(tmp_path / "sessions"))
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _add_data(viewer, labels=None):
+    img, lbl = balls()
+    viewer.add_image(img, name="raw", scale=SCALE, units=("um", "um", "um"))
+    lab = viewer.add_labels(lbl if labels is None else labels, name="corrected", scale=SCALE)
+    return img, lab
+
+
+def _form(w, base, *, steps=3, name="ft_test"):
+    from napari_neuroseg._napari.finetune_widget import PATH_CHOICE
+
+    w.image.value = "raw"
+    w.labels.value = "corrected"
+    w.base.value = PATH_CHOICE
+    w.base_path.value = str(base)
+    w.minutes.value = 2.0
+    w.steps.value = steps
+    w.thresholds.value = False  # the threshold search of an untrained tiny network is slow
+    w.device.value = "cpu"
+    w.output.value = name
+
+
+def _picker_names(nuclei) -> list[str]:
+    form = getattr(nuclei, "form", None)
+    if form is not None and hasattr(form, "model"):
+        return list(form.model.choices)
+    combo = nuclei.model_combo
+    return [combo.itemText(i) for i in range(combo.count())]
+
+
+@pytest.mark.slow  # ~25 s alone, 80 s on the loaded 2-core machine (numba compiles stardist.matching once)
+def test_the_whole_cycle(make_napari_viewer, qtbot, tiny_base):
+    from napari_neuroseg._napari.finetune_widget import FineTuneWidget
+    from napari_neuroseg._napari.nuclei_widget import NucleiWidget
+    from napari_neuroseg.models import registry
+
+    viewer = make_napari_viewer()
+    img, lab = _add_data(viewer)
+    nuclei = NucleiWidget(viewer)
+    viewer.window.add_dock_widget(nuclei)
+    w = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    assert not w.restore_box.isVisible()  # no earlier session
+    _form(w, tiny_base)
+    assert "ft_test" not in _picker_names(nuclei)
+
+    # annotate: programmatic corrections of the Labels layer (a merge undone, a stray blob removed)
+    lab.paint((8, 24, 24), 0, refresh=True)
+    lab.fill((8, 12, 12), 42)
+    assert w.autosaver.pending >= 2
+    w.save_session(wait=True)
+    s = w.session
+    assert s is not None and s.has("annotation") and s.has("image")
+    np.testing.assert_array_equal(s.load_array("annotation"), lab.data)
+    assert w.autosaver.pending == 0
+
+    worker = w.run()
+    assert worker is not None and w.controls.busy
+    qtbot.waitUntil(lambda: not w.controls.busy, timeout=90_000)
+    assert w.last_error is None, w.status.text()
+    res = w.result
+    assert res is not None and res.steps == 3 and res.name == "ft_test"
+    assert "base" in w.scores_label.text() and "fine-tuned" in w.scores_label.text()
+    assert [s for s, _ in w.plot.loss] == [1, 2, 3] and w.plot.val_loss and w.plot.f1_before is not None
+    assert w.plot.paints > 0 or not w.plot.isVisible()
+    assert registry.lookup("ft_test") is not None
+    qtbot.waitUntil(lambda: "ft_test" in _picker_names(nuclei), timeout=5000)  # offered at once
+    assert w.session.status == "done" and w.session.checkpoint_step() == 3
+    assert (w.session.model_dir / "MODEL_CARD.md").is_file()
+
+    assert w.resegment_button.isEnabled()
+    w.resegment()
+    qtbot.waitUntil(lambda: not w.controls.busy, timeout=60_000)
+    assert w.last_error is None, w.status.text()
+    out = viewer.layers["raw nuclei (ft_test)"]
+    assert out.data.shape == img.shape and tuple(out.scale) == SCALE
+
+
+def test_closing_the_dock_cancels_and_saves(make_napari_viewer, qtbot, tiny_base):
+    from napari_neuroseg._napari.finetune_widget import FineTuneWidget
+    from napari_neuroseg.models import registry
+
+    viewer = make_napari_viewer()
+    _img, lab = _add_data(viewer)
+    listeners = len(registry._listeners)
+    w = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    _form(w, tiny_base, steps=10_000)
+    w.minutes.value = 10.0
+    finished = []
+    worker = w.run()
+    worker.finished.connect(lambda: finished.append(True))
+    qtbot.waitUntil(lambda: len(w.plot.loss) >= 2, timeout=60_000)  # training
+    lab.fill((8, 12, 12), 77)  # an edit not saved yet
+    assert w.autosaver.pending
+    viewer.window.remove_dock_widget(w)
+    assert w.dock_closed
+    qtbot.waitUntil(lambda: bool(finished), timeout=30_000)  # the job stopped at its next step
+    assert w.result is None and len(w.plot.loss) < 10_000
+    assert w._tracked is None  # the Labels layer is let go
+    n = len(lab.events.paint.callbacks)
+    lab.fill((8, 12, 12), 78)
+    assert len(lab.events.paint.callbacks) == n and w.autosaver.pending == 0
+    np.testing.assert_array_equal(w.session.load_array("annotation")[8, 12, 12], 77)  # saved on close
+    assert len(registry._listeners) <= listeners + 1  # the picker relay of this dock is gone
+    assert w.session.status == "stopped"  # a later Fine-tune resumes from the last checkpoint (every 25 steps)
+
+
+@pytest.mark.slow  # two short runs to their end (~15 s on the loaded machine)
+def test_restore_and_resume_a_session(make_napari_viewer, qtbot, tiny_base):
+    from napari_neuroseg._napari.finetune_widget import FineTuneWidget
+    from napari_neuroseg.runtime.session import Session
+
+    viewer = make_napari_viewer()
+    _img, lab = _add_data(viewer)
+    w = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    _form(w, tiny_base, steps=2)
+    lab.fill((8, 12, 12), 55)
+    w.run()
+    qtbot.waitUntil(lambda: not w.controls.busy, timeout=60_000)
+    assert w.last_error is None, w.status.text()
+    first = w.session
+    # pretend the run had stopped after its checkpoint (a crash): status "stopped"
+    first.save_state(status="stopped")
+    viewer.window.remove_dock_widget(w)
+    viewer.layers.clear()
+
+    w2 = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(w2)
+    assert w2.offered_session is not None and w2.offered_session.path == first.path
+    assert "corrected" in w2.restore_label.text() and "step 2" in w2.restore_label.text()
+    w2.restore_session()
+    restored = viewer.layers["corrected (restored)"]
+    assert restored.data[8, 12, 12] == 55 and tuple(restored.scale) == SCALE
+    assert "raw" in viewer.layers and w2.labels.value == "corrected (restored)"
+    assert w2.run_button.text().startswith("Resume") and w2.output.value == "ft_test"
+    w2.steps.value = 4
+    w2.run()
+    qtbot.waitUntil(lambda: not w2.controls.busy, timeout=60_000)
+    assert w2.last_error is None, w2.status.text()
+    assert [s for s, _ in w2.plot.loss] == [3, 4]  # resumed after step 2
+    assert Session.open(first.path).status == "done"
+
+    w3 = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(w3)
+    assert w3.offered_session is not None
+    w3.discard_offered_session()
+    assert not w3.restore_box.isVisible()
+    w4 = FineTuneWidget(viewer)
+    assert w4.offered_session is None
+
+
+@pytest.mark.parametrize("case, message", [
+    ("shapes", "different shapes"),
+    ("empty", "empty"),
+    ("one", "only one object"),
+    ("small", "too little data for a validation split"),
+    ("neuron_base", "neuron model"),
+    ("no_path", "no base model path"),
+])
+def test_bad_input_is_a_clear_message(make_napari_viewer, qtbot, tiny_base, case, message):
+    from napari_neuroseg._napari.finetune_widget import FineTuneWidget
+
+    _img, lbl = balls()
+    labels = {"shapes": lbl[:, :40], "empty": np.zeros_like(lbl), "one": (lbl == 5).astype(np.uint16)}.get(case, lbl)
+    viewer = make_napari_viewer()
+    if case == "small":
+        img = np.zeros((16, 12, 12), np.uint8)
+        labels = np.zeros((16, 12, 12), np.uint16)
+        labels[4:8, 1:4, 1:4], labels[4:8, 8:11, 8:11] = 1, 2
+        viewer.add_image(img, name="raw", scale=SCALE, units=("um", "um", "um"))
+        viewer.add_labels(labels, name="corrected", scale=SCALE)
+    else:
+        _add_data(viewer, labels)
+    w = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    _form(w, tiny_base)
+    if case == "neuron_base":
+        w.base.value = "neuroseg_neurons" if "neuroseg_neurons" in w.base.choices else w.base.value
+        w.base_path.value = "neuroseg_neurons"
+    if case == "no_path":
+        w.base_path.value = ""
+    worker = w.run()
+    if worker is not None:  # errors found in the worker (scale, split, base model kind)
+        qtbot.waitUntil(lambda: not w.controls.busy, timeout=60_000)
+        assert w.result is None
+    assert message in w.status.text(), w.status.text()
+    assert not w.resegment_button.isEnabled()
