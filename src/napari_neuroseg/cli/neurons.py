@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from napari_neuroseg.cli._flags import add_flag
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -32,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--channel-axis", type=int, default=None,
                    help="axis of the 3 colour channels in the stored array, e.g. -1 for ZYXC data")
     p.add_argument("--format", choices=("auto", "tiff", "zarr", "fisbe"), default="auto")
-    p.add_argument("--tiles", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
+    add_flag(p, "--n-tiles", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                    help="number of tiles per axis (default: from free memory)")
     p.add_argument("--fg-threshold", type=float, default=None, help="foreground probability threshold")
     p.add_argument("--merge-threshold", type=float, default=None, help="colour distance below which fragments merge")
@@ -152,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
 
     res = run_to_completion(
         predict_iter(raw, resolve_neuron_model(args.model), device=args.device, params=params or None,
-                     n_tiles=tuple(args.tiles) if args.tiles else None,
+                     n_tiles=tuple(args.n_tiles) if args.n_tiles else None,
                      channel_axis=None, voxel_size=voxel_size, tta=args.tta),
         cb,
     )
