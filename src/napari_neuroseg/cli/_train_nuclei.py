@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from napari_neuroseg.cli._flags import add_flag
+from napari_neuroseg.cli._progress import ProgressPrinter
 
 
 def add_nuclei_arguments(parser: argparse.ArgumentParser) -> None:
@@ -142,10 +144,9 @@ def run_nuclei(args: argparse.Namespace) -> int:
         xs, ys = _synthetic_data(args)
         images, labels, voxel_sizes = images + xs, labels + ys, voxel_sizes + [None] * len(xs)
     log_every = max(1, int(args.log_every))
-
-    def show(p) -> None:
-        if p.step % log_every == 0 or "val" in p.message or not p.message.startswith("step"):
-            print(p.message, flush=True)
+    show = ProgressPrinter(stream=sys.stdout, in_place=False, one_per_step=False, fmt=lambda p: p.message,
+                           when=lambda p: p.step % log_every == 0 or "val" in p.message
+                           or not p.message.startswith("step"))
 
     if base is not None:
         return _finetune(args, base, images, labels, voxel_sizes, image_paths + [None] * args.synthetic,

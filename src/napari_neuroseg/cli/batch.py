@@ -15,6 +15,7 @@ import argparse
 import sys
 
 from napari_neuroseg.cli._flags import add_flag
+from napari_neuroseg.cli._progress import ProgressPrinter
 
 _TASKS = ("threshold", "nuclei", "neurons", "evaluate")
 
@@ -74,6 +75,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from napari_neuroseg.batch import get_task, run_batch
     from napari_neuroseg.errors import NeurosegError
+    from napari_neuroseg.runtime.progress import run_to_completion
 
     task = get_task(args.task_name or args.task_class)
     params: dict = {}
@@ -100,20 +102,10 @@ def run(args: argparse.Namespace) -> int:
         log = logging.getLogger("napari_neuroseg.batch.runner")
         log.addHandler(handler)
         log.setLevel(logging.DEBUG)
-    last = [0.0]
+    # a log line per finished file (its record), else at most every 2 s
+    show = ProgressPrinter(quiet=args.quiet, in_place=False, one_per_step=False, min_gap=2.0)
     try:
-        while True:
-            p = next(gen)
-            if args.quiet:
-                continue
-            import time
-
-            now = time.monotonic()
-            if p.record is not None or now - last[0] > 2.0:
-                last[0] = now
-                print(f"{p.step}/{p.total} {p.message}", file=sys.stderr, flush=True)
-    except StopIteration as stop:
-        result = stop.value
+        result = run_to_completion(gen, show)
     except KeyboardInterrupt:
         gen.close()
         print("neuroseg batch: cancelled; rerun with --resume to continue", file=sys.stderr)

@@ -36,15 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        {"--json": "json_out", "--toml": "toml_out"}))
 
 
-def _progress(quiet: bool):
-    def cb(pr) -> None:
-        if not quiet:
-            print(f"\r  [{pr.step}/{pr.total}] {pr.message:<40}", end="", file=sys.stderr,
-                  flush=True)
-    return cb
-
-
 def run(args: argparse.Namespace) -> int:
+    from napari_neuroseg.cli._progress import ProgressPrinter
     from napari_neuroseg.errors import NeurosegError
     from napari_neuroseg.metrics import aggregate, write_json, write_toml
     from napari_neuroseg.metrics.files import (
@@ -57,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     folders = gt.is_dir() and pred.is_dir() and not any(
         s.suffix.lower() in (".zarr", ".n5") for s in (gt, pred))
     split = read_split_file(args.split_file) if args.split_file else None
-    cb = _progress(args.quiet)
+    cb = ProgressPrinter(quiet=args.quiet)
 
     def one(g: Path, p: Path, partly: bool) -> dict:
         return run_to_completion(
@@ -69,8 +62,7 @@ def run(args: argparse.Namespace) -> int:
             raise NeurosegError("GT and PRED must both be files or both be folders",
                                 fix="pass two files or two folders")
         res = one(gt, pred, args.partly)
-        if not args.quiet:
-            print(file=sys.stderr)
+        cb.end()
         print(format_table({gt.name.split(".")[0]: res}))
         print()
         rows = per_threshold_rows(res)
@@ -91,8 +83,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"{name} ({'partly' if partly else 'completely'})", file=sys.stderr)
         res = one(g, p, partly)
-        if not args.quiet:
-            print(file=sys.stderr)
+        cb.end()
         results.append(res)
         names.append(name)
         flags.append(partly)

@@ -8,8 +8,10 @@ are imported only when a subcommand runs, so ``neuroseg --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from napari_neuroseg.cli._flags import add_flag
+from napari_neuroseg.cli._progress import ProgressPrinter
 
 #: path flags of each model's training command (inputs, outputs), checked by ``cli.main``
 _IO_FLAGS = {
@@ -105,11 +107,11 @@ def run_neurons(args: argparse.Namespace) -> int:
 
     from napari_neuroseg.models.neurons.train import train
 
-    def show(pr) -> None:
-        if not args.quiet and (pr.step % 10 == 0 or "val" in pr.message or pr.step == pr.total
-                               or "generating" in pr.message or "indexed" in pr.message):
-            print(f"[{pr.step}/{pr.total}] {pr.message}", flush=True)
+    def when(pr) -> bool:
+        return (pr.step % 10 == 0 or "val" in pr.message or pr.step == pr.total
+                or "generating" in pr.message or "indexed" in pr.message)
 
+    show = ProgressPrinter(quiet=args.quiet, stream=sys.stdout, in_place=False, when=when, one_per_step=False)
     res = train(neuron_settings(args), show)
     print(f"done: {res['iterations']} iterations, best validation avF1 {res['best_score']:.3f}, "
           f"model written to {Path(res['out']) / 'model.pt'}")

@@ -8,7 +8,7 @@
 See ``docs/synth.md``.
 """
 
-from .neurons import NeuronSettings, NeuronVolume, make_neurons
+from .neurons import NeuronSettings, NeuronVolume, make_neurons, render_neurons
 from .nuclei import NucleiSettings, make_nuclei
 from .samples import SAMPLE_NAMES, load_sample, sample_dir, sample_path, stardist_nuclei_3d
 
@@ -20,6 +20,7 @@ __all__ = [
     "load_sample",
     "make_neurons",
     "make_nuclei",
+    "render_neurons",
     "sample_dir",
     "sample_path",
     "stardist_nuclei_3d",

@@ -99,6 +99,14 @@ class NeuronSettings:
     gain: float = 3.0  # counts per photon (shot-noise scale)
     offset: float = 2.0  # camera offset
     read_noise: float = 2.0  # Gaussian read noise std (counts)
+    # --- wide domain randomisation (neutral defaults: the presets above are unchanged) -------
+    radius_min: float = 1.0  # smallest neurite radius (below 1: one-voxel-thin neurites)
+    channel_mixing: float = 0.0  # max bleed of each channel into the others (colour mixing)
+    gradient: float = 0.0  # linear illumination ramp (relative) along a random direction
+    haze: float = 0.0  # out-of-focus haze: a wide blur of the signal, relative to the signal
+    haze_sigma: float = 6.0  # its Gaussian sigma (voxels)
+    gamma: float = 1.0  # detector/display non-linearity applied to the noisy counts
+    acquisition_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)  # ZYX acquisition pixel / voxel
 
     @classmethod
     def standard(cls) -> "NeuronSettings":
@@ -142,6 +150,8 @@ class NeuronSettings:
         ``[1 - strength, 1 + strength]`` (probabilities clipped to [0, 1]); counts stay."""
         changes = {}
         for f in dataclasses.fields(self):
+            if f.name in _WIDE_FIELDS:  # neutral unless randomized_wide sets them
+                continue
             v = getattr(self, f.name)
             if isinstance(v, bool) or isinstance(v, int) or (
                 isinstance(v, tuple) and v and all(isinstance(x, int) for x in v)
@@ -166,6 +176,88 @@ class NeuronSettings:
             radius_max=max(1.0, min(3.0, rmax)),
             gap_depth=tuple(min(1.0, x) for x in out.gap_depth),
         )
+
+    def randomized_wide(self, rng: np.random.Generator, size: Range = (0.5, 3.0)) -> "NeuronSettings":
+        """A wide domain-randomised variant for training (issue 12, ``docs/synth.md``): every
+        volume draws its own optics (Gaussian PSF per axis, haze), camera (Poisson gain, read
+        noise, offset, gamma), brightness and background levels, uneven illumination (smooth
+        field, depth attenuation, linear ramp), neurite texture, dim neurons, gaps, neurite
+        thickness (radius × log-uniform ``size`` factor, one-voxel-thin neurites below ×1),
+        clutter, colour similarity (smaller colour angles, same-colour pairs, crosstalk, channel
+        bleed-through) and an acquisition grid of anisotropy 1-4 that is resampled back."""
+        lo_s, hi_s = (float(v) for v in size)
+        if not 0 < lo_s <= hi_s:
+            raise NeurosegError(f"size range {size!r} is not 0 < min <= max", fix="pass e.g. (0.5, 3.0)")
+
+        def logu(a: float, b: float) -> float:
+            return float(np.exp(rng.uniform(np.log(a), np.log(b))))
+
+        def maybe(p: float, draw, default):
+            return draw() if rng.random() < p else default
+
+        k = logu(lo_s, hi_s)
+        rmax = max(1.0, 3.0 * k)
+        rmin = min(1.0, 1.0 * k)
+        brightness = logu(150.0, 3000.0)
+        bg_level = logu(1.0, 80.0)
+        n_lo = int(rng.integers(2, 7))
+        sxy = float(rng.uniform(0.3, 1.6))
+        aniso = maybe(0.6, lambda: logu(1.0, 4.0), 1.0)
+        pix = maybe(0.4, lambda: logu(0.8, 1.5), 1.0)
+        return dataclasses.replace(
+            self,
+            n_neurons=(n_lo, n_lo + int(rng.integers(0, 5))),
+            trunk_length=(float(rng.uniform(0.6, 1.1)), float(rng.uniform(1.2, 1.8))),
+            n_branches=(int(rng.integers(1, 5)), int(rng.integers(5, 10))),
+            sub_branch_prob=float(rng.uniform(0.2, 0.7)),
+            radius_trunk=(max(rmin, 1.3 * k), min(rmax, max(rmin, 2.2 * k))),
+            radius_branch=(max(rmin, 1.0 * k), min(rmax, max(rmin, 1.6 * k))),
+            radius_max=rmax,
+            radius_min=rmin,
+            radius_variation=float(rng.uniform(0.05, 0.3)),
+            bouton_rate=float(rng.uniform(0.0, 0.04)),
+            tortuosity=float(rng.uniform(0.015, 0.06)),
+            z_flatten=float(rng.uniform(0.25, 1.0)),
+            touch_prob=float(rng.uniform(0.2, 0.6)),
+            pure_colour_prob=float(rng.uniform(0.1, 0.5)),
+            two_channel_prob=float(rng.uniform(0.2, 0.5)),
+            min_colour_angle=float(rng.uniform(6.0, 25.0)),
+            crosstalk=logu(0.01, 0.25),
+            channel_mixing=maybe(0.5, lambda: float(rng.uniform(0.0, 0.3)), 0.0),
+            brightness=brightness,
+            brightness_sigma=float(rng.uniform(0.1, 0.6)),
+            dim_prob=float(rng.uniform(0.0, 0.45)),
+            dim_factor=(float(rng.uniform(0.08, 0.2)), float(rng.uniform(0.25, 0.5))),
+            intensity_variation=float(rng.uniform(0.1, 0.5)),
+            texture=float(rng.uniform(0.0, 0.9)),
+            texture_scale=float(rng.uniform(0.5, 2.0)),
+            gap_rate=logu(0.002, 0.03),
+            gap_length=(2.0, float(rng.uniform(4.0, 14.0))),
+            gap_depth=(0.0, float(rng.uniform(0.1, 0.5))),
+            same_colour_pairs=int(rng.integers(0, 4)),
+            same_colour_angle=float(rng.uniform(2.0, 8.0)),
+            n_clutter_neurites=maybe(0.6, lambda: (0, int(rng.integers(1, 9))), (0, 0)),
+            n_clutter_blobs=maybe(0.6, lambda: (0, int(rng.integers(1, 13))), (0, 0)),
+            clutter_brightness=(float(rng.uniform(0.1, 0.5)), float(rng.uniform(0.6, 1.2))),
+            psf_sigma=(float(rng.uniform(0.5, 4.0)), sxy, sxy * float(rng.uniform(0.85, 1.15))),
+            haze=maybe(0.4, lambda: float(rng.uniform(0.0, 0.4)), 0.0),
+            haze_sigma=float(rng.uniform(3.0, 10.0)),
+            illumination_strength=float(rng.uniform(0.0, 0.5)),
+            depth_attenuation=float(rng.uniform(0.0, 0.6)),
+            gradient=maybe(0.5, lambda: float(rng.uniform(0.0, 0.8)), 0.0),
+            background=tuple(bg_level * float(x) for x in rng.uniform(0.3, 1.5, size=3)),
+            background_texture=float(rng.uniform(0.1, 0.9)),
+            gain=logu(0.5, 15.0),
+            offset=maybe(0.5, lambda: float(rng.uniform(0.0, 300.0)), 2.0),
+            read_noise=logu(0.5, 20.0),
+            gamma=maybe(0.5, lambda: logu(0.6, 1.6), 1.0),
+            acquisition_scale=(aniso * pix, pix, pix),
+        )
+
+
+_WIDE_FIELDS = frozenset({
+    "radius_min", "channel_mixing", "gradient", "haze", "haze_sigma", "gamma", "acquisition_scale",
+})
 
 
 @dataclass
@@ -266,7 +358,7 @@ def _profiles(rng: np.random.Generator, n: int, r0: float, s: NeuronSettings, in
         t = np.arange(n)
         for p, a in zip(pos, amp):
             rad += a * np.exp(-0.5 * ((t - p) / 3.0) ** 2)
-    rad = np.clip(rad, 1.0, s.radius_max)
+    rad = np.clip(rad, s.radius_min, s.radius_max)
     inten = np.clip(1.0 + smooth_noise_1d(rng, n, corr=30, amplitude=s.intensity_variation), 0.25, 2.0)
     n_g = rng.poisson(s.gap_rate * n * 0.5)
     for _ in range(n_g):
@@ -386,6 +478,66 @@ def _clutter_segments(rng: np.random.Generator, shape: tuple[int, int, int], s: 
     return out
 
 
+def _add_clutter(rng: np.random.Generator, signal: np.ndarray, shape, s: NeuronSettings) -> np.ndarray:
+    """Adds unlabelled clutter to ``signal`` (3, nvox) in place; returns its bool ZYX mask."""
+    clutter = np.zeros(int(np.prod(shape)), dtype=bool)
+    for segs, col in _clutter_segments(rng, shape, s):
+        idx, val = rasterize_tubes(segs, shape)
+        clutter[idx] = True
+        for c in range(3):
+            signal[c, idx] += np.float32(col[c] * s.brightness) * val
+    return clutter.reshape(shape)
+
+
+def _render(rng: np.random.Generator, signal: np.ndarray, shape, s: NeuronSettings) -> np.ndarray:
+    """Optics and camera: ``signal`` (3, nvox) float32 (changed in place) → raw uint16 (3,Z,Y,X).
+
+    Texture, channel bleed-through, illumination (smooth field, depth attenuation, ramp), PSF
+    blur, haze, background, an acquisition grid (resampled back), Poisson + read noise, gamma.
+    With the neutral wide settings this draws exactly the random numbers it always drew."""
+    if s.texture > 0:
+        tex = blur(rng.normal(size=shape).astype(np.float32), s.texture_scale)
+        tex *= np.float32(s.texture / max(float(tex.std()), 1e-6))
+        signal *= np.exp(tex).reshape(1, -1)
+    if s.channel_mixing > 0:
+        mix = np.eye(3) + rng.uniform(0.0, s.channel_mixing, (3, 3)) * (1 - np.eye(3))
+        signal[:] = (mix.astype(np.float32) @ signal)
+    illum = illumination_field(rng, shape, strength=s.illumination_strength, depth_attenuation=s.depth_attenuation)
+    if s.gradient > 0:
+        d = rng.normal(size=3)
+        d /= max(float(np.linalg.norm(d)), 1e-9)
+        grids = np.meshgrid(*[np.linspace(-0.5, 0.5, n, dtype=np.float32) for n in shape], indexing="ij", sparse=True)
+        ramp = sum(np.float32(d[i]) * grids[i] for i in range(3))
+        illum = illum * np.exp(np.float32(np.log1p(s.gradient)) * ramp).astype(np.float32)
+    acq = tuple(float(a) for a in s.acquisition_scale)
+    coarse = any(abs(a - 1.0) > 1e-6 for a in acq)
+    small = tuple(max(4, int(round(n / a))) for n, a in zip(shape, acq)) if coarse else shape
+    chans = []
+    for c in range(3):
+        bg = s.background[c] * np.clip(smooth_field(rng, shape, cells=6, amplitude=s.background_texture), 0.05, None)
+        sig = signal[c].reshape(shape)
+        ch = blur(sig, s.psf_sigma) * illum + bg
+        if s.haze > 0:
+            ch += np.float32(s.haze) * blur(sig, s.haze_sigma) * illum
+        if coarse:
+            from skimage.transform import resize
+
+            ch = resize(ch, small, order=1, anti_aliasing=True, preserve_range=True).astype(np.float32)
+        chans.append(camera_noise(rng, ch, gain=s.gain, offset=s.offset, read_noise=s.read_noise))
+    if s.gamma != 1.0:
+        ref = max(float(max(np.percentile(ch, 99.9) for ch in chans)), 1.0)
+        chans = [np.float32(ref) * (np.clip(ch, 0, None) / np.float32(ref)) ** np.float32(s.gamma) for ch in chans]
+    raw = np.empty((3,) + tuple(shape), dtype=np.uint16)
+    for c in range(3):
+        ch = chans[c]
+        if coarse:
+            from skimage.transform import resize
+
+            ch = resize(ch, shape, order=1, anti_aliasing=False, preserve_range=True)
+        raw[c] = to_uint16(ch)
+    return raw
+
+
 # ---------------------------------------------------------------------------------------------
 # public API
 
@@ -458,24 +610,8 @@ def make_neurons(
         for c in range(3):
             signal[c, idx] += np.float32(colours[i, c] * bright[i]) * val
 
-    clutter = np.zeros(nvox, dtype=bool)
-    for segs, col in _clutter_segments(rng, shape, s):
-        idx, val = rasterize_tubes(segs, shape)
-        clutter[idx] = True
-        for c in range(3):
-            signal[c, idx] += np.float32(col[c] * s.brightness) * val
-    clutter = clutter.reshape(shape)
-
-    if s.texture > 0:
-        tex = blur(rng.normal(size=shape).astype(np.float32), s.texture_scale)
-        tex *= np.float32(s.texture / max(float(tex.std()), 1e-6))
-        signal *= np.exp(tex).reshape(1, -1)
-    illum = illumination_field(rng, shape, strength=s.illumination_strength, depth_attenuation=s.depth_attenuation)
-    raw = np.empty((3,) + shape, dtype=np.uint16)
-    for c in range(3):
-        bg = s.background[c] * np.clip(smooth_field(rng, shape, cells=6, amplitude=s.background_texture), 0.05, None)
-        ch = blur(signal[c].reshape(shape), s.psf_sigma) * illum + bg
-        raw[c] = to_uint16(camera_noise(rng, ch, gain=s.gain, offset=s.offset, read_noise=s.read_noise))
+    clutter = _add_clutter(rng, signal, shape, s)
+    raw = _render(rng, signal, shape, s)
 
     labels = np.zeros(shape, dtype=np.uint32)
     for i in range(n - 1, -1, -1):  # lower id wins in overlaps
@@ -492,3 +628,87 @@ def make_neurons(
         settings=s,
         seed=int(seed),
     )
+
+
+def render_neurons(
+    masks: np.ndarray,
+    *,
+    seed: int = 0,
+    settings: NeuronSettings | None = None,
+    clutter: bool = True,
+) -> NeuronVolume:
+    """Render a FISBe-like raw volume for given neuron masks (e.g. real neuron morphology).
+
+    Args:
+        masks: (N, Z, Y, X) coverage per neuron: bool/uint8 masks or float in [0, 1] (e.g. a
+            resampled mask); a voxel belongs to neuron i where ``masks[i] >= 0.5`` (> 0 for
+            integer masks); float values below that still add signal (soft edges).
+        seed: random seed of the appearance.
+        settings: appearance knobs (:class:`NeuronSettings`; geometry fields are unused), e.g.
+            ``NeuronSettings().randomized_wide(rng)``.
+        clutter: add the settings' unlabelled clutter.
+
+    Every neuron gets a colour, brightness (some dim), a smooth intensity variation and gaps
+    (``gap_rate`` per voxel of neurite length, length ≈ voxels / 7); then the optics and camera
+    of :func:`make_neurons`. Returns a :class:`NeuronVolume` (raw uint16, gt_instances uint8).
+    """
+    m = np.asarray(masks)
+    if m.ndim != 4 or m.shape[0] < 1:
+        raise NeurosegError(f"masks must be (N, Z, Y, X) with N >= 1, got shape {m.shape}",
+                            fix="stack one mask per neuron along the first axis")
+    if m.shape[0] > 255:
+        raise NeurosegError(f"{m.shape[0]} neurons is too many", fix="use at most 255 (gt_instances is uint8)")
+    shape = check_shape(m.shape[1:], minimum=4)
+    s = settings if settings is not None else NeuronSettings.standard()
+    rng = np.random.default_rng(seed)
+    n = int(m.shape[0])
+    if np.issubdtype(m.dtype, np.floating):
+        cover = np.clip(m.astype(np.float32), 0.0, 1.0)
+        inside = cover >= 0.5
+    else:
+        inside = m > 0
+        cover = inside.astype(np.float32)
+    colours = _draw_colours(rng, n, s)
+    pairs: list[tuple[int, int]] = []
+    free = list(range(n))
+    for _ in range(s.same_colour_pairs):
+        if len(free) < 2:
+            break
+        a, b = sorted(int(x) for x in rng.choice(free, size=2, replace=False))
+        free.remove(a)
+        free.remove(b)
+        colours[b] = _near_colour(rng, colours[a], s.same_colour_angle, s.crosstalk)
+        pairs.append((a + 1, b + 1))
+    bright = s.brightness * np.exp(rng.normal(0, s.brightness_sigma, size=n))
+    dim = rng.random(n) < s.dim_prob
+    bright[dim] *= rng.uniform(*s.dim_factor, size=int(dim.sum()))
+
+    nvox = int(np.prod(shape))
+    signal = np.zeros((3, nvox), dtype=np.float32)
+    gt = np.zeros((n,) + shape, dtype=np.uint8)
+    cells = tuple(max(2, int(x) // 24) for x in shape)
+    for i in range(n):
+        gt[i][inside[i]] = i + 1
+        val = cover[i].copy()
+        val *= np.clip(smooth_field(rng, shape, cells=cells, amplitude=s.intensity_variation), 0.25, 2.0)
+        pts = np.argwhere(inside[i])
+        n_g = int(rng.poisson(s.gap_rate * len(pts) / 7.0)) if len(pts) else 0
+        for _ in range(n_g):
+            c = pts[rng.integers(len(pts))]
+            r = rng.uniform(*s.gap_length) / 2.0
+            lo = np.maximum(c - int(np.ceil(r)), 0)
+            hi = np.minimum(c + int(np.ceil(r)) + 1, shape)
+            zz, yy, xx = np.ogrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+            ball = (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= r * r
+            val[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] *= np.where(ball, np.float32(rng.uniform(*s.gap_depth)), np.float32(1))
+        flat = val.reshape(-1)
+        for c in range(3):
+            signal[c] += np.float32(colours[i, c] * bright[i]) * flat
+    clut = _add_clutter(rng, signal, shape, s) if clutter else np.zeros(shape, dtype=bool)
+    raw = _render(rng, signal, shape, s)
+    labels = np.zeros(shape, dtype=np.uint32)
+    for i in range(n - 1, -1, -1):
+        labels[gt[i] > 0] = i + 1
+    return NeuronVolume(raw=raw, gt_instances=gt, dim_neurons=[int(i + 1) for i in np.flatnonzero(dim)],
+                        labels=labels, colours=colours, same_colour_pairs=pairs, clutter=clut,
+                        settings=s, seed=int(seed))

@@ -87,31 +87,137 @@ def make_sample(raw, gt=None, labels=None, *, name: str = "", rng=None, limit: i
 # sources
 
 
+class RealMorphology:
+    """Neuron masks of real ground truth (FISBe ``volumes/gt_instances``), kept sparse (voxel
+    coordinates per neuron), cut into randomly placed, rotated, flipped and rescaled crops for
+    :func:`napari_neuroseg.synth.render_neurons` (real morphology, synthetic appearance).
+
+    Only masks are read (never ``volumes/raw``). ``cache``: an ``.npz`` written after the first
+    read (reading a 400×700×700 FISBe mask stack takes ~30 s)."""
+
+    def __init__(self, coords: list[list[np.ndarray]], shapes: list[tuple[int, int, int]], names: list[str]):
+        if not coords or not any(len(c) for c in coords):
+            raise NeurosegError("no neuron masks in the real-morphology data", fix="pass FISBe samples with volumes/gt_instances")
+        self.coords, self.shapes, self.names = coords, shapes, names
+        self.weights = np.array([sum(len(x) for x in c) for c in coords], float)
+        self.weights /= self.weights.sum()
+
+    @classmethod
+    def load(cls, paths, cache: str | Path | None = None) -> RealMorphology:
+        if cache is not None and Path(cache).is_file():
+            z = np.load(cache, allow_pickle=False)
+            names = [str(x) for x in z["names"]]
+            shapes = [tuple(int(v) for v in s) for s in z["shapes"]]
+            coords = [[z[f"c{i}_{k}"] for k in range(int(z["counts"][i]))] for i in range(len(names))]
+            return cls(coords, shapes, names)
+        coords, shapes, names = [], [], []
+        for path in paths:
+            _raw, gt = _open_gt(Path(path))
+            coords.append([np.argwhere(np.asarray(gt[k]) > 0).astype(np.int16) for k in range(gt.shape[0])])
+            shapes.append(tuple(int(v) for v in gt.shape[1:]))
+            names.append(Path(path).name)
+        out = cls(coords, shapes, names)
+        if cache is not None:
+            arrays = {f"c{i}_{k}": c for i, cs in enumerate(coords) for k, c in enumerate(cs)}
+            tmp = Path(str(cache) + ".tmp.npz")
+            np.savez(tmp, names=np.array(names), shapes=np.array(shapes), counts=np.array([len(c) for c in coords]),
+                     **arrays)
+            tmp.replace(cache)
+        return out
+
+    @property
+    def n_neurons(self) -> int:
+        return sum(len(c) for c in self.coords)
+
+    def crop(self, rng: np.random.Generator, shape=(48, 128, 128), zoom: tuple[float, float] = (0.7, 1.6),
+             min_voxels: int = 30) -> np.ndarray:
+        """(N, Z, Y, X) float32 coverage of the neurons in one random crop: centred near a
+        neuron voxel, axes permuted (the FISBe voxels are isotropic), flipped, rotated in the new
+        YX plane, rescaled by a log-uniform ``zoom`` (linear interpolation). N may be 0."""
+        from scipy import ndimage as ndi
+
+        shape = tuple(int(v) for v in shape)
+        i = int(rng.choice(len(self.coords), p=self.weights))
+        cs = [c for c in self.coords[i] if len(c)]
+        pick = cs[int(rng.integers(len(cs)))]
+        centre = pick[int(rng.integers(len(pick)))].astype(float) + rng.normal(0, 8, 3)
+        z = float(np.exp(rng.uniform(np.log(zoom[0]), np.log(zoom[1]))))
+        th = rng.uniform(0, 2 * np.pi)
+        rot = np.array([[1, 0, 0], [0, np.cos(th), -np.sin(th)], [0, np.sin(th), np.cos(th)]])
+        perm = np.eye(3)[rng.permutation(3)] if rng.random() < 0.5 else np.eye(3)
+        flip = np.diag(np.where(rng.random(3) < 0.5, -1.0, 1.0))
+        mat = perm @ flip @ rot / z  # output offset from the centre → source offset
+        oc = (np.asarray(shape) - 1) / 2.0
+        corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij")).reshape(3, -1).T - oc
+        src = corners @ mat.T + centre
+        full = np.asarray(self.shapes[i])
+        lo = np.maximum(np.floor(src.min(0)).astype(int) - 1, 0)
+        hi = np.minimum(np.ceil(src.max(0)).astype(int) + 2, full)
+        out = []
+        if np.any(hi <= lo):
+            return np.zeros((0,) + shape, np.float32)
+        for c in self.coords[i]:
+            sel = np.all((c >= lo) & (c < hi), axis=1)
+            if sel.sum() < min_voxels:
+                continue
+            box = np.zeros(tuple(hi - lo), np.float32)
+            cc = c[sel].astype(np.int64) - lo
+            box[cc[:, 0], cc[:, 1], cc[:, 2]] = 1.0
+            offset = centre - lo - mat @ oc
+            m = ndi.affine_transform(box, mat, offset=offset, output_shape=shape, order=1, mode="constant", cval=0.0)
+            if (m >= 0.5).sum() >= min_voxels:
+                out.append(m.astype(np.float32))
+        return np.stack(out) if out else np.zeros((0,) + shape, np.float32)
+
+
 class SyntheticSource:
-    """A refreshing pool of synthetic FISBe-like volumes (training seeds ≥ TRAIN_SEED_BASE)."""
+    """A refreshing pool of synthetic FISBe-like volumes (training seeds ≥ TRAIN_SEED_BASE).
+
+    ``wide``: fraction of volumes drawn with :meth:`NeuronSettings.randomized_wide` (else the
+    standard/hard presets varied by ``randomize``); ``morphology`` (:class:`RealMorphology`)
+    and ``morphology_fraction``: that fraction of volumes renders real neuron masks with the
+    (wide or preset) appearance instead of generated trees. Defaults keep the former stream."""
 
     def __init__(self, pool_size: int = 24, shape=(48, 128, 128), hard_fraction: float = 0.5,
-                 seed: int = 0, refresh_every: int = 40, randomize: float = 0.25):
+                 seed: int = 0, refresh_every: int = 40, randomize: float = 0.25, wide: float = 0.0,
+                 morphology: RealMorphology | None = None, morphology_fraction: float = 0.0):
         self.shape = tuple(shape)
         self.pool_size = pool_size
         self.hard_fraction = hard_fraction
         self.refresh_every = refresh_every
         self.randomize = randomize
+        self.wide = float(wide)
+        self.morphology = morphology
+        self.morphology_fraction = float(morphology_fraction) if morphology is not None else 0.0
         self.rng = np.random.default_rng(seed)
         self.next_seed = TRAIN_SEED_BASE + 1000 * seed
         self.samples: list[Sample] = []
         self._served = 0
 
     def _make(self) -> Sample:
-        from napari_neuroseg.synth import NeuronSettings, make_neurons
+        from napari_neuroseg.synth import NeuronSettings, make_neurons, render_neurons
 
         seed = self.next_seed
         self.next_seed += 1
         hard = bool(self.rng.random() < self.hard_fraction)
         base = NeuronSettings.hard() if hard else NeuronSettings.standard()
-        settings = base.randomized(np.random.default_rng(seed), self.randomize) if self.randomize else base
-        v = make_neurons(self.shape, settings=settings, seed=seed)
-        s = make_sample(v.raw, gt=v.gt_instances, name=f"synth-{seed}{'-hard' if hard else ''}", rng=self.rng)
+        srng = np.random.default_rng(seed)
+        kind = ["hard"] if hard else []
+        if self.wide and self.rng.random() < self.wide:
+            settings, kind = base.randomized_wide(srng), ["wide"]
+        else:
+            settings = base.randomized(srng, self.randomize) if self.randomize else base
+        v = None
+        if self.morphology_fraction and self.rng.random() < self.morphology_fraction:
+            for _ in range(5):
+                masks = self.morphology.crop(srng, self.shape)
+                if len(masks):
+                    v = render_neurons(masks, seed=seed, settings=settings)
+                    kind.append("real")
+                    break
+        if v is None:
+            v = make_neurons(self.shape, settings=settings, seed=seed)
+        s = make_sample(v.raw, gt=v.gt_instances, name="-".join([f"synth-{seed}"] + kind), rng=self.rng)
         s.raw = apply_norm(v.raw, s.norm).astype(np.float16)
         s.pre_normalised = True
         return s
@@ -146,6 +252,22 @@ class VolumeSource:
 
 # ---------------------------------------------------------------------------------------------
 # FISBe / pair folders
+
+
+def _open_gt(path: Path):
+    """(None, gt_instances) of a FISBe Zarr (masks only)."""
+    import zarr
+
+    try:
+        g = zarr.open_group(str(path), mode="r")
+        gt = g["volumes/gt_instances"]
+    except Exception as err:  # noqa: BLE001
+        raise NeurosegError(f"no FISBe ground truth ({type(err).__name__}: {err})", path=path,
+                            fix="real morphology needs FISBe Zarr samples with volumes/gt_instances (N,Z,Y,X)") from err
+    if len(gt.shape) != 4:
+        raise NeurosegError(f"volumes/gt_instances must be (N,Z,Y,X), got {gt.shape}", path=path,
+                            fix="use FISBe samples")
+    return None, gt
 
 
 def _open_fisbe(path: Path):
