@@ -15,8 +15,9 @@ FISBe (MCFO light microscopy of *Drosophila* neurons, 0.44 µm isotropic voxels)
   profile around centreline samples; the ground-truth mask is "inside the local radius";
   crossing neurons overlap (one channel per neuron, as in FISBe);
 - **colour**: MCFO tags: each of 3 epitopes present independently (p = 0.55, at least one) with a
-  log-normal expression level, then spectral bleed-through between neighbouring channels; the
-  hard level draws neurons from 2-3 palette colours with small jitter (similar colours);
+  log-normal expression level, then spectral bleed-through between neighbouring channels; at the
+  hard level 40 % of the neurons repeat an earlier neuron's colour with a small jitter (similar
+  colours; each colour is repeated at most once, so they come in pairs);
 - **intensity**: per-neuron log-normal brightness, a smooth log-normal modulation along the arc,
   dim segments (gaps, kept in the ground truth) and dim whole neurons (hard), depth attenuation
   in Z;
@@ -63,7 +64,7 @@ class Level:
     gap_depth: tuple[float, float]  # intensity factor inside a gap
     dim_fraction: float  # fraction of neurons drawn dim
     dim_factor: tuple[float, float]
-    palette: bool  # similar colours: neurons drawn from 2-3 palette colours
+    similar: float  # probability that a neuron copies an earlier neuron's colour (with jitter)
     photons: float  # photons at the centre of a unit-brightness neurite
     background: float  # autofluorescence, fraction of the neurite signal
     depth_attenuation: float  # 1/e depth in Z (voxels)
@@ -73,12 +74,12 @@ LEVEL_SETTINGS = {
     "standard": Level(
         n_neurons=(6, 9), n_unlabelled=(0, 0), n_fragments=(0, 0), n_blobs=(4, 10),
         radius0=(1.3, 2.1), radius_floor=1.0, branch_length=70.0, gap_rate=0.3, gap_depth=(0.25, 0.5),
-        dim_fraction=0.0, dim_factor=(1.0, 1.0), palette=False, photons=50.0, background=0.05,
+        dim_fraction=0.0, dim_factor=(1.0, 1.0), similar=0.0, photons=50.0, background=0.05,
         depth_attenuation=110.0),
     "hard": Level(
         n_neurons=(8, 11), n_unlabelled=(2, 3), n_fragments=(10, 20), n_blobs=(20, 40),
         radius0=(0.95, 1.35), radius_floor=0.9, branch_length=50.0, gap_rate=1.0, gap_depth=(0.04, 0.25),
-        dim_fraction=0.3, dim_factor=(0.25, 0.45), palette=True, photons=30.0, background=0.12,
+        dim_fraction=0.3, dim_factor=(0.25, 0.45), similar=0.4, photons=30.0, background=0.08,
         depth_attenuation=60.0),
 }
 
@@ -272,12 +273,25 @@ def _render_object(shape, branches, soma):
     return qmin.reshape(padded)[crop], inten.reshape(padded)[crop]
 
 
+def _estimated_voxels(shape, branches) -> float:
+    """Tube volume inside the volume (centreline length × cross-section), before rendering."""
+    hi = np.asarray(shape) - 0.5
+    total = 0.0
+    for b in branches:
+        if len(b.pts) < 2:
+            continue
+        inside = np.all((b.pts >= -0.5) & (b.pts < hi), axis=1)[1:]
+        seg = np.linalg.norm(np.diff(b.pts, axis=0), axis=1)
+        total += float((seg * np.pi * b.radius[1:] ** 2)[inside].sum())
+    return total
+
+
 def _mcfo_colour(rng) -> np.ndarray:
     while True:
         present = rng.random(3) < 0.55
         if present.any():
             break
-    return present * np.exp(rng.normal(0, 0.35, 3))
+    return present * np.exp(rng.normal(0, 0.5, 3))
 
 
 def _psf(vol: np.ndarray, sigma_xy: float) -> np.ndarray:
@@ -295,16 +309,16 @@ def render(shape=(48, 160, 160), level: str = "standard", seed: int = 0) -> Held
     signal = np.zeros((3,) + shape, np.float32)
     masks: list[np.ndarray] = []
     dim_ids: list[int] = []
-    # colours
-    palette = None
-    if lv.palette:
-        palette = [_mcfo_colour(rng) for _ in range(int(rng.integers(2, 4)))]
+    # colours: MCFO draws; at the hard level some neurons repeat an earlier colour (jittered)
+    # (pairs: a colour is repeated at most once, so similar colours come in pairs)
+    fresh: list[np.ndarray] = []
 
     def colour():
-        if palette is not None:
-            c = palette[int(rng.integers(len(palette)))] + np.abs(rng.normal(0, 0.07, 3))
+        if fresh and rng.random() < lv.similar:
+            c = fresh.pop(int(rng.integers(len(fresh)))) + np.abs(rng.normal(0, 0.06, 3))
         else:
             c = _mcfo_colour(rng)
+            fresh.append(c)
         return c / max(float(c.max()), 1e-6)
 
     n_target = int(rng.integers(lv.n_neurons[0], lv.n_neurons[1] + 1))
