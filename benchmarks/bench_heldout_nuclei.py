@@ -12,7 +12,10 @@ definition at the model's voxel size), the independent generator of ``benchmarks
 size: ``voxel`` = ``default``) and, if present, ``/work/shared/real_nuclei`` (GoNuclear,
 validation data: voxel size from its ImageJ metadata).
 
-    python benchmarks/bench_heldout_nuclei.py [--threads 2] [--quick] [--json out.json]
+    python benchmarks/bench_heldout_nuclei.py [--threads 2] [--quick] [--tta] [--modes default,voxel,auto]
+        [--json out.json]
+
+``--tta``: test-time flip averaging (8 flips of Z/Y/X) in every run; ``--modes`` limits the columns.
 """
 
 from __future__ import annotations
@@ -62,6 +65,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="one seed per independent voxel size")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--tta", action="store_true", help="test-time flip averaging (8 flips)")
+    ap.add_argument("--modes", default="default,voxel,auto", help="comma-separated subset of default,voxel,auto")
     args = ap.parse_args()
     import torch
     from stardist.matching import matching
@@ -75,15 +80,16 @@ def main() -> None:
     print(f"{'data set':62s} {'n':>4s} | {'default':>16s} | {'voxel':>16s} | {'auto':>16s} | auto estimate", flush=True)
     for name, img, lab, vs in datasets(args.quick):
         cells, est = {}, ""
-        for mode in ("default", "voxel", "auto"):
-            kw = {}
+        modes = [m for m in ("default", "voxel", "auto") if m in args.modes.split(",")]
+        for mode in modes:
+            kw = {"tta": True} if args.tta else {}
             if mode == "voxel":
-                if vs is None:
+                if vs is None and "default" in cells:
                     cells[mode] = cells["default"]
                     continue
-                kw = {"voxel_size": vs}
+                kw["voxel_size"] = vs
             elif mode == "auto":
-                kw = {"voxel_size": vs, "object_size": "auto"}
+                kw.update(voxel_size=vs, object_size="auto")
             t0 = time.perf_counter()
             pred, det = model.predict_instances(img, **kw)
             m = matching(lab, pred, thresh=0.5)
@@ -94,10 +100,11 @@ def main() -> None:
                 e = det["scale_plan"]["estimate"]
                 est = f"{e['diameter_vox']:.1f} vox, factors {np.round(det['scale_plan']['factors'], 2).tolist()}"
         n_true = int(len(np.unique(lab)) - 1)
-        rows.append({"data": name, "n_true": n_true, "voxel_size": vs, **cells})
-        fmt = lambda c: f"{c['f1']:.3f} ({c['n_pred']:>3d} pr)"  # noqa: E731
-        print(f"{name:62s} {n_true:4d} | {fmt(cells['default']):>16s} | {fmt(cells['voxel']):>16s} | "
-              f"{fmt(cells['auto']):>16s} | {est}", flush=True)
+        rows.append({"data": name, "n_true": n_true, "voxel_size": vs, "tta": bool(args.tta), **cells})
+        fmt = lambda c: "-" if c is None else f"{c['f1']:.3f} ({c['n_pred']:>3d} pr)"  # noqa: E731
+        sec = sum(c["seconds"] for c in cells.values())
+        print(f"{name:62s} {n_true:4d} | {fmt(cells.get('default')):>16s} | {fmt(cells.get('voxel')):>16s} | "
+              f"{fmt(cells.get('auto')):>16s} | {est} | {sec:.1f} s", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1, default=str))
 
