@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from napari_neuroseg.cli._flags import add_flag
+from napari_neuroseg.cli._progress import ProgressPrinter
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -147,9 +148,7 @@ def run(args: argparse.Namespace) -> int:
     params = {k: v for k, v in (("fg_threshold", args.fg_threshold), ("merge_threshold", args.merge_threshold),
                                 ("min_size", args.min_size)) if v is not None}
 
-    def cb(pr):
-        if not args.quiet:
-            print(f"\r  [{pr.step}/{pr.total}] {pr.message:<40}", end="", file=sys.stderr, flush=True)
+    cb = ProgressPrinter(quiet=args.quiet)
 
     res = run_to_completion(
         predict_iter(raw, resolve_neuron_model(args.model), device=args.device, params=params or None,
@@ -157,8 +156,7 @@ def run(args: argparse.Namespace) -> int:
                      channel_axis=None, voxel_size=voxel_size, tta=args.tta),
         cb,
     )
-    if not args.quiet:
-        print(file=sys.stderr)
+    cb.end()
     labels = res.labels
     if fmt == "tiff":
         write_tiff(out, labels, axes="ZYX")

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from napari_neuroseg.cli._flags import add_flag
+from napari_neuroseg.cli._progress import ProgressPrinter
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -132,19 +133,7 @@ def run(args: argparse.Namespace) -> int:
     channel_axis = 0 if image.ndim == 4 and vol.axes.startswith("C") else None
     t0 = time.perf_counter()
 
-    last = [0.0, -1]
-    tty = sys.stderr.isatty()
-
-    def show(p) -> None:
-        if args.quiet:
-            return
-        now = time.perf_counter()
-        if tty and (now - last[0] > 0.5 or p.step >= p.total):
-            last[0] = now
-            print(f"\r[{p.step}/{p.total}] {p.message}".ljust(79), end="", file=sys.stderr, flush=True)
-        elif not tty and p.step != last[1]:  # logs: one line per step, not per NMS tick
-            last[1] = p.step
-            print(f"[{p.step}/{p.total}] {p.message}", file=sys.stderr, flush=True)
+    show = ProgressPrinter(quiet=args.quiet)  # logs: one line per step, not per NMS tick
 
     labels, details = run_to_completion(
         model.predict_instances_iter(
@@ -155,8 +144,7 @@ def run(args: argparse.Namespace) -> int:
         ),
         show,
     )
-    if not args.quiet and tty:
-        print(file=sys.stderr)
+    show.end()
     labels = np.asarray(labels, dtype=np.int32)
     scale = tuple(vol.scale) if getattr(vol, "scale", None) else None
     write_labels(out, labels, scale)
