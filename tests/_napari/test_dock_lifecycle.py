@@ -79,6 +79,12 @@ def _user_edits(qtbot, viewer, layer):
     _key(qtbot, viewer, Qt.Key.Key_Delete)  # delete 1
 
 
+def _proofreading_callbacks(layer):
+    """Mouse callbacks of the proofreading package still on ``layer``."""
+    return [cb for cb in layer.mouse_drag_callbacks
+            if type(getattr(cb, "__self__", None)).__module__.startswith("napari_neuroseg._napari.proofreading")]
+
+
 def _dock(viewer, widget, name):
     dw = viewer.window.add_dock_widget(widget, name=name)
     return dw
@@ -114,7 +120,8 @@ def test_real_events_edit_while_the_dock_is_open(shown_viewer, qtbot):
     assert not (seg.data == 2).any()
     _click(qtbot, viewer, (5, 25, 4), CTRL)
     _click(qtbot, viewer, (5, 34, 36), CTRL)
-    assert widget.controller.seeds == [(5, 25, 4), (5, 34, 36)]
+    assert widget.controller.picker.seeds == [(5, 25, 4), (5, 34, 36)]
+    assert _proofreading_callbacks(seg)  # (so the "let go" tests below can see a leftover)
     _key(qtbot, viewer, Qt.Key.Key_S, SHIFT)
     assert seg.data[5, 34, 36] not in (0, 3)
     seg.selected_label = 1
@@ -127,8 +134,8 @@ def test_real_events_edit_while_the_dock_is_open(shown_viewer, qtbot):
 
 @pytest.mark.parametrize("how", ["close_button", "hide_button", "window_menu", "plugins_menu", "remove_dock_widget"])
 def test_closed_proofreading_dock_lets_go(shown_viewer, qtbot, how, monkeypatch):
-    from napari_neuroseg._napari import proofread_actions
     from napari_neuroseg._napari.proofread_widget import ProofreadWidget
+    from napari_neuroseg._napari.proofreading import ProofreadController, picking
 
     viewer = shown_viewer
     seg = viewer.add_labels(_labels(), name="seg")
@@ -139,17 +146,18 @@ def test_closed_proofreading_dock_lets_go(shown_viewer, qtbot, how, monkeypatch)
     _close(viewer, dw, how, qtbot)
 
     fired: list = []
-    for name in ("_on_click", "merge_at", "add_seed", "run_split", "delete_selected", "_on_paint", "_on_data"):
-        orig = getattr(proofread_actions.ProofreadController, name)
-        monkeypatch.setattr(proofread_actions.ProofreadController, name,
-                            lambda *a, _n=name, _o=orig, **k: (fired.append(_n), _o(*a, **k))[1])
+    # every key, click and button runs through ProofreadController.run; the mouse through Picker
+    for cls, name in ((ProofreadController, "run"), (ProofreadController, "apply"), (ProofreadController, "_on_paint"),
+                      (ProofreadController, "_on_data"), (picking.Picker, "on_click"), (picking.Picker, "add_seed"),
+                      (picking.Picker, "run_split")):
+        orig = getattr(cls, name)
+        monkeypatch.setattr(cls, name, lambda *a, _n=name, _o=orig, **k: (fired.append(_n), _o(*a, **k))[1])
     original = np.array(seg.data)
     _user_edits(qtbot, viewer, seg)
     seg.data = seg.data.copy()  # a data event: nothing of the closed dock may listen
     np.testing.assert_array_equal(seg.data, original)
     assert not [str(k) for k, f in seg.keymap.items() if getattr(f, "__name__", "").startswith("proofread_")]
-    assert not any(getattr(cb, "__self__", None) is not None and type(cb.__self__).__name__ == "ProofreadController"
-                   for cb in seg.mouse_drag_callbacks)
+    assert not _proofreading_callbacks(seg)
     assert fired == []
     # closed for good: new layers do not reach the widget
     viewer.add_labels(np.zeros((4, 4, 4), np.uint8), name="later")
@@ -180,8 +188,7 @@ def test_closing_the_viewer_releases_the_layer(make_napari_viewer, qtbot):
     viewer.close()
     qtbot.wait(20)
     assert not [k for k, f in seg.keymap.items() if getattr(f, "__name__", "").startswith("proofread_")]
-    assert not any(type(getattr(cb, "__self__", None)).__name__ == "ProofreadController"
-                   for cb in seg.mouse_drag_callbacks)
+    assert not _proofreading_callbacks(seg)
 
 
 @pytest.mark.parametrize("kind", ["nuclei", "neurons", "evaluate", "batch"])

@@ -39,7 +39,7 @@ def _click(layer, coord, *mods):
 
 
 def _press(ctrl, coord, *mods):
-    ctrl._on_click(ctrl.layer, _click(ctrl.layer, coord, *mods))
+    ctrl.picker.on_click(ctrl.layer, _click(ctrl.layer, coord, *mods))
 
 
 @pytest.fixture
@@ -79,13 +79,13 @@ def test_ctrl_click_seeds_and_split_key(setup):
     original = np.array(layer.data)
     _press(ctrl, (5, 25, 4), "Control")
     _press(ctrl, (5, 34, 36), "Control")
-    assert ctrl.seeds == [(5, 25, 4), (5, 34, 36)] and layer.selected_label == 3
+    assert ctrl.picker.seeds == [(5, 25, 4), (5, 34, 36)] and layer.selected_label == 3
     seeds_layer = viewer.layers["seg split seeds"]
     assert len(seeds_layer.data) == 2
     _key(layer, "Shift+S")()
     a, b = layer.data[5, 25, 4], layer.data[5, 34, 36]
     assert a == 3 and b != 3 and b > 0
-    assert ctrl.seeds == [] and len(seeds_layer.data) == 0
+    assert ctrl.picker.seeds == [] and len(seeds_layer.data) == 0
     layer.undo()
     np.testing.assert_array_equal(layer.data, original)
 
@@ -183,7 +183,7 @@ def test_review_queue_walk_and_resume(setup, tmp_path):
     kinds = [(it.kind, it.id) for it in q.items]
     assert kinds[0] == ("tiny", 7) and ("largest", 3) in kinds
     path = tmp_path / "seg.tif.review.json"
-    ctrl.review_path = str(path)
+    ctrl.nav.path = str(path)
     _key(layer, "N")()
     assert layer.selected_label == 7
     assert tuple(int(round(v)) for v in viewer.dims.point) == (1, 0, 0)
@@ -204,8 +204,10 @@ def test_review_queue_walk_and_resume(setup, tmp_path):
     assert ctrl.review.position == 0 and ctrl.review.current.status == "fixed"
 
 
-def test_zarr_backed_layer_edit_undo_save(make_napari_viewer, tmp_path):
+def test_zarr_backed_layer_edit_undo_save(make_napari_viewer, tmp_path, monkeypatch):
     import zarr
+
+    from napari_neuroseg._napari import _save
     from napari_neuroseg._napari.proofread_widget import ProofreadWidget
     from napari_neuroseg.proofread.chunked import ChunkedLabels
 
@@ -224,7 +226,13 @@ def test_zarr_backed_layer_edit_undo_save(make_napari_viewer, tmp_path):
     assert layer.data[5, 5, 25] == 2
     layer.redo()
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "seg.zarr"))[:], data)  # not saved yet
-    widget.save()
+    asked: list = []
+    monkeypatch.setattr(_save, "confirm", lambda parent, title, text: (asked.append(text), False)[1])
+    assert widget.save() is None  # writing into the opened store asks first: declined, unchanged
+    assert len(asked) == 1 and "1 edited chunk" in asked[0] or "edited chunk" in asked[0]
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "seg.zarr"))[:], data)
+    monkeypatch.setattr(_save, "confirm", lambda *a: True)
+    assert "edited chunk" in widget.save()
     ref = data.copy()
     ref[ref == 2] = 1
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "seg.zarr"))[:], ref)
@@ -281,9 +289,9 @@ def test_click_in_3d_picks_the_first_label_along_the_ray(setup):
         position=(0.0, 5.0, 25.0), view_direction=(1.0, 0.0, 0.0), dims_displayed=(0, 1, 2),
         modifiers=("Shift",), type="mouse_press",
     )
-    assert ctrl.event_voxel(event) == (2, 5, 25)  # the first voxel of label 2 along z
+    assert ctrl.picker.event_voxel(event) == (2, 5, 25)  # the first voxel of label 2 along z
     layer.selected_label = 1
-    ctrl._on_click(layer, event)
+    ctrl.picker.on_click(layer, event)
     assert not (layer.data == 2).any()
 
 
@@ -303,3 +311,142 @@ def test_review_from_metrics_runs_in_a_worker(setup, qtbot):
     qtbot.waitUntil(lambda: widget.controller.review is not None, timeout=60000)
     kinds = {(it.kind, it.id) for it in widget.controller.review.items}
     assert ("missed_gt", 2) in kinds
+
+
+# ------------------------------------------------------------------ jump to an item, wording, saving
+def _ring_labels():
+    """A thin ring (label 5): its centroid lies in the hole, off the object."""
+    lab = np.zeros((9, 64, 64), np.uint32)
+    yy, xx = np.mgrid[:64, :64]
+    r = np.hypot(yy - 40, xx - 30)
+    lab[3:6][:, (r >= 12) & (r < 14)] = 5
+    lab[4, 5:8, 50:53] = 2  # a small object elsewhere
+    return lab
+
+
+def test_jump_to_an_item_zooms_to_its_box_on_the_object_and_outlines_it(make_napari_viewer):
+    from napari_neuroseg._napari.proofread_widget import ProofreadWidget
+    from napari_neuroseg._napari.proofreading import HIGHLIGHT_LAYER
+    from napari_neuroseg._napari.proofreading.navigation import HIGHLIGHT_COLOR
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(_ring_labels(), name="seg", scale=(2.0, 0.5, 0.5))
+    widget = ProofreadWidget(viewer)
+    q = ReviewQueue.from_checks(layer.data, tiny=0, border=False, largest=1)
+    (item,) = q.items
+    assert item.id == 5 and layer.data[tuple(int(round(c)) for c in item.centroid)] == 0  # centroid off the ring
+    widget._install_queue(q, None)
+    viewer.layers.selection.active = layer
+    zoom_before = viewer.scene.camera.zoom
+    widget.run_action("review_next")
+    # the slice and the camera centre lie on a voxel of the object
+    voxel = tuple(int(round(v)) for v in layer.world_to_data(viewer.dims.point))
+    assert layer.data[voxel] == 5
+    centre = np.asarray(viewer.scene.camera.center[-2:]) / 0.5
+    assert layer.data[(voxel[0], *np.round(centre).astype(int))] == 5
+    # zoomed in to the box (26 x 26 voxels of 0.5 um), all of it in view
+    cam = viewer.scene.camera
+    assert cam.zoom > zoom_before
+    box = np.array(item.bbox)
+    half_view = 0.5 * min(viewer.canvas.size) / cam.zoom  # world units from the centre to the edge
+    for ax in (1, 2):
+        lo, hi = box[ax] * 0.5
+        assert cam.center[ax] - half_view <= lo and hi <= cam.center[ax] + half_view
+    # outlined in a fixed colour that no label colour uses, in a small layer at the box
+    hl = viewer.layers[HIGHLIGHT_LAYER]
+    assert hl.contour >= 1 and hl.data.shape == tuple(box[:, 1] - box[:, 0])
+    np.testing.assert_array_equal(hl.data > 0, layer.data[tuple(slice(a, b) for a, b in box)] == 5)
+    np.testing.assert_allclose(hl.translate, box[:, 0] * np.array([2.0, 0.5, 0.5]))
+    np.testing.assert_allclose(hl.colormap.map(np.array([1]))[0], HIGHLIGHT_COLOR)
+    label_colours = layer.colormap.map(np.arange(1, 200))
+    assert not np.any(np.all(np.isclose(label_colours, HIGHLIGHT_COLOR, atol=0.05), axis=1))
+    assert widget.layer_combo.findText(HIGHLIGHT_LAYER) < 0  # never a proofreading target
+    assert layer.selected_label == 5 and viewer.layers.selection.active is layer
+    # the end of the queue removes the outline; closing the dock too
+    widget.run_action("review_next")
+    assert HIGHLIGHT_LAYER not in viewer.layers
+
+
+def test_missed_objects_are_outlined_from_the_ground_truth_and_named_after_the_task(setup, qtbot):
+    viewer, layer, widget = setup
+    gt = _labels()
+    gt[2:10, 22:38, 2:38] = 0
+    gt[3:6, 25:30, 5:9] = 9  # a nucleus the prediction misses
+    pred = np.array(gt)
+    pred[pred == 9] = 0
+    viewer.layers.remove(layer)
+    viewer.add_labels(pred, name="pred")
+    viewer.add_labels(gt, name="truth")
+    widget.layer_combo.setCurrentText("pred")
+    widget.gt_combo.setCurrentText("truth")
+    assert widget.task_combo.findData("nuclei") >= 0 and widget.task_combo.toolTip()
+    widget.task_combo.setCurrentIndex(widget.task_combo.findData("nuclei"))
+    widget.build_review_from_metrics()
+    qtbot.waitUntil(lambda: widget.controller.review is not None, timeout=60000)
+    q = widget.controller.review
+    assert q.task == "nuclei" and [(it.kind, it.id) for it in q.items] == [("missed_gt", 9)]
+    widget.run_action("review_next")
+    text = widget.review_label.text()
+    assert "missed nucleus: GT nucleus 9" in text and "neuron" not in text
+    hl = viewer.layers["review: current item"]
+    np.testing.assert_array_equal(hl.data > 0, gt[3:6, 25:30, 5:9] == 9)
+    voxel = tuple(int(round(v)) for v in viewer.dims.point)
+    assert gt[voxel] == 9
+
+
+def test_save_an_in_memory_layer_through_the_plugin_writers(setup, tmp_path, monkeypatch):
+    from napari_neuroseg._napari import _save
+    from napari_neuroseg.io import read_image
+
+    viewer, layer, widget = setup
+    layer.scale = (2.0, 0.5, 0.5)
+    layer.selected_label = 2
+    widget.run_action("delete")
+    asked = {}
+
+    def fake_dialog(parent, title, start, filters):
+        asked.update(start=start, filters=list(filters))
+        return str(tmp_path / "edited"), _save.TIFF_FILTER  # no extension typed: the format's is added
+
+    monkeypatch.setattr(_save, "ask_save_path", fake_dialog)
+    assert widget.save() == str(tmp_path / "edited.tif")
+    assert asked["start"].endswith("seg_edited.tif") and _save.TIFF_FILTER in asked["filters"]
+    assert _save.FISBE_FILTER not in asked["filters"]  # offered only for a FISBe layer
+    back = read_image(tmp_path / "edited.tif")
+    np.testing.assert_array_equal(np.asarray(back.data).squeeze(), layer.data)
+    np.testing.assert_allclose(back.scale[-3:], (2.0, 0.5, 0.5))
+    # cancelled: nothing written, nothing said
+    monkeypatch.setattr(_save, "ask_save_path", lambda *a: ("", ""))
+    assert widget.save() is None
+
+
+def test_save_never_overwrites_an_input_without_asking(make_napari_viewer, tmp_path, monkeypatch):
+    from napari_neuroseg._napari import _save
+    from napari_neuroseg._napari.proofread_widget import ProofreadWidget
+    from napari_neuroseg.io import write_tiff
+
+    path = tmp_path / "seg_labels.tif"
+    write_tiff(path, _labels(), axes="ZYX")
+    original = path.read_bytes()
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin="napari-neuroseg")
+    layer = viewer.layers[-1]
+    widget = ProofreadWidget(viewer)
+    assert widget.controller.layer is layer
+    layer.selected_label = 1
+    widget.run_action("delete")
+    monkeypatch.setattr(_save, "ask_save_path", lambda *a: (str(path), _save.TIFF_FILTER))
+    answers: list = []
+    monkeypatch.setattr(_save, "confirm", lambda parent, title, text: (answers.append(text), False)[1])
+    assert widget.save() is None
+    assert len(answers) == 1 and "opened from" in answers[0]
+    assert path.read_bytes() == original
+    monkeypatch.setattr(_save, "confirm", lambda *a: True)
+    assert widget.save() == str(path)
+    assert path.read_bytes() != original
+
+
+def test_in_memory_save_without_a_path_says_how(setup):
+    _, _, widget = setup
+    assert widget.controller.run(widget.controller.save) is None
+    assert "Save…" in widget.status_label.text() or "in memory" in widget.status_label.text()

@@ -66,13 +66,13 @@ def main(out_dir: str = "docs/images") -> int:
     centre = (np.array(s1) + np.array(s2)) / 2
     viewer.dims.set_point(0, z)
     layer.selected_label = a
-    ctrl.add_seed(s1)
-    ctrl.add_seed(s2)
+    ctrl.picker.add_seed(s1)
+    ctrl.picker.add_seed(s2)
     _camera(viewer).center = tuple(float(c) for c in centre[1:])
     _camera(viewer).zoom = 5
     _save(viewer, out / "proofread_widget.png")
     before = viewer.screenshot(canvas_only=True, flash=False)
-    ctrl.run_split()
+    ctrl.picker.run_split()
     after = viewer.screenshot(canvas_only=True, flash=False)
     pair = np.concatenate([before, np.full((before.shape[0], 12, 4), 255, np.uint8), after], axis=1)
     rows = np.flatnonzero(before[..., :3].max(axis=(1, 2)) > 0)

@@ -1,7 +1,9 @@
 """The Proofreading dock widget: buttons, editable shortcuts, locks, saving and a review queue.
 
-All logic lives in :class:`~napari_neuroseg._napari.proofread_actions.ProofreadController`
-(bound to one Labels layer); this widget only collects parameters and calls it.
+All logic lives in :class:`~napari_neuroseg._napari.proofreading.ProofreadController` (bound to
+one Labels layer; keys, picking, painting, review navigation and saving in the modules of
+:mod:`napari_neuroseg._napari.proofreading`); this widget only collects parameters and calls its
+public methods, every action through ``controller.run``.
 """
 
 from __future__ import annotations
@@ -25,11 +27,18 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_neuroseg.metrics.nuclei import TASK_TITLES
 from napari_neuroseg.proofread.review import ReviewQueue, review_path
 
 from ._dock import CollapsibleSection, DockLifecycleMixin, fit_controls, scrollable
-from ._layers import ROLE_KEY, is_ground_truth
-from .proofread_actions import ACTION_TITLES, DEFAULT_SHORTCUTS, ProofreadController
+from ._layers import FISBE_INSTANCES, ROLE_KEY, is_ground_truth
+from .proofreading import (
+    ACTION_TITLES,
+    DEFAULT_SHORTCUTS,
+    SCRATCH_SUFFIX,
+    ProofreadController,
+)
+from .proofreading.saving import default_save_path, labels_filters
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -64,13 +73,12 @@ _BUTTON_TIPS = {
 }
 
 #: Labels layers the plugin itself adds that are never proofreading targets.
-_SCRATCH_SUFFIX = "painted region"
 _NOT_TARGET_META = ("neuroseg_error_kind", "fisbe_overlaps")
 
 
 def _is_candidate(layer: Any) -> bool:
     """A Labels layer the user may proofread (not a scratch, error or overlaps layer)."""
-    if getattr(layer, "_type_string", None) != "labels" or layer.name.endswith(_SCRATCH_SUFFIX):
+    if getattr(layer, "_type_string", None) != "labels" or layer.name.endswith(SCRATCH_SUFFIX):
         return False
     md = getattr(layer, "metadata", None) or {}
     if md.get(ROLE_KEY) == "scratch" or any(md.get(k) for k in _NOT_TARGET_META):
@@ -91,7 +99,7 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
     closed; see :mod:`._dock`).
     """
 
-    def __init__(self, napari_viewer: "napari.Viewer"):
+    def __init__(self, napari_viewer: napari.Viewer):
         super().__init__()
         self.viewer = napari_viewer
         self.controller: ProofreadController | None = None
@@ -138,7 +146,7 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
             self.buttons[action] = btn
         self.paint_btn = QPushButton("Paint region")
         self.paint_btn.setToolTip("Paint into a scratch layer, then 'Painted → new label' or 'Painted → selected'")
-        self.paint_btn.clicked.connect(lambda: self.controller and self.controller.start_painting())
+        self.paint_btn.clicked.connect(self.start_painting)
         grid.addWidget(self.paint_btn, len(_BUTTONS) // 2, len(_BUTTONS) % 2)
         layout.addLayout(grid)
         self._update_buttons()
@@ -147,8 +155,11 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
         self.locked_label.setWordWrap(True)
         layout.addWidget(self.locked_label)
         row = QHBoxLayout()
-        self.save_btn = QPushButton("Save edits")
-        self.save_btn.setToolTip("Zarr-backed layer: write the edited chunks. FISBe layer: rewrite the FISBe layout.")
+        self.save_btn = QPushButton("Save…")
+        self.save_btn.setToolTip(
+            "Save the edited labels with the plugin's writers: choose a TIFF (voxel size kept), OME-Zarr or "
+            "FISBe .zarr file (in-memory layers too); an opened input file is overwritten only after you agree. "
+            "A zarr layer edited chunk by chunk writes its edited chunks into its own store (asks first).")
         self.save_btn.clicked.connect(self.save)
         self.load_btn = QPushButton("Load into memory")
         self.load_btn.setToolTip("Copy a lazy (dask) layer into memory so it can be edited (needs its size in RAM)")
@@ -182,7 +193,16 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
         self.gt_combo.setToolTip("Ground-truth Labels layer the metrics compare the edited layer with")
         self.partly = QCheckBox("partly labelled GT")
         self.partly.setToolTip("Predictions lying mostly in unlabelled background are not counted as false positives")
+        self.task_combo = QComboBox()
+        self.task_combo.addItem("auto (guess from the ground truth)", "auto")
+        for task in ("nuclei", "neurons"):
+            self.task_combo.addItem(TASK_TITLES[task], task)
+        self.task_combo.setToolTip(
+            "Metrics behind 'From metrics': nuclei = unmatched objects at IoU 0.5, every object counts; "
+            "neurons = FISBe preset (false merges/splits, predictions <= 800 voxels dropped); "
+            "auto guesses from the ground truth. The queue names missed objects after the task")
         rform.addRow("Ground truth", self.gt_combo)
+        rform.addRow("Task", self.task_combo)
         rform.addRow("", self.partly)
         self.tiny = QSpinBox()
         self.tiny.setRange(0, 10**9)
@@ -203,7 +223,8 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
         brow = QHBoxLayout()
         for title, slot, tip in (
             ("From metrics", self.build_review_from_metrics,
-             "Queue the FISBe metric errors (false merges/splits, missed GT, false positives) against the ground truth"),
+             "Queue the metric errors of the Task against the ground truth (nuclei: missed nuclei, false "
+             "positives; neurons: false merges/splits, false positives, missed neurons); runs in the background"),
             ("From checks", self.build_review_from_checks, "Queue tiny, largest and border-touching labels"),
             ("Load…", self.load_review, "Open a saved review queue (.review.json) to resume"),
         ):
@@ -217,7 +238,8 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
                               ("Fixed", "review_fixed"), ("Ignore", "review_ignore")):
             b = QPushButton(title)
             key = DEFAULT_SHORTCUTS.get(action)
-            b.setToolTip(ACTION_TITLES[action] + (f" ({key})" if key else "") + "; the camera centres on the item")
+            b.setToolTip(ACTION_TITLES[action] + (f" ({key})" if key else "")
+                         + "; the view zooms to the item's box, centred on a voxel of the object, outlined in white")
             b.clicked.connect(lambda _=False, a=action: self.run_action(a))
             nav.addWidget(b)
         rl.addLayout(nav)
@@ -398,26 +420,49 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
             cur = q.current
             self.review_label.setText(
                 f"{len(q)} items: {n['todo']} to do, {n['fixed']} fixed, {n['ignored']} ignored"
-                + (f"\ncurrent: {cur.describe()}" if cur else "")
+                + (f"\ncurrent: {q.describe(cur)}" if cur else "")
             )
 
     # -- actions --------------------------------------------------------------------------------
     def run_action(self, action: str) -> Any:
+        """Run a proofreading action (a key's name in DEFAULT_SHORTCUTS) on the edited layer."""
         if self.controller is None:
             self._status("add or select a Labels layer first")
             return None
         self._sync_options()
-        return self.controller._guarded(self.controller.action(action))
+        return self.controller.run(action)
+
+    def start_painting(self) -> None:
+        if self.controller is not None:
+            self.controller.run(self.controller.painter.start_painting)
 
     def set_shortcut(self, action: str, key: str) -> None:
         self.shortcuts[action] = key
-        if self.controller is not None:
-            self.controller._guarded(lambda: self.controller.bind(action, key))
+        c = self.controller
+        if c is not None:
+            c.run(lambda: c.bind(action, key))
         self._update_buttons()
 
-    def save(self) -> None:
-        if self.controller is not None:
-            self.controller._guarded(self.controller.save)
+    def save(self) -> str | None:
+        """Save the edited labels (the Save… button): a chunk-edited zarr layer into its own store
+        after asking; any other layer to a file chosen in a dialog with the plugin's formats (an
+        opened input only after asking). Returns the path or message, None when backed out."""
+        from ._save import confirm, save_with_dialog
+
+        c = self.controller
+        if c is None:
+            self._status("add or select a Labels layer first")
+            return None
+        if c.chunked:
+            n = len(c.layer.data.dirty_chunks)
+            if not confirm(self, "Save into the opened file?",
+                           f"Write {n} edited chunk(s) of '{c.layer.name}' into the zarr store it was opened "
+                           "from? The file changes in place (atomically)."):
+                return None
+            return c.run(c.save)
+        return c.run(lambda: save_with_dialog(
+            self, title=f"Save '{c.layer.name}'", start=default_save_path(c.layer),
+            filters=labels_filters(c.layer), viewer=self.viewer, write=c.save))
 
     def load_into_memory(self) -> None:
         import numpy as np
@@ -434,11 +479,20 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
         c = self.controller
         return None if c is None else getattr(c.layer.source, "path", None)
 
-    def _install_queue(self, queue: ReviewQueue, path: str | None) -> None:
+    def _gt_data(self) -> Any:
+        """The chosen ground truth (its FISBe stack if it has one), or None."""
+        name = self.gt_combo.currentText()
+        if name not in self.viewer.layers:
+            return None
+        gt_layer = self.viewer.layers[name]
+        gt = gt_layer.metadata.get(FISBE_INSTANCES)
+        return gt if gt is not None else gt_layer.data
+
+    def _install_queue(self, queue: ReviewQueue, path: str | None, gt: Any = None) -> None:
         c = self.controller
         if c is None:
             return
-        c.set_review(queue, path)
+        c.set_review(queue, path, gt=gt if gt is not None else self._gt_data())
         if path:
             queue.save(path)
         self._status(f"review queue: {len(queue)} items" + (f" (saved to {path})" if path else ""))
@@ -457,21 +511,17 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
 
     def build_review_from_metrics(self) -> None:
         c = self.controller
-        name = self.gt_combo.currentText()
-        if c is None or name not in self.viewer.layers:
+        gt = self._gt_data()
+        if c is None or gt is None:
             self._status("choose the ground-truth Labels layer first")
             return
-        from napari_neuroseg._napari._layers import FISBE_INSTANCES
-
         from ._workers import start_worker
 
-        gt_layer = self.viewer.layers[name]
-        gt = gt_layer.metadata.get(FISBE_INSTANCES)
-        gt = gt if gt is not None else gt_layer.data
         path = self._default_review_path()
+        task = str(self.task_combo.currentData())
         start_worker(
-            ReviewQueue.from_metrics_iter, gt, c.layer.data, partly=self.partly.isChecked(),
-            on_return=lambda q: self._install_queue(q, path), desc="FISBe metrics for review",
+            ReviewQueue.from_metrics_iter, gt, c.layer.data, partly=self.partly.isChecked(), task=task,
+            on_return=lambda q: self._install_queue(q, path, gt), desc="metrics for the review queue",
         )
 
     def load_review(self, path: str | None = None) -> None:
@@ -480,6 +530,6 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
             path, _ = QFileDialog.getOpenFileName(self, "Load review queue", start, "Review queue (*.review.json *.json)")
         if not path or self.controller is None:
             return
-        queue = self.controller._guarded(lambda: ReviewQueue.load(path))
+        queue = self.controller.run(lambda: ReviewQueue.load(path))
         if queue is not None:
             self._install_queue(queue, path)

@@ -27,11 +27,13 @@ KIND_TITLES = {
     "false_merge": "false merge",
     "false_split": "false split",
     "false_positive": "false positive",
-    "missed_gt": "missed neuron",
+    "missed_gt": "missed GT object",
     "tiny": "tiny object",
     "border": "touches the border",
     "largest": "large object",
 }
+#: the ground-truth object of each metrics task, in the queue's words ("missed nucleus")
+TASK_OBJECTS = {"nuclei": "nucleus", "neurons": "neuron"}
 FORMAT_VERSION = 1
 
 
@@ -57,13 +59,17 @@ class ReviewItem:
             return int(self.id)
         return int(self.related[0]) if self.related else 0
 
-    def describe(self) -> str:
+    def describe(self, task: str | None = None) -> str:
+        """One line for the item; ``task`` ("nuclei", "neurons": the queue's ``meta["task"]``)
+        names the ground-truth objects ("missed nucleus", "GT neuron 4")."""
         rel = ""
         if self.related:
             other = "GT" if self.source == "pred" else "pred"
             rel = f" ({other} {', '.join(map(str, self.related))})"
-        who = "label" if self.source == "pred" else "GT neuron"
-        return f"{KIND_TITLES.get(self.kind, self.kind)}: {who} {self.id}{rel}, {self.size} voxels [{self.status}]"
+        obj = TASK_OBJECTS.get(task or "")
+        who = "label" if self.source == "pred" else f"GT {obj or 'object'}"
+        kind = f"missed {obj}" if self.kind == "missed_gt" and obj else KIND_TITLES.get(self.kind, self.kind)
+        return f"{kind}: {who} {self.id}{rel}, {self.size} voxels [{self.status}]"
 
 
 def object_stats(labels: Any, ids: Iterable[int] | None = None) -> dict[int, dict[str, Any]]:
@@ -307,6 +313,17 @@ class ReviewQueue:
         if note is not None:
             item.note = note
         return item
+
+    @property
+    def task(self) -> str | None:
+        """The metrics task the queue was built for ("nuclei" / "neurons"), if known."""
+        task = self.meta.get("task")
+        return task if isinstance(task, str) else None
+
+    def describe(self, item: ReviewItem | None = None) -> str:
+        """:meth:`ReviewItem.describe` of ``item`` (default: the current one) in the task's words."""
+        item = self.current if item is None else item
+        return "" if item is None else item.describe(self.task)
 
     def counts(self) -> dict[str, int]:
         out = {s: 0 for s in STATUSES}

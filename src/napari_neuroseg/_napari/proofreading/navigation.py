@@ -1,0 +1,192 @@
+"""Walking a review queue: each item is shown zoomed to its bounding box, centred on a voxel
+that lies on the object (a centroid can lie off a thin or curved neuron), with its outline
+drawn in a temporary "review: current item" layer in one fixed colour that no label colour
+uses (white), and its label selected.
+
+The queue is saved after every step (``<labels>.review.json``) when it has a path.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_neuroseg.errors import NeurosegError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .controller import ProofreadController
+
+__all__ = ["HIGHLIGHT_COLOR", "HIGHLIGHT_LAYER", "ReviewNavigator", "item_mask", "on_object_voxel"]
+
+HIGHLIGHT_LAYER = "review: current item"
+#: outline colour of the current item: white is not among napari's label colours (saturated hues)
+HIGHLIGHT_COLOR = (1.0, 1.0, 1.0, 1.0)
+#: the item's bounding box fills at most this fraction of the canvas
+ZOOM_FILL = 0.8
+#: never zoom closer than this many voxels across the canvas (a 1-voxel object)
+MIN_VIEW_VOXELS = 24
+
+
+def item_mask(item: Any, pred: Any, gt: Any = None) -> np.ndarray | None:
+    """The item's voxels inside its bounding box: the prediction's label for a "pred" item; for a
+    "gt" item the ground-truth object (``gt`` ZYX labels or an (N, Z, Y, X) FISBe stack), else
+    its predictions (``related``); None when neither is at hand."""
+    box = tuple(slice(int(lo), int(hi)) for lo, hi in item.bbox)
+    if item.source == "pred":
+        return np.asarray(pred[box]) == int(item.id)
+    if gt is not None:
+        if len(gt.shape) == len(box) + 1:
+            if not 1 <= int(item.id) <= gt.shape[0]:
+                return None
+            return np.asarray(gt[(int(item.id) - 1,) + box]) > 0
+        return np.asarray(gt[box]) == int(item.id)
+    if item.related:
+        return np.isin(np.asarray(pred[box]), [int(r) for r in item.related])
+    return None
+
+
+def on_object_voxel(item: Any, mask: np.ndarray | None, scale: Any = None) -> tuple[int, ...]:
+    """The voxel of the object nearest to its centroid (physical distance with ``scale``); the
+    rounded centroid when the object has no voxel in ``mask``."""
+    lo = np.array([int(b[0]) for b in item.bbox])
+    centroid = np.asarray(item.centroid, float)
+    if mask is None or not mask.any():
+        return tuple(int(v) for v in np.round(centroid))
+    pts = np.argwhere(mask) + lo
+    w = np.ones(len(lo)) if scale is None else np.asarray(scale, float)[-len(lo):]
+    d = (((pts - centroid) * w) ** 2).sum(1)
+    return tuple(int(v) for v in pts[int(np.argmin(d))])
+
+
+class ReviewNavigator:
+    """The review queue of one controller and the view of its current item."""
+
+    def __init__(self, controller: ProofreadController):
+        self._c = controller
+        self.queue: Any = None  # proofread.review.ReviewQueue
+        self.path: str | None = None
+        self.gt: Any = None  # ground truth the queue was built against (places "gt" items)
+        self._highlight: Any = None
+
+    def set_queue(self, queue: Any, path: str | None = None, *, gt: Any = None) -> None:
+        from .controller import LOCKED_KEY
+
+        self.queue, self.path, self.gt = queue, path, gt
+        c = self._c
+        if queue is not None and getattr(queue, "locked", None):
+            c.locked |= {int(i) for i in queue.locked}
+            c.layer.metadata[LOCKED_KEY] = sorted(c.locked)
+
+    def locks_changed(self) -> None:
+        if self.queue is not None:
+            self.queue.locked = sorted(self._c.locked)
+            self.autosave()
+
+    def autosave(self) -> None:
+        if self.queue is not None and self.path:
+            self.queue.save(self.path)
+
+    def _need_queue(self) -> Any:
+        if self.queue is None:
+            raise NeurosegError("no review queue", fix="build one from the metrics or the checks in the widget")
+        return self.queue
+
+    # -- walking ------------------------------------------------------------------------------
+    def next(self) -> Any:
+        item = self._need_queue().next()
+        self.goto(item)
+        self.autosave()
+        return item
+
+    def previous(self) -> Any:
+        item = self._need_queue().previous()
+        self.goto(item)
+        self.autosave()
+        return item
+
+    def mark(self, status: str) -> Any:
+        self._need_queue().mark(status)
+        self.autosave()
+        return self.next()
+
+    # -- showing an item ----------------------------------------------------------------------
+    def goto(self, item: Any) -> tuple[int, ...] | None:
+        """Show ``item``: the slice and camera centre on a voxel of the object, the zoom fits its
+        bounding box, its outline is drawn and its label selected. Returns that voxel."""
+        c = self._c
+        if item is None:
+            self.clear_highlight()
+            c.status("review: no more items")
+            return None
+        layer = c.layer
+        mask = item_mask(item, layer.data, self.gt)
+        voxel = on_object_voxel(item, mask, layer.scale)
+        self._show_outline(item, mask)
+        self._frame(item, voxel)
+        if item.select_id:
+            layer.selected_label = int(item.select_id)
+        q = self.queue
+        c.status(f"review {q.position + 1}/{len(q)}: {q.describe(item)}")
+        return voxel
+
+    def _frame(self, item: Any, voxel: tuple[int, ...]) -> None:
+        """Slice through ``voxel``, centre the camera on it and zoom so the box is in view."""
+        viewer, layer = self._c.viewer, self._c.layer
+        world = np.asarray(layer.data_to_world(np.asarray(voxel, float)))
+        dims = viewer.dims
+        offset = dims.ndim - len(world)
+        for ax in range(len(world)):
+            dims.set_point(offset + ax, float(world[ax]))
+        shown = [d - offset for d in dims.displayed if d - offset >= 0]
+        camera = viewer.scene.camera
+        camera.center = tuple(float(world[a]) for a in shown)
+        scale = np.abs(np.asarray(layer.scale, float)[-len(world):])
+        lo = np.array([b[0] for b in item.bbox], float)
+        hi = np.array([b[1] for b in item.bbox], float)
+        v = np.asarray(voxel, float)
+        half = np.maximum(v - lo + 0.5, hi - 0.5 - v + 0.5)  # the box around the voxel, in voxels
+        span = max(float(np.max(2 * half[shown] * scale[shown])), MIN_VIEW_VOXELS * float(scale[shown].min()))
+        size = [s for s in viewer.canvas.size if s > 0]
+        if size:
+            camera.zoom = ZOOM_FILL * float(min(size)) / span
+
+    def _show_outline(self, item: Any, mask: np.ndarray | None) -> None:
+        """Draw the item's outline (its voxels; its box where they are unknown) in the highlight
+        layer, a small array placed at the item's box."""
+        c = self._c
+        layer = c.layer
+        box = np.array([[int(lo), int(hi)] for lo, hi in item.bbox])
+        shape = tuple(int(v) for v in np.maximum(box[:, 1] - box[:, 0], 1))
+        data = np.ones(shape, np.uint8) if mask is None or not mask.any() else mask.astype(np.uint8)
+        scale = np.asarray(layer.scale, float)
+        translate = np.asarray(layer.translate, float) + box[:, 0] * scale[-len(box):]
+        hl = self._highlight
+        if hl is None or hl not in c.viewer.layers or hl.ndim != data.ndim:
+            from napari.utils.colormaps import DirectLabelColormap
+
+            from napari_neuroseg._napari._layers import ROLE_KEY
+
+            cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: HIGHLIGHT_COLOR})
+            active = c.viewer.layers.selection.active
+            self._highlight = hl = c.viewer.add_labels(
+                data, name=HIGHLIGHT_LAYER, colormap=cmap, opacity=1.0, scale=scale, translate=translate,
+                metadata={ROLE_KEY: "scratch", "neuroseg_error_kind": "review"}, blending="translucent_no_depth",
+            )
+            hl.contour = 1
+            hl.editable = False
+            if active is not None:
+                c.viewer.layers.selection.active = active
+        else:
+            hl.data = data
+            hl.translate = translate
+            hl.visible = True
+
+    def clear_highlight(self) -> None:
+        """Remove the outline layer (the queue ended, or the dock let go of the layer)."""
+        hl, self._highlight = self._highlight, None
+        try:
+            if hl is not None and hl in self._c.viewer.layers:
+                self._c.viewer.layers.remove(hl)
+        except Exception:  # noqa: BLE001 - the viewer may be closing
+            pass
