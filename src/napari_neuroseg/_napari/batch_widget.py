@@ -273,13 +273,8 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
             self.status_label.setText(json.dumps({k: v for k, v in rec.items() if k not in ("input", "output")})[:500])
             return None
-        if out.suffix in (".tif", ".tiff"):
-            data = read_output(out)
-        else:  # Zarr / OME-Zarr: lazily, so huge blockwise outputs open at once
-            import zarr
-
-            node = zarr.open(str(out), mode="r")
-            data = node["0"] if isinstance(node, zarr.Group) else node
+        # lazily (dask), so huge blockwise outputs open at once
+        data = read_output(out, lazy=True)
         scale, unit = _voxel_size_of(out, rec.get("input"))
         return self.viewer.add_labels(data, name=out.name.split(".")[0], scale=scale,
                                       metadata={"unit": unit} if unit else {})

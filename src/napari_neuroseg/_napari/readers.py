@@ -28,14 +28,13 @@ from napari_neuroseg._napari._layers import (
     looks_like_labels,
     maybe_load,
 )
+from napari_neuroseg.io.formats import HDF5_SUFFIXES, TIFF_SUFFIXES, file_stem
+from napari_neuroseg.io.zarr_io import is_zarr
 
 __all__ = ["get_reader_tiff", "get_reader_zarr", "get_reader_hdf5", "read_tiff", "read_zarr", "read_hdf5"]
 
 ReaderFunction = Callable[[Any], list[LayerData]]
 
-TIFF_SUFFIXES = (".tif", ".tiff")
-HDF5_SUFFIXES = (".h5", ".hdf", ".hdf5")
-_ZARR_META = (".zgroup", ".zarray", "zarr.json")
 
 
 def _single_path(path: str | Sequence[str]) -> str | None:
@@ -46,14 +45,6 @@ def _single_path(path: str | Sequence[str]) -> str | None:
 
 def _all_paths(path: str | Sequence[str]) -> list[Path]:
     return [Path(p) for p in path] if isinstance(path, (list, tuple)) else [Path(path)]
-
-
-def _stem(p: Path) -> str:
-    name = p.name.rstrip("/")
-    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr", ".hdf5", ".hdf", ".h5"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
 
 
 def _volume_layers(vol: Any, *, name: str | None = None, labels: bool | None = None) -> LayerData:
@@ -89,19 +80,15 @@ def read_tiff(path: str | Sequence[str]) -> list[LayerData]:
     out = []
     for p in _all_paths(path):
         vol = read_image(p, lazy=True)
-        out.append(_volume_layers(vol, name=_stem(p)))
+        out.append(_volume_layers(vol, name=file_stem(p)))
     return out
 
 
 # --------------------------------------------------------------------------------------- Zarr
-def _is_zarr_dir(p: Path) -> bool:
-    return p.is_dir() and (p.suffix.lower() == ".zarr" or any((p / m).is_file() for m in _ZARR_META))
-
-
 def get_reader_zarr(path: str | Sequence[str]) -> ReaderFunction | None:
     """Reader for Zarr folders (v2/v3): FISBe layout, OME-Zarr (with ``labels/``) or plain."""
     single = _single_path(path)
-    if single is None or not _is_zarr_dir(Path(single)):
+    if single is None or not is_zarr(Path(single)):
         return None
     return read_zarr
 
@@ -190,7 +177,7 @@ def read_zarr(path: str | Sequence[str]) -> list[LayerData]:
     from napari_neuroseg.io.zarr_io import ome_multiscales, open_zarr
 
     p = Path(_single_path(path) or "")
-    name = _stem(p)
+    name = file_stem(p)
     if is_fisbe(p):
         return _fisbe_layers(p, name)
     root = open_zarr(p)
@@ -220,4 +207,4 @@ def read_hdf5(path: str | Sequence[str]) -> list[LayerData]:
     from napari_neuroseg.io import list_keys
 
     p = Path(_single_path(path) or "")
-    return _container_layers(p, list_keys(p), _stem(p), "hdf5")
+    return _container_layers(p, list_keys(p), file_stem(p), "hdf5")

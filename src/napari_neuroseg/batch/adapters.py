@@ -241,7 +241,8 @@ class EvaluateTask(Task):
         return {"name": "fisbe-metrics", "gt": params.get("gt")}
 
     def find_gt(self, pred_path: str, params: dict) -> Path:
-        from napari_neuroseg.batch.sources import _stem, classify
+        from napari_neuroseg.batch.sources import classify
+        from napari_neuroseg.io.formats import file_stem
 
         gt = params.get("gt")
         if not gt:
@@ -249,11 +250,11 @@ class EvaluateTask(Task):
         g = Path(gt)
         if not g.is_dir() or classify(g) is not None:
             return g
-        stem = _stem(Path(pred_path))
-        cands = [c for c in sorted(g.iterdir()) if classify(c) is not None and (_stem(c) == stem or stem.startswith(_stem(c)))]
+        stem = file_stem(pred_path)
+        cands = [c for c in sorted(g.iterdir()) if classify(c) is not None and (file_stem(c) == stem or stem.startswith(file_stem(c)))]
         if not cands:
             raise NeurosegError(f"no ground truth named like {stem!r} in {g}", path=pred_path, fix="name GT and prediction files alike")
-        return max(cands, key=lambda c: len(_stem(c)))
+        return max(cands, key=lambda c: len(file_stem(c)))
 
     def evaluate_file(self, path: str, key: str | None, params: dict) -> dict:
         from napari_neuroseg.batch.sources import InputSpec, classify, open_input

@@ -1,9 +1,11 @@
 """Batch inputs: find them (folder / glob / list) and open them lazily for block reads.
 
-Supported: TIFF (``.tif``/``.tiff``, memory-mapped or read tile by tile), Zarr arrays and groups,
-OME-Zarr (level 0 of the first multiscale image), the FISBe layout (``volumes/raw`` of a Zarr
-group, or ``volumes/gt_instances`` / a prediction key for metric tasks) and HDF5. Opening never
-reads the whole volume: the returned array is sliced block by block. Problems are reported as
+Supported: every format :mod:`napari_neuroseg.io` reads — TIFF (memory-mapped or decoded tile by
+tile), Zarr arrays and groups, OME-Zarr (level 0), the FISBe layout (``volumes/raw``, or
+``volumes/gt_instances`` for metric tasks) and HDF5 — opened by
+:func:`napari_neuroseg.io.readers.open_array`; this module only adapts them to batch (ZYX or
+CZYX, leading length-1 axes dropped, in-memory layers). Opening never reads the whole volume:
+the returned array is sliced block by block. Problems are reported as
 :class:`~napari_neuroseg.errors.NeurosegError` naming the file and the fix.
 """
 
@@ -19,11 +21,13 @@ from typing import Any
 import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.io.formats import file_stem
+from napari_neuroseg.io.readers import detect_format, open_array
+from napari_neuroseg.io.volume import spatial_scale
 
-TIFF_EXT = (".tif", ".tiff")
-ZARR_EXT = (".zarr", ".n5zarr")
-HDF5_EXT = (".h5", ".hdf5", ".hdf")
 _MAGIC_GLOB = set("*?[")
+#: io's format names -> batch's (``InputSpec.format``); ``.npy`` files are not batch inputs
+_BATCH_FORMAT = {"tiff": "tif", "zarr": "zarr", "ome-zarr": "ome-zarr", "fisbe": "fisbe", "hdf5": "hdf5"}
 
 
 @dataclass(frozen=True)
@@ -39,13 +43,18 @@ class InputSpec:
 
 @dataclass
 class OpenedInput:
-    """A lazily sliceable volume: ``data[..., z0:z1, y0:y1, x0:x1]`` reads only that block."""
+    """A lazily sliceable volume: ``data[..., z0:z1, y0:y1, x0:x1]`` reads only that block.
+
+    ``scale`` is the voxel size (Z, Y, X) the file gives (1.0 where it says nothing), in
+    ``meta["unit"]`` — the shape :func:`~napari_neuroseg.runtime.scale.voxel_size_from_volume` reads.
+    """
 
     data: Any
     axes: str
     scale: tuple[float, float, float]
     spec: InputSpec
     _closers: list = field(default_factory=list, repr=False)
+    meta: dict = field(default_factory=dict)
 
     @property
     def spatial_shape(self) -> tuple[int, int, int]:
@@ -98,36 +107,13 @@ class OpenedInput:
         self.close()
 
 
-def _stem(path: Path) -> str:
-    name = path.name.rstrip("/")
-    for ext in (".ome.zarr", ".ome.tiff", ".ome.tif") + TIFF_EXT + ZARR_EXT + HDF5_EXT:
-        if name.lower().endswith(ext):
-            return name[: -len(ext)]
-    return path.stem
-
-
 def classify(path: str | Path) -> str | None:
-    """The input format of ``path`` from its name and, for Zarr, its contents; None if unknown."""
-    p = Path(path)
-    low = p.name.lower()
-    if low.endswith(TIFF_EXT):
-        return "tif"
-    if low.endswith(HDF5_EXT):
-        return "hdf5"
-    is_zarr_dir = p.is_dir() and any((p / m).exists() for m in (".zarray", ".zgroup", "zarr.json"))
-    if low.endswith(ZARR_EXT) or is_zarr_dir:
-        if (p / "volumes" / "raw").exists() or (p / "volumes" / "gt_instances").exists():
-            return "fisbe"
-        try:
-            import zarr
-
-            node = zarr.open(str(p), mode="r")
-            if isinstance(node, zarr.Group) and "multiscales" in node.attrs:
-                return "ome-zarr"
-        except Exception:  # noqa: BLE001 - decided at open time, where errors are reported
-            pass
-        return "zarr"
-    return None
+    """The batch input format of ``path`` (from :func:`napari_neuroseg.io.readers.detect_format`);
+    None for anything batch cannot read."""
+    try:
+        return _BATCH_FORMAT.get(detect_format(path))
+    except NeurosegError:
+        return None
 
 
 def discover_inputs(
@@ -150,7 +136,7 @@ def discover_inputs(
         if real in seen:
             return
         seen.add(real)
-        specs.append(InputSpec(str(path), fmt or "unknown", _stem(path), key))
+        specs.append(InputSpec(str(path), fmt or "unknown", file_stem(path), key))
 
     for item in inputs:
         if isinstance(item, tuple):
@@ -204,21 +190,6 @@ def _axes_for(ndim: int, spec: InputSpec) -> str:
     )
 
 
-def _zarr_keys(group: Any) -> list[str]:
-    keys: list[str] = []
-
-    def walk(g: Any, prefix: str) -> None:
-        for name, node in g.members():
-            full = f"{prefix}{name}"
-            if hasattr(node, "shape"):
-                keys.append(full)
-            else:
-                walk(node, full + "/")
-
-    walk(group, "")
-    return sorted(keys)
-
-
 def open_input(spec: InputSpec, *, role: str = "image") -> OpenedInput:
     """Open ``spec`` lazily. ``role="labels"`` picks the label array of FISBe groups.
 
@@ -227,50 +198,30 @@ def open_input(spec: InputSpec, *, role: str = "image") -> OpenedInput:
     if spec.format == "array":
         data = np.asarray(spec.array)
         return OpenedInput(data, _axes_for(data.ndim, spec), (1.0, 1.0, 1.0), spec)
-    path = spec.path
+    if spec.format not in _BATCH_FORMAT.values():
+        raise NeurosegError(
+            "unsupported input format",
+            path=spec.path,
+            fix="give TIFF (.tif), Zarr/OME-Zarr (.zarr), FISBe Zarr or HDF5 (.h5/.hdf) volumes",
+        )
     try:
-        if spec.format == "tif":
-            return _open_tiff(spec)
-        if spec.format in ("zarr", "ome-zarr", "fisbe"):
-            return _open_zarr(spec, role)
-        if spec.format == "hdf5":
-            return _open_hdf5(spec)
+        arr = open_array(spec.path, spec.key, labels=role == "labels")
     except NeurosegError:
         raise
     except Exception as err:  # noqa: BLE001 - corrupt files raise all sorts of errors
         raise NeurosegError(
             f"cannot read the volume ({type(err).__name__}: {err})",
-            path=path,
+            path=spec.path,
             fix="check that the file is complete and not corrupt, or remove it from the inputs",
         ) from err
-    raise NeurosegError(
-        "unsupported input format",
-        path=path,
-        fix="give TIFF (.tif), Zarr/OME-Zarr (.zarr), FISBe Zarr or HDF5 (.h5/.hdf) volumes",
-    )
-
-
-def _open_tiff(spec: InputSpec) -> OpenedInput:
-    import tifffile
-
-    scale = (1.0, 1.0, 1.0)
-    with tifffile.TiffFile(spec.path) as tf:
-        ij = tf.imagej_metadata or {}
-        if ij.get("spacing"):
-            scale = (float(ij["spacing"]), 1.0, 1.0)
-        # Force reading every page header: truncated files fail here, not mid-batch.
-        _ = [p.shape for p in tf.pages]
     try:
-        data: Any = tifffile.memmap(spec.path, mode="r")
-        closers: list = []
-    except ValueError:  # compressed or not contiguous: read tiles through the zarr interface
-        import zarr
-
-        store = tifffile.imread(spec.path, aszarr=True)
-        data = zarr.open(store, mode="r")
-        closers = [store.close]
-    data = _squeeze_to_3d4d(data, spec)
-    return OpenedInput(data, _axes_for(data.ndim, spec), scale, spec, closers)
+        data = _squeeze_to_3d4d(arr.data, spec)
+        axes = _axes_for(data.ndim, spec)
+    except BaseException:
+        arr.close()
+        raise
+    scale = spatial_scale("ZYX", arr.scale)
+    return OpenedInput(data, axes, scale, spec, [arr.close], {"unit": arr.unit, "format": arr.format})  # type: ignore[arg-type]
 
 
 class _Squeezed:
@@ -295,67 +246,3 @@ def _squeeze_to_3d4d(data: Any, spec: InputSpec) -> Any:
     while data.ndim - n > 3 and data.shape[n] == 1:
         n += 1
     return data if n == 0 else _Squeezed(data, n)
-
-
-def _open_zarr(spec: InputSpec, role: str) -> OpenedInput:
-    import zarr
-
-    node = zarr.open(spec.path, mode="r")
-    scale = (1.0, 1.0, 1.0)
-    if isinstance(node, zarr.Array):
-        data = node
-    else:
-        key = spec.key
-        if key is None and spec.format == "ome-zarr":
-            ms = node.attrs["multiscales"][0]
-            ds = ms["datasets"][0]
-            key = ds["path"]
-            for t in ds.get("coordinateTransformations", []):
-                if t.get("type") == "scale":
-                    scale = tuple(float(v) for v in t["scale"][-3:])  # type: ignore[assignment]
-        if key is None and spec.format == "fisbe":
-            key = "volumes/raw" if role == "image" else "volumes/gt_instances"
-        if key is None:
-            keys = _zarr_keys(node)
-            if len(keys) != 1:
-                raise NeurosegError(
-                    f"the Zarr group holds {len(keys)} arrays {keys}, which one?",
-                    path=spec.path,
-                    fix="give --key with one of them",
-                )
-            key = keys[0]
-        try:
-            data = node[key]
-        except KeyError:
-            raise NeurosegError(
-                f"no array {key!r} in the Zarr group (arrays: {_zarr_keys(node)})",
-                path=spec.path,
-                fix="give --key with one of them",
-            ) from None
-    data = _squeeze_to_3d4d(data, spec)
-    return OpenedInput(data, _axes_for(data.ndim, spec), scale, spec)
-
-
-def _open_hdf5(spec: InputSpec) -> OpenedInput:
-    import h5py
-
-    f = h5py.File(spec.path, "r")
-    try:
-        key = spec.key
-        if key is None:
-            keys: list[str] = []
-            f.visititems(lambda n, o: keys.append(n) if isinstance(o, h5py.Dataset) else None)
-            if len(keys) != 1:
-                raise NeurosegError(
-                    f"the HDF5 file holds {len(keys)} datasets {sorted(keys)}, which one?",
-                    path=spec.path,
-                    fix="give --key with one of them",
-                )
-            key = keys[0]
-        if key not in f:
-            raise NeurosegError(f"no dataset {key!r} in the HDF5 file", path=spec.path, fix="give the right --key")
-        data = _squeeze_to_3d4d(f[key], spec)
-        return OpenedInput(data, _axes_for(data.ndim, spec), (1.0, 1.0, 1.0), spec, [f.close])
-    except BaseException:
-        f.close()
-        raise

@@ -22,7 +22,7 @@ from napari_neuroseg.io.fisbe import (
     write_fisbe,
 )
 from napari_neuroseg.io.hdf5 import read_hdf5, write_hdf5
-from napari_neuroseg.io.readers import FORMATS, detect_format, list_keys, read_image, read_labels
+from napari_neuroseg.io.readers import FORMATS, OpenArray, detect_format, list_keys, open_array, read_image, read_labels
 from napari_neuroseg.io.tiff import read_tiff, write_tiff
 from napari_neuroseg.io.volume import Volume, guess_axes
 from napari_neuroseg.io.zarr_io import is_ome_zarr, is_zarr, write_ome_zarr, write_zarr
@@ -30,6 +30,7 @@ from napari_neuroseg.io.zarr_io import is_ome_zarr, is_zarr, write_ome_zarr, wri
 __all__ = [
     "FORMATS",
     "FisbeSample",
+    "OpenArray",
     "Volume",
     "as_label_array",
     "atomic_output",
@@ -43,6 +44,7 @@ __all__ = [
     "is_zarr",
     "labels_to_instances",
     "list_keys",
+    "open_array",
     "read_fisbe",
     "read_hdf5",
     "read_image",

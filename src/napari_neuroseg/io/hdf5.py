@@ -10,10 +10,10 @@ import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.io.atomic import atomic_output, defer_sigint
+from napari_neuroseg.io.formats import HDF5_SUFFIXES
 
-__all__ = ["HDF5_SUFFIXES", "hdf5_keys", "read_hdf5", "resolve_hdf5_key", "write_hdf5", "KNOWN_LABEL_KEYS"]
+__all__ = ["HDF5_SUFFIXES", "hdf5_keys", "open_hdf5_dataset", "read_hdf5", "resolve_hdf5_key", "write_hdf5", "KNOWN_LABEL_KEYS"]
 
-HDF5_SUFFIXES = (".h5", ".hdf", ".hdf5", ".he5")
 
 #: Keys used for label volumes by known tools; with no key given, the first present one is read
 #: by ``read_labels`` (FISBe predictions: ``volumes/gmm_label_cleaned``).
@@ -86,6 +86,18 @@ def read_hdf5(path: str | Path, key: str | None = None, *, lazy: bool = False) -
         return dset[()]
     finally:
         f.close()
+
+
+def open_hdf5_dataset(path: str | Path, key: str | None = None, *, labels: bool = False):
+    """Open dataset ``key`` for block reads (slicing reads only that block): ``(dataset, close)``.
+
+    The file stays open until ``close()`` is called. ``key`` is resolved as in
+    :func:`resolve_hdf5_key` (``labels``: a known label key when several datasets are present).
+    """
+    path = Path(path)
+    k = resolve_hdf5_key(path, key, labels=labels)
+    f = _open(path)
+    return f[k], f.close
 
 
 def hdf5_attrs(path: str | Path, key: str) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +12,16 @@ import numpy as np
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.io.checks import as_label_array
 from napari_neuroseg.io.fisbe import GT_KEY, RAW_KEY, is_fisbe
-from napari_neuroseg.io.hdf5 import HDF5_SUFFIXES, hdf5_keys, hdf5_scale, read_hdf5, resolve_hdf5_key
-from napari_neuroseg.io.tiff import TIFF_SUFFIXES, read_tiff, tiff_series_keys
+from napari_neuroseg.io.formats import file_stem
+from napari_neuroseg.io.hdf5 import (
+    HDF5_SUFFIXES,
+    hdf5_keys,
+    hdf5_scale,
+    open_hdf5_dataset,
+    read_hdf5,
+    resolve_hdf5_key,
+)
+from napari_neuroseg.io.tiff import TIFF_SUFFIXES, open_tiff_array, read_tiff, tiff_series_keys
 from napari_neuroseg.io.volume import Volume, guess_axes, normalize_axes, spatial_scale
 from napari_neuroseg.io.zarr_io import (
     is_ome_zarr,
@@ -23,7 +33,7 @@ from napari_neuroseg.io.zarr_io import (
     zarr_keys,
 )
 
-__all__ = ["detect_format", "read_image", "read_labels", "list_keys", "FORMATS", "split_key"]
+__all__ = ["detect_format", "read_image", "read_labels", "list_keys", "open_array", "OpenArray", "FORMATS", "split_key"]
 
 #: Formats :func:`detect_format` can return.
 FORMATS = ("tiff", "zarr", "ome-zarr", "fisbe", "hdf5", "npy")
@@ -101,7 +111,7 @@ def _volume_from_array(data: Any, p: Path, *, axes: str | None, scale_by_axis: d
     guessed = not axes
     use_axes = axes.upper() if axes else guess_axes(tuple(data.shape), p)
     data, norm = normalize_axes(data, use_axes, p)
-    name = p.name.rsplit(".", 1)[0] if "." in p.name else p.name
+    name = file_stem(p)
     return Volume(
         data=data,
         axes=norm,
@@ -173,6 +183,19 @@ def _labels_key_for_zarr(p: Path, fmt: str) -> str | None:
                 path=p,
                 fix="pass the key of one, e.g. --key labels/" + names[0],
             )
+    if fmt == "zarr":
+        from napari_neuroseg.io.hdf5 import KNOWN_LABEL_KEYS
+
+        keys = zarr_keys(p)
+        known = [k for k in KNOWN_LABEL_KEYS if k in keys]
+        if len(keys) > 1 and known:
+            return known[0]
+        if len(keys) > 1:
+            raise NeurosegError(
+                f"the Zarr group holds {len(keys)} arrays and no key was given: {keys}",
+                path=p,
+                fix=f"pass the key of the label array (--key), e.g. {keys[0]!r}",
+            )
     return None
 
 
@@ -198,19 +221,6 @@ def read_labels(path: str | Path, key: str | None = None, *, lazy: bool = False)
     elif fmt in ("zarr", "ome-zarr", "fisbe"):
         if key is None:
             key = _labels_key_for_zarr(p, fmt)
-        if key is None and fmt == "zarr":
-            from napari_neuroseg.io.hdf5 import KNOWN_LABEL_KEYS
-
-            keys = zarr_keys(p)
-            known = [k for k in KNOWN_LABEL_KEYS if k in keys]
-            if len(keys) > 1 and known:
-                key = known[0]
-            elif len(keys) > 1:
-                raise NeurosegError(
-                    f"the Zarr group holds {len(keys)} arrays and no key was given: {keys}",
-                    path=p,
-                    fix=f"pass the key of the label array (--key), e.g. {keys[0]!r}",
-                )
         arr, *_ = read_zarr_array(p, key)
         if lazy:
             import dask.array as da
@@ -230,3 +240,63 @@ def read_labels(path: str | Path, key: str | None = None, *, lazy: bool = False)
     while data.ndim > 3 and data.shape[0] == 1 and not (fmt == "fisbe" and data.ndim == 4):
         data = data[0]
     return as_label_array(data, p)
+
+
+@dataclass
+class OpenArray:
+    """A stored array opened for block reads: slicing ``data`` reads (decodes) only that block.
+
+    ``data`` is a Zarr array, an HDF5 dataset, a read-only memory map (uncompressed TIFF, .npy)
+    or a Zarr view of a compressed TIFF; it is valid until :meth:`close`. ``axes`` are the stored
+    axes when the file's metadata names them (else None), ``scale`` the voxel size per axis
+    letter the file gives (``{}`` when it says nothing) in ``unit``; ``key`` the array read.
+    """
+
+    data: Any
+    format: str
+    axes: str | None = None
+    scale: dict[str, float] = field(default_factory=dict)
+    unit: str = "micrometer"
+    key: str | None = None
+    _close: Callable[[], Any] | None = field(default=None, repr=False)
+
+    def close(self) -> None:
+        close, self._close = self._close, None
+        if close is not None:
+            close()
+
+    def __enter__(self) -> OpenArray:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_array(path: str | Path, key: str | None = None, *, labels: bool = False) -> OpenArray:
+    """Open the image (or, ``labels``, the label) array of any supported file without reading it.
+
+    The array is chosen as :func:`read_image` / :func:`read_labels` choose it (a FISBe sample:
+    ``volumes/raw``, or ``volumes/gt_instances`` for labels; an OME-Zarr: level 0; a container
+    with one array: that array). For readers of volumes larger than memory (batch's blockwise
+    runs); the caller closes it.
+    """
+    p, inner = split_key(path)
+    key = key if key is not None else inner
+    fmt = detect_format(p)
+    if fmt == "tiff":
+        data, axes, scale, unit, close = open_tiff_array(p, key)
+        return OpenArray(data, fmt, axes, scale, unit, key, close)
+    if fmt in ("zarr", "ome-zarr", "fisbe"):
+        if key is None and labels:
+            key = _labels_key_for_zarr(p, fmt)
+        arr, axes, scale, unit, key = read_zarr_array(p, key)
+        return OpenArray(arr, fmt, axes, scale, unit, key)
+    if fmt == "hdf5":
+        dset, close = open_hdf5_dataset(p, key, labels=labels)
+        try:
+            spatial = "".join(a for a in guess_axes(tuple(dset.shape), p) if a in "ZYX")
+            scale = hdf5_scale(p, dset.name.strip("/"), spatial)
+        except NeurosegError:
+            scale = {}
+        return OpenArray(dset, fmt, None, scale, "micrometer", dset.name.strip("/"), close)
+    return OpenArray(np.load(p, mmap_mode="r", allow_pickle=False), fmt, None, {}, "micrometer", None)

@@ -11,11 +11,11 @@ import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.io.atomic import atomic_output
+from napari_neuroseg.io.formats import TIFF_SUFFIXES, file_stem
 from napari_neuroseg.io.volume import Volume, guess_axes, normalize_axes, spatial_scale
 
-__all__ = ["read_tiff", "write_tiff", "tiff_series_keys", "TIFF_SUFFIXES"]
+__all__ = ["open_tiff_array", "read_tiff", "write_tiff", "tiff_series_keys", "TIFF_SUFFIXES"]
 
-TIFF_SUFFIXES = (".tif", ".tiff")
 
 _IMAGEJ_DTYPES = (np.uint8, np.uint16, np.float32)
 _UNIT_ALIASES = {"micron": "micrometer", "um": "micrometer", "µm": "micrometer", "\\u00B5m": "micrometer"}
@@ -135,6 +135,41 @@ def _scale_from_tiff(tif, series) -> tuple[dict[str, float], str]:
     return scale, unit
 
 
+def open_tiff_array(path: str | Path, key: str | int | None = None):
+    """Open one series of a TIFF for block reads without reading it.
+
+    Returns ``(data, axes | None, scale_by_axis, unit, close)``: ``data`` is a read-only
+    memory map when the pixels are stored uncompressed and contiguous, else a Zarr view that
+    decodes only the tiles/strips a slice touches; ``axes`` are the stored axes when ImageJ/OME
+    metadata says them; ``close`` releases the file. The file is checked as :func:`read_tiff`
+    checks it (truncated or corrupt files raise a :class:`NeurosegError` here, not mid-read).
+    """
+    import tifffile
+    import zarr
+
+    path = Path(path)
+    tif = _open(path)
+    with tif:
+        try:
+            index = 0 if key in (None, "") else int(key)
+            series = tif.series[index]
+        except (ValueError, IndexError):
+            raise NeurosegError(
+                f"the TIFF has no series {key!r}", path=path,
+                fix=f"use one of the series {[str(i) for i in range(len(tif.series))]}",
+            ) from None
+        scale_by_axis, unit = _scale_from_tiff(tif, series)
+        axes = series.axes.upper() if (tif.is_imagej or tif.is_ome) else None
+    if index == 0:
+        try:
+            return tifffile.memmap(path, mode="r"), axes, scale_by_axis, unit, lambda: None
+        except ValueError:  # compressed or not contiguous: decode tile by tile through Zarr
+            pass
+    store = tifffile.imread(path, aszarr=True, series=index)
+    node = zarr.open(store, mode="r")
+    return (node if hasattr(node, "shape") else node["0"]), axes, scale_by_axis, unit, store.close
+
+
 def read_tiff(
     path: str | Path, key: str | int | None = None, *, lazy: bool = False, axes: str | None = None
 ) -> Volume:
@@ -204,20 +239,12 @@ def read_tiff(
             data=data,
             axes=norm_axes,
             scale=spatial_scale(norm_axes, scale_by_axis),
-            name=_stem(path),
+            name=file_stem(path),
             meta=meta,
         )
     finally:
         if not lazy:
             tif.close()
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suf in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".ome.zarr", ".zarr", ".hdf5", ".hdf", ".h5"):
-        if name.lower().endswith(suf):
-            return name[: -len(suf)]
-    return path.stem
 
 
 def _tiff_dtype(data: Any, path: Path) -> np.dtype:

@@ -11,6 +11,7 @@ import numpy as np
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.io.atomic import atomic_output
 from napari_neuroseg.io.checks import as_label_array
+from napari_neuroseg.io.formats import ZARR_SUFFIXES, file_stem
 from napari_neuroseg.io.volume import Volume, guess_axes, normalize_axes, spatial_scale
 
 __all__ = [
@@ -37,7 +38,7 @@ def is_zarr(path: str | Path) -> bool:
     p = Path(path)
     if not p.is_dir():
         return False
-    return p.suffix.lower() == ".zarr" or any((p / m).is_file() for m in _META_FILES)
+    return p.suffix.lower() in ZARR_SUFFIXES or any((p / m).is_file() for m in _META_FILES)
 
 
 def open_zarr(path: str | Path, key: str | None = None, *, mode: str = "r"):
@@ -267,8 +268,7 @@ def read_zarr_image(
     data = _load(arr, lazy)
     src_axes = use_axes
     data, norm_axes = normalize_axes(data, use_axes, p)
-    name = p.name[: -len(".zarr")] if p.name.lower().endswith(".zarr") else p.name
-    name = name[: -len(".ome")] if name.lower().endswith(".ome") else name
+    name = file_stem(p)
     if key and key not in ("0", "volumes/raw"):
         name = f"{name}:{key}"
     return Volume(

@@ -72,11 +72,11 @@ def load_sample(name: str):
     if name == "stardist_nuclei_3d":
         return stardist_nuclei_3d()
     if name == "nuclei":
-        import tifffile
+        from napari_neuroseg.io import read_image, read_labels
 
         img_path = sample_path("nuclei")
-        image = tifffile.imread(img_path).astype(np.float32)
-        labels = tifffile.imread(img_path.with_name(SAMPLES["nuclei"]["files"][1])).astype(np.int32)
+        image = np.asarray(read_image(img_path).data, dtype=np.float32)
+        labels = np.asarray(read_labels(img_path.with_name(SAMPLES["nuclei"]["files"][1])), dtype=np.int32)
         return image, labels
     if name == "neurons":
         return _load_neurons(sample_path("neurons"))
@@ -84,18 +84,18 @@ def load_sample(name: str):
 
 
 def _load_neurons(path: Path):
-    import zarr
+    from napari_neuroseg.io import read_fisbe
+    from napari_neuroseg.io.zarr_io import open_zarr
 
     from .neurons import NeuronSettings, NeuronVolume
 
     try:
-        root = zarr.open_group(str(path), mode="r")
-        raw = np.asarray(root["volumes/raw"][:])
-        gt_arr = root["volumes/gt_instances"]
-        gt = np.asarray(gt_arr[:])
-        dim = [int(d) for d in gt_arr.attrs.get("dim_neurons", [])]
-        extra = dict(root.attrs.get("synth", {}))
-    except (KeyError, OSError, ValueError) as exc:
+        sample = read_fisbe(path)
+        if sample.raw is None or sample.gt_instances is None:
+            raise ValueError("volumes/raw or volumes/gt_instances is missing")
+        raw, gt, dim = np.asarray(sample.raw), np.asarray(sample.gt_instances), list(sample.dim_neurons)
+        extra = dict(open_zarr(path).attrs.get("synth", {}))
+    except (KeyError, OSError, ValueError, NeurosegError) as exc:
         raise NeurosegError(
             f"cannot read the neuron sample ({exc})",
             path=path,
