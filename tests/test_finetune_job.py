@@ -165,3 +165,59 @@ def test_neuron_model_as_base_is_refused(tmp_path):
     with pytest.raises(NeurosegError, match="neuron model"):
         run_to_completion(finetune_nuclei_iter([img], [lbl], None, out_dir=tmp_path / "run",
                                                base="neuroseg_neurons", **TINY))
+
+
+@pytest.mark.slow  # ~90 s on the loaded machine: the neuron post-processing compiles (numba) once
+def test_neuron_job_trains_on_a_held_out_split_and_registers(tmp_path):
+    """The neurons twin: a tiny network, 2 steps, validation at the end (avF1 on the held-out slab)."""
+    import torch
+
+    from napari_neuroseg.models import registry
+    from napari_neuroseg.models.finetune_job import (
+        finetune_neurons_iter,
+        labels_to_stack,
+    )
+    from napari_neuroseg.models.neurons.model import NetConfig, save_model
+    from napari_neuroseg.synth import make_neurons
+
+    torch.manual_seed(0)
+    cfg = NetConfig(base=2, levels=2)
+    save_model(tmp_path / "tiny_neurons.pt", cfg.build(), cfg)
+    v = make_neurons((20, 48, 48), n_neurons=4, seed=3)
+    stack = labels_to_stack(v.labels)
+    assert stack.shape[0] == len(np.unique(v.labels)) - 1 and set(np.unique(stack[0])) == {0, 1}
+    seen = []
+    res = run_to_completion(finetune_neurons_iter([v.raw], [v.labels], None, out_dir=tmp_path / "run",
+                                                  base=str(tmp_path / "tiny_neurons.pt"), name="tiny_neurons_ft",
+                                                  steps=2, batch_size=1, threads=1, device="cpu", max_minutes=None),
+                            seen.append)
+    assert res.kind == "neurons" and res.steps == 2 and 0.0 <= res.f1_before <= 1.0 and 0.0 <= res.f1_after <= 1.0
+    assert [s for s, _ in res.curve["loss"]] == [1, 2] and res.curve["val_f1"] and res.curve["val_f1"][-1][0] == 2
+    assert registry.lookup("tiny_neurons_ft")["kind"] == "neurons"
+    assert "tiny_neurons_ft" in registry.model_names("neurons")
+    assert (tmp_path / "run" / "MODEL_CARD.md").is_file()
+    assert any(p.phase == "train" for p in seen) and seen[-1].phase == "done"
+    with pytest.raises(NeurosegError, match="3-channel"):
+        run_to_completion(finetune_neurons_iter([v.raw[0]], [v.labels], None, out_dir=tmp_path / "run2",
+                                                base=str(tmp_path / "tiny_neurons.pt"), steps=1))
+    with pytest.raises(NeurosegError, match="nuclei model"):
+        run_to_completion(finetune_neurons_iter([v.raw], [v.labels], None, out_dir=tmp_path / "run3",
+                                                base="neuroseg_nuclei", steps=1))
+
+
+def test_thresholds_are_the_base_models_unless_searched_in_time(tmp_path, base_model):
+    """Without a search the saved model keeps the base model's thresholds; a search that would
+    overrun the time budget is stopped at the deadline (the base thresholds are kept, the card says so)."""
+    import json
+
+    img, lbl = balls()
+    res = run_to_completion(finetune_nuclei_iter([img], [lbl], [(1.0, 0.5, 0.5)], out_dir=tmp_path / "a",
+                                                 base=str(base_model), register=False, live_f1=False, **TINY))
+    assert json.loads((tmp_path / "a" / "thresholds.json").read_text())["prob"] == pytest.approx(0.95)
+    assert res.info["prob"] == pytest.approx(0.95)
+    res = run_to_completion(finetune_nuclei_iter([img], [lbl], [(1.0, 0.5, 0.5)], out_dir=tmp_path / "b",
+                                                 base=str(base_model), register=False, live_f1=False,
+                                                 **dict(TINY, optimize_thresholds=True, max_minutes=0.005)))
+    assert json.loads((tmp_path / "b" / "thresholds.json").read_text())["prob"] == pytest.approx(0.95)
+    assert any("threshold search did not fit" in n for n in res.info["notes"])
+    assert "threshold search did not fit" in (tmp_path / "b" / "MODEL_CARD.md").read_text()

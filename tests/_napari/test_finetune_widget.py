@@ -217,6 +217,7 @@ def test_restore_and_resume_a_session(make_napari_viewer, qtbot, tiny_base):
     ("small", "too little data for a validation split"),
     ("neuron_base", "neuron model"),
     ("no_path", "no base model path"),
+    ("neurons_3d", "3-channel raw"),
 ])
 def test_bad_input_is_a_clear_message(make_napari_viewer, qtbot, tiny_base, case, message):
     from napari_neuroseg._napari.finetune_widget import FineTuneWidget
@@ -240,6 +241,9 @@ def test_bad_input_is_a_clear_message(make_napari_viewer, qtbot, tiny_base, case
         w.base_path.value = "neuroseg_neurons"
     if case == "no_path":
         w.base_path.value = ""
+    if case == "neurons_3d":
+        w.task.value = "neurons"
+        assert "neuroseg_nuclei" not in w.base.choices  # the picker follows the task
     worker = w.run()
     if worker is not None:  # errors found in the worker (scale, split, base model kind)
         qtbot.waitUntil(lambda: not w.controls.busy, timeout=60_000)

@@ -326,6 +326,10 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         if self.task.value == "nuclei" and x.ndim != 3:
             raise NeurosegError(f"the image layer '{img.name}' has {x.ndim} dimensions {tuple(x.shape)}; the nuclei "
                                 "model needs a single-channel 3D (Z, Y, X) image", fix="choose a 3D image layer")
+        if self.task.value == "neurons" and (x.ndim != 4 or x.shape[0] != 3):
+            raise NeurosegError(f"the image layer '{img.name}' has shape {tuple(x.shape)}; the neuron model needs the "
+                                "3-channel raw as one (3, Z, Y, X) layer",
+                                fix="open the raw without splitting its channels (one layer of 3 x Z x Y x X)")
         if x.shape[-3:] != y.shape:
             raise NeurosegError(f"the image layer '{img.name}' {tuple(x.shape)} and the Labels layer "
                                 f"'{lab.name}' {tuple(y.shape)} have different shapes",
@@ -358,10 +362,6 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         if self.controls.busy:
             return None
         try:
-            if self.task.value != "nuclei":
-                raise NeurosegError(
-                    "fine-tuning the neuron model from layers is not in this dock yet",
-                    fix="use 'neuroseg train neurons --init-from neuroseg_neurons --data DIR' (DIR/raw + DIR/labels)")
             a = self.job_arguments()
         except NeurosegError as err:
             notify_error(err)
@@ -374,12 +374,17 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             session.save_state(status="training", base=a["base"], output=a["name"], max_minutes=a["max_minutes"],
                                steps=a["steps"], device=a["device"], ignore_unlabelled=a["ignore_unlabelled"],
                                optimize_thresholds=a["optimize_thresholds"])
+            self._show_session()
         except NeurosegError as err:
             notify_error(err)
             self.status.setText(f"failed: {error_message(err)}")
             return None
-        from napari_neuroseg.models.finetune_job import finetune_nuclei_iter
+        from napari_neuroseg.models.finetune_job import (
+            finetune_neurons_iter,
+            finetune_nuclei_iter,
+        )
 
+        job = finetune_nuclei_iter if self.task.value == "nuclei" else finetune_neurons_iter
         self.result = None
         self._job = {"image": a["image_layer"].name, "scale": tuple(a["image_layer"].scale[-3:]),
                      "translate": tuple(a["image_layer"].translate[-3:]), "voxel_size": a["voxel_size"]}
@@ -389,7 +394,7 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.export_button.setEnabled(False)
         self.controls.run_button.setText("Fine-tune")
         return self.controls.start(
-            finetune_nuclei_iter, [a["image"]], [a["labels"]], [a["voxel_size"]], desc="Fine-tune",
+            job, [a["image"]], [a["labels"]], [a["voxel_size"]], desc="Fine-tune",
             out_dir=session.model_dir, base=a["base"], name=a["name"], max_minutes=a["max_minutes"],
             steps=a["steps"], device=a["device"], masks=[a["mask"]], ignore_unlabelled=a["ignore_unlabelled"],
             resume=resume, optimize_thresholds=a["optimize_thresholds"], sources=[f"layer '{a['image_layer'].name}'"],
@@ -409,9 +414,10 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self._resume = False
         c = result.curve
         self.plot.set_curves(c["loss"], c["val_loss"], c["val_f1"], result.f1_before, result.steps)
+        score, dock = ("F1@0.5", "Nuclei") if result.kind == "nuclei" else ("avF1", "Neurons")
         self.scores_label.setText(
-            f"F1@0.5 on the held-out part: base {_fmt(result.f1_before)} → fine-tuned {_fmt(result.f1_after)} "
-            f"({result.steps} steps, {result.minutes:.1f} min). Registered as '{result.model}' — the Nuclei dock "
+            f"{score} on the held-out part: base {_fmt(result.f1_before)} → fine-tuned {_fmt(result.f1_after)} "
+            f"({result.steps} steps, {result.minutes:.1f} min). Registered as '{result.model}' — the {dock} dock "
             "offers it now.")
         self.status.setText(f"done: model '{result.model}' ({result.out_dir})")
         self.resegment_button.setEnabled(True)
@@ -440,29 +446,38 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
     # ------------------------------------------------------------------ after training
     def resegment(self):
-        """Segment the trained-on image with the fine-tuned model (adds '<image> nuclei (<model>)')."""
+        """Segment the trained-on image with the fine-tuned model (adds '<image> <task> (<model>)')."""
         if self.result is None or self.controls.busy:
             return None
-        from napari_neuroseg._napari.nuclei_widget import segment_nuclei_iter
-
         name = self._job["image"]
         if name not in self.viewer.layers:
             self.status.setText(f"failed: the image layer '{name}' is gone")
             return None
         layer = self.viewer.layers[name]
-        out_name = f"{name} nuclei ({self.result.name})"
+        kind = self.result.kind
+        out_name = f"{name} {kind} ({self.result.name})"
 
-        def done(res: dict) -> None:
+        def done(res: Any) -> None:
+            labels = res["labels"] if isinstance(res, dict) else res.labels
             if out_name in self.viewer.layers:
-                self.viewer.layers[out_name].data = res["labels"]
+                self.viewer.layers[out_name].data = labels
             else:
-                self.viewer.add_labels(res["labels"], name=out_name, scale=self._job["scale"],
+                self.viewer.add_labels(labels, name=out_name, scale=self._job["scale"],
                                        translate=self._job["translate"])
-            self.status.setText(f"re-segmented: {len(res['details']['points'])} nuclei in '{out_name}'")
+            n = len(np.unique(labels)) - int((np.asarray(labels) == 0).any())
+            self.status.setText(f"re-segmented: {n} {'nuclei' if kind == 'nuclei' else 'neurons'} in '{out_name}'")
 
-        return self.controls.start(segment_nuclei_iter, np.asarray(layer.data), desc="Re-segment",
-                                   model=self.result.model, device=str(self.device.value),
-                                   voxel_size=self._job["voxel_size"], on_return=done)
+        if kind == "nuclei":
+            from napari_neuroseg._napari.nuclei_widget import segment_nuclei_iter
+
+            return self.controls.start(segment_nuclei_iter, np.asarray(layer.data), desc="Re-segment",
+                                       model=self.result.model, device=str(self.device.value),
+                                       voxel_size=self._job["voxel_size"], on_return=done)
+        from napari_neuroseg.models.neurons.predict import predict_iter
+
+        model = self.result.entry["path"] if self.result.entry else str(self.result.out_dir / "model.pt")
+        return self.controls.start(predict_iter, np.asarray(layer.data), desc="Re-segment", model=model,
+                                   device=str(self.device.value), on_return=done)
 
     def export_bioimageio(self, path: str | None = None):
         """Write the fine-tuned model as a BioImage.IO package (``path``: a .zip; asks when None)."""

@@ -36,7 +36,8 @@ import numpy as np
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.runtime.progress import Progress
 
-__all__ = ["FineTuneProgress", "FineTuneResult", "finetune_nuclei_iter", "restrict_to_region"]
+__all__ = ["FineTuneProgress", "FineTuneResult", "finetune_neurons_iter", "finetune_nuclei_iter", "labels_to_stack",
+           "restrict_to_region"]
 
 #: margin (voxels) kept around the labelled objects when the unlabelled rest is ignored
 IGNORE_MARGIN = 4
@@ -242,7 +243,7 @@ def finetune_nuclei_iter(
         steps=int(steps), batch_size=int(batch_size),
         patch_size=fit_patch_size([yy.shape for yy in data.labels], base_model.config.divisor),
         val_every=getattr(st_train, "FINETUNE_EVERY", 25), checkpoint_every=getattr(st_train, "FINETUNE_EVERY", 25),
-        warmup_steps=getattr(st_train, "FINETUNE_WARMUP", 10), optimize_thresholds=bool(optimize_thresholds),
+        warmup_steps=getattr(st_train, "FINETUNE_WARMUP", 10), optimize_thresholds=False,  # searched below, timed
         seed=int(seed), device=device, threads=threads, init_from=str(base_path),
         model_scale=None if base_model.scale is None else base_model.scale.to_dict(),
     )
@@ -251,7 +252,8 @@ def finetune_nuclei_iter(
     yield progress(0, 1, "scoring the base model on the held-out part", "setup")
     f1_before = f1_at(base_model, data.val_images, data.val_labels, nms=nms_backend)
     state["f1_before"] = f1_before
-    reserve = getattr(st_train, "FINETUNE_END_RESERVE", 0.06)
+    # the end (threshold search, scores, saving) gets this share of the budget
+    reserve = END_RESERVE_SEARCH if optimize_thresholds else getattr(st_train, "FINETUNE_END_RESERVE", 0.06)
     deadline = None
     if max_minutes is not None:
         total_s = 60.0 * float(max_minutes)
@@ -298,6 +300,15 @@ def finetune_nuclei_iter(
     finally:
         gen.close()
     model = result.model
+    model.thresholds = th_base  # kept unless the search below ends within the budget
+    if optimize_thresholds:
+        th = yield from _search_thresholds(model, data, settings, nms_backend, deadline, progress, result.step)
+        if th is None:
+            data.notes.append("the threshold search did not fit in the time budget: the base model's thresholds "
+                              "are kept")
+        else:
+            model.thresholds = th
+    _write_thresholds(out, model.thresholds)
     yield progress(result.step, result.step, "scoring the fine-tuned model on the held-out part", "saving")
     f1_after = f1_at(model, data.val_images, data.val_labels, nms=nms_backend)
     minutes = (time.monotonic() - t0) / 60.0
@@ -339,6 +350,43 @@ def finetune_nuclei_iter(
     return res
 
 
+#: share of the time budget kept for the end of a run with a threshold search
+END_RESERVE_SEARCH = 0.15
+
+
+def _search_thresholds(model, data, settings, nms_backend, deadline, progress, step):
+    """The probability/NMS thresholds chosen on the held-out part (as ``train_iter`` does), or
+    None when the search would overrun ``deadline`` (it is stopped there)."""
+    from napari_neuroseg.models.stardist3d.training.data import normalize_volume
+    from napari_neuroseg.models.stardist3d.training.thresholds import (
+        optimize_thresholds_iter,
+    )
+
+    xs = [normalize_volume(x, settings.percentiles) for x in data.val_images]
+    gen = optimize_thresholds_iter(model, xs, [np.asarray(y) for y in data.val_labels], nms_threshs=settings.nms_threshs,
+                                   iou_threshs=settings.iou_threshs, borders=settings.borders, nms=nms_backend)
+    try:
+        while True:
+            if deadline is not None and time.monotonic() > deadline:
+                return None
+            try:
+                p = next(gen)
+            except StopIteration as stop:
+                return stop.value[0]
+            eta = None if deadline is None else max(0.0, deadline - time.monotonic())
+            yield progress(step, step, f"thresholds: {p.message}", "thresholds", eta)
+    finally:
+        gen.close()
+
+
+def _write_thresholds(out: Path, th) -> None:
+    from napari_neuroseg.io.atomic import atomic_output
+
+    text = json.dumps(th.to_dict(), indent=1)
+    with atomic_output(out / "thresholds.json") as tmp:
+        Path(tmp).write_text(text)
+
+
 def _fmt(v) -> str:
     return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
 
@@ -353,3 +401,206 @@ def _live_f1(out: Path, data, thresholds, nms_backend: str, f1_at) -> float | No
     except (NeurosegError, OSError):
         return None
     return f1_at(m, data.val_images, data.val_labels, thresholds=thresholds, nms=nms_backend)
+
+
+# ------------------------------------------------------------------------------------- neurons
+def labels_to_stack(labels: np.ndarray) -> np.ndarray:
+    """A (Z, Y, X) label volume as a FISBe instance stack (N, Z, Y, X), channel i holding i + 1."""
+    y = np.asarray(labels)
+    ids = [int(i) for i in np.unique(y) if i]
+    stack = np.zeros((len(ids), *y.shape), np.uint16 if len(ids) < 65535 else np.uint32)
+    for k, i in enumerate(ids):
+        stack[k][y == i] = k + 1
+    return stack
+
+
+def _avf1(model, raw: np.ndarray, labels: np.ndarray) -> float:
+    """avF1 (FISBe metrics) of ``model`` on one (3, Z, Y, X) volume against a (Z, Y, X) annotation."""
+    from napari_neuroseg.metrics import evaluate
+    from napari_neuroseg.models.neurons.predict import predict_iter
+    from napari_neuroseg.runtime.progress import run_to_completion
+
+    pred = run_to_completion(predict_iter(raw, model)).labels
+    return float(evaluate(labels, pred)["avF1"])
+
+
+def finetune_neurons_iter(
+    images: Sequence[Any],
+    labels: Sequence[Any],
+    voxel_sizes: Sequence[Any] | None = None,
+    *,
+    out_dir: str | Path,
+    base: str | Path = "neuroseg_neurons",
+    name: str | None = None,
+    max_minutes: float | None = 5.0,
+    steps: int = 2000,
+    device: str | None = "auto",
+    threads: int | None = None,
+    masks: Sequence[Any] | None = None,
+    ignore_unlabelled: bool = False,
+    resume: bool = False,
+    register: bool = True,
+    batch_size: int = 2,
+    sources: Sequence[str] | None = None,
+    label_sources: Sequence[str] | None = None,
+    seed: int = 0,
+    every: int = 25,
+    **_: Any,
+) -> Generator[FineTuneProgress, None, FineTuneResult]:
+    """Fine-tune the neuron model ``base`` on (3-channel raw (3, Z, Y, X), corrected (Z, Y, X)
+    labels) pairs: a slab of each pair is held out (as for nuclei), both parts are written as
+    FISBe samples into ``out_dir/data`` (train/, val/), and ``train neurons`` runs on them with
+    validation (avF1 on the held-out slab, the best weights kept) every ``every`` steps. The
+    curve's ``val_f1`` is that avF1; ``f1_before``/``f1_after`` the base and the fine-tuned
+    model's avF1 there. ``voxel_sizes`` are recorded only (the neuron trainer does not resample)."""
+    from napari_neuroseg.io import write_fisbe
+    from napari_neuroseg.models.neurons.model import load_model
+    from napari_neuroseg.models.neurons.train import NeuronTrainSettings, train_iter
+    from napari_neuroseg.models.registry import resolve_neuron_model
+    from napari_neuroseg.models.stardist3d.training.finetune import (
+        check_annotation,
+        fit_patch_size,
+        holdout_slab,
+    )
+
+    t0 = time.monotonic()
+    out = Path(out_dir)
+    name = name or out.name
+    n = len(images)
+    if n == 0 or n != len(labels):
+        raise NeurosegError(f"{n} image(s) but {len(labels)} annotation(s)", fix="give one Labels layer per image")
+    masks = list(masks) if masks is not None else [None] * n
+    sources = list(sources) if sources is not None else [f"image {i + 1}" for i in range(n)]
+    label_sources = list(label_sources) if label_sources is not None else [f"annotation {i + 1}" for i in range(n)]
+    curve: dict[str, list] = {"loss": [], "val_loss": [], "val_f1": []}
+    state: dict[str, Any] = {"f1_before": None}
+
+    def progress(step, total, msg, phase, eta=None) -> FineTuneProgress:
+        return FineTuneProgress(int(step), int(total), msg, phase=phase, loss=tuple(curve["loss"]),
+                                val_loss=(), val_f1=tuple(curve["val_f1"]), f1_before=state["f1_before"],
+                                eta_s=eta, elapsed_s=time.monotonic() - t0)
+
+    yield progress(0, 1, f"loading the base model {base}", "setup")
+    base_path = resolve_neuron_model(str(base))
+    if base_path is not None and Path(base_path).is_dir() and (Path(base_path) / "config.json").is_file():
+        raise NeurosegError(f"{str(base)!r} is a StarDist-3D nuclei model, not a neuron model", path=base_path,
+                            fix="choose neuroseg_neurons or one of your neuron models")
+    base_model = load_model(base_path, device="cpu")
+    div = 2 ** (base_model.config.levels - 1)
+    trains, vals, notes, splits = [], [], [], []
+    for x, y, m, src in zip(images, labels, masks, label_sources):
+        x = np.asarray(x)
+        if x.ndim != 4 or x.shape[0] != 3:
+            raise NeurosegError(f"the neuron model needs a 3-channel raw (3, Z, Y, X); {src} goes with an image of "
+                                f"shape {tuple(x.shape)}", fix="choose the multicolour raw layer (3 channels first)")
+        check_annotation(np.asarray(y), src)
+        xr, yr, note = restrict_to_region(x, y, mask=m, ignore_unlabelled=ignore_unlabelled, name=src)
+        if note:
+            notes.append(f"{src}: {note}")
+        (xt, yt), (xv, yv), info = holdout_slab(xr, yr, path=src)
+        splits.append(info)
+        trains.append((xt, yt))
+        vals.append((xv, yv))
+    data_dir = out / "data"
+    if not resume:
+        yield progress(0, 1, "writing the training and held-out parts", "setup")
+        for i, ((xt, yt), (xv, yv)) in enumerate(zip(trains, vals)):
+            for sub, (xx, yy) in (("train", (xt, yt)), ("val", (xv, yv))):
+                p = data_dir / sub / f"part{i}.zarr"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                write_fisbe(p, raw=xx, gt_instances=labels_to_stack(yy))
+    patch = fit_patch_size([yt.shape for _, yt in trains], (div, div, div), largest=(32, 64, 64))
+    yield progress(0, 1, "scoring the base model on the held-out part", "setup")
+    f1_before = float(np.mean([_avf1(base_model, xv, yv) for xv, yv in vals]))
+    state["f1_before"] = f1_before
+    reserve = 0.06
+    deadline = None
+    left = None
+    if max_minutes is not None:
+        total_s = 60.0 * float(max_minutes)
+        deadline = t0 + total_s
+        left = max(0.05, (total_s * (1 - reserve) - (time.monotonic() - t0)) / 60.0)
+    settings = NeuronTrainSettings(
+        output=str(out), data=str(data_dir), steps=int(steps), patch=tuple(patch), batch_size=int(batch_size),
+        init_from=None if resume else str(base_path), resume=bool(resume), save_every=int(every),
+        val_every=int(every), val_crop=tuple(max(s) for s in zip(*[yv.shape for _, yv in vals])),
+        device=device or "auto", threads=int(threads) if threads else NeuronTrainSettings().threads, seed=int(seed),
+        max_minutes=left, levels=base_model.config.levels, base=base_model.config.base,
+    )
+    log_path = out / "log.jsonl"
+    offset = log_path.stat().st_size if (resume and log_path.is_file()) else 0
+    if not resume and log_path.is_file():
+        log_path.unlink()
+    gen = train_iter(settings)
+    t_train = time.monotonic()
+    first_step = None
+    summary = None
+    try:
+        while True:
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                summary = stop.value
+                break
+            if not str(item.message).startswith("loss"):
+                yield progress(0, 1, item.message, "setup")
+                continue
+            if log_path.is_file():
+                with log_path.open() as f:
+                    f.seek(offset)
+                    for line in f:
+                        if not line.endswith("\n"):
+                            break
+                        offset += len(line.encode())
+                        try:
+                            rec = json.loads(line)
+                        except ValueError:
+                            continue
+                        curve["loss"].append((int(rec["iteration"]), float(rec["loss"])))
+                        if isinstance(rec.get("val"), dict) and rec["val"]:
+                            curve["val_f1"].append((int(rec["iteration"]), float(np.mean(list(rec["val"].values())))))
+            if first_step is None:
+                first_step = item.step - 1
+            now = time.monotonic()
+            rate_eta = (now - t_train) / max(1, item.step - first_step) * max(0, item.total - item.step)
+            eta = rate_eta if deadline is None else min(rate_eta + reserve * 60 * float(max_minutes),
+                                                        max(0.0, deadline - now))
+            yield progress(item.step, item.total, f"step {item.step}/{item.total} {item.message}", "train", eta)
+    finally:
+        gen.close()
+    model_file = out / "model.pt"
+    steps_done = int(summary["iterations"])
+    yield progress(steps_done, steps_done, "scoring the fine-tuned model on the held-out part", "saving")
+    f1_after = float(np.mean([_avf1(load_model(model_file, device="cpu"), xv, yv) for xv, yv in vals]))
+    minutes = (time.monotonic() - t0) / 60.0
+    info = {"name": name, "base": str(base), "images": sources, "labels": label_sources,
+            "voxel_sizes": [None if v is None else list(v) for v in (voxel_sizes or [None] * n)],
+            "validation": "; ".join(f"slab {sp['axis']} >= {sp['start']} ({sp['objects_val']} objects held out, "
+                                    f"{sp['objects_train']} trained on)" for sp in splits),
+            "steps": steps_done, "patch_size": list(patch), "minutes": minutes, "avF1_before": f1_before,
+            "avF1_after": f1_after, "notes": notes, "made_by": "napari Fine-tune dock", "curve": curve}
+    from napari_neuroseg.io.atomic import atomic_output
+
+    text = json.dumps(info, indent=1, default=str)
+    with atomic_output(out / "finetune.json") as tmp:
+        Path(tmp).write_text(text)
+    card = "\n".join([
+        f"# {name}", "", "Fine-tuned neuron model, made by the napari Fine-tune dock.", "",
+        f"- base model: `{base}`", f"- data: {', '.join(sources)} with {', '.join(label_sources)}",
+        f"- validation: {info['validation']}", f"- steps: {steps_done} (patch {list(patch)}), {minutes:.1f} min",
+        f"- avF1 on the held-out part: base {_fmt(f1_before)}, fine-tuned {_fmt(f1_after)}",
+        *(f"- {x}" for x in notes), ""])
+    with atomic_output(out / "MODEL_CARD.md") as tmp:
+        Path(tmp).write_text(card)
+    entry = None
+    if register:
+        from napari_neuroseg.models.registry import register_model
+
+        entry = register_model(model_file, kind="neurons", name=name,
+                               scores={"avF1_heldout_before": f1_before, "avF1_heldout_after": f1_after},
+                               info={"base": str(base), "steps": steps_done, "minutes": round(minutes, 2)})
+    res = FineTuneResult(out_dir=out, name=name, kind="neurons", f1_before=f1_before, f1_after=f1_after,
+                         steps=steps_done, minutes=minutes, entry=entry, info=info, curve=curve)
+    yield progress(steps_done, steps_done, f"done: avF1 on the held-out part {_fmt(f1_before)} -> {_fmt(f1_after)}",
+                   "done", 0.0)
+    return res
