@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from napari_neuroseg.runtime.progress import run_to_completion
+
 
 def _sync(device: str) -> None:
     import torch
@@ -42,12 +44,8 @@ def _timed_run(gen, device: str):
     marks = []
     _sync(device)
     t0 = time.perf_counter()
-    try:
-        while True:
-            p = next(gen)
-            marks.append((round(time.perf_counter() - t0, 2), getattr(p, "message", str(p))))
-    except StopIteration as stop:
-        value = stop.value
+    value = run_to_completion(
+        gen, lambda p: marks.append((round(time.perf_counter() - t0, 2), getattr(p, "message", str(p)))))
     _sync(device)
     return value, time.perf_counter() - t0, marks
 

@@ -46,18 +46,16 @@ def timed(fn, *args, **kw):
 def stardist_nms_in_worker(worker, d, p, pts, rays_spec, n_rays, thr, timeout):
     """stardist's NMS in the worker process; ``(seconds, result or None if cut off)``."""
     from napari_neuroseg.models.stardist3d import postprocess
+    from napari_neuroseg.runtime.progress import Cancelled, run_to_completion
 
     t0 = time.perf_counter()
     gen = worker.call_iter(postprocess.nms_and_render, p, d, pts, rays_spec, n_rays, thr, (1, 1, 1),
                            render=False, nms="stardist")
-    try:
-        while True:
-            next(gen)
-            if time.perf_counter() - t0 > timeout:
-                gen.close()  # terminates the worker process
-                return time.perf_counter() - t0, None
-    except StopIteration as stop:
-        return time.perf_counter() - t0, stop.value[1]
+    try:  # closing the generator on timeout terminates the worker process
+        value = run_to_completion(gen, should_stop=lambda: time.perf_counter() - t0 > timeout)
+    except Cancelled:
+        return time.perf_counter() - t0, None
+    return time.perf_counter() - t0, value[1]
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from napari_neuroseg.batch.tasks import Task, get_task
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.io.atomic import atomic_write_json, atomic_write_text, clean_temporaries
 from napari_neuroseg.io.checks import require_outputs_apart
-from napari_neuroseg.runtime.progress import Progress
+from napari_neuroseg.runtime.progress import Progress, relay
 
 _log = logging.getLogger(__name__)
 
@@ -265,13 +265,13 @@ def _run_locked(
                 spec, task, params, target, fmt, block_shape=block_shape or DEFAULT_BLOCK_SHAPE,
                 halo=halo, engine=engine, resume=resume, resources=resources,
             )
+
+            def block_step(p, i=i, d0=d0, units=units):  # a block of this file as a step of the batch
+                state["done"] = d0 + min(p.step, units)
+                return progress(p.message, i, p.fraction)
+
             try:
-                while True:
-                    p = next(gen)
-                    state["done"] = d0 + min(p.step, units)
-                    yield progress(p.message, i, p.fraction)
-            except StopIteration as stop:
-                rec = {**base, "status": "done", **stop.value}
+                rec = {**base, "status": "done", **(yield from relay(gen, block_step))}
             except NeurosegError as err:
                 _log_failure(spec, err)
                 rec = {**base, "status": "failed", "error": _err_text(err, spec)}

@@ -12,7 +12,7 @@ from typing import Any, Generator, Iterable, Sequence
 
 import numpy as np
 
-from napari_neuroseg.runtime.progress import Progress
+from napari_neuroseg.runtime.progress import Progress, run_to_completion
 
 from .edit import Bbox, Edit, RemapEdit, iter_slabs, read_block, tight_bbox
 
@@ -91,12 +91,7 @@ class LabelIndex:
     @classmethod
     def build(cls, labels: Any) -> "LabelIndex":
         """Scan ``labels`` once (slab by slab) and index every nonzero label."""
-        gen = cls.build_iter(labels)
-        try:
-            while True:
-                next(gen)
-        except StopIteration as stop:
-            return stop.value
+        return run_to_completion(cls.build_iter(labels))
 
     @classmethod
     def build_iter(cls, labels: Any) -> Generator[Progress, None, "LabelIndex"]:

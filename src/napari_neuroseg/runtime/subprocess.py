@@ -205,17 +205,12 @@ class ProcessWorker:
         **kwargs: Any,
     ) -> T:
         """Blocking :meth:`call_iter`; ``should_stop()`` true → worker terminated, ``Cancelled``."""
-        from napari_neuroseg.runtime.progress import Cancelled
+        from napari_neuroseg.runtime.progress import Cancelled, run_to_completion
 
-        gen = self.call_iter(fn, *args, **kwargs)
         try:
-            while True:
-                next(gen)
-                if should_stop is not None and should_stop():
-                    gen.close()
-                    raise Cancelled(f"cancelled while running {getattr(fn, '__name__', fn)}")
-        except StopIteration as stop:
-            return stop.value
+            return run_to_completion(self.call_iter(fn, *args, **kwargs), should_stop=should_stop)
+        except Cancelled:
+            raise Cancelled(f"cancelled while running {getattr(fn, '__name__', fn)}") from None
 
 
 _DEFAULT: ProcessWorker | None = None

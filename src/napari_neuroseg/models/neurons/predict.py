@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_neuroseg.runtime.progress import Progress, ProgressGenerator, run_to_completion
+from napari_neuroseg.runtime.progress import Progress, ProgressGenerator, relay, run_to_completion
 
 from .model import NeuronModel, cached_load_model
 from .postprocess import PostprocessParams, instances_from_outputs
@@ -180,14 +180,13 @@ def predict_iter(
         return NeuronPrediction(labels=np.zeros(in_shape, np.uint32), n_instances=0, params=p,
                                 info={"model": m.path, "device": str(m.device), "empty": True})
     n_out = 0
-    gen = network_outputs(m, image, n_tiles=n_tiles, tta=tta)
-    try:
-        while True:
-            pr = next(gen)
-            n_out = pr.total
-            yield Progress(pr.step, pr.total + 1, f"network: {pr.message}")
-    except StopIteration as stop:
-        outs = stop.value
+
+    def network_step(pr: Progress) -> Progress:  # the network's tiles, then one post-processing step
+        nonlocal n_out
+        n_out = pr.total
+        return Progress(pr.step, pr.total + 1, f"network: {pr.message}")
+
+    outs = yield from relay(network_outputs(m, image, n_tiles=n_tiles, tta=tta), network_step)
     outs = outs[(slice(None),) + tuple(slice(0, s) for s in shape)]
     yield Progress(n_out, n_out + 1, "post-processing")
     labels = instances_from_outputs(outs[0], outs[1:], image, p)

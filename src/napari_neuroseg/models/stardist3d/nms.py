@@ -817,15 +817,11 @@ def nms_3d(
     ``rays``: a ``stardist`` rays object or ``(vertices (n_rays, 3), faces (n_faces, 3))``;
     ``progress(done, total)`` is called after each chunk of candidates.
     """
-    gen = nms_3d_iter(dist, prob, points, rays, nms_thresh)
+    from napari_neuroseg.runtime.progress import run_to_completion
+
     n = len(np.asarray(prob))
-    try:
-        while True:
-            done = next(gen)
-            if progress is not None:
-                progress(done, n)
-    except StopIteration as stop:
-        return stop.value
+    return run_to_completion(nms_3d_iter(dist, prob, points, rays, nms_thresh),
+                             None if progress is None else (lambda done: progress(done, n)))
 
 
 def polyhedra_to_label(

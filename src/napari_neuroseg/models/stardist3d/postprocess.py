@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
-from napari_neuroseg.runtime.progress import Progress
+from napari_neuroseg.runtime.progress import Progress, relay
 
 __all__ = [
     "NMS_BACKENDS",
@@ -159,13 +159,10 @@ def nms_and_render_iter(
     else:
         from napari_neuroseg.models.stardist3d.nms import nms_3d_iter
 
-        gen = nms_3d_iter(dist, prob, points, rays, nms_thresh)
-        try:
-            while True:
-                done = next(gen)
-                yield Progress(done, n + 1, f"non-maximum suppression: {done}/{n} candidates")
-        except StopIteration as stop:
-            points_k, prob_k, dist_k, _ = stop.value
+        points_k, prob_k, dist_k, _ = yield from relay(
+            nms_3d_iter(dist, prob, points, rays, nms_thresh),
+            lambda done: Progress(done, n + 1, f"non-maximum suppression: {done}/{n} candidates"),
+        )
     labels = None
     if render:
         yield Progress(n, n + 1, f"rendering {len(points_k)} objects")
