@@ -18,7 +18,7 @@ import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.io.atomic import atomic_write_json
-from napari_neuroseg.runtime.progress import Progress
+from napari_neuroseg.runtime.progress import Progress, run_to_completion
 
 from .edit import iter_slabs, read_block
 
@@ -234,12 +234,7 @@ class ReviewQueue:
 
     @classmethod
     def from_metrics(cls, gt: Any, pred: Any, *, partly: bool = False, **opts: Any) -> "ReviewQueue":
-        gen = cls.from_metrics_iter(gt, pred, partly=partly, **opts)
-        try:
-            while True:
-                next(gen)
-        except StopIteration as stop:
-            return stop.value
+        return run_to_completion(cls.from_metrics_iter(gt, pred, partly=partly, **opts))
 
     @classmethod
     def from_checks(
