@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from napari_neuroseg.runtime.progress import Progress  # standard library only
+from napari_neuroseg.runtime.progress import Progress, relay  # standard library only
 
 __all__ = [
     "TrainProgress",
@@ -592,12 +592,7 @@ def train_iter(
             model, x_va, y_va, nms_threshs=s.nms_threshs, iou_threshs=s.iou_threshs, borders=s.borders,
             nms=s.nms_backend,
         )
-        try:
-            while True:
-                p = next(gen)
-                yield Progress(s.steps, total, f"thresholds: {p.message}")
-        except StopIteration as stop:
-            th, f1, th_hist = stop.value
+        th, f1, th_hist = yield from relay(gen, lambda p: Progress(s.steps, total, f"thresholds: {p.message}"))
         model.thresholds = th
         result.thresholds, result.val_f1 = th, f1
         result.val_scores = {"mean_f1": f1, "search": {k: [list(t) for t in v] for k, v in th_hist.items()}}
