@@ -64,8 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     viewer.add_labels(pred, name="pred")
     w = EvaluateWidget(viewer)
     viewer.window.add_dock_widget(w)
-    w.gt_combo.setCurrentText("gt")
-    w.pred_combo.setCurrentText("pred")
+    w.form.gt.value = viewer.layers["gt"]
+    w.form.pred.value = viewer.layers["pred"]
     app = QApplication.instance()
     notification_manager.install_hooks()
     start_records = len(notification_manager.records)

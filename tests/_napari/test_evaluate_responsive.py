@@ -110,8 +110,8 @@ def test_evaluate_hundreds_of_objects_stays_responsive(make_napari_viewer, qtbot
     viewer.add_labels(pred, name="pred")
     w = EvaluateWidget(viewer)
     viewer.window.add_dock_widget(w)
-    w.gt_combo.setCurrentText("gt")
-    w.pred_combo.setCurrentText("pred")
+    w.form.gt.value = viewer.layers["gt"]
+    w.form.pred.value = viewer.layers["pred"]
     w.set_task(task)
     bars_seen: list[int] = []
     meter = StallMeter()

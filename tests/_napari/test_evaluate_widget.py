@@ -40,8 +40,8 @@ def test_widget_evaluates_and_adds_error_layers(make_napari_viewer, qtbot, tmp_p
     viewer = make_napari_viewer()
     stack, pred = _scene(viewer)
     w = EvaluateWidget(viewer)
-    assert w.gt_combo.currentText() == "gt_instances"
-    assert w.pred_combo.currentText() == "prediction"
+    assert w.form.gt.value is viewer.layers["gt_instances"]
+    assert w.form.pred.value is viewer.layers["prediction"]
     # auto task: a FISBe stack means neurons, and the widget says so with the preset's filter
     assert w.task == "auto" and "FISBe" in w.task_note.text()
     assert "800 voxels" in w.task_note.text()
@@ -74,7 +74,7 @@ def test_widget_evaluates_and_adds_error_layers(make_napari_viewer, qtbot, tmp_p
     assert "800 voxels" in w.errors_list.item(0).text()
     assert w.errors_list.count() == 1 + len(res["errors"]["missed_gt"]) + len(
         res["errors"]["false_positive"]) + 1
-    assert layer.name not in [w.gt_combo.itemText(i) for i in range(w.gt_combo.count())]
+    assert layer not in w.form.gt.choices and layer not in w.form.pred.choices
     # jump to the missed neuron: the view centres on it and its value is selected
     item = next(w.errors_list.item(i) for i in range(w.errors_list.count())
                 if w.errors_list.item(i).text().startswith("missed GT 3"))
@@ -98,12 +98,12 @@ def test_widget_partly_and_bad_input(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     _scene(viewer)
     w = EvaluateWidget(viewer)
-    w.partly_check.setChecked(True)
+    w.form.partly.value = True
     res = _run(w, qtbot)
     assert res["partly"] and 50 not in res["errors"]["false_positive"]
     # a 2D prediction layer: a clear error in the status line, no result, buttons usable again
     viewer.add_labels(np.zeros((10, 10), np.int32), name="flat pred")
-    w.pred_combo.setCurrentText("flat pred")
+    w.form.pred.value = viewer.layers["flat pred"]
     w.run()
     qtbot.waitUntil(lambda: w.worker is None, timeout=30000)
     assert w.result is None and "2D" in w.status.text()
@@ -143,10 +143,10 @@ def test_nuclei_task_matches_stardist_and_feeds_the_list(make_napari_viewer, qtb
     viewer.add_labels(gt, name="nuclei gt")
     viewer.add_labels(pred, name="nuclei pred")
     w = EvaluateWidget(viewer)
-    w.gt_combo.setCurrentText("nuclei gt")
-    w.pred_combo.setCurrentText("nuclei pred")
+    w.form.gt.value = viewer.layers["nuclei gt"]
+    w.form.pred.value = viewer.layers["nuclei pred"]
     assert w.task == "auto" and w.task_note.text().startswith("auto: nuclei")
-    assert not w.partly_check.isEnabled()
+    assert not w.form.partly.enabled
     res = _run(w, qtbot)
     ref = matching(gt, pred, 0.5)
     assert res["task"] == "nuclei" and res["task_reason"].startswith("guessed")
@@ -167,3 +167,64 @@ def test_nuclei_task_matches_stardist_and_feeds_the_list(make_napari_viewer, qtb
     res = _run(w, qtbot)
     assert res["task"] == "neurons" and res["preset"]["n_removed_small_pred"] == 3
     assert "3 removed" in w.errors_list.item(0).text()
+
+
+def test_save_metrics_and_error_layer(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    """Save…: JSON (everything), CSV (the tables) or the error layer through the plugin's writers;
+    the dialog offers those formats; an input's file is overwritten only when the user agrees."""
+    from napari_neuroseg._napari import _save
+    from napari_neuroseg.io import read_labels
+
+    viewer = make_napari_viewer()
+    _scene(viewer)
+    w = EvaluateWidget(viewer)
+    assert not w.save_button.isEnabled()
+    _run(w, qtbot)
+    assert w.save_button.isEnabled()
+    answers: list = []
+    offered: list = []
+    monkeypatch.setattr(_save, "ask_save_path",
+                        lambda parent, title, start, filters: offered.append(list(filters)) or answers.pop(0))
+    agree: list = []
+    monkeypatch.setattr(_save, "confirm", lambda parent, title, text: agree.pop(0))
+    answers.append((str(tmp_path / "m"), "Metrics, everything (*.json)"))
+    assert w.save() == str(tmp_path / "m.json")
+    assert [f.split(" (")[0] for f in offered[0]] == ["Metrics, everything", "Metrics tables",
+                                                      "Error layer, TIFF with voxel size", "Error layer, OME-Zarr"]
+    assert json.loads((tmp_path / "m.json").read_text())["errors"]["missed_gt"] == [3]
+    answers.append((str(tmp_path / "m.csv"), ""))
+    assert w.save() == str(tmp_path / "m.csv")
+    assert (tmp_path / "m.csv").read_text().splitlines()[0].startswith("sample,S,")
+    answers.append((str(tmp_path / "errors.tif"), ""))
+    assert w.save() == str(tmp_path / "errors.tif")
+    np.testing.assert_array_equal(read_labels(tmp_path / "errors.tif"), viewer.layers["evaluation errors"].data)
+    # a file an open layer was read from: asked first; "no" keeps it, "yes" overwrites
+    src = tmp_path / "gt.tif"
+    src.write_bytes(b"original")
+    viewer.layers["gt_instances"]._source = type(viewer.layers["gt_instances"].source)(path=str(src))
+    answers.append((str(src), ""))
+    agree.append(False)
+    assert w.save() is None and src.read_bytes() == b"original" and "Not saved" in w.status.text()
+    answers.append((str(src), ""))
+    agree.append(True)
+    assert w.save() == str(src) and src.read_bytes() != b"original"
+
+
+def test_controls_follow_the_viewers_layers(make_napari_viewer):
+    """The layer boxes list the Labels layers (not the error layer), follow additions, removals
+    and renames, and keep the user's choice."""
+    viewer = make_napari_viewer()
+    a = viewer.add_labels(np.zeros((4, 8, 8), np.uint8), name="a gt")
+    w = EvaluateWidget(viewer)
+    viewer.add_image(np.zeros((4, 8, 8), np.float32), name="image")
+    b = viewer.add_labels(np.zeros((4, 8, 8), np.uint8), name="b pred")
+    assert list(w.form.gt.choices) == [a, b] and w.form.pred.value is b
+    w.form.gt.value = b
+    w.form.pred.value = a
+    viewer.add_labels(np.zeros((4, 8, 8), np.uint8), name="evaluation errors",
+                      metadata={"neuroseg_error_kind": "all"})
+    assert w.form.gt.value is b and w.form.pred.value is a and len(w.form.gt.choices) == 2
+    b.name = "renamed"
+    assert "renamed" in [w.form.gt.native.itemText(i) for i in range(w.form.gt.native.count())]
+    viewer.layers.remove(b)
+    assert list(w.form.gt.choices) == [a]

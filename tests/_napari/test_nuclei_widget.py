@@ -6,7 +6,12 @@ import numpy as np
 import pytest
 
 from napari_neuroseg._napari import _notify
-from napari_neuroseg._napari.nuclei_widget import FOLDER, NucleiWidget, polyhedra_surface, segment_nuclei_iter
+from napari_neuroseg._napari.nuclei_widget import (
+    FOLDER,
+    NucleiWidget,
+    polyhedra_surface,
+    segment_nuclei_iter,
+)
 from napari_neuroseg.runtime.progress import Progress, run_to_completion
 
 pytestmark = pytest.mark.gui

@@ -27,13 +27,9 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, Label
 from qtpy.QtWidgets import (
     QAbstractItemView,
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
@@ -44,7 +40,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from napari_neuroseg._napari._dock import DockLifecycleMixin
+from napari_neuroseg._napari._dock import DockLifecycleMixin, fit_controls
+from napari_neuroseg._napari._forms import (
+    LAYER_EVENTS,
+    fit_form,
+    keep_or_prefer,
+    layer_choice,
+)
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
 from napari_neuroseg.metrics import write_csv, write_json
 from napari_neuroseg.metrics.evaluate import MIN_SIZE
@@ -73,6 +75,10 @@ ERROR_KINDS = {
 #: the one layer holding every error object (value v has kind ``KIND_ORDER[(v - 1) % 4]``)
 ERRORS_LAYER = "evaluation errors"
 KIND_ORDER = tuple(ERROR_KINDS)
+#: the Save… dialog's formats
+JSON_FILTER = "Metrics, everything (*.json)"
+CSV_FILTER = "Metrics tables (*.csv)"
+ERRORS_TIFF_FILTER = "Error layer, TIFF with voxel size (*.tif *.tiff)"
 #: choices of the Task box: (data, text)
 TASK_CHOICES = (("auto", "auto (guess from the ground truth)"),
                 ("nuclei", TASK_TITLES["nuclei"]),
@@ -199,7 +205,11 @@ def evaluate_layers_iter(gt: Any, pred: Any, partly: bool, *, dim_ids: list[int]
 
 class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
     """Pick GT and prediction layers and a task (nuclei / FISBe neurons), evaluate, inspect the
-    errors."""
+    errors, save the metrics or the error layer.
+
+    The parameters are the magicgui form ``self.form`` (``gt``, ``pred``: layer boxes following
+    the viewer's Labels layers; ``task``; ``partly``; ``task_note``); the tables, the error list
+    and the buttons are Qt."""
 
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__()
@@ -212,70 +222,82 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self._scale: Any = None
         self._translate: Any = None
 
+        gt = layer_choice(napari_viewer, name="gt", label="Ground truth", accept=self._is_candidate,
+                          tooltip="The ground-truth Labels layer (one id per object); a layer read from a FISBe "
+                                  "file brings its full instance stack (overlaps) and dim neurons")
+        pred = layer_choice(napari_viewer, name="pred", label="Prediction", accept=self._is_candidate,
+                            tooltip="The predicted Labels layer to score against the ground truth")
+        task = ComboBox(name="task", label="Task", choices=[(text, data) for data, text in TASK_CHOICES],
+                        tooltip="nuclei: precision/recall/F1/AP at IoU thresholds (stardist.matching), every "
+                                "object counts; neurons: the FISBe preset (predictions <= "
+                                f"{MIN_SIZE} voxels removed, clDice matching); auto: guessed from the ground truth")
+        partly = CheckBox(name="partly", text="partly labelled ground truth (FISBe)",
+                          tooltip="FISBe neurons only: predictions lying mostly in unlabelled background are not "
+                                  "counted as false positives")
+        note = Label(name="task_note", label="", value="")
+        note.native.setWordWrap(True)
+        note.native.setToolTip("What the chosen task measures and which objects it counts")
+        self.form = Container(name="evaluate_form", widgets=[gt, pred, task, partly, note])
+        self.form.margins = (0, 0, 0, 0)
+
         layout = QVBoxLayout(self)
-        form = QFormLayout()
-        self.gt_combo = QComboBox()
-        self.pred_combo = QComboBox()
-        form.addRow("Ground truth", self.gt_combo)
-        form.addRow("Prediction", self.pred_combo)
-        self.task_combo = QComboBox()
-        for data, text in TASK_CHOICES:
-            self.task_combo.addItem(text, data)
-        self.task_combo.setToolTip(
-            "nuclei: precision/recall/F1/AP at IoU thresholds (stardist.matching), every object "
-            "counts; neurons: the FISBe preset (small predictions removed, clDice matching)")
-        form.addRow("Task", self.task_combo)
-        self.partly_check = QCheckBox("partly labelled ground truth (FISBe)")
-        self.partly_check.setToolTip(
-            "Predictions lying mostly in unlabelled background are not false positives")
-        form.addRow("", self.partly_check)
-        self.task_note = QLabel("")
-        self.task_note.setWordWrap(True)
-        form.addRow("", self.task_note)
-        layout.addLayout(form)
-        self.task_combo.currentIndexChanged.connect(self._update_task_note)
-        self.partly_check.toggled.connect(self._update_task_note)
-        self.gt_combo.currentTextChanged.connect(self._update_task_note)
+        layout.addWidget(self.form.native)
+        task.changed.connect(self._update_task_note)
+        partly.changed.connect(self._update_task_note)
+        gt.changed.connect(self._update_task_note)
 
         self.controls = RunControls(
             "Evaluate", on_run=self.run, on_cancel=self.cancel, progress_bar=True,
             running_text="Evaluating…", cancel_text="Cancelled.", cancelled_text=None,
         )
+        self.controls.run_button.setToolTip("Score the prediction against the ground truth in the background; "
+                                            "fills the tables and the 'evaluation errors' layer")
+        self.controls.cancel_button.setToolTip("Stop the running evaluation at its next step")
+        self.controls.progress.setToolTip("Progress of the running evaluation (objects matched)")
         layout.addWidget(self.controls)
 
         self.summary = QTableWidget(len(SUMMARY_KEYS), 2)
         self.summary.setHorizontalHeaderLabels(["metric", "value"])
         self.summary.verticalHeader().setVisible(False)
         self.summary.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.summary.setToolTip("Summary metrics of the last evaluation (scores 0-1, counts of objects)")
         layout.addWidget(self.summary)
         self.thresholds = QTableWidget(0, 7)
         self.thresholds.setHorizontalHeaderLabels(
             ["threshold", "TP", "FP", "FN", "precision", "recall", "F1"])
         self.thresholds.verticalHeader().setVisible(False)
         self.thresholds.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.thresholds.setToolTip("Matches per matching threshold (IoU for nuclei, clDice for neurons): "
+                                   "true/false positives and false negatives as object counts")
         layout.addWidget(self.thresholds)
 
         layout.addWidget(QLabel("Errors (click to jump):"))
         self.errors_list = QListWidget()
+        self.errors_list.setToolTip("Objects counted as errors; click one to centre the view on it and select "
+                                    "it in the 'evaluation errors' layer")
         self.errors_list.itemClicked.connect(self._jump)
         layout.addWidget(self.errors_list)
 
-        row = QHBoxLayout()
-        self.csv_button = QPushButton("Export CSV…")
-        self.csv_button.clicked.connect(lambda: self._export("csv"))
-        self.json_button = QPushButton("Export JSON…")
-        self.json_button.clicked.connect(lambda: self._export("json"))
-        for b in (self.csv_button, self.json_button):
-            b.setEnabled(False)
-            row.addWidget(b)
-        layout.addLayout(row)
+        self.save_button = QPushButton("Save…")
+        self.save_button.setToolTip("Write the metrics (JSON: everything; CSV: the tables) or the "
+                                    "'evaluation errors' layer (TIFF, OME-Zarr) with the plugin's writers")
+        self.save_button.setEnabled(False)
+        self.save_button.clicked.connect(lambda *_: self.save())
+        layout.addWidget(self.save_button)
+        fit_controls(self)
+        fit_form(self.form)
 
         # released when the dock is hidden or closed (_dock.py)
-        for ev in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed,
-                   self.viewer.layers.events.changed):
-            self.connect_event(ev, self._refresh_layers)
-        self._refresh_layers()
+        for ev in (*LAYER_EVENTS, "changed"):
+            self.connect_event(getattr(self.viewer.layers.events, ev), self._refresh_layers)
+        self._refresh_layers(initial=True)
         self._update_task_note()
+
+    # legacy spellings of the form's fields
+    @property
+    def task_note(self) -> Any:
+        """The note under the task (a QLabel)."""
+        return self.form.task_note.native
 
     def on_dock_shown(self) -> None:
         self._refresh_layers()
@@ -284,34 +306,32 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.cancel()  # a closed dock's evaluation stops at its next step
 
     # ---------------------------------------------------------------- layers
-    def _label_layers(self) -> list[Any]:
+    @staticmethod
+    def _is_candidate(layer: Any) -> bool:
+        """A Labels layer to evaluate (not the error layer this dock makes)."""
         from napari.layers import Labels
 
-        names = set(v[0] for v in ERROR_KINDS.values()) | {ERRORS_LAYER}
-        return [ly for ly in self.viewer.layers if isinstance(ly, Labels)
-                and ly.name not in names
-                and not (ly.metadata or {}).get("neuroseg_error_kind")]
+        names = {v[0] for v in ERROR_KINDS.values()} | {ERRORS_LAYER}
+        return (isinstance(layer, Labels) and layer.name not in names
+                and not (layer.metadata or {}).get("neuroseg_error_kind"))
 
-    def _refresh_layers(self, *_: Any) -> None:
-        layers = [ly.name for ly in self._label_layers()]
-        for combo, prefer in ((self.gt_combo, ("instances", "gt", "truth")),
-                              (self.pred_combo, ("cleaned", "pred", "seg", "label"))):
-            current = combo.currentText()
-            combo.blockSignals(True)
-            combo.clear()
-            combo.addItems(layers)
-            if current in layers:
-                combo.setCurrentText(current)
-            else:
-                for p in prefer:
-                    hit = [n for n in layers if p in n.lower()]
+    def _refresh_layers(self, *_: Any, initial: bool = False) -> None:
+        f = self.form
+
+        def prefer(words: tuple[str, ...]):
+            def pick(choices: list[Any]) -> Any:
+                for w in words:
+                    hit = [ly for ly in choices if ly is not None and w in ly.name.lower()]
                     if hit:
-                        combo.setCurrentText(hit[0])
-                        break
-            combo.blockSignals(False)
-        if self.gt_combo.currentText() == self.pred_combo.currentText() and len(layers) > 1:
-            other = [n for n in layers if n != self.gt_combo.currentText()]
-            self.pred_combo.setCurrentText(other[-1])
+                        return hit[0]
+                return None
+            return pick
+
+        keep_or_prefer(f.gt, prefer(("instances", "gt", "truth")), initial=initial)
+        keep_or_prefer(f.pred, prefer(("cleaned", "pred", "seg", "label")), initial=initial)
+        layers = list(f.pred.choices)
+        if f.gt.value is not None and f.gt.value is f.pred.value and len(layers) > 1:
+            f.pred.value = [ly for ly in layers if ly is not f.gt.value][-1]
         self._update_task_note()
 
     @staticmethod
@@ -339,21 +359,19 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
     @property
     def task(self) -> str:
         """The chosen task: ``"auto"``, ``"nuclei"`` or ``"neurons"``."""
-        return str(self.task_combo.currentData())
+        return str(self.form.task.value)
 
     def set_task(self, task: str) -> None:
         """Choose ``"auto"``, ``"nuclei"`` or ``"neurons"``."""
-        k = self.task_combo.findData(task)
-        if k < 0:
+        if task not in self.form.task.choices:
             raise ValueError(f"unknown task {task!r}")
-        self.task_combo.setCurrentIndex(k)
+        self.form.task.value = task
 
     def _guess(self) -> tuple[str, str] | None:
         """The task guessed for the chosen GT layer, or None where guessing needs a pass over
         lazy data (then it is guessed in the worker, when run)."""
-        try:
-            layer = self.viewer.layers[self.gt_combo.currentText()]
-        except (KeyError, ValueError):
+        layer = self.form.gt.value
+        if layer is None or layer not in self.viewer.layers:
             return None
         md = getattr(layer, "metadata", {}) or {}
         if md.get(FISBE_INSTANCES) is not None:
@@ -374,8 +392,10 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         return (g[0], "guessed: " + g[1]) if g is not None else ("auto", "guessed when run")
 
     def _update_task_note(self, *_: Any) -> None:
+        if not hasattr(self, "form"):
+            return
         task, why = self._resolved_task()
-        self.partly_check.setEnabled(task != "nuclei")
+        self.form.partly.enabled = task != "nuclei"
         if task == "nuclei":
             text = ("Nuclei: objects matched one-to-one by IoU (stardist.matching); precision, "
                     "recall, F1, AP at IoU 0.1-0.9; errors = objects unmatched at IoU 0.5, "
@@ -384,23 +404,22 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             text = (f"FISBe neuron preset: predictions with <= {MIN_SIZE} voxels are removed "
                     "before matching (not for nuclei-sized objects); matching by clDice; "
                     + ("partly labelled GT: predictions mostly in unlabelled background are "
-                       "not false positives." if self.partly_check.isChecked()
+                       "not false positives." if self.form.partly.value
                        else "fully labelled GT."))
         else:
             text = "The task is guessed from the ground truth when the evaluation runs."
         if self.task == "auto" and task != "auto":
             text = f"auto: {TASK_TITLES[task]} ({why}). " + text
-        self.task_note.setText(text)
+        self.form.task_note.value = text
 
     # ---------------------------------------------------------------- running
     def run(self) -> None:
         """Start the evaluation of the chosen layers in a worker thread."""
         if self.controls.busy:
             return
-        try:
-            gt_layer = self.viewer.layers[self.gt_combo.currentText()]
-            pred_layer = self.viewer.layers[self.pred_combo.currentText()]
-        except (KeyError, ValueError):
+        gt_layer, pred_layer = self.form.gt.value, self.form.pred.value
+        if (gt_layer is None or pred_layer is None or gt_layer not in self.viewer.layers
+                or pred_layer not in self.viewer.layers):
             self.status.setText("Choose a ground-truth and a prediction Labels layer.")
             return
         if gt_layer is pred_layer:
@@ -409,7 +428,7 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         gt, dim = self._source(gt_layer)
         pred, _ = self._source(pred_layer)
         task, why = self._resolved_task()
-        partly = self.partly_check.isChecked() and task != "nuclei"
+        partly = bool(self.form.partly.value) and task != "nuclei"
         self._scale, self._translate = gt_layer.scale, gt_layer.translate
         self.result = None
         self.controls.start(
@@ -427,9 +446,8 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         task = TASK_TITLES.get(result.get("task", ""), "")
         self.status.setText((f"Done ({task}). " + warn).strip())
         if self.task == "auto":
-            self.task_note.setText(f"auto: {task} ({result.get('task_reason', '')}).")
-        self.csv_button.setEnabled(True)
-        self.json_button.setEnabled(True)
+            self.form.task_note.value = f"auto: {task} ({result.get('task_reason', '')})."
+        self.save_button.setEnabled(True)
 
     # ---------------------------------------------------------------- display
     @staticmethod
@@ -532,8 +550,46 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         if self.result is not None:
             write_json(path, self.result)
 
-    def _export(self, kind: str) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, f"Export {kind.upper()}", f"metrics.{kind}",
-                                              f"{kind.upper()} (*.{kind})")
-        if path:
-            (self.export_csv if kind == "csv" else self.export_json)(path)
+    def save(self) -> str | None:
+        """Save the metrics (``.json``: the full result; ``.csv``: the tables) or the error layer
+        (``.tif``, ``.ome.zarr``), chosen in the file dialog; an input's file is overwritten only
+        after asking. Returns the path written, or None."""
+        from napari_neuroseg._napari._notify import notify_error
+        from napari_neuroseg._napari._save import (
+            OME_ZARR_FILTER,
+            save_with_dialog,
+            write_layer,
+        )
+        from napari_neuroseg.errors import NeurosegError
+
+        if self.result is None:
+            self.save_button.setEnabled(False)
+            self.status.setText("Nothing to save: evaluate first.")
+            return None
+        layer = self._error_layer_now()
+        filters = [JSON_FILTER, CSV_FILTER] + ([ERRORS_TIFF_FILTER, f"Error layer, {OME_ZARR_FILTER}"]
+                                               if layer is not None else [])
+
+        def write(path: str) -> None:
+            low = path.lower()
+            if low.endswith(".json"):
+                self.export_json(path)
+            elif low.endswith(".csv"):
+                self.export_csv(path)
+            elif layer is not None:
+                write_layer(layer, path)
+            else:
+                raise NeurosegError("there is no error layer to save", path=path, fix="save the metrics as .json or .csv")
+
+        try:
+            path = save_with_dialog(self, title="Save the evaluation", start="metrics.json", filters=filters,
+                                    viewer=self.viewer, write=write)
+        except (NeurosegError, OSError) as err:
+            if not isinstance(err, NeurosegError):
+                err = NeurosegError(f"could not write the file ({err})", path=getattr(err, "filename", None),
+                                    fix="choose a folder you can write to, with free space")
+            notify_error(err)
+            self.status.setText(f"Not saved: {err}")
+            return None
+        self.status.setText("Not saved." if path is None else f"Saved to {path}")
+        return path
