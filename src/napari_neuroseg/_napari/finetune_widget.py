@@ -8,7 +8,8 @@ a small QPainter widget (:class:`~napari_neuroseg._napari._curve_plot.CurvePlot`
 ETA and sends them at most five times a second; the viewer never waits for a training step.
 
 On finish the scores before/after on the held-out part are shown, the model is registered (the
-Nuclei dock's picker offers it at once through ``_model_pickers.registry_changed``), and
+Nuclei and Neurons docks' pickers offer it at once: ``_forms.follow_registry`` on
+``models.registry.on_change``), and
 "Re-segment with this model" / "Export BioImage.IO…" use it.
 
 Sessions (``runtime/session.py``): the image, the Labels layer being corrected (autosaved every
@@ -46,7 +47,7 @@ from qtpy.QtWidgets import (
 
 from napari_neuroseg._napari._curve_plot import CurvePlot
 from napari_neuroseg._napari._dock import DockLifecycleMixin, fit_controls, scrollable
-from napari_neuroseg._napari._model_pickers import follow_registry, model_choices
+from napari_neuroseg._napari._forms import follow_registry, model_choices
 from napari_neuroseg._napari._notify import error_message, notify_error
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
 from napari_neuroseg.errors import NeurosegError
@@ -253,7 +254,7 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         return [NONE, *self._labels_names()]
 
     def _base_choices(self, *_: Any) -> list[str]:
-        return [*model_choices(self.task.value if hasattr(self, "task") else "nuclei"), PATH_CHOICE]
+        return model_choices(self.task.value if hasattr(self, "task") else "nuclei", (), (PATH_CHOICE,))
 
     def _refresh_layers(self, *_: Any) -> None:
         for w in (self.image, self.labels, self.mask):

@@ -133,7 +133,7 @@ def on_change(callback) -> None:
     """Call ``callback()`` whenever a model is registered (:func:`register_model`) or
     :func:`notify_changed` is called: model pickers refresh their lists with it. Plain Python:
     the callback may run in a worker thread (a Qt picker hands it to the main thread, see
-    ``_napari/_model_pickers.py``). Remove it with :func:`remove_listener`."""
+    ``_napari/_forms.py``: ``follow_registry``). Remove it with :func:`remove_listener`."""
     if callback not in _listeners:
         _listeners.append(callback)
 
@@ -235,6 +235,11 @@ def resolve_neuron_model(name_or_path: str | Path | None) -> Path | None:
     if p.is_dir() and (p / "config.json").is_file():
         raise NeurosegError("this is a StarDist-3D nuclei model folder, not a neuron model", path=p,
                             fix="use it with 'neuroseg nuclei' / 'train nuclei --init-from', or give a neuron model .pt")
+    if p.is_dir() and (p / "model.pt").is_file():  # the output folder of 'train neurons'
+        return p / "model.pt"
+    if p.is_dir():
+        raise NeurosegError("this folder holds no neuron model (model.pt)", path=p,
+                            fix="give the output folder of 'neuroseg train neurons' or a model .pt file")
     if p.exists():
         return p
     entry = lookup(s)
