@@ -138,13 +138,6 @@ def restrict_to_region(image: Any, labels: Any, *, mask: Any = None, ignore_unla
 
 
 # ------------------------------------------------------------------------------------------- job
-def _quick_nms() -> str:
-    """stardist's C++ NMS when installed (no numba compilation inside a minutes budget)."""
-    import importlib.util
-
-    return "stardist" if importlib.util.find_spec("stardist") is not None else "neuroseg"
-
-
 def load_base_nuclei_model(base: str | Path, import_dir: str | Path | None = None):
     """``(model, path to start from)`` for the StarDist-3D ``base`` (name, registered name,
     folder, .pt, or a BioImage.IO package: then saved in this project's format into
@@ -247,7 +240,7 @@ def finetune_nuclei_iter(
         seed=int(seed), device=device, threads=threads, init_from=str(base_path),
         model_scale=None if base_model.scale is None else base_model.scale.to_dict(),
     )
-    nms_backend = _quick_nms()
+    nms_backend = st_train.quick_nms_backend()
     settings = replace(settings, nms_backend=nms_backend)
     yield progress(0, 1, "scoring the base model on the held-out part", "setup")
     f1_before = f1_at(base_model, data.val_images, data.val_labels, nms=nms_backend)
