@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="FISBe Zarr or CZYX TIFF/Zarr")
     add_flag(p, "-o", "--output", required=True, help="output .tif/.tiff or .zarr")
     p.add_argument("--model", default=None,
-                   help="neuron model: neuroseg_neurons (the shipped model, default), a registered name or a .pt file")
+                   help="neuron model: neuroseg_neurons (the shipped model, default), a registered name, a .pt file "
+                        "or a BioImage.IO package exported by neuroseg (folder, rdf.yaml or .zip)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N, mps")
     p.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
                    help="voxel size in µm (default: from the file's metadata; none there, e.g. FISBe: the volume "
