@@ -24,6 +24,7 @@ import numpy as np
 
 from napari_neuroseg.batch.tasks import Param, Task
 from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.models.stardist3d.config import NORM_PERCENTILES
 
 
 def _require(module: str, what: str) -> Any:
@@ -37,7 +38,7 @@ def _require(module: str, what: str) -> Any:
 
 
 #: StarDist's percentile normalisation (csbdeep defaults)
-PERCENTILES = (1.0, 99.8)
+PERCENTILES = NORM_PERCENTILES  # the StarDist models' normalisation
 
 
 def _device_needs_gpu(device: str | None) -> bool:

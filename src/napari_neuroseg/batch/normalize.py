@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_neuroseg.models.stardist3d.config import NORM_PERCENTILES
+
 #: voxels of the sample (per channel) used for statistics of lazily read volumes
 SAMPLE_VOXELS = 4_000_000
 
@@ -61,7 +63,7 @@ def sample_values(image: Any, axes: str, max_voxels: int = SAMPLE_VOXELS, *, see
 
 
 def percentile_stats(
-    image: Any, axes: str, percentiles: tuple[float, float] = (1.0, 99.8), *, max_voxels: int = SAMPLE_VOXELS
+    image: Any, axes: str, percentiles: tuple[float, float] = NORM_PERCENTILES, *, max_voxels: int = SAMPLE_VOXELS
 ) -> list[list[float]]:
     """``[[low, high], ...]`` percentiles per channel of the whole volume (exact for in-memory
     arrays, from :func:`sample_values` for lazy ones) — computed as ``np.percentile`` does in

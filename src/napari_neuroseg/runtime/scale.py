@@ -156,6 +156,9 @@ def read_scale_json(path: str | Path) -> ModelScale | None:
     return ModelScale.from_dict(d, path=p)
 
 
+#: contrast stretch of the object-size estimate (a robust min/max; independent of any model's
+#: normalisation, although equal to StarDist's)
+_CONTRAST_PERCENTILES = (1.0, 99.8)
 #: Y/X voxel size (µm) stated for training data without a physical unit (synthetic volumes):
 #: the shipped nuclei model's convention (``scale.json``: 0.25 µm per Y/X voxel)
 NOMINAL_YX_UM = 0.25
@@ -532,7 +535,7 @@ def estimate_object_diameter(
     if x.ndim != 3:
         raise NeurosegError(f"the size estimate needs a 3D volume, got shape {x.shape}", fix="pass (Z, Y, X)")
     x = _central_crop(x, anisotropy, max_crop_yx).astype(np.float32)
-    lo, hi = np.percentile(x, (1.0, 99.8))
+    lo, hi = np.percentile(x, _CONTRAST_PERCENTILES)
     if not hi > lo:
         raise NeurosegError("the image is constant: no object size can be estimated",
                             fix="give the object size (e.g. '25 vox') or the voxel size instead")

@@ -24,6 +24,7 @@ import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.io.atomic import atomic_output
+from napari_neuroseg.models.stardist3d.config import NORM_PERCENTILES
 
 __all__ = ["export_package", "resolve_export_model"]
 
@@ -121,7 +122,7 @@ def _run(net, x: np.ndarray):
 
 # ------------------------------------------------------------------------------ pictures, docs
 def _to_u8(a: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(a, (1, 99.8))
+    lo, hi = np.percentile(a, NORM_PERCENTILES)  # the cover picture's contrast, as the model sees it
     return (np.clip((a - lo) / max(hi - lo, 1e-12), 0, 1) * 255).astype(np.uint8)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.models.stardist3d.config import NORM_PERCENTILES
 
 from .package import ModelPackage, source_of
 
@@ -84,7 +85,7 @@ def _input_axes(rdf: dict, default: str = "") -> str:
     return out or default
 
 
-def package_percentiles(pkg: ModelPackage, default=(1.0, 99.8)) -> tuple[float, float]:
+def package_percentiles(pkg: ModelPackage, default=NORM_PERCENTILES) -> tuple[float, float]:
     """The ``scale_range`` percentiles of the first input (``default`` when it has none)."""
     inputs = pkg.rdf.get("inputs") or []
     pre = (inputs[0].get("preprocessing") if inputs and isinstance(inputs[0], dict) else None) or []

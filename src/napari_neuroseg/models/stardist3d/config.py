@@ -11,9 +11,12 @@ from typing import Any
 
 from napari_neuroseg.errors import NeurosegError
 
-__all__ = ["BACKBONES", "StarDistConfig", "Thresholds", "load_thresholds"]
+__all__ = ["BACKBONES", "NORM_PERCENTILES", "StarDistConfig", "Thresholds", "load_thresholds"]
 
 BACKBONES = ("unet", "resnet")
+#: the image normalisation of every StarDist-3D model (csbdeep's): per-channel percentiles low/high
+#: mapped to 0/1, at training and prediction time alike (a BioImage.IO package may state others)
+NORM_PERCENTILES: tuple[float, float] = (1.0, 99.8)
 _ACTIVATIONS = ("relu", "linear", "elu", "sigmoid", "tanh", "softplus", "selu", "swish", "gelu", None)
 
 

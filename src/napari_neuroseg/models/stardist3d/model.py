@@ -22,7 +22,7 @@ import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.models.safe_load import load_torch_file
-from napari_neuroseg.models.stardist3d.config import StarDistConfig, Thresholds, load_thresholds
+from napari_neuroseg.models.stardist3d.config import NORM_PERCENTILES, StarDistConfig, Thresholds, load_thresholds
 from napari_neuroseg.models.stardist3d.rays import make_rays, rays_spec
 from napari_neuroseg.runtime.progress import Progress, relay, run_to_completion
 
@@ -36,7 +36,7 @@ _TENSOR_CHECK_CACHE: dict[tuple[int, str], bool] = {}
 
 
 def normalize_image(
-    image: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.8), *, path: str | None = None
+    image: np.ndarray, percentiles: tuple[float, float] = NORM_PERCENTILES, *, path: str | None = None
 ) -> np.ndarray:
     """Per-channel percentile normalisation of a (C, Z, Y, X) image as csbdeep does it:
     ``(x − p_low) / (p_high − p_low + 1e-20)`` in float32, no clipping."""
@@ -148,7 +148,7 @@ class StarDist3D:
         self.scale = None
         #: input normalisation percentiles used when ``predict_instances`` gets none (a
         #: BioImage.IO package's ``scale_range`` pre-processing sets them)
-        self.percentiles: tuple[float, float] = (1.0, 99.8)
+        self.percentiles: tuple[float, float] = NORM_PERCENTILES
         self.device = select_device(device)
         self.net.to(self.device)
 
@@ -335,7 +335,7 @@ class StarDist3D:
         image: np.ndarray,
         *,
         normalize: bool = True,
-        percentiles: tuple[float, float] = (1.0, 99.8),
+        percentiles: tuple[float, float] = NORM_PERCENTILES,
         channel_axis: int | None = None,
     ) -> np.ndarray:
         """Validate ``image`` and return it as float32 (C, Z, Y, X), normalised if asked.

@@ -13,11 +13,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.models.stardist3d.config import NORM_PERCENTILES
 
 __all__ = ["PatchSampler", "check_pairs", "make_targets", "normalize_volume", "prob_target"]
 
 
-def normalize_volume(image: np.ndarray, percentiles: tuple[float, float] = (1.0, 99.8)) -> np.ndarray:
+def normalize_volume(image: np.ndarray, percentiles: tuple[float, float] = NORM_PERCENTILES) -> np.ndarray:
     """A (Z,Y,X) or (C,Z,Y,X) image as float32 (C,Z,Y,X), percentile-normalised per channel
     exactly as at prediction time."""
     from napari_neuroseg.models.stardist3d.model import normalize_image
