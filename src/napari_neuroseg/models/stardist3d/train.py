@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from napari_neuroseg.models.stardist3d.config import NORM_PERCENTILES  # standard library only
 from napari_neuroseg.runtime.progress import Progress, relay  # standard library only
 
 __all__ = [
@@ -82,7 +83,7 @@ class TrainSettings:
     borders: tuple[int, ...] = (2, 0)
     iou_threshs: tuple[float, ...] = (0.3, 0.5, 0.7)
     keep_best: bool = True  # end with the weights of the lowest validation loss
-    percentiles: tuple[float, float] = (1.0, 99.8)
+    percentiles: tuple[float, float] = NORM_PERCENTILES
     seed: int = 0
     device: str | None = "auto"
     threads: int | None = None
