@@ -275,7 +275,8 @@ class Thresholds:
                 )
             return float(v)
 
-        return cls(prob=_get("prob", 0.5), nms=_get("nms", 0.4), border=_border(d.get("border"), path))
+        default = cls()  # the field defaults above
+        return cls(prob=_get("prob", default.prob), nms=_get("nms", default.nms), border=_border(d.get("border"), path))
 
 
 def load_thresholds(path: str | Path) -> Thresholds:
@@ -295,7 +296,7 @@ def load_thresholds(path: str | Path) -> Thresholds:
 def _border(value: object, path: str | Path | None = None) -> int:
     """A ``border`` value from a file: a non-negative whole number; absent/null gives stardist's 2."""
     if value is None:
-        return 2
+        return Thresholds.border
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
             math.isfinite(value) and value >= 0 and value == int(value)):
         raise NeurosegError(
