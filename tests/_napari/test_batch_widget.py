@@ -8,6 +8,7 @@ import tifffile
 
 from napari_neuroseg._napari import _notify
 from napari_neuroseg._napari.batch_widget import BatchWidget
+from napari_neuroseg.errors import NeurosegError
 
 pytestmark = pytest.mark.gui
 
@@ -72,6 +73,16 @@ def test_batch_widget_layers_input_and_form_errors(make_napari_viewer, qtbot, tm
     w.engine_combo.setCurrentText("scheduler")
     n = len(errors_shown)
     assert w.run() is None and len(errors_shown) == n + 1  # no scheduler address
+    # a bad block shape is a message naming the fix, not an AssertionError (also under python -O)
+    w.engine_combo.setCurrentText("local")
+    w.use_layers.setChecked(False)
+    w.inputs_edit.setText(str(tmp_path))
+    for bad in ("6,12", "6,12,x", "0,12,12", "6,12,12,12"):
+        w.block_edit.setText(bad)
+        with pytest.raises(NeurosegError, match="bad block shape") as exc:
+            w.collect()
+        assert "three positive sizes" in exc.value.fix
+        assert w.run() is None and "bad block shape" in w.status_label.text()
 
 
 def test_batch_widget_cancel(make_napari_viewer, qtbot, tmp_path, errors_shown):

@@ -16,14 +16,31 @@ import numpy as np
 from napari_neuroseg.batch.tasks import Param, ThresholdTask
 
 
+#: with these set, :class:`SlowThreshold` lets this many calls through and holds every later one
+#: until its process is killed (environment variables, not task parameters: a resumed run must
+#: have the same parameter hash as the one that was killed)
+HOLD_AFTER_ENV, CALLS_DIR_ENV = "NEUROSEG_TEST_HOLD_AFTER", "NEUROSEG_TEST_CALLS_DIR"
+
+
 class SlowThreshold(ThresholdTask):
-    """``threshold`` that sleeps ``delay`` seconds per call (to interrupt runs mid-way)."""
+    """``threshold`` that sleeps ``delay`` seconds per call (to interrupt runs mid-way); with
+    ``NEUROSEG_TEST_HOLD_AFTER=n`` and ``NEUROSEG_TEST_CALLS_DIR`` set, call ``n + 1`` and every
+    later one (counted across worker processes) never return, so a run is killed mid-way however
+    fast or slow the machine is."""
 
     name = "slow"
     params = ThresholdTask.params + (Param("delay", float, 0.0, "seconds to sleep per call"),)
 
     def segment(self, image, axes, params):
         time.sleep(params["delay"])
+        hold_after, calls = os.environ.get(HOLD_AFTER_ENV), os.environ.get(CALLS_DIR_ENV)
+        if hold_after is not None and calls:
+            import uuid
+
+            (Path(calls) / uuid.uuid4().hex).touch()
+            if len(list(Path(calls).iterdir())) > int(hold_after):
+                while True:  # held until the test kills the process
+                    time.sleep(0.05)
         return super().segment(image, axes, params)
 
 
@@ -142,3 +159,11 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     m = a > 0
     pairs = np.unique(np.stack([a[m], b[m]], 1), axis=0)
     return len(pairs) == len(np.unique(pairs[:, 0])) == len(np.unique(pairs[:, 1]))
+
+
+class ScaledThreshold(ThresholdTask):
+    """``threshold`` with a ``voxel_size`` parameter, as the nuclei and neurons tasks have (the
+    batch passes the input file's voxel size to it when none is given)."""
+
+    name = "scaled"
+    params = ThresholdTask.params + (Param("voxel_size", str, None, "voxel size 'Z,Y,X' in µm"),)

@@ -195,3 +195,46 @@ def test_embedded_threads_engine_matches_sync(tmp_path):
         assert np.array_equal(read_output(a["output"]), read_output(b["output"]))
     man = json.loads(r2.manifest.read_text())
     assert man["runs"][-1]["engine"] == {"kind": "threads", "workers": 2}
+
+
+# -- the voxel size comes from each input file unless --voxel-size is given (issue 12) -------------
+def test_voxel_size_from_each_input_file_unless_given(tmp_path):
+    from batch_helpers import ScaledThreshold
+
+    from napari_neuroseg.batch import jobs
+    from napari_neuroseg.batch.sources import open_input
+    from napari_neuroseg.io import write_ome_zarr, write_tiff
+
+    d = tmp_path / "in"
+    d.mkdir()
+    v = blobs((16, 32, 32), n=4, radius=3, seed=0)
+    write_tiff(d / "a_um.tif", v, scale=(2.0, 0.5, 0.5))  # ImageJ metadata in µm
+    write_ome_zarr(d / "b_um.ome.zarr", v, scale=(1.5, 0.25, 0.25))
+    tifffile.imwrite(d / "c_none.tif", v)  # no voxel size
+    tifffile.imwrite(d / "d_pixel.tif", v, imagej=True, metadata={"spacing": 3.0})  # ImageJ, no unit: pixels
+    task = ScaledThreshold()
+    seen = {}
+    for s in discover_inputs([d]):
+        with open_input(s) as inp:
+            seen[s.name] = jobs.with_file_voxel_size(task, {"voxel_size": None}, inp).get("voxel_size")
+    assert seen == {"a_um": "2,0.5,0.5", "b_um": "1.5,0.25,0.25", "c_none": None, "d_pixel": None}
+    with open_input(discover_inputs([d / "a_um.tif"])[0]) as inp:  # given on the command line: it wins
+        assert jobs.with_file_voxel_size(task, {"voxel_size": "1,1,1"}, inp)["voxel_size"] == "1,1,1"
+        assert "voxel_size" not in jobs.with_file_voxel_size(get_task("threshold"), {}, inp)  # no such parameter
+        # the nuclei and neurons tasks take it
+        for name in ("nuclei", "neurons"):
+            assert jobs.with_file_voxel_size(get_task(name), {}, inp)["voxel_size"] == "2,0.5,0.5"
+
+    # whole files and blockwise runs hand it to the task (recorded with the resolved parameters)
+    whole = _run(task, [d / "a_um.tif", d / "c_none.tif"], tmp_path / "w", params={"threshold": 500}, workers=1)
+    blockw = _run(task, [d / "b_um.ome.zarr"], tmp_path / "b", params={"threshold": 500}, fmt="zarr",
+                  block_shape=(8, 16, 16), workers=1)
+    given = _run(task, [d / "a_um.tif"], tmp_path / "g", params={"threshold": 500, "voxel_size": "1,2,2"}, workers=1)
+    rp = {Path(r["input"]).name: r.get("resolved_params", {}) for r in whole.records + blockw.records}
+    assert rp["a_um.tif"]["voxel_size"] == "2,0.5,0.5" and "voxel_size" not in rp["c_none.tif"]
+    assert rp["b_um.ome.zarr"]["voxel_size"] == "1.5,0.25,0.25"
+    assert "voxel_size" not in given.records[0].get("resolved_params", {})
+    # and the output keeps the input's voxel size
+    from napari_neuroseg.io import read_image
+
+    assert read_image(whole.records[0]["output"]).scale == (2.0, 0.5, 0.5)

@@ -191,9 +191,10 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         if block:
             try:
                 block_shape = tuple(int(v) for v in block.replace(" ", ",").split(",") if v)
-                assert len(block_shape) == 3
-            except (ValueError, AssertionError):
-                raise NeurosegError(f"bad block shape {block!r}", fix="write three sizes Z,Y,X") from None
+            except ValueError:
+                block_shape = ()
+            if len(block_shape) != 3 or min(block_shape) < 1:
+                raise NeurosegError(f"bad block shape {block!r}", fix="write three positive sizes Z,Y,X, e.g. 64,256,256")
         scheduler = None
         if self.engine_combo.currentText() == "scheduler":
             scheduler = self.scheduler_edit.text().strip()

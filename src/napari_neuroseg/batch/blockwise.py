@@ -124,7 +124,7 @@ def _segment_blockwise(
         axes, scale = inp.axes, inp.scale
         # Refuse absurd plans before the task reads anything (a tiny store may declare 10^15 voxels).
         check_block_plan(shape, block_shape, path=spec.path, dtype=inp.data.dtype)
-        resolved = jobs.prepare_task(task, inp.data, axes, dict(params), spec)
+        resolved = jobs.prepare_task(task, inp.data, axes, dict(params), spec, source=inp)
         halo = tuple(int(h) for h in (halo if halo is not None else task.halo_for(resolved)))  # type: ignore[assignment]
         block_shape = tuple(max(1, min(int(b), s)) for b, s in zip(block_shape, shape))  # type: ignore[assignment]
         if mode == "overlap" and min(halo) < 1:

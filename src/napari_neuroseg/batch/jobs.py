@@ -15,7 +15,7 @@ import numpy as np
 
 from napari_neuroseg.batch.blocks import Block, centre_owned, face_pairs, face_regions, overlap_pairs, overlap_region
 from napari_neuroseg.batch.outputs import write_labels
-from napari_neuroseg.batch.sources import InputSpec, open_input
+from napari_neuroseg.batch.sources import InputSpec, OpenedInput, open_input
 from napari_neuroseg.batch.tasks import Task
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.io.atomic import atomic_save_npy, atomic_write_json
@@ -71,8 +71,27 @@ def check_finite(image: np.ndarray, spec: InputSpec) -> None:
     )
 
 
-def prepare_task(task: Task, image: Any, axes: str, params: dict, spec: InputSpec) -> dict:
-    """``task.prepare`` with its failures (e.g. Otsu on a NaN sample) as a NeurosegError."""
+def with_file_voxel_size(task: Task, params: dict, inp: OpenedInput) -> dict:
+    """``params`` with ``voxel_size`` taken from the input file's metadata (in µm, by
+    :func:`~napari_neuroseg.runtime.scale.voxel_size_from_volume`) when the task has that parameter
+    and none was given (``--voxel-size`` wins); unchanged when the file gives no length unit."""
+    from napari_neuroseg.runtime.scale import voxel_size_from_volume
+
+    if params.get("voxel_size") or "voxel_size" not in {p.name for p in task.params}:
+        return params
+    vs = voxel_size_from_volume(inp)
+    if vs is None:
+        return params
+    return {**params, "voxel_size": ",".join(f"{v:.6g}" for v in vs)}
+
+
+def prepare_task(task: Task, image: Any, axes: str, params: dict, spec: InputSpec,
+                 source: OpenedInput | None = None) -> dict:
+    """``task.prepare`` with its failures (e.g. Otsu on a NaN sample) as a NeurosegError;
+    ``source``: the opened input, whose voxel size is used when none was given
+    (:func:`with_file_voxel_size`)."""
+    if source is not None:
+        params = with_file_voxel_size(task, params, source)
     try:
         return task.prepare(image, axes, params)
     except NeurosegError:
@@ -105,7 +124,7 @@ def run_file_job(spec: InputSpec, task: Task, params: dict, target: str, fmt: st
         image = read_image(inp, spec)
         axes, scale = inp.axes, inp.scale
     t_read = time.perf_counter() - t0
-    resolved = prepare_task(task, image, axes, params, spec)
+    resolved = prepare_task(task, image, axes, params, spec, source=inp)
     labels = as_labels(task.segment(image, axes, resolved))
     del image
     t_seg = time.perf_counter() - t0 - t_read
