@@ -31,13 +31,25 @@ def test_predict_labels_consistent_across_tiles(tiny_model_path, small_volume):
 
 
 def test_progress_and_cancel(tiny_model_path, small_volume):
+    """Closing the generator mid-network stops it: no further tiles go through the network (and
+    closing raises nothing); a full run's last step is its total."""
+    import inspect
+
     m = load_model(tiny_model_path, "cpu")
+    tiles = []
+    forward = m.net.forward
+    m.net.forward = lambda *a, **k: (tiles.append(1), forward(*a, **k))[1]
+    full = list(predict_iter(small_volume.raw, m, n_tiles=(2, 2, 2)))
+    n_full = len(tiles)
+    assert n_full >= 8 and full[-1].step == full[-1].total
+    tiles.clear()
     gen = predict_iter(small_volume.raw, m, n_tiles=(2, 2, 2))
-    items = [next(gen) for _ in range(3)]
-    assert all(isinstance(p, Progress) for p in items)
-    gen.close()  # cancel: no error, nothing left running
-    with pytest.raises(StopIteration):
-        next(gen)
+    items = [next(gen) for _ in range(3)]  # normalising, then the first network tiles
+    assert all(isinstance(p, Progress) for p in items) and items[-1].message.startswith("network")
+    n_at_cancel = len(tiles)
+    gen.close()  # cancel
+    assert inspect.getgeneratorstate(gen) == inspect.GEN_CLOSED
+    assert len(tiles) == n_at_cancel < n_full  # nothing ran after the close, the rest never ran
 
 
 def test_bad_inputs(tiny_model_path):

@@ -75,26 +75,49 @@ def test_chunk_that_becomes_empty_is_removed_and_reads_as_zero(tmp_path):
     np.testing.assert_array_equal(zarr.open_array(str(path))[:], ref)
 
 
-def test_crash_before_commit_leaves_saved_labels_intact(tmp_path):
+def test_crash_before_commit_leaves_saved_labels_intact(tmp_path, monkeypatch):
     data = _volume()
     path = _store(tmp_path, data)
     lab = ChunkedLabels.open(path)
     pr.merge(lab, [1, 2, 3])
+    assert len(lab._dirty) >= 2
+    written = []
+    setitem = zarr.Array.__setitem__
+
+    def crash_on_second_chunk(self, key, value):  # a crash while writing the pending chunk store
+        if written:
+            raise RuntimeError("simulated crash while writing the pending chunk store")
+        written.append(key)
+        setitem(self, key, value)
+
+    monkeypatch.setattr(zarr.Array, "__setitem__", crash_on_second_chunk)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        lab.save(_fail_after=1)
+        lab.save()
+    monkeypatch.undo()
+    assert len(written) == 1
     np.testing.assert_array_equal(zarr.open_array(str(path))[:], data)
     assert recover(path) == "discarded"
     np.testing.assert_array_equal(ChunkedLabels.open(path)[...], data)
 
 
-def test_crash_after_commit_is_rolled_forward_on_open(tmp_path):
+def test_crash_after_commit_is_rolled_forward_on_open(tmp_path, monkeypatch):
+    from napari_neuroseg.proofread import chunked
+
     data = _volume()
     path = _store(tmp_path, data)
     lab = ChunkedLabels.open(path)
     pr.merge(lab, [1, 2, 3])
     expected = lab[...]
+    write_mark = chunked.atomic_write_json
+
+    def crash_after_the_mark(*args, **kwargs):
+        write_mark(*args, **kwargs)
+        raise RuntimeError("simulated crash after the commit mark")
+
+    monkeypatch.setattr(chunked, "atomic_write_json", crash_after_the_mark)
     with pytest.raises(RuntimeError, match="after the commit"):
-        lab.save(_fail_after=-1)
+        lab.save()
+    monkeypatch.undo()
     reopened = ChunkedLabels.open(path)  # finishes the interrupted save
     np.testing.assert_array_equal(reopened[...], expected)
     np.testing.assert_array_equal(zarr.open_array(str(path))[:], expected)

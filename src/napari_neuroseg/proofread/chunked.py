@@ -255,10 +255,10 @@ class ChunkedLabels:
             self._load(c)[local] = val[sel]
 
     # -- saving -------------------------------------------------------------------------------
-    def save(self, *, _fail_after: int | None = None) -> int:
+    def save(self) -> int:
         """Write the edited chunks into the zarr store (atomically, see the module doc).
 
-        Returns the number of chunks written. ``_fail_after`` simulates a crash (tests).
+        Returns the number of chunks written.
         """
         import zarr
 
@@ -273,15 +273,11 @@ class ChunkedLabels:
                 shutil.copy2(array_dir / name, pending / name)
         tmp = zarr.open_array(str(pending), mode="r+")
         keys = []
-        for n, (c, arr) in enumerate(sorted(self._dirty.items())):
-            if _fail_after is not None and 0 <= _fail_after <= n:
-                raise RuntimeError("simulated crash while writing the pending chunk store")
+        for c, arr in sorted(self._dirty.items()):
             tmp[self._chunk_slices(c)] = arr
             keys.append(self._z.metadata.encode_chunk_key(c))
         atomic_write_json(pending / COMMIT_NAME, {"keys": keys, "present": [k for k in keys if (pending / k).exists()]},
                           indent=None)
-        if _fail_after is not None and _fail_after < 0:
-            raise RuntimeError("simulated crash after the commit mark")
         recover(array_dir)
         written = len(self._dirty)
         self._dirty.clear()
