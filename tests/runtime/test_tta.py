@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_neuroseg.runtime.tta import FLIPS, affinity_unflip, flip_average, flip_tile, ray_flip_weights, unflip_dist
+from napari_neuroseg.runtime.tta import (
+    FLIPS,
+    affinity_unflip,
+    flip_average,
+    flip_tile,
+    ray_flip_weights,
+    unflip_dist,
+)
 
 
 def _rng_tile(shape=(1, 8, 16, 16), seed=0):
@@ -115,7 +122,7 @@ def test_equivariant_stardist_like_network_is_unchanged(name, kw, tol):
     err = np.abs(d[inner] - d0[inner]).max() / np.abs(d0[inner] - 3).max()
     assert err < tol
     # without the ray mapping the distances would be wrong
-    p1, d1 = flip_average(net)(x)
+    _, d1 = flip_average(net)(x)
     assert np.abs(d1[inner] - d0[inner]).max() / np.abs(d0[inner] - 3).max() > 0.3
 
 
@@ -124,7 +131,12 @@ def test_neuron_predict_tta_is_flip_equivariant():
     the option runs end to end through predict()."""
     import torch
 
-    from napari_neuroseg.models.neurons import NetConfig, NeuronModel, PostprocessParams, predict
+    from napari_neuroseg.models.neurons import (
+        NetConfig,
+        NeuronModel,
+        PostprocessParams,
+        predict,
+    )
     from napari_neuroseg.models.neurons.predict import network_outputs
     from napari_neuroseg.runtime.progress import run_to_completion
 

@@ -19,7 +19,7 @@ def test_stardist_tta_is_flip_equivariant(nuclei):
     from napari_neuroseg.models.stardist3d.model import normalize_image
     from napari_neuroseg.runtime.tta import ray_flip_weights
 
-    model, img, lab = nuclei
+    model, img, _ = nuclei
     x = normalize_image(img[None, :16, :48, :48].astype(np.float32), model.percentiles)[0]
     p, d = model.predict(x, tta=True)
     # Z has grid 1: flipping the input flips the averaged probabilities (same 8 passes) ...
