@@ -250,3 +250,41 @@ def test_bad_input_is_a_clear_message(make_napari_viewer, qtbot, tiny_base, case
         assert w.result is None
     assert message in w.status.text(), w.status.text()
     assert not w.resegment_button.isEnabled()
+
+
+@pytest.mark.slow  # the neuron post-processing compiles (numba) once: ~1-2 min on the loaded machine
+def test_neurons_task_trains_registers_and_resegments(make_napari_viewer, qtbot, tmp_path):
+    import torch
+
+    from napari_neuroseg._napari.finetune_widget import PATH_CHOICE, FineTuneWidget
+    from napari_neuroseg.models import registry
+    from napari_neuroseg.models.neurons.model import NetConfig, save_model
+    from napari_neuroseg.synth import make_neurons
+
+    torch.manual_seed(0)
+    cfg = NetConfig(base=2, levels=2)
+    save_model(tmp_path / "tiny_neurons.pt", cfg.build(), cfg)
+    v = make_neurons((20, 48, 48), n_neurons=4, seed=3)
+    viewer = make_napari_viewer()
+    viewer.add_image(v.raw, name="raw3")  # one (3, Z, Y, X) layer
+    viewer.add_labels(v.labels, name="neurons corrected")
+    w = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.task.value = "neurons"
+    w.image.value = "raw3"
+    w.labels.value = "neurons corrected"
+    w.base.value = PATH_CHOICE
+    w.base_path.value = str(tmp_path / "tiny_neurons.pt")
+    w.steps.value = 2
+    w.device.value = "cpu"
+    w.output.value = "ft_neurons"
+    w.run()
+    qtbot.waitUntil(lambda: not w.controls.busy, timeout=300_000)
+    assert w.last_error is None, w.status.text()
+    assert w.result.kind == "neurons" and "avF1" in w.scores_label.text()
+    assert registry.lookup("ft_neurons")["kind"] == "neurons"
+    qtbot.waitUntil(lambda: "ft_neurons" in w.base.choices, timeout=5000)  # the dock's own picker follows too
+    w.resegment()
+    qtbot.waitUntil(lambda: not w.controls.busy, timeout=300_000)
+    assert w.last_error is None, w.status.text()
+    assert viewer.layers["raw3 neurons (ft_neurons)"].data.shape == v.labels.shape
