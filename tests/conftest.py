@@ -45,6 +45,25 @@ def repo_dir() -> Path:
     return REPO_DIR
 
 
+#: test folders whose modules run torch models: torch gets at most 2 threads there (oversubscribed
+#: threads on shared CPUs make tiny models crawl)
+FEW_THREAD_DIRS = ("bioimageio", "stardist3d")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _few_threads(request):
+    """At most 2 torch threads for each module under :data:`FEW_THREAD_DIRS`, restored after it."""
+    if Path(str(request.path)).parent.name not in FEW_THREAD_DIRS:
+        yield
+        return
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(min(n, 2))
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_itemcollected(item):
     """Every test under ``tests/_napari`` runs a viewer or Qt widgets: marked ``gui`` (so that
     ``-m 'not gui'`` deselects all of them)."""

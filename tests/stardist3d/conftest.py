@@ -12,12 +12,4 @@ def keras_inputs() -> dict[str, np.ndarray]:
     return load_inputs()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _few_threads():
-    """Keep torch polite on shared CPUs."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(min(n, 2))
-    yield
-    torch.set_num_threads(n)
+# torch threads: the suite-wide ``_few_threads`` fixture (tests/conftest.py) covers this folder
