@@ -176,6 +176,31 @@ def test_closed_proofreading_dock_lets_go(shown_viewer, qtbot, how, monkeypatch)
         assert not (seg.data == 1).any()
 
 
+def test_review_keys_and_outline_let_go_with_the_dock(shown_viewer, qtbot):
+    """N walks the review queue with a real key press while the dock is open (outline shown);
+    after the close button, N does nothing and the outline layer is gone."""
+    from napari_neuroseg._napari.proofread_widget import ProofreadWidget
+    from napari_neuroseg._napari.proofreading import HIGHLIGHT_LAYER
+    from napari_neuroseg.proofread.review import ReviewQueue
+
+    viewer = shown_viewer
+    seg = viewer.add_labels(_labels(), name="seg")
+    widget = ProofreadWidget(viewer)
+    dw = _dock(viewer, widget, "Proofreading")
+    qtbot.wait(20)
+    widget._install_queue(ReviewQueue.from_checks(seg.data, tiny=0, border=False, largest=3), None)
+    viewer.layers.selection.active = seg
+    _key(qtbot, viewer, Qt.Key.Key_N)
+    q = widget.controller.review
+    assert q.position == 0 and HIGHLIGHT_LAYER in viewer.layers
+    assert seg.selected_label == q.current.id
+    _close(viewer, dw, "close_button", qtbot)
+    assert HIGHLIGHT_LAYER not in viewer.layers
+    viewer.layers.selection.active = seg
+    _key(qtbot, viewer, Qt.Key.Key_N)
+    assert q.position == 0 and HIGHLIGHT_LAYER not in viewer.layers
+
+
 def test_closing_the_viewer_releases_the_layer(make_napari_viewer, qtbot):
     from napari_neuroseg._napari.proofread_widget import ProofreadWidget
 

@@ -316,8 +316,8 @@ def test_review_from_metrics_runs_in_a_worker(setup, qtbot):
 # ------------------------------------------------------------------ jump to an item, wording, saving
 def _ring_labels():
     """A thin ring (label 5): its centroid lies in the hole, off the object."""
-    lab = np.zeros((9, 64, 64), np.uint32)
-    yy, xx = np.mgrid[:64, :64]
+    lab = np.zeros((9, 200, 200), np.uint32)
+    yy, xx = np.mgrid[:200, :200]
     r = np.hypot(yy - 40, xx - 30)
     lab[3:6][:, (r >= 12) & (r < 14)] = 5
     lab[4, 5:8, 50:53] = 2  # a small object elsewhere
@@ -344,9 +344,9 @@ def test_jump_to_an_item_zooms_to_its_box_on_the_object_and_outlines_it(make_nap
     assert layer.data[voxel] == 5
     centre = np.asarray(viewer.scene.camera.center[-2:]) / 0.5
     assert layer.data[(voxel[0], *np.round(centre).astype(int))] == 5
-    # zoomed in to the box (26 x 26 voxels of 0.5 um), all of it in view
+    # zoomed in to the box (26 x 26 voxels of 0.5 um, in a 200 x 200 slice), all of it in view
     cam = viewer.scene.camera
-    assert cam.zoom > zoom_before
+    assert cam.zoom > 2 * zoom_before
     box = np.array(item.bbox)
     half_view = 0.5 * min(viewer.canvas.size) / cam.zoom  # world units from the centre to the edge
     for ax in (1, 2):

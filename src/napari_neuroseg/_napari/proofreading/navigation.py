@@ -22,10 +22,10 @@ __all__ = ["HIGHLIGHT_COLOR", "HIGHLIGHT_LAYER", "ReviewNavigator", "item_mask",
 HIGHLIGHT_LAYER = "review: current item"
 #: outline colour of the current item: white is not among napari's label colours (saturated hues)
 HIGHLIGHT_COLOR = (1.0, 1.0, 1.0, 1.0)
-#: the item's bounding box fills at most this fraction of the canvas
-ZOOM_FILL = 0.8
+#: the item's bounding box fills at most this fraction of the canvas (the rest shows its neighbours)
+ZOOM_FILL = 0.6
 #: never zoom closer than this many voxels across the canvas (a 1-voxel object)
-MIN_VIEW_VOXELS = 24
+MIN_VIEW_VOXELS = 40
 
 
 def item_mask(item: Any, pred: Any, gt: Any = None) -> np.ndarray | None:
