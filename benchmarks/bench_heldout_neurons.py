@@ -42,14 +42,14 @@ TARGETS = [("independent standard", 0.80, 0.25), ("independent hard", 0.45, 0.25
            ("own standard", 0.90, None), ("own hard", 0.65, None)]
 
 
-def volumes(sets: list[str], n: int):
+def volumes(sets: list[str], n: int, shape=SHAPE):
     """Yields (set name, volume name, raw (3,Z,Y,X), gt (N,Z,Y,X), partly, voxel size or None)."""
     if "own" in sets:
         from napari_neuroseg.synth import make_neurons
 
         for hard in (False, True):
             for seed in range(n):
-                v = make_neurons(SHAPE, hard=hard, seed=seed)
+                v = make_neurons(shape, hard=hard, seed=seed)
                 yield (f"own {'hard' if hard else 'standard'}", f"seed {seed}", v.raw, v.gt_instances,
                        bool(v.partly_labelled), None)
     if "independent" in sets:
@@ -57,7 +57,7 @@ def volumes(sets: list[str], n: int):
 
         for level in ("standard", "hard"):
             for seed in range(n):
-                v = render(SHAPE, level=level, seed=seed)
+                v = render(shape, level=level, seed=seed)
                 yield f"independent {level}", f"seed {seed}", v.raw, v.gt_instances, v.partly_labelled, v.voxel_size
     if "real" in sets and REAL_CROP.exists():
         from napari_neuroseg.io import read_fisbe
@@ -84,6 +84,7 @@ def run(args) -> dict:
 
     torch.set_num_threads(args.threads)
     model = load_model(resolve_neuron_model(args.model), args.device)
+    shape = tuple(getattr(args, "shape", None) or SHAPE)
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
     per: dict[str, dict[str, list]] = {}
     times: dict[str, list] = {}
@@ -91,7 +92,7 @@ def run(args) -> dict:
     print(f"model {model.path} (tta={args.tta}, voxel size {'off' if args.no_voxel_size else 'true'})", flush=True)
     print(f"{'set':<22} {'volume':<36} {'model avF1':>10} {'C':>6} {'FS':>3} {'FM':>3} {'pred/gt':>8} "
           f"{'base avF1':>9} {'s':>6}", flush=True)
-    for sname, vname, raw, gt, partly, vs in volumes(sets, args.n):
+    for sname, vname, raw, gt, partly, vs in volumes(sets, args.n, shape):
         kw = {}
         if vs is not None and not args.no_voxel_size:
             kw["voxel_size"] = vs
@@ -101,7 +102,8 @@ def run(args) -> dict:
         res = predict(raw, model, **kw)
         dt = time.perf_counter() - t0
         m = _score(gt, res.labels, partly)
-        b = _score(gt, kmeans_baseline(raw, int(gt.shape[0])), partly)
+        k = int(gt.shape[0])
+        b = _score(gt, kmeans_baseline(raw, k) if k else np.zeros(raw.shape[1:], np.uint32), partly)
         per.setdefault(sname, {"model": [], "baseline": []})
         per[sname]["model"].append(m)
         per[sname]["baseline"].append(b)
@@ -125,7 +127,7 @@ def run(args) -> dict:
             }
         summary[sname]["seconds_per_volume"] = float(np.mean(times[sname]))
     return {"model": str(model.path), "tta": bool(args.tta), "voxel_size": not args.no_voxel_size,
-            "n": args.n, "threads": args.threads, "summary": summary, "volumes": rows}
+            "n": args.n, "shape": list(shape), "threads": args.threads, "summary": summary, "volumes": rows}
 
 
 def report(res: dict) -> None:
@@ -155,6 +157,8 @@ def main() -> None:
     ap.add_argument("--sets", default="own,independent,real", help="comma-separated: own, independent, real")
     ap.add_argument("--tta", action="store_true", help="flip averaging (8 flips) at test time")
     ap.add_argument("--no-voxel-size", action="store_true", help="do not pass the true voxel size")
+    ap.add_argument("--shape", type=int, nargs=3, default=list(SHAPE), metavar=("Z", "Y", "X"),
+                    help="volume shape of the generated sets (default 48 160 160; the matrix uses the default)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--json", default=None, help="write the results as JSON")

@@ -75,3 +75,30 @@ def test_hard_is_harder(vols):
     assert clutter(h) > clutter(s)
     with pytest.raises(ValueError):
         render(SHAPE, level="extreme")
+
+
+@pytest.mark.slow
+def test_bench_runs_and_reports(tmp_path):
+    """bench_heldout_neurons.run on one small independent volume per level with a tiny random
+    model: every set gets model and baseline scores in range, and the result is JSON."""
+    import argparse
+    import json
+
+    import bench_heldout_neurons as bench
+    import torch
+
+    from napari_neuroseg.models.neurons import NetConfig, save_model
+
+    torch.manual_seed(0)
+    cfg = NetConfig(base=4, levels=2)
+    path = tmp_path / "tiny.pt"
+    save_model(path, cfg.build().eval(), cfg)
+    args = argparse.Namespace(model=str(path), n=1, sets="independent", tta=False, no_voxel_size=True,
+                              threads=1, device="cpu", json=None, shape=list(SHAPE))
+    res = bench.run(args)
+    assert set(res["summary"]) == {"independent standard", "independent hard"}
+    for d in res["summary"].values():
+        for meth in ("model", "baseline"):
+            assert 0.0 <= d[meth]["avF1_mean"] <= 1.0 and len(d[meth]["per_volume"]) == 1
+    json.dumps(res, default=str)
+    bench.report(res)
