@@ -221,3 +221,24 @@ def test_thresholds_are_the_base_models_unless_searched_in_time(tmp_path, base_m
     assert json.loads((tmp_path / "b" / "thresholds.json").read_text())["prob"] == pytest.approx(0.95)
     assert any("threshold search did not fit" in n for n in res.info["notes"])
     assert "threshold search did not fit" in (tmp_path / "b" / "MODEL_CARD.md").read_text()
+
+
+def test_fixed_objects_of_a_review_queue_as_the_reviewed_part():
+    from napari_neuroseg.models.finetune_job import fixed_objects_mask
+    from napari_neuroseg.proofread.review import ReviewQueue
+
+    _img, lbl = balls()
+    q = ReviewQueue.from_checks(lbl, tiny=10_000)  # every object is "tiny": one item per object
+    assert len(q) == 9
+    for target in (2, 5):
+        q.position = next(k for k, it in enumerate(q.items) if it.id == target)
+        q.mark("fixed")
+    m = fixed_objects_mask(lbl, q)
+    assert set(np.unique(lbl[m > 0])) == {2, 5} and m.dtype == np.uint8
+    assert (fixed_objects_mask(lbl, q.to_dict()) == m).all()
+    _x, y, note = restrict_to_region(lbl, lbl, mask=m)
+    assert set(np.unique(y)) - {0} == {2, 5} and "reviewed" in note
+    with pytest.raises(NeurosegError, match="marked fixed"):
+        fixed_objects_mask(lbl, ReviewQueue.from_checks(lbl, tiny=10_000))
+    with pytest.raises(NeurosegError, match="marked fixed"):
+        fixed_objects_mask(lbl, None)

@@ -210,6 +210,30 @@ def test_restore_and_resume_a_session(make_napari_viewer, qtbot, tiny_base):
     assert w4.offered_session is None
 
 
+def test_reviewed_part_from_the_review_queue(make_napari_viewer, tiny_base):
+    """'objects marked fixed in the review queue': the queue of the Proofreading dock (here the one
+    saved in the session) decides which objects count; none fixed is a clear message."""
+    from napari_neuroseg._napari.finetune_widget import FIXED, FineTuneWidget
+    from napari_neuroseg.proofread.review import ReviewQueue
+
+    viewer = make_napari_viewer()
+    _img, lab = _add_data(viewer)
+    w = FineTuneWidget(viewer)
+    _form(w, tiny_base)
+    w.mask.value = FIXED
+    q = ReviewQueue.from_checks(lab.data, tiny=10_000)
+    w.save_session(wait=True)
+    w.session.save_review(q)
+    assert w.run() is None and "marked fixed" in w.status.text()
+    for k in range(4):  # fix four objects
+        q.position = k
+        q.mark("fixed")
+    w.session.save_review(q)
+    a = w.job_arguments()
+    fixed = {it.id for it in q.items if it.status == "fixed"}
+    assert set(np.unique(lab.data[a["mask"] > 0])) == fixed
+
+
 @pytest.mark.parametrize("case, message", [
     ("shapes", "different shapes"),
     ("empty", "empty"),

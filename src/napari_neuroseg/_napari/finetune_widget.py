@@ -59,6 +59,7 @@ if TYPE_CHECKING:
 __all__ = ["FineTuneWidget", "format_eta"]
 
 NONE = "(none)"
+FIXED = "(objects marked fixed in the review queue)"
 PATH_CHOICE = "Folder / BioImage.IO package…"
 TASKS = ("nuclei", "neurons")
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -251,7 +252,7 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         return [ly.name for ly in self._layers("labels")]
 
     def _mask_names(self, *_: Any) -> list[str]:
-        return [NONE, *self._labels_names()]
+        return [NONE, FIXED, *self._labels_names()]
 
     def _base_choices(self, *_: Any) -> list[str]:
         return model_choices(self.task.value if hasattr(self, "task") else "nuclei", (), (PATH_CHOICE,))
@@ -295,7 +296,7 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
     def mask_layer(self):
         name = self.mask.value
-        if not name or name == NONE or name not in self.viewer.layers:
+        if not name or name in (NONE, FIXED) or name not in self.viewer.layers:
             return None
         return self.viewer.layers[name]
 
@@ -337,6 +338,10 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                                 fix="choose the Labels layer drawn on this image (same Z, Y, X size)")
         check_annotation(y, f"Labels layer '{lab.name}'")
         m = None if mask is None else np.asarray(mask.data)
+        if self.mask.value == FIXED:
+            from napari_neuroseg.models.finetune_job import fixed_objects_mask
+
+            m = fixed_objects_mask(y, self.review_queue_of(lab))
         if mask is not None and mask is lab:
             raise NeurosegError("the mask is the annotation itself", fix="choose another layer as the reviewed part, or none")
         restrict_to_region(x, y, mask=m, ignore_unlabelled=bool(self.ignore_unlabelled.value),
@@ -604,20 +609,35 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                 session.state["last_save_error"] = error_message(err)
 
     def _review_queue(self, layer: Any):
-        """The proofreading dock's review queue when it works on ``layer`` (else None)."""
+        """The proofreading dock's review queue (as a dict) when it works on ``layer``, else None.
+        Any dock with a ``controller`` whose ``layer`` is ``layer`` and whose ``review`` is set."""
         try:
-            from napari_neuroseg._napari.proofread_widget import ProofreadWidget
-
-            for w in self.viewer.window.dock_widgets.values():
-                inner = w.widget() if hasattr(w, "widget") else w
-                for cand in (w, inner):
-                    if isinstance(cand, ProofreadWidget):
-                        c = getattr(cand, "controller", None)
-                        if c is not None and getattr(c, "layer", None) is layer and c.review is not None:
-                            return c.review.to_dict()
-        except Exception:  # noqa: BLE001 - no proofreading dock, or napari without dock_widgets
+            docks = list(self.viewer.window.dock_widgets.values())
+        except Exception:  # noqa: BLE001 - napari without dock_widgets
             return None
+        for w in docks:
+            inner = w.widget() if hasattr(w, "widget") else w
+            for cand in (w, inner):
+                c = getattr(cand, "controller", None)
+                review = getattr(c, "review", None)
+                if c is not None and getattr(c, "layer", None) is layer and review is not None:
+                    try:
+                        return review.to_dict()
+                    except Exception:  # noqa: BLE001 - not a ReviewQueue
+                        return None
         return None
+
+    def review_queue_of(self, layer: Any):
+        """The review queue of ``layer``: the Proofreading dock's, else the one saved in this
+        dock's session for that layer (None: none)."""
+        q = self._review_queue(layer)
+        if q is None and self.session is not None and self.session.state.get("labels_layer") == layer.name:
+            try:
+                rq = self.session.load_review()
+            except NeurosegError:
+                rq = None
+            q = None if rq is None else rq.to_dict()
+        return q
 
     def offer_restore(self) -> Session | None:
         """Show the "restore?" row for the latest session that holds an annotation."""

@@ -36,8 +36,15 @@ import numpy as np
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.runtime.progress import Progress
 
-__all__ = ["FineTuneProgress", "FineTuneResult", "finetune_neurons_iter", "finetune_nuclei_iter", "labels_to_stack",
-           "restrict_to_region"]
+__all__ = [
+    "FineTuneProgress",
+    "FineTuneResult",
+    "finetune_neurons_iter",
+    "finetune_nuclei_iter",
+    "fixed_objects_mask",
+    "labels_to_stack",
+    "restrict_to_region",
+]
 
 #: margin (voxels) kept around the labelled objects when the unlabelled rest is ignored
 IGNORE_MARGIN = 4
@@ -135,6 +142,24 @@ def restrict_to_region(image: Any, labels: Any, *, mask: Any = None, ignore_unla
                     f"(+{IGNORE_MARGIN} voxels); unlabelled voxels inside it count as background")
             note = part if note is None else f"{note}; {part}"
     return np.ascontiguousarray(x), np.ascontiguousarray(y), note
+
+
+def fixed_objects_mask(labels: Any, queue: Any) -> np.ndarray:
+    """A mask (uint8, 1 = counts) of the objects of ``labels`` marked *fixed* in a review queue
+    (a ``proofread.review.ReviewQueue`` or its ``to_dict()``; items on the proofread labels,
+    ``source == "pred"``): "only the reviewed part counts" from the review queue. A NeurosegError
+    when no object of ``labels`` is marked fixed."""
+    d = queue.to_dict() if hasattr(queue, "to_dict") else queue
+    items = (d or {}).get("items") or []
+    ids = sorted({int(it["id"]) for it in items
+                  if isinstance(it, dict) and it.get("status") == "fixed" and it.get("source", "pred") == "pred"})
+    y = np.asarray(labels)
+    present = np.intersect1d(np.asarray(ids, dtype=np.int64), np.unique(y).astype(np.int64)) if ids else []
+    if len(present) == 0:
+        raise NeurosegError("no object of the annotation is marked fixed in its review queue",
+                            fix="mark the corrected objects as fixed in the Proofreading dock's review queue "
+                                "(Shift+M), or choose another reviewed part")
+    return np.isin(y, present).astype(np.uint8)
 
 
 # ------------------------------------------------------------------------------------------- job
