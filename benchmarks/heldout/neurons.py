@@ -33,7 +33,7 @@ FISBe (MCFO light microscopy of *Drosophila* neurons, 0.44 µm isotropic voxels)
 
 :func:`render` returns a :class:`HeldoutNeuronVolume` in FISBe's instance format: ``raw`` uint16
 (3, Z, Y, X) and ``gt_instances`` uint8 (N, Z, Y, X), channel i holding {0, i+1}. Deterministic by
-seed. A 48×160×160 volume takes about 1-2 s.
+seed. A 48×160×160 volume took 3.3-6.7 s on the shared 2-core machine (load average 8-24).
 """
 
 from __future__ import annotations
