@@ -242,10 +242,10 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
                          + "; the view zooms to the item's box, centred on a voxel of the object, outlined in white")
             b.clicked.connect(lambda _=False, a=action: self.run_action(a))
             nav.addWidget(b)
-        rl.addLayout(nav)
-        self.review_label = QLabel("No review queue")
+        self.review_label = QLabel("No review queue")  # above the buttons: in view while walking
         self.review_label.setWordWrap(True)
         rl.addWidget(self.review_label)
+        rl.addLayout(nav)
         self.review_section = CollapsibleSection(
             "Review queue", review, expanded=True,
             tooltip="Show or hide the review queue (a list of places to check, saved next to the labels)")
