@@ -220,18 +220,6 @@ def face_pairs(slab: np.ndarray, axis: int, connectivity: int, block: Block, reg
     return np.unique(np.concatenate(pairs).astype(np.int64), axis=0)
 
 
-def to_global(local: np.ndarray, region: tuple[slice, slice, slice], block_shape: tuple[int, int, int], offsets: np.ndarray) -> np.ndarray:
-    """Local (per-block) ids of a region spanning several blocks → global ids.
-
-    ``offsets`` has the grid's shape: the id offset of each block (its first id minus one).
-    """
-    idx = [np.arange(s.start, s.stop) // b for s, b in zip(region, block_shape)]
-    off = offsets[np.ix_(*idx)].astype(np.int64)
-    out = local.astype(np.int64)
-    out[local > 0] += off[local > 0]
-    return out
-
-
 def union_find_mapping(n_total: int, pairs: np.ndarray, sizes: np.ndarray | None = None, min_size: int = 0) -> np.ndarray:
     """Final ids for global ids ``0..n_total`` after joining ``pairs`` (connected components).
 

@@ -153,16 +153,6 @@ class Edit:
     info: dict = field(default_factory=dict)
     applied: bool = False
 
-    @classmethod
-    def from_blocks(
-        cls, kind: str, bbox: Bbox, old_block: np.ndarray, new_block: np.ndarray, **info: Any
-    ) -> "Edit":
-        """Build an edit by comparing a block before and after (cropped to the changed voxels)."""
-        changed = old_block != new_block
-        edit = cls(kind, [], info)
-        edit.add_mask(bbox, changed, old_block, new_block)
-        return edit
-
     def add_mask(self, bbox: Bbox, changed: np.ndarray, old_block: np.ndarray, new: Any) -> None:
         """Add a part: ``changed`` (bool, bbox-shaped) voxels go from ``old_block`` to ``new``
         (a scalar or a block like ``old_block``). The part is cropped to the changed voxels."""
@@ -241,15 +231,6 @@ class Edit:
             for a in range(nd)
         )
 
-    def iter_changes(self, forward: bool = True) -> Iterator[tuple[Bbox, np.ndarray, np.ndarray, np.ndarray]]:
-        """Yield ``(bbox, mask, before, after)`` per part in the given direction."""
-        for part in self.parts if forward else reversed(self.parts):
-            before = part.old if forward else part.new
-            after = part.new if forward else part.old
-            yield part.bbox, part.mask(), np.broadcast_to(before, (part.n,)), np.broadcast_to(
-                after, (part.n,)
-            )
-
     def coords_values(self) -> tuple[tuple[np.ndarray, ...], np.ndarray]:
         """Global coordinates of all changed voxels and their new values (for
         ``Labels.data_setitem``)."""
@@ -265,9 +246,6 @@ class Edit:
 
     def new_ids(self) -> set[int]:
         return {int(v) for p in self.parts for v in np.unique(p.new)}
-
-    def old_ids(self) -> set[int]:
-        return {int(v) for p in self.parts for v in np.unique(p.old)}
 
     def __repr__(self) -> str:
         return f"Edit({self.kind!r}, parts={len(self.parts)}, changed={self.n_changed}, nbytes={self.nbytes}, info={self.info})"
@@ -357,10 +335,6 @@ class RemapEdit(Edit):
 
     def new_ids(self) -> set[int]:
         return {int(v) for v in self.dst}
-
-    def old_ids(self) -> set[int]:
-        return {int(v) for v in self.src}
-
 
 def iter_slabs(shape: Sequence[int], chunks: Any = None, target_voxels: int = 1 << 24) -> Iterator[Bbox]:
     """Bounding boxes tiling ``shape``: along the first axis, aligned to ``chunks`` if given."""

@@ -135,12 +135,6 @@ class LabelIndex:
         nd = len(self.shape)
         return tuple(slice(int(b[a]), int(b[nd + a])) for a in range(nd))
 
-    def bbox_union(self, ids: Iterable[int]) -> Bbox | None:
-        out = None
-        for i in ids:
-            out = _union(out, self.bbox(i))
-        return out
-
     def next_id(self) -> int:
         """An id never seen in this array (max + 1)."""
         return self.max_id + 1
@@ -176,7 +170,3 @@ class LabelIndex:
             for v in np.unique(written):
                 self.grow(int(v), part.bbox)
 
-    def add_painted(self, bbox: Bbox, values: Iterable[int]) -> None:
-        """Account for voxels painted with ``values`` inside ``bbox`` (e.g. napari's brush)."""
-        for v in values:
-            self.grow(int(v), bbox)

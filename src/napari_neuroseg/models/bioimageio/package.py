@@ -205,15 +205,6 @@ class ModelPackage:
                 raise NeurosegError(f"the package file {name!r} is too large", path=self.path, fix="check the package")
         return out
 
-    def has_file(self, name: str) -> bool:
-        try:
-            rel = _safe_relative(name, self.path)
-        except NeurosegError:
-            return False
-        if self._zip is None:
-            return (self._root / Path(*rel.parts)).is_file()  # type: ignore[operator]
-        return (self._prefix + str(rel)) in self._zip.namelist()
-
     # -- lifetime --------------------------------------------------------------------------
     def close(self) -> None:
         if self._zip is not None:

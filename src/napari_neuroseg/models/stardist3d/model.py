@@ -573,7 +573,6 @@ class StarDist3D:
         tiles = self._n_tiles(shape, n_tiles)
         n_total = math.prod(min(t, math.ceil(s / d)) for t, s, d in zip(tiles, shape, self.divisor)) + 1
         yield Progress(0, n_total, f"predicting {math.prod(tiles)} tile(s)")
-        padded_out = tuple(math.ceil(s / d) * d // g for s, d, g in zip(shape, self.divisor, grid))
         dense_shape = tuple(math.ceil(s / g) for s, g in zip(shape, grid))
         forward = self.make_forward(tta=tta)
 
