@@ -238,3 +238,36 @@ def test_voxel_size_from_each_input_file_unless_given(tmp_path):
     from napari_neuroseg.io import read_image
 
     assert read_image(whole.records[0]["output"]).scale == (2.0, 0.5, 0.5)
+
+
+# -- issue 17: the progress says which file runs and which block, from the start ---------------------
+def test_progress_per_file_and_per_block_from_the_start(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    tifffile.imwrite(d / "a.tif", blobs((16, 32, 32), n=4, radius=3, seed=0))
+    tifffile.imwrite(d / "b.tif", blobs((16, 32, 32), n=5, radius=3, seed=1))
+    steps: list = []
+    _ = run_to_completion(run_batch("threshold", [d / "a.tif"], tmp_path / "one", params={"threshold": 500},
+                                    workers=1), callback=steps.append)
+    # one whole file: its name and what runs come before it ends (not a bare "starting…")
+    assert steps[0].record is None and steps[0].message.startswith("[1/1] a: segmenting the whole volume")
+    assert steps[-1].record is not None and steps[-1].record["status"] == "done" and steps[-1].fraction == 1.0
+    steps.clear()
+    _ = run_to_completion(run_batch("threshold", [d], tmp_path / "two", params={"threshold": 500}, workers=1),
+                          callback=steps.append)
+    assert "segmenting 2 whole volumes (a, b)" in steps[0].message and steps[0].record is None
+    assert sorted(s.record["input"] for s in steps if s.record) == [str(d / "a.tif"), str(d / "b.tif")]
+    # blockwise: a step while the volume is opened and planned, then one per block and phase
+    steps.clear()
+    _ = run_to_completion(run_batch("threshold", [d / "a.tif", d / "b.tif"], tmp_path / "blk", fmt="zarr",
+                                    params={"threshold": 500}, block_shape=(8, 16, 16), workers=1),
+                          callback=steps.append)
+    msgs = [s.message for s in steps]
+    for k, name in ((1, "a"), (2, "b")):
+        mine = [m for m in msgs if m.startswith(f"[{k}/2] {name}: ")]
+        assert mine[0].startswith(f"[{k}/2] {name}: opening the volume and planning its blocks")
+        assert sum("segmented block" in m for m in mine) == 8 and "segmented block 8/8" in " ".join(mine)
+        assert sum("matched faces of block" in m for m in mine) == 8
+        assert sum("wrote block" in m for m in mine) == 8
+    done = [s.step for s in steps]
+    assert done == sorted(done) and steps[-1].step == steps[-1].total == 2 * 3 * 8

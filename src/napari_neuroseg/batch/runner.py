@@ -143,6 +143,53 @@ def run_batch(
         lock.release()
 
 
+@dataclass
+class _Batch:
+    """What the steps of one locked batch run share: its settings, records and progress count."""
+
+    task: Task
+    specs: list[InputSpec]
+    outdir: Path
+    params: dict[str, Any]
+    fmt: str
+    block_shape: tuple[int, int, int] | None
+    halo: tuple[int, int, int] | None
+    resume: bool
+    engine: Engine
+    manifest: Manifest
+    phash: str
+    resources: dict[str, float] | None
+    records: list[dict[str, Any] | None]
+    total: int = 0
+    done: int = 0
+    t_work: float = field(default_factory=time.perf_counter)
+
+    def progress(self, msg: str, i: int, frac: float, record: dict | None = None) -> BatchProgress:
+        """A step of the batch: file ``i`` (``-1``: the batch as a whole) with its message and the ETA."""
+        n_files = len(self.specs)
+        elapsed = time.perf_counter() - self.t_work
+        eta = None if self.done == 0 else elapsed / self.done * max(0, self.total - self.done)
+        name = self.specs[i].name if i >= 0 else ""
+        return BatchProgress(
+            self.done, self.total, f"[{i + 1}/{n_files}] {name}: {msg}{_eta_text(eta)}" if i >= 0 else msg,
+            file=name, file_index=i, n_files=n_files, file_fraction=frac, eta_s=eta, record=record,
+        )
+
+    def fail_early(self, i: int, base: dict, mode: str, error: str) -> None:
+        """Record file ``i`` as failed before it ran (unreadable, or it cannot be processed)."""
+        self.records[i] = {**base, "status": "failed", "mode": mode, "error": error}
+        self.manifest.record(self.specs[i].name, {**self.records[i], "seconds": 0.0})
+
+    def end_file(self, i: int, rec: dict, *, in_manifest: bool = True) -> BatchProgress:
+        """Record how file ``i`` ended (in the manifest too, unless ``in_manifest`` is False and it
+        did not fail); the step that carries its summary row."""
+        self.records[i] = rec
+        failed = rec["status"] == "failed"
+        if in_manifest or failed:
+            self.manifest.record(self.specs[i].name, rec)
+        return self.progress(rec["status"] + (f": {rec['error']}" if failed else ""), i, 1.0, _row(rec))
+
+
 def _run_locked(
     task: Task, specs: list[InputSpec], outdir: Path, params: dict[str, Any], fmt: str,
     block_shape: tuple[int, int, int] | None, halo: tuple[int, int, int] | None, scheduler: Any,
@@ -157,7 +204,6 @@ def _run_locked(
             f"every input is an output of an earlier neuroseg batch run in {outdir} ({len(ignored)} ignored)",
             fix="give the original volumes as inputs (or another folder)",
         )
-    input_paths = {_real(s.path): s for s in specs if s.format != "array"}
     engine_given = engine is not None
     engine = engine or Engine(scheduler, workers, debug=debug)
     settings = {
@@ -168,136 +214,132 @@ def _run_locked(
     phash = params_hash(settings)
     manifest = Manifest.open(outdir, task.name, resume=resume)
     manifest.begin(**settings, params_hash=phash, engine=engine.describe())
-    resources = {"GPU": 1} if task.uses_gpu(params) else None
-
-    n_files = len(specs)
-    records: list[dict[str, Any] | None] = [None] * n_files
-    plans: list[tuple[int, InputSpec, Path, str, int]] = []  # (i, spec, target, mode, units)
-    for i, spec in enumerate(specs):
-        target = output_path(outdir, spec.name, task.name, fmt)
-        base = {"input": spec.path, "output": str(target), "params_hash": phash}
-        try:  # an output never replaces an input (a same-named file, or an input inside an output store)
-            require_outputs_apart({"INPUT": list(input_paths)}, {"output": str(target)})
-        except NeurosegError as err:
-            records[i] = {**base, "status": "failed", "mode": "-", "error": str(NeurosegError(
-                f"its output {target} would overwrite or change the input {target if _real(target) in input_paths else err.path} "
-                "(an input of this run, not an output of an earlier one)",
-                path=spec.path, fix="use another -o (a folder that holds no inputs), or rename that input",
-            ))}
-            manifest.record(spec.name, {**records[i], "seconds": 0.0})
-            continue
-        if resume and spec.format != "array" and manifest.is_complete(spec.name, phash, target):
-            old = manifest.data["entries"][spec.name]
-            records[i] = {**old, "status": "skipped", "error": "complete in a previous run"}
-            continue
-        mode, units = "whole", 1
-        if task.output == "labels":
-            try:
-                with open_input(spec) as inp:
-                    size, shape, dtype = inp.nbytes, inp.spatial_shape, inp.data.dtype
-            except NeurosegError as err:
-                records[i] = {**base, "status": "failed", "mode": "-", "error": str(err)}
-                manifest.record(spec.name, {**records[i], "seconds": 0.0})
-                continue
-            if block_shape is not None or size > memory_limit:
-                if fmt == "tif":
-                    records[i] = {**base, "status": "failed", "mode": "blockwise", "error": (
-                        f"{spec.path}: the volume ({size / 1e9:.1f} GB) is larger than the memory limit and "
-                        "must be processed blockwise. Fix: use --format zarr or ome-zarr.")}
-                    manifest.record(spec.name, {**records[i], "seconds": 0.0})
-                    continue
-                bs = block_shape or DEFAULT_BLOCK_SHAPE
-                try:  # counted, not enumerated: a tiny store can declare a 10^15-voxel array
-                    n_blocks = check_block_plan(shape, bs, path=spec.path, dtype=dtype)
-                except NeurosegError as err:
-                    records[i] = {**base, "status": "failed", "mode": "blockwise", "error": str(err)}
-                    manifest.record(spec.name, {**records[i], "seconds": 0.0})
-                    continue
-                mode, units = "blockwise", blockwise_units(n_blocks, task.stitch)
-        plans.append((i, spec, target, mode, units))
-
-    total = sum(p[4] for p in plans)
-    state = {"done": 0, "t_work": time.perf_counter()}
-
-    def progress(msg: str, i: int, frac: float, record: dict | None = None) -> BatchProgress:
-        done = state["done"]
-        elapsed = time.perf_counter() - state["t_work"]
-        eta = None if done == 0 else elapsed / done * max(0, total - done)
-        name = specs[i].name if i >= 0 else ""
-        return BatchProgress(
-            done, total, f"[{i + 1}/{n_files}] {name}: {msg}{_eta_text(eta)}" if i >= 0 else msg,
-            file=name, file_index=i, n_files=n_files, file_fraction=frac, eta_s=eta, record=record,
-        )
+    b = _Batch(task, specs, outdir, params, fmt, block_shape, halo, resume, engine, manifest, phash,
+               {"GPU": 1} if task.uses_gpu(params) else None, [None] * len(specs))
+    input_paths = {_real(s.path) for s in specs if s.format != "array"}
+    plans = [pl for i in range(len(specs)) if (pl := _plan_file(b, i, input_paths, memory_limit)) is not None]
+    b.total, b.t_work = sum(pl[4] for pl in plans), time.perf_counter()
 
     if ignored:
-        yield progress(f"ignored {len(ignored)} output(s) of earlier runs in {outdir} (not inputs)", -1, 0.0)
+        yield b.progress(f"ignored {len(ignored)} output(s) of earlier runs in {outdir} (not inputs)", -1, 0.0)
     # Skipped and unreadable files first (they cost nothing).
-    for i, rec in enumerate(records):
+    for i, rec in enumerate(b.records):
         if rec is not None:
-            yield progress(f"{rec['status']} ({rec.get('error', '')})", i, 1.0, _row(rec))
+            yield b.progress(f"{rec['status']} ({rec.get('error', '')})", i, 1.0, _row(rec))
 
     cancelled = True
     try:
-        # Whole files: all at once on the engine.
-        whole = [p for p in plans if p[3] == "whole"]
-        args = [(spec, task, params, str(target), fmt) for (_i, spec, target, _m, _u) in whole]
-        t_submit = time.perf_counter()
-        mapper = engine.map(jobs.run_file_job, args, resources=resources, label="file")
-        for j, res, err in mapper:
-            i, spec, target = whole[j][0], whole[j][1], whole[j][2]
-            base = {"input": spec.path, "output": str(target), "params_hash": phash, "mode": "whole"}
-            if err is None:
-                rec = {**base, "status": "done", **res}
-            else:
-                _log_failure(spec, err)
-                rec = {**base, "status": "failed", "error": _err_text(err, spec), "seconds": time.perf_counter() - t_submit}
-            records[i] = rec
-            if spec.format != "array" or rec["status"] == "failed":
-                manifest.record(spec.name, rec)
-            state["done"] += 1
-            yield progress(rec["status"] + (f": {rec['error']}" if err else ""), i, 1.0, _row(rec))
-
-        # Big files: one at a time, blocks in parallel.
-        for i, spec, target, _mode, units in (p for p in plans if p[3] == "blockwise"):
-            base = {"input": spec.path, "output": str(target), "params_hash": phash, "mode": "blockwise"}
-            d0 = state["done"]
-            gen = segment_blockwise(
-                spec, task, params, target, fmt, block_shape=block_shape or DEFAULT_BLOCK_SHAPE,
-                halo=halo, engine=engine, resume=resume, resources=resources,
-            )
-
-            def block_step(p, i=i, d0=d0, units=units):  # a block of this file as a step of the batch
-                state["done"] = d0 + min(p.step, units)
-                return progress(p.message, i, p.fraction)
-
-            try:
-                rec = {**base, "status": "done", **(yield from relay(gen, block_step))}
-            except NeurosegError as err:
-                _log_failure(spec, err)
-                rec = {**base, "status": "failed", "error": _err_text(err, spec)}
-            except Exception as err:  # noqa: BLE001 - one bad file must not stop the batch
-                _log_failure(spec, err)
-                rec = {**base, "status": "failed", "error": _err_text(err, spec)}
-            finally:
-                gen.close()
-            records[i] = rec
-            manifest.record(spec.name, rec)
-            state["done"] = d0 + units
-            yield progress(rec["status"] + (f": {rec['error']}" if rec["status"] == "failed" else ""), i, 1.0, _row(rec))
+        yield from _run_whole_files(b, [pl for pl in plans if pl[3] == "whole"])
+        for pl in (pl for pl in plans if pl[3] == "blockwise"):
+            yield from _run_blockwise_file(b, pl)
         cancelled = False
     finally:
         rows = [
             _row(r) if r is not None else {"input": s.path, "output": "", "status": "cancelled" if cancelled else "not run"}
-            for r, s in zip(records, specs)
+            for r, s in zip(b.records, specs)
         ]
         counts: dict[str, int] = {}
         for r in rows:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         result = _write_summary(outdir, task.name, rows, counts, cancelled, time.perf_counter() - t_start, manifest)
-        result.records = [dict(r) if r is not None else row for r, row in zip(records, rows)]
+        result.records = [dict(r) if r is not None else row for r, row in zip(b.records, rows)]
         if not engine_given:
             engine.close()
     return result
+
+
+_Plan = tuple[int, InputSpec, Path, str, int]  # (index, spec, target, "whole"/"blockwise", progress units)
+
+
+def _plan_file(b: _Batch, i: int, input_paths: set[str], memory_limit: int) -> _Plan | None:
+    """How file ``i`` runs (whole, or blockwise when ``block_shape`` is given or it is larger than
+    ``memory_limit``); None when it does not run (skipped as complete, or failed: recorded)."""
+    spec, task, fmt = b.specs[i], b.task, b.fmt
+    target = output_path(b.outdir, spec.name, task.name, fmt)
+    base = {"input": spec.path, "output": str(target), "params_hash": b.phash}
+    try:  # an output never replaces an input (a same-named file, or an input inside an output store)
+        require_outputs_apart({"INPUT": list(input_paths)}, {"output": str(target)})
+    except NeurosegError as err:
+        b.fail_early(i, base, "-", str(NeurosegError(
+            f"its output {target} would overwrite or change the input {target if _real(target) in input_paths else err.path} "
+            "(an input of this run, not an output of an earlier one)",
+            path=spec.path, fix="use another -o (a folder that holds no inputs), or rename that input",
+        )))
+        return None
+    if b.resume and spec.format != "array" and b.manifest.is_complete(spec.name, b.phash, target):
+        old = b.manifest.data["entries"][spec.name]
+        b.records[i] = {**old, "status": "skipped", "error": "complete in a previous run"}
+        return None
+    if task.output != "labels":
+        return i, spec, target, "whole", 1
+    try:
+        with open_input(spec) as inp:
+            size, shape, dtype = inp.nbytes, inp.spatial_shape, inp.data.dtype
+    except NeurosegError as err:
+        b.fail_early(i, base, "-", str(err))
+        return None
+    if b.block_shape is None and size <= memory_limit:
+        return i, spec, target, "whole", 1
+    if fmt == "tif":
+        b.fail_early(i, base, "blockwise", (
+            f"{spec.path}: the volume ({size / 1e9:.1f} GB) is larger than the memory limit and "
+            "must be processed blockwise. Fix: use --format zarr or ome-zarr."))
+        return None
+    try:  # counted, not enumerated: a tiny store can declare a 10^15-voxel array
+        n_blocks = check_block_plan(shape, b.block_shape or DEFAULT_BLOCK_SHAPE, path=spec.path, dtype=dtype)
+    except NeurosegError as err:
+        b.fail_early(i, base, "blockwise", str(err))
+        return None
+    return i, spec, target, "blockwise", blockwise_units(n_blocks, task.stitch)
+
+
+def _run_whole_files(b: _Batch, whole: list[_Plan]) -> Generator[BatchProgress, None, None]:
+    """All whole-volume files at once on the engine; a step as they start and as each ends."""
+    if not whole:
+        return
+    if len(whole) == 1:
+        yield b.progress("segmenting the whole volume", whole[0][0], 0.0)
+    else:
+        names = ", ".join(pl[1].name for pl in whole[:3]) + (", …" if len(whole) > 3 else "")
+        yield b.progress(f"segmenting {len(whole)} whole volumes ({names}); each file is listed as it ends", -1, 0.0)
+    args = [(spec, b.task, b.params, str(target), b.fmt) for (_i, spec, target, _m, _u) in whole]
+    t_submit = time.perf_counter()
+    for j, res, err in b.engine.map(jobs.run_file_job, args, resources=b.resources, label="file"):
+        i, spec, target = whole[j][0], whole[j][1], whole[j][2]
+        base = {"input": spec.path, "output": str(target), "params_hash": b.phash, "mode": "whole"}
+        if err is None:
+            rec = {**base, "status": "done", **res}
+        else:
+            _log_failure(spec, err)
+            rec = {**base, "status": "failed", "error": _err_text(err, spec), "seconds": time.perf_counter() - t_submit}
+        b.done += 1
+        yield b.end_file(i, rec, in_manifest=spec.format != "array")  # a layer cannot be resumed
+
+
+def _run_blockwise_file(b: _Batch, plan: _Plan) -> Generator[BatchProgress, None, None]:
+    """One big file block by block (blocks in parallel on the engine): a step per block."""
+    i, spec, target, _mode, units = plan
+    base = {"input": spec.path, "output": str(target), "params_hash": b.phash, "mode": "blockwise"}
+    d0 = b.done
+    yield b.progress("opening the volume and planning its blocks", i, 0.0)
+    gen = segment_blockwise(
+        spec, b.task, b.params, target, b.fmt, block_shape=b.block_shape or DEFAULT_BLOCK_SHAPE,
+        halo=b.halo, engine=b.engine, resume=b.resume, resources=b.resources,
+    )
+
+    def block_step(p: Progress) -> BatchProgress:  # a block of this file as a step of the batch
+        b.done = d0 + min(p.step, units)
+        return b.progress(p.message, i, p.fraction)
+
+    try:
+        rec = {**base, "status": "done", **(yield from relay(gen, block_step))}
+    except Exception as err:  # noqa: BLE001 - one bad file must not stop the batch
+        _log_failure(spec, err)
+        rec = {**base, "status": "failed", "error": _err_text(err, spec)}
+    finally:
+        gen.close()
+    b.done = d0 + units
+    yield b.end_file(i, rec)
 
 
 def _err_text(err: BaseException, spec: InputSpec) -> str:
