@@ -173,7 +173,6 @@ class ReviewNavigator:
                 data, name=HIGHLIGHT_LAYER, colormap=cmap, opacity=1.0, scale=scale, translate=translate,
                 metadata={ROLE_KEY: "scratch", "neuroseg_error_kind": "review"}, blending="translucent_no_depth",
             )
-            hl.contour = 1
             hl.editable = False
             if active is not None:
                 c.viewer.layers.selection.active = active
@@ -181,6 +180,10 @@ class ReviewNavigator:
             hl.data = data
             hl.translate = translate
             hl.visible = True
+        # 2D: the outline; 3D (napari draws no contours there): the object veiled in white
+        three_d = c.viewer.dims.ndisplay == 3
+        hl.contour = 0 if three_d else 1
+        hl.opacity = 0.5 if three_d else 1.0
 
     def clear_highlight(self) -> None:
         """Remove the outline layer (the queue ended, or the dock let go of the layer)."""
