@@ -165,6 +165,25 @@ def test_closing_the_dock_cancels_and_saves(make_napari_viewer, qtbot, tiny_base
     assert w.session.status == "stopped"  # a later Fine-tune resumes from the last checkpoint (every 25 steps)
 
 
+def test_closing_the_viewer_saves_pending_edits(make_napari_viewer, qtbot):
+    """Closing napari itself (the dock is deleted with it): the edits not autosaved yet are written."""
+    from napari_neuroseg._napari.finetune_widget import FineTuneWidget
+    from napari_neuroseg.runtime.session import latest_session
+
+    viewer = make_napari_viewer()
+    _img, lab = _add_data(viewer)
+    w = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.image.value, w.labels.value = "raw", "corrected"
+    w.save_session(wait=True)  # the session exists (the first autosave)
+    lab.fill((8, 12, 12), 91)
+    assert w.autosaver.pending
+    viewer.close()
+    qtbot.waitUntil(lambda: w.dock_closed, timeout=10_000)
+    s = latest_session()
+    assert s is not None and s.load_array("annotation")[8, 12, 12] == 91
+
+
 @pytest.mark.slow  # two short runs to their end (~15 s on the loaded machine)
 def test_restore_and_resume_a_session(make_napari_viewer, qtbot, tiny_base):
     from napari_neuroseg._napari.finetune_widget import FineTuneWidget

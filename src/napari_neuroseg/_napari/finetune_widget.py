@@ -233,10 +233,7 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         t = self._save_thread
         if t is not None:
             t.join(timeout=30)
-        if self._tracked is not None and self.session is not None and self.autosaver.pending:
-            self._write(self.session, np.array(self._tracked[0].data, copy=True), None)
-            self.autosaver.saved()
-        self._untrack()
+        self._untrack()  # writes the pending edits
 
     # ------------------------------------------------------------------ choices
     def _layers(self, kind: str) -> list[Any]:
@@ -547,8 +544,15 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self._tracked = (layer, cbs)
 
     def _untrack(self) -> None:
+        """Let go of the tracked Labels layer; its edits not saved yet are written first (the layer
+        may be leaving with the viewer). No Qt calls here (also runs after Qt deleted the dock)."""
         if self._tracked is None:
             return
+        layer = self._tracked[0]
+        s = self.session
+        if self.autosaver.pending and s is not None and s.state.get("labels_layer") == layer.name:
+            self._write(s, np.array(layer.data, copy=True), None)
+            self.autosaver.saved()
         for emitter, cb in self._tracked[1]:
             with contextlib.suppress(Exception):  # the layer may be gone
                 emitter.disconnect(cb)
