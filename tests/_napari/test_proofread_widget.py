@@ -381,6 +381,7 @@ def test_missed_objects_are_outlined_from_the_ground_truth_and_named_after_the_t
     widget.gt_combo.setCurrentText("truth")
     assert widget.task_combo.findData("nuclei") >= 0 and widget.task_combo.toolTip()
     widget.task_combo.setCurrentIndex(widget.task_combo.findData("nuclei"))
+    assert not widget.partly.isEnabled()  # a FISBe option
     widget.build_review_from_metrics()
     qtbot.waitUntil(lambda: widget.controller.review is not None, timeout=60000)
     q = widget.controller.review

@@ -201,6 +201,8 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
             "Metrics behind 'From metrics': nuclei = unmatched objects at IoU 0.5, every object counts; "
             "neurons = FISBe preset (false merges/splits, predictions <= 800 voxels dropped); "
             "auto guesses from the ground truth. The queue names missed objects after the task")
+        self.task_combo.currentIndexChanged.connect(  # a FISBe option: off for nuclei
+            lambda *_: self.partly.setEnabled(self.task_combo.currentData() != "nuclei"))
         rform.addRow("Ground truth", self.gt_combo)
         rform.addRow("Task", self.task_combo)
         rform.addRow("", self.partly)
@@ -520,7 +522,8 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
         path = self._default_review_path()
         task = str(self.task_combo.currentData())
         start_worker(
-            ReviewQueue.from_metrics_iter, gt, c.layer.data, partly=self.partly.isChecked(), task=task,
+            ReviewQueue.from_metrics_iter, gt, c.layer.data, partly=self.partly.isChecked() and task != "nuclei",
+            task=task,
             on_return=lambda q: self._install_queue(q, path, gt), desc="metrics for the review queue",
         )
 
