@@ -529,8 +529,6 @@ def estimate_object_diameter(
     scale (against both neighbouring scales at the same physical point), away from the crop's
     edge; the strongest ``max_blobs`` above 30 % of the 90th-percentile response are kept. A ball
     of diameter d peaks at σ = d / (2√3), so the estimate is the median of 2√3·σ over the blobs."""
-    from scipy import ndimage as ndi
-
     x = np.asarray(image)
     if x.ndim != 3:
         raise NeurosegError(f"the size estimate needs a 3D volume, got shape {x.shape}", fix="pass (Z, Y, X)")
@@ -544,6 +542,22 @@ def estimate_object_diameter(
     d1 = max(d0 * 1.5, min(d1, min(x.shape[1], x.shape[2], x.shape[0] * float(anisotropy)) / 2.0))  # an object fits twice
     sig_y = np.geomspace(d0, d1, n_scales) / LOG_DIAMETER_PER_SIGMA
     az = float(anisotropy)
+    resp, grids = _log_responses(x, sig_y, az)
+    arr = _scale_space_maxima(resp, grids, sig_y, az, np.array(x.shape, float))
+    arr = arr[arr[:, 0] >= 0.3 * np.percentile(arr[:, 0], 90)]  # weak maxima: noise
+    arr = arr[np.lexsort((-arr[:, 0], -arr[:, 1]))][:5000]  # larger scale first, then stronger
+    arr = _drop_nested_blobs(arr, sig_y, az)
+    arr = arr[np.argsort(-arr[:, 0])][:max_blobs]
+    d = sig_y[arr[:, 1].astype(int)] * LOG_DIAMETER_PER_SIGMA
+    q25, q50, q75 = _volume_weighted_quantiles(d, (0.25, 0.5, 0.75))
+    return SizeEstimate(float(q50), int(len(d)), (float(q25), float(q75)), tuple(int(s) for s in x.shape))  # type: ignore[arg-type]
+
+
+def _log_responses(x: np.ndarray, sig_y: np.ndarray, az: float) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The scale-normalised LoG response at each σ (σ_z = σ_y / ``az``), each on a block-averaged
+    copy of ``x`` (about 2 voxels per σ), with the block size of each."""
+    from scipy import ndimage as ndi
+
     resp, grids = [], []
     for s in sig_y:
         sig = np.array([s / az, s, s])
@@ -559,8 +573,15 @@ def estimate_object_diameter(
             r -= np.float32(sd[a] ** 2) * ndi.gaussian_filter(xs, sd, order=order, mode="reflect")
         resp.append(r)
         grids.append(q)
-    shape = np.array(x.shape, float)
-    cands = []  # (response, scale index, centre z, y, x in crop voxels)
+    return resp, grids
+
+
+def _scale_space_maxima(resp, grids, sig_y: np.ndarray, az: float, shape: np.ndarray) -> np.ndarray:
+    """Rows ``(response, scale index, centre z, y, x in crop voxels)`` of the voxels that are
+    maxima in space (3×3×3) and against both neighbouring scales, away from the crop's edge."""
+    from scipy import ndimage as ndi
+
+    cands = []
     for i in range(1, len(resp) - 1):  # a scale maximum needs both neighbouring scales
         r, q = resp[i], grids[i]
         peak = (r == ndi.maximum_filter(r, size=3, mode="nearest")) & (r > 0)
@@ -579,12 +600,13 @@ def estimate_object_diameter(
     if not cands:
         raise NeurosegError("no blob-like objects found for the automatic size estimate",
                             fix="give the object size (e.g. '25 vox') or the voxel size instead")
-    arr = np.array(cands)
-    arr = arr[arr[:, 0] >= 0.3 * np.percentile(arr[:, 0], 90)]  # weak maxima: noise
-    arr = arr[np.lexsort((-arr[:, 0], -arr[:, 1]))][:5000]  # larger scale first, then stronger
-    # pruning as skimage's blob_log does it: of two blobs where one's centre lies inside the
-    # other (physical units, Y/X voxels), the smaller goes: chromatin spots and nucleoli inside a
-    # nucleus are not objects of their own
+    return np.array(cands)
+
+
+def _drop_nested_blobs(arr: np.ndarray, sig_y: np.ndarray, az: float) -> np.ndarray:
+    """Pruning as skimage's ``blob_log`` does it: of two blobs where one's centre lies inside the
+    other (physical units, Y/X voxels), the smaller goes (``arr`` sorted larger scale first):
+    chromatin spots and nucleoli inside a nucleus are not objects of their own."""
     phys = arr[:, 2:5] * np.array([az, 1.0, 1.0])
     rad = sig_y[arr[:, 1].astype(int)] * LOG_DIAMETER_PER_SIGMA / 2
     acc: list[int] = []
@@ -595,16 +617,16 @@ def estimate_object_diameter(
             if np.any(dist < rad[a]):
                 continue
         acc.append(k)
-    arr = arr[acc]
-    arr = arr[np.argsort(-arr[:, 0])][:max_blobs]
-    d = sig_y[arr[:, 1].astype(int)] * LOG_DIAMETER_PER_SIGMA
-    # volume-weighted quantiles (weights d³): the diameter of the blobs that hold the median blob
-    # volume; many small texture/noise maxima between and inside nuclei barely count
+    return arr[acc]
+
+
+def _volume_weighted_quantiles(d: np.ndarray, qs: Sequence[float]) -> tuple[float, ...]:
+    """Quantiles of the diameters ``d`` weighted by d^WEIGHT_POWER (volume): the diameter of the
+    blobs that hold the median blob volume; many small texture/noise maxima barely count."""
     order = np.argsort(d)
     w = np.cumsum(d[order] ** WEIGHT_POWER)
     w /= w[-1]
-    q25, q50, q75 = (float(d[order][np.searchsorted(w, q)]) for q in (0.25, 0.5, 0.75))
-    return SizeEstimate(float(q50), int(len(d)), (float(q25), float(q75)), tuple(int(s) for s in x.shape))  # type: ignore[arg-type]
+    return tuple(float(d[order][np.searchsorted(w, q)]) for q in qs)
 
 
 def _block_mean(x: np.ndarray, q: np.ndarray) -> np.ndarray:
