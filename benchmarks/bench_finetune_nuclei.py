@@ -33,7 +33,9 @@ from pathlib import Path
 DATA = Path("/work/shared/real_nuclei")
 
 
-def split_volume(work: Path, cut: int) -> dict:
+def split_volume(work: Path, cut: int, axis: str = "X", train_side: str = "low") -> dict:
+    """Write the training and test parts of the real volume: split along ``axis`` at ``cut``;
+    ``train_side`` "low" trains on indices < cut and tests on >= cut, "high" the reverse."""
     import numpy as np
 
     from napari_neuroseg.io import read_image, read_labels
@@ -41,20 +43,25 @@ def split_volume(work: Path, cut: int) -> dict:
 
     vol = read_image(DATA / "gonuclear_1135_raw.tif")
     x, y = np.asarray(vol.data), np.asarray(read_labels(DATA / "gonuclear_1135_labels.tif"))
-    out = {}
-    for part, sl in (("train", slice(0, cut)), ("test", slice(cut, None))):
+    ax = "ZYX".index(axis)
+    low, high = [slice(None)] * 3, [slice(None)] * 3
+    low[ax], high[ax] = slice(0, cut), slice(cut, None)
+    parts = {"train": low, "test": high} if train_side == "low" else {"train": high, "test": low}
+    out = {"axis": ax, "test_plane": 0 if train_side == "low" else -1}
+    for part, sl in parts.items():
         for kind, arr in (("raw", x), ("labels", y)):
             p = work / f"{part}_{kind}.tif"
             if not p.exists():
-                write_tiff(p, np.ascontiguousarray(arr[:, :, sl]), axes="ZYX", scale=vol.scale)
+                write_tiff(p, np.ascontiguousarray(arr[tuple(sl)]), axes="ZYX", scale=vol.scale)
             out[f"{part}_{kind}"] = p
     return out
 
 
-def f1(pred_path: Path, gt_path: Path, cut_rule: bool = False) -> tuple[float, int, int]:
+def f1(pred_path: Path, gt_path: Path, cut_rule: bool = False, axis: int = 2, plane: int = 0) -> tuple[float, int, int]:
     """F1 at IoU 0.5 of a prediction file against the test labels; ``cut_rule``: first apply the
     rule the data set's README states for its crop border to the split plane too (objects cut by
-    it and smaller than 200 voxels set to 0: the split leaves 1- and 7-voxel fragments)."""
+    it and smaller than 200 voxels set to 0: the split leaves 1- and 7-voxel fragments).
+    ``axis``/``plane``: where the split plane lies in the test part."""
     import numpy as np
     from stardist.matching import matching
 
@@ -63,7 +70,7 @@ def f1(pred_path: Path, gt_path: Path, cut_rule: bool = False) -> tuple[float, i
     gt, pred = np.array(read_labels(gt_path)), np.asarray(read_labels(pred_path))
     if cut_rule:
         ids, counts = np.unique(gt, return_counts=True)
-        cut = set(np.unique(gt[:, :, 0]).tolist()) - {0}  # the test part starts at the split plane
+        cut = set(np.unique(np.take(gt, plane, axis=axis)).tolist()) - {0}  # the split plane
         small = [int(i) for i, c in zip(ids, counts) if int(i) in cut and c < 200]
         gt[np.isin(gt, small)] = 0
     m = matching(gt, pred, thresh=0.5)
@@ -82,14 +89,17 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, nargs="+", default=[2, 5, 10])
     ap.add_argument("--work", type=Path, default=Path("bench_finetune_nuclei"))
-    ap.add_argument("--cut", type=int, default=50, help="X < cut: training part; X >= cut: test part")
+    ap.add_argument("--cut", type=int, default=50, help="split index along --axis")
+    ap.add_argument("--axis", choices=("Z", "Y", "X"), default="X", help="split axis (default X)")
+    ap.add_argument("--train-side", choices=("low", "high"), default="low",
+                    help="low: train on indices < cut, test on >= cut (default); high: the reverse")
     ap.add_argument("--parallel", action="store_true", help="run the fine-tuning runs at the same time")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more flags for 'train nuclei'")
     a = ap.parse_args(argv)
     work = a.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("NEUROSEG_MODELS_DIR", str(work / "registry"))
-    files = split_volume(work, a.cut)
+    files = split_volume(work, a.cut, a.axis, a.train_side)
     results_file = work / "results.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
 
@@ -146,7 +156,8 @@ def main(argv=None) -> int:
              **{f"fine-tuned {m:g} min": work / f"pred_ft_{m:g}min.tif" for m in a.minutes}}
     for key, pred in preds.items():
         if key in results and "f1_cut_rule" not in results[key]:
-            results[key]["f1_cut_rule"] = f1(pred, files["test_labels"], cut_rule=True)[0]
+            results[key]["f1_cut_rule"] = f1(pred, files["test_labels"], cut_rule=True, axis=files["axis"],
+                                             plane=files["test_plane"])[0]
             save()
         if key in results:
             print(f"{key}: F1@0.5 on the test half {results[key]['f1']:.3f} "

@@ -252,3 +252,49 @@ def test_disk_full_while_saving(tmp_path, base_model, monkeypatch):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 1
     StarDist3D.load(out, device="cpu")
+
+
+def test_recipe_defaults_and_user_choices():
+    """The fine-tuning recipe fills what the user did not choose; a choice wins."""
+    from napari_neuroseg.models.stardist3d.train import TrainSettings
+    from napari_neuroseg.models.stardist3d.training.finetune import FINETUNE_RECIPE, finetune_settings
+
+    s = finetune_settings(TrainSettings(), learning_rate=None, patience=3)
+    assert s.learning_rate == FINETUNE_RECIPE["learning_rate"] and s.patience == 3
+    assert s.select_by == "score" and s.val_every == FINETUNE_RECIPE["val_every"]
+    assert TrainSettings().select_by == "loss" and TrainSettings().patience == 0  # training from scratch: unchanged
+
+
+def test_frozen_encoder_stays_and_score_selection_stops_early(tmp_path, base_model):
+    """``freeze=("encoder",)`` leaves the contracting path's weights as they were; with
+    ``select_by="score"`` every check scores the held-out part, and ``patience`` ends the run
+    once the score stops improving (the kept weights are the best-scoring ones)."""
+    import torch
+
+    from napari_neuroseg.models.stardist3d.model import StarDist3D
+    from napari_neuroseg.models.stardist3d.train import ENCODER_PREFIXES, TrainSettings, train_iter
+    from napari_neuroseg.runtime.progress import run_to_completion
+
+    img, lbl = _balls((16, 48, 48))
+    base = StarDist3D.load(base_model, device="cpu")
+    s = TrainSettings(steps=50, batch_size=1, patch_size=(16, 32, 32), warmup_steps=1, val_every=1,
+                      checkpoint_every=100, n_val_patches=1, device="cpu", optimize_thresholds=False,
+                      init_from=str(base_model), freeze=("encoder",), select_by="score", patience=2,
+                      nms_backend="stardist", learning_rate=1e-6, score_probs=(0.9,))  # few candidates: quick
+    seen = []
+    res = run_to_completion(train_iter([img[:, :36]], [lbl[:, :36]], base.config_dict(), settings=s,
+                                       val_images=[img[:, 36:]], val_labels=[lbl[:, 36:]]), seen.append)
+    scores = [p.val_score for p in seen if getattr(p, "val_score", None) is not None]
+    assert len(scores) == res.step and all(0 <= v <= 1 for v in scores)
+    assert res.step < 50 and res.history[-1].get("early_stop")  # no better score in 2 checks: stopped
+    before, after = base.net.state_dict(), res.model.net.state_dict()
+    for name, w in after.items():
+        if name.startswith(ENCODER_PREFIXES):
+            assert torch.equal(w, before[name]), name
+    assert all(p.requires_grad for p in res.model.net.parameters())  # unfrozen again after training
+    with pytest.raises(NeurosegError, match="no network parameter"):
+        run_to_completion(train_iter([img[:, :36]], [lbl[:, :36]], base.config_dict(),
+                                     settings=TrainSettings(steps=1, batch_size=1, patch_size=(16, 32, 32),
+                                                            device="cpu", freeze=("nonexistent.",),
+                                                            init_from=str(base_model)),
+                                     val_images=[img[:, 36:]], val_labels=[lbl[:, 36:]]))

@@ -24,6 +24,7 @@ def add_nuclei_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``neuroseg train nuclei`` (defaults: ``TrainSettings``; cheap: no heavy imports).
     One flat list of ``add_argument`` calls (over 80 lines by nature: one line per flag)."""
     from napari_neuroseg.models.stardist3d.train import FINETUNE_EVERY, FINETUNE_WARMUP, TrainSettings
+    from napari_neuroseg.models.stardist3d.training.finetune import FINETUNE_RECIPE
 
     d = TrainSettings()
     data = parser.add_argument_group("data")
@@ -78,7 +79,9 @@ def add_nuclei_arguments(parser: argparse.ArgumentParser) -> None:
     tr.add_argument("--patch-size", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                     help=f"default {' '.join(map(str, d.patch_size))}; fine-tuning: the largest up to "
                          "32 48 48 (at the model's scale) that the data holds")
-    tr.add_argument("--lr", type=float, default=d.learning_rate, help="peak learning rate (Adam)")
+    tr.add_argument("--lr", type=float, default=None,
+                    help=f"peak learning rate (Adam; default {d.learning_rate:g}, fine-tuning "
+                         f"{FINETUNE_RECIPE['learning_rate']:g})")
     tr.add_argument("--warmup", type=int, default=None,
                     help=f"learning-rate warm-up steps (default {d.warmup_steps}; fine-tuning {FINETUNE_WARMUP})")
     tr.add_argument("--no-augment", action="store_true")
@@ -88,7 +91,17 @@ def add_nuclei_arguments(parser: argparse.ArgumentParser) -> None:
                     help=f"save every N steps (default {d.checkpoint_every}; fine-tuning {FINETUNE_EVERY})")
     tr.add_argument("--no-optimize-thresholds", action="store_true")
     tr.add_argument("--last-weights", action="store_true",
-                    help="end with the last weights instead of those of the lowest validation loss")
+                    help="end with the last weights instead of the best ones (lowest validation loss; "
+                         "fine-tuning: highest held-out score)")
+    tr.add_argument("--select-by", choices=("score", "loss"), default=None,
+                    help="fine-tuning: keep the weights of the best held-out segmentation score (default) "
+                         "or of the lowest validation loss")
+    tr.add_argument("--patience", type=int, default=None,
+                    help=f"fine-tuning: stop when the held-out score has not improved in N checks "
+                         f"(default {FINETUNE_RECIPE['patience']}; 0 = run to the budget)")
+    tr.add_argument("--freeze", choices=("none", "encoder"), default=None,
+                    help="fine-tuning: keep these layers as they are (default none; encoder = the "
+                         "U-Net's contracting path)")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     tr.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -156,20 +169,31 @@ def run_nuclei(args: argparse.Namespace) -> int:
 
 def _settings(args: argparse.Namespace, *, fine_tuning: bool):
     """The trainer's settings from the flags (fine-tuning has its own defaults for the intervals)."""
-    from napari_neuroseg.models.stardist3d.train import FINETUNE_EVERY, FINETUNE_WARMUP, TrainSettings
+    from napari_neuroseg.models.stardist3d.train import TrainSettings
+    from napari_neuroseg.models.stardist3d.training.finetune import finetune_settings
 
     d = TrainSettings()
-    return TrainSettings(
+    s = TrainSettings(
         steps=args.steps, batch_size=args.batch_size,
-        patch_size=tuple(args.patch_size) if args.patch_size else d.patch_size, learning_rate=args.lr,
+        patch_size=tuple(args.patch_size) if args.patch_size else d.patch_size,
+        learning_rate=args.lr if args.lr is not None else d.learning_rate,
         augment=not args.no_augment, val_fraction=args.val_fraction,
-        val_every=args.val_every or (FINETUNE_EVERY if fine_tuning else d.val_every),
-        checkpoint_every=args.checkpoint_every or (FINETUNE_EVERY if fine_tuning else d.checkpoint_every),
-        warmup_steps=args.warmup if args.warmup is not None else (FINETUNE_WARMUP if fine_tuning else d.warmup_steps),
+        val_every=args.val_every or d.val_every, checkpoint_every=args.checkpoint_every or d.checkpoint_every,
+        warmup_steps=args.warmup if args.warmup is not None else d.warmup_steps,
         optimize_thresholds=not args.no_optimize_thresholds, keep_best=not args.last_weights,
         seed=args.seed, device=args.device, threads=args.threads, workers=args.workers,
         max_minutes=args.max_minutes, init_from=args.init_from, budget_clock=args.budget_clock,
     )
+    if not fine_tuning:
+        return s
+    # the fine-tuning recipe for everything not given on the command line
+    freeze = getattr(args, "freeze", None)
+    return finetune_settings(
+        s, learning_rate=args.lr, warmup_steps=args.warmup, val_every=args.val_every,
+        checkpoint_every=args.checkpoint_every, select_by=getattr(args, "select_by", None),
+        patience=getattr(args, "patience", None),
+        freeze=None if freeze is None else (() if freeze == "none" else (freeze,)),
+        score_every=args.val_every)
 
 
 def _read_training_pairs(image_paths, label_paths, args):

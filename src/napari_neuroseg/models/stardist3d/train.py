@@ -105,6 +105,17 @@ class TrainSettings:
     # the torch threads: the wall time the run would take with its cores to itself, for
     # benchmarks on a shared machine)
     budget_clock: str = "wall"
+    # parameters kept as they are (names starting with one of these prefixes; "encoder" stands
+    # for the U-Net's contracting path: pre_convs, down, middle)
+    freeze: tuple[str, ...] = ()
+    # what picks the kept weights (keep_best): "loss" (lowest validation loss) or "score" (highest
+    # held-out segmentation score, training.finetune.heldout_score, every score_every steps)
+    select_by: str = "loss"
+    score_every: int = 0  # 0: at every validation
+    # probability thresholds the held-out score tries (the best counts)
+    score_probs: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
+    # stop after this many scored validations without a better score (0: never stop early)
+    patience: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -118,6 +129,7 @@ class TrainProgress(Progress):
 
     loss: float | None = None
     val_loss: float | None = None
+    val_score: float | None = None  # held-out segmentation score (select_by="score")
     lr: float | None = None
     seconds: float | None = None
 
@@ -443,8 +455,10 @@ def train_iter(
     torch.manual_seed(s.seed)  # reproducible initial weights
     model = StarDist3D(config, Thresholds(), name=name or (out.name if out else "stardist3d"), path=out, device=str(device))
     net = model.net
-    opt = torch.optim.Adam(net.parameters(), lr=s.learning_rate)
+    frozen = _freeze(net, s.freeze)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=s.learning_rate)
     start, history, best_val, best_state = 0, [], math.inf, None
+    best_score, stale = -math.inf, 0
     if resume:
         if ckpt_path is None or not ckpt_path.is_file():
             raise NeurosegError("nothing to resume: no checkpoint.pt", path=out, fix="train without --resume first")
@@ -464,6 +478,8 @@ def train_iter(
         history = list(ck.get("history", []))
         best_val = float(ck.get("best_val", math.inf))
         best_state = ck.get("best_state")
+        best_score = float(ck.get("best_score", -math.inf))
+        stale = int(ck.get("stale", 0))
     elif s.init_from:
         _init_weights(model, s.init_from)
     if s.model_scale is not None:
@@ -518,6 +534,21 @@ def train_iter(
         net.train()
         return tot / len(val_batches)
 
+    val_raw = [np.asarray(x) for x in x_va]  # normalised (C, Z, Y, X) held-out volumes
+    score_every = int(s.score_every) or int(s.val_every)
+
+    def score() -> float | None:
+        """The held-out segmentation score (select_by="score"), None without held-out volumes."""
+        if not val_raw:
+            return None
+        from napari_neuroseg.models.stardist3d.training.finetune import heldout_score
+
+        net.eval()
+        try:
+            return heldout_score(model, val_raw, y_va, nms=s.nms_backend, probs=s.score_probs)[0]
+        finally:
+            net.train()
+
     def checkpoint(step: int) -> None:
         if out is None:
             return
@@ -529,6 +560,8 @@ def train_iter(
             "optimizer": opt.state_dict(),
             "best_val": best_val,
             "best_state": best_state,
+            "best_score": best_score,
+            "stale": stale,
             "history": history,
             "config": json.loads(json.dumps(model.config_dict())),
             "settings": json.loads(json.dumps(s.to_dict())),
@@ -566,24 +599,50 @@ def train_iter(
                 s.steps = budget.total
                 total = s.steps + (1 if s.optimize_thresholds and x_va else 0)
             rec = {"step": step, "lr": lr, **parts, "time": time.perf_counter() - t0}
+            stop_early = False
             if step % s.val_every == 0 or step == s.steps:
                 v = validate()
                 if v is not None:
                     rec["val_loss"] = v
-                    if v < best_val:
+                    if s.select_by != "score" and v < best_val:
                         best_val, best_state = v, _state_cpu(net)
+            if s.select_by == "score" and (step % score_every == 0 or step == s.steps):
+                sc = score()
+                if sc is not None:
+                    rec["val_score"] = sc
+                    v = rec.get("val_loss", math.inf)
+                    # a better score, or as good with a lower validation loss
+                    if sc > best_score + 1e-9 or (abs(sc - best_score) <= 1e-9 and v < best_val):
+                        stale = 0 if sc > best_score + 1e-9 else stale + 1
+                        best_score, best_val, best_state = sc, min(v, best_val), _state_cpu(net)
+                    else:
+                        stale += 1
+                    if s.patience and stale >= s.patience and step < s.steps:
+                        stop_early = True
             history.append(rec)
+            if stop_early:  # the held-out score stopped improving: end here
+                s.steps = step
+                total = s.steps + (1 if s.optimize_thresholds and x_va else 0)
+                rec["early_stop"] = True
             if step % s.checkpoint_every == 0 or step == s.steps:
                 checkpoint(step)
                 last_saved = step
             msg = f"step {step}/{s.steps} loss {parts['loss']:.4f} (prob {parts['prob_loss']:.4f}, dist {parts['dist_loss']:.3f})"
             if "val_loss" in rec:
                 msg += f" val {rec['val_loss']:.4f}"
+            if "val_score" in rec:
+                msg += f" score {rec['val_score']:.3f}"
+            if stop_early:
+                msg += f" (no better held-out score in {stale} checks: stopping)"
             yield TrainProgress(step, total, msg, loss=float(parts["loss"]), val_loss=rec.get("val_loss"),
-                                lr=float(lr), seconds=float(rec["time"]))
+                                val_score=rec.get("val_score"), lr=float(lr), seconds=float(rec["time"]))
+            if stop_early:
+                break
     finally:
         net.eval()
         net.to(memory_format=torch.contiguous_format)
+        for p in frozen:
+            p.requires_grad_(True)
 
     result = TrainResult(model=model, history=history, out_dir=out, step=s.steps)
     if s.keep_best and best_state is not None:
@@ -607,6 +666,28 @@ def train_iter(
             raise _save_error(err, out, s.steps, s.steps) from err
     yield Progress(total, total, "done")
     return result
+
+
+#: what ``TrainSettings.freeze`` "encoder" means for the U-Net (its contracting path)
+ENCODER_PREFIXES = ("pre_convs.", "down.", "middle.")
+
+
+def _freeze(net, prefixes: Sequence[str]) -> list:
+    """Set ``requires_grad=False`` on the parameters whose names start with one of ``prefixes``
+    ("encoder": :data:`ENCODER_PREFIXES`); returns them. A NeurosegError if a prefix names none."""
+    from napari_neuroseg.errors import NeurosegError
+
+    out = []
+    for pre in prefixes:
+        group = ENCODER_PREFIXES if pre == "encoder" else (pre,)
+        hit = [p for n, p in net.named_parameters() if n.startswith(group)]
+        if not hit:
+            raise NeurosegError(f"no network parameter to freeze matches {pre!r}",
+                                fix="use 'encoder' or a layer name prefix from the model's weights")
+        out += hit
+    for p in out:
+        p.requires_grad_(False)
+    return out
 
 
 def _save_error(err: OSError, out: Path, step: int, last_saved: int):

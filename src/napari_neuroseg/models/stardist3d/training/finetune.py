@@ -34,9 +34,12 @@ from napari_neuroseg.errors import NeurosegError
 
 __all__ = [
     "FINETUNE_PATCH",
+    "FINETUNE_RECIPE",
     "FineTuneData",
     "check_annotation",
+    "finetune_settings",
     "fit_patch_size",
+    "heldout_score",
     "holdout_slab",
     "prepare_finetune_data",
     "to_model_scale",
@@ -224,6 +227,65 @@ def f1_at(model, images: Sequence, labels: Sequence, thresholds=None, iou: float
                                          nms=nms)
         preds.append(pred)
     return float(matching_dataset([np.asarray(y) for y in labels], preds, thresh=iou, show_progress=False).f1)
+
+
+#: the fine-tuning recipe: what ``train nuclei --init-from`` and the Fine-tune dock change in
+#: :class:`~napari_neuroseg.models.stardist3d.train.TrainSettings` (measurements behind it in
+#: docs/finetune.md): peak learning rate and warm-up, validation and checkpoint interval (steps),
+#: the kept weights chosen by the held-out segmentation score (:func:`heldout_score`) instead of
+#: the validation loss, and an early stop once that score has not improved in ``patience`` checks
+FINETUNE_RECIPE: dict[str, Any] = {
+    "learning_rate": 5e-4,
+    "warmup_steps": 10,
+    "val_every": 25,
+    "checkpoint_every": 25,
+    "select_by": "score",
+    "score_every": 25,
+    "patience": 8,
+    "freeze": (),
+}
+
+
+def finetune_settings(settings, **given):
+    """``settings`` (a ``TrainSettings``) with the fine-tuning recipe (:data:`FINETUNE_RECIPE`)
+    for every field not in ``given``; ``given`` (fields the user chose, None = not chosen) wins."""
+    from dataclasses import replace
+
+    chosen = {k: v for k, v in given.items() if v is not None}
+    rec = {k: v for k, v in FINETUNE_RECIPE.items() if k not in chosen}
+    return replace(settings, **rec, **chosen)
+
+
+#: probability thresholds tried by :func:`heldout_score` (with the model's NMS threshold)
+SCORE_PROBS = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+
+def heldout_score(model, images: Sequence, labels: Sequence, *, probs: Sequence[float] = SCORE_PROBS,
+                  iou_threshs: Sequence[float] = (0.3, 0.5, 0.7), nms: str = "neuroseg",
+                  nms_thresh: float | None = None) -> tuple[float, float]:
+    """How well ``model`` segments the held-out part during fine-tuning: the mean F1 over
+    ``iou_threshs`` (pooled over the volumes, ``stardist.matching``) at the best of ``probs``
+    (the model's NMS threshold), and that probability threshold. ``images`` are normalised
+    (C, Z, Y, X) volumes at the model's scale. One forward pass per volume, then only NMS:
+    cheap enough to run at every validation, so the kept weights are those that segment best,
+    not those of the lowest loss (which need not be the same)."""
+    from napari_neuroseg.models.stardist3d.rays import rays_spec
+    from napari_neuroseg.models.stardist3d.training.evaluate import instances_from_prediction, score_instances
+
+    preds = [model.predict(np.asarray(x), n_tiles=1) for x in images]
+    spec = rays_spec(model.config)
+    nt = model.thresholds.nms if nms_thresh is None else float(nms_thresh)
+    shapes = [tuple(np.asarray(y).shape) for y in labels]
+    best = (-1.0, float(probs[0]))
+    for t in probs:
+        inst = [instances_from_prediction(p, d, sh, rays_spec=spec, n_rays=model.config.n_rays, grid=model.grid,
+                                          prob_thresh=float(t), nms_thresh=nt, border=0, nms=nms)
+                for (p, d), sh in zip(preds, shapes)]
+        sc = score_instances([np.asarray(y) for y in labels], inst, iou_threshs)
+        f = float(np.mean([v["f1"] for v in sc.values()]))
+        if f > best[0]:
+            best = (f, float(t))
+    return best
 
 
 def write_model_card(out_dir: str | Path, info: dict[str, Any]) -> Path:
