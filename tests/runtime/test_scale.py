@@ -164,6 +164,7 @@ def test_resample_and_restore_shapes():
     assert np.array_equal(back, lab)
 
 
+@pytest.mark.slow  # 50 s measured (--durations, loaded 2-core machine): the NMS compiles on first use
 def test_nuclei_labels_come_back_at_the_input_shape():
     from napari_neuroseg.models.stardist3d import load_model
     from napari_neuroseg.synth import make_nuclei

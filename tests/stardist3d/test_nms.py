@@ -80,6 +80,7 @@ def assert_equivalent(d, p, pts, rays, shape, thr):
 
 
 # -- real candidate sets ---------------------------------------------------------------------------
+@pytest.mark.slow  # 39 s measured (--durations, loaded 2-core machine)
 def test_bundled_sample_equivalent(model):
     from napari_neuroseg.synth import load_sample
 
