@@ -12,7 +12,13 @@ import numpy as np
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.io.atomic import atomic_output
 from napari_neuroseg.io.formats import TIFF_SUFFIXES, file_stem
-from napari_neuroseg.io.volume import Volume, guess_axes, normalize_axes, spatial_scale
+from napari_neuroseg.io.volume import (
+    Volume,
+    check_scale,
+    guess_axes,
+    normalize_axes,
+    spatial_scale,
+)
 
 __all__ = ["open_tiff_array", "read_tiff", "write_tiff", "tiff_series_keys", "TIFF_SUFFIXES"]
 
@@ -307,17 +313,8 @@ def write_tiff(
             path=path,
             fix="pass axes with one letter per dimension, e.g. 'ZYX' or 'CZYX'",
         )
-    spatial = [a for a in axes if a in "ZYX"]
-    if scale is None:
-        scale = (1.0,) * len(spatial)
-    scale = tuple(float(s) for s in scale)
-    if len(scale) != len(spatial) or any(not np.isfinite(s) or s <= 0 for s in scale):
-        raise NeurosegError(
-            f"scale {scale} does not fit the spatial axes {''.join(spatial)}",
-            path=path,
-            fix=f"give {len(spatial)} positive voxel sizes in {''.join(spatial)} order",
-        )
-    sz = dict(zip(spatial, scale))
+    spatial = "".join(a for a in axes if a in "ZYX")
+    sz = dict(zip(spatial, check_scale(scale, spatial, path)))
     dtype = _tiff_dtype(data, path)
     if dtype != data.dtype:
         data = data.astype(dtype)

@@ -10,7 +10,7 @@ import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
 
-__all__ = ["Volume", "guess_axes", "normalize_axes", "spatial_scale", "MAX_GUESS_CHANNELS"]
+__all__ = ["Volume", "check_scale", "guess_axes", "normalize_axes", "spatial_scale", "MAX_GUESS_CHANNELS"]
 
 #: An axis of at most this many entries next to Z may be guessed to be the channel axis.
 MAX_GUESS_CHANNELS = 16
@@ -145,3 +145,21 @@ def spatial_scale(axes: str, scale_by_axis: dict[str, float] | None) -> tuple[fl
                 v = 1.0
             out.append(v if np.isfinite(v) and v > 0 else 1.0)
     return tuple(out)
+
+
+def check_scale(scale: Any, spatial: str, path: str | Path | None = None) -> tuple[float, ...]:
+    """A writer's voxel size for the ``spatial`` axes (e.g. ``"ZYX"``): one positive finite number
+    per axis (``None``: 1.0 each), else a NeurosegError naming the file."""
+    if scale is None:
+        return (1.0,) * len(spatial)
+    try:
+        out = tuple(float(s) for s in scale)
+    except (TypeError, ValueError):
+        out = ()
+    if len(out) != len(spatial) or any(not np.isfinite(s) or s <= 0 for s in out):
+        raise NeurosegError(
+            f"scale {tuple(scale) if hasattr(scale, '__iter__') else scale} does not fit the spatial axes {spatial}",
+            path=path,
+            fix=f"give {len(spatial)} positive voxel sizes in {spatial} order",
+        )
+    return out

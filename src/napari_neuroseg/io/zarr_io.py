@@ -12,7 +12,13 @@ from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.io.atomic import atomic_output
 from napari_neuroseg.io.checks import as_label_array
 from napari_neuroseg.io.formats import ZARR_SUFFIXES, file_stem
-from napari_neuroseg.io.volume import Volume, guess_axes, normalize_axes, spatial_scale
+from napari_neuroseg.io.volume import (
+    Volume,
+    check_scale,
+    guess_axes,
+    normalize_axes,
+    spatial_scale,
+)
 
 __all__ = [
     "is_zarr",
@@ -572,15 +578,7 @@ def write_ome_zarr(
         axes = ngff
     spatial = "".join(a for a in axes if a in "ZYX")
     spatial_shape = tuple(int(data.shape[axes.index(a)]) for a in spatial)
-    if scale is None:
-        scale = (1.0,) * len(spatial)
-    scale = tuple(float(s) for s in scale)
-    if len(scale) != len(spatial) or any(not np.isfinite(s) or s <= 0 for s in scale):
-        raise NeurosegError(
-            f"scale {scale} does not fit the spatial axes {spatial}",
-            path=p,
-            fix=f"give {len(spatial)} positive voxel sizes in {spatial} order",
-        )
+    scale = check_scale(scale, spatial, p)
     label_items: dict[str, Any] = {}
     if labels is not None:
         label_items = dict(labels) if isinstance(labels, Mapping) else {"labels": labels}

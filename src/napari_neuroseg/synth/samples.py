@@ -84,7 +84,7 @@ def load_sample(name: str):
 
 
 def _load_neurons(path: Path):
-    from napari_neuroseg.io import read_fisbe
+    from napari_neuroseg.io import instances_to_labels, read_fisbe
     from napari_neuroseg.io.zarr_io import open_zarr
 
     from .neurons import NeuronSettings, NeuronVolume
@@ -101,9 +101,7 @@ def _load_neurons(path: Path):
             path=path,
             fix="regenerate it with 'python sample_data/make_samples.py'",
         ) from exc
-    labels = np.zeros(gt.shape[1:], dtype=np.uint32)
-    for i in range(gt.shape[0] - 1, -1, -1):  # lower id wins in overlaps
-        labels[gt[i] > 0] = i + 1
+    labels, _ = instances_to_labels(gt)  # lower id wins in overlaps
     colours = np.asarray(extra.get("colours", np.zeros((gt.shape[0], 3))), dtype=float)
     pairs = [tuple(int(x) for x in p) for p in extra.get("same_colour_pairs", [])]
     return NeuronVolume(
