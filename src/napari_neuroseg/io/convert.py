@@ -131,91 +131,112 @@ def convert(
         raise NeurosegError("the output already exists", path=dst, fix="choose a new name or pass --overwrite")
     fisbe_in = is_fisbe(src) and key is None
     out = output_format(dst, fmt, src_is_fisbe=fisbe_in)
-    warnings: list[str] = []
-
     if fisbe_in:
-        sample = read_fisbe(src, lazy=True)
-        use_labels = labels or sample.raw is None
-        for arr in (sample.raw, sample.gt_instances):
-            if arr is not None:
-                _budget(arr, src, out, streamed=out in ("fisbe", "zarr") or (out == "ome-zarr" and arr is sample.raw
-                                                                                 and not use_labels))
-        if out == "fisbe":
-            write_fisbe(dst, raw=sample.raw, gt_instances=sample.gt_instances, dim_neurons=sample.dim_neurons)
-            arr = sample.gt_instances if sample.raw is None else sample.raw
-            return ConvertResult(dst, out, tuple(arr.shape), str(arr.dtype), warnings)
-        if use_labels and sample.gt_instances is None:
-            raise NeurosegError("the FISBe sample has no gt_instances", path=src, fix="leave out --labels")
-        if use_labels:
-            stack = np.asarray(sample.gt_instances)
-            if out == "tiff":
-                write_tiff(dst, stack, axes="CZYX", scale=scale)
-                return ConvertResult(dst, out, stack.shape, str(stack.dtype), warnings)
-            if out == "zarr":
-                write_zarr(dst, stack, axes="CZYX", scale=scale, attrs={"dim_neurons": sample.dim_neurons})
-                return ConvertResult(dst, out, stack.shape, str(stack.dtype), warnings)
-            flat, count = instances_to_labels(stack)
-            warnings += _overlap_warning(count)
-            if out == "hdf5":
-                write_hdf5(dst, flat, key="volumes/labels", scale=scale)
-            else:
-                write_ome_zarr(dst, flat, axes="ZYX", scale=scale, is_label=True, n_levels=n_levels)
-            return ConvertResult(dst, out, flat.shape, str(flat.dtype), warnings)
-        raw = sample.raw
-        if out == "tiff":
-            raw = np.asarray(raw)
-            write_tiff(dst, raw, axes="CZYX", scale=scale)
-        elif out == "zarr":
-            write_zarr(dst, raw, axes="CZYX", scale=scale)
-        elif out == "hdf5":
-            write_hdf5(dst, np.asarray(raw), key="volumes/raw", scale=scale)
-        else:
-            lab = None
-            if sample.gt_instances is not None:
-                flat, count = instances_to_labels(sample.gt_instances)
-                warnings += _overlap_warning(count)
-                lab = {"neurons": flat}
-            write_ome_zarr(dst, raw, axes="CZYX", scale=scale, labels=lab, n_levels=n_levels)
-        return ConvertResult(dst, out, tuple(raw.shape), str(raw.dtype), warnings)
-
+        return _convert_fisbe(src, dst, out, labels=labels, scale=scale, n_levels=n_levels)
     if labels:
-        data = read_labels(src, key, lazy=True)
-        _budget(data, src, out, streamed=out == "zarr" or (out == "ome-zarr" and data.ndim != 4))
-        sc = _scale_of(src, key, scale)
-        if data.ndim == 4:
-            lab_axes = "CZYX"
-        elif data.ndim in (2, 3):
-            lab_axes = "ZYX"[-data.ndim:]
-        else:
-            raise NeurosegError(f"labels of shape {tuple(data.shape)} are not 2D-4D", path=src, fix="pass --key")
-        if sc is not None and len(sc) != len(lab_axes.replace("C", "")):
-            sc = None
-        if out == "fisbe":
-            arr = np.asarray(data)
-            if arr.ndim == 3:
-                arr = labels_to_instances(arr)
-            elif arr.ndim != 4:
-                raise NeurosegError("FISBe needs 3D labels or a 4D instance stack", path=src, fix="pass --key")
-            write_fisbe(dst, gt_instances=arr)
-            return ConvertResult(dst, out, arr.shape, str(arr.dtype), warnings)
-        if out == "tiff":
-            arr = np.asarray(data)
-            write_tiff(dst, arr, axes=lab_axes, scale=sc)
-        elif out == "zarr":
-            arr = data
-            write_zarr(dst, data, axes=lab_axes, scale=sc)
-        elif out == "hdf5":
-            arr = np.asarray(data)
-            write_hdf5(dst, arr, key="volumes/labels", scale=sc)
-        else:
-            arr = data
-            if data.ndim == 4:
-                arr, count = instances_to_labels(data)
-                warnings += _overlap_warning(count)
-                lab_axes = "ZYX"
-            write_ome_zarr(dst, arr, axes=lab_axes, scale=sc, is_label=True, n_levels=n_levels)
-        return ConvertResult(dst, out, tuple(arr.shape), str(arr.dtype), warnings)
+        return _convert_labels(src, dst, out, key=key, scale=scale, n_levels=n_levels)
+    return _convert_image(src, dst, out, key=key, axes=axes, scale=scale, n_levels=n_levels)
 
+
+def _convert_fisbe(
+    src: Path, dst: Path, out: str, *, labels: bool, scale: tuple[float, ...] | None, n_levels: int
+) -> ConvertResult:
+    """A FISBe sample: the whole layout, its instance stack (``labels``, or no raw) or its raw."""
+    warnings: list[str] = []
+    sample = read_fisbe(src, lazy=True)
+    use_labels = labels or sample.raw is None
+    for arr in (sample.raw, sample.gt_instances):
+        if arr is not None:
+            _budget(arr, src, out, streamed=out in ("fisbe", "zarr") or (out == "ome-zarr" and arr is sample.raw
+                                                                             and not use_labels))
+    if out == "fisbe":
+        write_fisbe(dst, raw=sample.raw, gt_instances=sample.gt_instances, dim_neurons=sample.dim_neurons)
+        arr = sample.gt_instances if sample.raw is None else sample.raw
+        return ConvertResult(dst, out, tuple(arr.shape), str(arr.dtype), warnings)
+    if use_labels and sample.gt_instances is None:
+        raise NeurosegError("the FISBe sample has no gt_instances", path=src, fix="leave out --labels")
+    if use_labels:
+        stack = np.asarray(sample.gt_instances)
+        if out == "tiff":
+            write_tiff(dst, stack, axes="CZYX", scale=scale)
+            return ConvertResult(dst, out, stack.shape, str(stack.dtype), warnings)
+        if out == "zarr":
+            write_zarr(dst, stack, axes="CZYX", scale=scale, attrs={"dim_neurons": sample.dim_neurons})
+            return ConvertResult(dst, out, stack.shape, str(stack.dtype), warnings)
+        flat, count = instances_to_labels(stack)
+        warnings += _overlap_warning(count)
+        if out == "hdf5":
+            write_hdf5(dst, flat, key="volumes/labels", scale=scale)
+        else:
+            write_ome_zarr(dst, flat, axes="ZYX", scale=scale, is_label=True, n_levels=n_levels)
+        return ConvertResult(dst, out, flat.shape, str(flat.dtype), warnings)
+    raw = sample.raw
+    if out == "tiff":
+        raw = np.asarray(raw)
+        write_tiff(dst, raw, axes="CZYX", scale=scale)
+    elif out == "zarr":
+        write_zarr(dst, raw, axes="CZYX", scale=scale)
+    elif out == "hdf5":
+        write_hdf5(dst, np.asarray(raw), key="volumes/raw", scale=scale)
+    else:
+        lab = None
+        if sample.gt_instances is not None:
+            flat, count = instances_to_labels(sample.gt_instances)
+            warnings += _overlap_warning(count)
+            lab = {"neurons": flat}
+        write_ome_zarr(dst, raw, axes="CZYX", scale=scale, labels=lab, n_levels=n_levels)
+    return ConvertResult(dst, out, tuple(raw.shape), str(raw.dtype), warnings)
+
+
+def _convert_labels(
+    src: Path, dst: Path, out: str, *, key: str | None, scale: tuple[float, ...] | None, n_levels: int
+) -> ConvertResult:
+    """A label volume (ZYX) or an instance stack (CZYX)."""
+    warnings: list[str] = []
+    data = read_labels(src, key, lazy=True)
+    _budget(data, src, out, streamed=out == "zarr" or (out == "ome-zarr" and data.ndim != 4))
+    sc = _scale_of(src, key, scale)
+    if data.ndim == 4:
+        lab_axes = "CZYX"
+    elif data.ndim in (2, 3):
+        lab_axes = "ZYX"[-data.ndim:]
+    else:
+        raise NeurosegError(f"labels of shape {tuple(data.shape)} are not 2D-4D", path=src, fix="pass --key")
+    if sc is not None and len(sc) != len(lab_axes.replace("C", "")):
+        sc = None
+    if out == "fisbe":
+        arr = np.asarray(data)
+        if arr.ndim == 3:
+            arr = labels_to_instances(arr)
+        elif arr.ndim != 4:
+            raise NeurosegError("FISBe needs 3D labels or a 4D instance stack", path=src, fix="pass --key")
+        write_fisbe(dst, gt_instances=arr)
+        return ConvertResult(dst, out, arr.shape, str(arr.dtype), warnings)
+    if out == "tiff":
+        arr = np.asarray(data)
+        write_tiff(dst, arr, axes=lab_axes, scale=sc)
+    elif out == "zarr":
+        arr = data
+        write_zarr(dst, data, axes=lab_axes, scale=sc)
+    elif out == "hdf5":
+        arr = np.asarray(data)
+        write_hdf5(dst, arr, key="volumes/labels", scale=sc)
+    else:
+        arr = data
+        if data.ndim == 4:
+            arr, count = instances_to_labels(data)
+            warnings += _overlap_warning(count)
+            lab_axes = "ZYX"
+        write_ome_zarr(dst, arr, axes=lab_axes, scale=sc, is_label=True, n_levels=n_levels)
+    return ConvertResult(dst, out, tuple(arr.shape), str(arr.dtype), warnings)
+
+
+def _convert_image(
+    src: Path, dst: Path, out: str, *, key: str | None, axes: str | None, scale: tuple[float, ...] | None,
+    n_levels: int,
+) -> ConvertResult:
+    """An image volume, with its axes and voxel size."""
+    warnings: list[str] = []
     vol = read_image(src, key, lazy=True, axes=axes)
     _budget(vol.data, src, out, streamed=out in ("fisbe", "zarr", "ome-zarr"))
     sc = tuple(float(s) for s in scale) if scale is not None else vol.scale

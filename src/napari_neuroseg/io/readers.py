@@ -21,7 +21,12 @@ from napari_neuroseg.io.hdf5 import (
     read_hdf5,
     resolve_hdf5_key,
 )
-from napari_neuroseg.io.tiff import TIFF_SUFFIXES, open_tiff_array, read_tiff, tiff_series_keys
+from napari_neuroseg.io.tiff import (
+    TIFF_SUFFIXES,
+    open_tiff_array,
+    read_tiff,
+    tiff_series_keys,
+)
 from napari_neuroseg.io.volume import Volume, guess_axes, normalize_axes, spatial_scale
 from napari_neuroseg.io.zarr_io import (
     is_ome_zarr,
