@@ -321,7 +321,7 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         if img is lab:
             raise NeurosegError("the image and the labels are the same layer", fix="choose the corrected Labels layer")
         x = np.asarray(img.data)
-        y = np.asarray(lab.data)
+        y = np.array(lab.data, copy=True)  # the user may go on editing while the worker trains
         if self.task.value == "nuclei" and x.ndim != 3:
             raise NeurosegError(f"the image layer '{img.name}' has {x.ndim} dimensions {tuple(x.shape)}; the nuclei "
                                 "model needs a single-channel 3D (Z, Y, X) image", fix="choose a 3D image layer")
@@ -371,9 +371,8 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             self.status.setText(f"failed: {error_message(err)}")
             return None
         resume = self._resume and self.session is not None and self.session.can_resume
-        session = self._session_for(a["image_layer"], a["labels_layer"], a["mask_layer"])
         try:
-            self.save_session(wait=True)
+            session = self._session_for(a["image_layer"], a["labels_layer"], a["mask_layer"])
             session.save_state(status="training", base=a["base"], output=a["name"], max_minutes=a["max_minutes"],
                                steps=a["steps"], device=a["device"], ignore_unlabelled=a["ignore_unlabelled"],
                                optimize_thresholds=a["optimize_thresholds"])
@@ -396,10 +395,12 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.resegment_button.setEnabled(False)
         self.export_button.setEnabled(False)
         self.controls.run_button.setText("Fine-tune")
+        self.autosaver.saved()  # the worker writes the annotation into the session first
         return self.controls.start(
-            job, [a["image"]], [a["labels"]], [a["voxel_size"]], desc="Fine-tune",
+            _with_session, job, self._write, session, a["image"], a["labels"], a["mask"],
+            self._review_queue(a["labels_layer"]), a["voxel_size"], desc="Fine-tune",
             out_dir=session.model_dir, base=a["base"], name=a["name"], max_minutes=a["max_minutes"],
-            steps=a["steps"], device=a["device"], masks=[a["mask"]], ignore_unlabelled=a["ignore_unlabelled"],
+            steps=a["steps"], device=a["device"], ignore_unlabelled=a["ignore_unlabelled"],
             resume=resume, optimize_thresholds=a["optimize_thresholds"], sources=[f"layer '{a['image_layer'].name}'"],
             label_sources=[f"layer '{a['labels_layer'].name}'"],
             on_yield=self._on_progress, on_return=self._on_result, on_error=self._on_error,
@@ -506,6 +507,8 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
     # ------------------------------------------------------------------ sessions
     def _session_for(self, img: Any, lab: Any, mask: Any) -> Session:
+        """This dock's session for (image, labels) (a new one for other layers), its state
+        updated; the arrays are written by :meth:`_write` (off the main thread)."""
         s = self.session
         if s is None or s.state.get("labels_layer") != lab.name or s.state.get("image_layer") != img.name:
             s = Session.create(lab.name, task=str(self.task.value), image_layer=img.name, labels_layer=lab.name)
@@ -516,10 +519,6 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                  "translate": [float(v) for v in img.translate[-3:]], "voxel_size": self.voxel_size(img),
                  "units": [str(u) for u in getattr(img, "units", ())][-3:]}
         s.save_state(**state)
-        if not s.has("image"):
-            s.save_array("image", np.asarray(img.data))
-        if mask is not None:
-            s.save_array("mask", np.asarray(mask.data))
         self._show_session()
         return s
 
@@ -590,20 +589,32 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         data = np.array(lab.data, copy=True)
         review = self._review_queue(lab)
         session = self.session
+        image = None
+        if not session.has("image"):
+            with contextlib.suppress(NeurosegError):  # the image layer is gone: keep the annotation anyway
+                image = np.asarray(self.image_layer().data)
+        mask_layer = self.mask_layer()
+        mask = None if mask_layer is None else np.array(mask_layer.data, copy=True)
         self.autosaver.saved()
-
+        args = (session, data, review, image, mask)
         if wait:
-            self._write(session, data, review)
+            self._write(*args)
         else:
-            t = threading.Thread(target=self._write, args=(session, data, review), name="neuroseg-session-autosave",
-                                 daemon=True)
+            t = threading.Thread(target=self._write, args=args, name="neuroseg-session-autosave", daemon=True)
             t.start()
             self._save_thread = t
         return session
 
-    def _write(self, session: Session, data: np.ndarray, review: dict | None) -> None:
+    def _write(self, session: Session, data: np.ndarray, review: dict | None, image: Any = None,
+               mask: Any = None) -> None:
+        """Write the annotation (and the image once, the mask, the review queue) into ``session``;
+        any thread (no Qt). A failed save is recorded in the session's state, never raised."""
         with self._save_lock:
             try:
+                if image is not None and not session.has("image"):
+                    session.save_array("image", image)
+                if mask is not None:
+                    session.save_array("mask", mask)
                 session.save_array("annotation", data)
                 n_obj = len(np.unique(data)) - int((data == 0).any())
                 session.save_state(annotation_objects=n_obj)
@@ -731,6 +742,15 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.status.setText(msg)
         self._show_session()
         return s
+
+
+def _with_session(job, write, session: Session, image, annotation, mask, review, voxel_size, **kw):
+    """The worker's job: write the session's arrays (off the main thread), then ``job``."""
+    from napari_neuroseg.models.finetune_job import FineTuneProgress
+
+    yield FineTuneProgress(0, 1, "saving the session", phase="setup")
+    write(session, annotation, review, image, mask)
+    return (yield from job([image], [annotation], [voxel_size], masks=[mask], **kw))
 
 
 def _safe_name(text: str) -> str:
