@@ -269,6 +269,10 @@ def check_train_budget(cfg, patch: tuple[int, ...], batch_size: int) -> None:
                    fix="use a smaller --patch or --batch-size")
 
 
+# train_iter is longer than 80 lines for now: one generator owns the training state (network,
+# optimiser, scaler, data source, best score, log) shared by its validate/checkpoint closures and
+# the step loop; it is being extended for fine-tuning by another engineer, the split into named
+# steps (as stardist3d.train's _training_data/_starting_state) follows once that lands.
 def train_iter(args: NeuronTrainSettings):
     """The training loop as a progress generator; returns a dict summary
     (``iterations``, ``best_score``, ``out``)."""
