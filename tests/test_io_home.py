@@ -47,8 +47,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("models/neurons/data.py", "import zarr"): _PENDING + " (training data loading)",
     ("models/neurons/data.py", "np.load"): _PENDING + " (training data cache)",
     ("models/neurons/data.py", "np.savez"): _PENDING + " (training data cache)",
-    ("models/registry.py", "tempfile.mkdtemp"): _PENDING + " (io.atomic.atomic_output on a folder)",
-    ("models/registry.py", "os.replace"): _PENDING + " (io.atomic.atomic_output on a folder)",
     ("models/stardist3d/train.py", "tempfile.mkstemp"): _PENDING + " (io.atomic.atomic_write_file)",
     ("models/stardist3d/train.py", "tempfile.mkdtemp"): _PENDING + " (io.atomic.atomic_output)",
     ("models/stardist3d/train.py", "os.replace"): _PENDING + " (io.atomic)",

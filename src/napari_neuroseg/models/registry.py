@@ -19,11 +19,11 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.io.atomic import atomic_output
 
 __all__ = [
     "ENTRY_FILE",
@@ -179,14 +179,14 @@ def register_model(source: str | Path, *, kind: str, name: str | None = None, vo
         raise NeurosegError(f"{name!r} cannot be a registered model name", path=src,
                             fix="use letters, digits, '.', '_' or '-' (not a shipped model's name)")
     root = models_dir()
+    dest = root / name
+    if dest.exists() and not replace:
+        raise NeurosegError(f"a model named {name!r} is already registered", path=dest,
+                            fix="choose another name or remove it first")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        dest = root / name
-        if dest.exists() and not replace:
-            raise NeurosegError(f"a model named {name!r} is already registered", path=dest,
-                                fix="choose another name or remove it first")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-        try:
+        with atomic_output(dest) as tmp:  # a complete model folder, or the old one untouched
+            tmp.mkdir()
             if src.is_dir():
                 for f in src.iterdir():
                     # the model files only: no training checkpoint (optimizer state) or temporaries
@@ -201,18 +201,9 @@ def register_model(source: str | Path, *, kind: str, name: str | None = None, vo
                      "scores": dict(scores or {}), "info": dict(info or {}),
                      "created": _dt.datetime.now().isoformat(timespec="seconds")}
             (tmp / ENTRY_FILE).write_text(json.dumps(entry, indent=1, default=str))
-            old = None
-            if dest.exists():
-                old = root / f".{name}.old"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(dest, old)
-            os.replace(tmp, dest)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    except OSError as err:
-        raise NeurosegError(f"cannot register the model in the user model folder ({err.strerror or err})", path=root,
+    except (OSError, NeurosegError) as err:  # io.atomic reports a full disk as a NeurosegError
+        why = err.problem if isinstance(err, NeurosegError) else (err.strerror or err)
+        raise NeurosegError(f"cannot register the model in the user model folder ({why})", path=root,
                             fix=f"free disk space or set {ENV_VAR} to a writable folder; the trained model itself "
                                 f"is in {src}") from err
     entry["path"] = str(dest / rel) if rel else str(dest)
