@@ -130,42 +130,52 @@ def m2m_matches(
         for g, p in zip(rows, cols):
             matches.setdefault(int(g) + 1, []).append(int(p) + 1)
         return matches
-
     if not np.any(fg > thresh):
         return None
-    heap = _LazyHeap()
-    gt_ids, pred_ids = np.nonzero(fg > thresh)
-    for g, p in zip(gt_ids, pred_ids):
-        heap.push((int(g), int(p)), (-1) * fg[g, p])
+    return _greedy_consuming_matches(fg, thresh, gt, pred, gt_skel)
 
-    # per GT skeleton (0-based g): which preds / GTs cover each skeleton voxel
-    skel: dict[int, np.ndarray] = {}
-    avail: dict[int, np.ndarray] = {}
-    pred_hits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    gt_hits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for g in np.unique(gt_ids):
-        g = int(g)
-        s = gt_skel[g + 1]
-        skel[g] = s
-        avail[g] = np.ones(s.size, bool)
-        pos, ids, _ = pred.query(s)
-        pred_hits[g] = (pos, ids)
-        pos, ids, _ = gt.query(s)
-        gt_hits[g] = (pos, ids)
 
-    def covered_by_pred(g: int, p: int) -> np.ndarray:  # p 0-based
-        pos, ids = pred_hits[g]
-        out = np.zeros(skel[g].size, bool)
+class _SkeletonHits:
+    """Per GT skeleton (0-based g): which predictions / GT instances cover each skeleton voxel,
+    and which voxels are still available (not consumed by a matched prediction)."""
+
+    def __init__(self, gs, gt: SparseLabels, pred: SparseLabels, gt_skel: dict[int, np.ndarray]) -> None:
+        self.skel: dict[int, np.ndarray] = {}
+        self.avail: dict[int, np.ndarray] = {}
+        self.pred_hits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self.gt_hits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for g in gs:
+            g = int(g)
+            s = gt_skel[g + 1]
+            self.skel[g] = s
+            self.avail[g] = np.ones(s.size, bool)
+            pos, ids, _ = pred.query(s)
+            self.pred_hits[g] = (pos, ids)
+            pos, ids, _ = gt.query(s)
+            self.gt_hits[g] = (pos, ids)
+
+    def by_pred(self, g: int, p: int) -> np.ndarray:  # p 0-based
+        pos, ids = self.pred_hits[g]
+        out = np.zeros(self.skel[g].size, bool)
         out[pos[ids == p + 1]] = True
         return out
 
-    def covered_by_gts(g: int, others: list[int]) -> np.ndarray:  # 0-based gts
-        pos, ids = gt_hits[g]
-        out = np.zeros(skel[g].size, bool)
+    def by_gts(self, g: int, others: list[int]) -> np.ndarray:  # 0-based gts
+        pos, ids = self.gt_hits[g]
+        out = np.zeros(self.skel[g].size, bool)
         if others:
             out[pos[np.isin(ids, np.asarray(others) + 1)]] = True
         return out
 
+
+def _greedy_consuming_matches(fg: np.ndarray, thresh: float, gt: SparseLabels, pred: SparseLabels,
+                              gt_skel: dict[int, np.ndarray]) -> dict[int, list[int]]:
+    """The greedy matching with consumption of :func:`m2m_matches` (overlapping instances)."""
+    heap = _LazyHeap()
+    gt_ids, pred_ids = np.nonzero(fg > thresh)
+    for g, p in zip(gt_ids, pred_ids):
+        heap.push((int(g), int(p)), (-1) * fg[g, p])
+    hits = _SkeletonHits(np.unique(gt_ids), gt, pred, gt_skel)
     matched_gts: dict[int, list[int]] = {}  # pred (0-based) -> gts consumed from its mask
     result: dict[int, list[int]] = {}
     while not heap.empty():
@@ -174,13 +184,13 @@ def m2m_matches(
         except KeyError:
             break
         result.setdefault(g, []).append(p)
-        avail[g] = np.logical_and(avail[g], ~covered_by_pred(g, p))
+        hits.avail[g] = np.logical_and(hits.avail[g], ~hits.by_pred(g, p))
         matched_gts.setdefault(p, []).append(g)
 
-        denom = float(skel[g].size) or 1.0
+        denom = float(hits.skel[g].size) or 1.0
         for op in np.nonzero(fg[g, :] > thresh)[0]:
             op = int(op)
-            inter = np.count_nonzero(np.logical_and(avail[g], covered_by_pred(g, op)))
+            inter = np.count_nonzero(np.logical_and(hits.avail[g], hits.by_pred(g, op)))
             new = np.int64(inter) / denom
             if new > thresh:
                 heap.push((g, op), -new)
@@ -188,8 +198,8 @@ def m2m_matches(
                 heap.invalidate((g, op))
         for og in np.nonzero(fg[:, p] > thresh)[0]:
             og = int(og)
-            d = float(skel[og].size) or 1.0
-            pav = np.logical_and(covered_by_pred(og, p), ~covered_by_gts(og, matched_gts[p]))
+            d = float(hits.skel[og].size) or 1.0
+            pav = np.logical_and(hits.by_pred(og, p), ~hits.by_gts(og, matched_gts[p]))
             new = np.int64(np.count_nonzero(pav)) / d
             if new > thresh:
                 heap.push((og, p), -new)
