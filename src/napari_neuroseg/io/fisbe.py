@@ -314,6 +314,21 @@ def _check_gt(gt: Any, p: Path) -> Any:
     return gt
 
 
+def _check_raw(raw: Any, path: Path) -> Any:
+    """A FISBe raw volume: (channels, Z, Y, X), numeric."""
+    if not hasattr(raw, "shape") or not hasattr(raw, "dtype"):
+        raw = np.asarray(raw)
+    if raw.ndim != 4:
+        raise NeurosegError(
+            f"raw must be (channels, Z, Y, X), got shape {tuple(raw.shape)}",
+            path=path,
+            fix="add a channel axis (e.g. raw[None]) or move the channel axis first",
+        )
+    if np.dtype(raw.dtype).kind not in "uif":
+        raise NeurosegError(f"raw has unsupported dtype {raw.dtype}", path=path, fix="use uint16 (like FISBe) or float32")
+    return raw
+
+
 def write_fisbe(
     path: str | Path,
     *,
@@ -335,16 +350,7 @@ def write_fisbe(
     if raw is None and gt_instances is None:
         raise NeurosegError("nothing to write: give raw and/or gt_instances", path=p, fix="pass raw= or gt_instances=")
     if raw is not None:
-        if not hasattr(raw, "shape") or not hasattr(raw, "dtype"):
-            raw = np.asarray(raw)
-        if raw.ndim != 4:
-            raise NeurosegError(
-                f"raw must be (channels, Z, Y, X), got shape {tuple(raw.shape)}",
-                path=p,
-                fix="add a channel axis (e.g. raw[None]) or move the channel axis first",
-            )
-        if np.dtype(raw.dtype).kind not in "uif":
-            raise NeurosegError(f"raw has unsupported dtype {raw.dtype}", path=p, fix="use uint16 (like FISBe) or float32")
+        raw = _check_raw(raw, p)
     if gt_instances is not None:
         gt_instances = _check_gt(gt_instances, p)
     existing = p if is_fisbe(p) else None

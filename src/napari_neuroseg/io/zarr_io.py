@@ -529,6 +529,26 @@ def create_label_store(
     )
 
 
+def _label_items(labels: Any, spatial_shape: tuple[int, ...], path: Path) -> dict[str, Any]:
+    """``write_ome_zarr``'s ``labels`` as ``{name: label array}``, each checked (integer ids, the
+    image's spatial shape)."""
+    items: dict[str, Any] = {}
+    if labels is not None:
+        items = dict(labels) if isinstance(labels, Mapping) else {"labels": labels}
+    for lname, lab in items.items():
+        if not hasattr(lab, "shape") or not hasattr(lab, "dtype"):
+            lab = np.asarray(lab)
+        lab = as_label_array(lab, path, what=f"label volume {lname!r}")
+        if tuple(int(s) for s in lab.shape) != spatial_shape:
+            raise NeurosegError(
+                f"label volume {lname!r} has shape {tuple(lab.shape)}, the image's spatial shape is {spatial_shape}",
+                path=path,
+                fix="labels must cover the image voxel for voxel (same Z, Y, X size)",
+            )
+        items[lname] = lab
+    return items
+
+
 def write_ome_zarr(
     path: str | Path,
     data: Any,
@@ -579,20 +599,7 @@ def write_ome_zarr(
     spatial = "".join(a for a in axes if a in "ZYX")
     spatial_shape = tuple(int(data.shape[axes.index(a)]) for a in spatial)
     scale = check_scale(scale, spatial, p)
-    label_items: dict[str, Any] = {}
-    if labels is not None:
-        label_items = dict(labels) if isinstance(labels, Mapping) else {"labels": labels}
-    for lname, lab in label_items.items():
-        if not hasattr(lab, "shape") or not hasattr(lab, "dtype"):
-            lab = np.asarray(lab)
-        lab = as_label_array(lab, p, what=f"label volume {lname!r}")
-        if tuple(int(s) for s in lab.shape) != spatial_shape:
-            raise NeurosegError(
-                f"label volume {lname!r} has shape {tuple(lab.shape)}, the image's spatial shape is {spatial_shape}",
-                path=p,
-                fix="labels must cover the image voxel for voxel (same Z, Y, X size)",
-            )
-        label_items[lname] = lab
+    label_items = _label_items(labels, spatial_shape, p)
     name = name or (p.name[: -len(".zarr")] if p.name.lower().endswith(".zarr") else p.name)
     with atomic_output(p) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=2)
