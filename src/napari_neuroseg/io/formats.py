@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["HDF5_SUFFIXES", "OME_SUFFIXES", "TIFF_SUFFIXES", "ZARR_SUFFIXES", "VOLUME_SUFFIXES", "file_stem"]
+__all__ = ["HDF5_SUFFIXES", "OME_SUFFIXES", "TIFF_SUFFIXES", "VOLUME_SUFFIXES", "ZARR_SUFFIXES", "file_stem"]
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 HDF5_SUFFIXES = (".h5", ".hdf", ".hdf5", ".he5")
