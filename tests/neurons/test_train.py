@@ -24,7 +24,9 @@ def test_old_flag_spellings_are_hidden_aliases():
     listed in --help."""
     new = neuron_settings(_args("--synthetic", "-o", "d", "--steps", "7", "--init-from", "m.pt"))
     old = neuron_settings(_args("--synthetic", "--out", "d", "--iterations", "7", "--init", "m.pt"))
-    assert new == old == NeuronTrainSettings(output="d", synthetic=True, steps=7, init_from="m.pt")
+    # --init-from: the fine-tuning recipe fills what was not given
+    assert new == old == NeuronTrainSettings(output="d", synthetic=True, steps=7, init_from="m.pt",
+                                             lr=1e-3, val_every=25, save_every=25, tune_postprocess=True)
     p = argparse.ArgumentParser()
     add_neuron_arguments(p)
     text = p.format_help()
@@ -138,3 +140,45 @@ def test_train_with_batch_workers_and_time_budget(fisbe_folder, tmp_path):
     from napari_neuroseg.models.neurons.model import read_checkpoint
 
     assert read_checkpoint(out2 / "last.pt")["iteration"] == 1
+
+
+def test_finetune_on_one_volume_holds_out_a_slab_and_tunes_postprocess(tmp_path):
+    """Fine-tuning (--init-from) on a folder with one annotated volume and no validation sample:
+    a slab of it is held out and scored at every check, the post-processing thresholds are
+    chosen there, and --model accepts the output folder."""
+    from napari_neuroseg.io import write_fisbe
+    from napari_neuroseg.models.neurons.model import NetConfig, read_checkpoint, save_model
+    from napari_neuroseg.models.neurons.train import POSTPROCESS_GRID, split_holdout
+    from napari_neuroseg.models.registry import resolve_neuron_model
+    from napari_neuroseg.synth import make_neurons
+
+    v = make_neurons((16, 48, 48), seed=100, n_neurons=3)
+    parts = split_holdout(v.raw, v.gt_instances, 0.25)
+    (rt, gt_t), (rv, gt_v) = parts
+    assert rt.shape[1:] == (16, 36, 48) and rv.shape[1:] == (16, 12, 48)  # the last quarter of Y
+    assert gt_t.shape[1:] == rt.shape[1:] and all(g.any() for g in gt_v)
+    assert split_holdout(v.raw[:, :, :20, :20], v.gt_instances[:, :, :20, :20], 0.25) is None  # too thin
+    data = tmp_path / "data"
+    data.mkdir()
+    write_fisbe(data / "one.zarr", raw=v.raw, gt_instances=v.gt_instances)
+    base = tmp_path / "base.pt"
+    import torch
+
+    torch.manual_seed(0)
+    cfg = NetConfig(base=4, levels=2)
+    save_model(base, cfg.build(), cfg)
+    out = tmp_path / "ft"
+    assert run_neurons(_args("--data", str(data), "-o", str(out), "--init-from", str(base), "--steps", "2",
+                             "--patch", "8", "16", "16", "--val-every", "1", "--threads", "1", "--quiet")) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [list(r["val"]) for r in log] == [["one.zarr (held-out slab)"]] * 2
+    assert resolve_neuron_model(str(out)) == out / "model.pt"  # --model OUT works
+    from napari_neuroseg.models.stardist3d.pretrained import resolve_model_path
+
+    with pytest.raises(NeurosegError, match="output folder of 'train neurons'"):
+        resolve_model_path(str(out))  # 'neuroseg nuclei --model OUT' names the mix-up
+    blob = read_checkpoint(out / "model.pt")
+    chosen = blob["scores"]["postprocess_search"]["chosen"]
+    assert set(chosen) == set(POSTPROCESS_GRID) and blob["postprocess"]["fg_threshold"] == chosen["fg_threshold"]
+    with pytest.raises(NeurosegError, match="no neuron model"):
+        resolve_neuron_model(str(tmp_path))

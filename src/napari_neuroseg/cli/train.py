@@ -38,6 +38,8 @@ def add_neuron_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``neuroseg train neurons`` (defaults: ``NeuronTrainSettings``)."""
     from napari_neuroseg.models.neurons.train import NeuronTrainSettings
 
+    from napari_neuroseg.models.neurons.train import NEURON_FINETUNE_RECIPE
+
     d = NeuronTrainSettings()
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", metavar="DIR", help="folder of FISBe .zarr samples (volumes/raw, volumes/gt_instances; "
@@ -49,14 +51,26 @@ def add_neuron_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch", type=int, nargs=3, default=d.patch, metavar=("Z", "Y", "X"),
                    help="patch size, multiples of 2**(levels-1) (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (cosine decay)")
+    p.add_argument("--lr", type=float, default=None,
+                   help=f"peak learning rate (cosine decay; default {d.lr:g}, fine-tuning "
+                        f"{NEURON_FINETUNE_RECIPE['lr']:g})")
     p.add_argument("--base", type=int, default=d.base, help="filters at full resolution")
     p.add_argument("--levels", type=int, default=d.levels, help="U-Net resolution levels")
     add_flag(p, "--init-from", metavar="MODEL",
              help="start from these weights (fine-tuning): neuroseg_neurons, a registered name or a .pt file")
     p.add_argument("--resume", action="store_true", help="continue from OUTPUT/last.pt")
-    p.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint interval (steps)")
-    p.add_argument("--val-every", type=int, default=d.val_every, help="validation interval (steps; 0 = never)")
+    p.add_argument("--save-every", type=int, default=None,
+                   help=f"checkpoint interval (steps; default {d.save_every}, fine-tuning "
+                        f"{NEURON_FINETUNE_RECIPE['save_every']})")
+    p.add_argument("--val-every", type=int, default=None,
+                   help=f"validation interval (steps; 0 = never; default {d.val_every}, fine-tuning "
+                        f"{NEURON_FINETUNE_RECIPE['val_every']})")
+    p.add_argument("--holdout", type=float, default=d.holdout_fraction, metavar="FRACTION",
+                   help="fine-tuning on --data without validation samples: hold out this fraction of each "
+                        "volume (a slab of its longest axis) for validation (default: %(default)s; 0 = none)")
+    p.add_argument("--no-tune-postprocess", action="store_true",
+                   help="fine-tuning: keep the base model's post-processing thresholds instead of choosing "
+                        "them on the held-out part")
     p.add_argument("--val-crop", type=int, nargs=3, default=d.val_crop, metavar=("Z", "Y", "X"),
                    help="centre crop of real validation volumes (default: %(default)s)")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N or mps")
@@ -77,6 +91,9 @@ def add_neuron_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-minutes", type=float, default=None,
                    help="wall-clock budget: the learning-rate schedule is shortened to end in time, "
                         "then the run stops with a checkpoint")
+    p.add_argument("--budget-clock", choices=("wall", "cpu"), default="wall",
+                   help="what --max-minutes counts: wall-clock time (default) or this process's CPU time "
+                        "divided by --threads (benchmarks on a shared machine)")
     p.add_argument("--workers", type=int, default=d.workers,
                    help="background processes making training batches (use on a GPU; 0 = inline)")
     p.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
@@ -87,12 +104,22 @@ def add_neuron_arguments(p: argparse.ArgumentParser) -> None:
 
 def neuron_settings(args: argparse.Namespace):
     """The ``NeuronTrainSettings`` of parsed ``neuroseg train neurons`` arguments."""
-    from napari_neuroseg.models.neurons.train import NeuronTrainSettings
+    from napari_neuroseg.models.neurons.train import NEURON_FINETUNE_RECIPE, NeuronTrainSettings
+
+    d = NeuronTrainSettings()
+    # fine-tuning (--init-from) has its own defaults for what the user did not give
+    rec = NEURON_FINETUNE_RECIPE if args.init_from else {}
+
+    def pick(given, key):
+        return given if given is not None else rec.get(key, getattr(d, key))
 
     return NeuronTrainSettings(
         output=args.output, data=args.data, synthetic=bool(args.synthetic), split=args.split, steps=args.steps,
-        patch=tuple(args.patch), batch_size=args.batch_size, lr=args.lr, base=args.base, levels=args.levels,
-        init_from=args.init_from, resume=args.resume, save_every=args.save_every, val_every=args.val_every,
+        patch=tuple(args.patch), batch_size=args.batch_size, lr=pick(args.lr, "lr"), base=args.base,
+        levels=args.levels, init_from=args.init_from, resume=args.resume, save_every=pick(args.save_every, "save_every"),
+        val_every=pick(args.val_every, "val_every"), holdout_fraction=getattr(args, "holdout", d.holdout_fraction),
+        tune_postprocess=bool(rec.get("tune_postprocess")) and not getattr(args, "no_tune_postprocess", False),
+        budget_clock=getattr(args, "budget_clock", "wall"),
         val_crop=tuple(args.val_crop), device=args.device, threads=args.threads, seed=args.seed,
         pool_size=args.pool_size, synth_shape=tuple(args.synth_shape), hard_fraction=args.hard_fraction,
         synth_wide=args.synth_wide, real_morphology=args.real_morphology, real_fraction=args.real_fraction,
@@ -113,6 +140,10 @@ def run_neurons(args: argparse.Namespace) -> int:
 
     show = ProgressPrinter(quiet=args.quiet, stream=sys.stdout, in_place=False, when=when, one_per_step=False)
     res = train(neuron_settings(args), show)
+    if res.get("postprocess"):
+        pp = res["postprocess"]
+        print(f"post-processing chosen on the held-out part: {pp['chosen']} (avF1 {pp['avF1_before']:.3f} with the "
+              f"base values -> {pp['avF1']:.3f})")
     print(f"done: {res['iterations']} iterations, best validation avF1 {res['best_score']:.3f}, "
           f"model written to {Path(res['out']) / 'model.pt'}")
     return 0

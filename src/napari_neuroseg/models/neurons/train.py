@@ -58,9 +58,28 @@ class NeuronTrainSettings:
     # voxel size (Z, Y, X) in µm of the training data, stored as the model's scale; None: that of
     # ``init_from``, else the shipped model's (FISBe's 0.44 µm; synthetic data is made to match it)
     voxel_size: tuple[float, float, float] | None = None
+    # what max_minutes counts: "wall" (wall-clock) or "cpu" (this process's CPU time divided by
+    # the torch threads: the wall time with its cores to itself, for benchmarks on a shared machine)
+    budget_clock: str = "wall"
+    # fine-tuning (init_from) on --data without validation samples: hold out this fraction of
+    # each training volume (a slab at the end of its longest axis) for validation (0 = none)
+    holdout_fraction: float = 0.25
+    # after training, choose the post-processing thresholds (POSTPROCESS_GRID) on the validation
+    # volumes with the kept weights and store them in model.pt
+    tune_postprocess: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
+
+
+#: fine-tuning recipe of ``train neurons --init-from`` (the CLI's defaults; docs/finetune.md):
+#: peak learning rate, validation/checkpoint interval (steps), post-processing thresholds chosen on
+#: the held-out part, and the share of the time budget kept for that search at the end
+NEURON_FINETUNE_RECIPE: dict[str, Any] = {"lr": 1e-3, "val_every": 25, "save_every": 25, "tune_postprocess": True}
+FINETUNE_END_RESERVE = 0.08
+#: post-processing values tried by ``tune_postprocess`` (every combination)
+POSTPROCESS_GRID: dict[str, tuple] = {"fg_threshold": (0.02, 0.05, 0.1, 0.2, 0.35),
+                                      "merge_threshold": (0.15, 0.25, 0.35)}
 
 
 def _lr(it: int, total: int, peak: float) -> float:
@@ -181,6 +200,30 @@ def _proxy_scores(gt, pred) -> dict:
         fp, fn = len(ids) - tp, g.shape[0] - tp
         f1s.append(2 * tp / max(1, 2 * tp + fp + fn))
     return {"avF1": float(np.mean(f1s)), "proxy": True}
+
+
+def split_holdout(raw, gt, fraction: float, name: str = ""):
+    """Split a (raw (3,Z,Y,X), gt (N,Z,Y,X)) sample along its longest spatial axis: the last
+    ``fraction`` is held out. Returns ``(raw_train, gt_train), (raw_val, gt_val)`` (empty GT
+    channels dropped) or None when either part would be thinner than 8 voxels or hold no neuron."""
+    import numpy as np
+
+    raw, gt = np.asarray(raw), np.asarray(gt)
+    axis = int(np.argmax(raw.shape[1:]))
+    n = raw.shape[1 + axis]
+    n_val = int(round(n * float(fraction)))
+    if n_val < 8 or n - n_val < 8:
+        return None
+    parts = []
+    for sl in (slice(0, n - n_val), slice(n - n_val, n)):
+        idx = [slice(None)] * 4
+        idx[1 + axis] = sl
+        r, g = raw[tuple(idx)], gt[tuple(idx)]
+        g = g[g.reshape(len(g), -1).any(1)] if len(g) else g
+        if len(g) == 0:
+            return None
+        parts.append((np.ascontiguousarray(r), np.ascontiguousarray(g)))
+    return parts[0], parts[1]
 
 
 def _validation_set(args: NeuronTrainSettings, rng):
@@ -328,6 +371,11 @@ def train_iter(args: NeuronTrainSettings):
     net = cfg.build().to(dev)
     if state is not None:
         net.load_state_dict(state["state_dict"])
+        if isinstance(state.get("postprocess"), dict):  # the base model's post-processing values
+            import dataclasses
+
+            known = {f.name for f in dataclasses.fields(PostprocessParams)}
+            params = PostprocessParams(**{k: v for k, v in state["postprocess"].items() if k in known})
     cl = dev.type == "cpu"  # channels-last 3D convolutions are ~2x faster on CPU
     if cl:
         net = net.to(memory_format=torch.channels_last_3d)
@@ -350,13 +398,30 @@ def train_iter(args: NeuronTrainSettings):
             for done, total in source.fill():
                 yield Progress(done, total, f"generating synthetic volume {done}/{total}")
     else:
-        paths = find_samples(args.data, args.split)["train"]
-        samples = []
+        found = find_samples(args.data, args.split)
+        paths = found["train"]
+        # fine-tuning on volumes without validation samples: hold out a slab of each
+        resumed_ft = bool(args.resume and state is not None and (state.get("train_info") or {}).get("init_from"))
+        holdout = bool(args.init_from or resumed_ft) and not found["val"] and float(args.holdout_fraction) > 0
+        samples, held = [], []
         for i, pth in enumerate(paths):
+            if holdout:
+                from .data import _open_fisbe, make_sample
+
+                raw, gt = _open_fisbe(pth) if pth.suffix == ".zarr" else (None, None)
+                parts = None if gt is None else split_holdout(raw, gt, args.holdout_fraction)
+                if parts is not None:
+                    (rt, gtt), (rv, gv) = parts
+                    samples.append(make_sample(rt, gt=gtt, name=pth.name, rng=rng))
+                    held.append((f"{pth.name} (held-out slab)", rv, gv))
+                    yield Progress(i + 1, len(paths), f"indexed {pth.name} (a {args.holdout_fraction:.0%} slab held out)")
+                    continue
             samples.append(load_sample(pth, rng))
             yield Progress(i + 1, len(paths), f"indexed {pth.name}")
         source = VolumeSource(samples)
     val = _validation_set(args, rng) if args.val_every else []
+    if not args.synthetic and args.val_every and held:
+        val = held
 
     log = (out_dir / "log.jsonl").open("a")
     train_info = args.to_dict()
@@ -383,7 +448,13 @@ def train_iter(args: NeuronTrainSettings):
     net.train()
     it = start_it
     total = int(args.steps)
-    budget = TimeBudget(args.max_minutes, start_it, total)
+    from napari_neuroseg.models.stardist3d.train import budget_clock
+
+    clock = budget_clock(args.budget_clock)
+    minutes = args.max_minutes
+    if minutes is not None and args.tune_postprocess and val:
+        minutes = float(minutes) * (1 - FINETUNE_END_RESERVE)  # time for the threshold search at the end
+    budget = TimeBudget(minutes, start_it, total, clock=clock)
     stream = _batches_in_workers(source, args, patch, start_it) if workers else None
     try:
         for it in range(start_it, int(args.steps)):
@@ -435,14 +506,65 @@ def train_iter(args: NeuronTrainSettings):
             stream.close()
     # export the weights-only model
     src = out_dir / "best.pt" if (out_dir / "best.pt").is_file() else last
+    tuned = None
     if src.is_file():
         ck = read_checkpoint(src)
         net_e = NetConfig(**ck["config"]).build()
         net_e.load_state_dict(ck["state_dict"])
-        save_model(out_dir / "model.pt", net_e, NetConfig(**ck["config"]), params,
-                   train_info=train_info, scores=ck.get("scores", {}), iteration=ck.get("iteration"), scale=scale)
+        scores = dict(ck.get("scores", {}))
+        if args.tune_postprocess and val:
+            yield Progress(0, 1, "choosing the post-processing thresholds on the held-out part")
+            m = NeuronModel(net=net_e.to(dev), config=NetConfig(**ck["config"]), params=params, device=dev)
+            params, tuned = tune_postprocess(m, val)
+            scores["postprocess_search"] = tuned
+            yield Progress(1, 1, f"post-processing: {tuned['chosen']} -> held-out avF1 {tuned['avF1']:.3f} "
+                                 f"(base values {tuned['avF1_before']:.3f})")
+        save_model(out_dir / "model.pt", net_e.cpu(), NetConfig(**ck["config"]), params,
+                   train_info=train_info, scores=scores, iteration=ck.get("iteration"), scale=scale)
         _write_scale_sidecar(out_dir / "model.pt", training_scale(args))
-    return {"iterations": it + 1, "best_score": best, "out": str(out_dir)}
+    return {"iterations": it + 1, "best_score": best, "out": str(out_dir),
+            "postprocess": None if tuned is None else tuned}
+
+
+def tune_postprocess(model, val, grid: dict[str, tuple] | None = None):
+    """The post-processing values (every combination of ``grid``, default
+    :data:`POSTPROCESS_GRID`, over ``model.params``) with the best mean avF1 on the validation
+    volumes ``val`` (name, raw, gt); the network runs once per volume. Ties keep the model's own
+    values. Returns ``(params, info)``."""
+    import itertools
+    from dataclasses import replace
+
+    import numpy as np
+
+    from napari_neuroseg.runtime.progress import run_to_completion
+
+    from .predict import predict_iter
+    from .preprocess import check_raw, normalize
+
+    grid = grid or POSTPROCESS_GRID
+    model.net.eval()
+    outs = []
+    for _, raw, gt in val:
+        pr = run_to_completion(predict_iter(raw, model, return_outputs=True))
+        outs.append((pr.foreground, pr.affinities, normalize(check_raw(raw)), gt))
+    from .postprocess import instances_from_outputs
+
+    def score(p) -> float:
+        return float(np.mean([_evaluate(gt, instances_from_outputs(fg, affs, img, p))["avF1"]
+                              for fg, affs, img, gt in outs]))
+
+    base = model.params
+    best_p, best_s = base, score(base)
+    before = best_s
+    keys = list(grid)
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        p = replace(base, **dict(zip(keys, combo)))
+        if p == base:
+            continue
+        sc = score(p)
+        if sc > best_s + 1e-9:
+            best_p, best_s = p, sc
+    return best_p, {"chosen": {k: getattr(best_p, k) for k in keys}, "avF1": best_s, "avF1_before": before}
 
 
 def train(settings: NeuronTrainSettings, callback: Callable | None = None) -> dict:

@@ -37,6 +37,10 @@ def resolve_model_path(name_or_path: str | Path | None) -> Path:
         folder = BUNDLED_DIR / s
         return folder if folder.is_dir() else BUNDLED_DIR / f"{s}.pt"
     path = Path(s).expanduser()
+    if path.is_dir() and not (path / "config.json").is_file() and (path / "model.pt").is_file():
+        raise NeurosegError("this is the output folder of 'train neurons' (a neuron model), not a StarDist-3D "
+                            "nuclei model", path=path,
+                            fix="use it with 'neuroseg neurons --model', or give a nuclei model folder")
     if path.exists():
         return path
     from napari_neuroseg.models import registry
