@@ -748,7 +748,7 @@ def _with_session(job, write, session: Session, image, annotation, mask, review,
     """The worker's job: write the session's arrays (off the main thread), then ``job``."""
     from napari_neuroseg.models.finetune_job import FineTuneProgress
 
-    yield FineTuneProgress(0, 1, "saving the session", phase="setup")
+    yield FineTuneProgress(0, 1, "saving the session", phase="setup", record="setup")
     write(session, annotation, review, image, mask)
     return (yield from job([image], [annotation], [voxel_size], masks=[mask], **kw))
 

@@ -68,6 +68,10 @@ class FineTuneProgress(Progress):
     f1_before: float | None = None
     eta_s: float | None = None
     elapsed_s: float = 0.0
+    #: set on the steps that start a phase ("setup" messages, "saving", "done"): such steps are
+    #: never held back by a GUI's rate limiting (``runtime.progress.carries_data``), so the status
+    #: line names the long step that is running, not the one before it
+    record: Any = None
 
 
 @dataclass
@@ -243,7 +247,8 @@ def finetune_nuclei_iter(
     def progress(step, total, msg, phase, eta=None) -> FineTuneProgress:
         return FineTuneProgress(int(step), int(total), msg, phase=phase, loss=tuple(curve["loss"]),
                                 val_loss=tuple(curve["val_loss"]), val_f1=tuple(curve["val_f1"]),
-                                f1_before=state["f1_before"], eta_s=eta, elapsed_s=time.monotonic() - t0)
+                                f1_before=state["f1_before"], eta_s=eta, elapsed_s=time.monotonic() - t0,
+                                record=None if phase in ("train", "thresholds") else phase)
 
     yield progress(0, 1, f"loading the base model {base}", "setup")
     base_model, base_path = load_base_nuclei_model(base, out.parent / f".{out.name}.base")
@@ -496,7 +501,8 @@ def finetune_neurons_iter(
     def progress(step, total, msg, phase, eta=None) -> FineTuneProgress:
         return FineTuneProgress(int(step), int(total), msg, phase=phase, loss=tuple(curve["loss"]),
                                 val_loss=(), val_f1=tuple(curve["val_f1"]), f1_before=state["f1_before"],
-                                eta_s=eta, elapsed_s=time.monotonic() - t0)
+                                eta_s=eta, elapsed_s=time.monotonic() - t0,
+                                record=None if phase in ("train", "thresholds") else phase)
 
     yield progress(0, 1, f"loading the base model {base}", "setup")
     base_path = resolve_neuron_model(str(base))
