@@ -16,6 +16,16 @@ Before the progress rule of ``_napari/_workers.py`` this job nested hundreds of 
 arrival froze the viewer 2.6 s (2D) to 6-9 s (3D).
 
     xvfb-run -a python benchmarks/bench_widget_stalls.py [--n 479] [--shape 64 128 128]
+
+``--widget nuclei``: the Nuclei dock's *first* run of a process on the napari sample (the
+shipped model), which used to compile the numba NMS (garbage collections of the compiler stalled
+the viewer up to 138 ms). Each case is a fresh process (the compilation happens once per
+process), both cases alternate in one session (``--repeats``): ``dock-warmup`` as shipped (the
+dock compiles in a background thread when it opens; the stall while it does, the user still
+choosing parameters, is printed too) and ``no-warmup`` (the dock's warm-up disabled: the
+compilation overlaps the first run's network, as before).
+
+    xvfb-run -a python benchmarks/bench_widget_stalls.py --widget nuclei [--repeats 2]
 """
 
 from __future__ import annotations
@@ -43,11 +53,161 @@ def scene(n: int, shape: tuple[int, int, int]):
     return gt, pred
 
 
+def _pump(app, seconds: float) -> None:
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        app.processEvents()
+        time.sleep(0.005)
+
+
+def nuclei_case(warmup: bool, threads: int) -> dict:
+    """One fresh-process case of the Nuclei dock's first run; returns the measured numbers."""
+    import napari
+    import torch
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_neuroseg._napari import nuclei_widget
+    from napari_neuroseg.models.stardist3d import nms
+
+    torch.set_num_threads(threads)
+    if not warmup:  # the dock as it was: no compilation before the first run
+        nuclei_widget.NucleiWidget._start_warmup = staticmethod(lambda: None)
+    viewer = napari.Viewer(show=True)
+    layers = viewer.open_sample("napari-neuroseg", "nuclei")
+    image = next(ly for ly in layers if ly.__class__.__name__ == "Image")
+    app = QApplication.instance()
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+
+    where: list[tuple[float, float, str]] = []  # (end time, gap, status line) of each long gap
+    arrived: list[bool] = []
+    loading: list[bool] = []
+    w = None
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        arrived.append(w is not None and w.result is not None)  # the gap ended after the result came
+        loading.append(w is not None and "loading the model" in w.status.text())
+        if now - last[0] > 0.1:
+            where.append((now, now - last[0], w.status.text()[:50] if w is not None else ""))
+        last[0] = now
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(20)
+    _pump(app, 1.0)
+    gaps.clear()
+    last[0] = time.perf_counter()
+    viewer.reset_view()
+    _pump(app, 1.0)
+    base = max(gaps, default=float("nan"))
+    # the dock opens (construction: widgets, the model's thresholds) ...
+    gaps.clear()
+    t0 = time.perf_counter()
+    last[0] = t0
+    dock = nuclei_widget.NucleiWidget(viewer)
+    viewer.window.add_dock_widget(dock, name="Nuclei (StarDist-3D)")
+    dock.form.image.value = image
+    dock.form.device.value = "cpu"
+    _pump(app, 0.3)
+    open_stall = max(gaps, default=float("nan"))
+    # ... and the user picks parameters for a while: the warm-up compiles meanwhile (until done)
+    gaps.clear()
+    t1 = time.perf_counter()
+    last[0] = t1
+    while time.perf_counter() - t1 < 300:
+        th = nms._WARM.get("thread")
+        if not warmup and time.perf_counter() - t1 > 5:
+            break
+        if warmup and th is not None and not th.is_alive():
+            break
+        app.processEvents()
+        time.sleep(0.002)
+    idle_s = time.perf_counter() - t1
+    idle_stall = max(gaps, default=float("nan"))
+    w = dock
+    # the first run
+    gaps.clear()
+    arrived.clear()
+    loading.clear()
+    t0 = time.perf_counter()
+    last[0] = t0
+    where.clear()
+    w.run()
+    while w.worker is not None and time.perf_counter() - t0 < 900:
+        app.processEvents()
+        time.sleep(0.002)
+    wall = time.perf_counter() - t0
+    _pump(app, 0.3)
+    run_gaps = sorted((g for g, a in zip(gaps, arrived) if not a), reverse=True)  # before the result
+    arrival = max((g for g, a in zip(gaps, arrived) if a), default=float("nan"))
+    # network + NMS + rendering: after the model load (which stalls alike in both cases)
+    compute = max((g for g, a, ld in zip(gaps, arrived, loading) if not a and not ld), default=float("nan"))
+    timer.stop()
+    out = {"case": "dock-warmup" if warmup else "no-warmup", "baseline_ms": base * 1000,
+           "open_stall_ms": open_stall * 1000, "idle_s": idle_s, "idle_stall_ms": idle_stall * 1000,
+           "arrival_ms": arrival * 1000, "compute_ms": compute * 1000, "run_s": wall,
+           "run_stall_ms": run_gaps[0] * 1000 if run_gaps else float("nan"),
+           "run_stalls_over_100ms": sum(g > 0.1 for g in run_gaps), "status": w.status.text()[:70],
+           "run_worst": [(round(t - t0, 2), round(g * 1000), st) for t, g, st in
+                         sorted(where, key=lambda x: -x[1])[:4]]}
+    viewer.close()
+    return out
+
+
+def nuclei_main(args) -> int:
+    import json
+    import subprocess
+
+    rows = []
+    for rep in range(args.repeats):
+        for warm in (False, True) if rep % 2 == 0 else (True, False):
+            cmd = [sys.executable, __file__, "--widget", "nuclei-case", "--threads", str(args.threads)]
+            if not warm:
+                cmd.append("--no-warmup")
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, check=False)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode != 0 or not line:
+                print(proc.stdout[-2000:], proc.stderr[-3000:])
+                return 1
+            r = json.loads(line[-1][7:])
+            rows.append(r)
+            print(f"{r['case']:12s} baseline {r['baseline_ms']:4.0f} ms | dock opens {r['open_stall_ms']:4.0f} ms | "
+                  f"idle {r['idle_s']:4.1f} s: {r['idle_stall_ms']:4.0f} ms | first run {r['run_s']:5.1f} s: "
+                  f"{r['run_stall_ms']:4.0f} ms (after the model load {r['compute_ms']:4.0f} ms), "
+                  f"{r['run_stalls_over_100ms']} > 100 ms; result arrival "
+                  f"{r['arrival_ms']:4.0f} ms | {r['status'][:12]}", flush=True)
+            if args.verbose:
+                print("    longest first-run stalls (s after Run, ms, status):", r["run_worst"], flush=True)
+    for case in ("no-warmup", "dock-warmup"):
+        rs = [r for r in rows if r["case"] == case]
+        each = ", ".join(f"{r['run_stall_ms']:.0f}" for r in rs)
+        after = ", ".join(f"{r['compute_ms']:.0f}" for r in rs)
+        print(f"{case:12s} first run until the result: longest stall {max(r['run_stall_ms'] for r in rs):5.0f} ms "
+              f"(each run: {each} ms; after the model load: {after} ms); dock idle while compiling: "
+              f"{max(r['idle_stall_ms'] for r in rs):5.0f} ms; baseline redraw {max(r['baseline_ms'] for r in rs):4.0f} ms")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=479, help="number of nuclei")
     ap.add_argument("--shape", type=int, nargs=3, default=(64, 128, 128))
+    ap.add_argument("--widget", choices=("evaluate", "nuclei", "nuclei-case"), default="evaluate")
+    ap.add_argument("--repeats", type=int, default=2, help="nuclei: processes per case")
+    ap.add_argument("--threads", type=int, default=1, help="nuclei: torch threads")
+    ap.add_argument("--no-warmup", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--verbose", action="store_true", help="nuclei: where the longest stalls were")
     args = ap.parse_args(argv)
+    if args.widget == "nuclei":
+        return nuclei_main(args)
+    if args.widget == "nuclei-case":
+        import json
+
+        print("RESULT " + json.dumps(nuclei_case(not args.no_warmup, args.threads)), flush=True)
+        return 0
 
     import napari
     from napari.utils.notifications import notification_manager

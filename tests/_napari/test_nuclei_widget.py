@@ -70,7 +70,8 @@ def test_segment_generator_and_polyhedra_without_gui(crop, tiny_model):
     assert polyhedra_surface({**details, "points": np.zeros((0, 3))}) is None
 
 
-def test_widget_runs_and_adds_layers(make_napari_viewer, qtbot, crop, tiny_model, errors_shown):
+def test_widget_runs_and_adds_layers(make_napari_viewer, qtbot, crop, tiny_model, errors_shown, tmp_path,
+                                     monkeypatch):
     image, _ = crop
     viewer = make_napari_viewer()
     viewer.add_image(image, name="nuclei", scale=(2, 1, 1))
@@ -103,6 +104,18 @@ def test_widget_runs_and_adds_layers(make_napari_viewer, qtbot, crop, tiny_model
     w.run()
     qtbot.waitUntil(lambda: w.worker is None, timeout=60000)
     assert [ly.name for ly in viewer.layers].count("nuclei nuclei") == 1
+    # Save labels…: the plugin's TIFF writer, voxel size kept; the dialog offers the plugin's formats
+    from napari_neuroseg._napari import _save
+    from napari_neuroseg.io import read_labels
+
+    offered: list = []
+    out = tmp_path / "nuclei labels"
+    monkeypatch.setattr(_save, "ask_save_path",
+                        lambda parent, title, start, filters: (offered.append(list(filters)) or (str(out), filters[0])))
+    assert w.save_button.isEnabled() and w.save() == str(out) + ".tif"
+    assert offered[0][:2] == [_save.TIFF_FILTER, _save.OME_ZARR_FILTER]
+    np.testing.assert_array_equal(read_labels(str(out) + ".tif"), labels.data)
+    assert "Saved" in w.status.text()
 
 
 def test_widget_cancel(make_napari_viewer, qtbot, tiny_model, errors_shown):
@@ -143,3 +156,48 @@ def test_widget_errors_are_shown(make_napari_viewer, qtbot, tiny_model, errors_s
     qtbot.waitUntil(lambda: w.worker is None, timeout=60000)
     assert len(errors_shown) == n + 1 and "constant" in str(errors_shown[-1])
     assert w.status.text().startswith("failed") and w.run_button.isEnabled()
+
+
+def test_dock_compiles_the_nms_in_the_background(make_napari_viewer):
+    """Opening the dock starts the one-time numba compilation in a background thread (not in the
+    user's first run, where it stalled the viewer)."""
+    import time
+
+    from napari_neuroseg.models.stardist3d import nms
+
+    NucleiWidget(make_napari_viewer())
+    t0 = time.time()
+    while nms._WARM.get("thread") is None and time.time() - t0 < 30:
+        time.sleep(0.05)
+    th = nms._WARM.get("thread")
+    assert th is not None and th.daemon and th is not __import__("threading").main_thread()
+
+
+def test_bioimageio_package_as_model(make_napari_viewer, tiny_model, tmp_path):
+    """A BioImage.IO package (zip or its folder) is a model of the Model box: its stored
+    thresholds fill the boxes; TorchScript is never what is loaded (the state dict is)."""
+    import zipfile
+
+    pytest.importorskip("bioimageio.spec")
+    from napari_neuroseg._napari.nuclei_widget import FILE
+    from napari_neuroseg.models.bioimageio import export_package
+    from napari_neuroseg.models.stardist3d import load_model
+
+    pkg = export_package(tiny_model, tmp_path / "tiny.zip")
+    w = NucleiWidget(make_napari_viewer())
+    f = w.form
+    f.model.value = FILE
+    assert f.model_path.mode.value == "r"
+    f.prob_thresh.value, f.nms_thresh.value = 0.1, 0.1
+    f.model_path.value = str(pkg)
+    assert (f.prob_thresh.value, f.nms_thresh.value) == (0.6, 0.3)
+    assert w.model_spec() == str(pkg)
+    folder = tmp_path / "unpacked"
+    with zipfile.ZipFile(pkg) as z:
+        z.extractall(folder)
+    f.model.value = FOLDER
+    f.prob_thresh.value = 0.1
+    f.model_path.value = str(folder)
+    assert f.prob_thresh.value == 0.6
+    m = load_model(w.model_spec(), device="cpu")
+    assert m.thresholds.prob == 0.6

@@ -62,7 +62,7 @@ def model_choices(kind: str, fixed_first: Sequence[str] = (), fixed_last: Sequen
         from napari_neuroseg.models.registry import list_models
 
         names += [str(m["name"]) for m in list_models() if m.get("kind") == kind]
-    except Exception:  # noqa: BLE001 - an unreadable model folder: the fixed entries still work
+    except Exception:  # noqa: BLE001, S110 - an unreadable model folder: the fixed entries still work
         pass
     out: list[str] = []
     for n in [*names, *fixed_last]:
@@ -144,7 +144,7 @@ def fit_form(form: Any, area: Any = None) -> None:
     from qtpy.QtCore import QEvent, QObject
 
     class _Fitter(QObject):
-        def eventFilter(self, obj: Any, ev: Any) -> bool:  # noqa: N802 - Qt's name
+        def eventFilter(self, obj: Any, ev: Any) -> bool:
             if ev.type() in (QEvent.Type.Show, QEvent.Type.StyleChange, QEvent.Type.FontChange,
                              QEvent.Type.Polish):
                 _fit(form, area)

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, SpinBox
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    LineEdit,
+    SpinBox,
+)
 from qtpy.QtWidgets import QPushButton, QVBoxLayout, QWidget
 
 from napari_neuroseg._napari._dock import DockLifecycleMixin, fit_controls, scrollable
@@ -66,7 +73,11 @@ def stored_model_params(path: str | Path | None):
     """The post-processing values stored with a neuron model (a ``.pt`` file or a BioImage.IO
     package of this project; the shipped model for None), read without running any code."""
     from napari_neuroseg.models.bioimageio.package import is_package
-    from napari_neuroseg.models.neurons.model import DEFAULT_MODEL, read_checkpoint, stored_params
+    from napari_neuroseg.models.neurons.model import (
+        DEFAULT_MODEL,
+        read_checkpoint,
+        stored_params,
+    )
 
     p = Path(path) if path else DEFAULT_MODEL
     if is_package(p):
@@ -233,6 +244,8 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             spec = self.model_spec()
         except NeurosegError:
             return  # no path typed yet
+        if self.form.model.value in (FILE, FOLDER) and not Path(spec).expanduser().exists():
+            return  # a path being typed: nothing to read yet (the run says what is missing)
         try:
             p = stored_model_params(resolve_neuron_model(spec))
         except Exception as err:  # noqa: BLE001 - any unreadable model: keep the values, say why

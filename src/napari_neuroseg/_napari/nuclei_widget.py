@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, PushButton, TupleEdit
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    LineEdit,
+    PushButton,
+    TupleEdit,
+)
 from qtpy.QtWidgets import QPushButton, QVBoxLayout, QWidget
 
 from napari_neuroseg._napari._dock import DockLifecycleMixin, fit_controls, scrollable
@@ -124,6 +133,8 @@ def _model_thresholds(spec: str) -> tuple[float, float] | None:
                 th = Thresholds.from_dict(sd.get("thresholds"), path=pkg.path)
             return th.prob, th.nms
         if path.is_dir():
+            if not (path / "config.json").is_file():
+                return None  # not a model folder (yet: a path being typed)
             th = load_thresholds(path / "thresholds.json")
             return th.prob, th.nms
         from napari_neuroseg.models.safe_load import load_torch_file
@@ -275,7 +286,7 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                 from napari_neuroseg.models.stardist3d.nms import warmup_async
 
                 warmup_async()
-            except Exception:  # noqa: BLE001 - the first run compiles (and reports) instead
+            except Exception:  # noqa: BLE001, S110 - the first run compiles (and reports) instead
                 pass
 
         threading.Thread(target=warm, name="neuroseg-nuclei-dock-warmup", daemon=True).start()
@@ -433,7 +444,7 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
     @staticmethod
     def _summary(result: dict) -> str:
-        n = int(len(result["details"]["points"]))
+        n = len(result["details"]["points"])
         p, q = result["thresholds"]
         scale = f"; {result['scale']}" if result.get("scale") else ""
         return f"{n} nuclei (model {result['model']}, prob {p:.3f}, nms {q:.3f}){scale}"
@@ -454,7 +465,11 @@ def voxel_size_text(layer: Any) -> str:
 def save_result_layer(dock: Any, layer: Any) -> str | None:
     """Save ``layer`` through the plugin's writers from ``dock``'s Save… button; the status line
     says what happened (errors also as a notification)."""
-    from napari_neuroseg._napari._save import LABELS_FILTERS, save_with_dialog, write_layer
+    from napari_neuroseg._napari._save import (
+        LABELS_FILTERS,
+        save_with_dialog,
+        write_layer,
+    )
 
     filters = LABELS_FILTERS if (layer.metadata or {}).get("fisbe_instances") is not None else LABELS_FILTERS[:2]
     try:
