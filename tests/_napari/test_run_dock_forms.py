@@ -103,3 +103,23 @@ def test_model_picker_follows_the_registry(make_napari_viewer, qtbot, tmp_path, 
     qtbot.wait(20)  # the dock is deleted later (closing the viewer first segfaults, also before this change)
     assert w.dock_closed
     registry.notify_changed()  # no error, nothing touched
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_docks_fit_a_1280x800_screen(make_napari_viewer, qtbot, kind):
+    """Docked in a 1280x800 window, with napari's theme applied: no taller than the dock area,
+    not wider than a side dock, and every field as wide as its content (no clipped box)."""
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1280, 800)
+    viewer.add_image(np.zeros((6, 20, 20), np.float32), name="raw", scale=(2, 1, 1))
+    viewer.add_labels(np.zeros((6, 20, 20), np.uint8), name="seg")
+    w = _make(kind, viewer)
+    viewer.window.add_dock_widget(w, name=kind)
+    qtbot.wait(50)
+    hint = w.minimumSizeHint()
+    assert hint.height() <= 600 and hint.width() <= 420, hint
+    for field in w.form:
+        assert field.native.width() >= field.native.minimumSizeHint().width(), field.name
+    area = getattr(w, "scroll_area", None)
+    if area is not None:  # the content is never cut off at the right (no sideways scrolling)
+        assert area.viewport().width() >= area.widget().minimumSizeHint().width()

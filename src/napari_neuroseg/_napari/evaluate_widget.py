@@ -27,7 +27,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, Label
+from magicgui.widgets import CheckBox, ComboBox, Container
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QLabel,
@@ -208,8 +208,8 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
     errors, save the metrics or the error layer.
 
     The parameters are the magicgui form ``self.form`` (``gt``, ``pred``: layer boxes following
-    the viewer's Labels layers; ``task``; ``partly``; ``task_note``); the tables, the error list
-    and the buttons are Qt."""
+    the viewer's Labels layers; ``task``; ``partly``); the task note, tables, error list and
+    buttons are Qt."""
 
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__()
@@ -234,14 +234,16 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         partly = CheckBox(name="partly", text="partly labelled ground truth (FISBe)",
                           tooltip="FISBe neurons only: predictions lying mostly in unlabelled background are not "
                                   "counted as false positives")
-        note = Label(name="task_note", label="", value="")
-        note.native.setWordWrap(True)
-        note.native.setToolTip("What the chosen task measures and which objects it counts")
-        self.form = Container(name="evaluate_form", widgets=[gt, pred, task, partly, note])
+        self.form = Container(name="evaluate_form", widgets=[gt, pred, task, partly])
         self.form.margins = (0, 0, 0, 0)
+        #: what the chosen task measures (a note, not a control)
+        self.task_note = QLabel("")
+        self.task_note.setWordWrap(True)
+        self.task_note.setToolTip("What the chosen task measures and which objects it counts")
 
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.native)
+        layout.addWidget(self.task_note)
         task.changed.connect(self._update_task_note)
         partly.changed.connect(self._update_task_note)
         gt.changed.connect(self._update_task_note)
@@ -292,12 +294,6 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             self.connect_event(getattr(self.viewer.layers.events, ev), self._refresh_layers)
         self._refresh_layers(initial=True)
         self._update_task_note()
-
-    # legacy spellings of the form's fields
-    @property
-    def task_note(self) -> Any:
-        """The note under the task (a QLabel)."""
-        return self.form.task_note.native
 
     def on_dock_shown(self) -> None:
         self._refresh_layers()
@@ -410,7 +406,7 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             text = "The task is guessed from the ground truth when the evaluation runs."
         if self.task == "auto" and task != "auto":
             text = f"auto: {TASK_TITLES[task]} ({why}). " + text
-        self.form.task_note.value = text
+        self.task_note.setText(text)
 
     # ---------------------------------------------------------------- running
     def run(self) -> None:
@@ -446,7 +442,7 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         task = TASK_TITLES.get(result.get("task", ""), "")
         self.status.setText((f"Done ({task}). " + warn).strip())
         if self.task == "auto":
-            self.form.task_note.value = f"auto: {task} ({result.get('task_reason', '')})."
+            self.task_note.setText(f"auto: {task} ({result.get('task_reason', '')}).")
         self.save_button.setEnabled(True)
 
     # ---------------------------------------------------------------- display
