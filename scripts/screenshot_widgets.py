@@ -12,7 +12,9 @@ Sample ▸ napari-neuroseg, Plugins ▸ napari-neuroseg ▸ <dock>, the dock's o
   (the view jumps to it);
 - ``proofreading``: the Proofreading dock on the nuclei result, a review queue from the metrics,
   the first item (zoomed to its box, outlined), then the Shortcuts section;
-- ``batch``: the Batch dock thresholding the nuclei sample written to two TIFF files.
+- ``batch``: the Batch dock thresholding the nuclei sample written to two TIFF files, then
+  *Open result* on the first row (over its input);
+- ``finetune``: the Fine-tune dock opened on the nuclei sample (no training run: minutes of CPU).
 
 Each PNG is ``<out>/widgets-<step>.png`` (the whole window, docks included). A step that fails
 or times out is reported and screenshotted as it stands; the exit code is the number of failed
@@ -33,7 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 SCREEN = (1280, 800)
-STEPS = ("nuclei", "neurons", "evaluate", "proofreading", "batch")
+STEPS = ("nuclei", "neurons", "evaluate", "proofreading", "batch", "finetune")
 PLUGIN = "napari-neuroseg"
 #: a dock's width (px) at least: what the docks ask for at 1280x800 (tests/_napari/test_dock_lifecycle.py)
 DOCK_WIDTH = 420
@@ -189,14 +191,14 @@ def step_neurons(d: Driver) -> None:
         if ly.__class__.__name__ == "Labels":
             ly.visible = False
     _, w = d.dock("Neurons (FISBe)")
-    d.shot("neurons-1-dock")
-    w.run()
-    d.wait_worker(w, "neurons run")
-    d.viewer.dims.ndisplay = 3
+    d.viewer.dims.ndisplay = 3  # a single slice of thin neurons is nearly black: show them whole
     for ly in d.viewer.layers:
         if ly.__class__.__name__ == "Image":
             ly.rendering = "mip"
     d.viewer.reset_view()
+    d.shot("neurons-1-dock")
+    w.run()
+    d.wait_worker(w, "neurons run")
     d.shot("neurons-2-result")
 
 
@@ -283,8 +285,14 @@ def step_batch(d: Driver) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def step_finetune(d: Driver) -> None:
+    d.viewer.open_sample(PLUGIN, "nuclei")
+    d.dock("Fine-tune")
+    d.shot("finetune-1-dock")
+
+
 STEP_FUNCS = {"nuclei": step_nuclei, "neurons": step_neurons, "evaluate": step_evaluate,
-              "proofreading": step_proofreading, "batch": step_batch}
+              "proofreading": step_proofreading, "batch": step_batch, "finetune": step_finetune}
 
 
 def main(argv: list[str] | None = None) -> int:
