@@ -17,7 +17,7 @@ from napari_neuroseg.errors import NeurosegError
 if TYPE_CHECKING:  # pragma: no cover
     from .controller import ProofreadController
 
-__all__ = ["HIGHLIGHT_COLOR", "HIGHLIGHT_LAYER", "ReviewNavigator", "item_mask", "on_object_voxel"]
+__all__ = ["HIGHLIGHT_COLOR", "HIGHLIGHT_LAYER", "ReviewNavigator", "frame_box", "item_mask", "on_object_voxel"]
 
 HIGHLIGHT_LAYER = "review: current item"
 #: outline colour of the current item: white is not among napari's label colours (saturated hues)
@@ -57,6 +57,29 @@ def on_object_voxel(item: Any, mask: np.ndarray | None, scale: Any = None) -> tu
     w = np.ones(len(lo)) if scale is None else np.asarray(scale, float)[-len(lo):]
     d = (((pts - centroid) * w) ** 2).sum(1)
     return tuple(int(v) for v in pts[int(np.argmin(d))])
+
+
+def frame_box(viewer: Any, layer: Any, bbox: Any, voxel: Any) -> None:
+    """Slice through ``voxel`` (data coordinates of ``layer``), centre the camera on it and zoom so
+    the box ``bbox`` ([[lo, hi], ...] in voxels) is in view with room around it. For any dock that
+    jumps to an object (the review queue here; an error list)."""
+    world = np.asarray(layer.data_to_world(np.asarray(voxel, float)))
+    dims = viewer.dims
+    offset = dims.ndim - len(world)
+    for ax in range(len(world)):
+        dims.set_point(offset + ax, float(world[ax]))
+    shown = [d - offset for d in dims.displayed if d - offset >= 0]
+    camera = viewer.scene.camera
+    camera.center = tuple(float(world[a]) for a in shown)
+    scale = np.abs(np.asarray(layer.scale, float)[-len(world):])
+    lo = np.array([b[0] for b in bbox], float)
+    hi = np.array([b[1] for b in bbox], float)
+    v = np.asarray(voxel, float)
+    half = np.maximum(v - lo + 0.5, hi - 0.5 - v + 0.5)  # the box around the voxel, in voxels
+    span = max(float(np.max(2 * half[shown] * scale[shown])), MIN_VIEW_VOXELS * float(scale[shown].min()))
+    size = [s for s in viewer.canvas.size if s > 0]
+    if size:
+        camera.zoom = ZOOM_FILL * float(min(size)) / span
 
 
 class ReviewNavigator:
@@ -123,33 +146,12 @@ class ReviewNavigator:
         mask = item_mask(item, layer.data, self.gt)
         voxel = on_object_voxel(item, mask, layer.scale)
         self._show_outline(item, mask)
-        self._frame(item, voxel)
+        frame_box(c.viewer, layer, item.bbox, voxel)
         if item.select_id:
             layer.selected_label = int(item.select_id)
         q = self.queue
         c.status(f"review {q.position + 1}/{len(q)}: {q.describe(item)}")
         return voxel
-
-    def _frame(self, item: Any, voxel: tuple[int, ...]) -> None:
-        """Slice through ``voxel``, centre the camera on it and zoom so the box is in view."""
-        viewer, layer = self._c.viewer, self._c.layer
-        world = np.asarray(layer.data_to_world(np.asarray(voxel, float)))
-        dims = viewer.dims
-        offset = dims.ndim - len(world)
-        for ax in range(len(world)):
-            dims.set_point(offset + ax, float(world[ax]))
-        shown = [d - offset for d in dims.displayed if d - offset >= 0]
-        camera = viewer.scene.camera
-        camera.center = tuple(float(world[a]) for a in shown)
-        scale = np.abs(np.asarray(layer.scale, float)[-len(world):])
-        lo = np.array([b[0] for b in item.bbox], float)
-        hi = np.array([b[1] for b in item.bbox], float)
-        v = np.asarray(voxel, float)
-        half = np.maximum(v - lo + 0.5, hi - 0.5 - v + 0.5)  # the box around the voxel, in voxels
-        span = max(float(np.max(2 * half[shown] * scale[shown])), MIN_VIEW_VOXELS * float(scale[shown].min()))
-        size = [s for s in viewer.canvas.size if s > 0]
-        if size:
-            camera.zoom = ZOOM_FILL * float(min(size)) / span
 
     def _show_outline(self, item: Any, mask: np.ndarray | None) -> None:
         """Draw the item's outline (its voxels; its box where they are unknown) in the highlight
