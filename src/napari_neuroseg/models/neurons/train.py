@@ -312,10 +312,89 @@ def check_train_budget(cfg, patch: tuple[int, ...], batch_size: int) -> None:
                    fix="use a smaller --patch or --batch-size")
 
 
-# train_iter is longer than 80 lines for now: one generator owns the training state (network,
-# optimiser, scaler, data source, best score, log) shared by its validate/checkpoint closures and
-# the step loop; it is being extended for fine-tuning by another engineer, the split into named
-# steps (as stardist3d.train's _training_data/_starting_state) follows once that lands.
+def _checked_network(args: NeuronTrainSettings):
+    """The network config and patch size of a run, checked (steps, one data source, positive
+    sizes, patch a multiple of the network's divisor, fits in memory) before anything is written."""
+    from napari_neuroseg.errors import NeurosegError
+
+    from .model import NetConfig
+
+    if int(args.steps) < 1:
+        raise NeurosegError(f"--steps {args.steps}: at least one training step is needed",
+                            fix="give --steps 1 or more (nothing was written)")
+    if bool(args.data) == bool(args.synthetic):
+        raise NeurosegError("give one data source", fix="train on --data DIR or --synthetic (one of them)")
+    if int(args.base) < 1 or int(args.levels) < 1 or int(args.batch_size) < 1:
+        raise NeurosegError(f"--base {args.base}, --levels {args.levels}, --batch-size {args.batch_size} must be >= 1",
+                            fix="use positive values")
+    cfg = NetConfig(base=args.base, levels=args.levels)
+    div = 2 ** (cfg.levels - 1)
+    patch = tuple(int(p) for p in args.patch)
+    if min(patch) < 1 or any(p % div for p in patch):
+        raise NeurosegError(f"patch {patch} is not a positive multiple of {div}",
+                            fix=f"use multiples of {div} (2**(levels-1))")
+    check_train_budget(cfg, patch, int(args.batch_size))
+    return cfg, patch
+
+
+def _train_step(net, opt, scaler, batch, dev, *, channels_last: bool):
+    """One optimisation step on a batch ``(x, fg, affs, amask)`` (float16 autocast when ``scaler``
+    is given); returns ``(loss, parts)``."""
+    import torch
+
+    x, fg, affs, amask = batch
+    xt = torch.from_numpy(x).to(dev)
+    if channels_last:
+        xt = xt.contiguous(memory_format=torch.channels_last_3d)
+    fgt, aft, amt = (torch.from_numpy(a).to(dev) for a in (fg, affs, amask))
+    opt.zero_grad(set_to_none=True)
+    if scaler is not None:
+        with torch.autocast("cuda", dtype=torch.float16):
+            out = net(xt)
+        loss, parts = loss_fn(out.float(), fgt, aft, amt)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    else:
+        out = net(xt)
+        loss, parts = loss_fn(out, fgt, aft, amt)
+        loss.backward()
+        opt.step()
+    return loss, parts
+
+
+def _export_model(args: NeuronTrainSettings, out_dir: Path, params, tune_on: list, dev, train_info, scale):
+    """``model.pt`` (weights only) from ``best.pt`` (else ``last.pt``) with its scale sidecar;
+    with validation volumes ``tune_on`` the post-processing values are chosen on them first
+    (yields two steps). Returns the search's summary (None without a search)."""
+    from napari_neuroseg.runtime.progress import Progress
+
+    from .model import NetConfig, NeuronModel, read_checkpoint, save_model
+
+    src = out_dir / "best.pt" if (out_dir / "best.pt").is_file() else out_dir / "last.pt"
+    if not src.is_file():
+        return None
+    tuned = None
+    ck = read_checkpoint(src)
+    net_e = NetConfig(**ck["config"]).build()
+    net_e.load_state_dict(ck["state_dict"])
+    scores = dict(ck.get("scores", {}))
+    if tune_on:
+        yield Progress(0, 1, "choosing the post-processing thresholds on the held-out part")
+        m = NeuronModel(net=net_e.to(dev), config=NetConfig(**ck["config"]), params=params, device=dev)
+        params, tuned = tune_postprocess(m, tune_on)
+        scores["postprocess_search"] = tuned
+        yield Progress(1, 1, f"post-processing: {tuned['chosen']} -> held-out avF1 {tuned['avF1']:.3f} "
+                             f"(base values {tuned['avF1_before']:.3f})")
+    save_model(out_dir / "model.pt", net_e.cpu(), NetConfig(**ck["config"]), params,
+               train_info=train_info, scores=scores, iteration=ck.get("iteration"), scale=scale)
+    _write_scale_sidecar(out_dir / "model.pt", training_scale(args))
+    return tuned
+
+
+# train_iter is longer than 80 lines: one generator owns the training state (network, optimiser,
+# data source, best score, log, random state) that its validate/checkpoint closures and the step
+# loop share; the checks, the optimisation step and the export are the named steps above.
 def train_iter(args: NeuronTrainSettings):
     """The training loop as a progress generator; returns a dict summary
     (``iterations``, ``best_score``, ``out``)."""
@@ -331,24 +410,10 @@ def train_iter(args: NeuronTrainSettings):
     from .postprocess import PostprocessParams
     from .predict import predict_iter
 
-    if int(args.steps) < 1:
-        raise NeurosegError(f"--steps {args.steps}: at least one training step is needed",
-                            fix="give --steps 1 or more (nothing was written)")
-    if bool(args.data) == bool(args.synthetic):
-        raise NeurosegError("give one data source", fix="train on --data DIR or --synthetic (one of them)")
-    if int(args.base) < 1 or int(args.levels) < 1 or int(args.batch_size) < 1:
-        raise NeurosegError(f"--base {args.base}, --levels {args.levels}, --batch-size {args.batch_size} must be >= 1",
-                            fix="use positive values")
+    cfg, patch = _checked_network(args)
     torch.set_num_threads(max(1, args.threads))
     dev = select_device(args.device)
     out_dir = Path(args.output)
-    cfg = NetConfig(base=args.base, levels=args.levels)
-    div = 2 ** (cfg.levels - 1)
-    patch = tuple(int(p) for p in args.patch)
-    if min(patch) < 1 or any(p % div for p in patch):
-        raise NeurosegError(f"patch {patch} is not a positive multiple of {div}",
-                            fix=f"use multiples of {div} (2**(levels-1))")
-    check_train_budget(cfg, patch, int(args.batch_size))
     out_dir.mkdir(parents=True, exist_ok=True)
     start_it, best, next_seed, rng_state = 0, -1.0, None, None
     params = PostprocessParams()
@@ -467,23 +532,7 @@ def train_iter(args: NeuronTrainSettings):
                 x, fg, affs, amask = _batch(source, args.batch_size, patch, rng, args.elastic)
             for g in opt.param_groups:
                 g["lr"] = _lr(it, total, args.lr)
-            xt = torch.from_numpy(x).to(dev)
-            if cl:
-                xt = xt.contiguous(memory_format=torch.channels_last_3d)
-            fgt, aft, amt = (torch.from_numpy(a).to(dev) for a in (fg, affs, amask))
-            opt.zero_grad(set_to_none=True)
-            if amp:
-                with torch.autocast("cuda", dtype=torch.float16):
-                    out = net(xt)
-                loss, parts = loss_fn(out.float(), fgt, aft, amt)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                out = net(xt)
-                loss, parts = loss_fn(out, fgt, aft, amt)
-                loss.backward()
-                opt.step()
+            loss, parts = _train_step(net, opt, scaler, (x, fg, affs, amask), dev, channels_last=cl)
             done = it + 1
             total = budget.after_step(done)
             rec = {"iteration": done, "loss": float(loss.detach()), **parts, "lr": opt.param_groups[0]["lr"],
@@ -504,24 +553,8 @@ def train_iter(args: NeuronTrainSettings):
         log.close()
         if stream is not None:
             stream.close()
-    # export the weights-only model
-    src = out_dir / "best.pt" if (out_dir / "best.pt").is_file() else last
-    tuned = None
-    if src.is_file():
-        ck = read_checkpoint(src)
-        net_e = NetConfig(**ck["config"]).build()
-        net_e.load_state_dict(ck["state_dict"])
-        scores = dict(ck.get("scores", {}))
-        if args.tune_postprocess and val:
-            yield Progress(0, 1, "choosing the post-processing thresholds on the held-out part")
-            m = NeuronModel(net=net_e.to(dev), config=NetConfig(**ck["config"]), params=params, device=dev)
-            params, tuned = tune_postprocess(m, val)
-            scores["postprocess_search"] = tuned
-            yield Progress(1, 1, f"post-processing: {tuned['chosen']} -> held-out avF1 {tuned['avF1']:.3f} "
-                                 f"(base values {tuned['avF1_before']:.3f})")
-        save_model(out_dir / "model.pt", net_e.cpu(), NetConfig(**ck["config"]), params,
-                   train_info=train_info, scores=scores, iteration=ck.get("iteration"), scale=scale)
-        _write_scale_sidecar(out_dir / "model.pt", training_scale(args))
+    tuned = yield from _export_model(args, out_dir, params, val if args.tune_postprocess else [], dev,
+                                     train_info, scale)
     return {"iterations": it + 1, "best_score": best, "out": str(out_dir),
             "postprocess": None if tuned is None else tuned}
 
