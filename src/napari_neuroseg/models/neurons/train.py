@@ -392,6 +392,48 @@ def _export_model(args: NeuronTrainSettings, out_dir: Path, params, tune_on: lis
     return tuned
 
 
+def _training_source(args: NeuronTrainSettings, rng, state, next_seed, workers: int):
+    """The training data source (yields a step per synthetic volume made or file indexed) and the
+    held-out slabs: ``(source, held)``. Synthetic: a pool of volumes (filled here unless
+    ``workers`` fill their own). Files: every training sample; fine-tuning (also resumed) without
+    validation samples holds out a slab of each volume (``holdout_fraction``)."""
+    from napari_neuroseg.runtime.progress import Progress
+
+    from .data import SyntheticSource, VolumeSource, find_samples, load_sample
+
+    held: list = []
+    if args.synthetic:
+        source = SyntheticSource(args.pool_size, tuple(args.synth_shape), args.hard_fraction, seed=args.seed,
+                                 **_synthetic_mix(args))
+        if next_seed is not None:
+            source.next_seed = int(next_seed)
+        if not workers:  # with workers, each worker fills its own pool
+            for done, total in source.fill():
+                yield Progress(done, total, f"generating synthetic volume {done}/{total}")
+        return source, held
+    found = find_samples(args.data, args.split)
+    paths = found["train"]
+    # fine-tuning on volumes without validation samples: hold out a slab of each
+    resumed_ft = bool(args.resume and state is not None and (state.get("train_info") or {}).get("init_from"))
+    holdout = bool(args.init_from or resumed_ft) and not found["val"] and float(args.holdout_fraction) > 0
+    samples = []
+    for i, pth in enumerate(paths):
+        if holdout:
+            from .data import _open_fisbe, make_sample
+
+            raw, gt = _open_fisbe(pth) if pth.suffix == ".zarr" else (None, None)
+            parts = None if gt is None else split_holdout(raw, gt, args.holdout_fraction)
+            if parts is not None:
+                (rt, gtt), (rv, gv) = parts
+                samples.append(make_sample(rt, gt=gtt, name=pth.name, rng=rng))
+                held.append((f"{pth.name} (held-out slab)", rv, gv))
+                yield Progress(i + 1, len(paths), f"indexed {pth.name} (a {args.holdout_fraction:.0%} slab held out)")
+                continue
+        samples.append(load_sample(pth, rng))
+        yield Progress(i + 1, len(paths), f"indexed {pth.name}")
+    return VolumeSource(samples), held
+
+
 # train_iter is longer than 80 lines: one generator owns the training state (network, optimiser,
 # data source, best score, log, random state) that its validate/checkpoint closures and the step
 # loop share; the checks, the optimisation step and the export are the named steps above.
@@ -405,7 +447,6 @@ def train_iter(args: NeuronTrainSettings):
     from napari_neuroseg.runtime.device import select_device
     from napari_neuroseg.runtime.progress import Progress, run_to_completion
 
-    from .data import SyntheticSource, VolumeSource, find_samples, load_sample
     from .model import NetConfig, NeuronModel, read_checkpoint, save_model
     from .postprocess import PostprocessParams
     from .predict import predict_iter
@@ -454,36 +495,7 @@ def train_iter(args: NeuronTrainSettings):
         rng.bit_generator.state = rng_state
 
     workers = max(0, int(getattr(args, "workers", 0) or 0))
-    if args.synthetic:
-        source = SyntheticSource(args.pool_size, tuple(args.synth_shape), args.hard_fraction, seed=args.seed,
-                                 **_synthetic_mix(args))
-        if next_seed is not None:
-            source.next_seed = int(next_seed)
-        if not workers:  # with workers, each worker fills its own pool
-            for done, total in source.fill():
-                yield Progress(done, total, f"generating synthetic volume {done}/{total}")
-    else:
-        found = find_samples(args.data, args.split)
-        paths = found["train"]
-        # fine-tuning on volumes without validation samples: hold out a slab of each
-        resumed_ft = bool(args.resume and state is not None and (state.get("train_info") or {}).get("init_from"))
-        holdout = bool(args.init_from or resumed_ft) and not found["val"] and float(args.holdout_fraction) > 0
-        samples, held = [], []
-        for i, pth in enumerate(paths):
-            if holdout:
-                from .data import _open_fisbe, make_sample
-
-                raw, gt = _open_fisbe(pth) if pth.suffix == ".zarr" else (None, None)
-                parts = None if gt is None else split_holdout(raw, gt, args.holdout_fraction)
-                if parts is not None:
-                    (rt, gtt), (rv, gv) = parts
-                    samples.append(make_sample(rt, gt=gtt, name=pth.name, rng=rng))
-                    held.append((f"{pth.name} (held-out slab)", rv, gv))
-                    yield Progress(i + 1, len(paths), f"indexed {pth.name} (a {args.holdout_fraction:.0%} slab held out)")
-                    continue
-            samples.append(load_sample(pth, rng))
-            yield Progress(i + 1, len(paths), f"indexed {pth.name}")
-        source = VolumeSource(samples)
+    source, held = yield from _training_source(args, rng, state, next_seed, workers)
     val = _validation_set(args, rng) if args.val_every else []
     if not args.synthetic and args.val_every and held:
         val = held
