@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -346,30 +345,28 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def _atomic_write_bytes(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _failed_save(err: BaseException) -> OSError | None:
+    """The OSError behind a failed save: the error itself, or the cause of io.atomic's
+    NeurosegError (it reports a full disk as one); None for anything else."""
+    if isinstance(err, OSError):
+        return err
+    return err.__cause__ if isinstance(err.__cause__, OSError) else None
 
 
 def _save_model_files(model, out_dir: Path) -> None:
     """Write the model's own-format files into ``out_dir`` (each replaced atomically), leaving
     other files (checkpoint, history) in place."""
+    from napari_neuroseg.io.atomic import replace_path
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=out_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=".model.", dir=out_dir))  # scratch: the model's files are moved out
     try:
         saved = model.save(tmp / "m")
         # weights first, thresholds and config after: a reader never sees new thresholds with old weights
         for name in ("weights.pt", "thresholds.json", "config.json"):
-            os.replace(saved / name, out_dir / name)
+            replace_path(saved / name, out_dir / name)
         if (saved / "scale.json").is_file():  # the scale it was trained at (fine-tuning: the base model's)
-            os.replace(saved / "scale.json", out_dir / "scale.json")
+            replace_path(saved / "scale.json", out_dir / "scale.json")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -504,6 +501,7 @@ def train_iter(
     from napari_neuroseg.models.stardist3d.training.data import PatchSampler
     from napari_neuroseg.models.stardist3d.training.losses import stardist_loss
     from napari_neuroseg.models.stardist3d.training.thresholds import optimize_thresholds_iter
+    from napari_neuroseg.io.atomic import atomic_write_file
     from napari_neuroseg.runtime.device import select_device
     from napari_neuroseg.runtime.progress import Progress
 
@@ -606,11 +604,14 @@ def train_iter(
             "settings": json.loads(json.dumps(s.to_dict())),
         }
         try:
-            _atomic_write_bytes(ckpt_path, lambda tmp: torch.save(blob, tmp))
+            atomic_write_file(ckpt_path, lambda fh: torch.save(blob, fh), fsync=False)
             _save_model_files(model, out)
             _write_history(out, history, s, model, None)
-        except OSError as err:
-            raise _save_error(err, out, step, last_saved) from err
+        except (OSError, NeurosegError) as err:
+            cause = _failed_save(err)
+            if cause is None:
+                raise
+            raise _save_error(cause, out, step, last_saved) from cause
 
     from napari_neuroseg.runtime.budget import TimeBudget
 
@@ -701,8 +702,11 @@ def train_iter(
         checkpoint(s.steps)
         try:
             _write_history(out, history, s, model, result.val_scores)
-        except OSError as err:
-            raise _save_error(err, out, s.steps, s.steps) from err
+        except (OSError, NeurosegError) as err:
+            cause = _failed_save(err)
+            if cause is None:
+                raise
+            raise _save_error(cause, out, s.steps, s.steps) from cause
     yield Progress(total, total, "done")
     return result
 
@@ -803,8 +807,9 @@ def _write_history(out: Path, history, s: TrainSettings, model, val_scores) -> N
         "validation": val_scores,
         "history": history,
     }
-    text = json.dumps(doc, indent=1)
-    _atomic_write_bytes(out / HISTORY, lambda tmp: Path(tmp).write_text(text))
+    from napari_neuroseg.io.atomic import atomic_write_text
+
+    atomic_write_text(out / HISTORY, json.dumps(doc, indent=1), fsync=False)
 
 
 def train(

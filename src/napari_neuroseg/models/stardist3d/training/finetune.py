@@ -317,10 +317,10 @@ def write_model_card(out_dir: str | Path, info: dict[str, Any]) -> Path:
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     text = "\n".join(lines)
-    from napari_neuroseg.models.stardist3d.train import _atomic_write_bytes
+    from napari_neuroseg.io.atomic import atomic_write_text
 
     path = out / "MODEL_CARD.md"
-    _atomic_write_bytes(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(path, text, fsync=False)
     return path
 
 
