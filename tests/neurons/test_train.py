@@ -24,9 +24,10 @@ def test_old_flag_spellings_are_hidden_aliases():
     listed in --help."""
     new = neuron_settings(_args("--synthetic", "-o", "d", "--steps", "7", "--init-from", "m.pt"))
     old = neuron_settings(_args("--synthetic", "--out", "d", "--iterations", "7", "--init", "m.pt"))
-    # --init-from: the fine-tuning recipe fills what was not given
-    assert new == old == NeuronTrainSettings(output="d", synthetic=True, steps=7, init_from="m.pt",
-                                             lr=1e-3, val_every=25, save_every=25, tune_postprocess=True)
+    assert new == old == NeuronTrainSettings(output="d", synthetic=True, steps=7, init_from="m.pt")
+    # --init-from on annotated data (--data): the fine-tuning recipe fills what was not given
+    ft = neuron_settings(_args("--data", "dir", "-o", "d", "--init-from", "m.pt", "--val-every", "10"))
+    assert (ft.lr, ft.val_every, ft.save_every, ft.tune_postprocess) == (1e-3, 10, 25, True)
     p = argparse.ArgumentParser()
     add_neuron_arguments(p)
     text = p.format_help()

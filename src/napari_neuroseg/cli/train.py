@@ -107,8 +107,9 @@ def neuron_settings(args: argparse.Namespace):
     from napari_neuroseg.models.neurons.train import NEURON_FINETUNE_RECIPE, NeuronTrainSettings
 
     d = NeuronTrainSettings()
-    # fine-tuning (--init-from) has its own defaults for what the user did not give
-    rec = NEURON_FINETUNE_RECIPE if args.init_from else {}
+    # fine-tuning (--init-from) on annotated volumes (--data) has its own defaults for what the
+    # user did not give; continued training on synthetic data keeps the training defaults
+    rec = NEURON_FINETUNE_RECIPE if (args.init_from and args.data) else {}
 
     def pick(given, key):
         return given if given is not None else rec.get(key, getattr(d, key))
