@@ -14,7 +14,12 @@
 # schedule is fitted to it); RESUME=1 continues from OUT/last.pt.
 # Runs from a snapshot of src/ (SRC) so that edits in the shared checkout cannot change a running job.
 # What was run (session 5):
-#   MINUTES=75 scripts/train_neurons_robust.sh
+#   MINUTES=75 scripts/train_neurons_robust.sh            # 163 steps (load average 10-14)
+#   RESUME=1 MINUTES=20 scripts/train_neurons_robust.sh   # to step 367
+# Candidates (best.pt = step 100 by validation, steps 163 and 367) were scored with
+# benchmarks/bench_heldout_neurons.py --model ...; none was better than the shipped model on the
+# own data without a regression, so nothing was shipped (docs/neurons.md, model card).
+# To ship a candidate: cp OUT/model.pt src/napari_neuroseg/models/neurons/weights/neurons_default.pt
 set -euo pipefail
 OUT=${OUT:-/work/runs/neurons_robust}
 SRC=${SRC:-/work/runs/nrob_src}
