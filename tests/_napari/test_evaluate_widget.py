@@ -75,13 +75,19 @@ def test_widget_evaluates_and_adds_error_layers(make_napari_viewer, qtbot, tmp_p
     assert w.errors_list.count() == 1 + len(res["errors"]["missed_gt"]) + len(
         res["errors"]["false_positive"]) + 1
     assert layer not in w.form.gt.choices and layer not in w.form.pred.choices
-    # jump to the missed neuron: the view centres on it and its value is selected
+    # jump to the missed neuron (named for the task): the view slices through a voxel of it,
+    # centres there, zooms to its box, and its value is selected
     item = next(w.errors_list.item(i) for i in range(w.errors_list.count())
-                if w.errors_list.item(i).text().startswith("missed GT 3"))
+                if w.errors_list.item(i).text().startswith("missed neuron: GT 3"))
+    zoom_before = viewer.scene.camera.zoom
     w._jump(item)
-    zc, yc, _ = np.argwhere(stack[2] > 0).mean(axis=0)
-    assert viewer.dims.point[0] == pytest.approx(zc, abs=1)
-    assert tuple(viewer.scene.camera.center)[-2] == pytest.approx(yc, abs=1)
+    on = np.argwhere(stack[2] > 0)
+    z = int(round(viewer.dims.point[0]))
+    y, x = (float(c) for c in tuple(viewer.scene.camera.center)[-2:])
+    assert stack[2][z, int(round(y)), int(round(x))] > 0  # on the object, not just near it
+    assert np.linalg.norm(on.mean(axis=0) - [z, y, x]) <= np.linalg.norm(
+        on - on.mean(axis=0), axis=1).min() + 1e-6  # the object's voxel nearest its centroid
+    assert viewer.scene.camera.zoom != zoom_before
     assert layer.selected_label == missed_v
     # export
     w.export_csv(str(tmp_path / "m.csv"))
@@ -228,3 +234,18 @@ def test_controls_follow_the_viewers_layers(make_napari_viewer):
     assert "renamed" in [w.form.gt.native.itemText(i) for i in range(w.form.gt.native.count())]
     viewer.layers.remove(b)
     assert list(w.form.gt.choices) == [a]
+
+
+def test_error_place_lies_on_the_object_even_when_its_centroid_does_not():
+    """A ring's centroid is in its hole: the jump target is the ring voxel nearest it, and the
+    box is the ring's."""
+    from napari_neuroseg._napari.evaluate_widget import _place
+
+    lab = np.zeros((3, 21, 21), np.uint16)
+    zz, yy, xx = np.mgrid[:3, :21, :21]
+    r = np.hypot(yy - 10, xx - 10)
+    lab[(r >= 6) & (r <= 8) & (zz == 1)] = 5
+    voxel, bbox = _place(np.flatnonzero(lab == 5), lab.shape)
+    assert lab[voxel] == 5
+    assert bbox == [[1, 2], [2, 19], [2, 19]]
+    assert _place(np.zeros(0, np.int64), lab.shape) is None

@@ -23,7 +23,6 @@ re-entered), so jobs may report one step per object.
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -114,11 +113,16 @@ def _keys_in_array(arr: np.ndarray, ids: list[int]) -> dict[int, np.ndarray]:
     return {int(i): idx[a:b] for i, a, b in zip(want, lo, hi)}
 
 
+#: what a missed ground-truth object is called in the error list, per task
+MISSED_WORDS = {"nuclei": "missed nucleus", "neurons": "missed neuron"}
+
+
 def _error_entries(result: dict[str, Any]) -> dict[str, list[tuple[int, str, str]]]:
     """kind -> [(id, source "gt"/"pred", list text)] from a result's error lists."""
     err = result["errors"]
+    missed = MISSED_WORDS.get(result.get("task"), "missed GT object")
     return {
-        "missed_gt": [(int(i), "gt", f"missed GT {i}") for i in err["missed_gt"]],
+        "missed_gt": [(int(i), "gt", f"{missed}: GT {i}") for i in err["missed_gt"]],
         "false_positive": [(int(i), "pred", f"false positive: prediction {i}")
                            for i in err["false_positive"]],
         "false_merge": [(int(m["pred"]), "pred", f"false merge: prediction {m['pred']} covers GT "
@@ -126,6 +130,19 @@ def _error_entries(result: dict[str, Any]) -> dict[str, list[tuple[int, str, str
         "false_split": [(int(s["gt"]), "gt", f"false split: GT {s['gt']} split into predictions "
                          + ", ".join(map(str, s["preds"]))) for s in err["false_split"]],
     }
+
+
+def _place(flat_idx: np.ndarray, shape: tuple[int, ...]) -> tuple[Any, Any] | None:
+    """Where to look at an object: (the voxel of the object nearest its centroid, its bounding
+    box [[lo, hi), ...]); ``None`` for an empty object. The centroid itself may lie off the object
+    (a bent neuron, a ring), the chosen voxel never does."""
+    if flat_idx.size == 0:
+        return None
+    coords = np.stack(np.unravel_index(flat_idx, shape), axis=1)
+    cent = coords.mean(axis=0)
+    voxel = coords[int(np.argmin(((coords - cent) ** 2).sum(axis=1)))]
+    bbox = [[int(lo), int(hi) + 1] for lo, hi in zip(coords.min(axis=0), coords.max(axis=0))]
+    return tuple(int(x) for x in voxel), bbox
 
 
 def build_error_layer(result: dict[str, Any], instances: dict[str, Any]) -> dict[str, Any] | None:
@@ -136,7 +153,7 @@ def build_error_layer(result: dict[str, Any], instances: dict[str, Any]) -> dict
     colour table to compile); ``features`` gives each value its kind and the user's id. Where
     objects of different kinds overlap, the kind listed first in ``ERROR_KINDS`` is shown.
     Returns ``None`` when there is no error, else ``{"data", "features", "colormap", "items"}``
-    with ``items`` = [(kind, id, value, centroid, text)] in list order.
+    with ``items`` = [(kind, id, value, place, text)] in list order (``place``: see :func:`_place`).
     """
     import pandas as pd
     from napari.utils.colormaps import CyclicLabelColormap
@@ -171,10 +188,7 @@ def build_error_layer(result: dict[str, Any], instances: dict[str, Any]) -> dict
         kk = keys.get((src, i), np.zeros(0, np.int64))
         flat[kk] = v
     for kind, i, v, src, text in values:
-        kk = keys.get((src, i), np.zeros(0, np.int64))
-        cent = tuple(float(c.mean()) if c.size else float("nan")
-                     for c in np.unravel_index(kk, shape))
-        items.append((kind, i, v, cent, text))
+        items.append((kind, i, v, _place(keys.get((src, i), np.zeros(0, np.int64)), shape), text))
     features = pd.DataFrame({
         "index": [v for _, _, v, _, _ in values],
         "error": [ERROR_KINDS[kind][0] for kind, *_ in values],
@@ -216,7 +230,7 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.viewer = napari_viewer
         self.result: dict[str, Any] | None = None
         self.error_layers: dict[str, Any] = {}  # kind -> the error layer (one layer for all)
-        self._centroids: dict[tuple[str, int], tuple[float, float, float]] = {}
+        self._centroids: dict[tuple[str, int], Any] = {}  # (kind, id) -> (voxel, bbox)
         self._values: dict[tuple[str, int], int] = {}  # (kind, id) -> value in the error layer
         self._guess_cache: tuple[Any, tuple[str, str]] | None = None
         self._scale: Any = None
@@ -513,17 +527,17 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             self.errors_list.setUpdatesEnabled(True)
 
     def jump_to(self, kind: str, obj_id: int) -> None:
-        """Centre the view on error ``obj_id`` of ``kind`` and select it in the error layer."""
-        c = self._centroids.get((kind, int(obj_id)))
+        """Show error ``obj_id`` of ``kind``: slice through and centre on a voxel that lies on the
+        object, zoom to its bounding box (the review queue's framing) and select it in the error
+        layer."""
+        from napari_neuroseg._napari.proofreading.navigation import frame_box
+
+        place = self._centroids.get((kind, int(obj_id)))
         layer = self.error_layers.get(kind)
-        if c is None or layer is None or any(math.isnan(v) for v in c):
+        if place is None or layer is None:
             return
-        world = tuple(np.asarray(c) * np.asarray(layer.scale[-len(c):]) +
-                      np.asarray(layer.translate[-len(c):]))
-        nd = self.viewer.dims.ndim
-        for k in range(min(len(c), nd)):
-            self.viewer.dims.set_point(nd - len(c) + k, float(world[k]))
-        self.viewer.scene.camera.center = world
+        voxel, bbox = place
+        frame_box(self.viewer, layer, bbox, voxel)
         layer.selected_label = int(self._values[(kind, int(obj_id))])
         self.viewer.layers.selection.active = layer
 
