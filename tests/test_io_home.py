@@ -49,8 +49,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("models/neurons/data.py", "np.savez"): _PENDING + " (training data cache)",
     ("models/stardist3d/train.py", "tempfile.mkdtemp"): "a scratch folder inside the output for "
     "StarDist3D.save, whose files are then moved into place one by one with io.atomic.replace_path",
-    ("runtime/session.py", "np.load"): _PENDING,
-    ("runtime/session.py", "np.save"): _PENDING,
+    ("models/finetune_session.py", "np.load"): _PENDING,
+    ("models/finetune_session.py", "np.save"): _PENDING,
 }
 
 

@@ -168,7 +168,7 @@ def test_closing_the_dock_cancels_and_saves(make_napari_viewer, qtbot, tiny_base
 def test_closing_the_viewer_saves_pending_edits(make_napari_viewer, qtbot):
     """Closing napari itself (the dock is deleted with it): the edits not autosaved yet are written."""
     from napari_neuroseg._napari.finetune_widget import FineTuneWidget
-    from napari_neuroseg.runtime.session import latest_session
+    from napari_neuroseg.models.finetune_session import latest_session
 
     viewer = make_napari_viewer()
     _img, lab = _add_data(viewer)
@@ -187,7 +187,7 @@ def test_closing_the_viewer_saves_pending_edits(make_napari_viewer, qtbot):
 @pytest.mark.slow  # two short runs to their end (~15 s on the loaded machine)
 def test_restore_and_resume_a_session(make_napari_viewer, qtbot, tiny_base):
     from napari_neuroseg._napari.finetune_widget import FineTuneWidget
-    from napari_neuroseg.runtime.session import Session
+    from napari_neuroseg.models.finetune_session import Session
 
     viewer = make_napari_viewer()
     _img, lab = _add_data(viewer)

@@ -12,7 +12,7 @@ Nuclei and Neurons docks' pickers offer it at once: ``_forms.follow_registry`` o
 ``models.registry.on_change``), and
 "Re-segment with this model" / "Export BioImage.IO…" use it.
 
-Sessions (``runtime/session.py``): the image, the Labels layer being corrected (autosaved every
+Sessions (``models/finetune_session.py``): the image, the Labels layer being corrected (autosaved every
 20 edits or 60 s after the first unsaved edit, and when the dock closes), the mask, the
 proofreading review queue and the training checkpoints live in a session folder under the user
 data dir. When the dock opens and an earlier session exists, it offers to restore it: the layers
@@ -51,7 +51,7 @@ from napari_neuroseg._napari._forms import follow_registry, model_choices
 from napari_neuroseg._napari._notify import error_message, notify_error
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
 from napari_neuroseg.errors import NeurosegError
-from napari_neuroseg.runtime.session import Autosaver, Session, latest_session
+from napari_neuroseg.models.finetune_session import Autosaver, Session, latest_session
 
 if TYPE_CHECKING:
     import napari

@@ -1,4 +1,4 @@
-"""Fine-tune sessions (runtime/session.py): state, arrays and review queue saved atomically in a
+"""Fine-tune sessions (models/finetune_session.py): state, arrays and review queue saved atomically in a
 session folder, listing/latest for "restore?", discard, resume info, and the autosave rule."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from napari_neuroseg.errors import NeurosegError
-from napari_neuroseg.runtime.session import (
+from napari_neuroseg.models.finetune_session import (
     Autosaver,
     Session,
     latest_session,
