@@ -153,3 +153,33 @@ def fit_form(form: Any, area: Any = None) -> None:
     fitter = _Fitter(form.native)
     form.native.installEventFilter(fitter)
     _fit(form, area)
+
+
+SAVE_LABELS_TIP = ("Write the result's Labels layer to a TIFF (with the voxel size) or OME-Zarr file "
+                   "with the plugin's writers")
+
+
+def run_dock_layout(dock: Any, form: Any, controls: Any, on_save: Callable[[], Any]) -> Any:
+    """The Nuclei/Neurons dock body: the magicgui ``form``, the run ``controls`` and a disabled
+    "Save labels…" button (``dock.save_button``, calling ``on_save``), in a scroll area that is
+    as wide as its controls need (the threshold boxes never clip their values). Returns the
+    scroll area."""
+    from qtpy.QtWidgets import QPushButton, QVBoxLayout, QWidget
+
+    from napari_neuroseg._napari._dock import fit_controls, scrollable
+
+    dock.save_button = QPushButton("Save labels…")
+    dock.save_button.setToolTip(SAVE_LABELS_TIP)
+    dock.save_button.setEnabled(False)
+    dock.save_button.clicked.connect(lambda *_: on_save())
+    content = QWidget()
+    layout = QVBoxLayout(content)
+    layout.setContentsMargins(4, 4, 4, 4)
+    layout.addWidget(form.native)
+    layout.addWidget(controls)
+    layout.addWidget(dock.save_button)
+    layout.addStretch(1)
+    fit_controls(content)  # never narrower than its value ("0.47(")
+    area = scrollable(dock, content)
+    fit_form(form, area)
+    return area

@@ -25,17 +25,17 @@ from magicgui.widgets import (
     PushButton,
     TupleEdit,
 )
-from qtpy.QtWidgets import QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QWidget
 
-from napari_neuroseg._napari._dock import DockLifecycleMixin, fit_controls, scrollable
+from napari_neuroseg._napari._dock import DockLifecycleMixin
 from napari_neuroseg._napari._forms import (
     LAYER_EVENTS,
     decimals,
-    fit_form,
     follow_registry,
     keep_or_prefer,
     layer_choice,
     model_choices,
+    run_dock_layout,
 )
 from napari_neuroseg._napari._notify import notify_error
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
@@ -237,22 +237,7 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.controls.run_button.setToolTip("Segment the image with the model and thresholds above "
                                             "(adds or updates the '<image> nuclei' Labels layer)")
         self.controls.cancel_button.setToolTip("Stop the running segmentation at its next step")
-        self.save_button = QPushButton("Save labels…")
-        self.save_button.setToolTip("Write the result's Labels layer to a TIFF (with the voxel size) or "
-                                    "OME-Zarr file with the plugin's writers")
-        self.save_button.setEnabled(False)
-        self.save_button.clicked.connect(lambda *_: self.save())
-
-        content = QWidget()
-        layout = QVBoxLayout(content)
-        layout.setContentsMargins(4, 4, 4, 4)
-        layout.addWidget(self.form.native)
-        layout.addWidget(self.controls)
-        layout.addWidget(self.save_button)
-        layout.addStretch(1)
-        fit_controls(content)  # never narrower than its value ("0.47(")
-        self.scroll_area = scrollable(self, content)
-        fit_form(self.form, self.scroll_area)
+        self.scroll_area = run_dock_layout(self, self.form, self.controls, self.save)
 
         auto_tiles.changed.connect(lambda on: setattr(tiles, "enabled", not on))
         model.changed.connect(self._model_changed)
