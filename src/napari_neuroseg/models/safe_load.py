@@ -14,6 +14,11 @@ from typing import Any
 from napari_neuroseg.errors import NeurosegError
 
 
+#: how torch's weights-only unpickler says a file needs a Python global (code) to load: torch >= 2.4
+#: "Unsupported global: GLOBAL posix.system", torch 2.3 "Unsupported class posix.system"
+_NEEDS_GLOBALS = ("Unsupported global", "allowed global", "Unsupported class")
+
+
 def load_torch_file(path: str | Path, *, fix: str, what: str = "model file") -> Any:
     """Load ``path`` on the CPU with ``weights_only=True``; NeurosegError (naming the file, the
     problem and ``fix``) when it is unreadable or needs more than weights and plain values."""
@@ -23,10 +28,11 @@ def load_torch_file(path: str | Path, *, fix: str, what: str = "model file") -> 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "Unsupported global" not in str(err) and "allowed global" not in str(err):
+        if not any(m in str(err) for m in _NEEDS_GLOBALS):
             raise NeurosegError(f"cannot read the {what} (not a PyTorch file, or damaged: {str(err)[:200]})",
                                 path=path, fix=fix) from err
-        why = [ln.strip() for ln in str(err).splitlines() if "Unsupported global" in ln]
+        why = [ln.strip()[ln.strip().find("Unsupported"):] for ln in str(err).splitlines()
+               if "Unsupported" in ln]
         first = why[0] if why else "not weights-only"
         raise NeurosegError(
             f"the {what} holds Python objects beyond weights and plain values ({first[:160]}); it was refused "
