@@ -265,12 +265,12 @@ def step_batch(d: Driver) -> None:
             image, _ = make_nuclei((32, 96, 96), n_nuclei=30, seed=seed)
             write_tiff(inputs / f"nuclei_{seed}.tif", image, axes="ZYX", scale=(2.0, 1.0, 1.0))
         _, w = d.dock("Batch")
-        w.inputs_edit.setText(str(inputs))
-        w.task_combo.setCurrentText("threshold")
+        w.form.inputs.value = str(inputs)
+        w.form.task.value = "threshold"
         for name, value in (("sigma", "1.5"), ("min_size", "50")):  # smooth the noise, drop specks
-            if name in getattr(w, "_param_edits", {}):
-                w._param_edits[name].setText(value)
-        w.outdir_edit.setText(str(tmp / "outputs"))
+            if name in [f.name for f in w.form.params]:
+                w.set_param(name, value)
+        w.form.outdir.value = str(tmp / "outputs")
         d.shot("batch-1-dock")
         w.run()
         d.wait_worker(w, "batch run")

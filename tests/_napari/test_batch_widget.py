@@ -36,11 +36,12 @@ def test_batch_widget_runs_a_folder_and_opens_a_result(make_napari_viewer, qtbot
     viewer = make_napari_viewer()
     w = BatchWidget(viewer)
     viewer.window.add_dock_widget(w)
-    w.inputs_edit.setText(str(d))
-    w.outdir_edit.setText(str(tmp_path / "out"))
-    w.task_combo.setCurrentText("threshold")
+    w.form.inputs.value = str(d)
+    w.form.outdir.value = str(tmp_path / "out")
+    w.form.task.value = "threshold"
     w.set_param("threshold", 500)
-    w.format_combo.setCurrentText("zarr")
+    assert w.form.params.threshold.value == "500"  # one field per task parameter, in the form
+    w.form.format.value = "zarr"
     w.run()
     qtbot.waitUntil(lambda: w.result is not None and w.run_button.isEnabled(), timeout=30000)
     assert w.table.rowCount() == 4
@@ -59,26 +60,26 @@ def test_batch_widget_layers_input_and_form_errors(make_napari_viewer, qtbot, tm
     w = BatchWidget(viewer)
     assert w.run() is None and errors_shown  # no inputs
     viewer.add_image(_blobs(0), name="blobs")
-    w.use_layers.setChecked(True)
-    w.outdir_edit.setText(str(tmp_path / "out"))
+    w.form.use_layers.value = True
+    w.form.outdir.value = str(tmp_path / "out")
     w.set_param("threshold", 500)
-    w.block_edit.setText("6,12,12")
-    w.format_combo.setCurrentText("ome-zarr")
+    w.form.block_shape.value = "6,12,12"
+    w.form.format.value = "ome-zarr"
     worker = w.run()
     assert worker is not None
     qtbot.waitUntil(lambda: w.result is not None and w.run_button.isEnabled(), timeout=30000)
     assert w.table.item(0, 1).text() == "done"
     layer = w.open_result(0)
     assert int(np.asarray(layer.data).max()) == 2  # stitched across 8 blocks
-    w.engine_combo.setCurrentText("scheduler")
+    w.form.engine.value = "scheduler"
     n = len(errors_shown)
     assert w.run() is None and len(errors_shown) == n + 1  # no scheduler address
     # a bad block shape is a message naming the fix, not an AssertionError (also under python -O)
-    w.engine_combo.setCurrentText("local")
-    w.use_layers.setChecked(False)
-    w.inputs_edit.setText(str(tmp_path))
+    w.form.engine.value = "local"
+    w.form.use_layers.value = False
+    w.form.inputs.value = str(tmp_path)
     for bad in ("6,12", "6,12,x", "0,12,12", "6,12,12,12"):
-        w.block_edit.setText(bad)
+        w.form.block_shape.value = bad
         with pytest.raises(NeurosegError, match="bad block shape") as exc:
             w.collect()
         assert "three positive sizes" in exc.value.fix
@@ -92,8 +93,8 @@ def test_batch_widget_cancel(make_napari_viewer, qtbot, tmp_path, errors_shown):
         tifffile.imwrite(d / f"v{i:02d}.tif", _blobs(i % 4))
     viewer = make_napari_viewer()
     w = BatchWidget(viewer)
-    w.inputs_edit.setText(str(d))
-    w.outdir_edit.setText(str(tmp_path / "out"))
+    w.form.inputs.value = str(d)
+    w.form.outdir.value = str(tmp_path / "out")
     w.set_param("threshold", 500)
     w.set_param("sigma", 2)
     w.run()
@@ -112,9 +113,9 @@ def test_batch_result_opens_with_the_voxel_size_of_its_image(make_napari_viewer,
                      metadata={"spacing": 2.0, "unit": "um", "axes": "ZYX"})
     viewer = make_napari_viewer()
     w = BatchWidget(viewer)
-    w.inputs_edit.setText(str(d))
-    w.outdir_edit.setText(str(tmp_path / "out"))
-    w.task_combo.setCurrentText("threshold")
+    w.form.inputs.value = str(d)
+    w.form.outdir.value = str(tmp_path / "out")
+    w.form.task.value = "threshold"
     w.set_param("threshold", 500)
     w.run()
     qtbot.waitUntil(lambda: w.result is not None and w.run_button.isEnabled(), timeout=30000)

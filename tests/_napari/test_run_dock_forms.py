@@ -1,4 +1,4 @@
-"""The Nuclei, Neurons and Evaluate docks: magicgui forms, a tooltip (unit and effect) on every
+"""The Nuclei, Neurons, Evaluate (and Batch) docks: magicgui forms, a tooltip (unit and effect) on every
 control, the model pickers follow the model registry."""
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ def _make(kind, viewer):
         from napari_neuroseg._napari.nuclei_widget import NucleiWidget as W
     elif kind == "neurons":
         from napari_neuroseg._napari.neurons_widget import NeuronsWidget as W
+    elif kind == "batch":
+        from napari_neuroseg._napari.batch_widget import BatchWidget as W
     else:
         from napari_neuroseg._napari.evaluate_widget import EvaluateWidget as W
     return W(viewer)
@@ -42,7 +44,7 @@ def _is_control(w) -> bool:
     return True
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", (*KINDS, "batch"))
 def test_every_control_has_a_tooltip(make_napari_viewer, kind):
     from magicgui.widgets import Container
 

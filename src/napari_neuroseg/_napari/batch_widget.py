@@ -4,6 +4,12 @@ Collects parameters and calls :func:`napari_neuroseg.batch.run_batch` in a worke
 :class:`~napari_neuroseg._napari._run_controls.RunControls` (Run/Cancel, status, error
 notifications). Results arrive in the main thread and fill the table; a row's output opens in the
 viewer with one click ("Open result" or a double click).
+
+The form is a :class:`magicgui.widgets.Container` (``dock.form``: ``inputs``, ``use_layers``,
+``task``, ``params`` — one text field per parameter of the chosen task, rebuilt when the task
+changes, empty = the task's default —, ``outdir``, ``format``, ``block_shape``, ``engine``,
+``scheduler``, ``resume``); the run controls, results table and "Open result" stay hand-written
+Qt. The folder fields are read as typed text (``inputs`` may be a glob or files joined by ';').
 """
 
 from __future__ import annotations
@@ -11,16 +17,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit
 from qtpy.QtWidgets import (
     QAbstractButton,
     QAbstractItemView,
-    QCheckBox,
-    QComboBox,
-    QFileDialog,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLineEdit,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_neuroseg._napari._dock import DockLifecycleMixin, fit_controls, scrollable
+from napari_neuroseg._napari._forms import fit_form
 from napari_neuroseg._napari._notify import notify_error
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
 from napari_neuroseg.batch import get_task, list_tasks, read_output, run_batch
@@ -47,67 +48,44 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.result: Any = None
-        self._param_edits: dict[str, QLineEdit] = {}
+
+        inputs = FileEdit(name="inputs", label="Inputs", mode="d")
+        inputs.line_edit.native.setPlaceholderText("folder, glob (data/*.tif) or files separated by ';'")
+        inputs.tooltip = inputs.line_edit.tooltip = (
+            "The input volumes: a folder, a glob (data/*.tif) or files separated by ';'")
+        inputs.choose_btn.text, inputs.choose_btn.tooltip = "Folder…", "Choose an input folder"
+        use_layers = CheckBox(name="use_layers", text="use the selected image layers instead",
+                              tooltip="Run on the image layers selected in the layer list instead of files")
+        task = ComboBox(name="task", label="Task", choices=list_tasks(),
+                        tooltip="What to run on each input; its parameters appear below")
+        self.params = Container(name="params", label="Parameters", labels=True,
+                                tooltip="The chosen task's parameters (empty field = the task's default)")
+        self.params.margins = (0, 0, 0, 0)
+        outdir = FileEdit(name="outdir", label="Output folder", mode="d")
+        outdir.tooltip = outdir.line_edit.tooltip = (
+            "Folder for the outputs and the summary CSV (created if missing)")
+        outdir.choose_btn.text, outdir.choose_btn.tooltip = "Folder…", "Choose the output folder"
+        fmt = ComboBox(name="format", label="Format", choices=["tif", "zarr", "ome-zarr"],
+                       tooltip="Output file format; blockwise runs need zarr or ome-zarr")
+        block = LineEdit(name="block_shape", label="Block shape",
+                         tooltip="Block size in voxels, Z,Y,X, for huge volumes processed block by block "
+                                 "(needs zarr/ome-zarr); empty = automatic")
+        block.native.setPlaceholderText("Z,Y,X for blockwise (needs zarr/ome-zarr); empty = auto")
+        engine = ComboBox(name="engine", label="Engine", choices=["local", "scheduler"],
+                          tooltip="local = this computer; scheduler = a Dask cluster at the address below")
+        scheduler = LineEdit(name="scheduler", label="Scheduler",
+                             tooltip="Address of the Dask scheduler (engine 'scheduler' only)")
+        scheduler.native.setPlaceholderText("tcp://HOST:8786 (Dask scheduler)")
+        resume = CheckBox(name="resume", text="resume (skip finished outputs)",
+                          tooltip="Skip the inputs whose outputs are already complete (continue a cancelled run)")
+        self.form = Container(name="batch_form", widgets=[
+            inputs, use_layers, task, self.params, outdir, fmt, block, engine, scheduler, resume])
+        self.form.margins = (0, 0, 0, 0)
+        task.changed.connect(self._build_params)
 
         content = QWidget()
         layout = QVBoxLayout(content)
-        form = QFormLayout()
-        # inputs
-        row = QHBoxLayout()
-        self.inputs_edit = QLineEdit()
-        self.inputs_edit.setPlaceholderText("folder, glob (data/*.tif) or files separated by ';'")
-        self.inputs_edit.setToolTip("The input volumes: a folder, a glob (data/*.tif) or files separated by ';'")
-        browse = QPushButton("Folder…")
-        browse.setToolTip("Choose an input folder")
-        browse.clicked.connect(self._browse_inputs)
-        row.addWidget(self.inputs_edit)
-        row.addWidget(browse)
-        form.addRow("Inputs", row)
-        self.use_layers = QCheckBox("use the selected image layers instead")
-        self.use_layers.setToolTip("Run on the image layers selected in the layer list instead of files")
-        form.addRow("", self.use_layers)
-        # task
-        self.task_combo = QComboBox()
-        self.task_combo.addItems(list_tasks())
-        self.task_combo.setToolTip("What to run on each input; its parameters appear below")
-        self.task_combo.currentTextChanged.connect(self._build_params)
-        form.addRow("Task", self.task_combo)
-        layout.addLayout(form)
-        self.params_box = QGroupBox("Parameters")
-        self.params_form = QFormLayout(self.params_box)
-        layout.addWidget(self.params_box)
-        # output + engine
-        form2 = QFormLayout()
-        row = QHBoxLayout()
-        self.outdir_edit = QLineEdit()
-        self.outdir_edit.setToolTip("Folder for the outputs and the summary CSV (created if missing)")
-        browse_out = QPushButton("Folder…")
-        browse_out.setToolTip("Choose the output folder")
-        browse_out.clicked.connect(self._browse_output)
-        row.addWidget(self.outdir_edit)
-        row.addWidget(browse_out)
-        form2.addRow("Output folder", row)
-        self.format_combo = QComboBox()
-        self.format_combo.addItems(["tif", "zarr", "ome-zarr"])
-        self.format_combo.setToolTip("Output file format; blockwise runs need zarr or ome-zarr")
-        form2.addRow("Format", self.format_combo)
-        self.block_edit = QLineEdit()
-        self.block_edit.setPlaceholderText("Z,Y,X for blockwise (needs zarr/ome-zarr); empty = auto")
-        self.block_edit.setToolTip("Block size in voxels, Z,Y,X, for huge volumes processed block by block "
-                                   "(needs zarr/ome-zarr); empty = automatic")
-        form2.addRow("Block shape", self.block_edit)
-        self.engine_combo = QComboBox()
-        self.engine_combo.addItems(["local", "scheduler"])
-        self.engine_combo.setToolTip("local = this computer; scheduler = a Dask cluster at the address below")
-        form2.addRow("Engine", self.engine_combo)
-        self.scheduler_edit = QLineEdit()
-        self.scheduler_edit.setPlaceholderText("tcp://HOST:8786 (Dask scheduler)")
-        self.scheduler_edit.setToolTip("Address of the Dask scheduler (engine 'scheduler' only)")
-        form2.addRow("Scheduler", self.scheduler_edit)
-        self.resume_check = QCheckBox("resume (skip finished outputs)")
-        self.resume_check.setToolTip("Skip the inputs whose outputs are already complete (continue a cancelled run)")
-        form2.addRow("", self.resume_check)
-        layout.addLayout(form2)
+        layout.addWidget(self.form.native)
         # run / cancel / status
         self.controls = RunControls(
             "Run", on_run=self.run, on_cancel=self.cancel, running_text="starting…",
@@ -132,9 +110,10 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.open_button.setToolTip("Open the selected row's output as a Labels layer (or double-click the row)")
         self.open_button.clicked.connect(lambda: self.open_result(self.table.currentRow()))
         layout.addWidget(self.open_button)
-        self._build_params(self.task_combo.currentText())
+        self._build_params(task.value)
         fit_controls(content)
         self.scroll = scrollable(self, content)  # fits a small screen; no minimum height
+        fit_form(self.form, self.scroll)
 
     # -- dock lifecycle (_dock.py) -----------------------------------------------------------------
     def on_dock_closed(self) -> None:
@@ -142,36 +121,24 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
     # -- form helpers ---------------------------------------------------------------------------
     def _build_params(self, name: str) -> None:
-        while self.params_form.rowCount():
-            self.params_form.removeRow(0)
-        self._param_edits = {}
-        task = get_task(name)
-        for p in task.params:
-            edit = QLineEdit()
-            edit.setPlaceholderText("" if p.default is None else str(p.default))
-            edit.setToolTip(p.help or f"task parameter {p.name}; empty = {p.default}")
-            self.params_form.addRow(p.name, edit)
-            self._param_edits[p.name] = edit
-
-    def _browse_inputs(self) -> None:  # pragma: no cover - dialog
-        d = QFileDialog.getExistingDirectory(self, "Input folder")
-        if d:
-            self.inputs_edit.setText(d)
-
-    def _browse_output(self) -> None:  # pragma: no cover - dialog
-        d = QFileDialog.getExistingDirectory(self, "Output folder")
-        if d:
-            self.outdir_edit.setText(d)
+        """One text field per parameter of task ``name`` (``dock.params.<name>``; empty = default)."""
+        self.params.clear()
+        for p in get_task(name).params:
+            edit = LineEdit(name=p.name, label=p.name,
+                            tooltip=p.help or f"task parameter {p.name}; empty = {p.default}")
+            edit.native.setPlaceholderText("" if p.default is None else str(p.default))
+            self.params.append(edit)
 
     def set_param(self, name: str, value: Any) -> None:
         """Set a task parameter field (for scripts and tests)."""
-        self._param_edits[name].setText(str(value))
+        self.params[name].value = str(value)
 
     def collect(self) -> dict[str, Any]:
         """The run_batch arguments from the form; NeurosegError for a bad field."""
-        task = self.task_combo.currentText()
-        params = {k: e.text().strip() for k, e in self._param_edits.items() if e.text().strip()}
-        if self.use_layers.isChecked():
+        form = self.form
+        task = str(form.task.value)
+        params = {e.name: str(e.value).strip() for e in self.params if str(e.value).strip()}
+        if form.use_layers.value:
             from napari.layers import Image
 
             layers = [ly for ly in self.viewer.layers.selection if isinstance(ly, Image)]
@@ -179,14 +146,14 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                 raise NeurosegError("no image layer is selected", fix="select image layers or untick 'use the selected image layers'")
             inputs: list = [(ly.name, ly.data) for ly in layers]
         else:
-            text = self.inputs_edit.text().strip()
+            text = str(form.inputs.line_edit.value).strip()
             if not text:
                 raise NeurosegError("no inputs given", fix="enter a folder, a glob or files")
             inputs = [t.strip() for t in text.split(";") if t.strip()]
-        outdir = self.outdir_edit.text().strip()
+        outdir = str(form.outdir.line_edit.value).strip()
         if not outdir:
             raise NeurosegError("no output folder given", fix="choose an output folder")
-        block = self.block_edit.text().strip()
+        block = str(form.block_shape.value).strip()
         block_shape = None
         if block:
             try:
@@ -196,14 +163,14 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             if len(block_shape) != 3 or min(block_shape) < 1:
                 raise NeurosegError(f"bad block shape {block!r}", fix="write three positive sizes Z,Y,X, e.g. 64,256,256")
         scheduler = None
-        if self.engine_combo.currentText() == "scheduler":
-            scheduler = self.scheduler_edit.text().strip()
+        if form.engine.value == "scheduler":
+            scheduler = str(form.scheduler.value).strip()
             if not scheduler:
                 raise NeurosegError("no scheduler address given", fix="enter tcp://HOST:PORT or choose the local engine")
         return {
             "task": task, "inputs": inputs, "outdir": outdir, "params": params,
-            "fmt": self.format_combo.currentText(), "block_shape": block_shape,
-            "scheduler": scheduler, "resume": self.resume_check.isChecked(),
+            "fmt": str(form.format.value), "block_shape": block_shape,
+            "scheduler": scheduler, "resume": bool(form.resume.value),
         }
 
     # -- running --------------------------------------------------------------------------------
