@@ -183,3 +183,21 @@ def run_dock_layout(dock: Any, form: Any, controls: Any, on_save: Callable[[], A
     area = scrollable(dock, content)
     fit_form(form, area)
     return area
+
+
+def follow_model_choice(form: Any, choice: str, *, file: str, folder: str) -> None:
+    """The model-path field of a run dock's form follows the Model box: enabled for the file and
+    folder entries, browsing files or folders to match."""
+    form.model_path.enabled = choice in (file, folder)
+    form.model_path.mode = "d" if choice == folder else "r"
+
+
+def typed_model_path(form: Any, *, fix: str) -> str:
+    """The model path typed in the form (as typed: no absolute ``Path``); NeurosegError with ``fix``
+    when it is empty."""
+    from napari_neuroseg.errors import NeurosegError
+
+    path = form.model_path.line_edit.value.strip()
+    if not path:
+        raise NeurosegError("no model path given", fix=fix)
+    return path

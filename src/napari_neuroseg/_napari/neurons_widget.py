@@ -30,11 +30,13 @@ from qtpy.QtWidgets import QWidget
 from napari_neuroseg._napari._dock import DockLifecycleMixin
 from napari_neuroseg._napari._forms import (
     LAYER_EVENTS,
+    follow_model_choice,
     follow_registry,
     keep_or_prefer,
     layer_choice,
     model_choices,
     run_dock_layout,
+    typed_model_path,
 )
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
 from napari_neuroseg._napari.nuclei_widget import save_result_layer, voxel_size_text
@@ -203,20 +205,15 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.form.model.reset_choices()
 
     def _model_changed(self, text: str) -> None:
-        path = self.form.model_path
-        path.enabled = text in (FILE, FOLDER)
-        path.mode = "d" if text == FOLDER else "r"
+        follow_model_choice(self.form, text, file=FILE, folder=FOLDER)
         self.use_model_thresholds()
 
     def model_spec(self) -> str | None:
         """The model to run: None (the shipped one), a registered name, or the path typed in."""
         text = self.form.model.value
         if text in (FILE, FOLDER):
-            path = self.form.model_path.line_edit.value.strip()
-            if not path:
-                raise NeurosegError("no model path given",
-                                    fix="type or browse a neuron model .pt file or BioImage.IO package")
-            return path
+            return typed_model_path(self.form, fix="type or browse a neuron model .pt file or "
+                                                   "BioImage.IO package")
         return None if text == SHIPPED else text
 
     def use_model_thresholds(self) -> None:

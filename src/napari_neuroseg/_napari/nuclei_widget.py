@@ -31,11 +31,13 @@ from napari_neuroseg._napari._dock import DockLifecycleMixin
 from napari_neuroseg._napari._forms import (
     LAYER_EVENTS,
     decimals,
+    follow_model_choice,
     follow_registry,
     keep_or_prefer,
     layer_choice,
     model_choices,
     run_dock_layout,
+    typed_model_path,
 )
 from napari_neuroseg._napari._notify import notify_error
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
@@ -294,20 +296,15 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.form.model.reset_choices()
 
     def _model_changed(self, text: str) -> None:
-        path = self.form.model_path
-        path.enabled = text in (FOLDER, FILE)
-        path.mode = "r" if text == FILE else "d"
+        follow_model_choice(self.form, text, file=FILE, folder=FOLDER)
         self.reset_thresholds()
 
     def model_spec(self) -> str:
         """The model to load: a bundled or registered name or the path typed in."""
         text = self.form.model.value
         if text in (FOLDER, FILE):
-            path = self.form.model_path.line_edit.value.strip()
-            if not path:
-                raise NeurosegError("no model path given",
-                                    fix="type or browse a model folder, .pt file or BioImage.IO package")
-            return path
+            return typed_model_path(self.form, fix="type or browse a model folder, .pt file or "
+                                                   "BioImage.IO package")
         return text
 
     def reset_thresholds(self) -> None:
