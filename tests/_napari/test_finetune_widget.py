@@ -7,43 +7,21 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from sd3d_helpers import (  # tests/stardist3d is on pythonpath
+    BASE_SCALE,
+    balls,
+    make_tiny_base,
+)
 
 pytestmark = pytest.mark.gui
 
-SCALE = (1.0, 0.5, 0.5)  # the tiny base model's voxel size: no resampling
-
-
-def balls(shape=(16, 48, 48), n_side=3, radius=(3, 6, 6)):
-    zz, yy, xx = np.indices(shape)
-    lbl = np.zeros(shape, np.uint16)
-    k = 0
-    for cy in np.linspace(radius[1] + 2, shape[1] - radius[1] - 3, n_side):
-        for cx in np.linspace(radius[2] + 2, shape[2] - radius[2] - 3, n_side):
-            k += 1
-            inside = (((zz - shape[0] // 2) / radius[0]) ** 2 + ((yy - cy) / radius[1]) ** 2
-                      + ((xx - cx) / radius[2]) ** 2) <= 1
-            lbl[inside] = k
-    rng = np.random.default_rng(0)
-    img = (20 + 150 * (lbl > 0) + rng.normal(0, 5, shape)).clip(0, 255).astype(np.uint8)
-    return img, lbl
+SCALE = tuple(BASE_SCALE["voxel_size"])  # the tiny base model's voxel size: no resampling
 
 
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory):
     """A tiny StarDist-3D model folder (voxel size 1 x 0.5 x 0.5 um)."""
-    import torch
-
-    from napari_neuroseg.models.stardist3d.config import Thresholds
-    from napari_neuroseg.models.stardist3d.model import StarDist3D
-    from napari_neuroseg.models.stardist3d.train import default_config
-    from napari_neuroseg.runtime.scale import ModelScale
-
-    torch.manual_seed(0)
-    cfg = default_config(n_rays=16, n_filter_base=4, net_conv_after=8, unet_n_depth=1)
-    model = StarDist3D(cfg, Thresholds(prob=0.95, nms=0.4, border=0), name="tiny_base", device="cpu")
-    model.scale = ModelScale.from_dict({"voxel_size": list(SCALE), "object_diameter_vox": 12.0,
-                                        "object_name": "nucleus"})
-    return model.save(tmp_path_factory.mktemp("base") / "tiny_base")
+    return make_tiny_base(tmp_path_factory.mktemp("base"))
 
 
 @pytest.fixture(autouse=True)

@@ -10,43 +10,16 @@ import json
 
 import numpy as np
 import pytest
+from sd3d_helpers import BASE_SCALE, make_tiny_base
+from sd3d_helpers import balls as _balls
 
 from napari_neuroseg.errors import NeurosegError
-
-BASE_SCALE = {"voxel_size": [1.0, 0.5, 0.5], "object_diameter_vox": 12.0, "object_name": "nucleus"}
-
-
-def _balls(shape, n_side=3, radius=(3, 6, 6)):
-    """A grid of ``n_side`` × ``n_side`` ellipsoids in the central Z plane (ids 1..n²) and an image of them."""
-    zz, yy, xx = np.indices(shape)
-    lbl = np.zeros(shape, np.uint16)
-    k = 0
-    for cy in np.linspace(radius[1] + 2, shape[1] - radius[1] - 3, n_side):
-        for cx in np.linspace(radius[2] + 2, shape[2] - radius[2] - 3, n_side):
-            k += 1
-            inside = (((zz - shape[0] // 2) / radius[0]) ** 2 + ((yy - cy) / radius[1]) ** 2
-                      + ((xx - cx) / radius[2]) ** 2) <= 1
-            lbl[inside] = k
-    rng = np.random.default_rng(0)
-    img = (20 + 150 * (lbl > 0) + rng.normal(0, 5, shape)).clip(0, 255).astype(np.uint8)
-    return img, lbl
 
 
 @pytest.fixture(scope="module")
 def base_model(tmp_path_factory):
     """A tiny StarDist-3D model folder with a scale.json (voxel size 1 × 0.5 × 0.5 µm)."""
-    import torch
-
-    from napari_neuroseg.models.stardist3d.config import Thresholds
-    from napari_neuroseg.models.stardist3d.model import StarDist3D
-    from napari_neuroseg.models.stardist3d.train import default_config
-    from napari_neuroseg.runtime.scale import ModelScale
-
-    torch.manual_seed(0)
-    cfg = default_config(n_rays=16, n_filter_base=4, net_conv_after=8, unet_n_depth=1)
-    model = StarDist3D(cfg, Thresholds(prob=0.95, nms=0.4, border=0), name="tiny_base", device="cpu")
-    model.scale = ModelScale.from_dict(BASE_SCALE)
-    return model.save(tmp_path_factory.mktemp("base") / "tiny_base")
+    return make_tiny_base(tmp_path_factory.mktemp("base"))
 
 
 def _write(path, arr, scale):
@@ -257,7 +230,10 @@ def test_disk_full_while_saving(tmp_path, base_model, monkeypatch):
 def test_recipe_defaults_and_user_choices():
     """The fine-tuning recipe fills what the user did not choose; a choice wins."""
     from napari_neuroseg.models.stardist3d.train import TrainSettings
-    from napari_neuroseg.models.stardist3d.training.finetune import FINETUNE_RECIPE, finetune_settings
+    from napari_neuroseg.models.stardist3d.training.finetune import (
+        FINETUNE_RECIPE,
+        finetune_settings,
+    )
 
     s = finetune_settings(TrainSettings(), learning_rate=None, patience=3)
     assert s.learning_rate == FINETUNE_RECIPE["learning_rate"] and s.patience == 3
@@ -272,7 +248,11 @@ def test_frozen_encoder_stays_and_score_selection_stops_early(tmp_path, base_mod
     import torch
 
     from napari_neuroseg.models.stardist3d.model import StarDist3D
-    from napari_neuroseg.models.stardist3d.train import ENCODER_PREFIXES, TrainSettings, train_iter
+    from napari_neuroseg.models.stardist3d.train import (
+        ENCODER_PREFIXES,
+        TrainSettings,
+        train_iter,
+    )
     from napari_neuroseg.runtime.progress import run_to_completion
 
     img, lbl = _balls((16, 48, 48))
