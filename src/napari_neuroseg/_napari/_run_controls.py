@@ -219,6 +219,11 @@ class RunControlsMixin:
     def progress(self) -> QProgressBar | None:
         return self.controls.progress
 
+    @property
+    def last_error(self) -> BaseException | None:
+        """The exception of the last run, if it failed."""
+        return self.controls.last_error
+
     def cancel(self) -> None:
         """Stop the running job at its next step (nothing happens when idle)."""
         self.controls.cancel()

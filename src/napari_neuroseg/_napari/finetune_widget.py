@@ -356,10 +356,6 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                 "mask_layer": mask}
 
     # ------------------------------------------------------------------ running
-    @property
-    def last_error(self) -> BaseException | None:
-        return self.controls.last_error
-
     def run(self):
         """Start fine-tuning (or resume the restored session's run); returns the worker or None."""
         if self.controls.busy:

@@ -39,7 +39,7 @@ from napari_neuroseg._napari._forms import (
     typed_model_path,
 )
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
-from napari_neuroseg._napari.nuclei_widget import save_result_layer, voxel_size_text
+from napari_neuroseg._napari.nuclei_widget import save_dock_result, voxel_size_text
 from napari_neuroseg.errors import NeurosegError
 
 if TYPE_CHECKING:
@@ -316,9 +316,4 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
     def save(self) -> str | None:
         """Save the result's Labels layer (file dialog with the plugin's formats; an input's file
         is overwritten only after asking). Returns the path written, or None."""
-        layer = self.result_layer
-        if layer is None or layer not in self.viewer.layers:
-            self.save_button.setEnabled(False)
-            self.status.setText("Nothing to save: run the segmentation first.")
-            return None
-        return save_result_layer(self, layer)
+        return save_dock_result(self)

@@ -354,11 +354,6 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                 "object_size": None if obj is None else str(obj)}
 
     # ------------------------------------------------------------------ running
-    @property
-    def last_error(self) -> BaseException | None:
-        """The exception of the last run, if it failed."""
-        return self.controls.last_error
-
     def run(self):
         """Start the segmentation worker; returns it (or None if the form is invalid)."""
         if self.controls.busy:
@@ -417,12 +412,7 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
     def save(self) -> str | None:
         """Save the result's Labels layer (file dialog with the plugin's formats; an input's file
         is overwritten only after asking). Returns the path written, or None."""
-        layer = self.result_layer
-        if layer is None or layer not in self.viewer.layers:
-            self.save_button.setEnabled(False)
-            self.status.setText("Nothing to save: run the segmentation first.")
-            return None
-        return save_result_layer(self, layer)
+        return save_dock_result(self)
 
     @staticmethod
     def _summary(result: dict) -> str:
@@ -442,6 +432,17 @@ def voxel_size_text(layer: Any) -> str:
     vs = voxel_size_from_layer_scale(layer.scale, getattr(layer, "units", None),
                                      (layer.metadata or {}).get("unit"))
     return "" if vs is None else " ".join(f"{v:.4g}" for v in vs)
+
+
+def save_dock_result(dock: Any) -> str | None:
+    """The Save labels… button of a run dock (Nuclei, Neurons): save ``dock.result_layer`` if it is
+    still in the viewer, else say there is nothing to save."""
+    layer = dock.result_layer
+    if layer is None or layer not in dock.viewer.layers:
+        dock.save_button.setEnabled(False)
+        dock.status.setText("Nothing to save: run the segmentation first.")
+        return None
+    return save_result_layer(dock, layer)
 
 
 def save_result_layer(dock: Any, layer: Any) -> str | None:
