@@ -8,7 +8,7 @@ import pytest
 import zarr
 
 from napari_neuroseg.errors import NeurosegError
-from napari_neuroseg.metrics._chunks import chunk_source
+from napari_neuroseg.io.chunks import chunk_source
 from napari_neuroseg.metrics._sparse import _View, match_shapes
 
 

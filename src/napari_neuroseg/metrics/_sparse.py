@@ -214,7 +214,7 @@ class _View:
 
     def extract(self, progress=None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per channel: ``(flat voxel indices, values)`` of all nonzero voxels (sorted)."""
-        from ._chunks import chunk_source
+        from ..io.chunks import chunk_source
 
         src = chunk_source(self.data)
         if src is not None and src.shape == tuple(self.data.shape):

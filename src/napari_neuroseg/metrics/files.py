@@ -58,12 +58,10 @@ def _raw_array(p: Path, key: str | None, default: Any) -> Any:
             node = open_zarr(p, key)
             return node if hasattr(node, "shape") else default
         if p.is_file() and suffix in (".h5", ".hdf", ".hdf5"):
-            import h5py
+            from ..io.hdf5 import open_hdf5_dataset
 
-            from ..io.hdf5 import resolve_hdf5_key
-
-            k = resolve_hdf5_key(p, key, labels=True)
-            return h5py.File(p, "r")[k]
+            dataset, _close = open_hdf5_dataset(p, key, labels=True)  # open while the dataset lives
+            return dataset
     except NeurosegError:
         raise
     except Exception:  # noqa: BLE001 - fall back to the io layer

@@ -1,4 +1,5 @@
-"""Chunk-level readers for the sparse extraction (Zarr v2 on disk, chunked HDF5 with gzip).
+"""Chunk-level readers (Zarr v2 on disk, chunked HDF5 with gzip), used by the FISBe metrics'
+sparse extraction (``metrics/_sparse.py``).
 
 A FISBe volume is >99.8% background, so the fastest way to find its foreground is to decode the
 stored chunks directly (in two threads: the codecs release the GIL) and keep only their nonzero
