@@ -39,8 +39,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     "removed on close (not an output)",
     ("_napari/proofread_demo.py", "from imageio.v3"): _PENDING,
     ("_napari/proofreading/controller.py", "import zarr"): _PENDING,
-    ("metrics/report.py", "tempfile.mkstemp"): _PENDING + " (io.atomic.atomic_write_text)",
-    ("metrics/report.py", "os.replace"): _PENDING + " (io.atomic.atomic_write_text)",
     ("models/neurons/data.py", "import zarr"): _PENDING + " (training data loading)",
     ("models/neurons/data.py", "np.load"): _PENDING + " (training data cache)",
     ("models/neurons/data.py", "np.savez"): _PENDING + " (training data cache)",

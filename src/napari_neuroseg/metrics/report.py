@@ -6,30 +6,15 @@ import csv
 import io
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from ..io.atomic import atomic_write_text
 
 SUMMARY_KEYS = ("S", "avF1", "C", "clDice_TP", "tp", "FS", "FM", "n_gt", "n_pred", "TP_05")
 #: headline numbers of a nuclei result (``metrics.nuclei``; IoU 0.5 unless "mean")
 NUCLEI_SUMMARY_KEYS = ("f1", "precision", "recall", "ap", "mean_matched_iou", "panoptic_quality",
                        "mean_f1", "n_gt", "n_pred", "TP_05")
-
-
-def _atomic_write_text(path: str | Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
 
 
 def to_toml(result: dict[str, Any]) -> str:
@@ -42,7 +27,7 @@ def to_toml(result: dict[str, Any]) -> str:
 
 def write_toml(path: str | Path, result: dict[str, Any]) -> Path:
     """Write :func:`to_toml` atomically."""
-    return _atomic_write_text(path, to_toml(result))
+    return atomic_write_text(path, to_toml(result), parents=True)
 
 
 def jsonable(obj: Any) -> Any:
@@ -64,7 +49,7 @@ def jsonable(obj: Any) -> Any:
 
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as JSON atomically (NaN -> null)."""
-    return _atomic_write_text(path, json.dumps(jsonable(obj), indent=2) + "\n")
+    return atomic_write_text(path, json.dumps(jsonable(obj), indent=2) + "\n", parents=True)
 
 
 def _fmt(v: Any) -> str:
@@ -113,4 +98,4 @@ def to_csv(rows: list[list[str]]) -> str:
 
 def write_csv(path: str | Path, rows: list[list[str]]) -> Path:
     """Write rows as CSV atomically."""
-    return _atomic_write_text(path, to_csv(rows))
+    return atomic_write_text(path, to_csv(rows), parents=True)
