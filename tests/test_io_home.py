@@ -39,13 +39,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     "removed on close (not an output)",
     ("_napari/proofread_demo.py", "from imageio.v3"): _PENDING,
     ("_napari/proofreading/controller.py", "import zarr"): _PENDING,
-    ("models/neurons/data.py", "import zarr"): _PENDING + " (training data loading)",
-    ("models/neurons/data.py", "np.load"): _PENDING + " (training data cache)",
-    ("models/neurons/data.py", "np.savez"): _PENDING + " (training data cache)",
     ("models/stardist3d/train.py", "tempfile.mkdtemp"): "a scratch folder inside the output for "
     "StarDist3D.save, whose files are then moved into place one by one with io.atomic.replace_path",
-    ("models/finetune_session.py", "np.load"): _PENDING,
-    ("models/finetune_session.py", "np.save"): _PENDING,
 }
 
 

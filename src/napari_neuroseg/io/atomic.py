@@ -3,7 +3,7 @@
 The one home for "temp file, then rename" in the package: :func:`atomic_output` (any writer that
 takes a path: a file or a directory store), and on top of it :func:`atomic_write_file` (a writer
 of an open binary file), :func:`atomic_write_bytes`, :func:`atomic_write_text`,
-:func:`atomic_write_json` and :func:`atomic_save_npy`. Every temporary is named
+:func:`atomic_write_json`, :func:`atomic_save_npy` and :func:`atomic_save_npz`. Every temporary is named
 ``.<target name>.tmp-<token>...`` next to its target (:func:`is_temporary`), removed on any
 failure, and :func:`clean_temporaries` removes those an earlier crashed process left.
 """
@@ -28,6 +28,7 @@ __all__ = [
     "TMP_MARK",
     "atomic_output",
     "atomic_save_npy",
+    "atomic_save_npz",
     "atomic_write_bytes",
     "atomic_write_file",
     "atomic_write_json",
@@ -269,3 +270,11 @@ def atomic_save_npy(path: str | Path, arr: Any, *, fsync: bool = False, parents:
     return atomic_write_file(
         path, lambda fh: np.save(fh, np.ascontiguousarray(arr), allow_pickle=False), fsync=fsync, parents=parents
     )
+
+
+def atomic_save_npz(path: str | Path, arrays: dict[str, Any], *, fsync: bool = False, parents: bool = False) -> Path:
+    """``numpy.savez`` of ``arrays`` (name -> array) atomically, at exactly ``path`` (no ``.npz``
+    is appended)."""
+    import numpy as np
+
+    return atomic_write_file(path, lambda fh: np.savez(fh, **arrays), fsync=fsync, parents=parents)

@@ -29,6 +29,7 @@ __all__ = [
     "write_fisbe",
     "instances_to_labels",
     "labels_to_instances",
+    "open_fisbe_arrays",
 ]
 
 RAW_KEY = "volumes/raw"
@@ -121,6 +122,19 @@ def read_fisbe(path: str | Path, *, lazy: bool = False) -> FisbeSample:
             fix="raw and instances must cover the same Z, Y, X grid",
         )
     return FisbeSample(raw=raw, gt_instances=gt, dim_neurons=dim, path=p)
+
+
+def open_fisbe_arrays(path: str | Path) -> tuple[Any | None, Any | None]:
+    """The stored ``(volumes/raw, volumes/gt_instances)`` Zarr arrays of a FISBe sample, opened
+    for block reads (nothing is read yet, no checks); ``None`` for one the group lacks. For
+    training data, which reads patches; :func:`read_fisbe` is the checked reader."""
+    root = open_zarr(path)
+    if not hasattr(root, "members"):
+        raise NeurosegError("a single Zarr array, not a FISBe group", path=Path(path),
+                            fix="open a FISBe .zarr folder (with volumes/raw and/or volumes/gt_instances)")
+    raw = root[RAW_KEY] if RAW_KEY in root else None
+    gt = root[GT_KEY] if GT_KEY in root else None
+    return raw, gt
 
 
 # ------------------------------------------------------------------------- label conversion

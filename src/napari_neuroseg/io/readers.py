@@ -7,8 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.io.checks import as_label_array
 from napari_neuroseg.io.fisbe import GT_KEY, RAW_KEY, is_fisbe
@@ -21,6 +19,7 @@ from napari_neuroseg.io.hdf5 import (
     read_hdf5,
     resolve_hdf5_key,
 )
+from napari_neuroseg.io.npy import read_npy
 from napari_neuroseg.io.tiff import (
     TIFF_SUFFIXES,
     open_tiff_array,
@@ -156,7 +155,7 @@ def read_image(path: str | Path, key: str | None = None, *, lazy: bool = False, 
         use_axes = axes.upper() if axes else None
         spatial = "".join(a for a in (use_axes or guess_axes(tuple(data.shape), p)) if a in "ZYX")
         return _volume_from_array(data, p, axes=axes, scale_by_axis=hdf5_scale(p, k, spatial), fmt="hdf5", key=k)
-    data = np.load(p, mmap_mode="r" if lazy else None, allow_pickle=False)
+    data = read_npy(p, mmap=lazy)
     if lazy:
         import dask.array as da
 
@@ -237,7 +236,7 @@ def read_labels(path: str | Path, key: str | None = None, *, lazy: bool = False)
         k = resolve_hdf5_key(p, key, labels=True)
         data = read_hdf5(p, k, lazy=lazy)
     else:
-        data = np.load(p, mmap_mode="r" if lazy else None, allow_pickle=False)
+        data = read_npy(p, mmap=lazy)
         if lazy:
             import dask.array as da
 
@@ -304,4 +303,4 @@ def open_array(path: str | Path, key: str | None = None, *, labels: bool = False
         except NeurosegError:
             scale = {}
         return OpenArray(dset, fmt, None, scale, "micrometer", dset.name.strip("/"), close)
-    return OpenArray(np.load(p, mmap_mode="r", allow_pickle=False), fmt, None, {}, "micrometer", None)
+    return OpenArray(read_npy(p, mmap=True), fmt, None, {}, "micrometer", None)

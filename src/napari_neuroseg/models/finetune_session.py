@@ -156,17 +156,21 @@ class Session:
 
     def save_array(self, key: str, data: Any) -> Path:
         """Save ``data`` as ``<key>.npy`` atomically (the previous version stays whole on a crash)."""
+        from napari_neuroseg.io.atomic import atomic_save_npy
+
         arr = np.asarray(data)
         path = self.array_path(key)
-        _write_atomic(path, lambda tmp: np.save(tmp, arr, allow_pickle=False))
+        atomic_save_npy(path, arr)
         self.save_state(**{f"{key}_saved": _now(), f"{key}_shape": list(arr.shape), f"{key}_dtype": str(arr.dtype)})
         return path
 
     def load_array(self, key: str, mmap: bool = False) -> np.ndarray:
         """The saved array ``key`` (never unpickles: a session file cannot execute code)."""
+        from napari_neuroseg.io.npy import read_npy
+
         path = self.array_path(key)
         try:
-            return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+            return read_npy(path, mmap=mmap)
         except (OSError, ValueError) as err:
             raise NeurosegError(f"the session's {key} cannot be read ({err})", path=path,
                                 fix="discard the session (its other files are still in the folder)") from err

@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.io.atomic import atomic_save_npz
+from napari_neuroseg.io.fisbe import GT_KEY, RAW_KEY, open_fisbe_arrays
+from napari_neuroseg.io.npy import read_npz
 
 from .preprocess import apply_norm, norm_stats
 
@@ -105,7 +108,7 @@ class RealMorphology:
     @classmethod
     def load(cls, paths, cache: str | Path | None = None) -> RealMorphology:
         if cache is not None and Path(cache).is_file():
-            z = np.load(cache, allow_pickle=False)
+            z = read_npz(cache)
             names = [str(x) for x in z["names"]]
             shapes = [tuple(int(v) for v in s) for s in z["shapes"]]
             coords = [[z[f"c{i}_{k}"] for k in range(int(z["counts"][i]))] for i in range(len(names))]
@@ -119,10 +122,8 @@ class RealMorphology:
         out = cls(coords, shapes, names)
         if cache is not None:
             arrays = {f"c{i}_{k}": c for i, cs in enumerate(coords) for k, c in enumerate(cs)}
-            tmp = Path(str(cache) + ".tmp.npz")
-            np.savez(tmp, names=np.array(names), shapes=np.array(shapes), counts=np.array([len(c) for c in coords]),
-                     **arrays)
-            tmp.replace(cache)
+            atomic_save_npz(cache, {"names": np.array(names), "shapes": np.array(shapes),
+                                    "counts": np.array([len(c) for c in coords]), **arrays})
         return out
 
     @property
@@ -256,11 +257,10 @@ class VolumeSource:
 
 def _open_gt(path: Path):
     """(None, gt_instances) of a FISBe Zarr (masks only)."""
-    import zarr
-
     try:
-        g = zarr.open_group(str(path), mode="r")
-        gt = g["volumes/gt_instances"]
+        _raw, gt = open_fisbe_arrays(path)
+        if gt is None:
+            raise KeyError(GT_KEY)
     except Exception as err:  # noqa: BLE001
         raise NeurosegError(f"no FISBe ground truth ({type(err).__name__}: {err})", path=path,
                             fix="real morphology needs FISBe Zarr samples with volumes/gt_instances (N,Z,Y,X)") from err
@@ -271,15 +271,13 @@ def _open_gt(path: Path):
 
 
 def _open_fisbe(path: Path):
-    import zarr
-
     try:
-        g = zarr.open_group(str(path), mode="r")
-        raw = g["volumes/raw"]
+        raw, gt = open_fisbe_arrays(path)
+        if raw is None:
+            raise KeyError(RAW_KEY)
     except Exception as err:  # noqa: BLE001
         raise NeurosegError(f"not a FISBe sample ({type(err).__name__}: {err})", path=path,
                             fix="a FISBe Zarr needs volumes/raw (3,Z,Y,X) and volumes/gt_instances (N,Z,Y,X)") from err
-    gt = g["volumes/gt_instances"] if "volumes/gt_instances" in g else None
     return raw, gt
 
 
