@@ -37,8 +37,6 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("models/bioimageio/export.py", "np.load"): "reads back the package's own test tensor",
     ("models/bioimageio/package.py", "tempfile.mkdtemp"): "a scratch folder for an opened package, "
     "removed on close (not an output)",
-    ("_napari/proofread_demo.py", "from imageio.v3"): _PENDING,
-    ("_napari/proofreading/controller.py", "import zarr"): _PENDING,
     ("models/stardist3d/train.py", "tempfile.mkdtemp"): "a scratch folder inside the output for "
     "StarDist3D.save, whose files are then moved into place one by one with io.atomic.replace_path",
 }

@@ -1,4 +1,4 @@
-"""io's NumPy files (.npy/.npz without pickles, written atomically) and the FISBe array opener."""
+"""io's NumPy files (.npy/.npz without pickles, written atomically), the FISBe array opener, PNG."""
 
 from __future__ import annotations
 
@@ -46,3 +46,15 @@ def test_open_fisbe_arrays_opens_without_reading(tmp_path):
     assert open_fisbe_arrays(tmp_path / "raw_only.zarr")[1] is None
     with pytest.raises(NeurosegError):
         open_fisbe_arrays(tmp_path / "missing.zarr")
+
+
+def test_write_png_round_trip(tmp_path):
+    from imageio.v3 import imread
+
+    from napari_neuroseg.io.png import write_png
+
+    img = np.zeros((5, 7, 4), np.uint8)
+    img[1:3, 2:6] = (255, 0, 0, 255)
+    write_png(tmp_path / "shot.png", img)
+    np.testing.assert_array_equal(imread(tmp_path / "shot.png"), img)
+    assert [p.name for p in tmp_path.iterdir()] == ["shot.png"]

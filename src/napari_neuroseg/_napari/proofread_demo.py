@@ -12,10 +12,10 @@ import numpy as np
 
 
 def _save(viewer, path: Path, canvas_only: bool = False) -> None:
-    from imageio.v3 import imwrite  # napari depends on imageio
+    from napari_neuroseg.io.png import write_png
 
     img = viewer.screenshot(canvas_only=canvas_only, flash=False)
-    imwrite(path, img)
+    write_png(path, img)
     print(f"wrote {path} {img.shape}")
 
 
@@ -76,9 +76,9 @@ def main(out_dir: str = "docs/images") -> int:
     after = viewer.screenshot(canvas_only=True, flash=False)
     pair = np.concatenate([before, np.full((before.shape[0], 12, 4), 255, np.uint8), after], axis=1)
     rows = np.flatnonzero(before[..., :3].max(axis=(1, 2)) > 0)
-    from imageio.v3 import imwrite
+    from napari_neuroseg.io.png import write_png
 
-    imwrite(out / "proofread_split.png", pair[rows[0] : rows[-1] + 1])
+    write_png(out / "proofread_split.png", pair[rows[0] : rows[-1] + 1])
     viewer.close()
 
     # 2. FISBe-like neurons: a review queue from the metrics (a false merge and a missed neuron)

@@ -22,6 +22,7 @@ from napari_neuroseg.io.volume import (
 
 __all__ = [
     "is_zarr",
+    "is_zarr_array",
     "is_ome_zarr",
     "open_zarr",
     "zarr_keys",
@@ -45,6 +46,15 @@ def is_zarr(path: str | Path) -> bool:
     if not p.is_dir():
         return False
     return p.suffix.lower() in ZARR_SUFFIXES or any((p / m).is_file() for m in _META_FILES)
+
+
+def is_zarr_array(data: Any) -> bool:
+    """True for an opened Zarr array (data stored on disk, e.g. a layer opened from a store)."""
+    try:
+        import zarr
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(data, zarr.Array)
 
 
 def open_zarr(path: str | Path, key: str | None = None, *, mode: str = "r"):

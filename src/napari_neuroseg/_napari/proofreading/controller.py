@@ -81,11 +81,9 @@ class ProofreadController:
     # -- set-up ------------------------------------------------------------------------------
     def _wrap_zarr(self) -> None:
         """A zarr-backed layer is edited through ChunkedLabels (per chunk, saved atomically)."""
-        try:
-            import zarr
-        except ImportError:  # pragma: no cover
-            return
-        if isinstance(self.layer.data, zarr.Array):
+        from napari_neuroseg.io.zarr_io import is_zarr_array
+
+        if is_zarr_array(self.layer.data):
             from napari_neuroseg.proofread.chunked import ChunkedLabels
 
             self.layer.data = ChunkedLabels(self.layer.data)
