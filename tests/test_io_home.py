@@ -4,8 +4,8 @@ Scans every module of the package outside ``io/`` with :mod:`ast` (no import, no
 fails on what only ``io/`` may do: import a volume-file library (tifffile, h5py, zarr, imageio),
 read or write arrays with numpy's file functions, or rename a temporary onto a target by hand
 (``os.replace``/``os.rename``/``Path.rename``/``tempfile.mkstemp``/``mkdtemp``). Each exception
-is listed below with the reason it stands; an entry that no longer occurs fails too (except those
-another restructure is removing), so the list only shrinks.
+is listed below with the reason it stands; an entry that no longer occurs fails too, so the list
+only shrinks.
 """
 
 from __future__ import annotations
@@ -20,8 +20,6 @@ ROOT = Path(napari_neuroseg.__file__).parent
 VOLUME_LIBS = {"tifffile", "h5py", "zarr", "imageio"}
 NUMPY_FILE_FUNCS = {"load", "save", "savez", "savez_compressed", "memmap", "fromfile"}
 RENAMES = {("os", "replace"), ("os", "rename"), ("tempfile", "mkstemp"), ("tempfile", "mkdtemp")}
-
-_PENDING = "owned by a parallel restructure of issue 15 (moves into io/ there)"
 
 #: (module, what) -> why it may stay outside io/
 ALLOWED: dict[tuple[str, str], str] = {
@@ -84,8 +82,7 @@ def test_only_io_reads_and_writes_volume_files_and_renames_temporaries():
 
 def test_the_allow_list_has_no_stale_entries():
     found = _scan()
-    # entries pending in another restructure may go away there without touching this file
-    stale = sorted(k for k, why in ALLOWED.items() if k not in found and not why.startswith(_PENDING))
+    stale = sorted(k for k in ALLOWED if k not in found)
     assert not stale, f"no longer found, remove from ALLOWED: {stale}"
 
 
