@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
-from napari_neuroseg.runtime.progress import Progress
+from napari_neuroseg.runtime.progress import Progress, relay
 
 __all__ = [
     "FineTuneProgress",
@@ -288,40 +288,36 @@ def finetune_nuclei_iter(
                               val_images=data.val_images, val_labels=data.val_labels, resume=resume, name=name)
     t_train = time.monotonic()
     live_s = 0.0
-    result = None
     first_step = None
-    try:
-        while True:
-            try:
-                item = next(gen)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            loss = getattr(item, "loss", None)
-            if loss is None:  # threshold search / done
-                yield progress(item.step, item.total, item.message, "thresholds",
-                               None if deadline is None else max(0.0, deadline - time.monotonic()))
-                continue
-            if first_step is None:
-                first_step = item.step - 1
-            curve["loss"].append((int(item.step), float(loss)))
-            if item.val_loss is not None:
-                curve["val_loss"].append((int(item.step), float(item.val_loss)))
-                spent = time.monotonic() - t_train
-                if live_f1 and live_s <= LIVE_F1_SHARE * max(spent, 1e-6) and (out / "weights.pt").is_file():
-                    t1 = time.monotonic()
-                    f1 = _live_f1(out, data, th_base, nms_backend, f1_at)
-                    live_s += time.monotonic() - t1
-                    if f1 is not None:
-                        curve["val_f1"].append((int(item.step), f1))
-            now = time.monotonic()
-            done = item.step - first_step
-            rate_eta = (now - t_train) / max(1, done) * max(0, item.total - item.step)
-            eta = rate_eta if deadline is None else min(rate_eta + reserve * 60 * float(max_minutes),
-                                                        max(0.0, deadline - now))
-            yield progress(item.step, item.total, item.message, "train", eta)
-    finally:
-        gen.close()
+
+    def train_step(item) -> FineTuneProgress:
+        """One trainer step as the job's progress: the curve grows, the live F1 is measured
+        within its share of the time, and the ETA is fitted to the budget."""
+        nonlocal live_s, first_step
+        loss = getattr(item, "loss", None)
+        if loss is None:  # threshold search / done
+            return progress(item.step, item.total, item.message, "thresholds",
+                            None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if first_step is None:
+            first_step = item.step - 1
+        curve["loss"].append((int(item.step), float(loss)))
+        if item.val_loss is not None:
+            curve["val_loss"].append((int(item.step), float(item.val_loss)))
+            spent = time.monotonic() - t_train
+            if live_f1 and live_s <= LIVE_F1_SHARE * max(spent, 1e-6) and (out / "weights.pt").is_file():
+                t1 = time.monotonic()
+                f1 = _live_f1(out, data, th_base, nms_backend, f1_at)
+                live_s += time.monotonic() - t1
+                if f1 is not None:
+                    curve["val_f1"].append((int(item.step), f1))
+        now = time.monotonic()
+        done = item.step - first_step
+        rate_eta = (now - t_train) / max(1, done) * max(0, item.total - item.step)
+        eta = rate_eta if deadline is None else min(rate_eta + reserve * 60 * float(max_minutes),
+                                                    max(0.0, deadline - now))
+        return progress(item.step, item.total, item.message, "train", eta)
+
+    result = yield from relay(gen, train_step)
     model = result.model
     model.thresholds = th_base  # kept unless the search below ends within the budget
     if optimize_thresholds:
@@ -558,40 +554,36 @@ def finetune_neurons_iter(
     gen = train_iter(settings)
     t_train = time.monotonic()
     first_step = None
-    summary = None
-    try:
-        while True:
-            try:
-                item = next(gen)
-            except StopIteration as stop:
-                summary = stop.value
-                break
-            if not str(item.message).startswith("loss"):
-                yield progress(0, 1, item.message, "setup")
-                continue
-            if log_path.is_file():
-                with log_path.open() as f:
-                    f.seek(offset)
-                    for line in f:
-                        if not line.endswith("\n"):
-                            break
-                        offset += len(line.encode())
-                        try:
-                            rec = json.loads(line)
-                        except ValueError:
-                            continue
-                        curve["loss"].append((int(rec["iteration"]), float(rec["loss"])))
-                        if isinstance(rec.get("val"), dict) and rec["val"]:
-                            curve["val_f1"].append((int(rec["iteration"]), float(np.mean(list(rec["val"].values())))))
-            if first_step is None:
-                first_step = item.step - 1
-            now = time.monotonic()
-            rate_eta = (now - t_train) / max(1, item.step - first_step) * max(0, item.total - item.step)
-            eta = rate_eta if deadline is None else min(rate_eta + reserve * 60 * float(max_minutes),
-                                                        max(0.0, deadline - now))
-            yield progress(item.step, item.total, f"step {item.step}/{item.total} {item.message}", "train", eta)
-    finally:
-        gen.close()
+
+    def train_step(item) -> FineTuneProgress:
+        """One trainer step as the job's progress: the new lines of the training log extend
+        the curve, and the ETA is fitted to the budget."""
+        nonlocal offset, first_step
+        if not str(item.message).startswith("loss"):
+            return progress(0, 1, item.message, "setup")
+        if log_path.is_file():
+            with log_path.open() as f:
+                f.seek(offset)
+                for line in f:
+                    if not line.endswith("\n"):
+                        break
+                    offset += len(line.encode())
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        continue
+                    curve["loss"].append((int(rec["iteration"]), float(rec["loss"])))
+                    if isinstance(rec.get("val"), dict) and rec["val"]:
+                        curve["val_f1"].append((int(rec["iteration"]), float(np.mean(list(rec["val"].values())))))
+        if first_step is None:
+            first_step = item.step - 1
+        now = time.monotonic()
+        rate_eta = (now - t_train) / max(1, item.step - first_step) * max(0, item.total - item.step)
+        eta = rate_eta if deadline is None else min(rate_eta + reserve * 60 * float(max_minutes),
+                                                    max(0.0, deadline - now))
+        return progress(item.step, item.total, f"step {item.step}/{item.total} {item.message}", "train", eta)
+
+    summary = yield from relay(gen, train_step)
     model_file = out / "model.pt"
     steps_done = int(summary["iterations"])
     yield progress(steps_done, steps_done, "scoring the fine-tuned model on the held-out part", "saving")
