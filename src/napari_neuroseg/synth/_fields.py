@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import numpy as np
 from scipy import ndimage as ndi
 from skimage.transform import resize
+
+from ..errors import NeurosegError
 
 
 def smooth_field(
@@ -109,3 +114,23 @@ def camera_noise(
 def to_uint16(volume: np.ndarray) -> np.ndarray:
     """Round and clip to uint16."""
     return np.clip(np.rint(volume), 0, 65535).astype(np.uint16)
+
+
+def wide_draws(
+    rng: np.random.Generator, size: tuple[float, float]
+) -> tuple[float, Callable[[float, float], float], Callable[[float, Callable[[], Any], Any], Any]]:
+    """The start of every ``randomized_wide``: check the ``size`` factor range, then return the
+    size factor ``k`` (log-uniform in ``size``, the first draw from ``rng``) and the two draw
+    helpers ``logu(a, b)`` (log-uniform in [a, b]) and ``maybe(p, draw, default)`` (``draw()``
+    with probability ``p``, else ``default``)."""
+    lo_s, hi_s = (float(v) for v in size)
+    if not 0 < lo_s <= hi_s:
+        raise NeurosegError(f"size range {size!r} is not 0 < min <= max", fix="pass e.g. (0.5, 3.0)")
+
+    def logu(a: float, b: float) -> float:
+        return float(np.exp(rng.uniform(np.log(a), np.log(b))))
+
+    def maybe(p: float, draw: Callable[[], Any], default: Any) -> Any:
+        return draw() if rng.random() < p else default
+
+    return logu(lo_s, hi_s), logu, maybe

@@ -34,7 +34,7 @@ from ._curves import (
     rasterize_tubes,
     smooth_noise_1d,
 )
-from ._fields import blur, camera_noise, illumination_field, smooth_field, to_uint16
+from ._fields import blur, camera_noise, illumination_field, smooth_field, to_uint16, wide_draws
 
 Range = tuple[float, float]
 
@@ -185,17 +185,7 @@ class NeuronSettings:
         thickness (radius × log-uniform ``size`` factor, one-voxel-thin neurites below ×1),
         clutter, colour similarity (smaller colour angles, same-colour pairs, crosstalk, channel
         bleed-through) and an acquisition grid of anisotropy 1-4 that is resampled back."""
-        lo_s, hi_s = (float(v) for v in size)
-        if not 0 < lo_s <= hi_s:
-            raise NeurosegError(f"size range {size!r} is not 0 < min <= max", fix="pass e.g. (0.5, 3.0)")
-
-        def logu(a: float, b: float) -> float:
-            return float(np.exp(rng.uniform(np.log(a), np.log(b))))
-
-        def maybe(p: float, draw, default):
-            return draw() if rng.random() < p else default
-
-        k = logu(lo_s, hi_s)
+        k, logu, maybe = wide_draws(rng, size)
         rmax = max(1.0, 3.0 * k)
         rmin = min(1.0, 1.0 * k)
         brightness = logu(150.0, 3000.0)
@@ -345,6 +335,22 @@ def _near_colour(rng: np.random.Generator, col: np.ndarray, max_angle: float, fl
 
 # ---------------------------------------------------------------------------------------------
 # geometry
+
+
+def _same_colour_pairs(rng: np.random.Generator, colours: np.ndarray, s: NeuronSettings) -> dict[int, int]:
+    """Draw ``s.same_colour_pairs`` disjoint pairs (a, b), a < b, of neuron indices; b's colour
+    (in ``colours``, changed in place) becomes one near a's. Returns ``{b: a}`` in drawing order."""
+    partner_of: dict[int, int] = {}
+    free = list(range(len(colours)))
+    for _ in range(s.same_colour_pairs):
+        if len(free) < 2:
+            break
+        a, b = sorted(int(x) for x in rng.choice(free, size=2, replace=False))
+        free.remove(a)
+        free.remove(b)
+        colours[b] = _near_colour(rng, colours[a], s.same_colour_angle, s.crosstalk)
+        partner_of[b] = a
+    return partner_of
 
 
 def _profiles(rng: np.random.Generator, n: int, r0: float, s: NeuronSettings, intensity_scale: float = 1.0):
@@ -575,18 +581,8 @@ def make_neurons(
 
     colours = _draw_colours(rng, n, s)
     # same-colour pairs (a, b) with a < b: b copies a's colour and grows next to a
-    partner_of: dict[int, int] = {}
-    pairs: list[tuple[int, int]] = []
-    free = list(range(n))
-    for _ in range(s.same_colour_pairs):
-        if len(free) < 2:
-            break
-        a, b = sorted(int(x) for x in rng.choice(free, size=2, replace=False))
-        free.remove(a)
-        free.remove(b)
-        colours[b] = _near_colour(rng, colours[a], s.same_colour_angle, s.crosstalk)
-        partner_of[b] = a
-        pairs.append((a + 1, b + 1))
+    partner_of = _same_colour_pairs(rng, colours, s)
+    pairs = [(a + 1, b + 1) for b, a in partner_of.items()]
 
     trees: list[list[Segment]] = [None] * n  # type: ignore[list-item]
     order = sorted(range(n), key=lambda i: (i in partner_of, i))  # partners grow after their pair
@@ -669,16 +665,7 @@ def render_neurons(
         inside = m > 0
         cover = inside.astype(np.float32)
     colours = _draw_colours(rng, n, s)
-    pairs: list[tuple[int, int]] = []
-    free = list(range(n))
-    for _ in range(s.same_colour_pairs):
-        if len(free) < 2:
-            break
-        a, b = sorted(int(x) for x in rng.choice(free, size=2, replace=False))
-        free.remove(a)
-        free.remove(b)
-        colours[b] = _near_colour(rng, colours[a], s.same_colour_angle, s.crosstalk)
-        pairs.append((a + 1, b + 1))
+    pairs = [(a + 1, b + 1) for b, a in _same_colour_pairs(rng, colours, s).items()]
     bright = s.brightness * np.exp(rng.normal(0, s.brightness_sigma, size=n))
     dim = rng.random(n) < s.dim_prob
     bright[dim] *= rng.uniform(*s.dim_factor, size=int(dim.sum()))

@@ -23,7 +23,7 @@ from scipy import ndimage as ndi
 
 from ..errors import NeurosegError
 from ._curves import check_shape
-from ._fields import blur, camera_noise, illumination_field, smooth_field
+from ._fields import blur, camera_noise, illumination_field, smooth_field, wide_draws
 
 Range = tuple[float, float]
 
@@ -111,17 +111,7 @@ class NucleiSettings:
         (radius × log-uniform ``size`` factor), shape, brightness profile (flat, centre-bright or
         rim-bright), chromatin texture (fine texture, clumps, foci), dim nuclei and an acquisition
         grid of another anisotropy / pixel size that is resampled back."""
-        lo_s, hi_s = (float(v) for v in size)
-        if not 0 < lo_s <= hi_s:
-            raise NeurosegError(f"size range {size!r} is not 0 < min <= max", fix="pass e.g. (0.5, 3.0)")
-
-        def logu(a: float, b: float) -> float:
-            return float(np.exp(rng.uniform(np.log(a), np.log(b))))
-
-        def maybe(p: float, draw, default):
-            return draw() if rng.random() < p else default
-
-        k = logu(lo_s, hi_s)
+        k, logu, maybe = wide_draws(rng, size)
         r_lo = float(rng.uniform(0.6, 0.85))
         radius = (self.radius[1] * k * r_lo, self.radius[1] * k)
         profile = rng.choice(3, p=[0.3, 0.3, 0.4])  # flat, centre-bright, rim-bright
