@@ -28,12 +28,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _finetune_runs import load_results, neuroseg, start_training  # noqa: E402
 
 #: the family's channel cross-talk: output channel i = sum_j MIX[i, j] * input channel j
 MIX = np.array([[0.10, 0.85, 0.30],
@@ -111,14 +112,6 @@ def avf1(gt_zarr: Path, pred_path: Path) -> float:
     return float(evaluate(gt, np.asarray(read_labels(pred_path)))["avF1"])
 
 
-def neuroseg(*args: str) -> str:
-    cmd = [sys.executable, "-m", "napari_neuroseg.cli", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        raise SystemExit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r.stdout
-
-
 def score_model(model: str, files: dict, work: Path, tag: str, threads: int | None) -> dict:
     per = {}
     for t in files["test"]:
@@ -143,31 +136,22 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("NEUROSEG_MODELS_DIR", str(work / "registry"))
     files = make_family(work)
-    results_file = work / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.exists() else {}
-
-    def save():
-        results_file.write_text(json.dumps(results, indent=1))
+    results, save = load_results(work)
 
     if "shipped" not in results:
         results["shipped"] = score_model("neuroseg_neurons", files, work, "shipped", a.threads)
         save()
     print(f"shipped neuroseg_neurons: avF1 {results['shipped']['avF1']:.3f} {results['shipped']['per_volume']}")
-    procs = {}
+    runs = {}
     for minutes in a.minutes:  # the training runs, at the same time (--parallel) or one by one
         out = work / f"ft_{minutes:g}min{a.tag}"
         if f"fine-tuned {minutes:g} min{a.tag}" in results or (out / "model.pt").is_file():
             continue
-        cmd = [sys.executable, "-m", "napari_neuroseg.cli", "train", "neurons", "--init-from", "neuroseg_neurons",
-               "--data", str(files["train_dir"]), "--max-minutes", f"{minutes:g}", "-o", str(out), *a.extra]
-        log = open(work / f"ft_{minutes:g}min{a.tag}.log", "w")  # noqa: SIM115 - handed to the child process
-        procs[minutes] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), time.perf_counter(), out)
-        if not a.parallel:
-            procs[minutes][0].wait()
-    for minutes, (proc, t, out) in procs.items():
-        if proc.wait() != 0:
-            raise SystemExit(f"training failed: see {work / f'ft_{minutes:g}min{a.tag}.log'}")
-        (out / "wall_s").write_text(str(time.perf_counter() - t))
+        runs[out] = start_training(
+            ["neurons", "--init-from", "neuroseg_neurons", "--data", str(files["train_dir"]), "--max-minutes",
+             f"{minutes:g}", "-o", str(out), *a.extra], work / f"ft_{minutes:g}min{a.tag}.log", parallel=a.parallel)
+    for out, run in runs.items():
+        (out / "wall_s").write_text(str(run.wait()))
     for minutes in a.minutes:
         key = f"fine-tuned {minutes:g} min{a.tag}"
         out = work / f"ft_{minutes:g}min{a.tag}"

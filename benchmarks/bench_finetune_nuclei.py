@@ -25,10 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _finetune_runs import TrainingRun, load_results, neuroseg, start_training  # noqa: E402
 
 DATA = Path("/work/shared/real_nuclei")
 
@@ -77,14 +78,6 @@ def f1(pred_path: Path, gt_path: Path, cut_rule: bool = False, axis: int = 2, pl
     return float(m.f1), int(m.n_true), int(m.n_pred)
 
 
-def neuroseg(*args: str) -> str:
-    cmd = [sys.executable, "-m", "napari_neuroseg.cli", *args]
-    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        raise SystemExit(f"failed ({r.returncode}): {' '.join(cmd)}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r.stdout
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, nargs="+", default=[2, 5, 10])
@@ -100,11 +93,7 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("NEUROSEG_MODELS_DIR", str(work / "registry"))
     files = split_volume(work, a.cut, a.axis, a.train_side)
-    results_file = work / "results.json"
-    results = json.loads(results_file.read_text()) if results_file.exists() else {}
-
-    def save():
-        results_file.write_text(json.dumps(results, indent=1))
+    results, save = load_results(work)
 
     for name, flags in (("shipped, voxel size from metadata", []), ("shipped, --no-rescale", ["--no-rescale"])):
         if name not in results:
@@ -116,27 +105,20 @@ def main(argv=None) -> int:
         print(f"{name}: F1@0.5 {results[name]['f1']:.3f}", flush=True)
 
     todo = [m for m in a.minutes if f"fine-tuned {m:g} min" not in results]
-    runs = {}
+    runs: dict[float, TrainingRun | None] = {}
     for minutes in todo:  # all runs at once (--parallel) or one after the other
         out = work / f"ft_{minutes:g}min"
         if (out / "finetune.json").is_file():  # trained before, not scored yet
-            runs[minutes] = (None, None, float("nan"), out)
+            runs[minutes] = None
             continue
-        cmd = [sys.executable, "-m", "napari_neuroseg.cli", "train", "nuclei", "--init-from", "neuroseg_nuclei",
-               "--images", str(files["train_raw"]), "--labels", str(files["train_labels"]),
-               "--max-minutes", f"{minutes:g}", "-o", str(out), "--name", f"bench_ft_{minutes:g}min", *a.extra]
-        log = open(work / f"ft_{minutes:g}min.log", "w")  # noqa: SIM115 - handed to the child process
-        runs[minutes] = (subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT), time.perf_counter(),
-                         os.getloadavg()[0], out)
-        if not a.parallel:
-            runs[minutes][0].wait()
-    for minutes, (proc, t, load0, out) in runs.items():
-        if proc is None:
-            continue
-        if proc.wait() != 0:
-            raise SystemExit(f"training for {minutes:g} min failed: see {work / f'ft_{minutes:g}min.log'}")
-        runs[minutes] = (proc, time.perf_counter() - t, load0, out)
-    for minutes, (proc, wall, load0, out) in runs.items():
+        runs[minutes] = start_training(
+            ["nuclei", "--init-from", "neuroseg_nuclei", "--images", str(files["train_raw"]), "--labels",
+             str(files["train_labels"]), "--max-minutes", f"{minutes:g}", "-o", str(out), "--name",
+             f"bench_ft_{minutes:g}min", *a.extra], work / f"ft_{minutes:g}min.log", parallel=a.parallel)
+    walls = {minutes: None if run is None else run.wait() for minutes, run in runs.items()}
+    for minutes, run in runs.items():
+        out, wall = work / f"ft_{minutes:g}min", walls[minutes]
+        load0 = float("nan") if run is None else run.load_avg_start
         key = f"fine-tuned {minutes:g} min"
         info = json.loads((out / "finetune.json").read_text())
         pred = work / f"pred_ft_{minutes:g}min.tif"
