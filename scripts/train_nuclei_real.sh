@@ -147,7 +147,8 @@ def show(p):
 
 
 t = time.perf_counter()
-res = train(images, labels, base.config_dict(), out_dir=run, settings=settings, callback=show)
+res = train(images, labels, base.config_dict(), out_dir=run, settings=settings, val_images=val_images,
+            val_labels=val_labels, callback=show)
 log(f"trained {res.step} steps in {(time.perf_counter() - t) / 60:.1f} min; thresholds {res.thresholds}, "
     f"validation mean F1 {res.val_f1}")
 (run / "xsplit.json").write_text(json.dumps(test_scores(res.model, log), indent=1))

@@ -101,6 +101,30 @@ def test_patch_sampler_is_foreground_biased():
     assert x.shape == (1, 8, 32, 32) and y.shape == (8, 32, 32)
 
 
+def test_patch_sampler_draws_volumes_by_mixing_weights():
+    """A small annotated volume among large synthetic ones gets the share mix_weights gives it,
+    not its share of the voxels; bad weights are refused."""
+    from napari_neuroseg.models.stardist3d.training.data import mix_weights
+
+    small = np.ones((8, 16, 16), np.int32)
+    big = [np.ones((16, 64, 64), np.int32)] * 3
+    w = mix_weights([small], big, 0.5)
+    assert w[0] == pytest.approx(0.5) and w[1:] == pytest.approx([1 / 6] * 3)
+    images = [np.full((1,) + small.shape, 7.0, np.float32)] + [np.zeros((1,) + b.shape, np.float32) for b in big]
+    rng = np.random.default_rng(0)
+    by_size = PatchSampler(images, [small] + big, (8, 16, 16))
+    mixed = PatchSampler(images, [small] + big, (8, 16, 16), weights=w)
+
+    def share(sampler):  # the fraction of patches from the small volume
+        return np.mean([sampler.sample(rng)[0].max() == 7.0 for _ in range(1000)])
+
+    assert share(by_size) < 0.05 and 0.44 < share(mixed) < 0.56
+    with pytest.raises(NeurosegError, match="sampling weights"):
+        PatchSampler(images, [small] + big, (8, 16, 16), weights=[1.0, 0.0])
+    with pytest.raises(NeurosegError, match="outside"):
+        mix_weights([small], big, 1.5)
+
+
 def test_losses_match_stardist_formulas():
     import torch
 

@@ -47,6 +47,11 @@ def add_nuclei_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--synthetic-randomize", type=float, default=0.0, metavar="FRACTION",
                       help="this fraction (0-1) of the synthetic volumes gets the wide domain randomisation "
                            "(NucleiSettings.randomized_wide; docs/synth.md)")
+    data.add_argument("--synthetic-share", type=float, default=0.5, metavar="FRACTION",
+                      help="fine-tuning (--init-from) with --images and --synthetic N: this fraction of the "
+                           "training patches comes from the synthetic volumes, the rest from the annotated ones, "
+                           "so the model keeps what it knows while it learns your data (default %(default)s); "
+                           "the synthetic volumes are used at the base model's scale as generated")
     data.add_argument("--val-fraction", type=float, default=d.val_fraction,
                       help="fraction of volumes held out (training from scratch on several volumes)")
     data.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
@@ -140,6 +145,8 @@ def run_nuclei(args: argparse.Namespace) -> int:
         )
     if not image_paths and args.synthetic <= 0:
         raise NeurosegError("no training data", fix="give --images/--labels or --synthetic N")
+    if not 0.0 <= getattr(args, "synthetic_share", 0.5) <= 1.0:
+        raise NeurosegError(f"--synthetic-share {args.synthetic_share} is outside [0, 1]", fix="pass e.g. 0.5")
     # the network and the patches are checked against the free memory before any data is read
     config = default_config(
         n_rays=args.n_rays, grid=args.grid, anisotropy=args.anisotropy, backbone=args.backbone,
@@ -152,18 +159,21 @@ def run_nuclei(args: argparse.Namespace) -> int:
     clock = budget_clock(getattr(args, "budget_clock", "wall"))
     t_start = clock()
     base = _finetune_base(args.init_from) if args.init_from else None
+    if base is not None and args.synthetic > 0 and not image_paths:
+        raise NeurosegError("fine-tuning needs annotated volumes: --synthetic only mixes synthetic volumes in",
+                            fix="give --images/--labels with --init-from, or train from scratch without --init-from")
     images, labels, voxel_sizes = _read_training_pairs(image_paths, label_paths, args)
-    if args.synthetic > 0:
-        xs, ys = _synthetic_data(args)
-        images, labels, voxel_sizes = images + xs, labels + ys, voxel_sizes + [None] * len(xs)
+    synthetic = _synthetic_data(args) if args.synthetic > 0 else ([], [])
+    if base is None and args.synthetic > 0:
+        images, labels, voxel_sizes = images + synthetic[0], labels + synthetic[1], voxel_sizes + [None] * args.synthetic
     log_every = max(1, int(args.log_every))
     show = ProgressPrinter(stream=sys.stdout, in_place=False, one_per_step=False, fmt=lambda p: p.message,
                            when=lambda p: p.step % log_every == 0 or "val" in p.message
                            or not p.message.startswith("step"))
 
     if base is not None:
-        return _finetune(args, base, images, labels, voxel_sizes, image_paths + [None] * args.synthetic,
-                         label_paths, settings, show, t_start, clock)
+        return _finetune(args, base, images, labels, voxel_sizes, image_paths, label_paths, settings, show,
+                         t_start, clock, synthetic=synthetic)
     return _train_from_scratch(args, config, images, labels, voxel_sizes, settings, show)
 
 
@@ -290,15 +300,14 @@ def _read_pairs(image_paths, label_paths, args):
 
 
 def _finetune(args, base, images, labels, voxel_sizes, image_paths, label_paths, settings, show,
-              t_start: float, clock=time.monotonic) -> int:
+              t_start: float, clock=time.monotonic, synthetic=([], [])) -> int:
     """``neuroseg train nuclei --init-from MODEL``: train at the base model's scale, hold out a
-    slab for validation, choose thresholds there, write a model card and register the model."""
+    slab for validation, choose thresholds there, write a model card and register the model.
+    ``synthetic`` (``--synthetic N``): volumes mixed in (:func:`_mix_synthetic`)."""
     from napari_neuroseg.errors import NeurosegError
     from napari_neuroseg.models.stardist3d.train import FINETUNE_END_RESERVE, quick_nms_backend, train
     from napari_neuroseg.models.stardist3d.training.finetune import f1_at, fit_patch_size, prepare_finetune_data
 
-    if args.synthetic > 0:
-        raise NeurosegError("fine-tuning uses your annotated volumes only", fix="drop --synthetic with --init-from")
     if args.threads:
         import torch
 
@@ -314,7 +323,10 @@ def _finetune(args, base, images, labels, voxel_sizes, image_paths, label_paths,
         settings.patch_size = fit_patch_size([y.shape for y in data.labels], base.config.divisor)
     settings.model_scale = None if base.scale is None else base.scale.to_dict()
     settings.nms_backend = nms_backend = quick_nms_backend()
-    f1_before = f1_at(base, data.val_images, data.val_labels, nms=nms_backend)
+    real_val = (list(data.val_images), list(data.val_labels))  # the scores before/after: the annotated part
+    if synthetic[0]:
+        _mix_synthetic(args, data, synthetic, settings)
+    f1_before = f1_at(base, *real_val, nms=nms_backend)
     if settings.max_minutes is not None:
         total = float(settings.max_minutes)
         used = (clock() - t_start) / 60.0
@@ -327,7 +339,7 @@ def _finetune(args, base, images, labels, voxel_sizes, image_paths, label_paths,
     out = Path(args.output)
     result = train(data.images, data.labels, base.config_dict(), out_dir=out, settings=settings,
                    val_images=data.val_images, val_labels=data.val_labels, resume=args.resume, callback=show)
-    f1_after = f1_at(result.model, data.val_images, data.val_labels, nms=nms_backend)
+    f1_after = f1_at(result.model, *real_val, nms=nms_backend)
     info = _finetune_info(args, out, image_paths, label_paths, data, result, settings,
                           separate_val=val_x is not None, f1=(f1_before, f1_after),
                           minutes=(clock() - t_start) / 60.0)
@@ -339,6 +351,30 @@ def _finetune(args, base, images, labels, voxel_sizes, image_paths, label_paths,
     th = result.model.thresholds
     print(f"saved {out} (thresholds prob {th.prob:.3f}, nms {th.nms:g})")
     return 0
+
+
+def _mix_synthetic(args, data, synthetic, settings) -> None:
+    """Add the ``--synthetic`` volumes to a fine-tuning run: ``--val-fraction`` of them (at least
+    one when there are two or more) join the validation volumes, the rest the training volumes, and
+    ``--synthetic-share`` of the patches are drawn from the synthetic training volumes
+    (``TrainSettings.sample_weights``, ``training.data.mix_weights``)."""
+    import numpy as np
+
+    from napari_neuroseg.models.stardist3d.train import _split
+    from napari_neuroseg.models.stardist3d.training.data import mix_weights
+
+    xs, ys = synthetic
+    tr, va = _split(len(xs), args.val_fraction, np.random.default_rng(args.seed))
+    share = float(args.synthetic_share)
+    n_real = len(data.labels)
+    data.images += [xs[i] for i in tr]
+    data.labels += [ys[i] for i in tr]
+    data.val_images += [xs[i] for i in va]
+    data.val_labels += [ys[i] for i in va]
+    settings.sample_weights = tuple(mix_weights(data.labels[:n_real], data.labels[n_real:], 1.0 - share))
+    data.notes.append(f"{len(xs)} synthetic volumes mixed in (seeds {args.synthetic_seed}.."
+                      f"{args.synthetic_seed + len(xs) - 1}): {len(tr)} trained on ({share:.0%} of the patches), "
+                      f"{len(va)} added to the validation volumes")
 
 
 def _finetune_info(args, out: Path, image_paths, label_paths, data, result, settings, *, separate_val: bool,

@@ -115,6 +115,10 @@ class TrainSettings:
     score_probs: tuple[float, ...] = (0.3, 0.4, 0.5, 0.6, 0.7)
     # stop after this many scored validations without a better score (0: never stop early)
     patience: int = 0
+    # how often each training volume is drawn for a patch (one weight per volume given to train();
+    # when validation volumes are split off here, the weights of the rest count); None: by size.
+    # training.data.mix_weights makes them for annotated volumes mixed with synthetic ones
+    sample_weights: tuple[float, ...] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
@@ -397,8 +401,13 @@ def _training_data(images, labels, val_images, val_labels, s: TrainSettings, con
     check_patch_budget(s.patch_size, s.batch_size, config, [x.shape for x in images])
 
     rng = np.random.default_rng(s.seed)
+    if s.sample_weights is not None and len(s.sample_weights) != len(images):
+        raise NeurosegError(f"{len(s.sample_weights)} sampling weights for {len(images)} training volumes",
+                            fix="give one weight per training volume (or none: sampling by size)")
     if val_images is None:
         tr_idx, va_idx = _split(len(images), s.val_fraction, rng)
+        if s.sample_weights is not None:  # the weights of the volumes left for training
+            s.sample_weights = tuple(float(s.sample_weights[i]) for i in tr_idx)
         val_images = [images[i] for i in va_idx]
         val_labels = [labels[i] for i in va_idx]
         images = [images[i] for i in tr_idx]
@@ -536,7 +545,7 @@ def train_iter(
 
     rays = model.rays
     on_device = device.type == "cuda" if s.targets_on_device is None else bool(s.targets_on_device)
-    sampler = PatchSampler(x_tr, y_tr, s.patch_size, s.foreground_prob)
+    sampler = PatchSampler(x_tr, y_tr, s.patch_size, s.foreground_prob, weights=s.sample_weights)
     maker = _BatchMaker(sampler, rays, config.grid, config.anisotropy, s, labels_only=on_device)
 
     val_batches = _validation_batches(x_va, y_va, s, rays, config, device if on_device else None)
