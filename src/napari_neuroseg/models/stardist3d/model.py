@@ -522,9 +522,21 @@ class StarDist3D:
         nms: str = "neuroseg",
         tta: bool = False,
     ) -> Generator[Progress, None, tuple]:
-        """Generator form of :meth:`predict_instances`: yields a :class:`Progress` per tile and
-        while NMS/rendering run (in the worker process), returns ``(labels, details)`` (plus
-        ``(prob, dist)`` if ``return_predict``).
+        """Segment nuclei, yielding a :class:`Progress` per tile and while NMS/rendering run;
+        returns ``(labels int32 (Z, Y, X), details)`` (plus ``(prob, dist)`` if
+        ``return_predict``). :meth:`predict_instances` runs it to completion.
+
+        ``normalize``: percentile normalisation (``percentiles``; None: the model's
+        :attr:`percentiles`, 1 and 99.8 unless its package says otherwise) first;
+        thresholds and ``border`` (grid voxels at the volume's edge without object centres,
+        stardist's 2) default to the model's; ``n_tiles=None`` picks tiles from the free (GPU or
+        CPU) memory and retries with more tiles after an out-of-memory error. ``nms``: the NMS and
+        rendering backend, ``"neuroseg"`` (own numba code; runs in this thread, not holding the
+        GIL) or ``"stardist"`` (the package's C++, the reference; runs in the worker process as it
+        holds the GIL); ``use_subprocess=True`` runs either in the worker process, ``False`` here.
+        ``details`` has the kept ``points``, ``prob``, ``dist`` and the rays'
+        ``rays_vertices``/``rays_faces``. ``tta``: flip averaging of the network outputs over the 8
+        flips of Z/Y/X (:meth:`make_forward`; 8× the network time, off by default).
 
         Physical scale (:mod:`napari_neuroseg.runtime.scale`): with ``voxel_size`` (Z, Y, X µm),
         ``object_size`` (``"3.2 um"``, ``"25 vox"``, ``"auto"``) or explicit ``scale_factors`` the
@@ -635,45 +647,9 @@ class StarDist3D:
             return labels, details, (dense[0][0], np.moveaxis(np.maximum(dense[1], np.float32(1e-3)), 0, -1))
         return labels, details
 
-    def predict_instances(
-        self,
-        image: np.ndarray,
-        *,
-        normalize: bool = True,
-        prob_thresh: float | None = None,
-        nms_thresh: float | None = None,
-        n_tiles: int | Sequence[int] | None = None,
-        percentiles: tuple[float, float] | None = None,
-        channel_axis: int | None = None,
-        use_subprocess: bool | None = None,
-        return_predict: bool = False,
-        border: int | None = None,
-        voxel_size: Sequence[float] | None = None,
-        object_size: Any = None,
-        scale_factors: Sequence[float] | None = None,
-        nms: str = "neuroseg",
-        tta: bool = False,
-    ):
-        """Segment nuclei: ``(labels int32 (Z, Y, X), details)``.
-
-        ``normalize``: percentile normalisation (``percentiles``; None: the model's
-        :attr:`percentiles`, 1 and 99.8 unless its package says otherwise) first;
-        thresholds and ``border`` (grid voxels at the volume's edge without object centres,
-        stardist's 2) default to the model's; ``n_tiles=None`` picks tiles from the free (GPU or
-        CPU) memory and retries with more tiles after an out-of-memory error. ``nms``: the NMS and
-        rendering backend, ``"neuroseg"`` (own numba code; runs in this thread, not holding the
-        GIL) or ``"stardist"`` (the package's C++, the reference; runs in the worker process as it
-        holds the GIL); ``use_subprocess=True`` runs either in the worker process, ``False`` here.
-        ``details`` has the kept ``points``, ``prob``, ``dist`` and the rays'
-        ``rays_vertices``/``rays_faces``. ``tta``: flip averaging of the network outputs over the 8
-        flips of Z/Y/X (:meth:`make_forward`; 8× the network time, off by default).
-        """
-        return run_to_completion(
-            self.predict_instances_iter(
-                image, normalize=normalize, prob_thresh=prob_thresh, nms_thresh=nms_thresh, n_tiles=n_tiles,
-                percentiles=percentiles, channel_axis=channel_axis, use_subprocess=use_subprocess,
-                return_predict=return_predict, border=border, voxel_size=voxel_size, object_size=object_size,
-                scale_factors=scale_factors, nms=nms, tta=tta,
-            )
-        )
+    def predict_instances(self, image: np.ndarray, **options: Any):
+        """Segment nuclei: ``(labels int32 (Z, Y, X), details)`` (plus ``(prob, dist)`` with
+        ``return_predict``): :meth:`predict_instances_iter` run to completion, with the same
+        keyword options."""
+        return run_to_completion(self.predict_instances_iter(image, **options))
 
