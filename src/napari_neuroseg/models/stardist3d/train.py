@@ -482,10 +482,277 @@ def _validation_batches(x_va, y_va, s: TrainSettings, rays, config, target_devic
     return val_batches
 
 
-# train_iter is longer than 80 lines on purpose: one generator owns the mutable training state
-# (best weights/loss/score, staleness, history, last save) that the step loop and its validate,
-# score and checkpoint closures share; data, starting state and validation patches are the named
-# steps above. The next split (a small run-state object) waits for the fine-tuning changes to settle.
+class _TrainRun:
+    """One training run: the state the steps share (settings, model, optimiser, best weights,
+    loss and score, staleness, history, last save) and the named steps :func:`train_iter` runs:
+    set-up (here), :meth:`batches`, :meth:`train_step`, :meth:`validate`, :meth:`checkpoint`,
+    :meth:`stop_training` and :meth:`finish`."""
+
+    def __init__(self, images, labels, config, *, out_dir, settings, val_images, val_labels, resume, name):
+        import numpy as np
+        import torch
+
+        from napari_neuroseg.models.stardist3d.config import StarDistConfig, Thresholds
+        from napari_neuroseg.models.stardist3d.model import StarDist3D
+        from napari_neuroseg.models.stardist3d.training.data import PatchSampler
+        from napari_neuroseg.runtime.budget import TimeBudget
+        from napari_neuroseg.runtime.device import select_device
+
+        s = self.s = replace(settings) if settings is not None else TrainSettings()  # a copy: a budget may shorten it
+        config = config or default_config()
+        if isinstance(config, dict):
+            config = StarDistConfig.from_dict(config)
+        self.config = config
+        if s.threads:
+            torch.set_num_threads(int(s.threads))
+        self.x_tr, self.y_tr, self.x_va, self.y_va = _training_data(images, labels, val_images, val_labels, s, config)
+
+        self.device = device = select_device(s.device)
+        out = self.out = None if out_dir is None else Path(out_dir)
+        self.ckpt_path = None if out is None else out / CHECKPOINT
+        config.extra.update(
+            {
+                "train_patch_size": list(s.patch_size),
+                "train_loss_weights": list(s.loss_weights),
+                "train_background_reg": s.background_reg,
+                "train_foreground_only": s.foreground_prob,
+                "train_learning_rate": s.learning_rate,
+                "train_batch_size": s.batch_size,
+            }
+        )
+        torch.manual_seed(s.seed)  # reproducible initial weights
+        self.model = StarDist3D(config, Thresholds(), name=name or (out.name if out else "stardist3d"), path=out,
+                                device=str(device))
+        net = self.net = self.model.net
+        self.frozen = _freeze(net, s.freeze)
+        self.opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=s.learning_rate)
+        self.start, self.history, self.best_val, self.best_state, self.best_score, self.stale = _starting_state(
+            self.model, self.opt, s, config, self.ckpt_path if resume else None, out, resume)
+
+        self.rays = self.model.rays
+        self.on_device = device.type == "cuda" if s.targets_on_device is None else bool(s.targets_on_device)
+        sampler = PatchSampler(self.x_tr, self.y_tr, s.patch_size, s.foreground_prob, weights=s.sample_weights)
+        self.maker = _BatchMaker(sampler, self.rays, config.grid, config.anisotropy, s, labels_only=self.on_device)
+        self.val_batches = _validation_batches(self.x_va, self.y_va, s, self.rays, config,
+                                               device if self.on_device else None)
+        # channels-last 3D on CPU: oneDNN's convolution backward is ~10x faster than with the
+        # default layout (measured: 0.15 s vs 1.7 s for an 8-channel 3³ conv on 2×16×64×64)
+        self.fmt = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
+        net.to(memory_format=self.fmt)
+        self.val_raw = [np.asarray(x) for x in self.x_va]  # normalised (C, Z, Y, X) held-out volumes
+        self.score_every = int(s.score_every) or int(s.val_every)
+        self.budget = TimeBudget(s.max_minutes, self.start, s.steps, clock=budget_clock(s.budget_clock))
+        self.total = self._total()
+        net.train()
+        self.t0 = time.perf_counter()
+        self.last_saved = self.start
+
+    def _total(self) -> int:
+        """Progress steps: the training steps and, with a threshold search, one more."""
+        return self.s.steps + (1 if self.s.optimize_thresholds and self.x_va else 0)
+
+    # ------------------------------------------------------------------ data
+    def batches(self):
+        """The training batches of steps ``start+1 .. steps`` (made ahead by ``workers``)."""
+        return _BatchStream(self.maker, self.start, self.s.steps, self.s.workers)
+
+    def to_t(self, a, image: bool = False):
+        import numpy as np
+        import torch
+
+        t = a.to(self.device) if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+        return t.contiguous(memory_format=self.fmt) if image else t
+
+    def dist_targets(self, db):
+        """The batch's (B, n_rays, Z', Y', X') distance targets: given, or (``on_device``)
+        computed from its label patches on the training device."""
+        if not self.on_device:
+            return self.to_t(db)
+        from napari_neuroseg.models.stardist3d.training.star_dist_torch import star_dist3d_torch
+
+        return star_dist3d_torch(self.to_t(db), self.rays, self.config.grid,
+                                 device=self.device).permute(0, 4, 1, 2, 3).contiguous()
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self, k: int, batch) -> tuple[int, dict, dict]:
+        """One optimisation step on batch ``k``: ``(step, record, loss parts)``; the time budget
+        may shorten the run (``s.steps``) here."""
+        from napari_neuroseg.errors import NeurosegError
+        from napari_neuroseg.models.stardist3d.training.losses import stardist_loss
+
+        s, opt = self.s, self.opt
+        xb, pb, db = batch
+        lr = _lr_at(k, s)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        pp, dd = self.net(self.to_t(xb, True))
+        loss, parts = stardist_loss(pp, dd, self.to_t(pb), self.dist_targets(db), s.loss_weights, s.background_reg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if not math.isfinite(parts["loss"]):
+            raise NeurosegError(f"the loss became {parts['loss']} at step {k + 1}", fix="lower the learning rate")
+        step = k + 1
+        if self.budget.after_step(step) != s.steps:
+            s.steps = self.budget.total
+            self.total = self._total()
+        return step, {"step": step, "lr": lr, **parts, "time": time.perf_counter() - self.t0}, parts
+
+    # ------------------------------------------------------------------ validation
+    def validation_loss(self) -> float | None:
+        """The mean loss on the fixed validation patches, None without held-out volumes."""
+        import torch
+
+        from napari_neuroseg.models.stardist3d.training.losses import stardist_loss
+
+        if not self.val_batches:
+            return None
+        s, net = self.s, self.net
+        net.eval()
+        tot = 0.0
+        with torch.no_grad():
+            for x, p, d in self.val_batches:
+                pp, dd = net(self.to_t(x, True))
+                tot += stardist_loss(pp, dd, self.to_t(p), self.to_t(d), s.loss_weights, s.background_reg)[1]["loss"]
+        net.train()
+        return tot / len(self.val_batches)
+
+    def heldout_score(self) -> float | None:
+        """The held-out segmentation score (select_by="score"), None without held-out volumes."""
+        if not self.val_raw:
+            return None
+        from napari_neuroseg.models.stardist3d.training.finetune import heldout_score
+
+        self.net.eval()
+        try:
+            return heldout_score(self.model, self.val_raw, self.y_va, nms=self.s.nms_backend,
+                                 probs=self.s.score_probs)[0]
+        finally:
+            self.net.train()
+
+    def validate(self, step: int, rec: dict) -> bool:
+        """The validation loss (every ``val_every`` steps) and the held-out score (``select_by``
+        "score", every ``score_every``) into ``rec``, keeping the best weights; True when the
+        score has not improved for ``patience`` checks (stop early)."""
+        s = self.s
+        if step % s.val_every == 0 or step == s.steps:
+            v = self.validation_loss()
+            if v is not None:
+                rec["val_loss"] = v
+                if s.select_by != "score" and v < self.best_val:
+                    self.best_val, self.best_state = v, _state_cpu(self.net)
+        if s.select_by == "score" and (step % self.score_every == 0 or step == s.steps):
+            sc = self.heldout_score()
+            if sc is not None:
+                rec["val_score"] = sc
+                v = rec.get("val_loss", math.inf)
+                # a better score, or as good with a lower validation loss
+                if sc > self.best_score + 1e-9 or (abs(sc - self.best_score) <= 1e-9 and v < self.best_val):
+                    self.stale = 0 if sc > self.best_score + 1e-9 else self.stale + 1
+                    self.best_score, self.best_val, self.best_state = sc, min(v, self.best_val), _state_cpu(self.net)
+                else:
+                    self.stale += 1
+                if s.patience and self.stale >= s.patience and step < s.steps:
+                    return True
+        return False
+
+    def end_at(self, step: int) -> None:
+        """End the run after ``step`` (early stop)."""
+        self.s.steps = step
+        self.total = self._total()
+
+    def step_progress(self, step: int, rec: dict, parts: dict, stop_early: bool) -> TrainProgress:
+        s = self.s
+        msg = f"step {step}/{s.steps} loss {parts['loss']:.4f} (prob {parts['prob_loss']:.4f}, dist {parts['dist_loss']:.3f})"
+        if "val_loss" in rec:
+            msg += f" val {rec['val_loss']:.4f}"
+        if "val_score" in rec:
+            msg += f" score {rec['val_score']:.3f}"
+        if stop_early:
+            msg += f" (no better held-out score in {self.stale} checks: stopping)"
+        return TrainProgress(step, self.total, msg, loss=float(parts["loss"]), val_loss=rec.get("val_loss"),
+                             val_score=rec.get("val_score"), lr=float(rec["lr"]), seconds=float(rec["time"]))
+
+    # ------------------------------------------------------------------ saving
+    def checkpoint(self, step: int) -> None:
+        """``checkpoint.pt`` (everything a resume needs), the model files and training.json."""
+        import torch
+
+        from napari_neuroseg.errors import NeurosegError
+        from napari_neuroseg.io.atomic import atomic_write_file
+
+        out = self.out
+        if out is None:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        blob = {
+            "format": CHECKPOINT_FORMAT,
+            "step": step,
+            "state_dict": _state_cpu(self.net),
+            "optimizer": self.opt.state_dict(),
+            "best_val": self.best_val,
+            "best_state": self.best_state,
+            "best_score": self.best_score,
+            "stale": self.stale,
+            "history": self.history,
+            "config": json.loads(json.dumps(self.model.config_dict())),
+            "settings": json.loads(json.dumps(self.s.to_dict())),
+        }
+        try:
+            atomic_write_file(self.ckpt_path, lambda fh: torch.save(blob, fh), fsync=False)
+            _save_model_files(self.model, out)
+            _write_history(out, self.history, self.s, self.model, None)
+        except (OSError, NeurosegError) as err:
+            cause = _failed_save(err)
+            if cause is None:
+                raise
+            raise _save_error(cause, out, step, self.last_saved) from cause
+
+    # ------------------------------------------------------------------ the end
+    def stop_training(self) -> None:
+        """The network back in evaluation mode, default memory layout, nothing frozen."""
+        import torch
+
+        self.net.eval()
+        self.net.to(memory_format=torch.contiguous_format)
+        for p in self.frozen:
+            p.requires_grad_(True)
+
+    def finish(self) -> Generator:
+        """The best weights (``keep_best``), the threshold search, the last save: yields its
+        progress and returns the :class:`TrainResult`."""
+        from napari_neuroseg.errors import NeurosegError
+        from napari_neuroseg.models.stardist3d.training.thresholds import optimize_thresholds_iter
+        from napari_neuroseg.runtime.progress import Progress
+
+        s, model, out, total = self.s, self.model, self.out, self.total
+        result = TrainResult(model=model, history=self.history, out_dir=out, step=s.steps)
+        if s.keep_best and self.best_state is not None:
+            model.load_weights(self.best_state, self.ckpt_path or Path("best weights"))
+        if s.optimize_thresholds and self.x_va:
+            gen = optimize_thresholds_iter(
+                model, self.x_va, self.y_va, nms_threshs=s.nms_threshs, iou_threshs=s.iou_threshs,
+                borders=s.borders, nms=s.nms_backend,
+            )
+            th, f1, th_hist = yield from relay(gen, lambda p: Progress(s.steps, total, f"thresholds: {p.message}"))
+            model.thresholds = th
+            result.thresholds, result.val_f1 = th, f1
+            result.val_scores = {"mean_f1": f1, "search": {k: [list(t) for t in v] for k, v in th_hist.items()}}
+        else:
+            result.thresholds = model.thresholds
+        if out is not None and (self.last_saved != s.steps or s.keep_best or s.optimize_thresholds):
+            self.checkpoint(s.steps)
+            try:
+                _write_history(out, self.history, s, model, result.val_scores)
+            except (OSError, NeurosegError) as err:
+                cause = _failed_save(err)
+                if cause is None:
+                    raise
+                raise _save_error(cause, out, s.steps, s.steps) from cause
+        yield Progress(total, total, "done")
+        return result
+
+
 def train_iter(
     images: Sequence,
     labels: Sequence,
@@ -501,223 +768,28 @@ def train_iter(
     """Generator form of :func:`train`: yields :class:`~napari_neuroseg.runtime.progress.Progress`
     once per step (and during validation / threshold optimisation), returns a :class:`TrainResult`.
     Closing it early (cancel) leaves the last checkpoint in ``out_dir``."""
-    import numpy as np
-    import torch
-
-    from napari_neuroseg.errors import NeurosegError
-    from napari_neuroseg.models.stardist3d.config import StarDistConfig, Thresholds
-    from napari_neuroseg.models.stardist3d.model import StarDist3D
-    from napari_neuroseg.models.stardist3d.training.data import PatchSampler
-    from napari_neuroseg.models.stardist3d.training.losses import stardist_loss
-    from napari_neuroseg.models.stardist3d.training.thresholds import optimize_thresholds_iter
-    from napari_neuroseg.io.atomic import atomic_write_file
-    from napari_neuroseg.runtime.device import select_device
-    from napari_neuroseg.runtime.progress import Progress
-
-    s = replace(settings) if settings is not None else TrainSettings()  # a copy: a time budget may shorten it
-    config = config or default_config()
-    if isinstance(config, dict):
-        config = StarDistConfig.from_dict(config)
-    if s.threads:
-        torch.set_num_threads(int(s.threads))
-    x_tr, y_tr, x_va, y_va = _training_data(images, labels, val_images, val_labels, s, config)
-
-    device = select_device(s.device)
-    out = None if out_dir is None else Path(out_dir)
-    ckpt_path = None if out is None else out / CHECKPOINT
-    config.extra.update(
-        {
-            "train_patch_size": list(s.patch_size),
-            "train_loss_weights": list(s.loss_weights),
-            "train_background_reg": s.background_reg,
-            "train_foreground_only": s.foreground_prob,
-            "train_learning_rate": s.learning_rate,
-            "train_batch_size": s.batch_size,
-        }
-    )
-    torch.manual_seed(s.seed)  # reproducible initial weights
-    model = StarDist3D(config, Thresholds(), name=name or (out.name if out else "stardist3d"), path=out, device=str(device))
-    net = model.net
-    frozen = _freeze(net, s.freeze)
-    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=s.learning_rate)
-    start, history, best_val, best_state, best_score, stale = _starting_state(
-        model, opt, s, config, ckpt_path if resume else None, out, resume)
-
-    rays = model.rays
-    on_device = device.type == "cuda" if s.targets_on_device is None else bool(s.targets_on_device)
-    sampler = PatchSampler(x_tr, y_tr, s.patch_size, s.foreground_prob, weights=s.sample_weights)
-    maker = _BatchMaker(sampler, rays, config.grid, config.anisotropy, s, labels_only=on_device)
-
-    val_batches = _validation_batches(x_va, y_va, s, rays, config, device if on_device else None)
-
-    # channels-last 3D on CPU: oneDNN's convolution backward is ~10x faster than with the
-    # default layout (measured: 0.15 s vs 1.7 s for an 8-channel 3³ conv on 2×16×64×64)
-    fmt = torch.channels_last_3d if device.type == "cpu" else torch.contiguous_format
-    net.to(memory_format=fmt)
-
-    def to_t(a, image: bool = False):
-        t = a.to(device) if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a)).to(device)
-        return t.contiguous(memory_format=fmt) if image else t
-
-    def dist_targets(db):
-        """The batch's (B, n_rays, Z', Y', X') distance targets: given, or (``on_device``)
-        computed from its label patches on the training device."""
-        if not on_device:
-            return to_t(db)
-        from napari_neuroseg.models.stardist3d.training.star_dist_torch import star_dist3d_torch
-
-        return star_dist3d_torch(to_t(db), rays, config.grid, device=device).permute(0, 4, 1, 2, 3).contiguous()
-
-    def validate() -> float | None:
-        if not val_batches:
-            return None
-        net.eval()
-        tot = 0.0
-        with torch.no_grad():
-            for x, p, d in val_batches:
-                pp, dd = net(to_t(x, True))
-                tot += stardist_loss(pp, dd, to_t(p), to_t(d), s.loss_weights, s.background_reg)[1]["loss"]
-        net.train()
-        return tot / len(val_batches)
-
-    val_raw = [np.asarray(x) for x in x_va]  # normalised (C, Z, Y, X) held-out volumes
-    score_every = int(s.score_every) or int(s.val_every)
-
-    def score() -> float | None:
-        """The held-out segmentation score (select_by="score"), None without held-out volumes."""
-        if not val_raw:
-            return None
-        from napari_neuroseg.models.stardist3d.training.finetune import heldout_score
-
-        net.eval()
-        try:
-            return heldout_score(model, val_raw, y_va, nms=s.nms_backend, probs=s.score_probs)[0]
-        finally:
-            net.train()
-
-    def checkpoint(step: int) -> None:
-        if out is None:
-            return
-        out.mkdir(parents=True, exist_ok=True)
-        blob = {
-            "format": CHECKPOINT_FORMAT,
-            "step": step,
-            "state_dict": _state_cpu(net),
-            "optimizer": opt.state_dict(),
-            "best_val": best_val,
-            "best_state": best_state,
-            "best_score": best_score,
-            "stale": stale,
-            "history": history,
-            "config": json.loads(json.dumps(model.config_dict())),
-            "settings": json.loads(json.dumps(s.to_dict())),
-        }
-        try:
-            atomic_write_file(ckpt_path, lambda fh: torch.save(blob, fh), fsync=False)
-            _save_model_files(model, out)
-            _write_history(out, history, s, model, None)
-        except (OSError, NeurosegError) as err:
-            cause = _failed_save(err)
-            if cause is None:
-                raise
-            raise _save_error(cause, out, step, last_saved) from cause
-
-    from napari_neuroseg.runtime.budget import TimeBudget
-
-    budget = TimeBudget(s.max_minutes, start, s.steps, clock=budget_clock(s.budget_clock))
-    total = s.steps + (1 if s.optimize_thresholds and x_va else 0)
-    net.train()
-    t0 = time.perf_counter()
-    last_saved = start
+    run = _TrainRun(images, labels, config, out_dir=out_dir, settings=settings, val_images=val_images,
+                    val_labels=val_labels, resume=resume, name=name)
+    s = run.s
     try:
-        for k, (xb, pb, db) in zip(range(start, s.steps), _BatchStream(maker, start, s.steps, s.workers)):
+        for k, batch in zip(range(run.start, s.steps), run.batches()):
             if k >= s.steps:  # the time budget shortened the run
                 break
-            lr = _lr_at(k, s)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            pp, dd = net(to_t(xb, True))
-            loss, parts = stardist_loss(pp, dd, to_t(pb), dist_targets(db), s.loss_weights, s.background_reg)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if not math.isfinite(parts["loss"]):
-                raise NeurosegError(f"the loss became {parts['loss']} at step {k + 1}", fix="lower the learning rate")
-            step = k + 1
-            if budget.after_step(step) != s.steps:
-                s.steps = budget.total
-                total = s.steps + (1 if s.optimize_thresholds and x_va else 0)
-            rec = {"step": step, "lr": lr, **parts, "time": time.perf_counter() - t0}
-            stop_early = False
-            if step % s.val_every == 0 or step == s.steps:
-                v = validate()
-                if v is not None:
-                    rec["val_loss"] = v
-                    if s.select_by != "score" and v < best_val:
-                        best_val, best_state = v, _state_cpu(net)
-            if s.select_by == "score" and (step % score_every == 0 or step == s.steps):
-                sc = score()
-                if sc is not None:
-                    rec["val_score"] = sc
-                    v = rec.get("val_loss", math.inf)
-                    # a better score, or as good with a lower validation loss
-                    if sc > best_score + 1e-9 or (abs(sc - best_score) <= 1e-9 and v < best_val):
-                        stale = 0 if sc > best_score + 1e-9 else stale + 1
-                        best_score, best_val, best_state = sc, min(v, best_val), _state_cpu(net)
-                    else:
-                        stale += 1
-                    if s.patience and stale >= s.patience and step < s.steps:
-                        stop_early = True
-            history.append(rec)
+            step, rec, parts = run.train_step(k, batch)
+            stop_early = run.validate(step, rec)
+            run.history.append(rec)
             if stop_early:  # the held-out score stopped improving: end here
-                s.steps = step
-                total = s.steps + (1 if s.optimize_thresholds and x_va else 0)
+                run.end_at(step)
                 rec["early_stop"] = True
             if step % s.checkpoint_every == 0 or step == s.steps:
-                checkpoint(step)
-                last_saved = step
-            msg = f"step {step}/{s.steps} loss {parts['loss']:.4f} (prob {parts['prob_loss']:.4f}, dist {parts['dist_loss']:.3f})"
-            if "val_loss" in rec:
-                msg += f" val {rec['val_loss']:.4f}"
-            if "val_score" in rec:
-                msg += f" score {rec['val_score']:.3f}"
-            if stop_early:
-                msg += f" (no better held-out score in {stale} checks: stopping)"
-            yield TrainProgress(step, total, msg, loss=float(parts["loss"]), val_loss=rec.get("val_loss"),
-                                val_score=rec.get("val_score"), lr=float(lr), seconds=float(rec["time"]))
+                run.checkpoint(step)
+                run.last_saved = step
+            yield run.step_progress(step, rec, parts, stop_early)
             if stop_early:
                 break
     finally:
-        net.eval()
-        net.to(memory_format=torch.contiguous_format)
-        for p in frozen:
-            p.requires_grad_(True)
-
-    result = TrainResult(model=model, history=history, out_dir=out, step=s.steps)
-    if s.keep_best and best_state is not None:
-        model.load_weights(best_state, ckpt_path or Path("best weights"))
-    if s.optimize_thresholds and x_va:
-        gen = optimize_thresholds_iter(
-            model, x_va, y_va, nms_threshs=s.nms_threshs, iou_threshs=s.iou_threshs, borders=s.borders,
-            nms=s.nms_backend,
-        )
-        th, f1, th_hist = yield from relay(gen, lambda p: Progress(s.steps, total, f"thresholds: {p.message}"))
-        model.thresholds = th
-        result.thresholds, result.val_f1 = th, f1
-        result.val_scores = {"mean_f1": f1, "search": {k: [list(t) for t in v] for k, v in th_hist.items()}}
-    else:
-        result.thresholds = model.thresholds
-    if out is not None and (last_saved != s.steps or s.keep_best or s.optimize_thresholds):
-        checkpoint(s.steps)
-        try:
-            _write_history(out, history, s, model, result.val_scores)
-        except (OSError, NeurosegError) as err:
-            cause = _failed_save(err)
-            if cause is None:
-                raise
-            raise _save_error(cause, out, s.steps, s.steps) from cause
-    yield Progress(total, total, "done")
-    return result
+        run.stop_training()
+    return (yield from run.finish())
 
 
 #: what ``TrainSettings.freeze`` "encoder" means for the U-Net (its contracting path)
