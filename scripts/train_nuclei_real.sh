@@ -31,6 +31,20 @@
 #   The stardist image and the independent generator are only scored, never used to choose anything.
 #   If the rule fails, nothing is shipped.
 #
+# RECIPE=A (above) FAILED the rule: X-split 0.703 (train X<50, test X>=50) and 0.652 (train X>=50, test X<50),
+#   mean 0.678 < 0.80 and below the shipped model's 0.718 (0.686 / 0.750). Not shipped.
+# RECIPE=B, written after seeing A's X-split scores (so its X-split estimate is that of a second try on the
+#   same halves; nothing else was looked at): A chose the probability threshold on validation data dominated
+#   by the hard synthetic volumes (hundreds of nuclei vs ~20 real ones) and kept the last weights. B is the
+#   fine-tuning recipe of `neuroseg train nuclei --init-from` (training.finetune.FINETUNE_RECIPE: weights
+#   with the best held-out segmentation score, checked every 25 steps, early stop after 8 checks without a
+#   better one, peak lr 5e-4, 10 warm-up steps; prob/NMS/border searched by the trainer) with the validation
+#   on REAL data only: a slab of 25 % of the real part's longest axis at the model's scale (Z >= 43 of 57,
+#   training.finetune.holdout_slab) is held out of training and chooses the weights and the thresholds;
+#   the 43 synthetic training volumes are mixed in at half of the patches (as A); at most 600 steps, batch 2,
+#   patch 32 x 48 x 24. The final model (SIDE=all) therefore trains on the whole volume except that slab
+#   (Z < 43 at the model's scale, ~75 %). Same ship rule.
+#
 #   SIDE=low  scripts/train_nuclei_real.sh     # X-split candidate, test X >= 50
 #   SIDE=high scripts/train_nuclei_real.sh     # X-split candidate, test X < 50
 #   SIDE=all  scripts/train_nuclei_real.sh     # the final model (whole real volume)
@@ -43,7 +57,9 @@ set -euo pipefail
 SIDE=${SIDE:-low}
 RUN=${RUN:-/work/runs/nuc_real_$SIDE}
 SRC=${SRC:-/work/runs/nuc_real_src}
-STEPS=${STEPS:-500}
+RECIPE=${RECIPE:-B}
+if [[ "$RECIPE" == B ]]; then RUN=${RUN_B:-/work/runs/nuc_realB_$SIDE}; fi
+STEPS=${STEPS:-$([[ "$RECIPE" == B ]] && echo 600 || echo 500)}
 REAL_FRACTION=${REAL_FRACTION:-0.5}
 if [[ "${EVAL_ONLY:-0}" != 1 ]]; then
   rm -rf "$SRC" && mkdir -p "$SRC" && cp -r src/napari_neuroseg "$SRC"/
@@ -51,7 +67,7 @@ fi
 mkdir -p "$RUN"
 export OMP_NUM_THREADS=1
 PYTHONPATH="$SRC:${PYTHONPATH:-}" SIDE="$SIDE" RUN="$RUN" STEPS="$STEPS" REAL_FRACTION="$REAL_FRACTION" \
-  EVAL_ONLY="${EVAL_ONLY:-0}" nice -n 5 python - <<'PY'
+  RECIPE="$RECIPE" EVAL_ONLY="${EVAL_ONLY:-0}" nice -n 5 python - <<'PY'
 import json, os, time
 from pathlib import Path
 import numpy as np
@@ -128,17 +144,33 @@ else:
 tr, va = _split(len(xs), 0.1, np.random.default_rng(0))  # session 4's split of the same volumes
 log(f"{len(xs)} synthetic volumes in {time.perf_counter() - t:.0f} s: train {len(tr)}, validation {va}")
 
-images = [xr] + [xs[i] for i in tr]
-labels = [yr] + [ys[i] for i in tr]
-weights = mix_weights([yr], [ys[i] for i in tr], float(os.environ["REAL_FRACTION"]))
-val_images = [xs[i] for i in va] + [xr]
-val_labels = [ys[i] for i in va] + [yr]
-settings = TrainSettings(
-    steps=int(os.environ["STEPS"]), batch_size=2, patch_size=(32, 48, 24), learning_rate=5e-4, warmup_steps=10,
-    val_every=100, checkpoint_every=50, keep_best=False, optimize_thresholds=True, nms_threshs=(0.3,),
-    borders=(0,), seed=0, device="cpu", threads=1, workers=0, init_from="neuroseg_nuclei",
-    model_scale=base.scale.to_dict(), sample_weights=tuple(weights),
-)
+if os.environ["RECIPE"] == "A":
+    images = [xr] + [xs[i] for i in tr]
+    labels = [yr] + [ys[i] for i in tr]
+    weights = mix_weights([yr], [ys[i] for i in tr], float(os.environ["REAL_FRACTION"]))
+    val_images = [xs[i] for i in va] + [xr]
+    val_labels = [ys[i] for i in va] + [yr]
+    settings = TrainSettings(
+        steps=int(os.environ["STEPS"]), batch_size=2, patch_size=(32, 48, 24), learning_rate=5e-4, warmup_steps=10,
+        val_every=100, checkpoint_every=50, keep_best=False, optimize_thresholds=True, nms_threshs=(0.3,),
+        borders=(0,), seed=0, device="cpu", threads=1, workers=0, init_from="neuroseg_nuclei",
+        model_scale=base.scale.to_dict(), sample_weights=tuple(weights),
+    )
+else:  # B: the fine-tuning recipe, validated on a held-out slab of the real part only
+    from napari_neuroseg.models.stardist3d.train import quick_nms_backend
+    from napari_neuroseg.models.stardist3d.training.finetune import finetune_settings, holdout_slab
+
+    (xt, yt), (xv, yv), info = holdout_slab(xr, yr, 0.25)
+    log(f"held-out slab {info}")
+    images = [xt] + [xs[i] for i in tr]
+    labels = [yt] + [ys[i] for i in tr]
+    weights = mix_weights([yt], [ys[i] for i in tr], float(os.environ["REAL_FRACTION"]))
+    val_images, val_labels = [xv], [yv]
+    settings = finetune_settings(TrainSettings(
+        steps=int(os.environ["STEPS"]), batch_size=2, patch_size=(32, 48, 24), seed=0, device="cpu", threads=1,
+        workers=0, init_from="neuroseg_nuclei", model_scale=base.scale.to_dict(), sample_weights=tuple(weights),
+        nms_backend=quick_nms_backend()))
+    (run / "split.json").write_text(json.dumps(info, indent=1, default=str))
 
 
 def show(p):
