@@ -143,17 +143,17 @@ def test_finetune_bad_annotation(tmp_path, base_model, case, capsys):
 
 
 def test_finetune_mixes_synthetic_volumes_at_a_share(tmp_path, base_model, data, capsys):
-    """--init-from with --images and --synthetic N: the synthetic volumes join training (and
-    validation) and --synthetic-share of the patches come from them; the scores stay on the
-    annotated part; a share outside [0, 1] and synthetic volumes alone are refused."""
+    """--init-from with --images and --synthetic N: the synthetic volumes join training and
+    --synthetic-share of the patches come from them; validation and scores stay on the annotated
+    part; a share outside [0, 1] and synthetic volumes alone are refused."""
     out = tmp_path / "mix"
     assert _train(base_model, *data, out, "--synthetic", "3", "--synthetic-shape", "16", "48", "48",
                   "--synthetic-share", "0.25", "--no-register") == 0
     w = json.loads((out / "training.json").read_text())["settings"]["sample_weights"]
-    assert len(w) == 3  # the annotated training part + 2 synthetic volumes (1 of 3 held out)
+    assert len(w) == 4  # the annotated training part + the 3 synthetic volumes
     assert w[0] == pytest.approx(0.75) and sum(w[1:]) == pytest.approx(0.25)
     info = json.loads((out / "finetune.json").read_text())
-    assert any("3 synthetic volumes mixed in" in n and "25% of the patches" in n for n in info["notes"])
+    assert any("3 synthetic volumes mixed in" in n and "25% of the training patches" in n for n in info["notes"])
     assert info["validation"].startswith("slab")
     capsys.readouterr()
     assert _train(base_model, *data, tmp_path / "bad", "--synthetic", "2", "--synthetic-share", "1.5") == 1

@@ -51,7 +51,8 @@ def add_nuclei_arguments(parser: argparse.ArgumentParser) -> None:
                       help="fine-tuning (--init-from) with --images and --synthetic N: this fraction of the "
                            "training patches comes from the synthetic volumes, the rest from the annotated ones, "
                            "so the model keeps what it knows while it learns your data (default %(default)s); "
-                           "the synthetic volumes are used at the base model's scale as generated")
+                           "the synthetic volumes are used at the base model's scale as generated and only for "
+                           "training (validation stays on the annotated data)")
     data.add_argument("--val-fraction", type=float, default=d.val_fraction,
                       help="fraction of volumes held out (training from scratch on several volumes)")
     data.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
@@ -354,27 +355,22 @@ def _finetune(args, base, images, labels, voxel_sizes, image_paths, label_paths,
 
 
 def _mix_synthetic(args, data, synthetic, settings) -> None:
-    """Add the ``--synthetic`` volumes to a fine-tuning run: ``--val-fraction`` of them (at least
-    one when there are two or more) join the validation volumes, the rest the training volumes, and
-    ``--synthetic-share`` of the patches are drawn from the synthetic training volumes
-    (``TrainSettings.sample_weights``, ``training.data.mix_weights``)."""
-    import numpy as np
-
-    from napari_neuroseg.models.stardist3d.train import _split
+    """Add the ``--synthetic`` volumes to a fine-tuning run's training volumes, with
+    ``--synthetic-share`` of the patches drawn from them (``TrainSettings.sample_weights``,
+    ``training.data.mix_weights``). The validation (kept weights, thresholds, scores) stays on the
+    annotated data: the synthetic volumes hold far more nuclei and would decide it otherwise
+    (measured in scripts/train_nuclei_real.sh, recipe A)."""
     from napari_neuroseg.models.stardist3d.training.data import mix_weights
 
     xs, ys = synthetic
-    tr, va = _split(len(xs), args.val_fraction, np.random.default_rng(args.seed))
     share = float(args.synthetic_share)
     n_real = len(data.labels)
-    data.images += [xs[i] for i in tr]
-    data.labels += [ys[i] for i in tr]
-    data.val_images += [xs[i] for i in va]
-    data.val_labels += [ys[i] for i in va]
+    data.images += list(xs)
+    data.labels += list(ys)
     settings.sample_weights = tuple(mix_weights(data.labels[:n_real], data.labels[n_real:], 1.0 - share))
     data.notes.append(f"{len(xs)} synthetic volumes mixed in (seeds {args.synthetic_seed}.."
-                      f"{args.synthetic_seed + len(xs) - 1}): {len(tr)} trained on ({share:.0%} of the patches), "
-                      f"{len(va)} added to the validation volumes")
+                      f"{args.synthetic_seed + len(xs) - 1}, {share:.0%} of the training patches); "
+                      "validation on the annotated data only")
 
 
 def _finetune_info(args, out: Path, image_paths, label_paths, data, result, settings, *, separate_val: bool,
