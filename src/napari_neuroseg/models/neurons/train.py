@@ -434,140 +434,195 @@ def _training_source(args: NeuronTrainSettings, rng, state, next_seed, workers: 
     return VolumeSource(samples), held
 
 
-# train_iter is longer than 80 lines: one generator owns the training state (network, optimiser,
-# data source, best score, log, random state) that its validate/checkpoint closures and the step
-# loop share; the checks, the optimisation step and the export are the named steps above.
+class _NeuronRun:
+    """One neuron training run: the state the steps share (settings, network, optimiser, random
+    state, data source, validation volumes, best score, log, time budget) and the named steps
+    :func:`train_iter` runs: set-up (here: network, resume or initial weights, optimiser),
+    :meth:`prepare_data`, :meth:`start_loop`, :meth:`batch`, :meth:`train_step`,
+    :meth:`validate`, :meth:`checkpoint`, :meth:`close` and :meth:`export`."""
+
+    def __init__(self, args: NeuronTrainSettings):
+        import numpy as np
+        import torch
+
+        from napari_neuroseg.errors import NeurosegError
+        from napari_neuroseg.runtime.device import select_device
+
+        from .model import NetConfig, read_checkpoint
+        from .postprocess import PostprocessParams
+
+        self.args = args
+        cfg, self.patch = _checked_network(args)
+        torch.set_num_threads(max(1, args.threads))
+        self.dev = dev = select_device(args.device)
+        self.out_dir = Path(args.output)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.start_it, self.best, self.next_seed, rng_state = 0, -1.0, None, None
+        self.params = PostprocessParams()
+        state = None
+        self.last = self.out_dir / "last.pt"
+        if args.resume:
+            if not self.last.is_file():
+                raise NeurosegError("nothing to resume", path=self.last, fix="start without --resume")
+            state = read_checkpoint(self.last)
+            cfg = NetConfig(**state["config"])
+            self.start_it = int(state.get("iteration", 0))
+            self.best = float(state.get("best_score", -1.0))
+            self.next_seed = state.get("next_seed")
+            rng_state = state.get("rng_state")
+        elif args.init_from:
+            from napari_neuroseg.models.registry import resolve_neuron_model
+
+            state = read_checkpoint(resolve_neuron_model(args.init_from))
+            cfg = NetConfig(**state["config"])
+        self.state, self.cfg = state, cfg
+        net = cfg.build().to(dev)
+        if state is not None:
+            net.load_state_dict(state["state_dict"])
+            if isinstance(state.get("postprocess"), dict):  # the base model's post-processing values
+                import dataclasses
+
+                known = {f.name for f in dataclasses.fields(PostprocessParams)}
+                self.params = PostprocessParams(**{k: v for k, v in state["postprocess"].items() if k in known})
+        self.cl = dev.type == "cpu"  # channels-last 3D convolutions are ~2x faster on CPU
+        if self.cl:
+            net = net.to(memory_format=torch.channels_last_3d)
+        self.net = net
+        self.opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+        if args.resume and state.get("optimizer"):
+            self.opt.load_state_dict(state["optimizer"])
+        amp = dev.type == "cuda" and args.amp
+        self.scaler = torch.amp.GradScaler("cuda") if amp else None
+        self.rng = np.random.default_rng(args.seed + self.start_it)
+        if rng_state is not None:
+            self.rng.bit_generator.state = rng_state
+
+    def prepare_data(self):
+        """The training source and the validation volumes (the held-out slabs when fine-tuning
+        without validation samples); yields a step per volume made or indexed."""
+        args = self.args
+        self.workers = max(0, int(getattr(args, "workers", 0) or 0))
+        self.source, held = yield from _training_source(args, self.rng, self.state, self.next_seed, self.workers)
+        self.val = _validation_set(args, self.rng) if args.val_every else []
+        if not args.synthetic and args.val_every and held:
+            self.val = held
+
+    def start_loop(self) -> None:
+        """Open the log, start the clock and the time budget (a share kept for the
+        post-processing search at the end) and the batch workers."""
+        from napari_neuroseg.models.stardist3d.train import budget_clock
+        from napari_neuroseg.runtime.budget import TimeBudget
+
+        args = self.args
+        self.log = (self.out_dir / "log.jsonl").open("a")
+        self.train_info = args.to_dict()
+        self.scale = training_scale(args).to_dict()
+        self.t0 = time.time()
+        self.net.train()
+        self.total = int(args.steps)
+        clock = budget_clock(args.budget_clock)
+        minutes = args.max_minutes
+        if minutes is not None and args.tune_postprocess and self.val:
+            minutes = float(minutes) * (1 - FINETUNE_END_RESERVE)  # time for the threshold search at the end
+        self.budget = TimeBudget(minutes, self.start_it, self.total, clock=clock)
+        self.stream = _batches_in_workers(self.source, args, self.patch, self.start_it) if self.workers else None
+
+    def batch(self):
+        """The next training batch ``(x, fg, affs, amask)`` (from the workers, or made here)."""
+        if self.stream is not None:
+            return next(self.stream)
+        return _batch(self.source, self.args.batch_size, self.patch, self.rng, self.args.elastic)
+
+    def train_step(self, it: int) -> tuple[dict, float]:
+        """Optimisation step ``it`` (0-based): its log record and loss; the time budget may
+        shorten the run (:attr:`total`) here."""
+        x, fg, affs, amask = self.batch()
+        for g in self.opt.param_groups:
+            g["lr"] = _lr(it, self.total, self.args.lr)
+        loss, parts = _train_step(self.net, self.opt, self.scaler, (x, fg, affs, amask), self.dev, channels_last=self.cl)
+        done = it + 1
+        self.total = self.budget.after_step(done)
+        rec = {"iteration": done, "loss": float(loss.detach()), **parts, "lr": self.opt.param_groups[0]["lr"],
+               "time": round(time.time() - self.t0, 1)}
+        return rec, float(loss.detach())
+
+    def validate(self, rec: dict) -> None:
+        """avF1 on each validation volume into ``rec`` (every ``val_every`` steps and at the
+        end); a better mean saves ``best.pt``."""
+        import numpy as np
+
+        from napari_neuroseg.runtime.progress import run_to_completion
+
+        from .model import NeuronModel
+        from .predict import predict_iter
+
+        args, done = self.args, rec["iteration"]
+        if not (args.val_every and self.val and (done % args.val_every == 0 or done == self.total)):
+            return
+        self.net.eval()
+        m = NeuronModel(net=self.net, config=self.cfg, params=self.params, device=self.dev)
+        scores = {}
+        for name, raw, gt in self.val:
+            pred = run_to_completion(predict_iter(raw, m)).labels
+            scores[name] = float(_evaluate(gt, pred)["avF1"])
+        self.net.train()
+        rec["val"] = scores
+        score = float(np.mean(list(scores.values())))
+        if score > self.best:
+            self.best = score
+            self.checkpoint(self.out_dir / "best.pt", done, scores)
+
+    def write_log(self, rec: dict) -> None:
+        self.log.write(json.dumps(rec) + "\n")
+        self.log.flush()
+
+    def checkpoint(self, path, it, extra_scores=None) -> None:
+        from .model import save_model
+
+        save_model(path, self.net, self.cfg, self.params, optimizer=self.opt.state_dict(), iteration=it,
+                   best_score=self.best, next_seed=getattr(self.source, "next_seed", None),
+                   rng_state=self.rng.bit_generator.state, train_info=self.train_info, scores=extra_scores or {},
+                   scale=self.scale)
+
+    def close(self) -> None:
+        """Close the log and stop the batch workers."""
+        self.log.close()
+        if self.stream is not None:
+            self.stream.close()
+
+    def export(self):
+        """``model.pt`` (and the optional post-processing search): yields its steps, returns the
+        search's summary."""
+        args = self.args
+        return (yield from _export_model(args, self.out_dir, self.params, self.val if args.tune_postprocess else [],
+                                         self.dev, self.train_info, self.scale))
+
+
 def train_iter(args: NeuronTrainSettings):
     """The training loop as a progress generator; returns a dict summary
     (``iterations``, ``best_score``, ``out``)."""
-    import numpy as np
-    import torch
+    from napari_neuroseg.runtime.progress import Progress
 
-    from napari_neuroseg.errors import NeurosegError
-    from napari_neuroseg.runtime.device import select_device
-    from napari_neuroseg.runtime.progress import Progress, run_to_completion
-
-    from .model import NetConfig, NeuronModel, read_checkpoint, save_model
-    from .postprocess import PostprocessParams
-    from .predict import predict_iter
-
-    cfg, patch = _checked_network(args)
-    torch.set_num_threads(max(1, args.threads))
-    dev = select_device(args.device)
-    out_dir = Path(args.output)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    start_it, best, next_seed, rng_state = 0, -1.0, None, None
-    params = PostprocessParams()
-    state = None
-    last = out_dir / "last.pt"
-    if args.resume:
-        if not last.is_file():
-            raise NeurosegError("nothing to resume", path=last, fix="start without --resume")
-        state = read_checkpoint(last)
-        cfg = NetConfig(**state["config"])
-        start_it = int(state.get("iteration", 0))
-        best = float(state.get("best_score", -1.0))
-        next_seed = state.get("next_seed")
-        rng_state = state.get("rng_state")
-    elif args.init_from:
-        from napari_neuroseg.models.registry import resolve_neuron_model
-
-        state = read_checkpoint(resolve_neuron_model(args.init_from))
-        cfg = NetConfig(**state["config"])
-    net = cfg.build().to(dev)
-    if state is not None:
-        net.load_state_dict(state["state_dict"])
-        if isinstance(state.get("postprocess"), dict):  # the base model's post-processing values
-            import dataclasses
-
-            known = {f.name for f in dataclasses.fields(PostprocessParams)}
-            params = PostprocessParams(**{k: v for k, v in state["postprocess"].items() if k in known})
-    cl = dev.type == "cpu"  # channels-last 3D convolutions are ~2x faster on CPU
-    if cl:
-        net = net.to(memory_format=torch.channels_last_3d)
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
-    if args.resume and state.get("optimizer"):
-        opt.load_state_dict(state["optimizer"])
-    amp = dev.type == "cuda" and args.amp
-    scaler = torch.amp.GradScaler("cuda") if amp else None
-    rng = np.random.default_rng(args.seed + start_it)
-    if rng_state is not None:
-        rng.bit_generator.state = rng_state
-
-    workers = max(0, int(getattr(args, "workers", 0) or 0))
-    source, held = yield from _training_source(args, rng, state, next_seed, workers)
-    val = _validation_set(args, rng) if args.val_every else []
-    if not args.synthetic and args.val_every and held:
-        val = held
-
-    log = (out_dir / "log.jsonl").open("a")
-    train_info = args.to_dict()
-    scale = training_scale(args).to_dict()
-
-    def checkpoint(path, it, extra_scores=None):
-        save_model(path, net, cfg, params, optimizer=opt.state_dict(), iteration=it, best_score=best,
-                   next_seed=getattr(source, "next_seed", None), rng_state=rng.bit_generator.state,
-                   train_info=train_info, scores=extra_scores or {}, scale=scale)
-
-    def validate(it):
-        net.eval()
-        m = NeuronModel(net=net, config=cfg, params=params, device=dev)
-        scores = {}
-        for name, raw, gt in val:
-            pred = run_to_completion(predict_iter(raw, m)).labels
-            scores[name] = float(_evaluate(gt, pred)["avF1"])
-        net.train()
-        return scores
-
-    from napari_neuroseg.runtime.budget import TimeBudget
-
-    t0 = time.time()
-    net.train()
-    it = start_it
-    total = int(args.steps)
-    from napari_neuroseg.models.stardist3d.train import budget_clock
-
-    clock = budget_clock(args.budget_clock)
-    minutes = args.max_minutes
-    if minutes is not None and args.tune_postprocess and val:
-        minutes = float(minutes) * (1 - FINETUNE_END_RESERVE)  # time for the threshold search at the end
-    budget = TimeBudget(minutes, start_it, total, clock=clock)
-    stream = _batches_in_workers(source, args, patch, start_it) if workers else None
+    run = _NeuronRun(args)
+    yield from run.prepare_data()
+    run.start_loop()
+    it = run.start_it
     try:
-        for it in range(start_it, int(args.steps)):
-            if it >= total:  # the time budget shortened the run
+        for it in range(run.start_it, int(args.steps)):
+            if it >= run.total:  # the time budget shortened the run
                 it -= 1
                 break
-            if stream is not None:
-                x, fg, affs, amask = next(stream)
-            else:
-                x, fg, affs, amask = _batch(source, args.batch_size, patch, rng, args.elastic)
-            for g in opt.param_groups:
-                g["lr"] = _lr(it, total, args.lr)
-            loss, parts = _train_step(net, opt, scaler, (x, fg, affs, amask), dev, channels_last=cl)
-            done = it + 1
-            total = budget.after_step(done)
-            rec = {"iteration": done, "loss": float(loss.detach()), **parts, "lr": opt.param_groups[0]["lr"],
-                   "time": round(time.time() - t0, 1)}
-            if args.val_every and val and (done % args.val_every == 0 or done == total):
-                scores = validate(done)
-                rec["val"] = scores
-                score = float(np.mean(list(scores.values())))
-                if score > best:
-                    best = score
-                    checkpoint(out_dir / "best.pt", done, scores)
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            if done % args.save_every == 0 or done == total:
-                checkpoint(last, done)
-            yield Progress(done, total, f"loss {float(loss.detach()):.4f}" + (f" val {rec['val']}" if "val" in rec else ""))
+            rec, loss = run.train_step(it)
+            run.validate(rec)
+            run.write_log(rec)
+            done = rec["iteration"]
+            if done % args.save_every == 0 or done == run.total:
+                run.checkpoint(run.last, done)
+            yield Progress(done, run.total, f"loss {loss:.4f}" + (f" val {rec['val']}" if "val" in rec else ""))
     finally:
-        log.close()
-        if stream is not None:
-            stream.close()
-    tuned = yield from _export_model(args, out_dir, params, val if args.tune_postprocess else [], dev,
-                                     train_info, scale)
-    return {"iterations": it + 1, "best_score": best, "out": str(out_dir),
+        run.close()
+    tuned = yield from run.export()
+    return {"iterations": it + 1, "best_score": run.best, "out": str(run.out_dir),
             "postprocess": None if tuned is None else tuned}
 
 
