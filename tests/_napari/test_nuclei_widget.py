@@ -91,6 +91,8 @@ def test_widget_runs_and_adds_layers(make_napari_viewer, qtbot, crop, tiny_model
     assert errors_shown == [] and w.result is not None
     labels = viewer.layers["nuclei nuclei"]
     assert labels.data.shape == image.shape and tuple(labels.scale) == (2, 1, 1)
+    assert labels.data.dtype == np.uint16  # made ready in the worker: no per-slice remap in napari
+    assert w.result["surface"] is not None  # the polyhedra were built in the worker too
     assert w.result["thresholds"] == (0.55, 0.3)
     prob = viewer.layers["nuclei probability"]
     assert tuple(prob.scale) == (2, 2, 2)

@@ -178,3 +178,26 @@ def test_dict_progress_is_understood():
 def test_rejects_plain_function():
     with pytest.raises(TypeError, match="generator"):
         _workers.start_worker(lambda: 3)
+
+
+def test_job_body_starts_after_napari_built_its_progress_bar(make_napari_viewer, qtbot, errors_shown):
+    """The start rule: napari builds the job's progress bar in the main thread when the worker
+    starts; the job's body (e.g. a model load) waits for that, so the two do not compete for the
+    GIL (which doubled the first run's stall)."""
+    viewer = make_napari_viewer()  # the activity dock that shows napari progress bars
+    box: dict = {}
+    seen: list = []
+
+    def job():
+        w = box.get("worker")  # set right after start_worker returned, in the main thread
+        # napari's make_new_pbar marks the progress as shown first and connects its bar last
+        seen.append(w is not None and bool(getattr(w.pbar, "gui", False))
+                    and len(w.pbar.events.value.callbacks) > 0)
+        yield Progress(1, 1, "done")
+        return 1
+
+    finished: list = []
+    box["worker"] = _workers.start_worker(job, on_finished=lambda: finished.append(True))
+    qtbot.waitUntil(lambda: finished == [True], timeout=10000)
+    assert seen == [True]  # napari had finished building the bar before the body ran
+    assert errors_shown == [] and viewer is not None

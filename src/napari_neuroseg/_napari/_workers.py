@@ -23,11 +23,20 @@ hundreds deep (``RecursionError``, a frozen viewer). So
 - the main-thread handler never re-enters itself: an item arriving while a bar update is inside
   ``processEvents()`` is queued and handled by the outer call when it returns (only the latest
   queued ``Progress`` is shown); after the job ended, left-over steps are dropped.
+
+Start rule (why the first run of a dock no longer stalls the viewer 0.3-0.4 s): when a job
+starts, napari builds its progress bar in the main thread (the first one of a session takes
+~150 ms: the activity indicator appears, the status bar grows, the canvas is redrawn). A job that
+starts at once with Python-heavy work (loading a model: imports, unpickling, building the network)
+competes for the GIL with that work and doubles it. The job's body therefore waits until the main
+thread has handled the worker's ``started`` signal (napari's bar is then built), at most
+``START_WAIT_S``; the wait costs the job a few milliseconds.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
 from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any
@@ -37,7 +46,10 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from napari_neuroseg._napari._notify import notify_error
 from napari_neuroseg.runtime.progress import PROGRESS_INTERVAL, Progress, carries_data, throttle
 
-__all__ = ["JobRuntimeError", "as_progress", "start_worker"]
+__all__ = ["JobRuntimeError", "START_WAIT_S", "as_progress", "start_worker"]
+
+#: longest wait (s) of a job's body for the main thread to have set up its progress bar
+START_WAIT_S = 1.0
 
 
 class JobRuntimeError(Exception):
@@ -52,6 +64,18 @@ class JobRuntimeError(Exception):
     def __init__(self, original: RuntimeError):
         super().__init__(str(original))
         self.original = original
+
+
+def _after_pending_events(fn: Callable[[], Any]) -> None:
+    """Call ``fn`` in the main thread once the events pending now have been handled.
+
+    napari's own slot of a worker's ``started`` signal builds the progress bar and calls
+    ``processEvents()`` inside, where this signal's other slots run nested, before the bar's
+    layout and repaint. Qt handles an event posted while it delivers posted events in its next
+    pass, so two hops land after that ``processEvents()``."""
+    from qtpy.QtCore import QTimer
+
+    QTimer.singleShot(0, lambda: QTimer.singleShot(0, fn))
 
 
 def as_progress(item: Any) -> Progress | None:
@@ -115,12 +139,14 @@ def start_worker(
         raise TypeError(f"start_worker needs a generator function, got {gen_func!r}")
 
     holder: list[GeneratorWorker] = []
+    main_ready = threading.Event()  # set in the main thread once napari's bar for the job exists
 
     def _abort_requested() -> bool:
         return bool(holder) and bool(holder[0].abort_requested)
 
     @functools.wraps(gen_func)
     def _drive() -> Generator[Any, Any, Any]:
+        main_ready.wait(START_WAIT_S)  # the start rule (module docstring)
         try:
             return (yield from throttle(gen, progress_interval, should_stop=_abort_requested,
                                         is_progress=lambda x: as_progress(x) is not None))
@@ -190,6 +216,7 @@ def start_worker(
         if on_finished is not None:
             on_finished()
 
+    worker.started.connect(lambda *_: _after_pending_events(main_ready.set))
     worker.yielded.connect(_yielded)
     for sig in (worker.returned, worker.errored, worker.finished):
         sig.connect(_ended)  # connected first: runs before the other slots of these signals

@@ -54,7 +54,12 @@ MODEL_FILTER = "Neuron model (*.pt *.zip *.yaml)"
 
 def neurons_job(channels: list[Any], model: str | None, device: str, params: dict, voxel_size=None):
     """Worker job: stack the channel arrays into (3,Z,Y,X) and run the neuron model (resampled to
-    the model's voxel size when ``voxel_size`` (Z, Y, X µm) is given)."""
+    the model's voxel size when ``voxel_size`` (Z, Y, X µm) is given). The result's labels are
+    made ready for napari here, off the main thread (``uint16`` when the ids fit:
+    :func:`~napari_neuroseg._napari._display.compact_labels`)."""
+    import dataclasses
+
+    from napari_neuroseg._napari._display import compact_labels, warm_labels_display
     from napari_neuroseg.models.neurons import predict_iter
     from napari_neuroseg.models.registry import resolve_neuron_model
 
@@ -67,8 +72,10 @@ def neurons_job(channels: list[Any], model: str | None, device: str, params: dic
             raise NeurosegError(f"the three channel layers differ in shape: {sorted(shapes)}",
                                 fix="choose three layers of the same (Z, Y, X) shape")
         raw = np.stack(arrays)
-    return (yield from predict_iter(raw, resolve_neuron_model(model), device=device, params=params,
-                                    voxel_size=voxel_size))
+    res = yield from predict_iter(raw, resolve_neuron_model(model), device=device, params=params,
+                                  voxel_size=voxel_size)
+    warm_labels_display()
+    return dataclasses.replace(res, labels=compact_labels(res.labels))
 
 
 def stored_model_params(path: str | Path | None):

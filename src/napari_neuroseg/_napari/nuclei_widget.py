@@ -67,11 +67,17 @@ def segment_nuclei_iter(
     return_prob: bool = False,
     voxel_size: tuple[float, float, float] | None = None,
     object_size: str | None = None,
+    with_surface: bool = False,
 ) -> Generator[Progress, None, dict]:
     """Load ``model`` (bundled name, folder or ``.pt``; cached) and segment ``image``.
 
     Yields :class:`Progress`; returns ``{"labels", "details", "prob" (or None), "grid",
-    "thresholds": (prob, nms), "model": name}``."""
+    "thresholds": (prob, nms), "model": name}`` and, with ``with_surface``, ``"surface"``:
+    :func:`polyhedra_surface` (or None).
+    The result is made ready for napari here, off the main thread: ``labels`` is ``uint16``
+    when the ids fit (:func:`~napari_neuroseg._napari._display.compact_labels`), and the
+    polyhedra (``with_surface``) are built."""
+    from napari_neuroseg._napari._display import compact_labels, warm_labels_display
     from napari_neuroseg.models.stardist3d import load_model
 
     yield Progress(0, 1, "loading the model")
@@ -84,7 +90,9 @@ def segment_nuclei_iter(
     )
     labels, details = out[0], out[1]
     prob = out[2][0] if return_prob else None
-    return {
+    labels = compact_labels(labels)
+    warm_labels_display()
+    res = {
         "labels": labels,
         "details": details,
         "prob": prob,
@@ -96,6 +104,9 @@ def segment_nuclei_iter(
         "model": m.name,
         "scale": (details.get("scale_plan") or {}).get("text"),
     }
+    if with_surface:
+        res["surface"] = polyhedra_surface(details)  # None when there is no object
+    return res
 
 
 def polyhedra_surface(details: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -342,6 +353,7 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             "n_tiles": None if f.auto_tiles.value else tuple(int(v) for v in f.tiles.value),
             "percentiles": (lo, hi),
             "return_prob": bool(f.show_prob.value),
+            "with_surface": bool(f.show_surface.value),
             **self._scale_parameters(),
         }
 
@@ -389,8 +401,8 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             layer = self.viewer.add_labels(labels, name=name, scale=self._scale, translate=self._translate)
         self.result_layer = layer
         self.save_button.setEnabled(True)
-        if self.form.show_surface.value:
-            surf = polyhedra_surface(result["details"])
+        if "surface" in result:  # built in the worker (the box was ticked at Run)
+            surf = result["surface"]
             sname = f"{self._layer_name} polyhedra"
             if sname in self.viewer.layers:
                 self.viewer.layers.remove(sname)
