@@ -169,7 +169,7 @@ else:  # B: the fine-tuning recipe, validated on a held-out slab of the real par
     settings = finetune_settings(TrainSettings(
         steps=int(os.environ["STEPS"]), batch_size=2, patch_size=(32, 48, 24), seed=0, device="cpu", threads=1,
         workers=0, init_from="neuroseg_nuclei", model_scale=base.scale.to_dict(), sample_weights=tuple(weights),
-        nms_backend=quick_nms_backend()))
+        nms_backend=quick_nms_backend()), steps=int(os.environ["STEPS"]))
     (run / "split.json").write_text(json.dumps(info, indent=1, default=str))
 
 

@@ -260,6 +260,9 @@ def test_recipe_defaults_and_user_choices():
 
     s = finetune_settings(TrainSettings(), learning_rate=None, patience=3)
     assert s.learning_rate == FINETUNE_RECIPE["learning_rate"] and s.patience == 3
+    # the schedule's length is capped (a long time budget does not stretch it) unless --steps is given
+    assert s.steps == FINETUNE_RECIPE["steps"] == 250
+    assert finetune_settings(TrainSettings(), steps=1000).steps == 1000
     assert s.select_by == "score" and s.val_every == FINETUNE_RECIPE["val_every"]
     assert TrainSettings().select_by == "loss" and TrainSettings().patience == 0  # training from scratch: unchanged
 

@@ -79,8 +79,9 @@ def add_nuclei_arguments(parser: argparse.ArgumentParser) -> None:
     net.add_argument("--unet-depth", type=int, default=2)
     net.add_argument("--conv-after", type=int, default=64, help="filters of the 'features' conv")
     tr = parser.add_argument_group("training")
-    add_flag(tr, "--steps", type=int, default=d.steps,
-                    help="training steps (with --max-minutes: at most this many)")
+    add_flag(tr, "--steps", type=int, default=None,
+                    help=f"training steps (with --max-minutes: at most this many; default {d.steps}, fine-tuning "
+                         f"{FINETUNE_RECIPE['steps']}: the learning-rate schedule ends there however long the budget)")
     tr.add_argument("--batch-size", type=int, default=d.batch_size)
     tr.add_argument("--patch-size", type=int, nargs=3, default=None, metavar=("Z", "Y", "X"),
                     help=f"default {' '.join(map(str, d.patch_size))}; fine-tuning: the largest up to "
@@ -185,7 +186,7 @@ def _settings(args: argparse.Namespace, *, fine_tuning: bool):
 
     d = TrainSettings()
     s = TrainSettings(
-        steps=args.steps, batch_size=args.batch_size,
+        steps=args.steps if args.steps is not None else d.steps, batch_size=args.batch_size,
         patch_size=tuple(args.patch_size) if args.patch_size else d.patch_size,
         learning_rate=args.lr if args.lr is not None else d.learning_rate,
         augment=not args.no_augment, val_fraction=args.val_fraction,
@@ -200,7 +201,7 @@ def _settings(args: argparse.Namespace, *, fine_tuning: bool):
     # the fine-tuning recipe for everything not given on the command line
     freeze = getattr(args, "freeze", None)
     return finetune_settings(
-        s, learning_rate=args.lr, warmup_steps=args.warmup, val_every=args.val_every,
+        s, steps=args.steps, learning_rate=args.lr, warmup_steps=args.warmup, val_every=args.val_every,
         checkpoint_every=args.checkpoint_every, select_by=getattr(args, "select_by", None),
         patience=getattr(args, "patience", None),
         freeze=None if freeze is None else (() if freeze == "none" else (freeze,)),

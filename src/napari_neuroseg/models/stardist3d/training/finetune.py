@@ -233,8 +233,12 @@ def f1_at(model, images: Sequence, labels: Sequence, thresholds=None, iou: float
 #: :class:`~napari_neuroseg.models.stardist3d.train.TrainSettings` (measurements behind it in
 #: docs/finetune.md): peak learning rate and warm-up, validation and checkpoint interval (steps),
 #: the kept weights chosen by the held-out segmentation score (:func:`heldout_score`) instead of
-#: the validation loss, and an early stop once that score has not improved in ``patience`` checks
+#: the validation loss, an early stop once that score has not improved in ``patience`` checks, and
+#: the schedule's length: the cosine decay is fitted to ``steps`` (or to fewer when the time budget
+#: holds fewer), so a long budget does not stretch it (a 10-minute budget used to keep the learning
+#: rate near its peak for the ~250 steps the early stop allowed, and scored worse than 2 minutes)
 FINETUNE_RECIPE: dict[str, Any] = {
+    "steps": 250,
     "learning_rate": 5e-4,
     "warmup_steps": 10,
     "val_every": 25,
