@@ -217,3 +217,22 @@ def test_fixed_objects_of_a_review_queue_as_the_reviewed_part():
         fixed_objects_mask(lbl, ReviewQueue.from_checks(lbl, tiny=10_000))
     with pytest.raises(NeurosegError, match="marked fixed"):
         fixed_objects_mask(lbl, None)
+
+
+def test_settings_object_or_keywords_are_the_same_job_settings(tmp_path):
+    """Both jobs take one FineTuneSettings (or its fields as keywords); the base defaults to the
+    task's shipped model; an unknown option is an error."""
+    from napari_neuroseg.models.finetune_job import FineTuneSettings
+
+    s = FineTuneSettings(out_dir=tmp_path, steps=3)
+    assert FineTuneSettings.of(s, {}, base="neuroseg_nuclei") == FineTuneSettings(
+        out_dir=tmp_path, steps=3, base="neuroseg_nuclei")
+    assert FineTuneSettings.of(s, {"steps": 5, "base": "mine"}, base="neuroseg_neurons").steps == 5
+    assert FineTuneSettings.of(None, {"out_dir": tmp_path, "every": 10}, base="neuroseg_neurons").base == \
+        "neuroseg_neurons"
+    with pytest.raises(TypeError):
+        FineTuneSettings.of(s, {"stpes": 5}, base="neuroseg_nuclei")
+    img, lbl = balls()
+    missing = s.__class__(out_dir=tmp_path / "run", base=str(tmp_path / "no_such_model"))
+    with pytest.raises(NeurosegError, match="no_such_model"):  # the settings' base reaches the job
+        run_to_completion(finetune_nuclei_iter([img], [lbl], None, missing))

@@ -39,6 +39,7 @@ from napari_neuroseg.runtime.progress import Progress, relay
 __all__ = [
     "FineTuneProgress",
     "FineTuneResult",
+    "FineTuneSettings",
     "finetune_neurons_iter",
     "finetune_nuclei_iter",
     "fixed_objects_mask",
@@ -93,6 +94,48 @@ class FineTuneResult:
     def model(self) -> str:
         """What to give a model picker / ``--model``: the registered name, else the folder."""
         return self.entry["name"] if self.entry else str(self.out_dir)
+
+
+@dataclass(frozen=True)
+class FineTuneSettings:
+    """What both fine-tune jobs (:func:`finetune_nuclei_iter`, :func:`finetune_neurons_iter`)
+    take besides the data; each job also accepts these fields as keywords.
+
+    ``out_dir`` gets the model, its checkpoints, ``MODEL_CARD.md`` and ``finetune.json``;
+    ``base``: the model to start from (None: the task's shipped model); ``name``: the name it is
+    registered under (``register``; default: the folder's name). ``max_minutes`` covers the whole
+    job (set-up, training, scoring, saving; None: ``steps`` only). ``sources`` /
+    ``label_sources`` describe the data for the model card (layer names, file paths).
+    ``ignore_unlabelled``: train only around the labelled objects. Per task: ``optimize_thresholds``
+    and ``live_f1`` (nuclei: search the thresholds on the held-out part; the live held-out F1 of
+    the curve), ``every`` (neurons: validation and checkpoint interval in steps)."""
+
+    out_dir: str | Path
+    base: str | Path | None = None
+    name: str | None = None
+    max_minutes: float | None = 5.0
+    steps: int = 2000
+    device: str | None = "auto"
+    threads: int | None = None
+    ignore_unlabelled: bool = False
+    resume: bool = False
+    register: bool = True
+    batch_size: int = 2
+    sources: Sequence[str] | None = None
+    label_sources: Sequence[str] | None = None
+    seed: int = 0
+    optimize_thresholds: bool = True
+    live_f1: bool = True
+    every: int = 25
+
+    @classmethod
+    def of(cls, settings: FineTuneSettings | None, options: dict[str, Any], *, base: str) -> FineTuneSettings:
+        """``settings`` with ``options`` (field names) changed, or the settings made of
+        ``options``; ``base`` (the task's shipped model) when none is given."""
+        from dataclasses import replace
+
+        s = cls(**options) if settings is None else replace(settings, **options)
+        return s if s.base is not None else replace(s, base=base)
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -195,32 +238,25 @@ def finetune_nuclei_iter(
     images: Sequence[Any],
     labels: Sequence[Any],
     voxel_sizes: Sequence[Any] | None = None,
+    settings: FineTuneSettings | None = None,
     *,
-    out_dir: str | Path,
-    base: str | Path = "neuroseg_nuclei",
-    name: str | None = None,
-    max_minutes: float | None = 5.0,
-    steps: int = 2000,
-    device: str | None = "auto",
-    threads: int | None = None,
     masks: Sequence[Any] | None = None,
-    ignore_unlabelled: bool = False,
-    resume: bool = False,
-    register: bool = True,
-    optimize_thresholds: bool = True,
-    live_f1: bool = True,
-    batch_size: int = 2,
-    sources: Sequence[str] | None = None,
-    label_sources: Sequence[str] | None = None,
-    seed: int = 0,
+    **options: Any,
 ) -> Generator[FineTuneProgress, None, FineTuneResult]:
-    """Fine-tune the StarDist-3D ``base`` model on (image, corrected labels) pairs.
+    """Fine-tune the StarDist-3D ``base`` model (default ``neuroseg_nuclei``) on (image,
+    corrected labels) pairs, as ``settings`` (:class:`FineTuneSettings`, or its fields as
+    keywords) say; ``masks``: per pair, the part that was reviewed (or None).
 
-    ``voxel_sizes``: per pair (Z, Y, X) µm or None (used as it is). ``max_minutes`` covers the
-    whole job (setup, training, thresholds, saving); the schedule is fitted to it. ``out_dir``
-    gets the model, ``checkpoint.pt`` every 25 steps, ``MODEL_CARD.md`` and ``finetune.json``;
-    ``register`` copies it into the user model folder under ``name``. ``sources`` /
-    ``label_sources`` describe the data for the model card (layer names, file paths)."""
+    ``voxel_sizes``: per pair (Z, Y, X) µm or None (used as it is). The schedule is fitted to
+    ``max_minutes``; ``out_dir`` gets ``checkpoint.pt`` every 25 steps; ``register`` copies the
+    model into the user model folder under ``name``."""
+    st = FineTuneSettings.of(settings, options, base="neuroseg_nuclei")
+    out_dir, base, name, max_minutes, steps, device = (st.out_dir, st.base, st.name, st.max_minutes, st.steps,
+                                                        st.device)
+    threads, ignore_unlabelled, resume, register, batch_size = (st.threads, st.ignore_unlabelled, st.resume,
+                                                                st.register, st.batch_size)
+    sources, label_sources, seed = st.sources, st.label_sources, st.seed
+    optimize_thresholds, live_f1 = st.optimize_thresholds, st.live_f1
     from dataclasses import replace
 
     from napari_neuroseg.models.stardist3d import train as st_train
@@ -447,31 +483,25 @@ def finetune_neurons_iter(
     images: Sequence[Any],
     labels: Sequence[Any],
     voxel_sizes: Sequence[Any] | None = None,
+    settings: FineTuneSettings | None = None,
     *,
-    out_dir: str | Path,
-    base: str | Path = "neuroseg_neurons",
-    name: str | None = None,
-    max_minutes: float | None = 5.0,
-    steps: int = 2000,
-    device: str | None = "auto",
-    threads: int | None = None,
     masks: Sequence[Any] | None = None,
-    ignore_unlabelled: bool = False,
-    resume: bool = False,
-    register: bool = True,
-    batch_size: int = 2,
-    sources: Sequence[str] | None = None,
-    label_sources: Sequence[str] | None = None,
-    seed: int = 0,
-    every: int = 25,
-    **_: Any,
+    **options: Any,
 ) -> Generator[FineTuneProgress, None, FineTuneResult]:
-    """Fine-tune the neuron model ``base`` on (3-channel raw (3, Z, Y, X), corrected (Z, Y, X)
+    """Fine-tune the neuron model ``base`` (default ``neuroseg_neurons``; ``settings``: a
+    :class:`FineTuneSettings` or its fields as keywords, ``optimize_thresholds`` and ``live_f1``
+    unused here) on (3-channel raw (3, Z, Y, X), corrected (Z, Y, X)
     labels) pairs: a slab of each pair is held out (as for nuclei), both parts are written as
     FISBe samples into ``out_dir/data`` (train/, val/), and ``train neurons`` runs on them with
     validation (avF1 on the held-out slab, the best weights kept) every ``every`` steps. The
     curve's ``val_f1`` is that avF1; ``f1_before``/``f1_after`` the base and the fine-tuned
     model's avF1 there. ``voxel_sizes`` are recorded only (the neuron trainer does not resample)."""
+    st = FineTuneSettings.of(settings, options, base="neuroseg_neurons")
+    out_dir, base, name, max_minutes, steps, device = (st.out_dir, st.base, st.name, st.max_minutes, st.steps,
+                                                        st.device)
+    threads, ignore_unlabelled, resume, register, batch_size = (st.threads, st.ignore_unlabelled, st.resume,
+                                                                st.register, st.batch_size)
+    sources, label_sources, seed, every = st.sources, st.label_sources, st.seed, st.every
     from napari_neuroseg.io import write_fisbe
     from napari_neuroseg.models.neurons.model import load_model
     from napari_neuroseg.models.neurons.train import NeuronTrainSettings, train_iter
