@@ -138,6 +138,34 @@ class FineTuneSettings:
         return s if s.base is not None else replace(s, base=base)
 
 
+def _job_pairs(images: Sequence[Any], labels: Sequence[Any], masks: Sequence[Any] | None, st: FineTuneSettings):
+    """The set-up both jobs share: ``(output folder, model name, number of pairs, masks, sources,
+    label sources)``, one of each per (image, annotation) pair; a NeurosegError when they do
+    not pair up."""
+    out = Path(st.out_dir)
+    n = len(images)
+    if n == 0 or n != len(labels):
+        raise NeurosegError(f"{n} image(s) but {len(labels)} annotation(s)", fix="give one Labels layer per image")
+    masks = list(masks) if masks is not None else [None] * n
+    sources = list(st.sources) if st.sources is not None else [f"image {i + 1}" for i in range(n)]
+    label_sources = (list(st.label_sources) if st.label_sources is not None
+                     else [f"annotation {i + 1}" for i in range(n)])
+    return out, st.name or out.name, n, masks, sources, label_sources
+
+
+def _progress_of(curve: dict[str, list], state: dict[str, Any], t0: float, *, val_loss: bool = True):
+    """``progress(step, total, message, phase, eta=None)``: a :class:`FineTuneProgress` carrying the
+    curve so far (``val_loss``: whether the job has a validation loss to plot)."""
+
+    def progress(step, total, msg, phase, eta=None) -> FineTuneProgress:
+        return FineTuneProgress(int(step), int(total), msg, phase=phase, loss=tuple(curve["loss"]),
+                                val_loss=tuple(curve["val_loss"]) if val_loss else (), val_f1=tuple(curve["val_f1"]),
+                                f1_before=state["f1_before"], eta_s=eta, elapsed_s=time.monotonic() - t0,
+                                record=None if phase in ("train", "thresholds") else phase)
+
+    return progress
+
+
 # ------------------------------------------------------------------------------------------ data
 def _bbox(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
     idx = np.nonzero(mask)
@@ -251,12 +279,9 @@ def finetune_nuclei_iter(
     ``max_minutes``; ``out_dir`` gets ``checkpoint.pt`` every 25 steps; ``register`` copies the
     model into the user model folder under ``name``."""
     st = FineTuneSettings.of(settings, options, base="neuroseg_nuclei")
-    out_dir, base, name, max_minutes, steps, device = (st.out_dir, st.base, st.name, st.max_minutes, st.steps,
-                                                        st.device)
-    threads, ignore_unlabelled, resume, register, batch_size = (st.threads, st.ignore_unlabelled, st.resume,
-                                                                st.register, st.batch_size)
-    sources, label_sources, seed = st.sources, st.label_sources, st.seed
-    optimize_thresholds, live_f1 = st.optimize_thresholds, st.live_f1
+    base, max_minutes, steps, device, threads = st.base, st.max_minutes, st.steps, st.device, st.threads
+    ignore_unlabelled, resume, register, batch_size = st.ignore_unlabelled, st.resume, st.register, st.batch_size
+    seed, optimize_thresholds, live_f1 = st.seed, st.optimize_thresholds, st.live_f1
     from dataclasses import replace
 
     from napari_neuroseg.models.stardist3d import train as st_train
@@ -268,23 +293,11 @@ def finetune_nuclei_iter(
     )
 
     t0 = time.monotonic()
-    out = Path(out_dir)
-    name = name or out.name
-    n = len(images)
-    if n == 0 or n != len(labels):
-        raise NeurosegError(f"{n} image(s) but {len(labels)} annotation(s)", fix="give one Labels layer per image")
+    out, name, n, masks, sources, label_sources = _job_pairs(images, labels, masks, st)
     voxel_sizes = list(voxel_sizes) if voxel_sizes is not None else [None] * n
-    masks = list(masks) if masks is not None else [None] * n
-    sources = list(sources) if sources is not None else [f"image {i + 1}" for i in range(n)]
-    label_sources = list(label_sources) if label_sources is not None else [f"annotation {i + 1}" for i in range(n)]
     curve: dict[str, list] = {"loss": [], "val_loss": [], "val_f1": []}
     state: dict[str, Any] = {"f1_before": None}
-
-    def progress(step, total, msg, phase, eta=None) -> FineTuneProgress:
-        return FineTuneProgress(int(step), int(total), msg, phase=phase, loss=tuple(curve["loss"]),
-                                val_loss=tuple(curve["val_loss"]), val_f1=tuple(curve["val_f1"]),
-                                f1_before=state["f1_before"], eta_s=eta, elapsed_s=time.monotonic() - t0,
-                                record=None if phase in ("train", "thresholds") else phase)
+    progress = _progress_of(curve, state, t0)
 
     yield progress(0, 1, f"loading the base model {base}", "setup")
     base_model, base_path = load_base_nuclei_model(base, out.parent / f".{out.name}.base")
@@ -497,11 +510,9 @@ def finetune_neurons_iter(
     curve's ``val_f1`` is that avF1; ``f1_before``/``f1_after`` the base and the fine-tuned
     model's avF1 there. ``voxel_sizes`` are recorded only (the neuron trainer does not resample)."""
     st = FineTuneSettings.of(settings, options, base="neuroseg_neurons")
-    out_dir, base, name, max_minutes, steps, device = (st.out_dir, st.base, st.name, st.max_minutes, st.steps,
-                                                        st.device)
-    threads, ignore_unlabelled, resume, register, batch_size = (st.threads, st.ignore_unlabelled, st.resume,
-                                                                st.register, st.batch_size)
-    sources, label_sources, seed, every = st.sources, st.label_sources, st.seed, st.every
+    base, max_minutes, steps, device, threads = st.base, st.max_minutes, st.steps, st.device, st.threads
+    ignore_unlabelled, resume, register, batch_size = st.ignore_unlabelled, st.resume, st.register, st.batch_size
+    seed, every = st.seed, st.every
     from napari_neuroseg.io import write_fisbe
     from napari_neuroseg.models.neurons.model import load_model
     from napari_neuroseg.models.neurons.train import NeuronTrainSettings, train_iter
@@ -513,22 +524,10 @@ def finetune_neurons_iter(
     )
 
     t0 = time.monotonic()
-    out = Path(out_dir)
-    name = name or out.name
-    n = len(images)
-    if n == 0 or n != len(labels):
-        raise NeurosegError(f"{n} image(s) but {len(labels)} annotation(s)", fix="give one Labels layer per image")
-    masks = list(masks) if masks is not None else [None] * n
-    sources = list(sources) if sources is not None else [f"image {i + 1}" for i in range(n)]
-    label_sources = list(label_sources) if label_sources is not None else [f"annotation {i + 1}" for i in range(n)]
+    out, name, n, masks, sources, label_sources = _job_pairs(images, labels, masks, st)
     curve: dict[str, list] = {"loss": [], "val_loss": [], "val_f1": []}
     state: dict[str, Any] = {"f1_before": None}
-
-    def progress(step, total, msg, phase, eta=None) -> FineTuneProgress:
-        return FineTuneProgress(int(step), int(total), msg, phase=phase, loss=tuple(curve["loss"]),
-                                val_loss=(), val_f1=tuple(curve["val_f1"]), f1_before=state["f1_before"],
-                                eta_s=eta, elapsed_s=time.monotonic() - t0,
-                                record=None if phase in ("train", "thresholds") else phase)
+    progress = _progress_of(curve, state, t0, val_loss=False)
 
     yield progress(0, 1, f"loading the base model {base}", "setup")
     base_path = resolve_neuron_model(str(base))
