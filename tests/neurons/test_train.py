@@ -179,7 +179,13 @@ def test_finetune_on_one_volume_holds_out_a_slab_and_tunes_postprocess(tmp_path)
     with pytest.raises(NeurosegError, match="output folder of 'train neurons'"):
         resolve_model_path(str(out))  # 'neuroseg nuclei --model OUT' names the mix-up
     blob = read_checkpoint(out / "model.pt")
-    chosen = blob["scores"]["postprocess_search"]["chosen"]
-    assert set(chosen) == set(POSTPROCESS_GRID) and blob["postprocess"]["fg_threshold"] == chosen["fg_threshold"]
+    search = blob["scores"]["postprocess_search"]
+    chosen = search["chosen"]
+    assert set(chosen) == {*POSTPROCESS_GRID, "use_affinities", "use_colour"}
+    assert all(blob["postprocess"][k] == v for k, v in chosen.items())
+    assert load_model(out / "model.pt", device="cpu").params.to_dict() == blob["postprocess"]  # what predict uses
+    # searched on the whole annotated volume for both best.pt and last.pt; the better pair kept
+    assert [c["weights"] for c in search["candidates"]] == ["best.pt", "last.pt"]
+    assert search["weights"] in ("best.pt", "last.pt") and search["avF1"] == max(c["avF1"] for c in search["candidates"])
     with pytest.raises(NeurosegError, match="no neuron model"):
         resolve_neuron_model(str(tmp_path))

@@ -69,8 +69,8 @@ def add_neuron_arguments(p: argparse.ArgumentParser) -> None:
                    help="fine-tuning on --data without validation samples: hold out this fraction of each "
                         "volume (a slab of its longest axis) for validation (default: %(default)s; 0 = none)")
     p.add_argument("--no-tune-postprocess", action="store_true",
-                   help="fine-tuning: keep the base model's post-processing thresholds instead of choosing "
-                        "them on the held-out part")
+                   help="fine-tuning: keep the base model's post-processing values instead of choosing "
+                        "them (and best.pt or last.pt) on the annotated volumes")
     p.add_argument("--val-crop", type=int, nargs=3, default=d.val_crop, metavar=("Z", "Y", "X"),
                    help="centre crop of real validation volumes (default: %(default)s)")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N or mps")
@@ -143,8 +143,8 @@ def run_neurons(args: argparse.Namespace) -> int:
     res = train(neuron_settings(args), show)
     if res.get("postprocess"):
         pp = res["postprocess"]
-        print(f"post-processing chosen on the held-out part: {pp['chosen']} (avF1 {pp['avF1_before']:.3f} with the "
-              f"base values -> {pp['avF1']:.3f})")
+        print(f"post-processing chosen on the annotated volumes ({pp['weights']} weights): {pp['chosen']} (avF1 "
+              f"{pp['avF1_before']:.3f} with the base values -> {pp['avF1']:.3f})")
     print(f"done: {res['iterations']} iterations, best validation avF1 {res['best_score']:.3f}, "
           f"model written to {Path(res['out']) / 'model.pt'}")
     return 0

@@ -77,9 +77,27 @@ class NeuronTrainSettings:
 #: the held-out part, and the share of the time budget kept for that search at the end
 NEURON_FINETUNE_RECIPE: dict[str, Any] = {"lr": 1e-3, "val_every": 25, "save_every": 25, "tune_postprocess": True}
 FINETUNE_END_RESERVE = 0.08
-#: post-processing values tried by ``tune_postprocess`` (every combination)
-POSTPROCESS_GRID: dict[str, tuple] = {"fg_threshold": (0.02, 0.05, 0.1, 0.2, 0.35),
-                                      "merge_threshold": (0.15, 0.25, 0.35)}
+#: ... but at least this many seconds (the search below on a 48 x 128 x 128 volume: ~25 CPU s), and
+#: at most this share of the budget
+FINETUNE_END_RESERVE_S = 30.0
+FINETUNE_END_RESERVE_MAX = 0.3
+#: post-processing values tried by ``tune_postprocess``: a coordinate search (one value changed at a
+#: time, in this order, two passes) from the model's own values and from each of
+#: :data:`POSTPROCESS_STARTS` (designs with learned affinities); docs/finetune.md
+POSTPROCESS_GRID: dict[str, tuple] = {"fg_threshold": (0.02, 0.1, 0.3, 0.5, 0.7),
+                                      "colour_threshold": (0.02, 0.03, 0.05, 0.08),
+                                      "merge_threshold": (0.1, 0.15, 0.25, 0.45),
+                                      "colour_sigma": (0.5, 1.5, 2.5, 3.5),
+                                      "min_size": (40, 400),
+                                      "aff_threshold": (0.3, 0.5, 0.7),
+                                      "colour_whiten": (False, True)}
+POSTPROCESS_STARTS: tuple[dict, ...] = ({"use_affinities": True, "use_colour": True},
+                                        {"use_affinities": True, "use_colour": False, "merge_threshold": 0.45})
+
+
+def end_reserve(minutes: float) -> float:
+    """Share of a fine-tuning budget of ``minutes`` kept for the post-processing search."""
+    return min(FINETUNE_END_RESERVE_MAX, max(FINETUNE_END_RESERVE, FINETUNE_END_RESERVE_S / max(1e-9, 60.0 * minutes)))
 
 
 def _lr(it: int, total: int, peak: float) -> float:
@@ -363,29 +381,71 @@ def _train_step(net, opt, scaler, batch, dev, *, channels_last: bool):
     return loss, parts
 
 
-def _export_model(args: NeuronTrainSettings, out_dir: Path, params, tune_on: list, dev, train_info, scale):
-    """``model.pt`` (weights only) from ``best.pt`` (else ``last.pt``) with its scale sidecar;
-    with validation volumes ``tune_on`` the post-processing values are chosen on them first
-    (yields two steps). Returns the search's summary (None without a search)."""
+def _tuning_set(args: NeuronTrainSettings, whole: list, val: list) -> list:
+    """The annotated volumes (name, raw, gt) the post-processing search runs on: every annotated
+    volume of the run, whole. With held-out slabs (one annotated volume, fine-tuning) that is
+    each volume before the split (the slab alone holds a few neuron pieces, mostly below the
+    metric's minimum size: measured a poor guide, docs/finetune.md); else the validation volumes
+    and the training volumes (centre crops of ``val_crop``)."""
+    if whole:
+        return list(whole)
+    if args.synthetic or not args.data:
+        return list(val)
+    from .data import _open_fisbe, find_samples
+
+    out = list(val)
+    for path in find_samples(args.data, args.split)["train"]:
+        if path.suffix != ".zarr":
+            continue
+        raw, gt = _open_fisbe(path)
+        if gt is None:
+            continue
+        sl = tuple(slice((n - min(n, c)) // 2, (n - min(n, c)) // 2 + min(n, c))
+                   for n, c in zip(raw.shape[1:], args.val_crop))
+        out.append((path.name, raw[(slice(None),) + sl], gt[(slice(None),) + sl]))
+    return out
+
+
+def _export_model(args: NeuronTrainSettings, out_dir: Path, params, tune_on: list, dev, train_info, scale,
+                  stop: Callable[[], bool] | None = None):
+    """``model.pt`` (weights only) with its scale sidecar. Without ``tune_on``: the weights of
+    ``best.pt`` (else ``last.pt``). With annotated volumes ``tune_on`` (:func:`_tuning_set`): the
+    post-processing values are searched there for ``best.pt`` and for ``last.pt``, and the pair
+    (weights, values) with the higher avF1 is kept (ties: ``best.pt``); ``stop()`` true ends the
+    search early (the time budget). Returns the search's summary (None without a search)."""
     from napari_neuroseg.runtime.progress import Progress
 
     from .model import NetConfig, NeuronModel, read_checkpoint, save_model
 
-    src = out_dir / "best.pt" if (out_dir / "best.pt").is_file() else out_dir / "last.pt"
-    if not src.is_file():
+    cands = [out_dir / n for n in ("best.pt", "last.pt") if (out_dir / n).is_file()]
+    if not cands:
         return None
-    tuned = None
-    ck = read_checkpoint(src)
-    net_e = NetConfig(**ck["config"]).build()
-    net_e.load_state_dict(ck["state_dict"])
+    if not tune_on:
+        cands = cands[:1]
+    results = []  # (checkpoint, network, post-processing values, search summary)
+    for i, src in enumerate(cands):
+        ck = read_checkpoint(src)
+        net_e = NetConfig(**ck["config"]).build()
+        net_e.load_state_dict(ck["state_dict"])
+        p, info = params, None
+        if tune_on:
+            yield Progress(i, len(cands), f"choosing the post-processing values on the annotated volumes ({src.name})")
+            m = NeuronModel(net=net_e.to(dev), config=NetConfig(**ck["config"]), params=params, device=dev)
+            p, info = tune_postprocess(m, tune_on, stop=stop)
+            info = {**info, "weights": src.name, "iteration": ck.get("iteration")}
+            yield Progress(i + 1, len(cands), f"{src.name}: post-processing {info['chosen']} -> avF1 "
+                                              f"{info['avF1']:.3f} (base values {info['avF1_before']:.3f})")
+        results.append((ck, net_e, p, info))
+    pick = results[0]
+    for r in results[1:]:
+        if r[3]["avF1"] > pick[3]["avF1"] + 1e-9:
+            pick = r
+    ck, net_e, params, tuned = pick
+    if tuned is not None:
+        tuned = {**tuned, "candidates": [{k: r[3][k] for k in ("weights", "iteration", "avF1")} for r in results]}
     scores = dict(ck.get("scores", {}))
-    if tune_on:
-        yield Progress(0, 1, "choosing the post-processing thresholds on the held-out part")
-        m = NeuronModel(net=net_e.to(dev), config=NetConfig(**ck["config"]), params=params, device=dev)
-        params, tuned = tune_postprocess(m, tune_on)
+    if tuned is not None:
         scores["postprocess_search"] = tuned
-        yield Progress(1, 1, f"post-processing: {tuned['chosen']} -> held-out avF1 {tuned['avF1']:.3f} "
-                             f"(base values {tuned['avF1_before']:.3f})")
     save_model(out_dir / "model.pt", net_e.cpu(), NetConfig(**ck["config"]), params,
                train_info=train_info, scores=scores, iteration=ck.get("iteration"), scale=scale)
     _write_scale_sidecar(out_dir / "model.pt", training_scale(args))
@@ -393,15 +453,19 @@ def _export_model(args: NeuronTrainSettings, out_dir: Path, params, tune_on: lis
 
 
 def _training_source(args: NeuronTrainSettings, rng, state, next_seed, workers: int):
-    """The training data source (yields a step per synthetic volume made or file indexed) and the
-    held-out slabs: ``(source, held)``. Synthetic: a pool of volumes (filled here unless
-    ``workers`` fill their own). Files: every training sample; fine-tuning (also resumed) without
+    """The training data source (yields a step per synthetic volume made or file indexed), the
+    held-out slabs and the whole volumes they were cut from: ``(source, held, whole)``, the last
+    two lists of (name, raw, gt). Synthetic: a pool of volumes (filled here unless ``workers``
+    fill their own). Files: every training sample; fine-tuning (also resumed) without
     validation samples holds out a slab of each volume (``holdout_fraction``)."""
+    import numpy as np
+
     from napari_neuroseg.runtime.progress import Progress
 
     from .data import SyntheticSource, VolumeSource, find_samples, load_sample
 
     held: list = []
+    whole: list = []
     if args.synthetic:
         source = SyntheticSource(args.pool_size, tuple(args.synth_shape), args.hard_fraction, seed=args.seed,
                                  **_synthetic_mix(args))
@@ -410,7 +474,7 @@ def _training_source(args: NeuronTrainSettings, rng, state, next_seed, workers: 
         if not workers:  # with workers, each worker fills its own pool
             for done, total in source.fill():
                 yield Progress(done, total, f"generating synthetic volume {done}/{total}")
-        return source, held
+        return source, held, whole
     found = find_samples(args.data, args.split)
     paths = found["train"]
     # fine-tuning on volumes without validation samples: hold out a slab of each
@@ -427,11 +491,12 @@ def _training_source(args: NeuronTrainSettings, rng, state, next_seed, workers: 
                 (rt, gtt), (rv, gv) = parts
                 samples.append(make_sample(rt, gt=gtt, name=pth.name, rng=rng))
                 held.append((f"{pth.name} (held-out slab)", rv, gv))
+                whole.append((pth.name, np.asarray(raw), np.asarray(gt)))
                 yield Progress(i + 1, len(paths), f"indexed {pth.name} (a {args.holdout_fraction:.0%} slab held out)")
                 continue
         samples.append(load_sample(pth, rng))
         yield Progress(i + 1, len(paths), f"indexed {pth.name}")
-    return VolumeSource(samples), held
+    return VolumeSource(samples), held, whole
 
 
 class _NeuronRun:
@@ -502,10 +567,12 @@ class _NeuronRun:
         without validation samples); yields a step per volume made or indexed."""
         args = self.args
         self.workers = max(0, int(getattr(args, "workers", 0) or 0))
-        self.source, held = yield from _training_source(args, self.rng, self.state, self.next_seed, self.workers)
+        self.source, held, whole = yield from _training_source(args, self.rng, self.state, self.next_seed,
+                                                               self.workers)
         self.val = _validation_set(args, self.rng) if args.val_every else []
         if not args.synthetic and args.val_every and held:
             self.val = held
+        self.tune_vols = _tuning_set(args, whole, self.val) if args.tune_postprocess else []
 
     def start_loop(self) -> None:
         """Open the log, start the clock and the time budget (a share kept for the
@@ -522,8 +589,11 @@ class _NeuronRun:
         self.total = int(args.steps)
         clock = budget_clock(args.budget_clock)
         minutes = args.max_minutes
-        if minutes is not None and args.tune_postprocess and self.val:
-            minutes = float(minutes) * (1 - FINETUNE_END_RESERVE)  # time for the threshold search at the end
+        self.clock, self.deadline = clock, None
+        if minutes is not None:
+            self.deadline = clock() + 60.0 * float(minutes)
+            if args.tune_postprocess and self.tune_vols:
+                minutes = float(minutes) * (1 - end_reserve(float(minutes)))  # time for the search at the end
         self.budget = TimeBudget(minutes, self.start_it, self.total, clock=clock)
         self.stream = _batches_in_workers(self.source, args, self.patch, self.start_it) if self.workers else None
 
@@ -594,8 +664,9 @@ class _NeuronRun:
         """``model.pt`` (and the optional post-processing search): yields its steps, returns the
         search's summary."""
         args = self.args
-        return (yield from _export_model(args, self.out_dir, self.params, self.val if args.tune_postprocess else [],
-                                         self.dev, self.train_info, self.scale))
+        stop = None if self.deadline is None else (lambda: self.clock() >= self.deadline)
+        return (yield from _export_model(args, self.out_dir, self.params, self.tune_vols, self.dev, self.train_info,
+                                         self.scale, stop=stop))
 
 
 def train_iter(args: NeuronTrainSettings):
@@ -626,45 +697,76 @@ def train_iter(args: NeuronTrainSettings):
             "postprocess": None if tuned is None else tuned}
 
 
-def tune_postprocess(model, val, grid: dict[str, tuple] | None = None):
-    """The post-processing values (every combination of ``grid``, default
-    :data:`POSTPROCESS_GRID`, over ``model.params``) with the best mean avF1 on the validation
-    volumes ``val`` (name, raw, gt); the network runs once per volume. Ties keep the model's own
-    values. Returns ``(params, info)``."""
-    import itertools
+def tune_postprocess(model, val, grid: dict[str, tuple] | None = None, starts: tuple[dict, ...] | None = None,
+                     stop: Callable[[], bool] | None = None):
+    """The post-processing values with the best mean avF1 on the annotated volumes ``val`` (name,
+    raw, gt): a coordinate search over ``grid`` (default :data:`POSTPROCESS_GRID`: each key in
+    turn is set to the value that scores best with the others fixed, two passes) from
+    ``model.params`` and from each of ``starts`` (default :data:`POSTPROCESS_STARTS`, applied to
+    ``model.params``). The network runs once per volume. Ties keep the earlier values (the
+    model's own first). ``stop()`` true ends the search (the best so far is kept). Returns
+    ``(params, info)``: ``info["chosen"]`` the searched fields and the design
+    (``use_affinities``, ``use_colour``), ``avF1``, ``avF1_before`` (the model's own values),
+    ``evaluated`` (combinations scored) and ``stopped`` (ended by ``stop``)."""
     from dataclasses import replace
 
     import numpy as np
 
     from napari_neuroseg.runtime.progress import run_to_completion
 
+    from .postprocess import instances_from_outputs
     from .predict import predict_iter
     from .preprocess import check_raw, normalize
 
-    grid = grid or POSTPROCESS_GRID
+    grid = POSTPROCESS_GRID if grid is None else grid
+    starts = POSTPROCESS_STARTS if starts is None else starts
     model.net.eval()
     outs = []
     for _, raw, gt in val:
+        raw = np.asarray(raw)
         pr = run_to_completion(predict_iter(raw, model, return_outputs=True))
-        outs.append((pr.foreground, pr.affinities, normalize(check_raw(raw)), gt))
-    from .postprocess import instances_from_outputs
+        outs.append((pr.foreground, pr.affinities, normalize(check_raw(raw)), np.asarray(gt)))
+    cache: dict = {}
+    state = {"stopped": False}
 
-    def score(p) -> float:
-        return float(np.mean([_evaluate(gt, instances_from_outputs(fg, affs, img, p))["avF1"]
-                              for fg, affs, img, gt in outs]))
+    def score(p) -> float | None:
+        key = tuple(sorted(p.to_dict().items()))
+        if key not in cache:
+            if cache and stop is not None and stop():
+                state["stopped"] = True
+                return None
+            cache[key] = float(np.mean([_evaluate(gt, instances_from_outputs(fg, affs, img, p))["avF1"]
+                                        for fg, affs, img, gt in outs]))
+        return cache[key]
 
     base = model.params
-    best_p, best_s = base, score(base)
-    before = best_s
-    keys = list(grid)
-    for combo in itertools.product(*(grid[k] for k in keys)):
-        p = replace(base, **dict(zip(keys, combo)))
-        if p == base:
-            continue
-        sc = score(p)
-        if sc > best_s + 1e-9:
-            best_p, best_s = p, sc
-    return best_p, {"chosen": {k: getattr(best_p, k) for k in keys}, "avF1": best_s, "avF1_before": before}
+    before = score(base)
+    best_p, best_s = base, before
+    for start in ({}, *starts):
+        p0 = replace(base, **start)
+        cur, cur_s = p0, score(p0)
+        if cur_s is None:
+            break
+        for _ in range(2):
+            moved = False
+            for key, values in grid.items():
+                for v in values:
+                    sc = score(replace(cur, **{key: v}))
+                    if sc is None:
+                        break
+                    if sc > cur_s + 1e-9:
+                        cur, cur_s, moved = replace(cur, **{key: v}), sc, True
+                if state["stopped"]:
+                    break
+            if not moved or state["stopped"]:
+                break
+        if cur_s > best_s + 1e-9:
+            best_p, best_s = cur, cur_s
+        if state["stopped"]:
+            break
+    keys = [*grid, "use_affinities", "use_colour"]
+    return best_p, {"chosen": {k: getattr(best_p, k) for k in keys}, "avF1": best_s, "avF1_before": before,
+                    "evaluated": len(cache), "stopped": state["stopped"]}
 
 
 def train(settings: NeuronTrainSettings, callback: Callable | None = None) -> dict:
