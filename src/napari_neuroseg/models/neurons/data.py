@@ -255,15 +255,22 @@ class VolumeSource:
 # FISBe / pair folders
 
 
+def _fisbe_arrays(path: Path, need: str, problem: str, fix: str):
+    """``(raw, gt_instances)`` Zarr arrays of a FISBe sample that must hold ``need``; else a
+    NeurosegError ``problem (cause)`` with ``fix``."""
+    try:
+        raw, gt = open_fisbe_arrays(path)
+        if (raw if need == RAW_KEY else gt) is None:
+            raise KeyError(need)
+    except Exception as err:  # noqa: BLE001
+        raise NeurosegError(f"{problem} ({type(err).__name__}: {err})", path=path, fix=fix) from err
+    return raw, gt
+
+
 def _open_gt(path: Path):
     """(None, gt_instances) of a FISBe Zarr (masks only)."""
-    try:
-        _raw, gt = open_fisbe_arrays(path)
-        if gt is None:
-            raise KeyError(GT_KEY)
-    except Exception as err:  # noqa: BLE001
-        raise NeurosegError(f"no FISBe ground truth ({type(err).__name__}: {err})", path=path,
-                            fix="real morphology needs FISBe Zarr samples with volumes/gt_instances (N,Z,Y,X)") from err
+    _raw, gt = _fisbe_arrays(path, GT_KEY, "no FISBe ground truth",
+                             "real morphology needs FISBe Zarr samples with volumes/gt_instances (N,Z,Y,X)")
     if len(gt.shape) != 4:
         raise NeurosegError(f"volumes/gt_instances must be (N,Z,Y,X), got {gt.shape}", path=path,
                             fix="use FISBe samples")
@@ -271,14 +278,8 @@ def _open_gt(path: Path):
 
 
 def _open_fisbe(path: Path):
-    try:
-        raw, gt = open_fisbe_arrays(path)
-        if raw is None:
-            raise KeyError(RAW_KEY)
-    except Exception as err:  # noqa: BLE001
-        raise NeurosegError(f"not a FISBe sample ({type(err).__name__}: {err})", path=path,
-                            fix="a FISBe Zarr needs volumes/raw (3,Z,Y,X) and volumes/gt_instances (N,Z,Y,X)") from err
-    return raw, gt
+    return _fisbe_arrays(path, RAW_KEY, "not a FISBe sample",
+                         "a FISBe Zarr needs volumes/raw (3,Z,Y,X) and volumes/gt_instances (N,Z,Y,X)")
 
 
 def _read_split(path: Path) -> dict[str, str]:
