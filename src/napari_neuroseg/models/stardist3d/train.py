@@ -893,32 +893,18 @@ def _write_history(out: Path, history, s: TrainSettings, model, val_scores) -> N
     atomic_write_text(out / HISTORY, json.dumps(doc, indent=1), fsync=False)
 
 
-def train(
-    images: Sequence,
-    labels: Sequence,
-    config=None,
-    *,
-    out_dir: str | Path | None = None,
-    settings: TrainSettings | None = None,
-    val_images: Sequence | None = None,
-    val_labels: Sequence | None = None,
-    resume: bool = False,
-    callback=None,
-) -> TrainResult:
+def train(images: Sequence, labels: Sequence, config=None, *, callback=None, **options: Any) -> TrainResult:
     """Train a StarDist-3D model on (image, labels) volumes (ZYX or CZYX images, integer labels).
 
     ``config``: a :class:`StarDistConfig` or dict (default :func:`default_config`); ``out_dir``:
     where the model and checkpoints go (``None``: keep in memory); validation volumes are split off
-    the training ones (``settings.val_fraction``) unless given. ``callback(progress)`` sees each
-    step. Returns a :class:`TrainResult` with the trained ``model`` (best weights, optimised
-    thresholds)."""
+    the training ones (``settings.val_fraction``) unless given (``val_images``/``val_labels``);
+    the options are those of :func:`train_iter`, which this runs to completion.
+    ``callback(progress)`` sees each step. Returns a :class:`TrainResult` with the trained
+    ``model`` (best weights, optimised thresholds)."""
     from napari_neuroseg.runtime.progress import run_to_completion
 
-    return run_to_completion(
-        train_iter(images, labels, config, out_dir=out_dir, settings=settings, val_images=val_images,
-                   val_labels=val_labels, resume=resume),
-        callback,
-    )
+    return run_to_completion(train_iter(images, labels, config, **options), callback)
 
 
 # ---------------------------------------------------------------------------- command line
