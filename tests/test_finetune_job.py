@@ -171,6 +171,10 @@ def test_neuron_job_trains_on_a_held_out_split_and_registers(tmp_path):
     assert registry.lookup("tiny_neurons_ft")["kind"] == "neurons"
     assert "tiny_neurons_ft" in registry.model_names("neurons")
     assert (tmp_path / "run" / "MODEL_CARD.md").is_file()
+    from napari_neuroseg.models.neurons.model import read_checkpoint
+
+    search = read_checkpoint(tmp_path / "run" / "model.pt")["scores"]["postprocess_search"]  # on both parts
+    assert search["evaluated"] >= 1 and search["weights"] in ("best.pt", "last.pt")
     assert any(p.phase == "train" for p in seen) and seen[-1].phase == "done"
     with pytest.raises(NeurosegError, match="3-channel"):
         run_to_completion(finetune_neurons_iter([v.raw[0]], [v.labels], None, out_dir=tmp_path / "run2",

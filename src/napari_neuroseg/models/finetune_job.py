@@ -515,7 +515,7 @@ def finetune_neurons_iter(
     seed, every = st.seed, st.every
     from napari_neuroseg.io import write_fisbe
     from napari_neuroseg.models.neurons.model import load_model
-    from napari_neuroseg.models.neurons.train import NeuronTrainSettings, train_iter
+    from napari_neuroseg.models.neurons.train import NEURON_FINETUNE_RECIPE, NeuronTrainSettings, train_iter
     from napari_neuroseg.models.registry import resolve_neuron_model
     from napari_neuroseg.models.stardist3d.training.finetune import (
         check_annotation,
@@ -575,6 +575,7 @@ def finetune_neurons_iter(
         val_every=int(every), val_crop=tuple(max(s) for s in zip(*[yv.shape for _, yv in vals])),
         device=device or "auto", threads=int(threads) if threads else NeuronTrainSettings().threads, seed=int(seed),
         max_minutes=left, levels=base_model.config.levels, base=base_model.config.base,
+        lr=NEURON_FINETUNE_RECIPE["lr"], tune_postprocess=True,  # post-processing chosen on both parts
     )
     log_path = out / "log.jsonl"
     offset = log_path.stat().st_size if (resume and log_path.is_file()) else 0

@@ -91,6 +91,8 @@ POSTPROCESS_GRID: dict[str, tuple] = {"fg_threshold": (0.02, 0.1, 0.3, 0.5, 0.7)
                                       "min_size": (40, 400),
                                       "aff_threshold": (0.3, 0.5, 0.7),
                                       "colour_whiten": (False, True)}
+#: training volumes larger than this (Z, Y, X) are searched on a centre crop
+TUNE_CROP = (128, 384, 384)
 POSTPROCESS_STARTS: tuple[dict, ...] = ({"use_affinities": True, "use_colour": True},
                                         {"use_affinities": True, "use_colour": False, "merge_threshold": 0.45})
 
@@ -386,7 +388,7 @@ def _tuning_set(args: NeuronTrainSettings, whole: list, val: list) -> list:
     volume of the run, whole. With held-out slabs (one annotated volume, fine-tuning) that is
     each volume before the split (the slab alone holds a few neuron pieces, mostly below the
     metric's minimum size: measured a poor guide, docs/finetune.md); else the validation volumes
-    and the training volumes (centre crops of ``val_crop``)."""
+    and the training volumes (centre crops of at least :data:`TUNE_CROP`, or ``val_crop`` when larger)."""
     if whole:
         return list(whole)
     if args.synthetic or not args.data:
@@ -400,8 +402,8 @@ def _tuning_set(args: NeuronTrainSettings, whole: list, val: list) -> list:
         raw, gt = _open_fisbe(path)
         if gt is None:
             continue
-        sl = tuple(slice((n - min(n, c)) // 2, (n - min(n, c)) // 2 + min(n, c))
-                   for n, c in zip(raw.shape[1:], args.val_crop))
+        crop = [max(int(a), int(b)) for a, b in zip(args.val_crop, TUNE_CROP)]
+        sl = tuple(slice((n - min(n, c)) // 2, (n - min(n, c)) // 2 + min(n, c)) for n, c in zip(raw.shape[1:], crop))
         out.append((path.name, raw[(slice(None),) + sl], gt[(slice(None),) + sl]))
     return out
 
