@@ -44,6 +44,11 @@
 #   the 43 synthetic training volumes are mixed in at half of the patches (as A); at most 600 steps, batch 2,
 #   patch 32 x 48 x 24. The final model (SIDE=all) therefore trains on the whole volume except that slab
 #   (Z < 43 at the model's scale, ~75 %). Same ship rule.
+# RECIPE=B FAILED the rule too: X-split 0.743 (train X<50) and 0.800 (train X>=50), mean 0.772 < 0.80 (above
+#   the shipped 0.718); its X<50 model also lost the independent generator (mean 0.567 vs 0.847). No final
+#   (SIDE=all) model was trained; nothing shipped. Full matrix: docs/nuclei-model-card.md, "Session 5".
+#   Runs: /work/runs/nuc_real_{low,high} (A), /work/runs/nuc_realB_{low,high} (B), each with xsplit.json,
+#   heldout.json/.log, log.txt; the shipped model's halves: /work/runs/nuc_real_shipped/xsplit.json.
 #
 #   SIDE=low  scripts/train_nuclei_real.sh     # X-split candidate, test X >= 50
 #   SIDE=high scripts/train_nuclei_real.sh     # X-split candidate, test X < 50
