@@ -319,7 +319,7 @@ def _make(kind, viewer):
     return W(viewer)
 
 
-@pytest.mark.parametrize("kind", ["proofread", "nuclei", "neurons", "batch"])
+@pytest.mark.parametrize("kind", ["proofread", "nuclei", "neurons", "batch", "evaluate"])
 def test_docks_fit_a_1280x800_screen(shown_viewer, qtbot, kind):
     viewer = shown_viewer
     viewer.add_image(np.zeros((6, 20, 20), np.float32), name="raw")
@@ -345,7 +345,7 @@ def test_docks_fit_a_1280x800_screen(shown_viewer, qtbot, kind):
     assert win.size() == size
 
 
-@pytest.mark.parametrize("kind", ["proofread", "nuclei", "neurons", "batch"])
+@pytest.mark.parametrize("kind", ["proofread", "nuclei", "neurons", "batch", "evaluate"])
 def test_every_control_has_a_tooltip(make_napari_viewer, kind):
     widget = _make(kind, make_napari_viewer())
     kinds = (QAbstractButton, QComboBox, QAbstractSpinBox, QLineEdit)

@@ -13,7 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "metrics"))
 from helpers import SHAPE, labels_from, stack_from, three_tubes, tube  # noqa: E402
 
-from napari_neuroseg._napari.evaluate_widget import EvaluateWidget  # noqa: E402
+from napari_neuroseg._napari.evaluate_widget import ERROR_CONTOUR_PX, EvaluateWidget  # noqa: E402
 
 
 def _scene(viewer):
@@ -70,6 +70,16 @@ def test_widget_evaluates_and_adds_error_layers(make_napari_viewer, qtbot, tmp_p
     cmap = layer.colormap
     assert np.allclose(cmap.map(np.array([missed_v]))[0][:3], [1, 0, 1])  # magenta
     assert np.allclose(cmap.map(np.array([fp_v]))[0][:3], [1, 1, 0])  # yellow
+    # errors are outlines (never read as one more label colour), fully opaque; the legend says
+    # which colour is which kind, with counts; each list entry carries its kind's colour
+    assert layer.contour == ERROR_CONTOUR_PX and layer.opacity == 1.0
+    n_fp = len(res["errors"]["false_positive"])
+    assert w.legend_labels["missed_gt"].text().endswith("missed GT (1)")
+    assert w.legend_labels["false_positive"].text().endswith(f"false positives ({n_fp})")
+    assert w.legend_labels["false_merge"].text().endswith("false merges (0)")
+    assert all(not w.errors_list.item(i).icon().isNull() for i in range(1, w.errors_list.count()))
+    assert w.sizeHint().width() <= 420  # the filled tables do not widen the dock
+    assert viewer.layers["prediction"].colormap is not cmap  # the result's colours are left alone
     assert "FISBe preset" in w.errors_list.item(0).text()
     assert "800 voxels" in w.errors_list.item(0).text()
     assert w.errors_list.count() == 1 + len(res["errors"]["missed_gt"]) + len(

@@ -27,19 +27,25 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container
+from qtpy.QtCore import QSize, Qt
+from qtpy.QtGui import QColor, QIcon, QPixmap
 from qtpy.QtWidgets import (
+    QAbstractButton,
     QAbstractItemView,
+    QGridLayout,
+    QHeaderView,
     QLabel,
     QListWidget,
     QListWidgetItem,
     QPushButton,
+    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from napari_neuroseg._napari._dock import DockLifecycleMixin, fit_controls
+from napari_neuroseg._napari._dock import CollapsibleSection, DockLifecycleMixin, fit_controls, scrollable
 from napari_neuroseg._napari._forms import (
     LAYER_EVENTS,
     fit_form,
@@ -74,6 +80,21 @@ ERROR_KINDS = {
 #: the one layer holding every error object (value v has kind ``KIND_ORDER[(v - 1) % 4]``)
 ERRORS_LAYER = "evaluation errors"
 KIND_ORDER = tuple(ERROR_KINDS)
+#: the error layer draws each object's outline (px) in 2D, not a filled patch that reads as one
+#: more label among the result's; 3D views show it filled (napari draws contours in 2D only)
+ERROR_CONTOUR_PX = 2
+#: the width (px) the dock asks for: fits a 1280x800 screen beside the layer list and the canvas
+DOCK_WIDTH_HINT = 400
+#: the per-threshold table: (header, tooltip)
+THRESHOLD_COLUMNS = (
+    ("thr.", "Matching threshold: IoU for nuclei, clDice for neurons"),
+    ("TP", "True positives: matched pairs (objects)"),
+    ("FP", "False positives: unmatched predictions (objects)"),
+    ("FN", "False negatives: unmatched ground-truth objects"),
+    ("prec.", "Precision = TP / (TP + FP)"),
+    ("rec.", "Recall = TP / (TP + FN)"),
+    ("F1", "F1 = 2 TP / (2 TP + FP + FN)"),
+)
 #: the Save… dialog's formats
 JSON_FILTER = "Metrics, everything (*.json)"
 CSV_FILTER = "Metrics tables (*.csv)"
@@ -217,6 +238,41 @@ def evaluate_layers_iter(gt: Any, pred: Any, partly: bool, *, dim_ids: list[int]
     return result, layer
 
 
+def _wrapped_label(text: str) -> QLabel:
+    """A word-wrapped label that takes the dock's width instead of widening it (a wrapped
+    ``QLabel`` otherwise asks for ~550 px)."""
+    label = QLabel(text)
+    label.setWordWrap(True)
+    label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    return label
+
+
+def _compact_table(table: QTableWidget) -> None:
+    """Rows as tall as the text, no row numbers, the last column taking the spare width."""
+    table.verticalHeader().setVisible(False)
+    table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Fixed)
+    table.verticalHeader().setDefaultSectionSize(table.fontMetrics().height() + 6)
+    table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+    table.horizontalHeader().setStretchLastSection(True)
+    for corner in table.findChildren(QAbstractButton):  # Qt's select-all corner button
+        corner.setToolTip("Select the whole table")
+
+
+def _fit_rows(table: QTableWidget, max_rows: int) -> None:
+    """Make ``table`` as tall as its header and rows (at most ``max_rows``; it scrolls beyond)."""
+    rows = min(table.rowCount(), max_rows)
+    height = (table.horizontalHeader().sizeHint().height() + rows * table.verticalHeader().defaultSectionSize()
+              + 2 * table.frameWidth() + 2)
+    table.setFixedHeight(height)
+
+
+def _swatch(color: str, size: int = 12) -> QIcon:
+    """A small square icon of an error kind's colour (the list's key to the error layer)."""
+    pix = QPixmap(size, size)
+    pix.fill(QColor(color))
+    return QIcon(pix)
+
+
 class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
     """Pick GT and prediction layers and a task (nuclei / FISBe neurons), evaluate, inspect the
     errors, save the metrics or the error layer.
@@ -251,11 +307,12 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.form = Container(name="evaluate_form", widgets=[gt, pred, task, partly])
         self.form.margins = (0, 0, 0, 0)
         #: what the chosen task measures (a note, not a control)
-        self.task_note = QLabel("")
-        self.task_note.setWordWrap(True)
+        self.task_note = _wrapped_label("")
         self.task_note.setToolTip("What the chosen task measures and which objects it counts")
 
-        layout = QVBoxLayout(self)
+        content = QWidget()
+        layout = QVBoxLayout(content)
+        layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.form.native)
         layout.addWidget(self.task_note)
         task.changed.connect(self._update_task_note)
@@ -272,23 +329,45 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.controls.progress.setToolTip("Progress of the running evaluation (objects matched)")
         layout.addWidget(self.controls)
 
-        self.summary = QTableWidget(len(SUMMARY_KEYS), 2)
+        self.summary = QTableWidget(0, 2)  # rows come with the first result
         self.summary.setHorizontalHeaderLabels(["metric", "value"])
-        self.summary.verticalHeader().setVisible(False)
+        _compact_table(self.summary)
         self.summary.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.summary.setToolTip("Summary metrics of the last evaluation (scores 0-1, counts of objects)")
-        layout.addWidget(self.summary)
-        self.thresholds = QTableWidget(0, 7)
-        self.thresholds.setHorizontalHeaderLabels(
-            ["threshold", "TP", "FP", "FN", "precision", "recall", "F1"])
-        self.thresholds.verticalHeader().setVisible(False)
+        self.metrics_section = CollapsibleSection(
+            "Metrics", self.summary, expanded=True, tooltip="Show or hide the summary metrics")
+        layout.addWidget(self.metrics_section)
+        self.thresholds = QTableWidget(0, len(THRESHOLD_COLUMNS))
+        self.thresholds.setHorizontalHeaderLabels([h for h, _ in THRESHOLD_COLUMNS])
+        for c, (_, tip) in enumerate(THRESHOLD_COLUMNS):
+            self.thresholds.horizontalHeaderItem(c).setToolTip(tip)
+        _compact_table(self.thresholds)
         self.thresholds.setEditTriggers(QAbstractItemView.NoEditTriggers)
         self.thresholds.setToolTip("Matches per matching threshold (IoU for nuclei, clDice for neurons): "
                                    "true/false positives and false negatives as object counts")
-        layout.addWidget(self.thresholds)
+        self.thresholds_section = CollapsibleSection(
+            "Per threshold", self.thresholds, expanded=False,
+            tooltip="Show or hide the matches at each matching threshold")
+        layout.addWidget(self.thresholds_section)
 
         layout.addWidget(QLabel("Errors (click to jump):"))
+        #: which colour is which error kind (the error layer draws outlines in these colours), 2 x 2
+        self.legend = QWidget()
+        grid = QGridLayout(self.legend)
+        grid.setContentsMargins(0, 0, 0, 0)
+        grid.setVerticalSpacing(0)
+        self.legend_labels: dict[str, QLabel] = {}
+        for k, kind in enumerate(KIND_ORDER):
+            lab = QLabel("")
+            lab.setToolTip(f"{ERROR_KINDS[kind][0]}: outlined in {ERROR_KINDS[kind][1]} in the '{ERRORS_LAYER}' "
+                           "layer (2D views; filled in 3D); the result's own label colours are left as they are")
+            self.legend_labels[kind] = lab
+            grid.addWidget(lab, k // 2, k % 2)
+        layout.addWidget(self.legend)
         self.errors_list = QListWidget()
+        self.errors_list.setWordWrap(True)
+        self.errors_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.errors_list.setMinimumHeight(8 * self.errors_list.fontMetrics().height())
         self.errors_list.setToolTip("Objects counted as errors; click one to centre the view on it and select "
                                     "it in the 'evaluation errors' layer")
         self.errors_list.itemClicked.connect(self._jump)
@@ -300,14 +379,24 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.save_button.setEnabled(False)
         self.save_button.clicked.connect(lambda *_: self.save())
         layout.addWidget(self.save_button)
-        fit_controls(self)
-        fit_form(self.form)
+        _fit_rows(self.summary, 12)
+        _fit_rows(self.thresholds, 9)
+        self._kind_icons = {kind: _swatch(color) for kind, (_, color) in ERROR_KINDS.items()}
+        self._show_legend({})
+        fit_controls(content)
+        self.scroll_area = scrollable(self, content)
+        fit_form(self.form, self.scroll_area)
 
         # released when the dock is hidden or closed (_dock.py)
         for ev in (*LAYER_EVENTS, "changed"):
             self.connect_event(getattr(self.viewer.layers.events, ev), self._refresh_layers)
         self._refresh_layers(initial=True)
         self._update_task_note()
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt's name
+        """Ask for ``DOCK_WIDTH_HINT`` px: the tables scroll or elide inside, the canvas keeps its room."""
+        hint = super().sizeHint()
+        return QSize(max(self.minimumSizeHint().width(), DOCK_WIDTH_HINT), hint.height())
 
     def on_dock_shown(self) -> None:
         self._refresh_layers()
@@ -471,13 +560,13 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         for r, (key, val) in enumerate(zip(rows[0][1:], rows[1][1:])):
             self.summary.setItem(r, 0, QTableWidgetItem(LABELS_OF.get(key, key)))
             self.summary.setItem(r, 1, QTableWidgetItem(val))
-        self.summary.resizeColumnsToContents()
+        _fit_rows(self.summary, 12)
         th_rows = per_threshold_rows(result)[1:]
         self.thresholds.setRowCount(len(th_rows))
         for r, row in enumerate(th_rows):
             for c, val in enumerate(row):
                 self.thresholds.setItem(r, c, QTableWidgetItem(val))
-        self.thresholds.resizeColumnsToContents()
+        _fit_rows(self.thresholds, 9)
 
     def _error_layer_now(self) -> Any:
         for ly in self.viewer.layers:
@@ -501,6 +590,7 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                 self.errors_list.addItem(head)  # no data: clicking it does nothing
             layer = self._error_layer_now()
             if built is None:
+                self._show_legend({})
                 if layer is not None:
                     self.viewer.layers.remove(layer)
                 return
@@ -512,19 +602,30 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                 if layer is not None:
                     self.viewer.layers.remove(layer)
                 layer = self.viewer.add_labels(
-                    built["data"], name=ERRORS_LAYER, opacity=0.8, colormap=built["colormap"],
+                    built["data"], name=ERRORS_LAYER, opacity=1.0, colormap=built["colormap"],
                     features=built["features"], scale=self._scale, translate=self._translate,
                     metadata={"neuroseg_error_kind": "all"},
                 )
+                layer.contour = ERROR_CONTOUR_PX  # outlines: never mistaken for a label's colour
+            counts: dict[str, int] = {}
             for kind, i, v, cent, text in built["items"]:
                 self.error_layers[kind] = layer
                 self._centroids[(kind, i)] = cent
                 self._values[(kind, i)] = v
-                it = QListWidgetItem(text)
+                counts[kind] = counts.get(kind, 0) + 1
+                it = QListWidgetItem(self._kind_icons[kind], text)
                 it.setData(256, (kind, i))  # Qt.UserRole
+                it.setToolTip(f"{text} (outlined in {ERROR_KINDS[kind][1]} in the '{ERRORS_LAYER}' layer)")
                 self.errors_list.addItem(it)
+            self._show_legend(counts)
         finally:
             self.errors_list.setUpdatesEnabled(True)
+
+    def _show_legend(self, counts: dict[str, int]) -> None:
+        """The colour key of the error layer, with the number of errors of each kind."""
+        for kind, (title, color) in ERROR_KINDS.items():
+            self.legend_labels[kind].setText(
+                f'<span style="color:{QColor(color).name()}">&#9634;</span> {title} ({counts.get(kind, 0)})')
 
     def jump_to(self, kind: str, obj_id: int) -> None:
         """Show error ``obj_id`` of ``kind``: slice through and centre on a voxel that lies on the
