@@ -104,28 +104,18 @@ def select_candidates(
     return p, d, points[keep]
 
 
-def nms_and_render(
-    prob: np.ndarray,
-    dist: np.ndarray,
-    points: np.ndarray,
-    rays_spec: dict[str, Any],
-    n_rays: int,
-    nms_thresh: float,
-    shape: tuple[int, int, int],
-    render: bool = True,
-    nms: str = "neuroseg",
-) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
+def nms_and_render(*args: Any, **kwargs: Any) -> tuple[np.ndarray | None, dict[str, np.ndarray]]:
     """Sparse 3D NMS (as ``stardist.nms.non_maximum_suppression_3d_sparse``) then rendering
     (as ``polyhedron_to_label``, higher probability wins overlaps) and sequential relabelling,
     with the backend ``nms`` (:data:`NMS_BACKENDS`).
 
     Returns ``(labels int32 (Z, Y, X) or None, details)`` with details ``points``, ``prob``,
     ``dist``, ``rays_vertices``, ``rays_faces`` (as ``stardist``'s ``predict_instances``).
+    :func:`nms_and_render_iter` (the same arguments) run to completion.
     """
     from napari_neuroseg.runtime.progress import run_to_completion
 
-    return run_to_completion(
-        nms_and_render_iter(prob, dist, points, rays_spec, n_rays, nms_thresh, shape, render=render, nms=nms))
+    return run_to_completion(nms_and_render_iter(*args, **kwargs))
 
 
 def nms_and_render_iter(
