@@ -23,8 +23,6 @@ RENAMES = {("os", "replace"), ("os", "rename"), ("tempfile", "mkstemp"), ("tempf
 
 #: (module, what) -> why it may stay outside io/
 ALLOWED: dict[tuple[str, str], str] = {
-    ("batch/jobs.py", "np.load"): "the run's own scratch block results in its work folder (written by "
-    "io.atomic.atomic_save_npy, memory-mapped back by the block jobs), not volumes a user gives",
     ("batch/lock.py", "os.replace"): "moves a stale run lock aside (no file content is written)",
     ("proofread/chunked.py", "os.replace"): "rolls committed chunk files of an edit transaction forward "
     "(the commit mark itself is written by io.atomic)",

@@ -19,6 +19,7 @@ from napari_neuroseg.batch.sources import InputSpec, OpenedInput, open_input
 from napari_neuroseg.batch.tasks import Task
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.io.atomic import atomic_save_npy, atomic_write_json
+from napari_neuroseg.io.npy import read_npy
 from napari_neuroseg.io.zarr_io import create_label_store
 
 
@@ -251,7 +252,7 @@ def pass1_block_job(
 def _plane(work: Path, grid: tuple[int, ...], key: str, cache: dict) -> np.ndarray:
     if (grid, key) not in cache:
         index = cache["index"][grid]
-        cache[(grid, key)] = np.load(work / "faces" / f"{index}_{key}.npy")
+        cache[(grid, key)] = read_npy(work / "faces" / f"{index}_{key}.npy")
     return cache[(grid, key)]
 
 
@@ -307,14 +308,14 @@ def match_overlap_job(
     f = block_file(w, block.index)
     if not f.exists():
         return out[0]
-    mine = np.load(f, mmap_mode="r")
+    mine = read_npy(f, mmap=True)
     for nb, nb_offset in neighbours:
         g = block_file(w, nb.index)
         if not g.exists():
             continue
         region = overlap_region(block, nb)
         a = np.asarray(mine[tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, block.outer))])
-        other = np.load(g, mmap_mode="r")
+        other = read_npy(g, mmap=True)
         b = np.asarray(other[tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, nb.outer))])
         pairs = overlap_pairs(a, b, min_fraction)
         if pairs.size:
@@ -335,7 +336,7 @@ def pass2_faces_job(
     w = Path(work)
     f = block_file(w, block.index)
     if f.exists():
-        local = np.load(f, mmap_mode="r" if stored == "outer" else None)
+        local = read_npy(f, mmap=stored == "outer")
         if stored == "outer":
             local = np.array(local[block.core_in_outer])
         out = apply_lut(local, lut)
@@ -361,7 +362,7 @@ def pass2_centre_job(
         inter = [slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(nb.outer, block.core)]
         if any(s.stop <= s.start for s in inter):
             continue
-        src = np.load(block_file(w, nb.index), mmap_mode="r")
+        src = read_npy(block_file(w, nb.index), mmap=True)
         part = np.asarray(src[tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip(inter, nb.outer))])
         view = out[tuple(slice(s.start - c.start, s.stop - c.start) for s, c in zip(inter, block.core))]
         m = (part > 0) & (view == 0)
