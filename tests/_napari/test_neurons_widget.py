@@ -244,3 +244,20 @@ def test_save_writes_the_result_and_asks_before_overwriting_an_input(make_napari
     # cancelled dialog
     answers.append(("", ""))
     assert w.save() is None
+
+
+def test_neurite_thickness_field(make_napari_viewer, volume):
+    """The thickness box is parsed like --object-size; 'auto' and nonsense stop before a run."""
+    viewer = make_napari_viewer()
+    viewer.add_image(volume.raw, name="raw")
+    w = NeuronsWidget(viewer)
+    f = w.form
+    f.raw.value = viewer.layers["raw"]
+    assert w.object_size() is None
+    f.object_size.value = "4 vox"
+    assert w.object_size() == "4 vox"
+    for bad, words in (("auto", "automatic neurite thickness"), ("thick", "not understood")):
+        f.object_size.value = bad
+        w.run()
+        assert w.worker is None and words in w.status.text()
+    assert f.object_size.tooltip and "vox" in f.object_size.tooltip

@@ -55,3 +55,17 @@ def test_tiff_in_zarr_out_and_errors(inputs, tiny_model_path, tmp_path, capsys):
     assert main(["neurons", str(inputs / "czyx.tif"), "-o", str(tmp_path / "x.png"), "--quiet"]) == 1
     assert "unknown output type" in capsys.readouterr().err
     assert not (tmp_path / "x.tif").exists()
+
+
+def test_object_size_flag_rescales_by_the_neurite_thickness(inputs, tmp_path, capsys):
+    """``--object-size`` (neurite thickness) rescales the volume; labels come back at the input's
+    shape; ``auto`` is one clear error line and writes nothing."""
+    from napari_neuroseg.io import read_labels
+
+    out = tmp_path / "o.tif"
+    assert main(["neurons", str(inputs / "czyx.tif"), "-o", str(out),  # the shipped model: it has a scale
+                 "--object-size", "4.5vox", "--device", "cpu", "--quiet"]) == 0
+    assert np.asarray(read_labels(out)).shape == inputs_shape(inputs)
+    bad = tmp_path / "auto.tif"
+    assert main(["neurons", str(inputs / "czyx.tif"), "-o", str(bad), "--object-size", "auto", "--quiet"]) == 1
+    assert "automatic neurite thickness" in capsys.readouterr().err and not bad.exists()

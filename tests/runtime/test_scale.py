@@ -260,3 +260,26 @@ def test_object_diameters_skip_cut_objects_and_training_scale_uses_known_voxel_s
     assert sc.nominal and sc.voxel_size == (0.5, 0.25, 0.25)
     with pytest.raises(NeurosegError, match="no objects"):
         training_data_scale([np.zeros((4, 4, 4), np.uint8)], [None])
+
+
+def test_neurite_thickness_rescales_neurons_and_auto_is_refused():
+    """``object_size`` for a neuron model is the neurite thickness: the volume is rescaled so its
+    neurites have the model's typical thickness (3 voxels at 0.44 µm) and the labels come back
+    at the input's shape; ``auto`` is refused with a fix (no estimator proved reliable)."""
+    from napari_neuroseg.models.neurons.predict import model_scale, predict
+    from napari_neuroseg.models.neurons.model import load_model
+    from napari_neuroseg.synth import make_neurons
+
+    ms = model_scale(load_model(None, device="cpu"))
+    assert ms.object_name == "neurite" and ms.object_diameter_vox == pytest.approx(3.0)
+    assert plan_scale(ms, object_size="6 vox").factors == pytest.approx((0.5, 0.5, 0.5))
+    # µm: 2.64 µm neurites in 0.44 µm voxels are 6 voxels thick, as above
+    assert plan_scale(ms, voxel_size=(0.44,) * 3, object_size="2.64um").factors == pytest.approx((0.5, 0.5, 0.5))
+    with pytest.raises(NeurosegError, match="automatic neurite thickness") as err:
+        plan_scale(ms, voxel_size=(0.44,) * 3, object_size="auto", image=np.zeros((4, 8, 8)))
+    assert "1.3 um" in err.value.fix
+    raw = np.asarray(make_neurons((16, 30, 26), seed=1).raw)
+    res = predict(raw, object_size="1.5 vox", device="cpu")  # thinner than the model's: upsampled x2
+    assert res.labels.shape == raw.shape[1:]
+    assert res.info["scale_plan"]["factors"] == pytest.approx([2.0, 2.0, 2.0])
+    assert "object diameter 1.5 vox (given)" in res.info["scale_plan"]["text"]

@@ -52,7 +52,8 @@ FOLDER = "Package folder…"
 MODEL_FILTER = "Neuron model (*.pt *.zip *.yaml)"
 
 
-def neurons_job(channels: list[Any], model: str | None, device: str, params: dict, voxel_size=None):
+def neurons_job(channels: list[Any], model: str | None, device: str, params: dict, voxel_size=None,
+                object_size=None):
     """Worker job: stack the channel arrays into (3,Z,Y,X) and run the neuron model (resampled to
     the model's voxel size when ``voxel_size`` (Z, Y, X µm) is given). The result's labels are
     made ready for napari here, off the main thread (``uint16`` when the ids fit:
@@ -73,7 +74,7 @@ def neurons_job(channels: list[Any], model: str | None, device: str, params: dic
                                 fix="choose three layers of the same (Z, Y, X) shape")
         raw = np.stack(arrays)
     res = yield from predict_iter(raw, resolve_neuron_model(model), device=device, params=params,
-                                  voxel_size=voxel_size)
+                                  voxel_size=voxel_size, object_size=object_size)
     warm_labels_display()
     return dataclasses.replace(res, labels=compact_labels(res.labels))
 
@@ -151,6 +152,11 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                                  "unit); the volume is resampled to the model's voxel size and the labels come "
                                  "back at its shape. Blank = the volume is used as it is")
         voxel.native.setPlaceholderText("unknown: volume used as it is")
+        thick = LineEdit(name="object_size", label="Neurite thickness",
+                         tooltip="Typical neurite thickness of this volume, e.g. '1.3 um' (needs the voxel size) or "
+                                 "'4 vox' (Y/X voxels); the volume is rescaled so its neurites have the model's "
+                                 "thickness. Blank = from the voxel size alone")
+        thick.native.setPlaceholderText("blank: from the voxel size")
         d = PostprocessParams()
         fg = FloatSpinBox(name="fg_threshold", label="Foreground threshold", value=d.fg_threshold, min=0.01,
                           max=0.99, step=0.05,
@@ -166,7 +172,7 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                            tooltip="Minimum neuron size, in voxels: smaller fragments join a touching neuron "
                                    "or are dropped")
         self.form = Container(name="neurons_form", widgets=[
-            raw, ch2, ch3, model, model_path, device, voxel, fg, merge, min_size])
+            raw, ch2, ch3, model, model_path, device, voxel, thick, fg, merge, min_size])
         self.form.margins = (0, 0, 0, 0)
 
         self.controls = RunControls(
@@ -282,6 +288,17 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         text = self.form.voxel_size.value.strip()
         return parse_voxel_size(text, what="the voxel size") if text else None
 
+    def object_size(self) -> str | None:
+        """The neurite thickness typed in (``"1.3 um"``, ``"4 vox"``), or None when blank;
+        NeurosegError if malformed or ``auto`` (not available for neurons)."""
+        from napari_neuroseg.runtime.scale import parse_object_size
+
+        obj = parse_object_size(self.form.object_size.value)
+        if obj is not None and obj.auto:
+            raise NeurosegError("an automatic neurite thickness is not available",
+                                fix="type the thickness, e.g. '1.3 um' or '4 vox', or leave it blank")
+        return None if obj is None else str(obj)
+
     def run(self) -> None:
         """Start the segmentation in a worker thread."""
         if self.controls.busy:
@@ -290,6 +307,7 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             channels = self.selected_channels()
             model = self.model_spec()
             voxel_size = self.voxel_size()
+            object_size = self.object_size()
         except NeurosegError as err:
             self.status.setText(f"Error: {err}")
             return
@@ -299,7 +317,7 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self._scale = tuple(source.scale[-3:])
         self._translate = tuple(source.translate[-3:])
         self.controls.start(
-            neurons_job, channels, model, self.form.device.value, self.params(), voxel_size,
+            neurons_job, channels, model, self.form.device.value, self.params(), voxel_size, object_size,
             on_return=self._on_result, desc="Neurons (FISBe)",
         )
 

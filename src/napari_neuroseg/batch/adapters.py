@@ -170,6 +170,8 @@ class NeuronsTask(Task):
         Param("aff_threshold", float, None, "affinity threshold (default: the model's)"),
         Param("min_size", int, 40, "remove neurons smaller than this many voxels (applied globally)"),
         Param("voxel_size", str, None, "voxel size 'Z,Y,X' in µm: the volume is resampled to the model's scale"),
+        Param("object_size", str, None, "neurite thickness: '1.3um' or '4vox' (Y/X voxels); the volume is rescaled "
+                                        "to the model's typical thickness ('auto' is not available for neurons)"),
     )
 
     def uses_gpu(self, params: dict) -> bool:
@@ -220,6 +222,8 @@ class NeuronsTask(Task):
             kw["norm_stats"] = (np.asarray(norm["bg"], np.float32), float(norm["hi"]))
         if params.get("voxel_size"):
             kw["voxel_size"] = params["voxel_size"]
+        if params.get("object_size"):  # a given size: the same factors for every block (no estimate)
+            kw["object_size"] = params["object_size"]
         res = pred_mod.predict(image, params.get("model"), device=device, params=post, **kw)
         return np.asarray(res.labels)
 

@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--voxel-size", type=float, nargs=3, default=None, metavar=("Z", "Y", "X"),
                    help="voxel size in µm (default: from the file's metadata; none there, e.g. FISBe: the volume "
                         "is used as it is); the volume is resampled to the model's voxel size")
+    p.add_argument("--object-size", default=None, metavar="SIZE",
+                   help="neurite thickness of the input, e.g. '1.3um' or '4vox' (Y/X voxels): the volume is "
+                        "rescaled so its neurites have the model's typical thickness (see docs/neurons.md, "
+                        "'Object size'; 'auto' is not available for neurons)")
     p.add_argument("--no-rescale", action="store_true", help="ignore voxel sizes: predict on the volume as it is")
     p.add_argument("--key", default=None, help="array key inside a Zarr/HDF5 input")
     p.add_argument("--channel-axis", type=int, default=None,
@@ -105,8 +109,9 @@ def _read_input(args):
     return data, None, False
 
 
-def _voxel_size(args, was_fisbe: bool):
-    """``--voxel-size``, else the input file's metadata (FISBe files store none), else None."""
+def _scale_args(args, was_fisbe: bool):
+    """``(voxel_size, object_size)``: ``--voxel-size``, else the input file's metadata (FISBe files
+    store none), else None; ``--object-size`` parsed."""
     from napari_neuroseg.cli.nuclei import scale_args
 
     vol = None
@@ -114,7 +119,7 @@ def _voxel_size(args, was_fisbe: bool):
         from napari_neuroseg.io import read_image
 
         vol = read_image(Path(args.input), key=args.key, lazy=True)
-    return scale_args(args, vol)[0]
+    return scale_args(args, vol)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -143,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     if out.resolve() == Path(args.input).resolve():
         raise NeurosegError("output would overwrite the input", path=out, fix="choose another output path")
     raw, gt, was_fisbe = _read_input(args)
-    voxel_size = _voxel_size(args, was_fisbe)
+    voxel_size, object_size = _scale_args(args, was_fisbe)
     if fmt == "zarr" and was_fisbe and args.format == "auto":
         fmt = "fisbe"
     params = {k: v for k, v in (("fg_threshold", args.fg_threshold), ("merge_threshold", args.merge_threshold),
@@ -154,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     res = run_to_completion(
         predict_iter(raw, resolve_neuron_model(args.model), device=args.device, params=params or None,
                      n_tiles=tuple(args.n_tiles) if args.n_tiles else None,
-                     channel_axis=None, voxel_size=voxel_size, tta=args.tta),
+                     channel_axis=None, voxel_size=voxel_size, object_size=object_size, tta=args.tta),
         cb,
     )
     cb.end()

@@ -378,6 +378,11 @@ def plan_scale(
         return ScalePlan(f, f"voxel size {_fmt3(vs)} µm, model {_fmt3(vm)} µm"  # type: ignore[arg-type]
                          + (" (nominal)" if model_scale.nominal else ""), vs, model_scale.object_diameter_um / vs[1])
     est = None
+    if obj.auto and model_scale.object_name == "neurite":
+        raise NeurosegError(
+            "an automatic neurite thickness is not available: the estimator tried (scale-space tube "
+            "detection) was not reliable on volumes it was not tuned on (docs/neurons.md, 'Object size')",
+            fix="give the neurite thickness (e.g. '1.3 um' or '3 vox') or only the voxel size")
     if obj.auto:
         if image is None:
             raise NeurosegError("object size 'auto' needs the image", fix="pass the image to plan_scale")

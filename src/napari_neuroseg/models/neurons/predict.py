@@ -142,6 +142,7 @@ def predict_iter(
     voxel_size=None,
     scale_factors=None,
     tta: bool = False,
+    object_size=None,
 ) -> ProgressGenerator[NeuronPrediction]:
     """Segment neurons in a (3,Z,Y,X) multicolour volume; a progress generator returning a
     :class:`NeuronPrediction`. ``model``: a loaded model, a model file, or None (shipped default).
@@ -150,7 +151,10 @@ def predict_iter(
     ``voxel_size`` (Z, Y, X µm) or explicit ``scale_factors``: the volume is resampled to the
     model's voxel size (:func:`model_scale`; linear, anti-aliased when shrinking), predicted there,
     and labels (and ``return_outputs`` maps) come back at the input's shape by nearest neighbour;
-    ``info["scale_plan"]`` says what was done.
+    ``info["scale_plan"]`` says what was done. ``object_size``: the neurite thickness of the input
+    (``"1.3 um"``, ``"4 vox"``: Y/X voxels), which rescales it to the model's typical thickness
+    (:func:`~napari_neuroseg.runtime.scale.plan_scale`); ``"auto"`` is refused for neurons (no
+    estimator proved reliable on held-out data; docs/neurons.md, "Object size").
 
     ``tta``: flip averaging, the network's probabilities averaged over the 8 flips of Z/Y/X
     (8× the network time; off by default: see ``docs/neurons.md``, "Test-time flip averaging")."""
@@ -158,10 +162,10 @@ def predict_iter(
     m = _resolve_model(model, device)
     plan = None
     in_shape = tuple(int(s) for s in a.shape[1:])
-    if voxel_size is not None or scale_factors is not None:
+    if voxel_size is not None or scale_factors is not None or object_size is not None:
         from napari_neuroseg.runtime.scale import check_growth, plan_scale, resample_image
 
-        plan = plan_scale(model_scale(m), voxel_size=voxel_size, factors=scale_factors)
+        plan = plan_scale(model_scale(m), voxel_size=voxel_size, object_size=object_size, factors=scale_factors)
         if not plan.identity:
             check_growth(in_shape, plan.factors)
             yield Progress(0, 3, f"rescaling: {plan.describe()}")
