@@ -89,6 +89,7 @@ def as_progress(item: Any) -> Progress | None:
     return None
 
 
+# long function: mostly the documented signature and the small closures (_drive, _show, _yielded, ...) that share one worker's state
 def start_worker(
     gen_func: Callable[..., Generator[Any, Any, Any]],
     *args: Any,

@@ -281,6 +281,7 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
     the viewer's Labels layers; ``task``; ``partly``); the task note, tables, error list and
     buttons are Qt."""
 
+    # long function: a dock's flat list of form fields, sections and buttons, read top to bottom like the dock
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__()
         self.viewer = napari_viewer

@@ -90,6 +90,7 @@ def _progress_text(p: Any) -> str:
 class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
     """Fine-tune a segmentation model on a corrected Labels layer, then segment again with it."""
 
+    # long function: a dock's flat list of form fields, sections and buttons, read top to bottom like the dock
     def __init__(self, napari_viewer: napari.Viewer, *, offer_restore: bool = True):
         super().__init__()
         self.viewer = napari_viewer

@@ -173,6 +173,7 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
     ``auto_tiles``, ``tiles``, ``device``, ``voxel_size``, ``object_size``, ``show_surface``,
     ``show_prob``); Run/Cancel, status and Save… below it."""
 
+    # long function: a dock's flat list of form fields and buttons, read top to bottom like the dock
     def __init__(self, napari_viewer: napari.Viewer):
         super().__init__()
         from napari_neuroseg.models.stardist3d import DEFAULT_MODEL, bundled_models

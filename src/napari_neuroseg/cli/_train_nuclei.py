@@ -20,6 +20,7 @@ from napari_neuroseg.cli._flags import add_flag
 from napari_neuroseg.cli._progress import ProgressPrinter
 
 
+# long function: argparse declaration list, one add_argument per flag
 def add_nuclei_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``neuroseg train nuclei`` (defaults: ``TrainSettings``; cheap: no heavy imports).
     One flat list of ``add_argument`` calls (over 80 lines by nature: one line per flag)."""

@@ -262,6 +262,7 @@ def load_base_nuclei_model(base: str | Path, import_dir: str | Path | None = Non
     return StarDist3D.load(path, device="cpu"), path
 
 
+# long function: one progress generator whose stages share the curve, time budget and deadline; split waits until the fine-tune work in this file settles (issue 15)
 def finetune_nuclei_iter(
     images: Sequence[Any],
     labels: Sequence[Any],
@@ -492,6 +493,7 @@ def _avf1(model, raw: np.ndarray, labels: np.ndarray) -> float:
     return float(evaluate(labels, pred)["avF1"])
 
 
+# long function: one progress generator whose stages share the curve, time budget and deadline; split waits until the fine-tune work in this file settles (issue 15)
 def finetune_neurons_iter(
     images: Sequence[Any],
     labels: Sequence[Any],

@@ -107,6 +107,7 @@ def _flat(a: np.ndarray, lead: int) -> np.ndarray:
     return np.ascontiguousarray(a).reshape(lead, -1)
 
 
+# long function: a pipeline of timed steps (step(...) marks each) over large shared arrays; splitting waits until the post-processing work in this file settles (issue 15)
 def instances_from_outputs(
     fg_prob: np.ndarray,
     affs: np.ndarray | None,

@@ -336,6 +336,7 @@ def _rasterise(mask, off, inv, point, int_center, bb, tab_ray, tab_coef, radius,
     return q
 
 
+# long function: numba kernel (the NMS inner loop); calls between the steps would cost speed
 @nb.njit(**_JIT)
 def _nms_chunk(
     start, stop, order, dist, points, int_center, bbox, vol, r_out, r_in, aniso, thresh,
