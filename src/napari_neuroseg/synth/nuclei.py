@@ -224,6 +224,21 @@ def make_nuclei(
         ``(image float32 ZYX, labels int32 ZYX)`` with labels 1..K (0 = background), touching
         but not overlapping.
     """
+    shape, aniso, s = _checked_arguments(shape, n_nuclei, anisotropy, settings, kw)
+    rng = np.random.default_rng(seed)
+    centres, radii = _place(rng, np.asarray(shape) * aniso, s, None if n_nuclei is None else int(n_nuclei))
+    labels, best = _draw_labels(rng, shape, aniso, s, centres, radii)
+    # drop fragments and relabel 1..K (each label kept as its largest connected piece)
+    if labels.max() > 0:
+        labels = _clean_labels(labels, s.min_voxels)
+    wide = np.random.default_rng([seed, 1])  # draws of the wide options only (see NucleiSettings)
+    image = _form_image(rng, wide, labels, best, aniso, s)
+    return image.astype(np.float32), labels.astype(np.int32)
+
+
+def _checked_arguments(shape, n_nuclei, anisotropy, settings, kw):
+    """``make_nuclei``'s arguments checked: (shape, anisotropy as 3 floats, the settings with
+    ``kw`` applied); a ``NeurosegError`` with a fix for bad ones."""
     shape = check_shape(shape, minimum=8)
     try:
         aniso = np.asarray([float(a) for a in anisotropy], dtype=float)
@@ -239,70 +254,79 @@ def make_nuclei(
     if not 0.0 <= s.dome < 1.0:
         raise NeurosegError(f"dome={s.dome} is outside [0, 1)", fix="pass a fraction such as 0.4")
     _check_wide(s)
-    rng = np.random.default_rng(seed)
+    return shape, aniso, s
 
-    shp = np.asarray(shape)
-    centres, radii = _place(rng, shp * aniso, s, None if n_nuclei is None else int(n_nuclei))
 
+def _draw_labels(rng, shape, aniso, s: NucleiSettings, centres, radii):
+    """Every nucleus drawn in turn: (labels int32, best): where two compete, the voxel goes to
+    the one it is deeper inside; ``best`` is that normalised depth (0 centre, 1 boundary)."""
     best = np.full(shape, np.inf, dtype=np.float32)
     labels = np.zeros(shape, dtype=np.int32)
     for k, (c, r) in enumerate(zip(centres, radii), start=1):
-        axes = r * np.concatenate([[1.0], rng.uniform(*s.elongation, size=2)])
-        axes = axes / np.cbrt(np.prod(axes) / r**3)  # keep the volume of a sphere of radius r
-        rot = _random_rotation(rng)
-        bump_dirs = rng.normal(size=(s.n_bumps, 3))
-        bump_dirs /= np.linalg.norm(bump_dirs, axis=1, keepdims=True)
-        bump_amp = rng.normal(0.0, s.irregularity, size=s.n_bumps)
-        bump_w = rng.uniform(0.15, 0.4, size=s.n_bumps)
-        r_max_rel = 1.0 + np.abs(bump_amp).sum()  # the radius function never exceeds this
-        reach = axes.max() * r_max_rel + 1.0
-        cv = c / aniso  # centre in voxels
-        half = np.ceil(reach / aniso).astype(int)
-        lo = np.maximum(np.floor(cv).astype(int) - half, 0)
-        hi = np.minimum(np.floor(cv).astype(int) + half + 2, shp)
-        if np.any(hi <= lo):
-            continue
-        # physical offsets of the box's voxels, rotated into the nucleus frame (separably)
-        offs = [(np.arange(a, b, dtype=np.float32) * f - cc) for a, b, f, cc in zip(lo, hi, aniso, c)]
-        rot32 = rot.astype(np.float32)
-        q = [
-            offs[0][:, None, None] * rot32[0, j] + offs[1][None, :, None] * rot32[1, j]
-            + offs[2][None, None, :] * rot32[2, j]
-            for j in range(3)
-        ]
-        d2 = (q[0] / axes[0]) ** 2 + (q[1] / axes[1]) ** 2 + (q[2] / axes[2]) ** 2
-        sl = tuple(slice(a, b) for a, b in zip(lo, hi))
-        # only voxels that the bumps could bring inside need the star-convex radius
-        cand = np.flatnonzero(d2.ravel() < r_max_rel**2)
-        if cand.size == 0:
-            continue
-        qc = np.stack([qj.ravel()[cand] for qj in q], 1)
-        rho = np.sqrt((qc**2).sum(1)) + 1e-6
-        cosang = (qc @ bump_dirs.T.astype(np.float32)) / rho[:, None]
-        R = 1.0 + (bump_amp * np.exp(-(1.0 - cosang) / bump_w)).sum(1)
-        d = np.sqrt(d2.ravel()[cand]) / np.maximum(R, 0.6)
-        cur = best[sl].ravel()[cand]
-        ok = (d < 1.0) & (d < cur)
-        if not ok.any():
-            continue
-        win = np.zeros(d2.size, dtype=bool)
-        win[cand[ok]] = True
-        win = win.reshape(d2.shape)
-        dfull = np.zeros(d2.size, dtype=np.float32)
-        dfull[cand[ok]] = d[ok]
-        d = dfull.reshape(d2.shape)
-        best[sl][win] = d[win]
-        labels[sl][win] = k
+        _draw_nucleus(rng, k, c, r, aniso, s, labels, best)
+    return labels, best
 
-    # drop fragments and relabel 1..K (each label kept as its largest connected piece)
-    if labels.max() > 0:
-        labels = _clean_labels(labels, s.min_voxels)
 
-    # image formation
+def _draw_nucleus(rng, k: int, c, r: float, aniso, s: NucleiSettings, labels, best) -> None:
+    """Draw nucleus ``k`` (centre ``c`` and radius ``r`` in physical units) into ``labels`` and
+    ``best`` where it is deeper than what is there: an ellipsoid with random axes and rotation
+    whose radius is modulated by Gaussian bumps over the sphere (star-convex)."""
+    axes = r * np.concatenate([[1.0], rng.uniform(*s.elongation, size=2)])
+    axes = axes / np.cbrt(np.prod(axes) / r**3)  # keep the volume of a sphere of radius r
+    rot = _random_rotation(rng)
+    bump_dirs = rng.normal(size=(s.n_bumps, 3))
+    bump_dirs /= np.linalg.norm(bump_dirs, axis=1, keepdims=True)
+    bump_amp = rng.normal(0.0, s.irregularity, size=s.n_bumps)
+    bump_w = rng.uniform(0.15, 0.4, size=s.n_bumps)
+    r_max_rel = 1.0 + np.abs(bump_amp).sum()  # the radius function never exceeds this
+    reach = axes.max() * r_max_rel + 1.0
+    cv = c / aniso  # centre in voxels
+    half = np.ceil(reach / aniso).astype(int)
+    lo = np.maximum(np.floor(cv).astype(int) - half, 0)
+    hi = np.minimum(np.floor(cv).astype(int) + half + 2, np.asarray(labels.shape))
+    if np.any(hi <= lo):
+        return
+    # physical offsets of the box's voxels, rotated into the nucleus frame (separably)
+    offs = [(np.arange(a, b, dtype=np.float32) * f - cc) for a, b, f, cc in zip(lo, hi, aniso, c)]
+    rot32 = rot.astype(np.float32)
+    q = [
+        offs[0][:, None, None] * rot32[0, j] + offs[1][None, :, None] * rot32[1, j]
+        + offs[2][None, None, :] * rot32[2, j]
+        for j in range(3)
+    ]
+    d2 = (q[0] / axes[0]) ** 2 + (q[1] / axes[1]) ** 2 + (q[2] / axes[2]) ** 2
+    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+    # only voxels that the bumps could bring inside need the star-convex radius
+    cand = np.flatnonzero(d2.ravel() < r_max_rel**2)
+    if cand.size == 0:
+        return
+    qc = np.stack([qj.ravel()[cand] for qj in q], 1)
+    rho = np.sqrt((qc**2).sum(1)) + 1e-6
+    cosang = (qc @ bump_dirs.T.astype(np.float32)) / rho[:, None]
+    R = 1.0 + (bump_amp * np.exp(-(1.0 - cosang) / bump_w)).sum(1)
+    d = np.sqrt(d2.ravel()[cand]) / np.maximum(R, 0.6)
+    cur = best[sl].ravel()[cand]
+    ok = (d < 1.0) & (d < cur)
+    if not ok.any():
+        return
+    win = np.zeros(d2.size, dtype=bool)
+    win[cand[ok]] = True
+    win = win.reshape(d2.shape)
+    dfull = np.zeros(d2.size, dtype=np.float32)
+    dfull[cand[ok]] = d[ok]
+    d = dfull.reshape(d2.shape)
+    best[sl][win] = d[win]
+    labels[sl][win] = k
+
+
+def _form_image(rng, wide, labels, best, aniso, s: NucleiSettings) -> np.ndarray:
+    """Image formation from the labels: per-nucleus brightness, dome/rim profile, texture and
+    the wide options (speckle, foci, haze, gradient: drawn from ``wide``), blur, illumination,
+    background and camera noise (or a resampled acquisition), gamma."""
+    shape = labels.shape
     n_lab = int(labels.max())
     bright = np.exp(rng.normal(0.0, s.brightness_sigma, size=n_lab + 1)).astype(np.float32)
     bright[0] = 0.0
-    wide = np.random.default_rng([seed, 1])  # draws of the wide options only (see NucleiSettings)
     if s.dim_fraction > 0 and n_lab:
         dim = wide.random(n_lab) < s.dim_fraction
         bright[1:][dim] *= np.float32(s.dim_level)
@@ -339,7 +363,7 @@ def make_nuclei(
         image = _acquire_resampled(rng, clean, s)
     if s.gamma != 1.0:
         image = _apply_gamma(image, s.gamma)
-    return image.astype(np.float32), labels.astype(np.int32)
+    return image
 
 
 def _check_wide(s: NucleiSettings) -> None:
