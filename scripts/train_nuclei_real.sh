@@ -58,6 +58,15 @@
 #   cp /work/runs/nuc_real_all/{weights.pt,thresholds.json,training.json,scale.json} "$D"/  # config.json unchanged
 # Runs the library API (train()) from a snapshot of src/ (SRC) so edits in the shared checkout cannot
 # change a running job.
+# RECIPE=C, declared (committed) after A and B failed and BEFORE any C model was scored on the matrix: the
+#   real-only fine-tuning recipe of `neuroseg train nuclei --init-from neuroseg_nuclei --images --labels`
+#   (FINETUNE_RECIPE with the 250-step cap, held-out real slab for weights/thresholds, --max-minutes 10,
+#   1 thread, CPU clock), i.e. no synthetic mixing; the gates (2)-(4) check directly whether it lost what the
+#   model knew. Its X-split (rule 1) is the issue-13 measurement of the cap: 0.831 (train X<50) / 0.833
+#   (train X>=50), mean 0.832 (benchmarks/bench_finetune_nuclei.py --minutes 10, /work/runs/ft_cap_{low,high});
+#   similar real-only scores were known before this session (docs/finetune.md), so rule 1 is no surprise
+#   for C; gates (2)-(4) are what decides. The final model: the same command on the whole volume
+#   (scripts/train_nuclei_real_c.sh), run from a clean `git archive HEAD` of src/.
 set -euo pipefail
 SIDE=${SIDE:-low}
 RUN=${RUN:-/work/runs/nuc_real_$SIDE}
