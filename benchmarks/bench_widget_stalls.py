@@ -25,7 +25,23 @@ dock compiles in a background thread when it opens; the stall while it does, the
 choosing parameters, is printed too) and ``no-warmup`` (the dock's warm-up disabled: the
 compilation overlaps the first run's network, as before).
 
-    xvfb-run -a python benchmarks/bench_widget_stalls.py --widget nuclei [--repeats 2]
+    xvfb-run -a python benchmarks/bench_widget_stalls.py --widget nuclei [--repeats 2] [--cases dock-warmup]
+
+Every case also records the process's garbage collections (``gc.callbacks``): a full
+collection holds the GIL for its whole length (0.3-0.9 s in a process with napari, torch and
+numba loaded: ~570,000 tracked objects), in whichever thread crosses the threshold, so the
+longest one inside each window is printed beside the stall.
+
+``--widget neurons``: the Neurons dock's first run of a fresh process on the napari sample
+(shipped model): the longest stall while it runs (where, and the status line then) and at the
+result's arrival.
+
+``--widget arrival [--n 1000]``: the Nuclei dock's result arrival alone, a result with ``n``
+objects handed to the dock as the worker returned it before (``int32`` labels) and as it does
+now (``uint16``, caches warmed in the worker: ``_napari/_display.py``), each in a fresh process.
+
+    xvfb-run -a python benchmarks/bench_widget_stalls.py --widget neurons [--repeats 2]
+    xvfb-run -a python benchmarks/bench_widget_stalls.py --widget arrival --n 1000 [--repeats 2]
 """
 
 from __future__ import annotations
@@ -85,9 +101,12 @@ def nuclei_case(warmup: bool, threads: int) -> dict:
     loading: list[bool] = []
     w = None
 
+    ends: list[float] = []
+
     def tick() -> None:
         now = time.perf_counter()
         gaps.append(now - last[0])
+        ends.append(now)
         arrived.append(w is not None and w.result is not None)  # the gap ended after the result came
         loading.append(w is not None and "loading the model" in w.status.text())
         if now - last[0] > 0.1:
@@ -97,6 +116,7 @@ def nuclei_case(warmup: bool, threads: int) -> dict:
     timer = QTimer()
     timer.timeout.connect(tick)
     timer.start(20)
+    gc_pauses = _track_gc()
     _pump(app, 1.0)
     gaps.clear()
     last[0] = time.perf_counter()
@@ -130,6 +150,7 @@ def nuclei_case(warmup: bool, threads: int) -> dict:
     w = dock
     # the first run
     gaps.clear()
+    ends.clear()
     arrived.clear()
     loading.clear()
     t0 = time.perf_counter()
@@ -141,6 +162,7 @@ def nuclei_case(warmup: bool, threads: int) -> dict:
         time.sleep(0.002)
     wall = time.perf_counter() - t0
     _pump(app, 0.3)
+    t_res = min((e - g for g, e, a in zip(gaps, ends, arrived) if a), default=time.perf_counter())
     run_gaps = sorted((g for g, a in zip(gaps, arrived) if not a), reverse=True)  # before the result
     arrival = max((g for g, a in zip(gaps, arrived) if a), default=float("nan"))
     # network + NMS + rendering: after the model load (which stalls alike in both cases)
@@ -151,10 +173,177 @@ def nuclei_case(warmup: bool, threads: int) -> dict:
            "arrival_ms": arrival * 1000, "compute_ms": compute * 1000, "run_s": wall,
            "run_stall_ms": run_gaps[0] * 1000 if run_gaps else float("nan"),
            "run_stalls_over_100ms": sum(g > 0.1 for g in run_gaps), "status": w.status.text()[:70],
+           "gc_run_ms": 1000 * max((d for t, d, _ in gc_pauses if t0 <= t < t_res), default=0.0),
+           "gc_arrival_ms": 1000 * max((d for t, d, _ in gc_pauses if t >= t_res), default=0.0),
            "run_worst": [(round(t - t0, 2), round(g * 1000), st) for t, g, st in
                          sorted(where, key=lambda x: -x[1])[:4]]}
     viewer.close()
     return out
+
+
+def _track_gc() -> list[tuple[float, float, int]]:
+    """Record every garbage collection of the process: (start, seconds, generation). A full
+    collection holds the GIL for its whole length, in whichever thread triggered it."""
+    import gc
+
+    pauses: list[tuple[float, float, int]] = []
+    start: dict[str, float] = {}
+
+    def cb(phase: str, info: dict) -> None:
+        if phase == "start":
+            start["t"] = time.perf_counter()
+        elif "t" in start:
+            pauses.append((start["t"], time.perf_counter() - start["t"], info["generation"]))
+
+    gc.callbacks.append(cb)
+    return pauses
+
+
+def neurons_case(threads: int) -> dict:
+    """One fresh-process case of the Neurons dock's first run on the napari sample (shipped
+    model): the longest stall while it runs (the model load included) and at the result."""
+    import napari
+    import torch
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_neuroseg._napari.neurons_widget import NeuronsWidget
+
+    torch.set_num_threads(threads)
+    viewer = napari.Viewer(show=True)
+    viewer.open_sample("napari-neuroseg", "neurons")
+    app = QApplication.instance()
+    gaps: list[tuple[float, float, str, bool]] = []  # (start, end, status, the result had arrived)
+    last = [time.perf_counter()]
+    w = NeuronsWidget(viewer)
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gaps.append((last[0], now, w.status.text()[:40], w.result is not None))
+        last[0] = now
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(20)
+    gc_pauses = _track_gc()
+    viewer.window.add_dock_widget(w, name="Neurons (FISBe)")
+    w.form.device.value = "cpu"
+    _pump(app, 2.0)
+    gaps.clear()
+    last[0] = time.perf_counter()
+    viewer.reset_view()
+    _pump(app, 1.0)
+    base = max((b - a for a, b, *_ in gaps), default=float("nan"))
+    gaps.clear()
+    t0 = last[0] = time.perf_counter()
+    w.run()
+    while w.worker is not None and time.perf_counter() - t0 < 900:
+        app.processEvents()
+        time.sleep(0.002)
+    t_res = time.perf_counter()
+    _pump(app, 0.5)
+    timer.stop()
+    arrival = [g for g in gaps if g[3]]  # the gap ended after the result came (adding the layer)
+    run = [g for g in gaps if not g[3]]
+    t_arr = min((g[0] for g in arrival), default=t_res)
+    worst_run = max(run, key=lambda g: g[1] - g[0], default=(0.0, 0.0, "", False))
+    out = {"case": "neurons", "baseline_ms": base * 1000, "run_s": t_res - t0,
+           "run_stall_ms": 1000 * (worst_run[1] - worst_run[0]), "run_stall_at_s": worst_run[0] - t0,
+           "run_stall_status": worst_run[2],
+           "arrival_ms": 1000 * max((b - a for a, b, *_ in arrival), default=float("nan")),
+           "gc_run_ms": 1000 * max((d for t, d, _ in gc_pauses if t0 <= t < t_arr), default=0.0),
+           "gc_arrival_ms": 1000 * max((d for t, d, _ in gc_pauses if t >= t_arr), default=0.0),
+           "status": w.status.text()[:70]}
+    viewer.close()
+    return out
+
+
+def arrival_case(n: int, prepared: bool) -> dict:
+    """The Nuclei dock's result arrival alone (fresh process, the nuclei sample's image open):
+    a result with ``n`` objects handed to the dock as the worker returned it before
+    (``int32`` labels) or as it returns it now (:mod:`napari_neuroseg._napari._display`:
+    ``uint16``, caches warmed in the worker). Printed: the longest stall from the result's
+    arrival to its first draws, and the longest garbage collection in that window."""
+    import napari
+    from qtpy.QtCore import QTimer
+    from qtpy.QtWidgets import QApplication
+
+    from napari_neuroseg._napari import nuclei_widget
+    from napari_neuroseg._napari._display import compact_labels, warm_labels_display
+    from test_evaluate_responsive import many_nuclei
+
+    nuclei_widget.NucleiWidget._start_warmup = staticmethod(lambda: None)
+    viewer = napari.Viewer(show=True)
+    layers = viewer.open_sample("napari-neuroseg", "nuclei")
+    image = next(ly for ly in layers if ly.__class__.__name__ == "Image")
+    for ly in [ly for ly in layers if ly is not image]:
+        viewer.layers.remove(ly)
+    w = nuclei_widget.NucleiWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    app = QApplication.instance()
+    labels = many_nuclei(n, shape=tuple(image.data.shape), r=2).astype(np.int32)
+    if prepared:  # what the worker does now, off the main thread
+        labels = compact_labels(labels)
+        warm_labels_display()
+    result = {"labels": labels, "details": {"points": np.zeros((n, 3))}, "thresholds": (0.5, 0.4),
+              "model": "synthetic", "prob": None, "grid": (1, 1, 1)}
+    w._layer_name, w._scale, w._translate = image.name, tuple(image.scale), tuple(image.translate)
+    gaps: list[float] = []
+    last = [time.perf_counter()]
+
+    def tick() -> None:
+        now = time.perf_counter()
+        gaps.append(now - last[0])
+        last[0] = now
+
+    timer = QTimer()
+    timer.timeout.connect(tick)
+    timer.start(20)
+    gc_pauses = _track_gc()
+    _pump(app, 1.5)
+    gaps.clear()
+    t0 = last[0] = time.perf_counter()
+    w._on_result(result)
+    _pump(app, 1.0)
+    timer.stop()
+    out = {"case": f"{'worker-ready' if prepared else 'as-before'} n={n}", "dtype": str(labels.dtype),
+           "arrival_ms": 1000 * max(gaps, default=float("nan")),
+           "gc_ms": 1000 * max((d for t, d, _ in gc_pauses if t >= t0), default=0.0)}
+    viewer.close()
+    return out
+
+
+def _child(args_list: list[str]) -> dict:
+    import json
+    import subprocess
+
+    proc = subprocess.run([sys.executable, __file__, *args_list], capture_output=True, text=True, timeout=1800,
+                          check=False)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not line:
+        print(proc.stdout[-2000:], proc.stderr[-3000:])
+        raise SystemExit(1)
+    return json.loads(line[-1][7:])
+
+
+def neurons_main(args) -> int:
+    for _ in range(args.repeats):
+        r = _child(["--widget", "neurons-case", "--threads", str(args.threads)])
+        print(f"neurons  baseline {r['baseline_ms']:4.0f} ms | first run {r['run_s']:5.1f} s: longest stall "
+              f"{r['run_stall_ms']:4.0f} ms at {r['run_stall_at_s']:.2f} s ({r['run_stall_status']!r}), longest GC "
+              f"{r['gc_run_ms']:4.0f} ms | result arrival {r['arrival_ms']:5.0f} ms (longest GC in it "
+              f"{r['gc_arrival_ms']:4.0f} ms) | {r['status'][:30]}", flush=True)
+    return 0
+
+
+def arrival_main(args) -> int:
+    for _ in range(args.repeats):
+        for prepared in (False, True):
+            cmd = ["--widget", "arrival-case", "--n", str(args.n)] + (["--prepared"] if prepared else [])
+            r = _child(cmd)
+            print(f"arrival {r['case']:22s} labels {r['dtype']:6s}: longest stall {r['arrival_ms']:5.0f} ms "
+                  f"(longest GC in it {r['gc_ms']:4.0f} ms)", flush=True)
+    return 0
 
 
 def nuclei_main(args) -> int:
@@ -163,7 +352,7 @@ def nuclei_main(args) -> int:
 
     rows = []
     for rep in range(args.repeats):
-        for warm in (False, True) if rep % 2 == 0 else (True, False):
+        for warm in (True,) if args.cases == "dock-warmup" else (False, True) if rep % 2 == 0 else (True, False):
             cmd = [sys.executable, __file__, "--widget", "nuclei-case", "--threads", str(args.threads)]
             if not warm:
                 cmd.append("--no-warmup")
@@ -177,12 +366,15 @@ def nuclei_main(args) -> int:
             print(f"{r['case']:12s} baseline {r['baseline_ms']:4.0f} ms | dock opens {r['open_stall_ms']:4.0f} ms | "
                   f"idle {r['idle_s']:4.1f} s: {r['idle_stall_ms']:4.0f} ms | first run {r['run_s']:5.1f} s: "
                   f"{r['run_stall_ms']:4.0f} ms (after the model load {r['compute_ms']:4.0f} ms), "
-                  f"{r['run_stalls_over_100ms']} > 100 ms; result arrival "
-                  f"{r['arrival_ms']:4.0f} ms | {r['status'][:12]}", flush=True)
+                  f"{r['run_stalls_over_100ms']} > 100 ms, longest GC {r['gc_run_ms']:4.0f} ms; result arrival "
+                  f"{r['arrival_ms']:4.0f} ms (longest GC in it {r['gc_arrival_ms']:4.0f} ms) | "
+                  f"{r['status'][:12]}", flush=True)
             if args.verbose:
                 print("    longest first-run stalls (s after Run, ms, status):", r["run_worst"], flush=True)
     for case in ("no-warmup", "dock-warmup"):
         rs = [r for r in rows if r["case"] == case]
+        if not rs:
+            continue
         each = ", ".join(f"{r['run_stall_ms']:.0f}" for r in rs)
         after = ", ".join(f"{r['compute_ms']:.0f}" for r in rs)
         print(f"{case:12s} first run until the result: longest stall {max(r['run_stall_ms'] for r in rs):5.0f} ms "
@@ -195,7 +387,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=479, help="number of nuclei")
     ap.add_argument("--shape", type=int, nargs=3, default=(64, 128, 128))
-    ap.add_argument("--widget", choices=("evaluate", "nuclei", "nuclei-case"), default="evaluate")
+    ap.add_argument("--widget", default="evaluate",
+                    choices=("evaluate", "nuclei", "nuclei-case", "neurons", "neurons-case", "arrival", "arrival-case"))
+    ap.add_argument("--prepared", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--cases", choices=("both", "dock-warmup"), default="both",
+                    help="nuclei: run both cases or only the dock as shipped")
     ap.add_argument("--repeats", type=int, default=2, help="nuclei: processes per case")
     ap.add_argument("--threads", type=int, default=1, help="nuclei: torch threads")
     ap.add_argument("--no-warmup", action="store_true", help=argparse.SUPPRESS)
@@ -203,6 +399,16 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.widget == "nuclei":
         return nuclei_main(args)
+    if args.widget == "neurons":
+        return neurons_main(args)
+    if args.widget == "arrival":
+        return arrival_main(args)
+    if args.widget in ("neurons-case", "arrival-case"):
+        import json
+
+        r = neurons_case(args.threads) if args.widget == "neurons-case" else arrival_case(args.n, args.prepared)
+        print("RESULT " + json.dumps(r), flush=True)
+        return 0
     if args.widget == "nuclei-case":
         import json
 
