@@ -545,10 +545,41 @@ class StarDist3D:
         ``details["resample_factors"]`` the factors (polyhedra: ``points + dist·rays / factors``),
         ``details["scale_plan"]`` what was decided; ``prob``/``dist`` of ``return_predict`` stay at
         the model's scale."""
-        from napari_neuroseg.models.stardist3d import postprocess
-        from napari_neuroseg.models.stardist3d.postprocess import Candidates, check_nms_backend, select_candidates
-        from napari_neuroseg.runtime.subprocess import ProcessWorker, get_worker
-        from napari_neuroseg.runtime.tiling import iter_tiles, predict_tiled_auto
+        from napari_neuroseg.runtime.tiling import predict_tiled_auto
+
+        prob_thresh, nms_thresh, border = self._instance_thresholds(prob_thresh, nms_thresh, border, nms, use_subprocess)
+        if percentiles is None:
+            percentiles = self.percentiles
+        x = self.prepare_image(image, normalize=normalize, percentiles=percentiles, channel_axis=channel_axis)
+        in_shape = tuple(int(s) for s in x.shape[1:])
+        plan = None
+        if voxel_size is not None or object_size is not None or scale_factors is not None:
+            x, plan = yield from self._to_model_scale_iter(x, voxel_size, object_size, scale_factors)
+        shape = tuple(int(s) for s in x.shape[1:])
+        tiles = self._n_tiles(shape, n_tiles)
+        n_total = math.prod(min(t, math.ceil(s / d)) for t, s, d in zip(tiles, shape, self.divisor)) + 1
+        yield Progress(0, n_total, f"predicting {math.prod(tiles)} tile(s)")
+        cands, dense = yield from predict_tiled_auto(
+            self.make_forward(tta=tta), x, divisor=self.divisor, overlap=self.receptive_field, grid=self.grid,
+            n_tiles=tiles, device=self.device,
+            run=self._candidates_run(shape, prob_thresh=prob_thresh, border=border, keep_dense=return_predict),
+        )
+        del x
+        prob, dist, points = cands.arrays()
+        labels, details = yield from self._nms_and_render_iter(
+            prob, dist, points, nms_thresh, shape, nms=nms, use_subprocess=use_subprocess, n_total=n_total)
+        yield Progress(n_total, n_total, f"{int(labels.max()) if labels is not None else 0} objects")
+        if plan is not None:
+            labels = _back_to_input_scale(labels, details, plan, shape, in_shape)
+        if return_predict:
+            assert dense is not None
+            return labels, details, (dense[0][0], np.moveaxis(np.maximum(dense[1], np.float32(1e-3)), 0, -1))
+        return labels, details
+
+    def _instance_thresholds(self, prob_thresh, nms_thresh, border, nms: str, use_subprocess) -> tuple:
+        """(prob_thresh, nms_thresh, border): the given ones or the model's, checked; starts
+        compiling the numba NMS in the background when it will run in this process."""
+        from napari_neuroseg.models.stardist3d.postprocess import check_nms_backend
 
         prob_thresh = self.thresholds.prob if prob_thresh is None else float(prob_thresh)
         nms_thresh = self.thresholds.nms if nms_thresh is None else float(nms_thresh)
@@ -564,35 +595,39 @@ class StarDist3D:
             raise NeurosegError(
                 f"thresholds must lie in [0, 1] (prob={prob_thresh}, nms={nms_thresh})", fix="use e.g. 0.5 and 0.4"
             )
-        if percentiles is None:
-            percentiles = self.percentiles
-        x = self.prepare_image(image, normalize=normalize, percentiles=percentiles, channel_axis=channel_axis)
-        in_shape = tuple(int(s) for s in x.shape[1:])
-        plan = None
-        if voxel_size is not None or object_size is not None or scale_factors is not None:
-            from napari_neuroseg.runtime.scale import check_growth, plan_scale, resample_image
+        return prob_thresh, nms_thresh, border
 
-            if object_size is not None and str(object_size).strip().lower() == "auto":
-                yield Progress(0, 1, "estimating the nucleus size")
-            plan = plan_scale(self.scale, voxel_size=voxel_size, object_size=object_size,
-                              image=x[0] if x.shape[0] == 1 else x.max(0), factors=scale_factors)
-            if not plan.identity:
-                check_growth(in_shape, plan.factors)
-                yield Progress(0, 1, f"rescaling: {plan.describe()}")
-                x = resample_image(x, plan.factors, channel_axis=0)
-        shape = tuple(int(s) for s in x.shape[1:])
+    def _to_model_scale_iter(self, x, voxel_size, object_size, scale_factors) -> Generator[Progress, None, tuple]:
+        """``(x resampled to the model's scale, the ScalePlan)`` (``x`` as it is when the plan is
+        the identity); see :mod:`napari_neuroseg.runtime.scale`."""
+        from napari_neuroseg.runtime.scale import check_growth, plan_scale, resample_image
+
+        if object_size is not None and str(object_size).strip().lower() == "auto":
+            yield Progress(0, 1, "estimating the nucleus size")
+        plan = plan_scale(self.scale, voxel_size=voxel_size, object_size=object_size,
+                          image=x[0] if x.shape[0] == 1 else x.max(0), factors=scale_factors)
+        if not plan.identity:
+            check_growth(tuple(int(s) for s in x.shape[1:]), plan.factors)
+            yield Progress(0, 1, f"rescaling: {plan.describe()}")
+            x = resample_image(x, plan.factors, channel_axis=0)
+        return x, plan
+
+    def _candidates_run(self, shape, *, prob_thresh: float, border: int, keep_dense: bool):
+        """The ``run`` of ``predict_tiled_auto``: goes over the tiles and keeps only the candidates
+        (grid voxels above ``prob_thresh``, none within ``border`` of the volume's edge); returns
+        ``(Candidates, dense)`` with ``dense`` the whole ``(prob, dist)`` when ``keep_dense``."""
+        from napari_neuroseg.models.stardist3d.postprocess import Candidates, select_candidates
+        from napari_neuroseg.runtime.tiling import iter_tiles
+
         grid = self.grid
-        tiles = self._n_tiles(shape, n_tiles)
-        n_total = math.prod(min(t, math.ceil(s / d)) for t, s, d in zip(tiles, shape, self.divisor)) + 1
-        yield Progress(0, n_total, f"predicting {math.prod(tiles)} tile(s)")
         dense_shape = tuple(math.ceil(s / g) for s, g in zip(shape, grid))
-        forward = self.make_forward(tta=tta)
+        n_rays = self.config.n_rays
 
         def sparse_run(fwd, img, *, n_tiles, divisor, overlap, grid):
-            cands = Candidates(self.config.n_rays)
+            cands = Candidates(n_rays)
             dense = None
-            if return_predict:
-                dense = (np.empty((1,) + dense_shape, np.float32), np.empty((self.config.n_rays,) + dense_shape, np.float32))
+            if keep_dense:
+                dense = (np.empty((1,) + dense_shape, np.float32), np.empty((n_rays,) + dense_shape, np.float32))
             for i, (tile, total, (p, d)) in enumerate(
                 iter_tiles(fwd, img, n_tiles=n_tiles, divisor=divisor, overlap=overlap, grid=grid)
             ):
@@ -610,42 +645,29 @@ class StarDist3D:
                 yield Progress(i + 1, total + 1, f"tile {i + 1}/{total}: {len(cands)} candidates")
             return cands, dense
 
-        cands, dense = yield from predict_tiled_auto(
-            forward, x, divisor=self.divisor, overlap=self.receptive_field, grid=grid, n_tiles=tiles,
-            device=self.device, run=sparse_run,
-        )
-        del x
-        prob, dist, points = cands.arrays()
+        return sparse_run
+
+    def _nms_and_render_iter(self, prob, dist, points, nms_thresh, shape, *, nms: str, use_subprocess,
+                             n_total: int) -> Generator[Progress, None, tuple]:
+        """``(labels, details)`` of NMS and rendering: the numba backend in this (worker) thread,
+        stardist's C++ (which holds the GIL) or ``use_subprocess=True`` in the worker process."""
+        from napari_neuroseg.models.stardist3d import postprocess
+        from napari_neuroseg.runtime.subprocess import ProcessWorker, get_worker
+
         nms_args = (prob, dist, points, rays_spec(self.config), self.config.n_rays, nms_thresh, shape)
         if nms == "neuroseg" and not use_subprocess:
             # numba without the GIL: this (worker) thread; progress = candidates processed
-            labels, details = yield from relay(
+            return (yield from relay(
                 postprocess.nms_and_render_iter(*nms_args, nms=nms),
-                lambda p: Progress(n_total - 1, n_total, f"{p.message} ({100 * p.step // max(p.total, 1)} %)"))
-        else:
-            # stardist's C++ holds the GIL: the worker process (either backend with use_subprocess=True)
-            worker = get_worker() if use_subprocess in (None, True) else ProcessWorker(in_process=True)
-            if use_subprocess is None and len(prob) < 64 and math.prod(shape) < 64**3:
-                worker = ProcessWorker(in_process=True)  # tiny job: not worth a round trip
-            msg = f"non-maximum suppression of {len(prob)} candidates"
-            labels, details = yield from relay(
-                worker.call_iter(postprocess.nms_and_render, *nms_args, nms=nms),
-                lambda elapsed: Progress(n_total - 1, n_total, f"{msg} ({elapsed:.1f} s)"))
-        yield Progress(n_total, n_total, f"{int(labels.max()) if labels is not None else 0} objects")
-        if plan is not None:
-            details["scale_plan"] = plan.to_dict()
-            if not plan.identity:
-                from napari_neuroseg.runtime.scale import restore_labels
-
-                real = np.asarray(shape, np.float64) / np.asarray(in_shape, np.float64)  # after rounding
-                labels = restore_labels(labels, in_shape)
-                pts = np.asarray(details["points"], np.float64).reshape(-1, 3)
-                details["points"] = ((pts + 0.5) / real - 0.5).astype(np.float32)
-                details["resample_factors"] = tuple(float(v) for v in real)
-        if return_predict:
-            assert dense is not None
-            return labels, details, (dense[0][0], np.moveaxis(np.maximum(dense[1], np.float32(1e-3)), 0, -1))
-        return labels, details
+                lambda p: Progress(n_total - 1, n_total, f"{p.message} ({100 * p.step // max(p.total, 1)} %)")))
+        # stardist's C++ holds the GIL: the worker process (either backend with use_subprocess=True)
+        worker = get_worker() if use_subprocess in (None, True) else ProcessWorker(in_process=True)
+        if use_subprocess is None and len(prob) < 64 and math.prod(shape) < 64**3:
+            worker = ProcessWorker(in_process=True)  # tiny job: not worth a round trip
+        msg = f"non-maximum suppression of {len(prob)} candidates"
+        return (yield from relay(
+            worker.call_iter(postprocess.nms_and_render, *nms_args, nms=nms),
+            lambda elapsed: Progress(n_total - 1, n_total, f"{msg} ({elapsed:.1f} s)")))
 
     def predict_instances(self, image: np.ndarray, **options: Any):
         """Segment nuclei: ``(labels int32 (Z, Y, X), details)`` (plus ``(prob, dist)`` with
@@ -653,3 +675,20 @@ class StarDist3D:
         keyword options."""
         return run_to_completion(self.predict_instances_iter(image, **options))
 
+
+
+def _back_to_input_scale(labels: np.ndarray, details: dict, plan, shape, in_shape) -> np.ndarray:
+    """Labels at the input's shape (nearest neighbour) after a run at the model's scale;
+    ``details`` gets ``scale_plan`` and, when resampled, ``points`` in input voxels and the
+    ``resample_factors`` actually used (after rounding)."""
+    details["scale_plan"] = plan.to_dict()
+    if plan.identity:
+        return labels
+    from napari_neuroseg.runtime.scale import restore_labels
+
+    real = np.asarray(shape, np.float64) / np.asarray(in_shape, np.float64)  # after rounding
+    labels = restore_labels(labels, in_shape)
+    pts = np.asarray(details["points"], np.float64).reshape(-1, 3)
+    details["points"] = ((pts + 0.5) / real - 0.5).astype(np.float32)
+    details["resample_factors"] = tuple(float(v) for v in real)
+    return labels
