@@ -148,7 +148,11 @@ def test_finetune_on_one_volume_holds_out_a_slab_and_tunes_postprocess(tmp_path)
     a slab of it is held out and scored at every check, the post-processing thresholds are
     chosen there, and --model accepts the output folder."""
     from napari_neuroseg.io import write_fisbe
-    from napari_neuroseg.models.neurons.model import NetConfig, read_checkpoint, save_model
+    from napari_neuroseg.models.neurons.model import (
+        NetConfig,
+        read_checkpoint,
+        save_model,
+    )
     from napari_neuroseg.models.neurons.train import POSTPROCESS_GRID, split_holdout
     from napari_neuroseg.models.registry import resolve_neuron_model
     from napari_neuroseg.synth import make_neurons

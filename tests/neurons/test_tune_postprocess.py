@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from napari_neuroseg.models.neurons.model import NetConfig, NeuronModel, load_model, save_model
+from napari_neuroseg.models.neurons.model import (
+    NetConfig,
+    NeuronModel,
+    load_model,
+    save_model,
+)
 from napari_neuroseg.models.neurons.postprocess import PostprocessParams, whiten_colours
 from napari_neuroseg.models.neurons.predict import predict
 from napari_neuroseg.models.neurons.train import tune_postprocess
