@@ -284,56 +284,20 @@ def split(
     _check_locked([label_id], locked, "split")
     if method not in ("distance", "intensity", "boundary"):
         raise NeurosegError(f"unknown split method {method!r}", fix="use 'distance', 'intensity' or 'boundary'")
-    try:
-        seeds_a = np.asarray(seeds, dtype=np.int64) if len(seeds) else np.zeros((0, labels.ndim), np.int64)
-    except (TypeError, ValueError, OverflowError) as err:
-        raise NeurosegError(f"split seeds {seeds!r} are not voxel coordinates ({err})", fix="give (z, y, x) integer seeds") from None
-    if seeds_a.ndim != 2 or seeds_a.shape[1] != labels.ndim:
-        raise NeurosegError(
-            f"split seeds must be {labels.ndim} coordinates each, got an array of shape {seeds_a.shape}",
-            fix=f"give a list of {labels.ndim}-tuples",
-        )
-    if len(seeds_a) < 2:
-        raise NeurosegError("a split needs at least 2 seeds", fix="add a seed in each part (Ctrl-click)")
-    if len({tuple(s) for s in seeds_a.tolist()}) != len(seeds_a):
-        raise NeurosegError("two split seeds are on the same voxel", fix="place the seeds on different voxels")
+    seeds_a = _split_seeds(seeds, labels.ndim)
     box = _require_bbox(labels, label_id, index)
     # make sure every seed is inside the box (a stale/loose box still contains the label)
     block = read_block(labels, box)
     off = np.array([s.start for s in box])
-    for s in seeds_a:
-        loc = s - off
-        if np.any(loc < 0) or np.any(loc >= block.shape) or block[tuple(loc)] != label_id:
-            raise NeurosegError(
-                f"split seed {tuple(int(v) for v in s)} is not on label {label_id}",
-                fix="place every seed inside the label being split",
-            )
+    _check_seeds_on_label(seeds_a, block, off, label_id)
     mask = block == label_id
     markers = np.zeros(block.shape, np.int32)
     for k, s in enumerate(seeds_a, start=1):
         markers[tuple(s - off)] = k
     if method == "distance":
-        import edt
-
-        aniso = tuple(float(x) for x in spacing) if spacing is not None else (1.0,) * labels.ndim
-        dist = edt.edt(np.ascontiguousarray(mask), anisotropy=aniso, black_border=False).astype(np.float32)
-        # Flatten everything deeper than the shallowest seed: the cut still follows the necks
-        # between blobs (shallower than the seeds), while inside one convex blob the plateau is
-        # shared out between the seeds by distance instead of the deepest seed taking it all.
-        depth = min(float(dist[tuple(s - off)]) for s in seeds_a)
-        landscape = -np.minimum(dist, depth)
+        landscape = _distance_landscape(mask, seeds_a - off, spacing)
     else:
-        if image is None:
-            raise NeurosegError(f"split method {method!r} needs an image", fix="pass image= or use method='distance'")
-        if image.ndim == labels.ndim + 1:
-            img = np.asarray(image[(slice(None),) + box], dtype=np.float32).sum(axis=0)
-        elif tuple(image.shape) == tuple(labels.shape):
-            img = np.asarray(image[box], dtype=np.float32)
-        else:
-            raise NeurosegError(
-                f"image shape {tuple(image.shape)} does not match labels shape {tuple(labels.shape)}",
-                fix="use the image the labels were made from",
-            )
+        img = _image_block(image, labels, box, method)
         landscape = -img if method == "intensity" else img
     ws = watershed(landscape, markers, mask=mask)
     ids = [label_id] + _new_ids(labels, index, len(seeds_a) - 1, new_ids, locked)
@@ -343,6 +307,66 @@ def split(
     edit = Edit("split", info={"label": label_id, "seeds": seeds_a.tolist(), "new_ids": ids[1:], "method": method})
     edit.add_mask(box, changed, block, new_block)
     return _finish(edit, labels, index, dry_run)
+
+
+def _split_seeds(seeds: Sequence[Sequence[int]], ndim: int) -> np.ndarray:
+    """The split seeds as an (N, ndim) int64 array; a ``NeurosegError`` unless they are 2 or
+    more distinct voxel coordinates."""
+    try:
+        seeds_a = np.asarray(seeds, dtype=np.int64) if len(seeds) else np.zeros((0, ndim), np.int64)
+    except (TypeError, ValueError, OverflowError) as err:
+        raise NeurosegError(f"split seeds {seeds!r} are not voxel coordinates ({err})", fix="give (z, y, x) integer seeds") from None
+    if seeds_a.ndim != 2 or seeds_a.shape[1] != ndim:
+        raise NeurosegError(
+            f"split seeds must be {ndim} coordinates each, got an array of shape {seeds_a.shape}",
+            fix=f"give a list of {ndim}-tuples",
+        )
+    if len(seeds_a) < 2:
+        raise NeurosegError("a split needs at least 2 seeds", fix="add a seed in each part (Ctrl-click)")
+    if len({tuple(s) for s in seeds_a.tolist()}) != len(seeds_a):
+        raise NeurosegError("two split seeds are on the same voxel", fix="place the seeds on different voxels")
+    return seeds_a
+
+
+def _check_seeds_on_label(seeds_a: np.ndarray, block: np.ndarray, off: np.ndarray, label_id: int) -> None:
+    """A ``NeurosegError`` for the first seed that is not on ``label_id`` in ``block`` (the
+    label's box, starting at ``off``)."""
+    for s in seeds_a:
+        loc = s - off
+        if np.any(loc < 0) or np.any(loc >= block.shape) or block[tuple(loc)] != label_id:
+            raise NeurosegError(
+                f"split seed {tuple(int(v) for v in s)} is not on label {label_id}",
+                fix="place every seed inside the label being split",
+            )
+
+
+def _distance_landscape(mask: np.ndarray, local_seeds: np.ndarray, spacing: Sequence[float] | None) -> np.ndarray:
+    """The landscape of the ``"distance"`` split: the inverted distance transform of ``mask``
+    (anisotropic with ``spacing``), flattened below the shallowest seed."""
+    import edt
+
+    aniso = tuple(float(x) for x in spacing) if spacing is not None else (1.0,) * mask.ndim
+    dist = edt.edt(np.ascontiguousarray(mask), anisotropy=aniso, black_border=False).astype(np.float32)
+    # Flatten everything deeper than the shallowest seed: the cut still follows the necks
+    # between blobs (shallower than the seeds), while inside one convex blob the plateau is
+    # shared out between the seeds by distance instead of the deepest seed taking it all.
+    depth = min(float(dist[tuple(s)]) for s in local_seeds)
+    return -np.minimum(dist, depth)
+
+
+def _image_block(image: Any, labels: Any, box: tuple, method: str) -> np.ndarray:
+    """``image`` within ``box`` as float32 (a leading channel axis summed) for the image-based
+    split methods; a ``NeurosegError`` when it is missing or its shape does not match."""
+    if image is None:
+        raise NeurosegError(f"split method {method!r} needs an image", fix="pass image= or use method='distance'")
+    if image.ndim == labels.ndim + 1:
+        return np.asarray(image[(slice(None),) + box], dtype=np.float32).sum(axis=0)
+    if tuple(image.shape) == tuple(labels.shape):
+        return np.asarray(image[box], dtype=np.float32)
+    raise NeurosegError(
+        f"image shape {tuple(image.shape)} does not match labels shape {tuple(labels.shape)}",
+        fix="use the image the labels were made from",
+    )
 
 
 def split_connected_components(
