@@ -259,3 +259,33 @@ def test_error_place_lies_on_the_object_even_when_its_centroid_does_not():
     assert lab[voxel] == 5
     assert bbox == [[1, 2], [2, 19], [2, 19]]
     assert _place(np.zeros(0, np.int64), lab.shape) is None
+
+
+def test_error_layer_added_in_a_3d_view_without_an_error(make_napari_viewer, qtbot, monkeypatch):
+    """A 3D view the mouse has not moved in: adding a Labels layer with features made napari's
+    status update fail ("len() of unsized object"); the dock adds the features after the layer,
+    and the outline setting (2D only) does not warn."""
+    import warnings
+
+    from napari.utils.events import event as napari_event
+
+    caught: list = []
+    monkeypatch.setattr(napari_event, "_handle_exception", lambda *a, **k: caught.append(a))
+    viewer = make_napari_viewer(show=True)
+    gt = np.zeros((12, 40, 40), np.uint16)
+    gt[2:6, 2:8, 2:8], gt[2:6, 20:26, 20:26], gt[6:10, 30:36, 5:11] = 1, 2, 3  # 3 is missed
+    pred = np.where(gt == 3, 0, gt).astype(np.uint32)
+    pred[8:11, 10:14, 30:34] = 9  # a false positive
+    viewer.add_labels(gt, name="gt")
+    viewer.add_labels(pred, name="pred")
+    viewer.dims.ndisplay = 3
+    w = EvaluateWidget(viewer)
+    w.form.gt.value, w.form.pred.value = viewer.layers["gt"], viewer.layers["pred"]
+    w.set_task("nuclei")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        res = _run(w, qtbot)
+    layer = viewer.layers["evaluation errors"]
+    assert caught == [] and w.last_error is None
+    assert layer.features.shape[0] == len(res["errors"]["missed_gt"]) + len(res["errors"]["false_positive"])
+    assert layer.contour == ERROR_CONTOUR_PX

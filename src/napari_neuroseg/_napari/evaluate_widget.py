@@ -23,6 +23,7 @@ re-entered), so jobs may report one step per object.
 
 from __future__ import annotations
 
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -602,12 +603,17 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             else:
                 if layer is not None:
                     self.viewer.layers.remove(layer)
+                # features set after the add: napari updates the status line for the new active
+                # layer, and a Labels layer with features in a 3D view the mouse has not moved in
+                # yet fails there ("len() of unsized object", an error notification)
                 layer = self.viewer.add_labels(
                     built["data"], name=ERRORS_LAYER, opacity=1.0, colormap=built["colormap"],
-                    features=built["features"], scale=self._scale, translate=self._translate,
-                    metadata={"neuroseg_error_kind": "all"},
+                    scale=self._scale, translate=self._translate, metadata={"neuroseg_error_kind": "all"},
                 )
-                layer.contour = ERROR_CONTOUR_PX  # outlines: never mistaken for a label's colour
+                layer.features = built["features"]
+                with warnings.catch_warnings():  # "Contours are not displayed during 3D rendering"
+                    warnings.simplefilter("ignore", UserWarning)
+                    layer.contour = ERROR_CONTOUR_PX  # outlines: never mistaken for a label's colour
             counts: dict[str, int] = {}
             for kind, i, v, cent, text in built["items"]:
                 self.error_layers[kind] = layer
