@@ -107,7 +107,24 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
         self._gt_confirmed: set[int] = set()  # id() of ground-truth layers the user agreed to edit
         content = QWidget()
         layout = QVBoxLayout(content)
+        self._build_target_form(layout)
+        self._build_action_buttons(layout)
+        self._build_shortcut_section(layout)
+        self._build_review_section(layout)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        layout.addWidget(self.status_label)
+        layout.addStretch(1)
+        fit_controls(content)
+        self.scroll = scrollable(self, content)  # as wide as the expanded sections need
+        self.shortcut_section.set_expanded(False)
+        self.review_section.set_expanded(False)
+        self._connect_signals()
+        self._refresh_layers()
 
+    # -- building the dock (top to bottom) ------------------------------------------------------
+    def _build_target_form(self, layout: QVBoxLayout) -> None:
+        """The edited layer, the split method and image, the dilate/erode radius."""
         form = QFormLayout()
         self.layer_combo = QComboBox()
         self.layer_combo.setToolTip("The Labels layer that the keys, clicks and buttons edit; "
@@ -132,6 +149,9 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
         form.addRow("Dilate/erode radius", self.radius)
         layout.addLayout(form)
 
+    def _build_action_buttons(self, layout: QVBoxLayout) -> None:
+        """The mouse help, the action buttons, Paint region, the locked labels, Save… and Load
+        into memory."""
         help_text = QLabel("Shift+click: merge the clicked label into the selected one.\n"
                            "Ctrl+click: add a split seed (then Split). Ctrl+Z / Ctrl+Shift+Z: undo / redo.")
         help_text.setWordWrap(True)
@@ -168,7 +188,8 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
         row.addWidget(self.load_btn)
         layout.addLayout(row)
 
-        # shortcuts (editable; always active: the section only folds away)
+    def _build_shortcut_section(self, layout: QVBoxLayout) -> None:
+        """The editable keys (always active: the section only folds away)."""
         self.shortcut_box = QWidget()
         sform = QFormLayout(self.shortcut_box)
         self.shortcut_edits: dict[str, QLineEdit] = {}
@@ -184,10 +205,46 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
             tooltip="Show or hide the keys of the actions (the keys work either way)")
         layout.addWidget(self.shortcut_section)
 
-        # review queue
+    def _build_review_section(self, layout: QVBoxLayout) -> None:
+        """The review queue: its options, the buttons that build or load it, the item shown and
+        the navigation buttons."""
         review = QWidget()
         rl = QVBoxLayout(review)
         rl.setContentsMargins(0, 0, 0, 0)
+        rl.addLayout(self._review_options_form())
+        brow = QHBoxLayout()
+        for title, slot, tip in (
+            ("From metrics", self.build_review_from_metrics,
+             "Queue the metric errors of the Task against the ground truth (nuclei: missed nuclei, false "
+             "positives; neurons: false merges/splits, false positives, missed neurons); runs in the background"),
+            ("From checks", self.build_review_from_checks, "Queue tiny, largest and border-touching labels"),
+            ("Load…", self.load_review, "Open a saved review queue (.review.json) to resume"),
+        ):
+            b = QPushButton(title)
+            b.setToolTip(tip)
+            b.clicked.connect(slot)
+            brow.addWidget(b)
+        rl.addLayout(brow)
+        nav = QHBoxLayout()
+        for title, action in (("◀ Prev", "review_previous"), ("Next ▶", "review_next"),
+                              ("Fixed", "review_fixed"), ("Ignore", "review_ignore")):
+            b = QPushButton(title)
+            key = DEFAULT_SHORTCUTS.get(action)
+            b.setToolTip(ACTION_TITLES[action] + (f" ({key})" if key else "")
+                         + "; the view zooms to the item's box, centred on a voxel of the object, outlined in white")
+            b.clicked.connect(lambda _=False, a=action: self.run_action(a))
+            nav.addWidget(b)
+        self.review_label = QLabel("No review queue")  # above the buttons: in view while walking
+        self.review_label.setWordWrap(True)
+        rl.addWidget(self.review_label)
+        rl.addLayout(nav)
+        self.review_section = CollapsibleSection(
+            "Review queue", review, expanded=True,
+            tooltip="Show or hide the review queue (a list of places to check, saved next to the labels)")
+        layout.addWidget(self.review_section)
+
+    def _review_options_form(self) -> QFormLayout:
+        """Ground truth, task and the checks' options of the review queue."""
         rform = QFormLayout()
         self.gt_combo = QComboBox()
         self.gt_combo.setToolTip("Ground-truth Labels layer the metrics compare the edited layer with")
@@ -221,46 +278,10 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
         rform.addRow("Tiny: at most", self.tiny)
         rform.addRow("Largest objects", self.largest)
         rform.addRow("", self.border)
-        rl.addLayout(rform)
-        brow = QHBoxLayout()
-        for title, slot, tip in (
-            ("From metrics", self.build_review_from_metrics,
-             "Queue the metric errors of the Task against the ground truth (nuclei: missed nuclei, false "
-             "positives; neurons: false merges/splits, false positives, missed neurons); runs in the background"),
-            ("From checks", self.build_review_from_checks, "Queue tiny, largest and border-touching labels"),
-            ("Load…", self.load_review, "Open a saved review queue (.review.json) to resume"),
-        ):
-            b = QPushButton(title)
-            b.setToolTip(tip)
-            b.clicked.connect(slot)
-            brow.addWidget(b)
-        rl.addLayout(brow)
-        nav = QHBoxLayout()
-        for title, action in (("◀ Prev", "review_previous"), ("Next ▶", "review_next"),
-                              ("Fixed", "review_fixed"), ("Ignore", "review_ignore")):
-            b = QPushButton(title)
-            key = DEFAULT_SHORTCUTS.get(action)
-            b.setToolTip(ACTION_TITLES[action] + (f" ({key})" if key else "")
-                         + "; the view zooms to the item's box, centred on a voxel of the object, outlined in white")
-            b.clicked.connect(lambda _=False, a=action: self.run_action(a))
-            nav.addWidget(b)
-        self.review_label = QLabel("No review queue")  # above the buttons: in view while walking
-        self.review_label.setWordWrap(True)
-        rl.addWidget(self.review_label)
-        rl.addLayout(nav)
-        self.review_section = CollapsibleSection(
-            "Review queue", review, expanded=True,
-            tooltip="Show or hide the review queue (a list of places to check, saved next to the labels)")
-        layout.addWidget(self.review_section)
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
-        layout.addWidget(self.status_label)
-        layout.addStretch(1)
-        fit_controls(content)
-        self.scroll = scrollable(self, content)  # as wide as the expanded sections need
-        self.shortcut_section.set_expanded(False)
-        self.review_section.set_expanded(False)
+        return rform
 
+    def _connect_signals(self) -> None:
+        """The form's options, the viewer's layer list and the teardown on close."""
         self.layer_combo.currentIndexChanged.connect(self._on_combo_changed)
         self.method_combo.currentTextChanged.connect(self._sync_options)
         self.image_combo.currentIndexChanged.connect(self._sync_options)
@@ -269,7 +290,6 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
             self.connect_event(ev, self._refresh_layers)
         self.connect_event(self.viewer.layers.selection.events.active, self._on_active)
         self.on_teardown(self._release_controller)
-        self._refresh_layers()
 
     # -- dock lifecycle (see _dock.py) ----------------------------------------------------------
     def _release_controller(self) -> None:
