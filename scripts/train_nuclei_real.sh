@@ -67,6 +67,8 @@
 #   similar real-only scores were known before this session (docs/finetune.md), so rule 1 is no surprise
 #   for C; gates (2)-(4) are what decides. The final model: the same command on the whole volume
 #   (scripts/train_nuclei_real_c.sh), run from a clean `git archive HEAD` of src/.
+# RECIPE=C FAILED gate (4): final model own synthetic 0.940, stardist 0.942 (pass), independent mean 0.774
+#   (0.903 / 0.667 / 0.839 / 0.686) < 0.827; its X-split models 0.773 / 0.812 there too. Nothing shipped.
 set -euo pipefail
 SIDE=${SIDE:-low}
 RUN=${RUN:-/work/runs/nuc_real_$SIDE}
