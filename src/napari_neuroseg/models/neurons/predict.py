@@ -163,18 +163,9 @@ def predict_iter(
     plan = None
     in_shape = tuple(int(s) for s in a.shape[1:])
     if voxel_size is not None or scale_factors is not None or object_size is not None:
-        from napari_neuroseg.runtime.scale import check_growth, plan_scale, resample_image
-
-        plan = plan_scale(model_scale(m), voxel_size=voxel_size, object_size=object_size, factors=scale_factors)
-        if not plan.identity:
-            check_growth(in_shape, plan.factors)
-            yield Progress(0, 3, f"rescaling: {plan.describe()}")
-            a = resample_image(a, plan.factors, channel_axis=0)
-    p = m.params
-    if isinstance(params, dict):
-        p = replace(p, **params)
-    elif params is not None:
-        p = params
+        a, plan = yield from _to_model_scale_iter(a, m, voxel_size=voxel_size, object_size=object_size,
+                                                  scale_factors=scale_factors)
+    p = _params_of(m, params)
     yield Progress(0, 3, "normalising")
     # norm_stats: precomputed preprocess.norm_stats of the whole volume (batch runs of blocks)
     image = normalize(a) if norm_stats is None else apply_norm(a, norm_stats)
@@ -210,6 +201,28 @@ def predict_iter(
         affinities=outs[1:] if return_outputs else None,
         info=info,
     )
+
+
+def _to_model_scale_iter(a: np.ndarray, m: NeuronModel, *, voxel_size, object_size,
+                         scale_factors) -> ProgressGenerator[tuple]:
+    """``(a resampled to the model's voxel size, the ScalePlan)`` (``a`` as it is when the plan
+    is the identity); see :func:`~napari_neuroseg.runtime.scale.plan_scale`."""
+    from napari_neuroseg.runtime.scale import check_growth, plan_scale, resample_image
+
+    plan = plan_scale(model_scale(m), voxel_size=voxel_size, object_size=object_size, factors=scale_factors)
+    if not plan.identity:
+        check_growth(tuple(int(s) for s in a.shape[1:]), plan.factors)
+        yield Progress(0, 3, f"rescaling: {plan.describe()}")
+        a = resample_image(a, plan.factors, channel_axis=0)
+    return a, plan
+
+
+def _params_of(m: NeuronModel, params: PostprocessParams | dict | None) -> PostprocessParams:
+    """The post-processing parameters: the model's, with the fields of a ``params`` dict
+    replaced, or ``params`` itself when it is a :class:`PostprocessParams`."""
+    if isinstance(params, dict):
+        return replace(m.params, **params)
+    return m.params if params is None else params
 
 
 def predict(raw, model=None, **kwargs) -> NeuronPrediction:
