@@ -240,3 +240,33 @@ def test_settings_object_or_keywords_are_the_same_job_settings(tmp_path):
     missing = s.__class__(out_dir=tmp_path / "run", base=str(tmp_path / "no_such_model"))
     with pytest.raises(NeurosegError, match="no_such_model"):  # the settings' base reaches the job
         run_to_completion(finetune_nuclei_iter([img], [lbl], None, missing))
+
+
+def test_nuclei_job_uses_the_cli_fine_tuning_recipe(tmp_path, base_model, monkeypatch):
+    """The dock's job trains with the same recipe as `neuroseg train nuclei --init-from`
+    (FINETUNE_RECIPE: schedule length, learning rate, weights kept by the held-out score, early
+    stop); a given number of steps wins over the recipe's."""
+    from napari_neuroseg.models.stardist3d import train as st_train
+    from napari_neuroseg.models.stardist3d.training.finetune import FINETUNE_RECIPE
+
+    seen = []
+
+    class Captured(Exception):
+        pass
+
+    def capture(*args, settings, **kwargs):
+        seen.append(settings)
+        raise Captured
+        yield  # a generator, like train_iter
+
+    monkeypatch.setattr(st_train, "train_iter", capture)
+    img, lbl = balls()
+    kw = dict(TINY, out_dir=tmp_path / "run", base=str(base_model), register=False)
+    for steps in (None, 7):
+        with pytest.raises(Captured):
+            run_to_completion(finetune_nuclei_iter([img], [lbl], [(1.0, 0.5, 0.5)], **dict(kw, steps=steps)))
+    recipe, given = seen
+    assert recipe.steps == FINETUNE_RECIPE["steps"] and given.steps == 7
+    for s in seen:
+        assert s.learning_rate == FINETUNE_RECIPE["learning_rate"] and s.select_by == "score"
+        assert s.patience == FINETUNE_RECIPE["patience"] and not s.optimize_thresholds

@@ -148,8 +148,12 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                                   tooltip="Path of a StarDist-3D model folder or BioImage.IO package (.zip or folder)")
         self.minutes = FloatSpinBox(label="Time budget (min)", value=5.0, min=0.05, max=600.0, step=1.0,
                                     tooltip="Minutes for the whole run (setup, training, thresholds, saving)")
-        self.steps = SpinBox(label="Max steps", value=2000, min=1, max=1_000_000,
-                             tooltip="Upper limit of training steps (the time budget usually ends the run first)")
+        self.steps = SpinBox(label="Max steps", value=0, min=0, max=1_000_000,
+                             tooltip="Upper limit of training steps; 'recipe' (0) = the task's fine-tuning recipe "
+                                     "(nuclei: 250 steps, the length of its learning-rate schedule, as "
+                                     "`neuroseg train nuclei --init-from`; neurons: 2000). The time budget may end "
+                                     "the run first")
+        self.steps.native.setSpecialValueText("recipe")
         self.thresholds = CheckBox(text="choose thresholds on the held-out part", value=True,
                                    tooltip="Search the probability/NMS thresholds on the held-out slab at the end")
         self.device = ComboBox(label="Device", choices=list(DEVICES), value="auto",
@@ -351,7 +355,7 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             raise NeurosegError(f"{name!r} is a shipped model's name", fix="choose another output name")
         base = self.base_spec()
         return {"image": x, "labels": y, "mask": m, "voxel_size": self.voxel_size(img), "base": base,
-                "name": name, "max_minutes": float(self.minutes.value), "steps": int(self.steps.value),
+                "name": name, "max_minutes": float(self.minutes.value), "steps": int(self.steps.value) or None,
                 "device": str(self.device.value), "ignore_unlabelled": bool(self.ignore_unlabelled.value),
                 "optimize_thresholds": bool(self.thresholds.value), "image_layer": img, "labels_layer": lab,
                 "mask_layer": mask}

@@ -49,6 +49,8 @@ __all__ = [
 
 #: margin (voxels) kept around the labelled objects when the unlabelled rest is ignored
 IGNORE_MARGIN = 4
+#: the neuron job's most training steps when none are given (the time budget ends it first)
+NEURON_FINETUNE_STEPS = 2000
 #: at most this share of the training time is spent on the live held-out F1
 LIVE_F1_SHARE = 0.15
 
@@ -108,13 +110,15 @@ class FineTuneSettings:
     ``label_sources`` describe the data for the model card (layer names, file paths).
     ``ignore_unlabelled``: train only around the labelled objects. Per task: ``optimize_thresholds``
     and ``live_f1`` (nuclei: search the thresholds on the held-out part; the live held-out F1 of
-    the curve), ``every`` (neurons: validation and checkpoint interval in steps)."""
+    the curve), ``every`` (neurons: validation and checkpoint interval in steps). ``steps``: the
+    most training steps; None = the task's recipe (nuclei: ``FINETUNE_RECIPE``'s 250, the length
+    of its learning-rate schedule, as ``neuroseg train nuclei --init-from``; neurons: 2000)."""
 
     out_dir: str | Path
     base: str | Path | None = None
     name: str | None = None
     max_minutes: float | None = 5.0
-    steps: int = 2000
+    steps: int | None = None
     device: str | None = "auto"
     threads: int | None = None
     ignore_unlabelled: bool = False
@@ -288,6 +292,7 @@ def finetune_nuclei_iter(
     from napari_neuroseg.models.stardist3d import train as st_train
     from napari_neuroseg.models.stardist3d.training.finetune import (
         f1_at,
+        finetune_settings,
         fit_patch_size,
         prepare_finetune_data,
         write_model_card,
@@ -312,14 +317,15 @@ def finetune_nuclei_iter(
     yield progress(0, 1, "resampling to the model's scale and holding out a validation slab", "setup")
     data = prepare_finetune_data(xs, ys, voxel_sizes, base_model.scale, paths=label_sources)
     data.notes[:0] = notes
-    settings = st_train.TrainSettings(
-        steps=int(steps), batch_size=int(batch_size),
+    # the same recipe as `neuroseg train nuclei --init-from` (FINETUNE_RECIPE: learning rate,
+    # schedule length, weights kept by the held-out score, early stop); a given `steps` wins
+    settings = finetune_settings(st_train.TrainSettings(
+        batch_size=int(batch_size),
         patch_size=fit_patch_size([yy.shape for yy in data.labels], base_model.config.divisor),
-        val_every=getattr(st_train, "FINETUNE_EVERY", 25), checkpoint_every=getattr(st_train, "FINETUNE_EVERY", 25),
-        warmup_steps=getattr(st_train, "FINETUNE_WARMUP", 10), optimize_thresholds=False,  # searched below, timed
+        optimize_thresholds=False,  # searched below, timed
         seed=int(seed), device=device, threads=threads, init_from=str(base_path),
         model_scale=None if base_model.scale is None else base_model.scale.to_dict(),
-    )
+    ), steps=None if steps is None else int(steps))
     nms_backend = st_train.quick_nms_backend()
     settings = replace(settings, nms_backend=nms_backend)
     yield progress(0, 1, "scoring the base model on the held-out part", "setup")
@@ -572,7 +578,7 @@ def finetune_neurons_iter(
         deadline = t0 + total_s
         left = max(0.05, (total_s * (1 - reserve) - (time.monotonic() - t0)) / 60.0)
     settings = NeuronTrainSettings(
-        output=str(out), data=str(data_dir), steps=int(steps), patch=tuple(patch), batch_size=int(batch_size),
+        output=str(out), data=str(data_dir), steps=int(steps or NEURON_FINETUNE_STEPS), patch=tuple(patch), batch_size=int(batch_size),
         init_from=None if resume else str(base_path), resume=bool(resume), save_every=int(every),
         val_every=int(every), val_crop=tuple(max(s) for s in zip(*[yv.shape for _, yv in vals])),
         device=device or "auto", threads=int(threads) if threads else NeuronTrainSettings().threads, seed=int(seed),
