@@ -205,3 +205,22 @@ def test_neuron_blocks_get_the_volume_norm_stats(tmp_path, monkeypatch):
     bg, hi = norm_stats(raw)
     assert len(seen) == r["blocks"] and all(np.allclose(s[0], bg) and s[1] == pytest.approx(hi) for s in seen)
     assert np.array_equal(read_output(r["output"]) > 0, raw.max(0) > 0)
+
+
+def test_neurons_min_size_defaults_to_the_models_own(monkeypatch):
+    """A fine-tuned neuron model stores the min_size its post-processing search chose; batch uses
+    it unless min_size is given (it used to force 40)."""
+    from types import SimpleNamespace
+
+    from napari_neuroseg.batch.adapters import NeuronsTask
+    import importlib
+
+    from napari_neuroseg.models.neurons.postprocess import PostprocessParams
+
+    pred_mod = importlib.import_module("napari_neuroseg.models.neurons.predict")
+    task = NeuronsTask()
+    assert task.resolve({})["min_size"] == PostprocessParams().min_size  # the shipped model's
+    monkeypatch.setattr(pred_mod, "cached_load_model",
+                        lambda path=None, device=None: SimpleNamespace(params=SimpleNamespace(min_size=400)))
+    assert task.resolve({"model": "tuned.pt"})["min_size"] == 400
+    assert task.resolve({"model": "tuned.pt", "min_size": 5})["min_size"] == 5

@@ -168,7 +168,8 @@ class NeuronsTask(Task):
         Param("device", str, "auto", "torch device: auto, cpu, cuda, cuda:1, mps"),
         Param("fg_threshold", float, None, "foreground probability threshold (default: the model's)"),
         Param("aff_threshold", float, None, "affinity threshold (default: the model's)"),
-        Param("min_size", int, 40, "remove neurons smaller than this many voxels (applied globally)"),
+        Param("min_size", int, None, "remove neurons smaller than this many voxels (applied globally; default: "
+                                     "the model's, e.g. the value a fine-tune chose)"),
         Param("voxel_size", str, None, "voxel size 'Z,Y,X' in µm: the volume is resampled to the model's scale"),
         Param("object_size", str, None, "neurite thickness: '1.3um' or '4vox' (Y/X voxels); the volume is rescaled "
                                         "to the model's typical thickness ('auto' is not available for neurons)"),
@@ -176,6 +177,19 @@ class NeuronsTask(Task):
 
     def uses_gpu(self, params: dict) -> bool:
         return _device_needs_gpu(params.get("device"))
+
+    def resolve(self, params: dict | None = None) -> dict:
+        """As :meth:`Task.resolve`; a ``min_size`` not given is the model's own (its stored
+        post-processing: a fine-tuned model keeps the size its search chose), so the blockwise
+        size filter on stitched neurons uses the same value as a whole-volume run."""
+        out = super().resolve(params)
+        if out.get("min_size") is None:
+            pred_mod = _require("napari_neuroseg.models.neurons.predict", "neuron segmenter")
+            try:
+                out["min_size"] = int(pred_mod.cached_load_model(out.get("model"), "cpu").params.min_size)
+            except NeurosegError:
+                pass  # a model that cannot be read fails per file, with its own message, when it is used
+        return out
 
     def model_info(self, params: dict) -> dict:
         return {"name": "neurons", "model": params.get("model") or "default"}
