@@ -65,7 +65,7 @@ def _picker_names(nuclei) -> list[str]:
     return [combo.itemText(i) for i in range(combo.count())]
 
 
-@pytest.mark.slow  # ~25 s alone, 80 s on the loaded 2-core machine (numba compiles stardist.matching once)
+# issue 13's acceptance test: in the default run (12.6 s in the slow run of session 6; 25-80 s on a loaded machine)
 def test_the_whole_cycle(make_napari_viewer, qtbot, tiny_base):
     from napari_neuroseg._napari.finetune_widget import FineTuneWidget
     from napari_neuroseg._napari.nuclei_widget import NucleiWidget

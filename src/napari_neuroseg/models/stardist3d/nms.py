@@ -112,27 +112,26 @@ def _find_face(verts, minv, vf_ptr, vf_idx, oz, oy, ox, coef):
     best_f = -1
     best_m = -np.inf
     for t in range(vf_ptr[best_k], vf_ptr[best_k + 1]):
-        f = vf_idx[t]
-        _cone_coords(minv, f, oz, oy, ox, tmp)
-        m = min(tmp[0], min(tmp[1], tmp[2]))
-        if m > best_m:
-            best_m = m
-            best_f = f
-            coef[0] = tmp[0]
-            coef[1] = tmp[1]
-            coef[2] = tmp[2]
+        best_m, best_f = _try_face(minv, vf_idx[t], oz, oy, ox, tmp, coef, best_m, best_f)
     norm = np.sqrt(oz * oz + oy * oy + ox * ox)
     if best_m < -1e-9 * norm:  # not in a face around the nearest ray: search all faces
         for f in range(minv.shape[0]):
-            _cone_coords(minv, f, oz, oy, ox, tmp)
-            m = min(tmp[0], min(tmp[1], tmp[2]))
-            if m > best_m:
-                best_m = m
-                best_f = f
-                coef[0] = tmp[0]
-                coef[1] = tmp[1]
-                coef[2] = tmp[2]
+            best_m, best_f = _try_face(minv, f, oz, oy, ox, tmp, coef, best_m, best_f)
     return best_f
+
+
+@nb.njit(**_JIT)
+def _try_face(minv, f, oz, oy, ox, tmp, coef, best_m, best_f):
+    """Face ``f`` for :func:`_find_face`: its cone coordinates of the direction (in ``tmp``) and,
+    when their smallest beats ``best_m``, ``f`` as the new best with its coordinates in ``coef``."""
+    _cone_coords(minv, f, oz, oy, ox, tmp)
+    m = min(tmp[0], min(tmp[1], tmp[2]))
+    if m > best_m:
+        coef[0] = tmp[0]
+        coef[1] = tmp[1]
+        coef[2] = tmp[2]
+        return m, f
+    return best_m, best_f
 
 
 @nb.njit(**_JIT)
