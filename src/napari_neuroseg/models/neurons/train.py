@@ -248,9 +248,7 @@ def split_holdout(raw, gt, fraction: float, name: str = ""):
 
 def _validation_set(args: NeuronTrainSettings, rng):
     """List of (name, raw (3,Z,Y,X), gt stack) for validation."""
-    import numpy as np
-
-    from .data import VAL_SEED_BASE, find_samples
+    from .data import VAL_SEED_BASE
 
     out = []
     if args.synthetic:
@@ -261,19 +259,25 @@ def _validation_set(args: NeuronTrainSettings, rng):
             v = make_neurons(shape, hard=bool(i % 2), seed=VAL_SEED_BASE + i)
             out.append((f"synth-val-{'hard' if i % 2 else 'standard'}", v.raw, v.gt_instances))
         return out
-    from .data import _open_fisbe
+    out.extend(_annotated_centre_crops(args, "val", args.val_crop))
+    return out
 
-    for path in find_samples(args.data, args.split)["val"]:
+
+def _annotated_centre_crops(args: NeuronTrainSettings, which: str, crop) -> list:
+    """(name, raw, gt) of the annotated FISBe Zarr samples of the ``which`` part ("train"/"val")
+    of ``args.data``, each cut to its central ``crop`` (Z, Y, X; the whole axis where smaller)."""
+    import numpy as np
+
+    from .data import _open_fisbe, find_samples
+
+    out = []
+    for path in find_samples(args.data, args.split)[which]:
         if path.suffix != ".zarr":
             continue
         raw, gt = _open_fisbe(path)
         if gt is None:
             continue
-        sl = []
-        for n, c in zip(raw.shape[1:], args.val_crop):
-            c = min(n, c)
-            sl.append(slice((n - c) // 2, (n - c) // 2 + c))
-        sl = tuple(sl)
+        sl = tuple(slice((n - min(n, c)) // 2, (n - min(n, c)) // 2 + min(n, c)) for n, c in zip(raw.shape[1:], crop))
         out.append((path.name, np.asarray(raw[(slice(None),) + sl]), np.asarray(gt[(slice(None),) + sl])))
     return out
 
@@ -393,19 +397,8 @@ def _tuning_set(args: NeuronTrainSettings, whole: list, val: list) -> list:
         return list(whole)
     if args.synthetic or not args.data:
         return list(val)
-    from .data import _open_fisbe, find_samples
-
-    out = list(val)
-    for path in find_samples(args.data, args.split)["train"]:
-        if path.suffix != ".zarr":
-            continue
-        raw, gt = _open_fisbe(path)
-        if gt is None:
-            continue
-        crop = [max(int(a), int(b)) for a, b in zip(args.val_crop, TUNE_CROP)]
-        sl = tuple(slice((n - min(n, c)) // 2, (n - min(n, c)) // 2 + min(n, c)) for n, c in zip(raw.shape[1:], crop))
-        out.append((path.name, raw[(slice(None),) + sl], gt[(slice(None),) + sl]))
-    return out
+    crop = [max(int(a), int(b)) for a, b in zip(args.val_crop, TUNE_CROP)]
+    return list(val) + _annotated_centre_crops(args, "train", crop)
 
 
 def _export_model(args: NeuronTrainSettings, out_dir: Path, params, tune_on: list, dev, train_info, scale,
