@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import re
 import time
 from collections.abc import Callable
@@ -47,12 +46,9 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 def sessions_dir() -> Path:
     """The folder holding the sessions (not created here)."""
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
+    from napari_neuroseg.models.registry import user_data_folder
 
-    return Path(platformdirs.user_data_dir("napari-neuroseg")) / "sessions"
+    return user_data_folder(ENV_VAR, "sessions")
 
 
 def _now() -> str:

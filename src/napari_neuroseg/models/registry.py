@@ -48,14 +48,20 @@ SHIPPED = {"neuroseg_nuclei": "nuclei", "neuroseg_neurons": "neurons"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
-def models_dir() -> Path:
-    """The user model folder (not created here)."""
-    env = os.environ.get(ENV_VAR)
+def user_data_folder(env_var: str, name: str) -> Path:
+    """The folder ``$env_var`` names, else ``name`` in the user data folder of napari-neuroseg
+    (``platformdirs``); not created here. The one rule for the user model and session folders."""
+    env = os.environ.get(env_var)
     if env:
         return Path(env).expanduser()
     import platformdirs
 
-    return Path(platformdirs.user_data_dir("napari-neuroseg")) / "models"
+    return Path(platformdirs.user_data_dir("napari-neuroseg")) / name
+
+
+def models_dir() -> Path:
+    """The user model folder (not created here)."""
+    return user_data_folder(ENV_VAR, "models")
 
 
 def _shipped_path(name: str) -> Path:
