@@ -265,12 +265,11 @@ def arrival_case(n: int, prepared: bool) -> dict:
     ``uint16``, caches warmed in the worker). Printed: the longest stall from the result's
     arrival to its first draws, and the longest garbage collection in that window."""
     import napari
-    from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
+    from test_evaluate_responsive import StallMeter, many_nuclei
 
     from napari_neuroseg._napari import nuclei_widget
     from napari_neuroseg._napari._display import compact_labels, warm_labels_display
-    from test_evaluate_responsive import many_nuclei
 
     nuclei_widget.NucleiWidget._start_warmup = staticmethod(lambda: None)
     viewer = napari.Viewer(show=True)
@@ -288,26 +287,15 @@ def arrival_case(n: int, prepared: bool) -> dict:
     result = {"labels": labels, "details": {"points": np.zeros((n, 3))}, "thresholds": (0.5, 0.4),
               "model": "synthetic", "prob": None, "grid": (1, 1, 1)}
     w._layer_name, w._scale, w._translate = image.name, tuple(image.scale), tuple(image.translate)
-    gaps: list[float] = []
-    last = [time.perf_counter()]
-
-    def tick() -> None:
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.timeout.connect(tick)
-    timer.start(20)
+    meter = StallMeter()
     gc_pauses = _track_gc()
     _pump(app, 1.5)
-    gaps.clear()
-    t0 = last[0] = time.perf_counter()
+    t0 = meter.restart()
     w._on_result(result)
     _pump(app, 1.0)
-    timer.stop()
+    meter.stop()
     out = {"case": f"{'worker-ready' if prepared else 'as-before'} n={n}", "dtype": str(labels.dtype),
-           "arrival_ms": 1000 * max(gaps, default=float("nan")),
+           "arrival_ms": 1000 * max(meter.gaps, default=float("nan")),
            "gc_ms": 1000 * max((d for t, d, _ in gc_pauses if t >= t0), default=0.0)}
     viewer.close()
     return out
@@ -417,8 +405,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import napari
     from napari.utils.notifications import notification_manager
-    from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
+    from test_evaluate_responsive import StallMeter
 
     from napari_neuroseg._napari.evaluate_widget import EvaluateWidget
 
@@ -435,17 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     app = QApplication.instance()
     notification_manager.install_hooks()
     start_records = len(notification_manager.records)
-    gaps: list[float] = []
-    last = [time.perf_counter()]
-
-    def tick() -> None:
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.timeout.connect(tick)
-    timer.start(20)
+    meter = StallMeter()
+    gaps = meter.gaps
     failed = False
     try:
         for ndisplay in (2, 3):
@@ -456,8 +435,7 @@ def main(argv: list[str] | None = None) -> int:
             while time.perf_counter() < t_end:
                 app.processEvents()
                 time.sleep(0.005)
-            gaps.clear()
-            last[0] = time.perf_counter()
+            meter.restart()
             viewer.reset_view()
             t_end = time.perf_counter() + 1.0
             while time.perf_counter() < t_end:
@@ -475,9 +453,7 @@ def main(argv: list[str] | None = None) -> int:
                     while time.perf_counter() < t_end:  # settle
                         app.processEvents()
                         time.sleep(0.005)
-                    gaps.clear()
-                    last[0] = time.perf_counter()
-                    t0 = time.perf_counter()
+                    t0 = meter.restart()
                     w.run()
                     while w.worker is not None and time.perf_counter() - t0 < 600:
                         app.processEvents()
@@ -495,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{TARGETS[ndisplay] * 1000:.0f} ms or 1.5 x baseline) "
                           f"{'ok' if ok else 'OVER'}; status: {w.status.text()[:60]}")
     finally:
-        timer.stop()
+        meter.stop()
         notification_manager.restore_hooks()
     errors = [r for r in notification_manager.records[start_records:]
               if str(r.severity).lower() in ("error", "fatal")]

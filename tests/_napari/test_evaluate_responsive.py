@@ -70,6 +70,12 @@ class StallMeter:
         for f in self.on_tick:
             f()
 
+    def restart(self) -> float:
+        """Forget the gaps so far and measure from now on; returns now (``time.perf_counter``)."""
+        self.gaps.clear()
+        self._last = time.perf_counter()
+        return self._last
+
     def stop(self) -> float:
         self.timer.stop()
         return self.worst
