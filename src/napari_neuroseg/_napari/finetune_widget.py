@@ -148,12 +148,11 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                                   tooltip="Path of a StarDist-3D model folder or BioImage.IO package (.zip or folder)")
         self.minutes = FloatSpinBox(label="Time budget (min)", value=5.0, min=0.05, max=600.0, step=1.0,
                                     tooltip="Minutes for the whole run (setup, training, thresholds, saving)")
-        self.steps = SpinBox(label="Max steps", value=0, min=0, max=1_000_000,
-                             tooltip="Upper limit of training steps; 'recipe' (0) = the task's fine-tuning recipe "
+        self.steps = SpinBox(label="Max steps (0: recipe)", value=0, min=0, max=1_000_000,
+                             tooltip="Upper limit of training steps; 0 = the task's fine-tuning recipe "
                                      "(nuclei: 250 steps, the length of its learning-rate schedule, as "
                                      "`neuroseg train nuclei --init-from`; neurons: 2000). The time budget may end "
                                      "the run first")
-        self.steps.native.setSpecialValueText("recipe")
         self.thresholds = CheckBox(text="choose thresholds on the held-out part", value=True,
                                    tooltip="Search the probability/NMS thresholds on the held-out slab at the end")
         self.device = ComboBox(label="Device", choices=list(DEVICES), value="auto",
