@@ -64,6 +64,17 @@ def _few_threads(request):
     torch.set_num_threads(n)
 
 
+@pytest.fixture
+def one_thread():
+    """For the trainer tests that set torch's thread count (``threads=1`` in their settings): the
+    process's count is restored afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 def pytest_itemcollected(item):
     """Every test under ``tests/_napari`` runs a viewer or Qt widgets: marked ``gui`` (so that
     ``-m 'not gui'`` deselects all of them)."""

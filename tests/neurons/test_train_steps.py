@@ -34,13 +34,6 @@ def fisbe_folder(tmp_path):
     return d
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def test_losses_are_those_of_the_former_trainer(fisbe_folder, tmp_path, one_thread):
     out = tmp_path / "run"
     seen = []

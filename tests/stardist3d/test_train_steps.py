@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from napari_neuroseg.models.stardist3d.train import TrainSettings, default_config, synthetic_dataset, train_iter
 from napari_neuroseg.runtime.progress import run_to_completion
@@ -31,13 +30,6 @@ def _settings(**kw):
 @pytest.fixture(scope="module")
 def data():
     return synthetic_dataset(3, (16, 48, 48), seed=123, vary=0.0)
-
-
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
 
 
 def test_losses_are_those_of_the_former_trainer(tmp_path, data, one_thread):
