@@ -95,3 +95,22 @@ def test_whitening_undoes_channel_crosstalk():
     b = instances_from_outputs(prob, None, mixed, replace(p, colour_whiten=True))
     assert a.max() >= 1 and b.max() >= 1
     assert np.array_equal(instances_from_outputs(prob, None, mixed, replace(p, colour_whiten=False)), a)
+
+
+def test_partly_labelled_volumes_are_scored_as_partly_labelled(volume):
+    """A (name, raw, gt, partly) volume is scored with ``partly=True`` (as the benchmarks score
+    volumes with unlabelled clutter); a 3-tuple stays fully labelled."""
+    from napari_neuroseg.metrics import evaluate
+
+    raw, gt = volume
+    part = gt[:-1]  # one neuron shown in the raw but not labelled
+    base = PostprocessParams()
+    grid = {"fg_threshold": (base.fg_threshold,)}
+    labels = predict(raw, _model(base)).labels
+    _, info_p = tune_postprocess(_model(base), [("v", raw, part, True)], grid=grid, starts=())
+    _, info_f = tune_postprocess(_model(base), [("v", raw, part)], grid=grid, starts=())
+    assert info_p["avF1_before"] == pytest.approx(evaluate(part, labels, partly=True)["avF1"])
+    assert info_f["avF1_before"] == pytest.approx(evaluate(part, labels)["avF1"])
+    assert info_p["avF1_before"] > info_f["avF1_before"]  # the unlabelled neuron is no false positive
+    with pytest.raises(ValueError, match="partly"):
+        tune_postprocess(_model(base), [("v", raw, part, True, "extra")], grid=grid, starts=())

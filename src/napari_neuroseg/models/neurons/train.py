@@ -193,13 +193,15 @@ def _batches_in_workers(source, args: NeuronTrainSettings, patch, start_it: int)
         yield [b.numpy() for b in batch]
 
 
-def _evaluate(gt, pred) -> dict:
+def _evaluate(gt, pred, partly: bool = False) -> dict:
+    """FISBe scores of ``pred`` (``partly``: the volume is partly labelled, unmatched predictions
+    are not counted as false positives)."""
     try:
         from napari_neuroseg.metrics import evaluate
     except ImportError:
         evaluate = None
     if evaluate is not None:
-        return evaluate(gt, pred)
+        return evaluate(gt, pred, partly=partly)
     return _proxy_scores(gt, pred)
 
 
@@ -695,7 +697,8 @@ def train_iter(args: NeuronTrainSettings):
 def tune_postprocess(model, val, grid: dict[str, tuple] | None = None, starts: tuple[dict, ...] | None = None,
                      stop: Callable[[], bool] | None = None):
     """The post-processing values with the best mean avF1 on the annotated volumes ``val`` (name,
-    raw, gt): a coordinate search over ``grid`` (default :data:`POSTPROCESS_GRID`: each key in
+    raw, gt) or (name, raw, gt, partly), ``partly`` true for a partly labelled volume (scored as
+    the benchmarks do: unlabelled structures are no false positives): a coordinate search over ``grid`` (default :data:`POSTPROCESS_GRID`: each key in
     turn is set to the value that scores best with the others fixed, two passes) from
     ``model.params`` and from each of ``starts`` (default :data:`POSTPROCESS_STARTS`, applied to
     ``model.params``). The network runs once per volume. Ties keep the earlier values (the
@@ -717,10 +720,12 @@ def tune_postprocess(model, val, grid: dict[str, tuple] | None = None, starts: t
     starts = POSTPROCESS_STARTS if starts is None else starts
     model.net.eval()
     outs = []
-    for _, raw, gt in val:
+    for name, raw, gt, *rest in val:
+        if len(rest) > 1:
+            raise ValueError(f"tuning volume {name!r}: expected (name, raw, gt) or (name, raw, gt, partly)")
         raw = np.asarray(raw)
         pr = run_to_completion(predict_iter(raw, model, return_outputs=True))
-        outs.append((pr.foreground, pr.affinities, normalize(check_raw(raw)), np.asarray(gt)))
+        outs.append((pr.foreground, pr.affinities, normalize(check_raw(raw)), np.asarray(gt), bool(rest and rest[0])))
     cache: dict = {}
     state = {"stopped": False}
 
@@ -730,8 +735,8 @@ def tune_postprocess(model, val, grid: dict[str, tuple] | None = None, starts: t
             if cache and stop is not None and stop():
                 state["stopped"] = True
                 return None
-            cache[key] = float(np.mean([_evaluate(gt, instances_from_outputs(fg, affs, img, p))["avF1"]
-                                        for fg, affs, img, gt in outs]))
+            cache[key] = float(np.mean([_evaluate(gt, instances_from_outputs(fg, affs, img, p), partly)["avF1"]
+                                        for fg, affs, img, gt, partly in outs]))
         return cache[key]
 
     base = model.params
