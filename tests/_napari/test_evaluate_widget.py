@@ -289,3 +289,59 @@ def test_error_layer_added_in_a_3d_view_without_an_error(make_napari_viewer, qtb
     assert caught == [] and w.last_error is None
     assert layer.features.shape[0] == len(res["errors"]["missed_gt"]) + len(res["errors"]["false_positive"])
     assert layer.contour == ERROR_CONTOUR_PX
+
+
+def test_error_layer_arrives_in_one_step_built_in_the_worker(make_napari_viewer, qtbot):
+    """The error layer is made in the worker (its data, colours, features, outlines and
+    transform set there) and inserted once: the user's selected layer stays selected, the
+    painting overlays get their visuals only when their mode is picked, and a re-run swaps the
+    data of the same layer with one refresh."""
+    import threading
+
+    from napari_neuroseg._napari import evaluate_widget as ew
+
+    viewer = make_napari_viewer(show=True)
+    gt = np.zeros((12, 40, 40), np.uint16)
+    gt[2:6, 2:8, 2:8], gt[2:6, 20:26, 20:26], gt[6:10, 30:36, 5:11] = 1, 2, 3  # 3 is missed
+    pred = np.where(gt == 3, 0, gt).astype(np.uint32)
+    viewer.add_labels(gt, name="gt", scale=(2, 1, 1))
+    viewer.add_labels(pred, name="pred", scale=(2, 1, 1))
+    made_in: list[str] = []
+    make = ew.make_error_layer
+
+    def spy(*a, **k):
+        made_in.append(threading.current_thread().name)
+        return make(*a, **k)
+
+    ew.make_error_layer = spy
+    try:
+        w = EvaluateWidget(viewer)
+        w.form.gt.value, w.form.pred.value = viewer.layers["gt"], viewer.layers["pred"]
+        w.set_task("nuclei")
+        viewer.layers.selection.active = viewer.layers["pred"]
+        _run(w, qtbot)
+    finally:
+        ew.make_error_layer = make
+    assert len(made_in) == 1 and made_in[0] != threading.main_thread().name
+    layer = viewer.layers["evaluation errors"]
+    assert viewer.layers.selection.active is viewer.layers["pred"]  # selection left alone
+    assert layer.contour == ERROR_CONTOUR_PX and tuple(layer.scale) == (2, 1, 1)
+    assert list(layer.features["id"]) == [3]
+    visuals = viewer.window._qt_viewer.canvas._layer_overlay_to_visual.get(layer, {})
+    polygon = layer._overlays["polygon"]
+    assert polygon not in visuals and not polygon.visible
+    layer.mode = "polygon"  # the user picks the polygon tool: its overlay is built and shown
+    assert polygon.visible and polygon in viewer.window._qt_viewer.canvas._layer_overlay_to_visual[layer]
+    layer.mode = "paint"
+    assert layer._overlays["brush_stroke"].visible
+    # a re-run swaps the data of the same layer: one refresh (the transform did not change)
+    refreshes: list = []
+    layer.events.set_data.connect(lambda *_: refreshes.append(1))
+    pred2 = pred.copy()
+    pred2[pred2 == 2] = 0  # now 2 is missed too
+    viewer.layers["pred"].data = pred2
+    _run(w, qtbot)
+    assert viewer.layers["evaluation errors"] is layer and sorted(layer.features["id"]) == [2, 3]
+    assert len(refreshes) == 1
+    w._jump(w.errors_list.item(1))
+    assert viewer.layers.selection.active is layer  # jump-to-error selects the error layer

@@ -24,6 +24,8 @@ re-entered), so jobs may report one step per object.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -222,11 +224,61 @@ def build_error_layer(result: dict[str, Any], instances: dict[str, Any]) -> dict
     return {"data": out, "features": features, "colormap": cmap, "items": items}
 
 
-def evaluate_layers_iter(gt: Any, pred: Any, partly: bool, *, dim_ids: list[int] | None = None,
-                         task: str = "neurons", task_reason: str | None = None):
-    """Worker job: evaluate with the metrics of ``task``, then build the error layer's data.
+#: the Labels layer's overlays napari builds vispy visuals for when the layer is added (tens of ms
+#: each, in the main thread); the error layer shows them only once its mode needs them
+LAZY_OVERLAYS = {"polygon": "polygon", "brush_stroke": "paint"}
 
-    Returns ``(result, layer)``; ``layer`` is :func:`build_error_layer`'s dict (or None).
+
+def make_error_layer(built: dict[str, Any], scale: Any = None, translate: Any = None) -> Any:
+    """The napari ``Labels`` layer of :func:`build_error_layer`'s data, made off the main thread
+    (a layer is a model without Qt until it is added to a viewer): colormap, features, outlines,
+    scale and translate set here, so adding it is one step and no refresh follows. Its painting
+    overlays are hidden until the user picks their mode (:func:`show_overlays_on_mode`)."""
+    from napari.layers import Labels
+
+    kw = {} if scale is None else {"scale": tuple(scale)}
+    if translate is not None:
+        kw["translate"] = tuple(translate)
+    layer = Labels(built["data"], name=ERRORS_LAYER, opacity=1.0, colormap=built["colormap"],
+                   features=built["features"], metadata={"neuroseg_error_kind": "all"}, **kw)
+    layer.contour = ERROR_CONTOUR_PX  # outlines: never mistaken for a label's colour
+    for key in LAZY_OVERLAYS:
+        overlay = getattr(layer, "_overlays", {}).get(key)
+        if overlay is not None:
+            overlay.visible = False
+    return layer
+
+
+def show_overlays_on_mode(layer: Any) -> None:
+    """Main thread, once the layer is in the viewer: show a painting overlay hidden by
+    :func:`make_error_layer` when the user picks its mode (napari then builds its visual)."""
+    def on_mode(*_: Any) -> None:
+        mode = str(layer.mode)
+        for key, needs in LAZY_OVERLAYS.items():
+            overlay = getattr(layer, "_overlays", {}).get(key)
+            if overlay is not None and mode == needs and not overlay.visible:
+                overlay.visible = True
+
+    layer.events.mode.connect(on_mode)
+
+
+@contextmanager
+def _no_3d_contour_warning() -> Iterator[None]:
+    """Main thread: napari warns on each refresh of a layer with outlines in a 3D view ("Contours
+    are not displayed during 3D rendering": it shows it filled); the legend says so already."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Contours are not displayed", category=UserWarning)
+        yield
+
+
+def evaluate_layers_iter(gt: Any, pred: Any, partly: bool, *, dim_ids: list[int] | None = None,
+                         task: str = "neurons", task_reason: str | None = None,
+                         scale: Any = None, translate: Any = None):
+    """Worker job: evaluate with the metrics of ``task``, then build the error layer's data and
+    the layer itself (:func:`make_error_layer`, with ``scale``/``translate``).
+
+    Returns ``(result, layer)``; ``layer`` is :func:`build_error_layer`'s dict (or None) with the
+    napari layer under ``"layer"``.
     """
     result = yield from evaluate_task_iter(task, gt, pred, partly, dim_ids=dim_ids,
                                            with_instances=True)
@@ -235,6 +287,8 @@ def evaluate_layers_iter(gt: Any, pred: Any, partly: bool, *, dim_ids: list[int]
         result["task_reason"] = task_reason  # guessed in the main thread
     yield Progress(0, 1, "building the error layer")
     layer = build_error_layer(result, inst)
+    if layer is not None:
+        layer["layer"] = make_error_layer(layer, scale, translate)
     yield Progress(1, 1, "error layer ready")
     return result, layer
 
@@ -535,6 +589,7 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.controls.start(
             evaluate_layers_iter, gt, pred, partly,
             dim_ids=dim, task=task, task_reason=why if why != "guessed when run" else None,
+            scale=tuple(self._scale), translate=tuple(self._translate),
             on_return=self._on_result, desc="Evaluate segmentation",
         )
 
@@ -597,23 +652,33 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                     self.viewer.layers.remove(layer)
                 return
             if layer is not None and layer.ndim == built["data"].ndim:
-                layer.data = built["data"]
+                # one swap, one refresh: the features first (no redraw), the transform only
+                # when it changed (each set is a refresh of its own)
                 layer.features = built["features"]
-                layer.scale, layer.translate = self._scale, self._translate
+                if not np.array_equal(layer.scale, self._scale):
+                    layer.scale = self._scale
+                if not np.array_equal(layer.translate, self._translate):
+                    layer.translate = self._translate
+                with _no_3d_contour_warning():
+                    layer.data = built["data"]
             else:
                 if layer is not None:
                     self.viewer.layers.remove(layer)
-                # features set after the add: napari updates the status line for the new active
-                # layer, and a Labels layer with features in a 3D view the mouse has not moved in
-                # yet fails there ("len() of unsized object", an error notification)
-                layer = self.viewer.add_labels(
-                    built["data"], name=ERRORS_LAYER, opacity=1.0, colormap=built["colormap"],
-                    scale=self._scale, translate=self._translate, metadata={"neuroseg_error_kind": "all"},
-                )
-                layer.features = built["features"]
-                with warnings.catch_warnings():  # "Contours are not displayed during 3D rendering"
-                    warnings.simplefilter("ignore", UserWarning)
-                    layer.contour = ERROR_CONTOUR_PX  # outlines: never mistaken for a label's colour
+                layer = built.get("layer") or make_error_layer(built, self._scale, self._translate)
+                # one insert, built in the worker; the user's selected layer stays selected
+                # (activating the new layer switches the layer controls and restyles the
+                # viewer's buttons in the same step; jump-to-error selects it)
+                layers = self.viewer.layers
+                activate = getattr(layers, "_activate_on_insert", None)
+                if activate is not None:
+                    layers._activate_on_insert = False
+                try:
+                    with _no_3d_contour_warning():
+                        layers.append(layer)
+                finally:
+                    if activate is not None:
+                        layers._activate_on_insert = activate
+                show_overlays_on_mode(layer)
             counts: dict[str, int] = {}
             for kind, i, v, cent, text in built["items"]:
                 self.error_layers[kind] = layer
