@@ -108,7 +108,12 @@ def main() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     import torch
 
-    from napari_neuroseg.models.neurons.model import DEFAULT_MODEL, read_checkpoint, save_model
+    from napari_neuroseg.models.neurons import load_model
+    from napari_neuroseg.models.neurons.model import (
+        DEFAULT_MODEL,
+        read_checkpoint,
+        save_model,
+    )
     from napari_neuroseg.models.neurons.train import tune_postprocess
     from napari_neuroseg.models.registry import resolve_neuron_model
 
@@ -116,8 +121,6 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     src = Path(resolve_neuron_model(args.model) or DEFAULT_MODEL)
-    from napari_neuroseg.models.neurons import load_model
-
     model = load_model(src, "cpu")
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     t0 = time.perf_counter()
