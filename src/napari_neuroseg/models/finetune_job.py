@@ -142,32 +142,95 @@ class FineTuneSettings:
         return s if s.base is not None else replace(s, base=base)
 
 
-def _job_pairs(images: Sequence[Any], labels: Sequence[Any], masks: Sequence[Any] | None, st: FineTuneSettings):
-    """The set-up both jobs share: ``(output folder, model name, number of pairs, masks, sources,
-    label sources)``, one of each per (image, annotation) pair; a NeurosegError when they do
-    not pair up."""
-    out = Path(st.out_dir)
-    n = len(images)
-    if n == 0 or n != len(labels):
-        raise NeurosegError(f"{n} image(s) but {len(labels)} annotation(s)", fix="give one Labels layer per image")
-    masks = list(masks) if masks is not None else [None] * n
-    sources = list(st.sources) if st.sources is not None else [f"image {i + 1}" for i in range(n)]
-    label_sources = (list(st.label_sources) if st.label_sources is not None
-                     else [f"annotation {i + 1}" for i in range(n)])
-    return out, st.name or out.name, n, masks, sources, label_sources
+class _Job:
+    """What both fine-tune jobs share while they run, and their common steps: the settings
+    (``st``), one output folder, model name, mask, source and label source per (image,
+    annotation) pair (a NeurosegError when they do not pair up), the curve, the base model's
+    score, the clock (time budget, ETA) and the :class:`FineTuneProgress` items the jobs yield
+    (``val_loss``: whether the job has a validation loss to plot)."""
 
+    def __init__(self, st: FineTuneSettings, images: Sequence[Any], labels: Sequence[Any],
+                 masks: Sequence[Any] | None, *, val_loss: bool = True):
+        self.st = st
+        self.t0 = time.monotonic()
+        self.out = out = Path(st.out_dir)
+        self.n = n = len(images)
+        if n == 0 or n != len(labels):
+            raise NeurosegError(f"{n} image(s) but {len(labels)} annotation(s)", fix="give one Labels layer per image")
+        self.name = st.name or out.name
+        self.masks = list(masks) if masks is not None else [None] * n
+        self.sources = list(st.sources) if st.sources is not None else [f"image {i + 1}" for i in range(n)]
+        self.label_sources = (list(st.label_sources) if st.label_sources is not None
+                              else [f"annotation {i + 1}" for i in range(n)])
+        self.curve: dict[str, list] = {"loss": [], "val_loss": [], "val_f1": []}
+        self.f1_before: float | None = None
+        self.val_loss = val_loss
+        self.reserve = 0.0
+        self.deadline: float | None = None
+        self.t_train: float | None = None
+        self.first_step: int | None = None
 
-def _progress_of(curve: dict[str, list], state: dict[str, Any], t0: float, *, val_loss: bool = True):
-    """``progress(step, total, message, phase, eta=None)``: a :class:`FineTuneProgress` carrying the
-    curve so far (``val_loss``: whether the job has a validation loss to plot)."""
-
-    def progress(step, total, msg, phase, eta=None) -> FineTuneProgress:
+    def progress(self, step, total, msg, phase, eta=None) -> FineTuneProgress:
+        """A :class:`FineTuneProgress` carrying the curve so far."""
+        curve = self.curve
         return FineTuneProgress(int(step), int(total), msg, phase=phase, loss=tuple(curve["loss"]),
-                                val_loss=tuple(curve["val_loss"]) if val_loss else (), val_f1=tuple(curve["val_f1"]),
-                                f1_before=state["f1_before"], eta_s=eta, elapsed_s=time.monotonic() - t0,
+                                val_loss=tuple(curve["val_loss"]) if self.val_loss else (),
+                                val_f1=tuple(curve["val_f1"]), f1_before=self.f1_before, eta_s=eta,
+                                elapsed_s=time.monotonic() - self.t0,
                                 record=None if phase in ("train", "thresholds") else phase)
 
-    return progress
+    def budget(self, reserve: float) -> float | None:
+        """Start the time budget (``max_minutes`` from the job's start, of which the end keeps the
+        share ``reserve``): the minutes left for training (at least 0.05), None without a budget."""
+        self.reserve = reserve
+        if self.st.max_minutes is None:
+            return None
+        total_s = 60.0 * float(self.st.max_minutes)
+        self.deadline = self.t0 + total_s
+        return max(0.05, (total_s * (1 - reserve) - (time.monotonic() - self.t0)) / 60.0)
+
+    def time_left(self) -> float | None:
+        """Seconds until the deadline (None: no budget)."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def eta(self, step: int, total: int) -> float:
+        """Seconds left at training step ``step`` of ``total``: the rate since :attr:`t_train`,
+        fitted to the budget."""
+        if self.first_step is None:
+            self.first_step = step - 1
+        now = time.monotonic()
+        rate_eta = (now - self.t_train) / max(1, step - self.first_step) * max(0, total - step)
+        if self.deadline is None:
+            return rate_eta
+        return min(rate_eta + self.reserve * 60 * float(self.st.max_minutes), max(0.0, self.deadline - now))
+
+    def finish(self, kind: str, model_path: Path, *, f1_after: float | None, steps: int, minutes: float,
+               info: dict, score: str, score_key: str, **register_options: Any,
+               ) -> Generator[FineTuneProgress, None, FineTuneResult]:
+        """Register the model at ``model_path`` when asked (``register_options``: more of
+        ``register_model``'s keywords; the scores under ``score_key``_before/_after), yield the
+        "done" step and return the :class:`FineTuneResult`."""
+        f1_before = self.f1_before
+        entry = None
+        if self.st.register:
+            from napari_neuroseg.models.registry import register_model
+
+            entry = register_model(model_path, kind=kind, name=self.name, **register_options,
+                                   scores={f"{score_key}_before": f1_before, f"{score_key}_after": f1_after},
+                                   info={"base": str(self.st.base), "steps": steps, "minutes": round(minutes, 2)})
+        res = FineTuneResult(out_dir=self.out, name=self.name, kind=kind, f1_before=f1_before, f1_after=f1_after,
+                             steps=int(steps), minutes=minutes, entry=entry, info=info, curve=self.curve)
+        yield self.progress(steps, steps, f"done: {score} on the held-out part {_fmt(f1_before)} -> {_fmt(f1_after)}",
+                            "done", 0.0)
+        return res
+
+
+def _write_text(path: Path, text: str) -> None:
+    """``text`` into ``path``, whole or not at all."""
+    from napari_neuroseg.io.atomic import atomic_write_text
+
+    atomic_write_text(path, text, fsync=False)
+
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -266,7 +329,6 @@ def load_base_nuclei_model(base: str | Path, import_dir: str | Path | None = Non
     return StarDist3D.load(path, device="cpu"), path
 
 
-# long function: one progress generator whose stages share the curve, time budget and deadline; split waits until the fine-tune work in this file settles (issue 15)
 def finetune_nuclei_iter(
     images: Sequence[Any],
     labels: Sequence[Any],
@@ -283,155 +345,156 @@ def finetune_nuclei_iter(
     ``voxel_sizes``: per pair (Z, Y, X) µm or None (used as it is). The schedule is fitted to
     ``max_minutes``; ``out_dir`` gets ``checkpoint.pt`` every 25 steps; ``register`` copies the
     model into the user model folder under ``name``."""
-    st = FineTuneSettings.of(settings, options, base="neuroseg_nuclei")
-    base, max_minutes, steps, device, threads = st.base, st.max_minutes, st.steps, st.device, st.threads
-    ignore_unlabelled, resume, register, batch_size = st.ignore_unlabelled, st.resume, st.register, st.batch_size
-    seed, optimize_thresholds, live_f1 = st.seed, st.optimize_thresholds, st.live_f1
     from dataclasses import replace
 
     from napari_neuroseg.models.stardist3d import train as st_train
     from napari_neuroseg.models.stardist3d.training.finetune import (
         f1_at,
-        finetune_settings,
-        fit_patch_size,
-        prepare_finetune_data,
         write_model_card,
     )
 
-    t0 = time.monotonic()
-    out, name, n, masks, sources, label_sources = _job_pairs(images, labels, masks, st)
-    voxel_sizes = list(voxel_sizes) if voxel_sizes is not None else [None] * n
-    curve: dict[str, list] = {"loss": [], "val_loss": [], "val_f1": []}
-    state: dict[str, Any] = {"f1_before": None}
-    progress = _progress_of(curve, state, t0)
-
-    yield progress(0, 1, f"loading the base model {base}", "setup")
-    base_model, base_path = load_base_nuclei_model(base, out.parent / f".{out.name}.base")
-    xs, ys, notes = [], [], []
-    for x, y, m, src in zip(images, labels, masks, label_sources):
-        xr, yr, note = restrict_to_region(x, y, mask=m, ignore_unlabelled=ignore_unlabelled, name=f"annotation {src!r}")
-        xs.append(xr)
-        ys.append(yr)
-        if note:
-            notes.append(f"{src}: {note}")
-    yield progress(0, 1, "resampling to the model's scale and holding out a validation slab", "setup")
-    data = prepare_finetune_data(xs, ys, voxel_sizes, base_model.scale, paths=label_sources)
-    data.notes[:0] = notes
-    # the same recipe as `neuroseg train nuclei --init-from` (FINETUNE_RECIPE: learning rate,
-    # schedule length, weights kept by the held-out score, early stop); a given `steps` wins
-    settings = finetune_settings(st_train.TrainSettings(
-        batch_size=int(batch_size),
-        patch_size=fit_patch_size([yy.shape for yy in data.labels], base_model.config.divisor),
-        optimize_thresholds=False,  # searched below, timed
-        seed=int(seed), device=device, threads=threads, init_from=str(base_path),
-        model_scale=None if base_model.scale is None else base_model.scale.to_dict(),
-    ), steps=None if steps is None else int(steps))
-    nms_backend = st_train.quick_nms_backend()
-    settings = replace(settings, nms_backend=nms_backend)
-    yield progress(0, 1, "scoring the base model on the held-out part", "setup")
-    f1_before = f1_at(base_model, data.val_images, data.val_labels, nms=nms_backend)
-    state["f1_before"] = f1_before
+    job = _Job(FineTuneSettings.of(settings, options, base="neuroseg_nuclei"), images, labels, masks)
+    st, out = job.st, job.out
+    voxel_sizes = list(voxel_sizes) if voxel_sizes is not None else [None] * job.n
+    yield job.progress(0, 1, f"loading the base model {st.base}", "setup")
+    base_model, base_path = load_base_nuclei_model(st.base, out.parent / f".{out.name}.base")
+    data = yield from _nuclei_data(job, images, labels, voxel_sizes, base_model)
+    settings = _nuclei_train_settings(st, data, base_model, base_path)
+    nms_backend = settings.nms_backend
+    yield job.progress(0, 1, "scoring the base model on the held-out part", "setup")
+    job.f1_before = f1_at(base_model, data.val_images, data.val_labels, nms=nms_backend)
     # the end (threshold search, scores, saving) gets this share of the budget
-    reserve = END_RESERVE_SEARCH if optimize_thresholds else getattr(st_train, "FINETUNE_END_RESERVE", 0.06)
-    deadline = None
-    if max_minutes is not None:
-        total_s = 60.0 * float(max_minutes)
-        deadline = t0 + total_s
-        left_min = max(0.05, (total_s * (1 - reserve) - (time.monotonic() - t0)) / 60.0)
-        settings = replace(settings, max_minutes=left_min)
+    left = job.budget(END_RESERVE_SEARCH if st.optimize_thresholds
+                      else getattr(st_train, "FINETUNE_END_RESERVE", 0.06))
+    if left is not None:
+        settings = replace(settings, max_minutes=left)
     th_base = base_model.thresholds
     gen = st_train.train_iter(data.images, data.labels, base_model.config_dict(), out_dir=out, settings=settings,
-                              val_images=data.val_images, val_labels=data.val_labels, resume=resume, name=name)
-    t_train = time.monotonic()
-    live_s = 0.0
-    first_step = None
-
-    def train_step(item) -> FineTuneProgress:
-        """One trainer step as the job's progress: the curve grows, the live F1 is measured
-        within its share of the time, and the ETA is fitted to the budget."""
-        nonlocal live_s, first_step
-        loss = getattr(item, "loss", None)
-        if loss is None:  # threshold search / done
-            return progress(item.step, item.total, item.message, "thresholds",
-                            None if deadline is None else max(0.0, deadline - time.monotonic()))
-        if first_step is None:
-            first_step = item.step - 1
-        curve["loss"].append((int(item.step), float(loss)))
-        if item.val_loss is not None:
-            curve["val_loss"].append((int(item.step), float(item.val_loss)))
-            spent = time.monotonic() - t_train
-            if live_f1 and live_s <= LIVE_F1_SHARE * max(spent, 1e-6) and (out / "weights.pt").is_file():
-                t1 = time.monotonic()
-                f1 = _live_f1(out, data, th_base, nms_backend, f1_at)
-                live_s += time.monotonic() - t1
-                if f1 is not None:
-                    curve["val_f1"].append((int(item.step), f1))
-        now = time.monotonic()
-        done = item.step - first_step
-        rate_eta = (now - t_train) / max(1, done) * max(0, item.total - item.step)
-        eta = rate_eta if deadline is None else min(rate_eta + reserve * 60 * float(max_minutes),
-                                                    max(0.0, deadline - now))
-        return progress(item.step, item.total, item.message, "train", eta)
-
-    result = yield from relay(gen, train_step)
+                              val_images=data.val_images, val_labels=data.val_labels, resume=st.resume, name=job.name)
+    result = yield from _nuclei_training(job, gen, data, th_base, nms_backend)
     model = result.model
     model.thresholds = th_base  # kept unless the search below ends within the budget
-    if optimize_thresholds:
-        th = yield from _search_thresholds(model, data, settings, nms_backend, deadline, progress, result.step)
+    if st.optimize_thresholds:
+        th = yield from _search_thresholds(model, data, settings, nms_backend, job, result.step)
         if th is None:
             data.notes.append("the threshold search did not fit in the time budget: the base model's thresholds "
                               "are kept")
         else:
             model.thresholds = th
     _write_thresholds(out, model.thresholds)
-    yield progress(result.step, result.step, "scoring the fine-tuned model on the held-out part", "saving")
+    yield job.progress(result.step, result.step, "scoring the fine-tuned model on the held-out part", "saving")
     f1_after = f1_at(model, data.val_images, data.val_labels, nms=nms_backend)
-    minutes = (time.monotonic() - t0) / 60.0
-    th = model.thresholds
+    minutes = (time.monotonic() - job.t0) / 60.0
+    info = _nuclei_info(job, data, model, settings, result.step, minutes, f1_after)
+    _write_text(out / "finetune.json", json.dumps(info, indent=1, default=str))
+    write_model_card(out, info)
+    return (yield from job.finish("nuclei", out, f1_after=f1_after, steps=result.step, minutes=minutes, info=info,
+                                  score="F1@0.5", score_key="f1_0.5_heldout", voxel_size=info["model_voxel_size"]))
+
+
+def _nuclei_data(job: _Job, images, labels, voxel_sizes, base_model):
+    """The nuclei job's data (``prepare_finetune_data``): the pairs cropped to the part that
+    counts, at the base model's scale, with a held-out slab; the crops' notes come first."""
+    from napari_neuroseg.models.stardist3d.training.finetune import (
+        prepare_finetune_data,
+    )
+
+    xs, ys, notes = [], [], []
+    for x, y, m, src in zip(images, labels, job.masks, job.label_sources):
+        xr, yr, note = restrict_to_region(x, y, mask=m, ignore_unlabelled=job.st.ignore_unlabelled,
+                                          name=f"annotation {src!r}")
+        xs.append(xr)
+        ys.append(yr)
+        if note:
+            notes.append(f"{src}: {note}")
+    yield job.progress(0, 1, "resampling to the model's scale and holding out a validation slab", "setup")
+    data = prepare_finetune_data(xs, ys, voxel_sizes, base_model.scale, paths=job.label_sources)
+    data.notes[:0] = notes
+    return data
+
+
+def _nuclei_train_settings(st: FineTuneSettings, data, base_model, base_path):
+    """The StarDist-3D trainer's settings: the same recipe as ``neuroseg train nuclei
+    --init-from`` (``FINETUNE_RECIPE``: learning rate, schedule length, weights kept by the
+    held-out score, early stop; a given ``steps`` wins), the quick NMS backend, no threshold
+    search (the job runs its own, timed)."""
+    from dataclasses import replace
+
+    from napari_neuroseg.models.stardist3d import train as st_train
+    from napari_neuroseg.models.stardist3d.training.finetune import (
+        finetune_settings,
+        fit_patch_size,
+    )
+
+    settings = finetune_settings(st_train.TrainSettings(
+        batch_size=int(st.batch_size),
+        patch_size=fit_patch_size([yy.shape for yy in data.labels], base_model.config.divisor),
+        optimize_thresholds=False,  # searched by the job, timed
+        seed=int(st.seed), device=st.device, threads=st.threads, init_from=str(base_path),
+        model_scale=None if base_model.scale is None else base_model.scale.to_dict(),
+    ), steps=None if st.steps is None else int(st.steps))
+    return replace(settings, nms_backend=st_train.quick_nms_backend())
+
+
+def _nuclei_training(job: _Job, gen, data, th_base, nms_backend: str):
+    """Relay the trainer ``gen`` as the job's progress and return its result: the curve grows,
+    the live held-out F1 is measured within its share of the time (:data:`LIVE_F1_SHARE`), and
+    the ETA is fitted to the budget."""
+    from napari_neuroseg.models.stardist3d.training.finetune import f1_at
+
+    out, curve = job.out, job.curve
+    job.t_train = time.monotonic()
+    live_s = 0.0
+
+    def train_step(item) -> FineTuneProgress:
+        nonlocal live_s
+        loss = getattr(item, "loss", None)
+        if loss is None:  # threshold search / done
+            return job.progress(item.step, item.total, item.message, "thresholds", job.time_left())
+        curve["loss"].append((int(item.step), float(loss)))
+        if item.val_loss is not None:
+            curve["val_loss"].append((int(item.step), float(item.val_loss)))
+            spent = time.monotonic() - job.t_train
+            if job.st.live_f1 and live_s <= LIVE_F1_SHARE * max(spent, 1e-6) and (out / "weights.pt").is_file():
+                t1 = time.monotonic()
+                f1 = _live_f1(out, data, th_base, nms_backend, f1_at)
+                live_s += time.monotonic() - t1
+                if f1 is not None:
+                    curve["val_f1"].append((int(item.step), f1))
+        return job.progress(item.step, item.total, item.message, "train", job.eta(item.step, item.total))
+
+    return (yield from relay(gen, train_step))
+
+
+def _nuclei_info(job: _Job, data, model, settings, steps: int, minutes: float, f1_after: float | None) -> dict:
+    """What the nuclei job writes to ``finetune.json`` and the model card."""
     import torch
 
     from napari_neuroseg.runtime.device import select_device
 
-    info = {
-        "name": name, "base": str(base), "images": sources, "labels": label_sources,
+    th = model.thresholds
+    return {
+        "name": job.name, "base": str(job.st.base), "images": job.sources, "labels": job.label_sources,
         "voxel_sizes": data.voxel_sizes,
         "model_voxel_size": None if model.scale is None else list(model.scale.voxel_size),
         "factors": data.factors,
         "validation": "; ".join(
             f"slab {sp['axis']} >= {sp['start']} of {sp['shape_at_model_scale']} at the model's scale "
             f"({sp['objects_val']} objects held out, {sp['objects_train']} trained on)" for sp in data.split),
-        "steps": result.step, "batch_size": settings.batch_size, "patch_size": list(settings.patch_size),
-        "minutes": minutes, "device": str(select_device(device)), "threads": torch.get_num_threads(),
-        "prob": th.prob, "nms": th.nms, "f1_before": f1_before, "f1_after": f1_after, "notes": data.notes,
-        "made_by": "napari Fine-tune dock", "curve": curve,
+        "steps": steps, "batch_size": settings.batch_size, "patch_size": list(settings.patch_size),
+        "minutes": minutes, "device": str(select_device(job.st.device)), "threads": torch.get_num_threads(),
+        "prob": th.prob, "nms": th.nms, "f1_before": job.f1_before, "f1_after": f1_after, "notes": data.notes,
+        "made_by": "napari Fine-tune dock", "curve": job.curve,
     }
-    from napari_neuroseg.io.atomic import atomic_output
-
-    text = json.dumps(info, indent=1, default=str)
-    with atomic_output(out / "finetune.json") as tmp:
-        Path(tmp).write_text(text)
-    write_model_card(out, info)
-    entry = None
-    if register:
-        from napari_neuroseg.models.registry import register_model
-
-        entry = register_model(out, kind="nuclei", name=name, voxel_size=info["model_voxel_size"],
-                               scores={"f1_0.5_heldout_before": f1_before, "f1_0.5_heldout_after": f1_after},
-                               info={"base": str(base), "steps": result.step, "minutes": round(minutes, 2)})
-    res = FineTuneResult(out_dir=out, name=name, kind="nuclei", f1_before=f1_before, f1_after=f1_after,
-                         steps=int(result.step), minutes=minutes, entry=entry, info=info, curve=curve)
-    yield progress(result.step, result.step, f"done: F1@0.5 on the held-out part {_fmt(f1_before)} -> {_fmt(f1_after)}",
-                   "done", 0.0)
-    return res
 
 
 #: share of the time budget kept for the end of a run with a threshold search
 END_RESERVE_SEARCH = 0.15
 
 
-def _search_thresholds(model, data, settings, nms_backend, deadline, progress, step):
+def _search_thresholds(model, data, settings, nms_backend, job: _Job, step):
     """The probability/NMS thresholds chosen on the held-out part (as ``train_iter`` does), or
-    None when the search would overrun ``deadline`` (it is stopped there)."""
+    None when the search would overrun the job's deadline (it is stopped there)."""
     from napari_neuroseg.models.stardist3d.training.data import normalize_volume
     from napari_neuroseg.models.stardist3d.training.thresholds import (
         optimize_thresholds_iter,
@@ -442,24 +505,19 @@ def _search_thresholds(model, data, settings, nms_backend, deadline, progress, s
                                    iou_threshs=settings.iou_threshs, borders=settings.borders, nms=nms_backend)
     try:
         while True:
-            if deadline is not None and time.monotonic() > deadline:
+            if job.deadline is not None and time.monotonic() > job.deadline:
                 return None
             try:
                 p = next(gen)
             except StopIteration as stop:
                 return stop.value[0]
-            eta = None if deadline is None else max(0.0, deadline - time.monotonic())
-            yield progress(step, step, f"thresholds: {p.message}", "thresholds", eta)
+            yield job.progress(step, step, f"thresholds: {p.message}", "thresholds", job.time_left())
     finally:
         gen.close()
 
 
 def _write_thresholds(out: Path, th) -> None:
-    from napari_neuroseg.io.atomic import atomic_output
-
-    text = json.dumps(th.to_dict(), indent=1)
-    with atomic_output(out / "thresholds.json") as tmp:
-        Path(tmp).write_text(text)
+    _write_text(out / "thresholds.json", json.dumps(th.to_dict(), indent=1))
 
 
 def _fmt(v) -> str:
@@ -499,7 +557,6 @@ def _avf1(model, raw: np.ndarray, labels: np.ndarray) -> float:
     return float(evaluate(labels, pred)["avF1"])
 
 
-# long function: one progress generator whose stages share the curve, time budget and deadline; split waits until the fine-tune work in this file settles (issue 15)
 def finetune_neurons_iter(
     images: Sequence[Any],
     labels: Sequence[Any],
@@ -517,144 +574,161 @@ def finetune_neurons_iter(
     validation (avF1 on the held-out slab, the best weights kept) every ``every`` steps. The
     curve's ``val_f1`` is that avF1; ``f1_before``/``f1_after`` the base and the fine-tuned
     model's avF1 there. ``voxel_sizes`` are recorded only (the neuron trainer does not resample)."""
-    st = FineTuneSettings.of(settings, options, base="neuroseg_neurons")
-    base, max_minutes, steps, device, threads = st.base, st.max_minutes, st.steps, st.device, st.threads
-    ignore_unlabelled, resume, register, batch_size = st.ignore_unlabelled, st.resume, st.register, st.batch_size
-    seed, every = st.seed, st.every
-    from napari_neuroseg.io import write_fisbe
     from napari_neuroseg.models.neurons.model import load_model
-    from napari_neuroseg.models.neurons.train import NEURON_FINETUNE_RECIPE, NeuronTrainSettings, train_iter
+    from napari_neuroseg.models.stardist3d.training.finetune import fit_patch_size
+
+    job = _Job(FineTuneSettings.of(settings, options, base="neuroseg_neurons"), images, labels, masks, val_loss=False)
+    st, out = job.st, job.out
+    yield job.progress(0, 1, f"loading the base model {st.base}", "setup")
+    base_model, base_path = load_base_neuron_model(st.base)
+    trains, vals, notes, splits = _neuron_parts(job, images, labels)
+    data_dir = out / "data"
+    if not st.resume:
+        yield job.progress(0, 1, "writing the training and held-out parts", "setup")
+        _write_neuron_parts(data_dir, trains, vals)
+    div = 2 ** (base_model.config.levels - 1)
+    patch = fit_patch_size([yt.shape for _, yt in trains], (div, div, div), largest=(32, 64, 64))
+    yield job.progress(0, 1, "scoring the base model on the held-out part", "setup")
+    job.f1_before = f1_before = float(np.mean([_avf1(base_model, xv, yv) for xv, yv in vals]))
+    left = job.budget(0.06)
+    settings = _neuron_train_settings(st, data_dir, patch, vals, base_path, base_model.config, left)
+    summary = yield from _neuron_training(job, settings)
+    model_file = out / "model.pt"
+    steps_done = int(summary["iterations"])
+    yield job.progress(steps_done, steps_done, "scoring the fine-tuned model on the held-out part", "saving")
+    f1_after = float(np.mean([_avf1(load_model(model_file, device="cpu"), xv, yv) for xv, yv in vals]))
+    minutes = (time.monotonic() - job.t0) / 60.0
+    info = {"name": job.name, "base": str(st.base), "images": job.sources, "labels": job.label_sources,
+            "voxel_sizes": [None if v is None else list(v) for v in (voxel_sizes or [None] * job.n)],
+            "validation": "; ".join(f"slab {sp['axis']} >= {sp['start']} ({sp['objects_val']} objects held out, "
+                                    f"{sp['objects_train']} trained on)" for sp in splits),
+            "steps": steps_done, "patch_size": list(patch), "minutes": minutes, "avF1_before": f1_before,
+            "avF1_after": f1_after, "notes": notes, "made_by": "napari Fine-tune dock", "curve": job.curve}
+    _write_text(out / "finetune.json", json.dumps(info, indent=1, default=str))
+    _write_text(out / "MODEL_CARD.md", _neuron_model_card(info))
+    return (yield from job.finish("neurons", model_file, f1_after=f1_after, steps=steps_done, minutes=minutes,
+                                  info=info, score="avF1", score_key="avF1_heldout"))
+
+
+def load_base_neuron_model(base: str | Path):
+    """``(model, path)`` of the neuron model ``base`` (name, registered name or file); a
+    StarDist-3D nuclei model is a NeurosegError naming it."""
+    from napari_neuroseg.models.neurons.model import load_model
     from napari_neuroseg.models.registry import resolve_neuron_model
-    from napari_neuroseg.models.stardist3d.training.finetune import (
-        check_annotation,
-        fit_patch_size,
-        holdout_slab,
-    )
 
-    t0 = time.monotonic()
-    out, name, n, masks, sources, label_sources = _job_pairs(images, labels, masks, st)
-    curve: dict[str, list] = {"loss": [], "val_loss": [], "val_f1": []}
-    state: dict[str, Any] = {"f1_before": None}
-    progress = _progress_of(curve, state, t0, val_loss=False)
-
-    yield progress(0, 1, f"loading the base model {base}", "setup")
     base_path = resolve_neuron_model(str(base))
     if base_path is not None and Path(base_path).is_dir() and (Path(base_path) / "config.json").is_file():
         raise NeurosegError(f"{str(base)!r} is a StarDist-3D nuclei model, not a neuron model", path=base_path,
                             fix="choose neuroseg_neurons or one of your neuron models")
-    base_model = load_model(base_path, device="cpu")
-    div = 2 ** (base_model.config.levels - 1)
+    return load_model(base_path, device="cpu"), base_path
+
+
+def _neuron_parts(job: _Job, images, labels):
+    """``(training parts, held-out parts, notes, splits)``: each pair checked (3-channel raw, an
+    annotation), cropped to the part that counts and split by a held-out slab."""
+    from napari_neuroseg.models.stardist3d.training.finetune import (
+        check_annotation,
+        holdout_slab,
+    )
+
     trains, vals, notes, splits = [], [], [], []
-    for x, y, m, src in zip(images, labels, masks, label_sources):
+    for x, y, m, src in zip(images, labels, job.masks, job.label_sources):
         x = np.asarray(x)
         if x.ndim != 4 or x.shape[0] != 3:
             raise NeurosegError(f"the neuron model needs a 3-channel raw (3, Z, Y, X); {src} goes with an image of "
                                 f"shape {tuple(x.shape)}", fix="choose the multicolour raw layer (3 channels first)")
         check_annotation(np.asarray(y), src)
-        xr, yr, note = restrict_to_region(x, y, mask=m, ignore_unlabelled=ignore_unlabelled, name=src)
+        xr, yr, note = restrict_to_region(x, y, mask=m, ignore_unlabelled=job.st.ignore_unlabelled, name=src)
         if note:
             notes.append(f"{src}: {note}")
         (xt, yt), (xv, yv), info = holdout_slab(xr, yr, path=src)
         splits.append(info)
         trains.append((xt, yt))
         vals.append((xv, yv))
-    data_dir = out / "data"
-    if not resume:
-        yield progress(0, 1, "writing the training and held-out parts", "setup")
-        for i, ((xt, yt), (xv, yv)) in enumerate(zip(trains, vals)):
-            for sub, (xx, yy) in (("train", (xt, yt)), ("val", (xv, yv))):
-                p = data_dir / sub / f"part{i}.zarr"
-                p.parent.mkdir(parents=True, exist_ok=True)
-                write_fisbe(p, raw=xx, gt_instances=labels_to_stack(yy))
-    patch = fit_patch_size([yt.shape for _, yt in trains], (div, div, div), largest=(32, 64, 64))
-    yield progress(0, 1, "scoring the base model on the held-out part", "setup")
-    f1_before = float(np.mean([_avf1(base_model, xv, yv) for xv, yv in vals]))
-    state["f1_before"] = f1_before
-    reserve = 0.06
-    deadline = None
-    left = None
-    if max_minutes is not None:
-        total_s = 60.0 * float(max_minutes)
-        deadline = t0 + total_s
-        left = max(0.05, (total_s * (1 - reserve) - (time.monotonic() - t0)) / 60.0)
-    settings = NeuronTrainSettings(
-        output=str(out), data=str(data_dir), steps=int(steps or NEURON_FINETUNE_STEPS), patch=tuple(patch), batch_size=int(batch_size),
-        init_from=None if resume else str(base_path), resume=bool(resume), save_every=int(every),
-        val_every=int(every), val_crop=tuple(max(s) for s in zip(*[yv.shape for _, yv in vals])),
-        device=device or "auto", threads=int(threads) if threads else NeuronTrainSettings().threads, seed=int(seed),
-        max_minutes=left, levels=base_model.config.levels, base=base_model.config.base,
+    return trains, vals, notes, splits
+
+
+def _write_neuron_parts(data_dir: Path, trains, vals) -> None:
+    """The training and held-out parts as FISBe samples ``data_dir/{train,val}/part<i>.zarr``."""
+    from napari_neuroseg.io import write_fisbe
+
+    for i, ((xt, yt), (xv, yv)) in enumerate(zip(trains, vals)):
+        for sub, (xx, yy) in (("train", (xt, yt)), ("val", (xv, yv))):
+            p = data_dir / sub / f"part{i}.zarr"
+            p.parent.mkdir(parents=True, exist_ok=True)
+            write_fisbe(p, raw=xx, gt_instances=labels_to_stack(yy))
+
+
+def _neuron_train_settings(st: FineTuneSettings, data_dir: Path, patch, vals, base_path, config, left):
+    """The neuron trainer's settings: from the base model (``config``: its network) unless
+    resuming, the fine-tuning learning rate, validation and checkpoints every ``st.every``
+    steps on the held-out parts' largest crop, ``left`` minutes, post-processing tuned at the
+    end (on both parts)."""
+    from napari_neuroseg.models.neurons.train import (
+        NEURON_FINETUNE_RECIPE,
+        NeuronTrainSettings,
+    )
+
+    return NeuronTrainSettings(
+        output=str(st.out_dir), data=str(data_dir), steps=int(st.steps or NEURON_FINETUNE_STEPS), patch=tuple(patch),
+        batch_size=int(st.batch_size), init_from=None if st.resume else str(base_path), resume=bool(st.resume),
+        save_every=int(st.every), val_every=int(st.every), val_crop=tuple(max(s) for s in zip(*[yv.shape for _, yv in vals])),
+        device=st.device or "auto", threads=int(st.threads) if st.threads else NeuronTrainSettings().threads,
+        seed=int(st.seed), max_minutes=left, levels=config.levels, base=config.base,
         lr=NEURON_FINETUNE_RECIPE["lr"], tune_postprocess=True,  # post-processing chosen on both parts
     )
-    log_path = out / "log.jsonl"
-    offset = log_path.stat().st_size if (resume and log_path.is_file()) else 0
-    if not resume and log_path.is_file():
+
+
+def _neuron_training(job: _Job, settings):
+    """Run the neuron trainer with ``settings`` (a fresh training log unless resuming), relayed
+    as the job's progress; its summary. The new lines of the training log extend the curve, and
+    the ETA is fitted to the budget."""
+    from napari_neuroseg.models.neurons.train import train_iter
+
+    log_path = job.out / "log.jsonl"
+    offset = log_path.stat().st_size if (job.st.resume and log_path.is_file()) else 0
+    if not job.st.resume and log_path.is_file():
         log_path.unlink()
     gen = train_iter(settings)
-    t_train = time.monotonic()
-    first_step = None
+    job.t_train = time.monotonic()
 
     def train_step(item) -> FineTuneProgress:
-        """One trainer step as the job's progress: the new lines of the training log extend
-        the curve, and the ETA is fitted to the budget."""
-        nonlocal offset, first_step
+        nonlocal offset
         if not str(item.message).startswith("loss"):
-            return progress(0, 1, item.message, "setup")
-        if log_path.is_file():
-            with log_path.open() as f:
-                f.seek(offset)
-                for line in f:
-                    if not line.endswith("\n"):
-                        break
-                    offset += len(line.encode())
-                    try:
-                        rec = json.loads(line)
-                    except ValueError:
-                        continue
-                    curve["loss"].append((int(rec["iteration"]), float(rec["loss"])))
-                    if isinstance(rec.get("val"), dict) and rec["val"]:
-                        curve["val_f1"].append((int(rec["iteration"]), float(np.mean(list(rec["val"].values())))))
-        if first_step is None:
-            first_step = item.step - 1
-        now = time.monotonic()
-        rate_eta = (now - t_train) / max(1, item.step - first_step) * max(0, item.total - item.step)
-        eta = rate_eta if deadline is None else min(rate_eta + reserve * 60 * float(max_minutes),
-                                                    max(0.0, deadline - now))
-        return progress(item.step, item.total, f"step {item.step}/{item.total} {item.message}", "train", eta)
+            return job.progress(0, 1, item.message, "setup")
+        offset = _read_log(log_path, offset, job.curve)
+        return job.progress(item.step, item.total, f"step {item.step}/{item.total} {item.message}", "train",
+                            job.eta(item.step, item.total))
 
-    summary = yield from relay(gen, train_step)
-    model_file = out / "model.pt"
-    steps_done = int(summary["iterations"])
-    yield progress(steps_done, steps_done, "scoring the fine-tuned model on the held-out part", "saving")
-    f1_after = float(np.mean([_avf1(load_model(model_file, device="cpu"), xv, yv) for xv, yv in vals]))
-    minutes = (time.monotonic() - t0) / 60.0
-    info = {"name": name, "base": str(base), "images": sources, "labels": label_sources,
-            "voxel_sizes": [None if v is None else list(v) for v in (voxel_sizes or [None] * n)],
-            "validation": "; ".join(f"slab {sp['axis']} >= {sp['start']} ({sp['objects_val']} objects held out, "
-                                    f"{sp['objects_train']} trained on)" for sp in splits),
-            "steps": steps_done, "patch_size": list(patch), "minutes": minutes, "avF1_before": f1_before,
-            "avF1_after": f1_after, "notes": notes, "made_by": "napari Fine-tune dock", "curve": curve}
-    from napari_neuroseg.io.atomic import atomic_output
+    return (yield from relay(gen, train_step))
 
-    text = json.dumps(info, indent=1, default=str)
-    with atomic_output(out / "finetune.json") as tmp:
-        Path(tmp).write_text(text)
-    card = "\n".join([
-        f"# {name}", "", "Fine-tuned neuron model, made by the napari Fine-tune dock.", "",
-        f"- base model: `{base}`", f"- data: {', '.join(sources)} with {', '.join(label_sources)}",
-        f"- validation: {info['validation']}", f"- steps: {steps_done} (patch {list(patch)}), {minutes:.1f} min",
-        f"- avF1 on the held-out part: base {_fmt(f1_before)}, fine-tuned {_fmt(f1_after)}",
-        *(f"- {x}" for x in notes), ""])
-    with atomic_output(out / "MODEL_CARD.md") as tmp:
-        Path(tmp).write_text(card)
-    entry = None
-    if register:
-        from napari_neuroseg.models.registry import register_model
 
-        entry = register_model(model_file, kind="neurons", name=name,
-                               scores={"avF1_heldout_before": f1_before, "avF1_heldout_after": f1_after},
-                               info={"base": str(base), "steps": steps_done, "minutes": round(minutes, 2)})
-    res = FineTuneResult(out_dir=out, name=name, kind="neurons", f1_before=f1_before, f1_after=f1_after,
-                         steps=steps_done, minutes=minutes, entry=entry, info=info, curve=curve)
-    yield progress(steps_done, steps_done, f"done: avF1 on the held-out part {_fmt(f1_before)} -> {_fmt(f1_after)}",
-                   "done", 0.0)
-    return res
+def _read_log(log_path: Path, offset: int, curve: dict[str, list]) -> int:
+    """Add the complete lines of the training log after byte ``offset`` to the curve (loss;
+    avF1 of the validations); the new offset."""
+    if log_path.is_file():
+        with log_path.open() as f:
+            f.seek(offset)
+            for line in f:
+                if not line.endswith("\n"):
+                    break
+                offset += len(line.encode())
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    continue
+                curve["loss"].append((int(rec["iteration"]), float(rec["loss"])))
+                if isinstance(rec.get("val"), dict) and rec["val"]:
+                    curve["val_f1"].append((int(rec["iteration"]), float(np.mean(list(rec["val"].values())))))
+    return offset
+
+
+def _neuron_model_card(info: dict) -> str:
+    """The neuron job's ``MODEL_CARD.md`` from its ``finetune.json`` record."""
+    return "\n".join([
+        f"# {info['name']}", "", "Fine-tuned neuron model, made by the napari Fine-tune dock.", "",
+        f"- base model: `{info['base']}`", f"- data: {', '.join(info['images'])} with {', '.join(info['labels'])}",
+        f"- validation: {info['validation']}",
+        f"- steps: {info['steps']} (patch {info['patch_size']}), {info['minutes']:.1f} min",
+        f"- avF1 on the held-out part: base {_fmt(info['avF1_before'])}, fine-tuned {_fmt(info['avF1_after'])}",
+        *(f"- {x}" for x in info["notes"]), ""])
