@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -269,6 +270,16 @@ class NeuronVolume:
     clutter: np.ndarray | None = None
     settings: NeuronSettings = field(default_factory=NeuronSettings)
     seed: int = 0
+
+    @classmethod
+    def from_instances(cls, raw: np.ndarray, gt_instances: np.ndarray, dim_neurons: list[int],
+                       **extras: Any) -> NeuronVolume:
+        """A sample whose ``labels`` are ``gt_instances`` flattened (``io.instances_to_labels``:
+        in overlaps the lower id wins); ``extras``: the other fields."""
+        from napari_neuroseg.io import instances_to_labels
+
+        labels, _ = instances_to_labels(gt_instances)
+        return cls(raw=raw, gt_instances=gt_instances, dim_neurons=dim_neurons, labels=labels, **extras)
 
     @property
     def n_neurons(self) -> int:
@@ -609,21 +620,8 @@ def make_neurons(
     clutter = _add_clutter(rng, signal, shape, s)
     raw = _render(rng, signal, shape, s)
 
-    labels = np.zeros(shape, dtype=np.uint32)
-    for i in range(n - 1, -1, -1):  # lower id wins in overlaps
-        labels[gt[i] > 0] = i + 1
-
-    return NeuronVolume(
-        raw=raw,
-        gt_instances=gt,
-        dim_neurons=dim_neurons,
-        labels=labels,
-        colours=colours,
-        same_colour_pairs=pairs,
-        clutter=clutter,
-        settings=s,
-        seed=int(seed),
-    )
+    return NeuronVolume.from_instances(raw, gt, dim_neurons, colours=colours, same_colour_pairs=pairs,
+                                       clutter=clutter, settings=s, seed=int(seed))
 
 
 def render_neurons(

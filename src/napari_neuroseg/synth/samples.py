@@ -84,7 +84,7 @@ def load_sample(name: str):
 
 
 def _load_neurons(path: Path):
-    from napari_neuroseg.io import instances_to_labels, read_fisbe
+    from napari_neuroseg.io import read_fisbe
     from napari_neuroseg.io.zarr_io import open_zarr
 
     from .neurons import NeuronSettings, NeuronVolume
@@ -101,20 +101,11 @@ def _load_neurons(path: Path):
             path=path,
             fix="regenerate it with 'python sample_data/make_samples.py'",
         ) from exc
-    labels, _ = instances_to_labels(gt)  # lower id wins in overlaps
     colours = np.asarray(extra.get("colours", np.zeros((gt.shape[0], 3))), dtype=float)
     pairs = [tuple(int(x) for x in p) for p in extra.get("same_colour_pairs", [])]
-    return NeuronVolume(
-        raw=raw,
-        gt_instances=gt,
-        dim_neurons=dim,
-        labels=labels,
-        colours=colours,
-        same_colour_pairs=pairs,
-        clutter=None,
-        settings=NeuronSettings.hard() if extra.get("hard") else NeuronSettings.standard(),
-        seed=int(extra.get("seed", 0)),
-    )
+    settings = NeuronSettings.hard() if extra.get("hard") else NeuronSettings.standard()
+    return NeuronVolume.from_instances(raw, gt, dim, colours=colours, same_colour_pairs=pairs, settings=settings,
+                                       seed=int(extra.get("seed", 0)))
 
 
 def stardist_nuclei_3d() -> tuple[np.ndarray, np.ndarray]:
