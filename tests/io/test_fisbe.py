@@ -241,3 +241,15 @@ def _check_rebuild(stack, seed, n_edits, lazy):
             assert out[i].max() == 0
         else:
             np.testing.assert_array_equal(out[i][same], stack[i][same])
+
+
+@pytest.mark.parametrize("key, says", [
+    ("volumes/raw", "FISBe raw is (channels, Z, Y, X)"),
+    ("volumes/gt_instances", "FISBe instances are (N, Z, Y, X)"),
+])
+def test_read_fisbe_refuses_an_array_of_the_wrong_rank(tmp_path, key, says):
+    path = tmp_path / "sample.zarr"
+    zarr.open_group(str(path), mode="w").create_array(key, shape=(4, 5, 6), dtype="uint8")
+    with pytest.raises(NeurosegError, match=r"has shape \(4, 5, 6\)") as err:
+        read_fisbe(path)
+    assert says in str(err.value) and "4D array" in str(err.value) and str(path) in str(err.value)

@@ -76,6 +76,14 @@ def _dim_neurons(attrs: Any) -> list[int]:
         return []
 
 
+def _array_4d(root: Any, p: Path, key: str, layout: str, *, fix: str) -> Any:
+    """The stored array ``key``; a NeurosegError (FISBe's ``layout``, ``fix``) unless it is 4D."""
+    arr = root[key]
+    if arr.ndim != 4:
+        raise NeurosegError(f"'{key}' has shape {tuple(arr.shape)}, FISBe {layout}", path=p, fix=fix)
+    return arr
+
+
 def read_fisbe(path: str | Path, *, lazy: bool = False) -> FisbeSample:
     """Read a FISBe sample folder. With ``lazy`` the arrays are dask arrays (nothing loaded).
 
@@ -96,22 +104,12 @@ def read_fisbe(path: str | Path, *, lazy: bool = False) -> FisbeSample:
     raw = gt = None
     dim: list[int] = []
     if _has_array(p, RAW_KEY):
-        arr = root[RAW_KEY]
-        if arr.ndim != 4:
-            raise NeurosegError(
-                f"'{RAW_KEY}' has shape {tuple(arr.shape)}, FISBe raw is (channels, Z, Y, X)",
-                path=p,
-                fix="store the raw volume channels-first as a 4D array",
-            )
+        arr = _array_4d(root, p, RAW_KEY, "raw is (channels, Z, Y, X)",
+                        fix="store the raw volume channels-first as a 4D array")
         raw = da.from_zarr(arr) if lazy else arr[...]
     if _has_array(p, GT_KEY):
-        arr = root[GT_KEY]
-        if arr.ndim != 4:
-            raise NeurosegError(
-                f"'{GT_KEY}' has shape {tuple(arr.shape)}, FISBe instances are (N, Z, Y, X)",
-                path=p,
-                fix="store one channel per neuron as a 4D array (instances_to_labels/labels_to_instances convert)",
-            )
+        arr = _array_4d(root, p, GT_KEY, "instances are (N, Z, Y, X)",
+                        fix="store one channel per neuron as a 4D array (instances_to_labels/labels_to_instances convert)")
         check_label_dtype(arr, p, what=f"'{GT_KEY}' array")
         gt = da.from_zarr(arr) if lazy else arr[...]
         dim = _dim_neurons(arr.attrs)
