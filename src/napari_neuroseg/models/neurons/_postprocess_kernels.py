@@ -447,30 +447,33 @@ def stable_argsort_nonneg(vals):
 
 
 @nb.njit(**_JIT)
+def _small_pairs_into(r, pa, pb, size, min_size, xs, ys, fill):
+    """The number of :func:`small_pairs`' pairs; with ``fill`` they are also written to
+    ``xs``/``ys`` (one loop for counting and filling: as fast as two copies, measured)."""
+    m = 0
+    for rev in range(2):
+        for p in range(pa.shape[0]):
+            x, y = r[pa[p]], r[pb[p]]
+            if rev:
+                x, y = y, x
+            if x != y and size[x] < min_size and size[y] >= size[x]:
+                if fill:
+                    xs[m] = x
+                    ys[m] = y
+                m += 1
+    return m
+
+
+@nb.njit(**_JIT)
 def small_pairs(r, pa, pb, size, min_size):
     """Pairs (x, y) of touching clusters (roots ``r`` of pa/pb) with x smaller than
-    ``min_size`` and y at least as large: pairs in order, then the reversed pairs in order."""
-    P = pa.shape[0]
-    m = 0
-    for rev in range(2):
-        for p in range(P):
-            x, y = r[pa[p]], r[pb[p]]
-            if rev:
-                x, y = y, x
-            if x != y and size[x] < min_size and size[y] >= size[x]:
-                m += 1
+    ``min_size`` and y at least as large: pairs in order, then the reversed pairs in order.
+    Counted first, then filled: the outputs are exactly their size."""
+    none = np.empty(0, np.int64)
+    m = _small_pairs_into(r, pa, pb, size, min_size, none, none, False)
     xs = np.empty(m, np.int64)
     ys = np.empty(m, np.int64)
-    m = 0
-    for rev in range(2):
-        for p in range(P):
-            x, y = r[pa[p]], r[pb[p]]
-            if rev:
-                x, y = y, x
-            if x != y and size[x] < min_size and size[y] >= size[x]:
-                xs[m] = x
-                ys[m] = y
-                m += 1
+    _small_pairs_into(r, pa, pb, size, min_size, xs, ys, True)
     return xs, ys
 
 
