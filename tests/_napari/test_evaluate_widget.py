@@ -345,3 +345,26 @@ def test_error_layer_arrives_in_one_step_built_in_the_worker(make_napari_viewer,
     assert len(refreshes) == 1
     w._jump(w.errors_list.item(1))
     assert viewer.layers.selection.active is layer  # jump-to-error selects the error layer
+
+
+def test_result_and_its_redraw_are_two_event_loop_passes(make_napari_viewer, qtbot):
+    """The error layer is added (or its data swapped) in one pass and the canvas redrawn in the
+    next (a 0 ms timer), so the two stalls (a 3D redraw alone takes ~0.3 s under software
+    OpenGL) never add up; the canvas is repainted afterwards."""
+    from napari_neuroseg._napari.evaluate_widget import evaluate_layers_iter
+    from napari_neuroseg.runtime.progress import run_to_completion
+
+    viewer = make_napari_viewer(show=True)
+    gt = np.zeros((12, 40, 40), np.uint16)
+    gt[2:6, 2:8, 2:8], gt[6:10, 30:36, 5:11] = 1, 3
+    pred = np.where(gt == 3, 0, gt).astype(np.uint32)
+    viewer.add_labels(gt, name="gt")
+    viewer.add_labels(pred, name="pred")
+    w = EvaluateWidget(viewer)
+    native = viewer.window._qt_viewer.canvas.native
+    for _ in range(2):  # the first result adds the layer, the second swaps its data
+        value = run_to_completion(evaluate_layers_iter(gt, pred, False, task="nuclei"))
+        w._on_result(value)
+        assert viewer.layers["evaluation errors"].data.max() > 0
+        assert not native.updatesEnabled()  # no redraw inside this pass
+        qtbot.waitUntil(native.updatesEnabled, timeout=2000)  # the next pass redraws

@@ -38,6 +38,7 @@ from qtpy.QtWidgets import (
     QGridLayout,
     QHeaderView,
     QLabel,
+    QListView,
     QListWidget,
     QListWidgetItem,
     QPushButton,
@@ -271,6 +272,31 @@ def _no_3d_contour_warning() -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _repaint_after_next_pass(viewer: Any) -> Iterator[None]:
+    """Main thread: the canvas is not repainted inside the block but one event-loop pass later
+    (a 0 ms timer), so the layer change and its redraw (a 3D redraw under software OpenGL takes
+    a few hundred ms) are two stalls with input and timers handled between them, not one."""
+    native = getattr(getattr(getattr(getattr(viewer, "window", None), "_qt_viewer", None), "canvas", None),
+                     "native", None)
+    held = native is not None and native.updatesEnabled()
+    if held:
+        native.setUpdatesEnabled(False)
+    try:
+        yield
+    finally:
+        if held:
+            from qtpy.QtCore import QTimer
+
+            def release() -> None:
+                try:
+                    native.setUpdatesEnabled(True)  # repaints
+                except RuntimeError:  # the viewer was closed meanwhile
+                    pass
+
+            QTimer.singleShot(0, release)
+
+
 def evaluate_layers_iter(gt: Any, pred: Any, partly: bool, *, dim_ids: list[int] | None = None,
                          task: str = "neurons", task_reason: str | None = None,
                          scale: Any = None, translate: Any = None):
@@ -422,6 +448,9 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         layout.addWidget(self.legend)
         self.errors_list = QListWidget()
         self.errors_list.setWordWrap(True)
+        # a result with 1,000 errors: Qt lays the wrapped lines out 200 at a time between events
+        self.errors_list.setLayoutMode(QListView.LayoutMode.Batched)
+        self.errors_list.setBatchSize(200)
         self.errors_list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.errors_list.setMinimumHeight(8 * self.errors_list.fontMetrics().height())
         self.errors_list.setToolTip("Objects counted as errors; click one to centre the view on it and select "
@@ -655,11 +684,11 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                 # one swap, one refresh: the features first (no redraw), the transform only
                 # when it changed (each set is a refresh of its own)
                 layer.features = built["features"]
-                if not np.array_equal(layer.scale, self._scale):
+                if self._scale is not None and not np.array_equal(layer.scale, self._scale):
                     layer.scale = self._scale
-                if not np.array_equal(layer.translate, self._translate):
+                if self._translate is not None and not np.array_equal(layer.translate, self._translate):
                     layer.translate = self._translate
-                with _no_3d_contour_warning():
+                with _no_3d_contour_warning(), _repaint_after_next_pass(self.viewer):
                     layer.data = built["data"]
             else:
                 if layer is not None:
@@ -673,7 +702,7 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                 if activate is not None:
                     layers._activate_on_insert = False
                 try:
-                    with _no_3d_contour_warning():
+                    with _no_3d_contour_warning(), _repaint_after_next_pass(self.viewer):
                         layers.append(layer)
                 finally:
                     if activate is not None:
