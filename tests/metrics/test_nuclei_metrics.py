@@ -144,3 +144,16 @@ def test_review_queue_from_metrics_per_task():
     assert sum(it.kind == "missed_gt" for it in fisbe.items) == ref["n_gt"]
     # a guessed nuclei task ignores the FISBe-only partly option (with a warning)
     assert ReviewQueue.from_metrics(gt, pred, partly=True).meta["task"] == "nuclei"
+
+
+def test_stardists_overlap_table_is_compiled_once_per_machine_not_per_process():
+    """stardist jit-compiles its overlap table without numba's disk cache: seconds on the first
+    evaluation of every process. The nuclei metrics turn the cache on (numba's own, as
+    ``cache=True`` does), so a later process loads the compiled code."""
+    from stardist.matching import _label_overlap
+
+    gt = np.zeros((4, 8, 8), np.uint16)
+    gt[1:3, 1:4, 1:4] = 1
+    nuclei_metrics(gt, gt.astype(np.uint32))
+    assert type(_label_overlap._cache).__name__ == "FunctionCache"
+    assert _label_overlap.stats.cache_path  # where numba keeps it

@@ -59,6 +59,20 @@ def _label_volume(data: Any, what: str, warn: list[str]) -> np.ndarray:
     return arr
 
 
+def _cache_stardist_overlap() -> None:
+    """Keep the machine code of stardist's numba overlap table on disk (numba's cache, as
+    ``cache=True`` would): stardist compiles it without, in every process, on the first
+    evaluation (seconds, and the compiler's garbage collections stall a viewer). Harmless when
+    already enabled; a stardist without it compiles as before."""
+    try:
+        from stardist.matching import _label_overlap
+
+        if type(getattr(_label_overlap, "_cache", None)).__name__ == "NullCache":  # not cached yet
+            _label_overlap.enable_caching()
+    except Exception:  # noqa: BLE001, S110 - another stardist/numba: it compiles as before
+        pass
+
+
 def nuclei_metrics_iter(gt: Any, pred: Any, thresholds: Sequence[float] = NUCLEI_THRESHOLDS, *,
                         with_instances: bool = False):
     """Progress generator: stardist's matching metrics of ``pred`` against ``gt`` (see module
@@ -66,6 +80,7 @@ def nuclei_metrics_iter(gt: Any, pred: Any, thresholds: Sequence[float] = NUCLEI
     ``result["_instances"] = {"gt": array, "pred": array}`` (the label arrays compared)."""
     from stardist.matching import matching
 
+    _cache_stardist_overlap()
     warn: list[str] = []
     yield Progress(0, 3, "reading labels")
     g = _label_volume(gt, "ground truth", warn)
