@@ -1,15 +1,17 @@
-"""How long does the main thread stall while the Evaluate dock runs? (targets: <= 100 ms with a
-2D view, <= 300 ms with a 3D view)
+"""How long does the main thread stall while the Evaluate dock runs? (issue 17's targets: <= 100 ms
+while the job runs, <= 300 ms when its result arrives)
 
 A napari viewer (shown, under Xvfb on a headless machine) with napari's error hooks installed
 and its activity dock showing the progress bar, a ground truth with hundreds of small nuclei and
 a prediction of it; the Evaluate dock runs each task and a 20 ms ``QTimer`` records the gaps
-between its ticks. Printed per case: the whole run and the longest gap, for the first run (adds
-the error layer) and a second run (swaps its data). The first run of a process also pays
+between its ticks. Printed per case: the whole run, the longest gap while the job runs and the
+longest from the result's arrival (layer, tables, list) to its first draw, with the longest full
+garbage collection in each window, for the first run (adds the error layer) and a second run
+(swaps its data); after the cases, one redraw of the scene with the error layer. The first run of a process also pays
 one-off costs (numba compiling stardist's overlap table in the worker, napari's first-use
 shaders), so the second run is the steady state. A baseline in the same run, one redraw of the
 scene with no job, shows what the display alone costs (software OpenGL under Xvfb draws a 3D
-view slowly); a case passes at <= target or <= 1.5 x that baseline.
+view slowly); a case passes at <= its target or <= 1.5 x that baseline.
 
 Before the progress rule of ``_napari/_workers.py`` this job nested hundreds of progress updates
 (``RecursionError``) and froze for seconds; before the worker-built error layer the result
@@ -56,7 +58,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "_napari"))
 
-TARGETS = {2: 0.100, 3: 0.300}
+#: issue 17's targets for the longest main-thread stall: while a job runs, and when its result
+#: arrives (the layer is added or updated, the tables and the error list are filled)
+RUN_TARGET, ARRIVAL_TARGET = 0.100, 0.300
 
 
 def scene(n: int, shape: tuple[int, int, int]):
@@ -403,6 +407,14 @@ def main(argv: list[str] | None = None) -> int:
         print("RESULT " + json.dumps(nuclei_case(not args.no_warmup, args.threads)), flush=True)
         return 0
 
+    return evaluate_main(args)
+
+def evaluate_main(args) -> int:
+    """The Evaluate dock, each task in a 2D then a 3D view, a first run (adds the error layer)
+    and a second (swaps its data): the longest stall while the job runs and from the result's
+    arrival on (to its first draw), against the issue's targets or 1.5 x the baseline redraw."""
+    import os
+
     import napari
     from napari.utils.notifications import notification_manager
     from qtpy.QtWidgets import QApplication
@@ -412,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
 
     gt, pred = scene(args.n, tuple(args.shape))
     print(f"{len(np.unique(gt)) - 1} GT nuclei, {len(np.unique(pred)) - 1} predicted, "
-          f"shape {gt.shape}")
+          f"shape {gt.shape}; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     viewer = napari.Viewer(show=True)
     viewer.add_labels(gt, name="gt")
     viewer.add_labels(pred, name="pred")
@@ -421,27 +433,39 @@ def main(argv: list[str] | None = None) -> int:
     w.form.gt.value = viewer.layers["gt"]
     w.form.pred.value = viewer.layers["pred"]
     app = QApplication.instance()
+    arrived: list[float] = []
+    on_result = w._on_result
+
+    def timed_on_result(value):  # the result's arrival in the main thread
+        arrived.append(time.perf_counter())
+        return on_result(value)
+
+    w._on_result = timed_on_result
     notification_manager.install_hooks()
     start_records = len(notification_manager.records)
     meter = StallMeter()
-    gaps = meter.gaps
+    ends: list[float] = []
+    meter.on_tick.append(lambda: ends.append(time.perf_counter()))
+    gc_pauses = _track_gc()
     failed = False
+
+    def redraw_stall() -> float:
+        """The longest stall of one redraw of the scene as it is, no job running."""
+        _pump(app, 0.5)
+        meter.restart()
+        ends.clear()
+        viewer.camera.zoom = viewer.camera.zoom * 1.01
+        _pump(app, 1.0)
+        return meter.worst
+
     try:
         for ndisplay in (2, 3):
             viewer.dims.ndisplay = ndisplay
-            # baseline in the same run: the stall of one redraw of the scene, no job running
-            # (under Xvfb the canvas is drawn by software OpenGL: a 3D redraw alone can take s)
-            t_end = time.perf_counter() + 0.5
-            while time.perf_counter() < t_end:
-                app.processEvents()
-                time.sleep(0.005)
-            meter.restart()
+            # baseline in the same run: one redraw of the scene, no job running (under Xvfb the
+            # canvas is drawn by software OpenGL: a 3D redraw alone can take 0.3 s or more)
+            _pump(app, 0.5)
             viewer.reset_view()
-            t_end = time.perf_counter() + 1.0
-            while time.perf_counter() < t_end:
-                app.processEvents()
-                time.sleep(0.005)
-            base = max(gaps, default=float("nan"))
+            base = redraw_stall()
             print(f"{ndisplay}D baseline: one redraw, no job: longest stall {base * 1000:6.0f} ms")
             for task in ("nuclei", "neurons"):
                 w.set_task(task)
@@ -449,30 +473,35 @@ def main(argv: list[str] | None = None) -> int:
                     if rep == "first":
                         for ly in [ly for ly in viewer.layers if ly.name == "evaluation errors"]:
                             viewer.layers.remove(ly)
-                    t_end = time.perf_counter() + 0.3
-                    while time.perf_counter() < t_end:  # settle
-                        app.processEvents()
-                        time.sleep(0.005)
+                    _pump(app, 0.3)  # settle
                     t0 = meter.restart()
+                    ends.clear()
+                    arrived.clear()
                     w.run()
                     while w.worker is not None and time.perf_counter() - t0 < 600:
                         app.processEvents()
                         time.sleep(0.002)
                     wall = time.perf_counter() - t0
-                    t_end = time.perf_counter() + 0.3
-                    while time.perf_counter() < t_end:  # the layer's first draw counts too
-                        app.processEvents()
-                        time.sleep(0.005)
-                    worst = max(gaps, default=float("nan"))
-                    ok = worst <= max(TARGETS[ndisplay], 1.5 * base)
-                    failed |= not ok
-                    print(f"{ndisplay}D {task:8s} {rep:6s} run: {wall:6.2f} s, longest stall "
-                          f"{worst * 1000:6.0f} ms = {worst / base:4.1f} x baseline (target "
-                          f"{TARGETS[ndisplay] * 1000:.0f} ms or 1.5 x baseline) "
-                          f"{'ok' if ok else 'OVER'}; status: {w.status.text()[:60]}")
+                    _pump(app, 0.5)  # the layer's first draw counts too
+                    t_arr = arrived[0] if arrived else float("inf")
+                    run = max((g for g, e in zip(meter.gaps, ends) if e < t_arr), default=0.0)
+                    arr = max((g for g, e in zip(meter.gaps, ends) if e >= t_arr), default=0.0)
+                    gc_run = max((d for t, d, gen in gc_pauses if t0 <= t < t_arr and gen == 2), default=0.0)
+                    gc_arr = max((d for t, d, gen in gc_pauses if t >= t_arr and gen == 2), default=0.0)
+                    ok_run = run <= max(RUN_TARGET, 1.5 * base)
+                    ok_arr = arr <= max(ARRIVAL_TARGET, 1.5 * base)
+                    failed |= not (ok_run and ok_arr)
+                    print(f"{ndisplay}D {task:8s} {rep:6s} run {wall:5.2f} s | longest stall while running "
+                          f"{run * 1000:5.0f} ms {'ok' if ok_run else 'OVER'} (full GC {gc_run * 1000:3.0f} ms) | "
+                          f"at the result {arr * 1000:5.0f} ms {'ok' if ok_arr else 'OVER'} (full GC "
+                          f"{gc_arr * 1000:3.0f} ms) | {w.status.text()[:40]}", flush=True)
+            after = redraw_stall()
+            print(f"{ndisplay}D one redraw with the error layer, no job: longest stall {after * 1000:6.0f} ms")
     finally:
         meter.stop()
         notification_manager.restore_hooks()
+    print(f"targets: while running {RUN_TARGET * 1000:.0f} ms, at the result {ARRIVAL_TARGET * 1000:.0f} ms, "
+          "or 1.5 x the baseline redraw")
     errors = [r for r in notification_manager.records[start_records:]
               if str(r.severity).lower() in ("error", "fatal")]
     print(f"error notifications: {len(errors)}")
