@@ -138,3 +138,13 @@ def test_custom_progress_text_and_error_prefix(qtbot, errors_shown):
     c.start(failing, ValueError("bad"))
     qtbot.waitUntil(lambda: idle(c), timeout=10000)
     assert c.status.text() == "failed: ValueError: bad"
+
+
+def test_tooltips_of_the_buttons_and_the_bar(qtbot):
+    """The docks give their Run/Cancel/progress tooltips to RunControls (one place sets them)."""
+    c = RunControls("Go", progress_bar=True, run_tip="run it", cancel_tip="stop it", progress_tip="how far")
+    qtbot.addWidget(c)
+    assert (c.run_button.toolTip(), c.cancel_button.toolTip(), c.progress.toolTip()) == ("run it", "stop it", "how far")
+    bare = RunControls("Go", cancel_tip="stop it")  # no bar: its tip is not needed
+    qtbot.addWidget(bare)
+    assert bare.progress is None and bare.run_button.toolTip() == "" and bare.cancel_button.toolTip() == "stop it"

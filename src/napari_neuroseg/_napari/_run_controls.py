@@ -55,6 +55,8 @@ class RunControls(QWidget):
         Status shown when a cancelled job has finished (None: keep ``cancel_text``).
     error_prefix
         Put before the error message in the status line.
+    run_tip, cancel_tip, progress_tip
+        Tooltips of the Run and Cancel buttons and of the progress bar (None: none).
     """
 
     def __init__(
@@ -69,6 +71,9 @@ class RunControls(QWidget):
         cancel_text: str = "cancelling…",
         cancelled_text: str | None = "cancelled",
         error_prefix: str = "Error: ",
+        run_tip: str | None = None,
+        cancel_tip: str | None = None,
+        progress_tip: str | None = None,
         parent: QWidget | None = None,
     ):
         super().__init__(parent)
@@ -103,6 +108,9 @@ class RunControls(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
+        for widget, tip in ((self.run_button, run_tip), (self.cancel_button, cancel_tip), (self.progress, progress_tip)):
+            if widget is not None and tip:
+                widget.setToolTip(tip)
 
     # ------------------------------------------------------------------ state
     @property

@@ -91,9 +91,9 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             "Run", on_run=self.run, on_cancel=self.cancel, running_text="starting…",
             cancel_text="cancelling after the current step…",
             cancelled_text="cancelled — tick 'resume' to continue later",
+            run_tip="Run the task over the inputs (a row per input below)",
+            cancel_tip="Stop after the current file or block; finished outputs stay",
         )
-        self.controls.run_button.setToolTip("Run the task over the inputs (a row per input below)")
-        self.controls.cancel_button.setToolTip("Stop after the current file or block; finished outputs stay")
         layout.addWidget(self.controls)
         # results
         self.table = QTableWidget(0, len(COLUMNS))

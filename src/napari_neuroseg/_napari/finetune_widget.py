@@ -173,9 +173,9 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.controls = RunControls("Fine-tune", on_run=self.run, on_cancel=self.cancel, progress_bar=True,
                                     progress_text=_progress_text, error_prefix="failed: ",
                                     running_text="preparing…",
-                                    cancelled_text="cancelled: the last checkpoint is kept (Fine-tune resumes from it)")
-        self.controls.run_button.setToolTip("Fine-tune the base model on the corrected labels")
-        self.controls.cancel_button.setToolTip("Stop at the next training step (the last checkpoint stays)")
+                                    cancelled_text="cancelled: the last checkpoint is kept (Fine-tune resumes from it)",
+                                    run_tip="Fine-tune the base model on the corrected labels",
+                                    cancel_tip="Stop at the next training step (the last checkpoint stays)")
         layout.addWidget(self.controls)
         self.plot = CurvePlot()
         layout.addWidget(self.plot)
