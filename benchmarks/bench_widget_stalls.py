@@ -305,6 +305,78 @@ def arrival_case(n: int, prepared: bool) -> dict:
     return out
 
 
+DOCKS = {"nuclei": "Nuclei (StarDist-3D)", "neurons": "Neurons (FISBe)", "finetune": "Fine-tune"}
+HEAVY = ("torch", "numba", "scipy.ndimage", "stardist")
+
+
+def open_case(dock: str, watch_s: float) -> dict:
+    """One fresh-process case of opening a dock as napari does (npe2 widget contribution) in a
+    session that has not imported torch: the longest stall while the dock is built and while
+    the background imports run (until they end, or ``watch_s``), and which thread imported
+    torch and the other heavy modules."""
+    import threading
+    import traceback
+
+    first: dict[str, tuple[str, float, list[str]]] = {}
+
+    class Spy:  # records the first import of each heavy module: thread, time, importer
+        def find_spec(self, name, path=None, target=None):
+            if name in HEAVY and name not in first:
+                stack = [f"{f.filename.split('site-packages/')[-1].split('src/')[-1]}:{f.lineno}"
+                         for f in traceback.extract_stack()[:-1]
+                         if "importlib" not in f.filename and "<frozen" not in f.filename]
+                first[name] = (threading.current_thread().name, time.perf_counter(), stack[-3:])
+
+    sys.meta_path.insert(0, Spy())
+    import napari
+    from napari.utils.notifications import notification_manager
+    from qtpy.QtWidgets import QApplication
+    from test_evaluate_responsive import StallMeter
+
+    viewer = napari.Viewer(show=True)
+    notification_manager.install_hooks()
+    records = len(notification_manager.records)
+    app = QApplication.instance()
+    _pump(app, 1.5)
+    before = {m: m in sys.modules for m in HEAVY}
+    meter = StallMeter()
+    _pump(app, 0.5)
+    base = meter.worst
+    gc_pauses = _track_gc()
+    t0 = meter.restart()
+    viewer.window.add_plugin_dock_widget("napari-neuroseg", DOCKS[dock])
+    built = time.perf_counter() - t0
+    torch_after_build = "torch" in sys.modules
+    busy = ("neuroseg-preload-torch", "neuroseg-nms-compile")
+    while time.perf_counter() - t0 < watch_s:
+        _pump(app, 0.1)
+        if not any(th.name in busy and th.is_alive() for th in threading.enumerate()):
+            break
+    _pump(app, 0.5)
+    watched = time.perf_counter() - t0
+    meter.stop()
+    errors = [r for r in notification_manager.records[records:] if str(r.severity).lower() in ("error", "fatal")]
+    out = {"case": dock, "baseline_ms": base * 1000, "build_s": built, "watched_s": watched,
+           "stall_ms": meter.worst * 1000, "top_ms": [round(g * 1000) for g in sorted(meter.gaps)[-4:][::-1]],
+           "gc_ms": 1000 * max((d for t, d, _ in gc_pauses if t >= t0), default=0.0),
+           "torch_after_build": torch_after_build, "before": before, "errors": len(errors),
+           "imports": {k: [th, round(t - t0, 2), st] for k, (th, t, st) in first.items() if t >= t0}}
+    viewer.close()
+    return out
+
+
+def open_main(args) -> int:
+    for _ in range(args.repeats):
+        for dock in args.docks:
+            r = _child(["--widget", "open-case", "--dock", dock])
+            where = "; ".join(f"{k} in {th} at {t:.2f} s" for k, (th, t, _st) in r["imports"].items())
+            print(f"open {dock:8s} baseline {r['baseline_ms']:3.0f} ms | built in {r['build_s']:4.2f} s | longest "
+                  f"stall over {r['watched_s']:4.1f} s: {r['stall_ms']:5.0f} ms (top {r['top_ms']}; longest GC "
+                  f"{r['gc_ms']:3.0f} ms) | torch imported when built: {r['torch_after_build']} | {where} | "
+                  f"errors {r['errors']}", flush=True)
+    return 0
+
+
 def _child(args_list: list[str]) -> dict:
     import json
     import subprocess
@@ -380,7 +452,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n", type=int, default=479, help="number of nuclei")
     ap.add_argument("--shape", type=int, nargs=3, default=(64, 128, 128))
     ap.add_argument("--widget", default="evaluate",
-                    choices=("evaluate", "nuclei", "nuclei-case", "neurons", "neurons-case", "arrival", "arrival-case"))
+                    choices=("evaluate", "nuclei", "nuclei-case", "neurons", "neurons-case", "arrival", "arrival-case",
+                             "open", "open-case"))
+    ap.add_argument("--dock", choices=tuple(DOCKS), help=argparse.SUPPRESS)
+    ap.add_argument("--docks", nargs="+", choices=tuple(DOCKS), default=list(DOCKS), help="open: the docks")
+    ap.add_argument("--watch", type=float, default=20.0, help="open: longest watch after opening (s)")
     ap.add_argument("--prepared", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cases", choices=("both", "dock-warmup"), default="both",
                     help="nuclei: run both cases or only the dock as shipped")
@@ -395,6 +471,13 @@ def main(argv: list[str] | None = None) -> int:
         return neurons_main(args)
     if args.widget == "arrival":
         return arrival_main(args)
+    if args.widget == "open":
+        return open_main(args)
+    if args.widget == "open-case":
+        import json
+
+        print("RESULT " + json.dumps(open_case(args.dock, args.watch)), flush=True)
+        return 0
     if args.widget in ("neurons-case", "arrival-case"):
         import json
 

@@ -31,11 +31,20 @@ starts at once with Python-heavy work (loading a model: imports, unpickling, bui
 competes for the GIL with that work and doubles it. The job's body therefore waits until the main
 thread has handled the worker's ``started`` signal (napari's bar is then built), at most
 ``START_WAIT_S``; the wait costs the job a few milliseconds.
+
+Preload rule (why opening a dock does not freeze the viewer for seconds): the dock modules and
+their construction never import torch (importing it takes 2-5 s, all of it holding the GIL in
+the thread that imports). A dock that needs torch's device list calls :func:`preload_torch`
+when it opens: torch is imported in a background thread (started once the dock is built), once
+per process, and the device list comes back to the main thread; a job that starts before it is done waits for the import in its
+worker thread (Python's import lock), never in the main thread.
 """
 
 from __future__ import annotations
 
 import functools
+import io
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Generator
@@ -46,7 +55,8 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from napari_neuroseg._napari._notify import notify_error
 from napari_neuroseg.runtime.progress import PROGRESS_INTERVAL, Progress, carries_data, throttle
 
-__all__ = ["JobRuntimeError", "START_WAIT_S", "as_progress", "start_worker"]
+__all__ = ["JobRuntimeError", "START_WAIT_S", "after_torch", "as_progress", "offer_devices", "preload_torch",
+           "start_worker", "torch_ready"]
 
 #: longest wait (s) of a job's body for the main thread to have set up its progress bar
 START_WAIT_S = 1.0
@@ -76,6 +86,151 @@ def _after_pending_events(fn: Callable[[], Any]) -> None:
     from qtpy.QtCore import QTimer
 
     QTimer.singleShot(0, lambda: QTimer.singleShot(0, fn))
+
+
+_PRELOAD: dict[str, Any] = {}  # "thread", "devices" (once known), "relay", "waiting" callbacks
+_PRELOAD_LOCK = threading.Lock()
+
+
+def _preload_relay() -> Any:
+    """A main-thread QObject whose signal carries the device list from the preload thread."""
+    from qtpy.QtCore import QObject, Signal, Slot
+
+    class _Relay(QObject):
+        done = Signal(object)
+
+        @Slot(object)
+        def deliver(self, devices: list[str]) -> None:
+            _preload_done(devices)
+
+    relay = _Relay()  # lives in the main thread: emitted from the preload thread, queued
+    relay.done.connect(relay.deliver)
+    return relay
+
+
+def _preload_done(devices: list[str]) -> None:
+    with _PRELOAD_LOCK:
+        waiting, _PRELOAD["waiting"] = _PRELOAD.get("waiting", []), []
+    for fn in waiting:
+        try:
+            fn(list(devices))
+        except RuntimeError:  # the dock's Qt widgets were deleted meanwhile
+            pass
+
+
+def _dlopen_torch_libraries() -> list[str]:
+    """Load torch's big shared libraries with the GIL released; returns the files loaded.
+
+    CPython holds the GIL while it loads an extension module (``dlopen``, which for
+    ``torch._C`` maps ~0.5 GB of libraries and runs their C++ static initialisers: 0.3-0.7 s
+    measured here), and so does ``ctypes.CDLL``; a call of C's ``dlopen`` through ctypes releases
+    it. The libraries are loaded as torch loads them (``libtorch_global_deps`` with RTLD_GLOBAL,
+    the rest local); ``import torch`` then finds them loaded. Any failure leaves it to torch."""
+    import ctypes
+    import importlib.util
+    import os
+
+    if not hasattr(os, "RTLD_NOW"):  # Windows: no dlopen
+        return []
+    spec = importlib.util.find_spec("torch")  # finds, does not import
+    if spec is None or not spec.origin:
+        return []
+    lib = os.path.join(os.path.dirname(spec.origin), "lib")
+    ext = ".dylib" if sys.platform == "darwin" else ".so"
+    libc = ctypes.CDLL(None)
+    dlopen = libc.dlopen
+    dlopen.restype, dlopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_int]
+    loaded = []
+    for name, mode in (("libtorch_global_deps", os.RTLD_GLOBAL), ("libtorch_python", os.RTLD_LOCAL)):
+        path = os.path.join(lib, name + ext)
+        if not os.path.isfile(path) or not dlopen(os.fsencode(path), os.RTLD_NOW | mode):
+            break
+        loaded.append(path)
+    return loaded
+
+
+def _preload_body(relay: Any) -> None:
+    try:
+        _dlopen_torch_libraries()
+    except Exception:  # noqa: BLE001, S110 - the import below loads them as usual
+        pass
+    try:
+        from napari_neuroseg.runtime.device import available_devices
+
+        devices = available_devices()  # imports torch
+        import torch
+
+        buf = io.BytesIO()  # the first torch.load imports more (~0.1 s): model files are read with it
+        torch.save({"thresholds": [0.5]}, buf)
+        buf.seek(0)
+        torch.load(buf, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - torch problems are reported when a job runs
+        devices = ["cpu"]
+    with _PRELOAD_LOCK:
+        _PRELOAD["devices"] = devices
+    relay.done.emit(devices)
+
+
+def preload_torch(on_devices: Callable[[list[str]], None] | None = None) -> threading.Thread | None:
+    """Import torch in a background thread (once per process; the preload rule, module
+    docstring) and call ``on_devices(names)`` in the main thread with the usable devices, best
+    first (:func:`~napari_neuroseg.runtime.device.available_devices`; ``["cpu"]`` if torch
+    fails). Call it from the main thread. If the list is known already, ``on_devices`` is called
+    at once. Returns the preload thread (None when it had finished before)."""
+    with _PRELOAD_LOCK:
+        devices = _PRELOAD.get("devices")
+        if devices is None and on_devices is not None:
+            _PRELOAD.setdefault("waiting", []).append(on_devices)
+        th = _PRELOAD.get("thread")
+        if th is None:
+            relay = _PRELOAD["relay"] = _preload_relay()
+            th = _PRELOAD["thread"] = threading.Thread(target=_preload_body, args=(relay,),
+                                                       name="neuroseg-preload-torch", daemon=True)
+            # started once the dock is built and laid out: building it competes for the GIL
+            _after_pending_events(th.start)
+    if devices is not None:
+        if on_devices is not None:
+            on_devices(list(devices))
+        return None
+    return th
+
+
+def torch_ready() -> bool:
+    """Whether torch is imported completely (not absent, not being imported by another thread)."""
+    mod = sys.modules.get("torch")
+    return mod is not None and not getattr(getattr(mod, "__spec__", None), "_initializing", False)
+
+
+def after_torch(dock: Any, fn: Callable[[], Any]) -> bool:
+    """Call ``fn()`` now if torch is imported; otherwise start its background import
+    (:func:`preload_torch`) and call ``fn()`` in the main thread once it is done, unless ``dock``
+    was closed meanwhile. Returns whether ``fn`` ran now."""
+    if torch_ready():
+        fn()
+        return True
+
+    def ready(_devices: list[str]) -> None:
+        if not getattr(dock, "dock_closed", False):
+            fn()
+
+    preload_torch(ready)
+    return False
+
+
+def offer_devices(dock: Any, box: Any) -> None:
+    """Offer ``"auto"`` and the usable devices in the ComboBox ``box`` of ``dock`` once the
+    background import of torch (:func:`preload_torch`) knows them; until then ``"auto"`` and
+    ``"cpu"``. The choice is kept; nothing happens after the dock was closed."""
+
+    def known(devices: list[str]) -> None:
+        if getattr(dock, "dock_closed", False):
+            return
+        value = box.value
+        box.choices = ["auto", *[d for d in devices if d != "auto"]]
+        if value in box.choices:
+            box.value = value
+
+    preload_torch(known)
 
 
 def as_progress(item: Any) -> Progress | None:

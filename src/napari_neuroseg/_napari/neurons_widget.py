@@ -39,6 +39,7 @@ from napari_neuroseg._napari._forms import (
     typed_model_path,
 )
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
+from napari_neuroseg._napari._workers import after_torch, offer_devices
 from napari_neuroseg._napari.nuclei_widget import save_dock_result, voxel_size_text
 from napari_neuroseg.errors import NeurosegError
 
@@ -145,7 +146,7 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             "Path of the neuron model: a .pt file or a BioImage.IO package exported by neuroseg (.zip, "
             "rdf.yaml or its folder); used when Model is a file or folder. TorchScript weights are never loaded")
         model_path.choose_btn.tooltip = "Browse for the model file or package folder"
-        device = ComboBox(name="device", label="Device", choices=["auto", *self._devices()],
+        device = ComboBox(name="device", label="Device", choices=["auto", "cpu"],
                           tooltip="Where the network runs: auto = the GPU if there is one, else the CPU")
         voxel = LineEdit(name="voxel_size", label="Voxel size (µm)",
                          tooltip="Voxel size Z Y X in µm (filled from the raw layer's scale when it has a length "
@@ -178,11 +179,10 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.controls = RunControls(
             "Segment neurons", on_run=self.run, on_cancel=self.cancel, progress_bar=True,
             running_text="Segmenting…", cancel_text="Cancelled.", cancelled_text=None,
+            run_tip="Segment the neurons of the chosen raw layer(s) (adds or updates the '<raw> neurons' Labels layer)",
+            cancel_tip="Stop the running segmentation at its next step",
+            progress_tip="Progress of the running segmentation (network tiles, post-processing)",
         )
-        self.controls.run_button.setToolTip("Segment the neurons of the chosen raw layer(s) "
-                                            "(adds or updates the '<raw> neurons' Labels layer)")
-        self.controls.cancel_button.setToolTip("Stop the running segmentation at its next step")
-        self.controls.progress.setToolTip("Progress of the running segmentation (network tiles, post-processing)")
         self.scroll_area = run_dock_layout(self, self.form, self.controls, self.save)
 
         model.changed.connect(self._model_changed)
@@ -194,6 +194,7 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self._refresh_layers(initial=True)
         self.form.voxel_size.value = voxel_size_text(raw.value)
         self._model_changed(model.value)
+        offer_devices(self, device)  # torch is imported in a background thread
 
     # ---------------------------------------------------------------- dock lifecycle (_dock.py)
     def on_dock_shown(self) -> None:
@@ -202,15 +203,6 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
     def on_dock_closed(self) -> None:
         self.cancel()  # a closed dock's job stops at its next step
-
-    @staticmethod
-    def _devices() -> list[str]:
-        try:
-            from napari_neuroseg.runtime.device import available_devices
-
-            return available_devices()
-        except Exception:  # noqa: BLE001 - torch missing: only "auto"
-            return []
 
     # ---------------------------------------------------------------- model
     def _refresh_models(self, *_: Any) -> None:
@@ -232,9 +224,17 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
     def use_model_thresholds(self) -> None:
         """Set the threshold boxes to the post-processing values stored with the chosen model
         (file or package), so a model's own tuned values are used unless the user changes them.
-        An unreadable model leaves the boxes and says why."""
+        An unreadable model leaves the boxes and says why.
+
+        A model file is read with torch: while torch is still being imported in the background
+        (a dock opened in a session without it), the boxes are set once it is done
+        (``_workers.after_torch``), or at once when a run starts earlier (:meth:`params`)."""
+        self._thresholds_pending = not after_torch(self, self._read_model_thresholds)
+
+    def _read_model_thresholds(self) -> None:
         from napari_neuroseg.models.registry import resolve_neuron_model
 
+        self._thresholds_pending = False
         try:
             spec = self.model_spec()
         except NeurosegError:
@@ -277,6 +277,8 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
     # ---------------------------------------------------------------- running
     def params(self) -> dict:
+        if getattr(self, "_thresholds_pending", False):  # a run before torch's background import ended
+            self._read_model_thresholds()  # waits for that import (in this thread)
         f = self.form
         return {"fg_threshold": f.fg_threshold.value, "merge_threshold": f.merge_threshold.value,
                 "min_size": int(f.min_size.value)}

@@ -41,6 +41,7 @@ from napari_neuroseg._napari._forms import (
 )
 from napari_neuroseg._napari._notify import notify_error
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
+from napari_neuroseg._napari._workers import after_torch, offer_devices
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.runtime.progress import Progress
 
@@ -124,6 +125,18 @@ def polyhedra_surface(details: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray
     all_faces = (faces[None] + (np.arange(n) * r)[:, None, None]).reshape(-1, 3)
     values = np.repeat(np.arange(1, n + 1, dtype=np.float32), r)
     return vertices, all_faces, values
+
+
+def _reads_with_torch(spec: str) -> bool:
+    """Whether :func:`_model_thresholds` needs torch for ``spec`` (a single model file)."""
+    from napari_neuroseg.models.bioimageio.package import is_package
+    from napari_neuroseg.models.stardist3d import resolve_model_path
+
+    try:
+        path = resolve_model_path(spec)
+        return path.is_file() and not is_package(path)
+    except Exception:  # noqa: BLE001 - unresolvable: _model_thresholds finds nothing either
+        return False
 
 
 def _model_thresholds(spec: str) -> tuple[float, float] | None:
@@ -224,7 +237,7 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                                   "a little slower")
         for sub, axis in zip(tiles, "ZYX"):
             sub.tooltip = f"Number of tiles along {axis} (1-64): more tiles = less memory, a little slower"
-        device = ComboBox(name="device", label="Device", choices=["auto", *self._devices()],
+        device = ComboBox(name="device", label="Device", choices=["auto", "cpu"],
                           tooltip="Where the network runs: auto = the GPU if there is one, else the CPU")
         voxel = LineEdit(name="voxel_size", label="Voxel size (µm)",
                          tooltip="Voxel size Z Y X in µm (filled from the image layer's scale when it has a "
@@ -247,10 +260,10 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.controls = RunControls(
             "Segment nuclei", on_run=self.run, on_cancel=self.cancel,
             progress_text=lambda p: f"[{p.step}/{p.total}] {p.message}", error_prefix="failed: ",
+            run_tip="Segment the image with the model and thresholds above (adds or updates the '<image> nuclei' "
+                    "Labels layer)",
+            cancel_tip="Stop the running segmentation at its next step",
         )
-        self.controls.run_button.setToolTip("Segment the image with the model and thresholds above "
-                                            "(adds or updates the '<image> nuclei' Labels layer)")
-        self.controls.cancel_button.setToolTip("Stop the running segmentation at its next step")
         self.scroll_area = run_dock_layout(self, self.form, self.controls, self.save)
 
         auto_tiles.changed.connect(lambda on: setattr(tiles, "enabled", not on))
@@ -264,6 +277,7 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         follow_registry(self, self._refresh_models)  # models registered by the Fine-tune dock
         self._refresh_layers(initial=True)
         self._fill_voxel_size(image.value)
+        offer_devices(self, device)  # torch is imported in a background thread
         self._start_warmup()
 
     # ------------------------------------------------------------------ dock lifecycle (_dock.py)
@@ -288,18 +302,13 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             except Exception:  # noqa: BLE001, S110 - the first run compiles (and reports) instead
                 pass
 
-        threading.Thread(target=warm, name="neuroseg-nuclei-dock-warmup", daemon=True).start()
+        from napari_neuroseg._napari._workers import _after_pending_events
+
+        # started once the dock is built and laid out: building it competes for the GIL
+        th = threading.Thread(target=warm, name="neuroseg-nuclei-dock-warmup", daemon=True)
+        _after_pending_events(th.start)
 
     # ------------------------------------------------------------------ form helpers
-    @staticmethod
-    def _devices() -> list[str]:
-        try:
-            from napari_neuroseg.runtime.device import available_devices
-
-            return available_devices()
-        except Exception:  # noqa: BLE001 - torch problems are reported when running
-            return ["cpu"]
-
     def _refresh_layers(self, *_: Any, initial: bool = False) -> None:
         keep_or_prefer(self.form.image, initial=initial)
 
@@ -320,7 +329,20 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         return text
 
     def reset_thresholds(self) -> None:
-        """Set the threshold boxes to the selected model's thresholds."""
+        """Set the threshold boxes to the selected model's thresholds. A single model file is
+        read with torch: while torch is still being imported in the background, the boxes are
+        set once it is done (``_workers.after_torch``), or at once when a run starts earlier."""
+        try:
+            spec = self.model_spec()
+        except NeurosegError:
+            return
+        if _reads_with_torch(spec):
+            self._thresholds_pending = not after_torch(self, self._read_thresholds)
+        else:
+            self._read_thresholds()
+
+    def _read_thresholds(self) -> None:
+        self._thresholds_pending = False
         try:
             th = _model_thresholds(self.model_spec())
         except NeurosegError:
@@ -342,6 +364,8 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
     def parameters(self) -> dict:
         """The run's keyword arguments for :func:`segment_nuclei_iter` (raises NeurosegError)."""
+        if getattr(self, "_thresholds_pending", False):  # a run before torch's background import ended
+            self._read_thresholds()  # waits for that import (in this thread)
         f = self.form
         lo, hi = (float(v) for v in f.percentiles.value)
         if not lo < hi:
