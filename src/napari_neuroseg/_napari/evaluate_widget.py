@@ -404,11 +404,11 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.controls = RunControls(
             "Evaluate", on_run=self.run, on_cancel=self.cancel, progress_bar=True,
             running_text="Evaluating…", cancel_text="Cancelled.", cancelled_text=None,
+            run_tip="Score the prediction against the ground truth in the background; fills the tables and the "
+                    "'evaluation errors' layer",
+            cancel_tip="Stop the running evaluation at its next step",
+            progress_tip="Progress of the running evaluation (objects matched)",
         )
-        self.controls.run_button.setToolTip("Score the prediction against the ground truth in the background; "
-                                            "fills the tables and the 'evaluation errors' layer")
-        self.controls.cancel_button.setToolTip("Stop the running evaluation at its next step")
-        self.controls.progress.setToolTip("Progress of the running evaluation (objects matched)")
         layout.addWidget(self.controls)
 
         self.summary = QTableWidget(0, 2)  # rows come with the first result
