@@ -537,7 +537,7 @@ def evaluate_main(args) -> int:
         _pump(app, 0.5)
         meter.restart()
         ends.clear()
-        viewer.camera.zoom = viewer.camera.zoom * 1.01
+        viewer.scene.camera.zoom = viewer.scene.camera.zoom * 1.01
         _pump(app, 1.0)
         return meter.worst
 
