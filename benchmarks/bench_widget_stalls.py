@@ -44,6 +44,15 @@ now (``uint16``, caches warmed in the worker: ``_napari/_display.py``), each in 
 
     xvfb-run -a python benchmarks/bench_widget_stalls.py --widget neurons [--repeats 2]
     xvfb-run -a python benchmarks/bench_widget_stalls.py --widget arrival --n 1000 [--repeats 2]
+
+``--widget open``: opening each dock as napari does (its npe2 widget contribution) in a fresh
+process that has not imported torch: the longest stall from the click until the dock's background
+work (torch's import, the nuclei NMS compilation) has ended, the longest garbage collection in
+that window, and which thread imported torch (it used to be the main thread: 4-6 s). This machine
+sets PYTHONDONTWRITEBYTECODE; run with ``PYTHONPYCACHEPREFIX=<dir>`` and that unset (second run
+onwards) so that module compilation, which an installed package does not pay, is not counted.
+
+    xvfb-run -a python benchmarks/bench_widget_stalls.py --widget open [--docks nuclei neurons finetune] [--repeats 2]
 """
 
 from __future__ import annotations
