@@ -232,8 +232,10 @@ LAZY_OVERLAYS = {"polygon": "polygon", "brush_stroke": "paint"}
 
 def make_error_layer(built: dict[str, Any], scale: Any = None, translate: Any = None) -> Any:
     """The napari ``Labels`` layer of :func:`build_error_layer`'s data, made off the main thread
-    (a layer is a model without Qt until it is added to a viewer): colormap, features, outlines,
-    scale and translate set here, so adding it is one step and no refresh follows. Its painting
+    (a layer is a model without Qt until it is added to a viewer): colormap, outlines, scale and
+    translate set here, so adding it is one step and no refresh follows (the features are set by
+    the main thread after the insert: napari's status update for the new active layer fails on a
+    Labels layer with features in a 3D view the mouse has not moved in yet). Its painting
     overlays are hidden until the user picks their mode (:func:`show_overlays_on_mode`)."""
     from napari.layers import Labels
 
@@ -241,7 +243,7 @@ def make_error_layer(built: dict[str, Any], scale: Any = None, translate: Any = 
     if translate is not None:
         kw["translate"] = tuple(translate)
     layer = Labels(built["data"], name=ERRORS_LAYER, opacity=1.0, colormap=built["colormap"],
-                   features=built["features"], metadata={"neuroseg_error_kind": "all"}, **kw)
+                   metadata={"neuroseg_error_kind": "all"}, **kw)
     layer.contour = ERROR_CONTOUR_PX  # outlines: never mistaken for a label's colour
     for key in LAZY_OVERLAYS:
         overlay = getattr(layer, "_overlays", {}).get(key)
@@ -273,27 +275,28 @@ def _no_3d_contour_warning() -> Iterator[None]:
 
 
 @contextmanager
-def _repaint_after_next_pass(viewer: Any) -> Iterator[None]:
-    """Main thread: the canvas is not repainted inside the block but one event-loop pass later
-    (a 0 ms timer), so the layer change and its redraw (a 3D redraw under software OpenGL takes
-    a few hundred ms) are two stalls with input and timers handled between them, not one."""
-    native = getattr(getattr(getattr(getattr(viewer, "window", None), "_qt_viewer", None), "canvas", None),
-                     "native", None)
-    held = native is not None and native.updatesEnabled()
-    if held:
-        native.setUpdatesEnabled(False)
+def _repaint_after_next_pass(dock: QWidget) -> Iterator[None]:
+    """Main thread: the canvas (the OpenGL widgets of the dock's window) is not repainted inside
+    the block but one event-loop pass later (a 0 ms timer), so the layer change and its redraw (a
+    3D redraw under software OpenGL takes a few hundred ms) are two stalls with input and timers
+    handled between them, not one. Does nothing for a dock outside a viewer's window."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtOpenGLWidgets import QOpenGLWidget
+
+    held = [w for w in dock.window().findChildren(QOpenGLWidget) if w.updatesEnabled()]
+    for w in held:
+        w.setUpdatesEnabled(False)
     try:
         yield
     finally:
-        if held:
-            from qtpy.QtCore import QTimer
-
-            def release() -> None:
+        def release() -> None:
+            for w in held:
                 try:
-                    native.setUpdatesEnabled(True)  # repaints
+                    w.setUpdatesEnabled(True)  # repaints
                 except RuntimeError:  # the viewer was closed meanwhile
                     pass
 
+        if held:
             QTimer.singleShot(0, release)
 
 
@@ -688,25 +691,16 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                     layer.scale = self._scale
                 if self._translate is not None and not np.array_equal(layer.translate, self._translate):
                     layer.translate = self._translate
-                with _no_3d_contour_warning(), _repaint_after_next_pass(self.viewer):
+                with _no_3d_contour_warning(), _repaint_after_next_pass(self):
                     layer.data = built["data"]
             else:
                 if layer is not None:
                     self.viewer.layers.remove(layer)
                 layer = built.get("layer") or make_error_layer(built, self._scale, self._translate)
-                # one insert, built in the worker; the user's selected layer stays selected
-                # (activating the new layer switches the layer controls and restyles the
-                # viewer's buttons in the same step; jump-to-error selects it)
-                layers = self.viewer.layers
-                activate = getattr(layers, "_activate_on_insert", None)
-                if activate is not None:
-                    layers._activate_on_insert = False
-                try:
-                    with _no_3d_contour_warning(), _repaint_after_next_pass(self.viewer):
-                        layers.append(layer)
-                finally:
-                    if activate is not None:
-                        layers._activate_on_insert = activate
+                # one insert of the layer built in the worker (napari makes it the active layer)
+                with _no_3d_contour_warning(), _repaint_after_next_pass(self):
+                    self.viewer.layers.append(layer)
+                    layer.features = built["features"]  # after: see make_error_layer
                 show_overlays_on_mode(layer)
             counts: dict[str, int] = {}
             for kind, i, v, cent, text in built["items"]:
