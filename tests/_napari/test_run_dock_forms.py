@@ -125,3 +125,14 @@ def test_docks_fit_a_1280x800_screen(make_napari_viewer, qtbot, kind):
     area = getattr(w, "scroll_area", None)
     if area is not None:  # the content is never cut off at the right (no sideways scrolling)
         assert area.viewport().width() >= area.widget().minimumSizeHint().width()
+
+
+def test_path_edit_puts_its_texts_on_the_box_the_field_and_the_button(qtbot):
+    """The docks' path boxes (model path, batch inputs/output) are made by _forms.path_edit."""
+    from napari_neuroseg._napari._forms import path_edit
+
+    e = path_edit("p", "Path", "d", tooltip="where", browse_tip="pick", placeholder="a folder", browse_text="Folder…")
+    qtbot.addWidget(e.native)
+    assert (e.name, e.label, e.mode.value) == ("p", "Path", "d")
+    assert e.tooltip == e.line_edit.tooltip == "where" and e.line_edit.native.placeholderText() == "a folder"
+    assert (e.choose_btn.text, e.choose_btn.tooltip) == ("Folder…", "pick")

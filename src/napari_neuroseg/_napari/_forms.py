@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from magicgui.widgets import ComboBox, FloatSpinBox
+from magicgui.widgets import ComboBox, FileEdit, FloatSpinBox
 
-__all__ = ["LAYER_EVENTS", "decimals", "keep_or_prefer", "layer_choice", "model_choices"]
+__all__ = ["LAYER_EVENTS", "decimals", "keep_or_prefer", "layer_choice", "model_choices", "path_edit"]
 
 #: layer-list events after which the layer boxes are refreshed
 LAYER_EVENTS = ("inserted", "removed", "reordered", "renamed")
@@ -34,6 +34,21 @@ def layer_choice(viewer: Any, *, label: str, tooltip: str, accept: Callable[[Any
         return out + [(ly.name, ly) for ly in viewer.layers if accept(ly)]
 
     return ComboBox(name=name, label=label, tooltip=tooltip, choices=choices)
+
+
+def path_edit(name: str, label: str, mode: str, *, tooltip: str, browse_tip: str, placeholder: str | None = None,
+              browse_text: str | None = None, filter: str | None = None) -> FileEdit:
+    """A path box with its Browse button (``mode``: "r" a file, "d" a folder): ``tooltip`` on the
+    box and its text field, ``browse_tip`` (and ``browse_text``) on the button, ``placeholder``
+    in the empty field."""
+    edit = FileEdit(name=name, label=label, mode=mode, filter=filter)
+    if placeholder is not None:
+        edit.line_edit.native.setPlaceholderText(placeholder)
+    edit.tooltip = edit.line_edit.tooltip = tooltip
+    if browse_text is not None:
+        edit.choose_btn.text = browse_text
+    edit.choose_btn.tooltip = browse_tip
+    return edit
 
 
 def keep_or_prefer(box: ComboBox, prefer: Callable[[list[Any]], Any] | None = None, *,

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, LineEdit
+from magicgui.widgets import CheckBox, ComboBox, Container, LineEdit
 from qtpy.QtWidgets import (
     QAbstractButton,
     QAbstractItemView,
@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from napari_neuroseg._napari._dock import DockLifecycleMixin, fit_controls, scrollable
-from napari_neuroseg._napari._forms import fit_form
+from napari_neuroseg._napari._forms import fit_form, path_edit
 from napari_neuroseg._napari._notify import notify_error
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
 from napari_neuroseg.batch import get_task, list_tasks, read_output, run_batch
@@ -49,11 +49,9 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.viewer = napari_viewer
         self.result: Any = None
 
-        inputs = FileEdit(name="inputs", label="Inputs", mode="d")
-        inputs.line_edit.native.setPlaceholderText("folder, glob (data/*.tif) or files separated by ';'")
-        inputs.tooltip = inputs.line_edit.tooltip = (
-            "The input volumes: a folder, a glob (data/*.tif) or files separated by ';'")
-        inputs.choose_btn.text, inputs.choose_btn.tooltip = "Folder…", "Choose an input folder"
+        inputs = path_edit("inputs", "Inputs", "d", placeholder="folder, glob (data/*.tif) or files separated by ';'",
+                           tooltip="The input volumes: a folder, a glob (data/*.tif) or files separated by ';'",
+                           browse_text="Folder…", browse_tip="Choose an input folder")
         use_layers = CheckBox(name="use_layers", text="use the selected image layers instead",
                               tooltip="Run on the image layers selected in the layer list instead of files")
         task = ComboBox(name="task", label="Task", choices=list_tasks(),
@@ -61,10 +59,9 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.params = Container(name="params", label="Parameters", labels=True,
                                 tooltip="The chosen task's parameters (empty field = the task's default)")
         self.params.margins = (0, 0, 0, 0)
-        outdir = FileEdit(name="outdir", label="Output folder", mode="d")
-        outdir.tooltip = outdir.line_edit.tooltip = (
-            "Folder for the outputs and the summary CSV (created if missing)")
-        outdir.choose_btn.text, outdir.choose_btn.tooltip = "Folder…", "Choose the output folder"
+        outdir = path_edit("outdir", "Output folder", "d",
+                           tooltip="Folder for the outputs and the summary CSV (created if missing)",
+                           browse_text="Folder…", browse_tip="Choose the output folder")
         fmt = ComboBox(name="format", label="Format", choices=["tif", "zarr", "ome-zarr"],
                        tooltip="Output file format; blockwise runs need zarr or ome-zarr")
         block = LineEdit(name="block_shape", label="Block shape",

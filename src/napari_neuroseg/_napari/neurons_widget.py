@@ -20,7 +20,6 @@ import numpy as np
 from magicgui.widgets import (
     ComboBox,
     Container,
-    FileEdit,
     FloatSpinBox,
     LineEdit,
     SpinBox,
@@ -35,6 +34,7 @@ from napari_neuroseg._napari._forms import (
     keep_or_prefer,
     layer_choice,
     model_choices,
+    path_edit,
     run_dock_layout,
     typed_model_path,
 )
@@ -140,12 +140,11 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                     ".pt file / BioImage.IO package exported by neuroseg (its stored thresholds fill the boxes "
                     "below)")
         model.value = SHIPPED
-        model_path = FileEdit(name="model_path", label="Path", mode="r", filter=MODEL_FILTER)
-        model_path.line_edit.native.setPlaceholderText(".pt, .zip, rdf.yaml or package folder")
-        model_path.tooltip = model_path.line_edit.tooltip = (
-            "Path of the neuron model: a .pt file or a BioImage.IO package exported by neuroseg (.zip, "
-            "rdf.yaml or its folder); used when Model is a file or folder. TorchScript weights are never loaded")
-        model_path.choose_btn.tooltip = "Browse for the model file or package folder"
+        model_path = path_edit(
+            "model_path", "Path", "r", filter=MODEL_FILTER, placeholder=".pt, .zip, rdf.yaml or package folder",
+            tooltip="Path of the neuron model: a .pt file or a BioImage.IO package exported by neuroseg (.zip, "
+                    "rdf.yaml or its folder); used when Model is a file or folder. TorchScript weights are never loaded",
+            browse_tip="Browse for the model file or package folder")
         device = ComboBox(name="device", label="Device", choices=["auto", "cpu"],
                           tooltip="Where the network runs: auto = the GPU if there is one, else the CPU")
         voxel = LineEdit(name="voxel_size", label="Voxel size (µm)",

@@ -19,7 +19,6 @@ from magicgui.widgets import (
     CheckBox,
     ComboBox,
     Container,
-    FileEdit,
     FloatSpinBox,
     LineEdit,
     PushButton,
@@ -36,6 +35,7 @@ from napari_neuroseg._napari._forms import (
     keep_or_prefer,
     layer_choice,
     model_choices,
+    path_edit,
     run_dock_layout,
     typed_model_path,
 )
@@ -205,12 +205,11 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                     "BioImage.IO package (its stored thresholds fill the boxes below)")
         if DEFAULT_MODEL in model.choices:
             model.value = DEFAULT_MODEL
-        model_path = FileEdit(name="model_path", label="Path", mode="d", filter=MODEL_FILTER)
-        model_path.line_edit.native.setPlaceholderText("model folder, .pt, .zip or rdf.yaml")
-        model_path.tooltip = model_path.line_edit.tooltip = (
-            "Path of the model folder, .pt file or BioImage.IO package (.zip, rdf.yaml or its folder); "
-            "used when Model is a folder or file")
-        model_path.choose_btn.tooltip = "Browse for the model folder or file"
+        model_path = path_edit(
+            "model_path", "Path", "d", filter=MODEL_FILTER, placeholder="model folder, .pt, .zip or rdf.yaml",
+            tooltip="Path of the model folder, .pt file or BioImage.IO package (.zip, rdf.yaml or its folder); "
+                    "used when Model is a folder or file",
+            browse_tip="Browse for the model folder or file")
         prob = decimals(FloatSpinBox(
             name="prob_thresh", label="Probability", value=0.5, min=0.0, max=1.0, step=0.05,
             tooltip="Object probability threshold (0-1, no unit): candidates below it are dropped; "
