@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -107,7 +108,14 @@ def _flat(a: np.ndarray, lead: int) -> np.ndarray:
     return np.ascontiguousarray(a).reshape(lead, -1)
 
 
-# long function: a pipeline of timed steps (step(...) marks each) over large shared arrays; splitting waits until the post-processing work in this file settles (issue 15)
+class _Affs(NamedTuple):
+    """Affinities as the kernels take them: (K, N) flat, uint8 scale flag, whether they are used."""
+
+    flat: np.ndarray
+    scale: bool
+    used: bool
+
+
 def instances_from_outputs(
     fg_prob: np.ndarray,
     affs: np.ndarray | None,
@@ -126,147 +134,214 @@ def instances_from_outputs(
     ``threads``: threads for the per-voxel steps (default: the CPUs of this process)."""
     p = params or PostprocessParams()
     step = _Steps(timings)
+    fg_prob, image = _checked(fg_prob, image)
+    nt = max(1, int(threads or K.n_threads()))
+    # 1. foreground
+    image, rowptr, idx = _foreground_voxels(fg_prob, image, p, nt)
+    if idx is None:
+        return np.zeros(fg_prob.shape, np.uint32)
+    step("foreground")
+    vr = K.split(len(idx), nt)
+    nbr, rev = _neighbours(idx, rowptr, fg_prob.shape, nt, vr)
+    step("pairs")
+    col = _smoothed_colours(image, idx, nbr, rev, vr, p.colour_sigma)
+    del rev
+    step("colour")
+    # 2. fragments
+    aff = _affinities(affs, p)
+    nfrag, frag = _fragments(col, nbr, idx, aff, p, vr)
+    step("fragments")
+    # 3. agglomeration over fragment pairs
+    fsize, fcol = K.fragment_stats(frag, col, nfrag)
+    del col
+    key, val = _candidate_keys(nbr, frag, nfrag, idx, aff, vr)
+    del nbr
+    parent = np.arange(nfrag)
+    size = fsize.copy()
+    colour = fcol.copy()
+    if len(key):
+        ukey, mean_aff = _unique_pairs(key, val, aff.used)
+        del key, val
+        pa, pb = ukey // nfrag, ukey % nfrag
+        step("candidates")
+        pa, pb, mean_aff = _with_two_hop(pa, pb, ukey, nfrag, fsize, mean_aff)
+        step("two_hop")
+        _merge(pa, pb, mean_aff, fcol, parent, size, colour, p, nt)
+        step("merge")
+        # 4. small clusters join the touching cluster of the closest colour
+        _attach_small_clusters(pa, pb, parent, size, colour, p.min_size)
+        step("small_clusters")
+    labels = _write_labels(fg_prob.shape, idx, frag, parent, size, p.min_size, vr)
+    step("labels")
+    return labels
+
+
+def _checked(fg_prob, image) -> tuple[np.ndarray, np.ndarray]:
+    """Both inputs as arrays, or a :class:`NeurosegError` when their shapes do not fit."""
     fg_prob = np.asarray(fg_prob)
-    shape = fg_prob.shape
     image = np.asarray(image)
-    if fg_prob.ndim != 3 or image.ndim != 4 or image.shape[0] != 3 or tuple(image.shape[1:]) != shape:
+    if fg_prob.ndim != 3 or image.ndim != 4 or image.shape[0] != 3 or tuple(image.shape[1:]) != fg_prob.shape:
         raise NeurosegError(
             f"post-processing needs a (Z,Y,X) foreground map and a (3,Z,Y,X) colour image of the same "
             f"size; got {fg_prob.shape} and {image.shape}",
             fix="pass the network's foreground output and the normalised 3-channel image")
-    nt = max(1, int(threads or K.n_threads()))
-    # 1. foreground: uint8 maps hold probability × 255 (as returned by the tiled network)
+    return fg_prob, image
+
+
+def _foreground_voxels(fg_prob, image, p, nt):
+    """(image, rowptr, idx): the colour image (whitened on the foreground when ``colour_whiten``),
+    the start of every (z, y) row in the foreground voxel list and the raster indices of the
+    foreground voxels (``idx`` None when there are none)."""
+    # uint8 maps hold probability × 255 (as returned by the tiled network)
     fg = fg_prob > (p.fg_threshold * 255 if fg_prob.dtype == np.uint8 else p.fg_threshold)
     if p.colour_whiten:
         image = whiten_colours(image, fg)
-    Z, Y, X = shape
+    Z, Y, _ = fg.shape
     counts = np.zeros(Z * Y, np.int64)
     zr = K.split(Z, nt)
     K.run_chunks(K.count_rows, zr, fg, counts)
     rowptr = np.zeros(Z * Y + 1, np.int64)
     np.cumsum(counts, out=rowptr[1:])
     n = int(rowptr[-1])
-    labels = np.zeros(shape, np.uint32)
     if n == 0:
-        return labels
+        return image, rowptr, None
     idx = np.empty(n, np.int64)
     K.run_chunks(K.fill_index, zr, fg, rowptr, idx)
-    del fg, counts
-    step("foreground")
+    return image, rowptr, idx
 
-    # neighbour of every foreground voxel at +offset (and at -offset for the short range)
+
+def _neighbours(idx, rowptr, shape, nt, vr):
+    """(nbr, rev): the foreground neighbour of every foreground voxel at +offset, one row per
+    :data:`OFFSETS` entry, and at -offset for the short range (-1: none)."""
     offsets = np.asarray(OFFSETS, np.int64)
     if (offsets < 0).any():  # pragma: no cover - the offsets are fixed
         raise AssertionError("neighbour search needs non-negative offsets")
+    n = len(idx)
     itype = np.int32 if n < 2**31 - 1 else np.int64
     nbr = np.empty((len(offsets), n), itype)
-    K.run_chunks(K.neighbours, K.split(rowptr, nt), idx, rowptr, Z, Y, X, offsets, nbr)
-    vr = K.split(n, nt)
+    K.run_chunks(K.neighbours, K.split(rowptr, nt), idx, rowptr, *shape, offsets, nbr)
     rev = np.full((N_SHORT, n), -1, itype)
     K.run_chunks(K.reverse_neighbours, vr, nbr, N_SHORT, rev)
-    step("pairs")
+    return nbr, rev
 
-    # colour: clipped raw, averaged with the foreground neighbours, unit length
-    col = np.empty((n, 3), np.float64)
+
+def _smoothed_colours(image, idx, nbr, rev, vr, sigma: float) -> np.ndarray:
+    """(N, 3) colour of the foreground voxels: clipped raw, averaged ``2*sigma`` times with the
+    foreground neighbours."""
+    col = np.empty((len(idx), 3), np.float64)
     K.run_chunks(K.gather_colour, vr, _flat(image, 3), idx, col)
-    for _ in range(round(p.colour_sigma * 2)):
+    for _ in range(round(sigma * 2)):
         out = np.empty_like(col)
         K.run_chunks(K.smooth_step, vr, col, nbr, rev, N_SHORT, out)
         col = out
-    del rev
-    step("colour")
+    return col
 
-    # 2. fragments
+
+def _affinities(affs, p) -> _Affs:
     use_aff = bool(p.use_affinities and affs is not None)
     if use_aff:
         aff2 = _flat(affs, len(OFFSETS))
-        aff_scale = aff2.dtype == np.uint8
-    else:
-        aff2, aff_scale = np.zeros((len(OFFSETS), 1), np.uint8), False
-    keep = np.empty(n, np.uint8)
-    K.run_chunks(K.keep_edges, vr, col, nbr, N_SHORT, idx, aff2, aff_scale, use_aff, np.float32(p.aff_threshold),
-                 bool(p.use_colour or not use_aff), float(p.colour_threshold), keep)
-    nfrag, frag = K.fragments(nbr, N_SHORT, keep)
-    del keep
-    step("fragments")
+        return _Affs(aff2, aff2.dtype == np.uint8, True)
+    return _Affs(np.zeros((len(OFFSETS), 1), np.uint8), False, False)
 
-    # 3. agglomeration over fragment pairs
-    fsize, fcol = K.fragment_stats(frag, col, nfrag)
-    del col
+
+def _fragments(col, nbr, idx, aff: _Affs, p, vr) -> tuple[int, np.ndarray]:
+    """(nfrag, frag): connected components of the kept short-range edges (affinity and/or colour)."""
+    keep = np.empty(len(idx), np.uint8)
+    K.run_chunks(K.keep_edges, vr, col, nbr, N_SHORT, idx, aff.flat, aff.scale, aff.used, np.float32(p.aff_threshold),
+                 bool(p.use_colour or not aff.used), float(p.colour_threshold), keep)
+    return K.fragments(nbr, N_SHORT, keep)
+
+
+def _candidate_keys(nbr, frag, nfrag, idx, aff: _Affs, vr) -> tuple[np.ndarray, np.ndarray]:
+    """(key, val): every pair of different fragments linked by an offset (``a * nfrag + b``) and
+    its affinity."""
     cnt = np.zeros((len(OFFSETS), len(vr)), np.int64)
     K.run_chunks(K.count_candidates, vr, nbr, frag, cnt, with_index=True)
     starts = np.concatenate([[0], np.cumsum(cnt.ravel())[:-1]]).reshape(cnt.shape)
     m = int(cnt.sum())
     key = np.empty(m, np.int64)
     val = np.empty(m, np.float32)
-    K.run_chunks(K.fill_candidates, vr, nbr, frag, nfrag, starts, idx, aff2, aff_scale, use_aff, key, val,
+    K.run_chunks(K.fill_candidates, vr, nbr, frag, nfrag, starts, idx, aff.flat, aff.scale, aff.used, key, val,
                  with_index=True)
-    del nbr
-    parent = np.arange(nfrag)
-    size = fsize.copy()
-    colour = fcol.copy()
-    if m:
-        if use_aff:
-            order = np.argsort(key, kind="stable")
-            skey = key[order]
-            mean_aff = K.segment_means(skey, val[order])
-            ukey = skey[np.r_[True, skey[1:] != skey[:-1]]]
-            del order, skey
-        else:  # (np.unique is far slower than a sort on millions of int64 keys, numpy 2.4)
-            key.sort()
-            ukey = key[np.r_[True, key[1:] != key[:-1]]]
-            mean_aff = None
-        del key, val
-        pa, pb = ukey // nfrag, ukey % nfrag
-        step("candidates")
-        # two-hop candidates: fragments that touch a common fragment (a neuron cut in two by
-        # the overlap region of a crossing neuron); judged by colour only. They follow in the
-        # iteration order of the Python set the former code collected them in (it breaks ties of
-        # equal colour distance), replayed by K.set_order where it matches this interpreter.
-        seq = K.two_hop_sequence(pa, pb, nfrag, fsize, 6, 400)
-        variant = K.set_order_variant()
-        if variant is None:  # pragma: no cover - an interpreter whose set the replay does not match
-            hop = set(seq.tolist())
-            hop -= set(ukey.tolist())
-            hk = np.fromiter(hop, np.int64, len(hop))
-            del hop
-        else:
-            hk = K.set_order(seq, ukey, variant)
-        del seq
-        if len(hk):
-            pa = np.concatenate([pa, hk // nfrag])
-            pb = np.concatenate([pb, hk % nfrag])
-            if use_aff:
-                mean_aff = np.concatenate([mean_aff, np.ones(len(hk))])
-        step("two_hop")
-        ufc = _unit(fcol)
-        dist = np.empty(len(pa))
-        K.run_chunks(K.pair_dist, K.split(len(pa), nt), ufc, pa, pb, dist)
-        ok = dist < p.merge_threshold
-        if use_aff:
-            ok &= mean_aff > p.aff_threshold
-        order = K.stable_argsort_nonneg(dist[ok])  # = np.argsort(dist[ok], kind="stable")
-        K.greedy_merge(pa[ok][order], pb[ok][order], parent, size, colour, float(p.merge_threshold), 2.0)
-        step("merge")
-        # 4. small clusters join the touching cluster of the closest colour
-        if p.min_size > 0:
-            for _ in range(3):
-                x, y = K.small_pairs(K.roots(parent), pa, pb, size, int(p.min_size))
-                if not len(x):
-                    break
-                uc = _unit(colour)
-                d = np.linalg.norm(uc[x] - uc[y], axis=1)
-                order = np.lexsort((d, x))
-                x, y = x[order], y[order]
-                first = np.r_[True, x[1:] != x[:-1]]
-                if not K.attach_small(x[first], y[first], parent, size, colour, int(p.min_size)):
-                    break
-        step("small_clusters")
-    # clusters of at least min_size voxels, numbered by their root fragment
+    return key, val
+
+
+def _unique_pairs(key, val, use_aff: bool):
+    """(ukey, mean_aff): the distinct keys, sorted, and their mean affinity (None without
+    affinities; ``key`` is then sorted in place)."""
+    if use_aff:
+        order = np.argsort(key, kind="stable")
+        skey = key[order]
+        mean_aff = K.segment_means(skey, val[order])
+        del order
+        return skey[np.r_[True, skey[1:] != skey[:-1]]], mean_aff
+    key.sort()  # (np.unique is far slower than a sort on millions of int64 keys, numpy 2.4)
+    return key[np.r_[True, key[1:] != key[:-1]]], None
+
+
+def _with_two_hop(pa, pb, ukey, nfrag, fsize, mean_aff):
+    """The pairs extended by the two-hop candidates: fragments that touch a common fragment (a
+    neuron cut in two by the overlap region of a crossing neuron); judged by colour only (mean
+    affinity 1). They follow in the iteration order of the Python set the former code collected
+    them in (it breaks ties of equal colour distance), replayed by K.set_order where it matches
+    this interpreter."""
+    seq = K.two_hop_sequence(pa, pb, nfrag, fsize, 6, 400)
+    variant = K.set_order_variant()
+    if variant is None:  # pragma: no cover - an interpreter whose set the replay does not match
+        hop = set(seq.tolist())
+        hop -= set(ukey.tolist())
+        hk = np.fromiter(hop, np.int64, len(hop))
+        del hop
+    else:
+        hk = K.set_order(seq, ukey, variant)
+    del seq
+    if len(hk):
+        pa = np.concatenate([pa, hk // nfrag])
+        pb = np.concatenate([pb, hk % nfrag])
+        if mean_aff is not None:
+            mean_aff = np.concatenate([mean_aff, np.ones(len(hk))])
+    return pa, pb, mean_aff
+
+
+def _merge(pa, pb, mean_aff, fcol, parent, size, colour, p, nt) -> None:
+    """Greedy merge of the candidate pairs (``parent``, ``size``, ``colour`` updated in place),
+    most similar fragment colour first, below ``merge_threshold`` (and above ``aff_threshold``)."""
+    ufc = _unit(fcol)
+    dist = np.empty(len(pa))
+    K.run_chunks(K.pair_dist, K.split(len(pa), nt), ufc, pa, pb, dist)
+    ok = dist < p.merge_threshold
+    if mean_aff is not None:
+        ok &= mean_aff > p.aff_threshold
+    order = K.stable_argsort_nonneg(dist[ok])  # = np.argsort(dist[ok], kind="stable")
+    K.greedy_merge(pa[ok][order], pb[ok][order], parent, size, colour, float(p.merge_threshold), 2.0)
+
+
+def _attach_small_clusters(pa, pb, parent, size, colour, min_size: int) -> None:
+    """Clusters under ``min_size`` voxels join the touching cluster of the closest colour (at most
+    three rounds; in place)."""
+    if min_size <= 0:
+        return
+    for _ in range(3):
+        x, y = K.small_pairs(K.roots(parent), pa, pb, size, int(min_size))
+        if not len(x):
+            break
+        uc = _unit(colour)
+        d = np.linalg.norm(uc[x] - uc[y], axis=1)
+        order = np.lexsort((d, x))
+        x, y = x[order], y[order]
+        first = np.r_[True, x[1:] != x[:-1]]
+        if not K.attach_small(x[first], y[first], parent, size, colour, int(min_size)):
+            break
+
+
+def _write_labels(shape, idx, frag, parent, size, min_size: int, vr) -> np.ndarray:
+    """The label volume: clusters of at least ``min_size`` voxels, numbered by their root fragment."""
     r = K.roots(parent)
-    keep_root = (r == np.arange(nfrag)) & (size >= max(p.min_size, 1))
+    nfrag = len(parent)
+    keep_root = (r == np.arange(nfrag)) & (size >= max(min_size, 1))
     new_id = np.zeros(nfrag, np.uint32)
     new_id[keep_root] = np.arange(1, keep_root.sum() + 1, dtype=np.uint32)
+    labels = np.zeros(shape, np.uint32)
     K.run_chunks(K.write_labels, vr, idx, frag, new_id[r], labels.reshape(-1))
-    step("labels")
     return labels
