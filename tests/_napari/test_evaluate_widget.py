@@ -345,8 +345,8 @@ def test_error_layer_arrives_in_one_step_built_in_the_worker(make_napari_viewer,
 
 def test_result_and_its_redraw_are_two_event_loop_passes(make_napari_viewer, qtbot):
     """The error layer is added (or its data swapped) in one pass and the canvas redrawn in the
-    next (a 0 ms timer), so the two stalls (a 3D redraw alone takes ~0.3 s under software
-    OpenGL) never add up; the canvas is repainted afterwards."""
+    next (a 1 ms timer, after the ticks due), so the two stalls (a 3D redraw alone takes ~0.3 s
+    under software OpenGL) never add up; the canvas is repainted afterwards."""
     from napari_neuroseg._napari.evaluate_widget import evaluate_layers_iter
     from napari_neuroseg.runtime.progress import run_to_completion
 
@@ -358,13 +358,23 @@ def test_result_and_its_redraw_are_two_event_loop_passes(make_napari_viewer, qtb
     viewer.add_labels(pred, name="pred")
     w = EvaluateWidget(viewer)
     viewer.window.add_dock_widget(w)  # the dock finds the canvas in its window
+    from qtpy.QtCore import QCoreApplication
+
     native = viewer.window._qt_viewer.canvas.native
+    draws: list[int] = []
+    viewer.window._qt_viewer.canvas._scene_canvas.events.draw.connect(lambda *_: draws.append(1))
+    qtbot.wait(200)
     for _ in range(2):  # the first result adds the layer, the second swaps its data
         value = run_to_completion(evaluate_layers_iter(gt, pred, False, task="nuclei"))
+        draws.clear()
         w._on_result(value)
         assert viewer.layers["evaluation errors"].data.max() > 0
         assert not native.updatesEnabled()  # no redraw inside this pass
-        qtbot.waitUntil(native.updatesEnabled, timeout=2000)  # the next pass redraws
+        # nor among the events posted meanwhile (a 0 ms single shot is one of them: it let the
+        # redraw run before the timers, i.e. in the same stall)
+        QCoreApplication.sendPostedEvents()
+        assert not native.updatesEnabled() and draws == []
+        qtbot.waitUntil(lambda: native.updatesEnabled() and bool(draws), timeout=3000)  # a timer redraws
 
 
 def test_dock_uses_no_private_napari_attribute(make_napari_viewer, qtbot):

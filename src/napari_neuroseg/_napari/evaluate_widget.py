@@ -277,7 +277,7 @@ def _no_3d_contour_warning() -> Iterator[None]:
 @contextmanager
 def _repaint_after_next_pass(dock: QWidget) -> Iterator[None]:
     """Main thread: the canvas (the OpenGL widgets of the dock's window) is not repainted inside
-    the block but one event-loop pass later (a 0 ms timer), so the layer change and its redraw (a
+    the block but one event-loop pass later (a 1 ms timer), so the layer change and its redraw (a
     3D redraw under software OpenGL takes a few hundred ms) are two stalls with input and timers
     handled between them, not one. Does nothing for a dock outside a viewer's window."""
     from qtpy.QtCore import QTimer
@@ -297,7 +297,7 @@ def _repaint_after_next_pass(dock: QWidget) -> Iterator[None]:
                     pass
 
         if held:
-            QTimer.singleShot(0, release)
+            QTimer.singleShot(1, release)  # a timer (0 ms would be a posted call, ahead of timers)
 
 
 def evaluate_layers_iter(gt: Any, pred: Any, partly: bool, *, dim_ids: list[int] | None = None,
