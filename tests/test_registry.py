@@ -152,3 +152,25 @@ def test_shared_training_flag_names():
     for argv in (["--init-from", "A", "--output", "O", "--steps", "5"], ["--init", "A", "-o", "O", "--iterations", "5"]):
         a = p.parse_args(["train", "nuclei", *argv, "--max-minutes", "1", "--device", "cpu"])
         assert (a.init_from, a.output, a.steps, a.max_minutes, a.device) == ("A", "O", 5, 1.0, "cpu")
+
+
+def test_shipped_paths_need_no_model_code():
+    """Finding a shipped model's file (as the docks do when they open) imports neither the model
+    packages nor numba nor torch, and the model packages use the same paths (one home)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from napari_neuroseg.models import registry as r\n"
+        "n, s = r._shipped_path('neuroseg_neurons'), r._shipped_path('neuroseg_nuclei')\n"
+        "assert n.is_file() and s.is_dir(), (n, s)\n"
+        "heavy = [m for m in ('torch', 'numba', 'napari_neuroseg.models.neurons',"
+        " 'napari_neuroseg.models.stardist3d') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+        "from napari_neuroseg.models.neurons import DEFAULT_MODEL\n"
+        "from napari_neuroseg.models.stardist3d.pretrained import BUNDLED_DIR\n"
+        "assert DEFAULT_MODEL == n and BUNDLED_DIR / 'neuroseg_nuclei' == s\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr

@@ -64,14 +64,16 @@ def models_dir() -> Path:
     return user_data_folder(ENV_VAR, "models")
 
 
+#: Where the shipped models lie inside the package. Their packages take these paths from here
+#: (``stardist3d.pretrained.BUNDLED_DIR``, ``neurons.model.DEFAULT_MODEL``), so finding a shipped
+#: model's file (e.g. when a dock opens) imports neither the model code nor numba nor torch.
+_MODELS_DIR = Path(__file__).resolve().parent
+SHIPPED_NUCLEI_DIR = _MODELS_DIR / "stardist3d" / "pretrained"
+SHIPPED_NEURONS_FILE = _MODELS_DIR / "neurons" / "weights" / "neurons_default.pt"
+
+
 def _shipped_path(name: str) -> Path:
-    if name == "neuroseg_neurons":
-        from napari_neuroseg.models.neurons.model import DEFAULT_MODEL
-
-        return DEFAULT_MODEL
-    from napari_neuroseg.models.stardist3d.pretrained import BUNDLED_DIR
-
-    return BUNDLED_DIR / name
+    return SHIPPED_NEURONS_FILE if name == "neuroseg_neurons" else SHIPPED_NUCLEI_DIR / name
 
 
 def _read_entry(folder: Path) -> dict | None:

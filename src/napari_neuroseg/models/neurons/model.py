@@ -14,14 +14,16 @@ from typing import Any
 
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.io.atomic import atomic_write_file
+from napari_neuroseg.models.registry import SHIPPED_NEURONS_FILE
 
 from .postprocess import PostprocessParams
 from .targets import N_OUTPUTS, OFFSETS
 
 MODEL_TYPE = "napari-neuroseg/neurons-unet-affinities"
 FORMAT_VERSION = 1
-#: The shipped default model (trained on synthetic FISBe-like data, see docs/neurons.md).
-DEFAULT_MODEL = Path(__file__).resolve().parent / "weights" / "neurons_default.pt"
+#: The shipped default model (trained on synthetic FISBe-like data, see docs/neurons.md); its path
+#: has one home, :mod:`napari_neuroseg.models.registry`.
+DEFAULT_MODEL = SHIPPED_NEURONS_FILE
 
 
 @dataclass

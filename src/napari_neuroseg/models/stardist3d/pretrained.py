@@ -10,11 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.models.registry import SHIPPED_NUCLEI_DIR
 
 __all__ = ["BUNDLED_DIR", "DEFAULT_MODEL", "bundled_models", "resolve_model_path"]
 
-#: Where bundled models live inside the package.
-BUNDLED_DIR = Path(__file__).resolve().parent / "pretrained"
+#: Where bundled models live inside the package (one home: :mod:`napari_neuroseg.models.registry`).
+BUNDLED_DIR = SHIPPED_NUCLEI_DIR
 #: The name of the default bundled model (shipped by the training work).
 DEFAULT_MODEL = "neuroseg_nuclei"
 
