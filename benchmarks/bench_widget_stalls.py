@@ -40,7 +40,8 @@ result's arrival.
 
 ``--widget arrival [--n 1000]``: the Nuclei dock's result arrival alone, a result with ``n``
 objects handed to the dock as the worker returned it before (``int32`` labels) and as it does
-now (``uint16``, caches warmed in the worker: ``_napari/_display.py``), each in a fresh process.
+now (``uint16``, caches warmed and the layers built in the worker: ``_napari/_display.py``,
+``nuclei_widget.result_layers``), each in a fresh process.
 
     xvfb-run -a python benchmarks/bench_widget_stalls.py --widget neurons [--repeats 2]
     xvfb-run -a python benchmarks/bench_widget_stalls.py --widget arrival --n 1000 [--repeats 2]
@@ -294,12 +295,14 @@ def arrival_case(n: int, prepared: bool) -> dict:
     viewer.window.add_dock_widget(w)
     app = QApplication.instance()
     labels = many_nuclei(n, shape=tuple(image.data.shape), r=2).astype(np.int32)
-    if prepared:  # what the worker does now, off the main thread
-        labels = compact_labels(labels)
-        warm_labels_display()
     result = {"labels": labels, "details": {"points": np.zeros((n, 3))}, "thresholds": (0.5, 0.4),
               "model": "synthetic", "prob": None, "grid": (1, 1, 1)}
     w._layer_name, w._scale, w._translate = image.name, tuple(image.scale), tuple(image.translate)
+    if prepared:  # what the worker does now, off the main thread
+        result["labels"] = labels = compact_labels(labels)
+        warm_labels_display()
+        if hasattr(nuclei_widget, "result_layers"):  # the layers built in the worker too
+            result["layers"] = nuclei_widget.result_layers(result, w._layer_name, w._scale, w._translate)
     meter = StallMeter()
     gc_pauses = _track_gc()
     _pump(app, 1.5)

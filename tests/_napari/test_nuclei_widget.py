@@ -87,7 +87,8 @@ def test_widget_runs_and_adds_layers(make_napari_viewer, qtbot, crop, tiny_model
     f.show_prob.value = True
     f.device.value = "cpu"
     assert w.run() is not None
-    qtbot.waitUntil(lambda: w.worker is None, timeout=60000)
+    # the layers arrive one event-loop pass each (w.arrival)
+    qtbot.waitUntil(lambda: w.worker is None and not w.arrival.pending, timeout=60000)
     assert errors_shown == [] and w.result is not None
     labels = viewer.layers["nuclei nuclei"]
     assert labels.data.shape == image.shape and tuple(labels.scale) == (2, 1, 1)
@@ -104,7 +105,7 @@ def test_widget_runs_and_adds_layers(make_napari_viewer, qtbot, crop, tiny_model
     # a second run updates the same labels layer
     f.show_surface.value = False
     w.run()
-    qtbot.waitUntil(lambda: w.worker is None, timeout=60000)
+    qtbot.waitUntil(lambda: w.worker is None and not w.arrival.pending, timeout=60000)
     assert [ly.name for ly in viewer.layers].count("nuclei nuclei") == 1
     # Save labels…: the plugin's TIFF writer, voxel size kept; the dialog offers the plugin's formats
     from napari_neuroseg._napari import _save
@@ -203,3 +204,78 @@ def test_bioimageio_package_as_model(make_napari_viewer, tiny_model, tmp_path):
     assert f.prob_thresh.value == 0.6
     m = load_model(w.model_spec(), device="cpu")
     assert m.thresholds.prob == 0.6
+
+
+def _synthetic_result(shape=(8, 24, 24)):
+    labels = np.zeros(shape, np.uint16)
+    labels[2:5, 4:9, 4:9] = 1
+    tetra = (np.array([[2, 4, 4], [2, 8, 4], [2, 4, 8], [5, 6, 6]], np.float32),
+             np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]]), np.ones(4, np.float32))
+    return {"labels": labels, "details": {"points": np.zeros((1, 3))}, "thresholds": (0.5, 0.4),
+            "model": "synthetic", "grid": (1, 2, 2), "surface": tetra,
+            "prob": np.full((shape[0], shape[1] // 2, shape[2] // 2), 0.5, np.float32)}
+
+
+def _dock_with_result_pending(viewer, name="img"):
+    w = NucleiWidget(viewer)
+    viewer.window.add_dock_widget(w)  # the dock finds the canvas in its window
+    w._layer_name, w._scale, w._translate = name, (2.0, 1.0, 1.0), (0.0, 0.0, 0.0)
+    w._on_result(_synthetic_result())
+    return w
+
+
+def test_result_layers_arrive_one_event_loop_pass_each(make_napari_viewer, qtbot):
+    """The labels are added at once, the polyhedra and the probability map each in a later
+    event-loop pass (a 1 ms timer after the previous insert's redraw), so napari's inserts and
+    redraws never add up to one stall; the layers were built off the main thread; the last added
+    layer is the active one, as before."""
+    from qtpy.QtCore import QCoreApplication
+    from qtpy.QtOpenGLWidgets import QOpenGLWidget
+
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((8, 24, 24), np.float32), name="img", scale=(2, 1, 1))
+    w = _dock_with_result_pending(viewer)
+    canvases = w.window().findChildren(QOpenGLWidget)
+    assert canvases and not any(c.updatesEnabled() for c in canvases)  # no redraw in this pass
+    labels = viewer.layers["img nuclei"]
+    assert w.result_layer is labels and tuple(labels.scale) == (2, 1, 1) and "1 nuclei" in w.status.text()
+    QCoreApplication.sendPostedEvents()  # a posted call would run in the same stall: none
+    assert "img polyhedra" not in viewer.layers and w.arrival.pending
+    qtbot.waitUntil(lambda: "img polyhedra" in viewer.layers, timeout=3000)
+    assert "img probability" not in viewer.layers or not w.arrival.pending
+    qtbot.waitUntil(lambda: not w.arrival.pending and all(c.updatesEnabled() for c in canvases), timeout=3000)
+    assert [ly.name for ly in viewer.layers] == ["img", "img nuclei", "img polyhedra", "img probability"]
+    assert tuple(viewer.layers["img probability"].scale) == (2, 2, 2)
+    assert viewer.layers.selection.active is viewer.layers["img probability"]
+    # painting overlays: no visual until their mode is picked
+    assert not labels._overlays["polygon"].visible
+    labels.mode = "polygon"
+    assert labels._overlays["polygon"].visible
+
+
+def test_pending_result_layers_are_added_when_a_run_starts_or_the_dock_closes(
+        make_napari_viewer, qtbot, tiny_model, monkeypatch):
+    """A new run (here of another image) or closing the dock between the passes adds the waiting
+    layers at once, under the earlier run's names; no pass of the old result runs later."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((8, 24, 24), np.float32), name="img")
+    viewer.add_image(np.zeros((8, 24, 24), np.float32), name="other")
+    w = _dock_with_result_pending(viewer)
+    assert "img polyhedra" not in viewer.layers
+    w.form.image.value = viewer.layers["other"]
+    w.form.model.value = FOLDER
+    w.form.model_path.value = tiny_model
+    started = []
+    monkeypatch.setattr(w.controls, "start", lambda *a, **kw: started.append(kw) or object())
+    assert w.run() is not None and started and started[0]["display"]["name"] == "other"
+    assert not w.arrival.pending
+    names = [ly.name for ly in viewer.layers]
+    assert names[2:] == ["img nuclei", "img polyhedra", "img probability"]
+    qtbot.wait(100)
+    assert [ly.name for ly in viewer.layers] == names  # nothing added twice, nothing under "other"
+    # the dock closes between the passes: the layers are added too
+    w2 = _dock_with_result_pending(viewer, name="other")
+    assert "other polyhedra" not in viewer.layers
+    w2.teardown()
+    assert not w2.arrival.pending
+    assert {"other nuclei", "other polyhedra", "other probability"} <= {ly.name for ly in viewer.layers}

@@ -10,18 +10,27 @@ What napari does in the main thread when a Labels layer is added, and what is do
   the worker), so napari skips the remap altogether;
 - the first Labels layer of a session builds vispy's dash-pattern table (13 patterns of 1024
   steps in a Python loop, ``lru_cache``-d, pure numpy: ~0.2 s) for its polygon overlay.
-  :func:`warm_labels_display` fills that cache in the worker.
+  :func:`warm_labels_display` fills that cache in the worker;
+- adding a Labels layer builds vispy visuals for its polygon and brush overlays (tens of ms each):
+  :func:`hide_painting_overlays` (worker) and :func:`show_overlays_on_mode` (main thread) create
+  them only when the user picks their mode.
 
-Nothing here touches Qt or a layer.
+Main thread, when a result arrives (:class:`StagedDisplay`, :func:`repaint_after_next_pass`): each
+heavy step (napari's insert of one layer, the canvas redraw after it) runs in an event-loop pass
+of its own, so input and timers are handled between them. The layers are built in the worker.
 """
 
 from __future__ import annotations
 
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 
-__all__ = ["compact_labels", "warm_labels_display"]
+__all__ = ["StagedDisplay", "compact_labels", "hide_painting_overlays", "repaint_after_next_pass",
+           "show_overlays_on_mode", "warm_labels_display"]
 
 #: the largest id napari shows without a per-slice remap (16-bit labels)
 U16_MAX = int(np.iinfo(np.uint16).max)
@@ -52,3 +61,102 @@ def warm_labels_display() -> None:
     except ImportError:  # pragma: no cover - another vispy: napari builds it as before
         return
     DashAtlas()  # its patterns come from an lru_cache shared by every later atlas
+
+
+#: a Labels layer's overlays napari builds vispy visuals for when the layer is added (tens of ms
+#: each, in the main thread), and the mode that needs each
+LAZY_OVERLAYS = {"polygon": "polygon", "brush_stroke": "paint"}
+
+
+def hide_painting_overlays(layer: Any) -> Any:
+    """Off the main thread, before the insert: hide ``layer``'s painting overlays so that napari
+    builds no visual for them until :func:`show_overlays_on_mode` shows one. Returns ``layer``."""
+    for key in LAZY_OVERLAYS:
+        overlay = getattr(layer, "_overlays", {}).get(key)
+        if overlay is not None:
+            overlay.visible = False
+    return layer
+
+
+def show_overlays_on_mode(layer: Any) -> None:
+    """Main thread, once the layer is in the viewer: show a painting overlay hidden by
+    :func:`hide_painting_overlays` when the user picks its mode (napari then builds its visual)."""
+    def on_mode(*_: Any) -> None:
+        mode = str(layer.mode)
+        for key, needs in LAZY_OVERLAYS.items():
+            overlay = getattr(layer, "_overlays", {}).get(key)
+            if overlay is not None and mode == needs and not overlay.visible:
+                overlay.visible = True
+
+    layer.events.mode.connect(on_mode)
+    on_mode()  # a mode picked before the insert
+
+
+@contextmanager
+def repaint_after_next_pass(widget: Any, then: Callable[[], None] | None = None) -> Iterator[None]:
+    """Main thread: the canvas (the OpenGL widgets of ``widget``'s window) is not repainted inside
+    the block but one event-loop pass later (a 1 ms timer: a 0 ms one is a posted call, handled
+    ahead of the timers, so the redraw would follow the block in the same stall), so a layer
+    change and its redraw (a 3D redraw under software OpenGL takes a few hundred ms) are two
+    stalls with input and timers handled between them. ``then`` runs in a later pass still (a
+    1 ms timer started after the release). Holds nothing for a widget outside a viewer's window."""
+    from qtpy.QtCore import QTimer
+    from qtpy.QtOpenGLWidgets import QOpenGLWidget
+
+    held = [w for w in widget.window().findChildren(QOpenGLWidget) if w.updatesEnabled()]
+    for w in held:
+        w.setUpdatesEnabled(False)
+    try:
+        yield
+    finally:
+        def release() -> None:
+            for w in held:
+                try:
+                    w.setUpdatesEnabled(True)  # repaints
+                except RuntimeError:  # the viewer was closed meanwhile
+                    pass
+            if then is not None:
+                QTimer.singleShot(1, then)
+
+        if held:
+            QTimer.singleShot(1, release)
+        elif then is not None:
+            QTimer.singleShot(1, then)
+
+
+class StagedDisplay:
+    """Main thread: a result's display steps (each one napari insert or data swap) run one per
+    event-loop pass, each with the canvas held and repainted in the pass after it
+    (:func:`repaint_after_next_pass`), so napari's inserts and the redraws never add up to one
+    stall. :meth:`flush` runs the steps still waiting at once (a new run starts, the dock
+    closes): nothing of a result is lost, and no step of an old result runs after a new one's."""
+
+    def __init__(self, widget: Any) -> None:
+        self._widget = widget
+        self._steps: deque[Callable[[], None]] = deque()
+        self._chain = 0  # the timers of a flushed chain find a newer number and stop
+
+    @property
+    def pending(self) -> bool:
+        """Whether steps are still waiting for their pass."""
+        return bool(self._steps)
+
+    def start(self, steps: Iterable[Callable[[], None]]) -> None:
+        """Run the first step now, each next one in a later pass (earlier steps flushed first)."""
+        self.flush()
+        self._steps.extend(steps)
+        self._next(self._chain)
+
+    def flush(self) -> None:
+        """Run every waiting step now, in order."""
+        self._chain += 1
+        while self._steps:
+            self._steps.popleft()()
+
+    def _next(self, chain: int) -> None:
+        if chain != self._chain or not self._steps:
+            return
+        step = self._steps.popleft()
+        then = (lambda: self._next(chain)) if self._steps else None
+        with repaint_after_next_pass(self._widget, then):
+            step()

@@ -49,6 +49,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_neuroseg._napari._display import (
+    hide_painting_overlays,
+    repaint_after_next_pass,
+    show_overlays_on_mode,
+)
 from napari_neuroseg._napari._dock import CollapsibleSection, DockLifecycleMixin, fit_controls, scrollable
 from napari_neuroseg._napari._forms import (
     LAYER_EVENTS,
@@ -225,11 +230,6 @@ def build_error_layer(result: dict[str, Any], instances: dict[str, Any]) -> dict
     return {"data": out, "features": features, "colormap": cmap, "items": items}
 
 
-#: the Labels layer's overlays napari builds vispy visuals for when the layer is added (tens of ms
-#: each, in the main thread); the error layer shows them only once its mode needs them
-LAZY_OVERLAYS = {"polygon": "polygon", "brush_stroke": "paint"}
-
-
 def make_error_layer(built: dict[str, Any], scale: Any = None, translate: Any = None) -> Any:
     """The napari ``Labels`` layer of :func:`build_error_layer`'s data, made off the main thread
     (a layer is a model without Qt until it is added to a viewer): colormap, outlines, scale and
@@ -245,24 +245,7 @@ def make_error_layer(built: dict[str, Any], scale: Any = None, translate: Any = 
     layer = Labels(built["data"], name=ERRORS_LAYER, opacity=1.0, colormap=built["colormap"],
                    metadata={"neuroseg_error_kind": "all"}, **kw)
     layer.contour = ERROR_CONTOUR_PX  # outlines: never mistaken for a label's colour
-    for key in LAZY_OVERLAYS:
-        overlay = getattr(layer, "_overlays", {}).get(key)
-        if overlay is not None:
-            overlay.visible = False
-    return layer
-
-
-def show_overlays_on_mode(layer: Any) -> None:
-    """Main thread, once the layer is in the viewer: show a painting overlay hidden by
-    :func:`make_error_layer` when the user picks its mode (napari then builds its visual)."""
-    def on_mode(*_: Any) -> None:
-        mode = str(layer.mode)
-        for key, needs in LAZY_OVERLAYS.items():
-            overlay = getattr(layer, "_overlays", {}).get(key)
-            if overlay is not None and mode == needs and not overlay.visible:
-                overlay.visible = True
-
-    layer.events.mode.connect(on_mode)
+    return hide_painting_overlays(layer)
 
 
 @contextmanager
@@ -272,32 +255,6 @@ def _no_3d_contour_warning() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Contours are not displayed", category=UserWarning)
         yield
-
-
-@contextmanager
-def _repaint_after_next_pass(dock: QWidget) -> Iterator[None]:
-    """Main thread: the canvas (the OpenGL widgets of the dock's window) is not repainted inside
-    the block but one event-loop pass later (a 1 ms timer), so the layer change and its redraw (a
-    3D redraw under software OpenGL takes a few hundred ms) are two stalls with input and timers
-    handled between them, not one. Does nothing for a dock outside a viewer's window."""
-    from qtpy.QtCore import QTimer
-    from qtpy.QtOpenGLWidgets import QOpenGLWidget
-
-    held = [w for w in dock.window().findChildren(QOpenGLWidget) if w.updatesEnabled()]
-    for w in held:
-        w.setUpdatesEnabled(False)
-    try:
-        yield
-    finally:
-        def release() -> None:
-            for w in held:
-                try:
-                    w.setUpdatesEnabled(True)  # repaints
-                except RuntimeError:  # the viewer was closed meanwhile
-                    pass
-
-        if held:
-            QTimer.singleShot(1, release)  # a timer (0 ms would be a posted call, ahead of timers)
 
 
 def evaluate_layers_iter(gt: Any, pred: Any, partly: bool, *, dim_ids: list[int] | None = None,
@@ -691,14 +648,14 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                     layer.scale = self._scale
                 if self._translate is not None and not np.array_equal(layer.translate, self._translate):
                     layer.translate = self._translate
-                with _no_3d_contour_warning(), _repaint_after_next_pass(self):
+                with _no_3d_contour_warning(), repaint_after_next_pass(self):
                     layer.data = built["data"]
             else:
                 if layer is not None:
                     self.viewer.layers.remove(layer)
                 layer = built.get("layer") or make_error_layer(built, self._scale, self._translate)
                 # one insert of the layer built in the worker (napari makes it the active layer)
-                with _no_3d_contour_warning(), _repaint_after_next_pass(self):
+                with _no_3d_contour_warning(), repaint_after_next_pass(self):
                     self.viewer.layers.append(layer)
                     layer.features = built["features"]  # after: see make_error_layer
                 show_overlays_on_mode(layer)

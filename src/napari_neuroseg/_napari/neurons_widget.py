@@ -26,6 +26,7 @@ from magicgui.widgets import (
 )
 from qtpy.QtWidgets import QWidget
 
+from napari_neuroseg._napari._display import StagedDisplay, show_overlays_on_mode
 from napari_neuroseg._napari._dock import DockLifecycleMixin
 from napari_neuroseg._napari._forms import (
     LAYER_EVENTS,
@@ -80,6 +81,23 @@ def neurons_job(channels: list[Any], model: str | None, device: str, params: dic
     return dataclasses.replace(res, labels=compact_labels(res.labels))
 
 
+def neurons_display_job(*args: Any, display: dict) -> Any:
+    """Worker job: :func:`neurons_job`, then the result's napari Labels layer built here, off the
+    main thread (``display``: ``{"name", "scale", "translate"}``; its painting overlays made when
+    their mode is picked). Returns ``(result, layer)``."""
+    from napari.layers import Labels
+
+    from napari_neuroseg._napari._display import hide_painting_overlays
+
+    res = yield from neurons_job(*args)
+    return res, hide_painting_overlays(Labels(res.labels, metadata=result_metadata(res), **display))
+
+
+def result_metadata(res: Any) -> dict:
+    """The result layer's metadata: the model and post-processing values of the run."""
+    return {"neuroseg": {"model": res.info.get("model"), "params": res.params.to_dict()}}
+
+
 def stored_model_params(path: str | Path | None):
     """The post-processing values stored with a neuron model (a ``.pt`` file or a BioImage.IO
     package of this project; the shipped model for None), read without running any code."""
@@ -127,6 +145,7 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.viewer = napari_viewer
         self.result: Any = None
         self.result_layer: Any = None
+        self.arrival = StagedDisplay(self)  # the result's layer, then its redraw in the next pass
         raw = layer_choice(napari_viewer, name="raw", label="Raw (CZYX) or channel 1", accept=_is_raw_image,
                            tooltip="One 3-channel (C, Z, Y, X) image layer, or the first of three single-channel "
                                    "(Z, Y, X) layers; its scale fills the voxel size")
@@ -202,6 +221,7 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
     def on_dock_closed(self) -> None:
         self.cancel()  # a closed dock's job stops at its next step
+        self.arrival.flush()  # a result's layer still waiting for its pass is added now
 
     # ---------------------------------------------------------------- model
     def _refresh_models(self, *_: Any) -> None:
@@ -312,31 +332,39 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         except NeurosegError as err:
             self.status.setText(f"Error: {err}")
             return
+        self.arrival.flush()  # the last result's layer still waiting for its pass
         self.result = None
         source = self.form.raw.value
         self._source_name = source.name
         self._scale = tuple(source.scale[-3:])
         self._translate = tuple(source.translate[-3:])
+        display = {"name": f"{self._source_name.split(' [')[0]} neurons", "scale": self._scale,
+                   "translate": self._translate}
         self.controls.start(
-            neurons_job, channels, model, self.form.device.value, self.params(), voxel_size, object_size,
-            on_return=self._on_result, desc="Neurons (FISBe)",
+            neurons_display_job, channels, model, self.form.device.value, self.params(), voxel_size, object_size,
+            display=display, on_return=self._on_result, desc="Neurons (FISBe)",
         )
 
-    def _on_result(self, res: Any) -> None:
+    def _on_result(self, value: tuple[Any, Any]) -> None:
+        """Show the result: the Labels layer built in the worker added (or an earlier run's layer
+        given the new data) in this pass, its redraw in the next (:class:`StagedDisplay`)."""
+        res, layer = value
         self.result = res
-        name = f"{self._source_name.split(' [')[0]} neurons"
-        meta = {"neuroseg": {"model": res.info.get("model"), "params": res.params.to_dict()}}
-        if name in self.viewer.layers and self.viewer.layers[name].__class__.__name__ == "Labels":
-            layer = self.viewer.layers[name]
-            layer.data = res.labels
-            layer.scale, layer.translate = self._scale, self._translate
-        else:
-            layer = self.viewer.add_labels(res.labels, name=name, scale=self._scale, translate=self._translate,
-                                           metadata=meta)
-        self.result_layer = layer
         self.save_button.setEnabled(True)
         plan = (res.info.get("scale_plan") or {}).get("text")
         self.status.setText(f"Done: {res.n_instances} neurons." + (f" {plan}" if plan else ""))
+        self.arrival.start([lambda: self._show_labels(res.labels, layer)])
+
+    def _show_labels(self, labels: Any, layer: Any) -> None:
+        old = self.viewer.layers[layer.name] if layer.name in self.viewer.layers else None
+        if old is not None and old.__class__.__name__ == "Labels":
+            old.data = labels
+            old.scale, old.translate = layer.scale, layer.translate
+            layer = old
+        else:
+            self.viewer.layers.append(layer)  # napari makes it the active layer, as add_labels did
+            show_overlays_on_mode(layer)
+        self.result_layer = layer
 
     # ---------------------------------------------------------------- saving
     def save(self) -> str | None:

@@ -26,6 +26,7 @@ from magicgui.widgets import (
 )
 from qtpy.QtWidgets import QWidget
 
+from napari_neuroseg._napari._display import StagedDisplay, show_overlays_on_mode
 from napari_neuroseg._napari._dock import DockLifecycleMixin
 from napari_neuroseg._napari._forms import (
     LAYER_EVENTS,
@@ -48,7 +49,8 @@ from napari_neuroseg.runtime.progress import Progress
 if TYPE_CHECKING:
     import napari
 
-__all__ = ["NucleiWidget", "polyhedra_surface", "save_result_layer", "segment_nuclei_iter", "voxel_size_text"]
+__all__ = ["NucleiWidget", "polyhedra_surface", "result_layers", "save_result_layer", "segment_nuclei_iter",
+           "voxel_size_text"]
 
 FOLDER = "Model folder…"
 FILE = "Model file (.pt, .zip, rdf.yaml)…"
@@ -69,6 +71,7 @@ def segment_nuclei_iter(
     voxel_size: tuple[float, float, float] | None = None,
     object_size: str | None = None,
     with_surface: bool = False,
+    display: dict | None = None,
 ) -> Generator[Progress, None, dict]:
     """Load ``model`` (bundled name, folder or ``.pt``; cached) and segment ``image``.
 
@@ -77,7 +80,9 @@ def segment_nuclei_iter(
     :func:`polyhedra_surface` (or None).
     The result is made ready for napari here, off the main thread: ``labels`` is ``uint16``
     when the ids fit (:func:`~napari_neuroseg._napari._display.compact_labels`), and the
-    polyhedra (``with_surface``) are built."""
+    polyhedra (``with_surface``) are built; with ``display`` (``{"name", "scale", "translate"}`` of
+    the image layer), ``"layers"`` holds the napari layers to add, built here
+    (:func:`result_layers`)."""
     from napari_neuroseg._napari._display import compact_labels, warm_labels_display
     from napari_neuroseg.models.stardist3d import load_model
 
@@ -107,7 +112,33 @@ def segment_nuclei_iter(
     }
     if with_surface:
         res["surface"] = polyhedra_surface(details)  # None when there is no object
+    if display is not None:
+        res["layers"] = result_layers(res, **display)
     return res
+
+
+def result_layers(res: dict, name: str, scale: tuple, translate: tuple) -> dict[str, Any]:
+    """The napari layers of a result, made off the main thread (a layer is a model without Qt
+    until it is added to a viewer), so that adding each is one step: ``"labels"`` (its painting
+    overlays made when their mode is picked: :func:`~napari_neuroseg._napari._display.hide_painting_overlays`),
+    ``"surface"`` (the polyhedra, when built and not empty) and ``"prob"`` (the probability map at
+    the model's grid), each None when the result has none."""
+    from napari.layers import Image, Labels, Surface
+
+    from napari_neuroseg._napari._display import hide_painting_overlays
+
+    out: dict[str, Any] = {"labels": hide_painting_overlays(Labels(
+        res["labels"], name=f"{name} nuclei", scale=scale, translate=translate)), "surface": None, "prob": None}
+    if res.get("surface") is not None:
+        out["surface"] = Surface(res["surface"], name=f"{name} polyhedra", scale=scale, translate=translate,
+                                 colormap="turbo", opacity=0.6, shading="smooth")
+    if res.get("prob") is not None:
+        g = res["grid"]
+        f = res["details"].get("resample_factors") or (1.0, 1.0, 1.0)  # at the model's scale
+        out["prob"] = Image(res["prob"], name=f"{name} probability", colormap="magma", blending="additive",
+                            scale=tuple(s * gi / fi for s, gi, fi in zip(scale, g, f)), translate=translate,
+                            contrast_limits=(0.0, 1.0), visible=True)
+    return out
 
 
 def polyhedra_surface(details: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
@@ -194,6 +225,7 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.viewer = napari_viewer
         self.result: dict | None = None
         self.result_layer: Any = None
+        self.arrival = StagedDisplay(self)  # a result's layers, one event-loop pass each
         self._bundled = bundled_models()
 
         image = layer_choice(
@@ -286,6 +318,7 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
     def on_dock_closed(self) -> None:
         self.cancel()  # a closed dock's job stops at its next step
+        self.arrival.flush()  # a result's layers still waiting for their pass are added now
 
     @staticmethod
     def _start_warmup() -> None:
@@ -401,48 +434,47 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             notify_error(err)
             self.status.setText(str(err))
             return None
+        self.arrival.flush()  # the last result's layers still waiting for their pass
         self.result = None
         self._layer_name = layer.name
         self._scale = tuple(layer.scale[-3:])
         self._translate = tuple(layer.translate[-3:])
+        display = {"name": self._layer_name, "scale": self._scale, "translate": self._translate}
         return self.controls.start(
             segment_nuclei_iter, layer.data, desc="Nuclei (StarDist-3D)",
-            on_yield=self._on_progress, on_return=self._on_result, **params,
+            on_yield=self._on_progress, on_return=self._on_result, display=display, **params,
         )
 
     def _on_progress(self, p: Any) -> None:
         """Per-step hook (the status line and bar are kept by ``self.controls``)."""
 
     def _on_result(self, result: dict) -> None:
+        """Show the result: its labels now, the polyhedra and the probability map each in a later
+        event-loop pass, each insert's redraw in the pass after it (:class:`StagedDisplay`); the
+        layers were built in the worker. The names and transform are this run's (taken now)."""
         self.result = result
-        name = f"{self._layer_name} nuclei"
-        labels = result["labels"]
-        if name in self.viewer.layers and self.viewer.layers[name].__class__.__name__ == "Labels":
-            layer = self.viewer.layers[name]
-            layer.data = labels
-            layer.scale, layer.translate = self._scale, self._translate
-        else:
-            layer = self.viewer.add_labels(labels, name=name, scale=self._scale, translate=self._translate)
-        self.result_layer = layer
         self.save_button.setEnabled(True)
-        if "surface" in result:  # built in the worker (the box was ticked at Run)
-            surf = result["surface"]
-            sname = f"{self._layer_name} polyhedra"
-            if sname in self.viewer.layers:
-                self.viewer.layers.remove(sname)
-            if surf is not None:
-                self.viewer.add_surface(surf, name=sname, scale=self._scale, translate=self._translate,
-                                        colormap="turbo", opacity=0.6, shading="smooth")
-        if result.get("prob") is not None:
-            pname = f"{self._layer_name} probability"
-            if pname in self.viewer.layers:
-                self.viewer.layers.remove(pname)
-            g = result["grid"]
-            f = result["details"].get("resample_factors") or (1.0, 1.0, 1.0)  # at the model's scale
-            self.viewer.add_image(result["prob"], name=pname, colormap="magma", blending="additive",
-                                  scale=tuple(s * gi / fi for s, gi, fi in zip(self._scale, g, f)), translate=self._translate,
-                                  contrast_limits=(0.0, 1.0), visible=True)
         self.status.setText(self._summary(result))
+        name, scale, translate = self._layer_name, self._scale, self._translate
+        built = result.get("layers") or result_layers(result, name, scale, translate)
+        steps = [lambda: self._show_labels(result["labels"], built["labels"], scale, translate)]
+        if "surface" in result:  # built in the worker (the box was ticked at Run)
+            steps.append(lambda: _replace_layer(self.viewer, f"{name} polyhedra", built["surface"]))
+        if result.get("prob") is not None:
+            steps.append(lambda: _replace_layer(self.viewer, f"{name} probability", built["prob"]))
+        self.arrival.start(steps)
+
+    def _show_labels(self, labels: Any, layer: Any, scale: tuple, translate: tuple) -> None:
+        """Update the result's Labels layer of an earlier run (one data swap), or add ``layer``."""
+        old = self.viewer.layers[layer.name] if layer.name in self.viewer.layers else None
+        if old is not None and old.__class__.__name__ == "Labels":
+            old.data = labels
+            old.scale, old.translate = scale, translate
+            layer = old
+        else:
+            self.viewer.layers.append(layer)  # napari makes it the active layer, as add_labels did
+            show_overlays_on_mode(layer)
+        self.result_layer = layer
 
     # ------------------------------------------------------------------ saving
     def save(self) -> str | None:
@@ -456,6 +488,14 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         p, q = result["thresholds"]
         scale = f"; {result['scale']}" if result.get("scale") else ""
         return f"{n} nuclei (model {result['model']}, prob {p:.3f}, nms {q:.3f}){scale}"
+
+
+def _replace_layer(viewer: Any, name: str, layer: Any) -> None:
+    """Remove the layer called ``name`` (an earlier run's) and add ``layer`` (if not None)."""
+    if name in viewer.layers:
+        viewer.layers.remove(name)
+    if layer is not None:
+        viewer.layers.append(layer)
 
 
 def voxel_size_text(layer: Any) -> str:
