@@ -52,6 +52,10 @@ def test_three_channel_layers_segment_into_labels(make_napari_viewer, qtbot, tin
     assert layer.data.shape == volume.raw.shape[1:] and layer.data.dtype == np.uint16
     np.testing.assert_array_equal(layer.data, w.result.labels)
     assert w.status.text().startswith("Done")
+    # the layer was built in the worker (neurons_display_job): run's metadata, no painting-overlay
+    # visual until its mode is picked, the active layer as add_labels made it
+    assert layer is w.result_layer and layer.metadata["neuroseg"]["params"] == w.result.params.to_dict()
+    assert viewer.layers.selection.active is layer and not layer._overlays["polygon"].visible
     # a second run replaces the layer's data instead of adding another layer
     w.run()
     _wait(w, qtbot)

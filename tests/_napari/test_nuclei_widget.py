@@ -279,3 +279,15 @@ def test_pending_result_layers_are_added_when_a_run_starts_or_the_dock_closes(
     w2.teardown()
     assert not w2.arrival.pending
     assert {"other nuclei", "other polyhedra", "other probability"} <= {ly.name for ly in viewer.layers}
+
+
+def test_pending_result_layers_after_the_viewer_closed_raise_nothing(make_napari_viewer, qtbot):
+    """The viewer closed (with its dock) between the passes: the waiting steps are dropped, no
+    timer touches the deleted dock."""
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((8, 24, 24), np.float32), name="img")
+    w = _dock_with_result_pending(viewer)
+    assert w.arrival.pending
+    viewer.close()
+    qtbot.wait(200)  # an exception in a timer fails the test (pytest-qt)
+    assert not w.arrival.pending

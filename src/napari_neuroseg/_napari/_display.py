@@ -156,6 +156,11 @@ class StagedDisplay:
     def _next(self, chain: int) -> None:
         if chain != self._chain or not self._steps:
             return
+        try:
+            self._widget.window()
+        except RuntimeError:  # the viewer was closed with the dock: no window to show them in
+            self._steps.clear()
+            return
         step = self._steps.popleft()
         then = (lambda: self._next(chain)) if self._steps else None
         with repaint_after_next_pass(self._widget, then):
