@@ -356,7 +356,7 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.arrival.start([lambda: self._show_labels(res.labels, layer)])
 
     def _show_labels(self, labels: Any, layer: Any) -> None:
-        old = self.viewer.layers[layer.name] if layer.name in self.viewer.layers else None
+        old = next((ly for ly in self.viewer.layers if ly.name == layer.name), None)
         if old is not None and old.__class__.__name__ == "Labels":
             old.data = labels
             old.scale, old.translate = layer.scale, layer.translate

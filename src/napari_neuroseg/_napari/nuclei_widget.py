@@ -466,7 +466,7 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
     def _show_labels(self, labels: Any, layer: Any, scale: tuple, translate: tuple) -> None:
         """Update the result's Labels layer of an earlier run (one data swap), or add ``layer``."""
-        old = self.viewer.layers[layer.name] if layer.name in self.viewer.layers else None
+        old = next((ly for ly in self.viewer.layers if ly.name == layer.name), None)
         if old is not None and old.__class__.__name__ == "Labels":
             old.data = labels
             old.scale, old.translate = scale, translate
