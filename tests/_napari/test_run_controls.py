@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
@@ -148,3 +149,21 @@ def test_tooltips_of_the_buttons_and_the_bar(qtbot):
     bare = RunControls("Go", cancel_tip="stop it")  # no bar: its tip is not needed
     qtbot.addWidget(bare)
     assert bare.progress is None and bare.run_button.toolTip() == "" and bare.cancel_button.toolTip() == "stop it"
+
+
+def test_late_progress_after_an_error_keeps_the_error(controls, qtbot, errors_shown):
+    """A progress signal delivered after the error (queued or throttled behind it) must not
+    replace the error message in the status line (seen under load: the Fine-tune dock showed
+    '[0/1] loading the base model …' instead of its error)."""
+    c = controls
+    worker = c.start(failing, ValueError("bad"))
+    qtbot.waitUntil(lambda: idle(c), timeout=10000)
+    assert c.status.text() == "Error: ValueError: bad"
+    @dataclasses.dataclass(frozen=True)
+    class PhaseProgress(Progress):  # carries data (as the fine-tune job's phase items): never rate-limited away
+        record: str | None = None
+
+    late = PhaseProgress(1, 2, "late step", record="loading")
+    worker.yielded.emit(late)
+    qtbot.wait(50)
+    assert c.status.text() == "Error: ValueError: bad"

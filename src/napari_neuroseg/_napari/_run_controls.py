@@ -21,7 +21,14 @@ from __future__ import annotations
 from collections.abc import Callable, Generator
 from typing import Any
 
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
 
 from napari_neuroseg._napari._notify import error_message
 from napari_neuroseg._napari._workers import as_progress, start_worker
@@ -155,8 +162,9 @@ class RunControls(QWidget):
 
         def _yielded(item: Any) -> None:
             prog = as_progress(item)
-            # no status/bar update after Cancel or once the result is in (late queued signals)
-            if prog is not None and not (self.cancelling or self.returned):
+            # no status/bar update after Cancel, once the result is in or after an error (late queued
+            # or throttled progress signals would hide the result or the error message)
+            if prog is not None and not (self.cancelling or self.returned or self.last_error is not None):
                 self._set_bar(prog.step, prog.total)
                 if self.progress_text is not None:
                     self.status.setText(self.progress_text(prog))
