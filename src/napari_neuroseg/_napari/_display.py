@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["StagedDisplay", "compact_labels", "hide_painting_overlays", "repaint_after_next_pass",
-           "show_overlays_on_mode", "warm_labels_display"]
+           "show_labels_layer", "show_overlays_on_mode", "warm_labels_display"]
 
 #: the largest id napari shows without a per-slice remap (16-bit labels)
 U16_MAX = int(np.iinfo(np.uint16).max)
@@ -90,6 +90,22 @@ def show_overlays_on_mode(layer: Any) -> None:
 
     layer.events.mode.connect(on_mode)
     on_mode()  # a mode picked before the insert
+
+
+def show_labels_layer(viewer: Any, layer: Any, labels: Any) -> Any:
+    """Main thread: a dock's result Labels layer ``layer`` (built in the worker) shown in
+    ``viewer``. An earlier run's Labels layer of the same name gets ``labels`` and ``layer``'s
+    transform instead (one data swap); otherwise ``layer`` is added (napari makes it the active
+    layer, as ``add_labels`` did) with its painting overlays made when their mode is picked.
+    Returns the layer shown."""
+    old = next((ly for ly in viewer.layers if ly.name == layer.name), None)
+    if old is not None and old.__class__.__name__ == "Labels":
+        old.data = labels
+        old.scale, old.translate = layer.scale, layer.translate
+        return old
+    viewer.layers.append(layer)
+    show_overlays_on_mode(layer)
+    return layer
 
 
 @contextmanager

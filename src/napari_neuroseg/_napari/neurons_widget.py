@@ -26,7 +26,7 @@ from magicgui.widgets import (
 )
 from qtpy.QtWidgets import QWidget
 
-from napari_neuroseg._napari._display import StagedDisplay, show_overlays_on_mode
+from napari_neuroseg._napari._display import StagedDisplay, show_labels_layer
 from napari_neuroseg._napari._dock import DockLifecycleMixin
 from napari_neuroseg._napari._forms import (
     LAYER_EVENTS,
@@ -356,15 +356,7 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.arrival.start([lambda: self._show_labels(res.labels, layer)])
 
     def _show_labels(self, labels: Any, layer: Any) -> None:
-        old = next((ly for ly in self.viewer.layers if ly.name == layer.name), None)
-        if old is not None and old.__class__.__name__ == "Labels":
-            old.data = labels
-            old.scale, old.translate = layer.scale, layer.translate
-            layer = old
-        else:
-            self.viewer.layers.append(layer)  # napari makes it the active layer, as add_labels did
-            show_overlays_on_mode(layer)
-        self.result_layer = layer
+        self.result_layer = show_labels_layer(self.viewer, layer, labels)
 
     # ---------------------------------------------------------------- saving
     def save(self) -> str | None:

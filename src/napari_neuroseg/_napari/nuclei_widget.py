@@ -26,7 +26,7 @@ from magicgui.widgets import (
 )
 from qtpy.QtWidgets import QWidget
 
-from napari_neuroseg._napari._display import StagedDisplay, show_overlays_on_mode
+from napari_neuroseg._napari._display import StagedDisplay, show_labels_layer
 from napari_neuroseg._napari._dock import DockLifecycleMixin
 from napari_neuroseg._napari._forms import (
     LAYER_EVENTS,
@@ -457,24 +457,15 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.status.setText(self._summary(result))
         name, scale, translate = self._layer_name, self._scale, self._translate
         built = result.get("layers") or result_layers(result, name, scale, translate)
-        steps = [lambda: self._show_labels(result["labels"], built["labels"], scale, translate)]
+        steps = [lambda: self._show_labels(result["labels"], built["labels"])]
         if "surface" in result:  # built in the worker (the box was ticked at Run)
             steps.append(lambda: _replace_layer(self.viewer, f"{name} polyhedra", built["surface"]))
         if result.get("prob") is not None:
             steps.append(lambda: _replace_layer(self.viewer, f"{name} probability", built["prob"]))
         self.arrival.start(steps)
 
-    def _show_labels(self, labels: Any, layer: Any, scale: tuple, translate: tuple) -> None:
-        """Update the result's Labels layer of an earlier run (one data swap), or add ``layer``."""
-        old = next((ly for ly in self.viewer.layers if ly.name == layer.name), None)
-        if old is not None and old.__class__.__name__ == "Labels":
-            old.data = labels
-            old.scale, old.translate = scale, translate
-            layer = old
-        else:
-            self.viewer.layers.append(layer)  # napari makes it the active layer, as add_labels did
-            show_overlays_on_mode(layer)
-        self.result_layer = layer
+    def _show_labels(self, labels: Any, layer: Any) -> None:
+        self.result_layer = show_labels_layer(self.viewer, layer, labels)
 
     # ------------------------------------------------------------------ saving
     def save(self) -> str | None:
