@@ -66,10 +66,15 @@ def _picker_names(nuclei) -> list[str]:
 
 
 # issue 13's acceptance test: in the default run (12.6 s in the slow run of session 6; 25-80 s on a loaded machine)
-def test_the_whole_cycle(make_napari_viewer, qtbot, tiny_base):
+def test_the_whole_cycle(make_napari_viewer, qtbot, tiny_base, monkeypatch):
     from napari_neuroseg._napari.finetune_widget import FineTuneWidget
     from napari_neuroseg._napari.nuclei_widget import NucleiWidget
     from napari_neuroseg.models import registry
+    from napari_neuroseg.models.stardist3d import postprocess
+
+    backends: list[str] = []  # the NMS backend of every prediction the job makes (issue 17)
+    check = postprocess.check_nms_backend
+    monkeypatch.setattr(postprocess, "check_nms_backend", lambda nms: backends.append(nms) or check(nms))
 
     viewer = make_napari_viewer()
     img, lab = _add_data(viewer)
@@ -97,6 +102,9 @@ def test_the_whole_cycle(make_napari_viewer, qtbot, tiny_base):
     assert w.last_error is None, w.status.text()
     res = w.result
     assert res is not None and res.steps == 3 and res.name == "ft_test"
+    # scores, live F1 and the trainer's held-out score all used the numba NMS, which releases the
+    # GIL: stardist's C++ NMS holds it for its whole call and froze the viewer 5-72 s a call
+    assert backends and set(backends) == {"neuroseg"}, backends
     assert "base" in w.scores_label.text() and "fine-tuned" in w.scores_label.text()
     assert [s for s, _ in w.plot.loss] == [1, 2, 3] and w.plot.val_loss and w.plot.f1_before is not None
     assert w.plot.paints > 0 or not w.plot.isVisible()

@@ -70,6 +70,11 @@ AUTOSAVE_SECONDS = 60.0
 AUTOSAVE_TICK_MS = 5000
 #: seconds between two plot/progress updates sent by the worker (<= 5 Hz)
 PLOT_INTERVAL = 0.2
+#: the NMS backend of the job's predictions (scores, live F1, held-out score, threshold search):
+#: the numba one, which releases the GIL. stardist's C++ (the CLI's quick backend) holds it for its
+#: whole call, and in the viewer's process the viewer froze with it: 5-72 s per call on the
+#: sample's held-out slab before training (``benchmarks/bench_stalls_finetune.py``)
+JOB_NMS = "neuroseg"
 
 
 def format_eta(seconds: float | None) -> str:
@@ -175,7 +180,9 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                                     running_text="preparing…",
                                     cancelled_text="cancelled: the last checkpoint is kept (Fine-tune resumes from it)",
                                     run_tip="Fine-tune the base model on the corrected labels",
-                                    cancel_tip="Stop at the next training step (the last checkpoint stays)")
+                                    cancel_tip="Stop at the next training step (the last checkpoint stays)",
+                                    progress_tip="Progress of the current phase (loading, training steps, threshold "
+                                                 "search, saving); the time left (ETA) is in the status line below")
         layout.addWidget(self.controls)
         self.plot = CurvePlot()
         layout.addWidget(self.plot)
@@ -401,7 +408,8 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             self._review_queue(a["labels_layer"]), a["voxel_size"], desc="Fine-tune",
             out_dir=session.model_dir, base=a["base"], name=a["name"], max_minutes=a["max_minutes"],
             steps=a["steps"], device=a["device"], ignore_unlabelled=a["ignore_unlabelled"],
-            resume=resume, optimize_thresholds=a["optimize_thresholds"], sources=[f"layer '{a['image_layer'].name}'"],
+            resume=resume, optimize_thresholds=a["optimize_thresholds"], nms=JOB_NMS,
+            sources=[f"layer '{a['image_layer'].name}'"],
             label_sources=[f"layer '{a['labels_layer'].name}'"],
             on_yield=self._on_progress, on_return=self._on_result, on_error=self._on_error,
             on_finished=self._on_finished, progress_interval=PLOT_INTERVAL,

@@ -110,7 +110,12 @@ class FineTuneSettings:
     ``label_sources`` describe the data for the model card (layer names, file paths).
     ``ignore_unlabelled``: train only around the labelled objects. Per task: ``optimize_thresholds``
     and ``live_f1`` (nuclei: search the thresholds on the held-out part; the live held-out F1 of
-    the curve), ``every`` (neurons: validation and checkpoint interval in steps). ``steps``: the
+    the curve), ``nms`` (nuclei: the NMS backend of every prediction the job makes: base and
+    fine-tuned scores, the live F1, the trainer's held-out score, the threshold search; None =
+    ``train.quick_nms_backend()``, stardist's C++ when installed, as ``neuroseg train nuclei``.
+    In a GUI's process pass ``"neuroseg"``: stardist's C++ holds the GIL for its whole call, up to
+    minutes on an untrained network's many candidates, and the viewer freezes with it; the numba
+    NMS releases it), ``every`` (neurons: validation and checkpoint interval in steps). ``steps``: the
     most training steps; None = the task's recipe (nuclei: ``FINETUNE_RECIPE``'s 250, the length
     of its learning-rate schedule, as ``neuroseg train nuclei --init-from``; neurons: 2000)."""
 
@@ -131,6 +136,7 @@ class FineTuneSettings:
     optimize_thresholds: bool = True
     live_f1: bool = True
     every: int = 25
+    nms: str | None = None
 
     @classmethod
     def of(cls, settings: FineTuneSettings | None, options: dict[str, Any], *, base: str) -> FineTuneSettings:
@@ -416,8 +422,8 @@ def _nuclei_data(job: _Job, images, labels, voxel_sizes, base_model):
 def _nuclei_train_settings(st: FineTuneSettings, data, base_model, base_path):
     """The StarDist-3D trainer's settings: the same recipe as ``neuroseg train nuclei
     --init-from`` (``FINETUNE_RECIPE``: learning rate, schedule length, weights kept by the
-    held-out score, early stop; a given ``steps`` wins), the quick NMS backend, no threshold
-    search (the job runs its own, timed)."""
+    held-out score, early stop; a given ``steps`` wins), the NMS backend ``st.nms`` (None: the
+    quick one), no threshold search (the job runs its own, timed)."""
     from dataclasses import replace
 
     from napari_neuroseg.models.stardist3d import train as st_train
@@ -433,7 +439,7 @@ def _nuclei_train_settings(st: FineTuneSettings, data, base_model, base_path):
         seed=int(st.seed), device=st.device, threads=st.threads, init_from=str(base_path),
         model_scale=None if base_model.scale is None else base_model.scale.to_dict(),
     ), steps=None if st.steps is None else int(st.steps))
-    return replace(settings, nms_backend=st_train.quick_nms_backend())
+    return replace(settings, nms_backend=st.nms or st_train.quick_nms_backend())
 
 
 def _nuclei_training(job: _Job, gen, data, th_base, nms_backend: str):
