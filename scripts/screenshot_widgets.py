@@ -278,7 +278,8 @@ def step_batch(d: Driver) -> None:
         if w.table.rowCount():
             d.viewer.open(str(inputs / w.table.item(0, 0).text()), plugin=PLUGIN)  # row 0's input under it
             w.table.selectRow(0)
-            w.open_result(0)
+            w.open_result(0)  # read in a worker thread; the layer is added when ready
+            d.wait_for(lambda: w.opened_layer is not None, "the opened result")
             d.wait(0.5)
             d.shot("batch-3-open-result")
     finally:

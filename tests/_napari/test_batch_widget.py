@@ -20,6 +20,14 @@ def _blobs(seed: int) -> np.ndarray:
     return img
 
 
+def _open(qtbot, w, row: int):
+    """*Open result* on ``row``; the layer it adds once the worker has read the output."""
+    before = w.opened_layer
+    assert w.open_result(row) is not None
+    qtbot.waitUntil(lambda: w.opened_layer is not before and w.opened_layer in w.viewer.layers, timeout=30000)
+    return w.opened_layer
+
+
 @pytest.fixture
 def errors_shown(monkeypatch):
     shown: list[str] = []
@@ -49,7 +57,7 @@ def test_batch_widget_runs_a_folder_and_opens_a_result(make_napari_viewer, qtbot
     assert statuses == ["done", "done", "done", "failed"]
     assert w.result.counts == {"done": 3, "failed": 1}
     row = next(r for r in range(4) if w.table.item(r, 1).text() == "done")
-    layer = w.open_result(row)
+    layer = _open(qtbot, w, row)
     assert layer is not None and layer in viewer.layers
     assert int(np.asarray(layer.data).max()) == 2
     assert errors_shown == []
@@ -69,7 +77,7 @@ def test_batch_widget_layers_input_and_form_errors(make_napari_viewer, qtbot, tm
     assert worker is not None
     qtbot.waitUntil(lambda: w.result is not None and w.run_button.isEnabled(), timeout=30000)
     assert w.table.item(0, 1).text() == "done"
-    layer = w.open_result(0)
+    layer = _open(qtbot, w, 0)
     assert int(np.asarray(layer.data).max()) == 2  # stitched across 8 blocks
     w.form.engine.value = "scheduler"
     n = len(errors_shown)
@@ -119,7 +127,100 @@ def test_batch_result_opens_with_the_voxel_size_of_its_image(make_napari_viewer,
     w.set_param("threshold", 500)
     w.run()
     qtbot.waitUntil(lambda: w.result is not None and w.run_button.isEnabled(), timeout=30000)
-    layer = w.open_result(0)
+    layer = _open(qtbot, w, 0)
     assert layer is not None
     np.testing.assert_allclose(layer.scale, (2.0, 1.0, 1.0))
     assert errors_shown == []
+
+
+def _finished_run(qtbot, viewer, tmp_path, fmt: str = "zarr") -> BatchWidget:
+    d = tmp_path / "in"
+    d.mkdir()
+    tifffile.imwrite(d / "v0.tif", _blobs(0))
+    w = BatchWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.form.inputs.value = str(d)
+    w.form.outdir.value = str(tmp_path / "out")
+    w.set_param("threshold", 500)
+    w.form.format.value = fmt
+    w.run()
+    qtbot.waitUntil(lambda: w.result is not None and w.run_button.isEnabled(), timeout=30000)
+    return w
+
+
+def test_open_result_reads_and_builds_the_layer_in_a_worker(make_napari_viewer, qtbot, tmp_path, errors_shown,
+                                                            monkeypatch):
+    """Open result: the output is read and its layer built off the main thread (in memory,
+    uint16, painting overlays hidden until their mode is picked); the main thread only adds it,
+    its redraw held until the next event-loop pass; the button returns at once."""
+    import threading
+
+    from napari_neuroseg._napari import batch_widget
+
+    viewer = make_napari_viewer()
+    w = _finished_run(qtbot, viewer, tmp_path)
+    built_in: list[str] = []
+    real = batch_widget.output_layer
+
+    def spy(*args):
+        built_in.append(threading.current_thread().name)
+        return real(*args)
+
+    monkeypatch.setattr(batch_widget, "output_layer", spy)
+    holds: list[bool] = []
+    monkeypatch.setattr(batch_widget.StagedDisplay, "start",
+                        lambda self, steps: holds.append(True) or batch_widget.StagedDisplay.flush(self)
+                        or [f() for f in steps])
+    n = len(viewer.layers)
+    assert w.open_result(0) is not None
+    assert len(viewer.layers) == n  # nothing read or added in the click itself
+    assert "opening" in w.status_label.text()
+    qtbot.waitUntil(lambda: w.opened_layer is not None, timeout=30000)
+    layer = w.opened_layer
+    assert built_in and built_in[0] != threading.main_thread().name
+    assert holds == [True]  # added through the staged display (one step, redraw a pass later)
+    assert layer in viewer.layers and layer.name == "v0_threshold"
+    assert isinstance(layer.data, np.ndarray) and layer.data.dtype == np.uint16
+    assert int(layer.data.max()) == 2
+    assert not layer._overlays["polygon"].visible  # made when the polygon tool is picked
+    layer.mode = "polygon"
+    assert layer._overlays["polygon"].visible
+    assert "opened v0_threshold" in w.status_label.text()
+    assert errors_shown == []
+
+
+def test_open_result_redraw_after_the_insert_and_close(make_napari_viewer, qtbot, tmp_path, errors_shown):
+    """The insert runs with the canvas held; the canvas is repainted in a later event-loop pass.
+    A layer still waiting when the dock closes is added at once (nothing asked for is lost)."""
+    from qtpy.QtOpenGLWidgets import QOpenGLWidget
+
+    viewer = make_napari_viewer()
+    w = _finished_run(qtbot, viewer, tmp_path)
+    canvas = [c for c in w.window().findChildren(QOpenGLWidget)]
+    assert canvas
+    seen: list[bool] = []
+    viewer.layers.events.inserted.connect(lambda e: seen.append(all(not c.updatesEnabled() for c in canvas)))
+    layer = _open(qtbot, w, 0)
+    assert seen == [True]  # held during napari's insert
+    qtbot.waitUntil(lambda: all(c.updatesEnabled() for c in canvas), timeout=5000)  # released a pass later
+    assert layer.name == "v0_threshold"
+    # the dock closes while an opened output waits for its pass: it is added at once
+    waiting: list = []
+    w.arrival.start([lambda: None, lambda: waiting.append("added")])
+    assert w.arrival.pending
+    viewer.window.remove_dock_widget(w.parent() if w.parent() is not None else w)
+    assert waiting == ["added"]
+
+
+def test_open_result_of_a_deleted_output_is_an_error_message(make_napari_viewer, qtbot, tmp_path, errors_shown):
+    import shutil
+
+    viewer = make_napari_viewer()
+    w = _finished_run(qtbot, viewer, tmp_path)
+    shutil.rmtree(w.row_record(0)["output"])
+    n = len(viewer.layers)
+    assert w.open_result(0) is not None
+    qtbot.waitUntil(lambda: bool(errors_shown), timeout=30000)
+    assert "cannot open the result" in w.status_label.text()
+    assert len(viewer.layers) == n and w.opened_layer is None
+

@@ -3,7 +3,9 @@
 Collects parameters and calls :func:`napari_neuroseg.batch.run_batch` in a worker thread via
 :class:`~napari_neuroseg._napari._run_controls.RunControls` (Run/Cancel, status, error
 notifications). Results arrive in the main thread and fill the table; a row's output opens in the
-viewer with one click ("Open result" or a double click).
+viewer with one click ("Open result" or a double click): it is read and its Labels layer built in
+a worker thread (:func:`output_layer`), and the main thread only inserts the layer, its redraw
+in the next event-loop pass (:class:`~napari_neuroseg._napari._display.StagedDisplay`).
 
 The form is a :class:`magicgui.widgets.Container` (``dock.form``: ``inputs``, ``use_layers``,
 ``task``, ``params`` — one text field per parameter of the chosen task, rebuilt when the task
@@ -28,10 +30,12 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from napari_neuroseg._napari._display import StagedDisplay, show_overlays_on_mode
 from napari_neuroseg._napari._dock import DockLifecycleMixin, fit_controls, scrollable
 from napari_neuroseg._napari._forms import fit_form, path_edit
-from napari_neuroseg._napari._notify import notify_error
+from napari_neuroseg._napari._notify import error_message, notify_error
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
+from napari_neuroseg._napari._workers import JobRuntimeError
 from napari_neuroseg.batch import get_task, list_tasks, read_output, run_batch
 from napari_neuroseg.errors import NeurosegError
 
@@ -48,6 +52,10 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.result: Any = None
+        #: the last output opened by *Open result* (its layer, once in the viewer)
+        self.opened_layer: Any = None
+        self._opening: set[Any] = set()  # the workers reading outputs (kept alive until they end)
+        self.arrival = StagedDisplay(self)  # an opened output's insert, its redraw a pass later
 
         inputs = path_edit("inputs", "Inputs", "d", placeholder="folder, glob (data/*.tif) or files separated by ';'",
                            tooltip="The input volumes: a folder, a glob (data/*.tif) or files separated by ';'",
@@ -115,6 +123,7 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
     # -- dock lifecycle (_dock.py) -----------------------------------------------------------------
     def on_dock_closed(self) -> None:
         self.cancel()  # stop after the current file/block (resume continues later)
+        self.arrival.flush()  # an opened output still waiting for its pass is added now
 
     # -- form helpers ---------------------------------------------------------------------------
     def _build_params(self, name: str) -> None:
@@ -227,7 +236,10 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         return None if item is None else item.data(256)
 
     def open_result(self, row: int) -> Any:
-        """Add the output of table row ``row`` to the viewer as a labels layer."""
+        """Open the output of table row ``row`` in the viewer as a Labels layer, at the voxel size
+        of the output (else of its input). The output is read and the layer built in a worker
+        thread (:func:`output_layer`); the layer is added when it is ready (``opened_layer``).
+        Returns that worker (None when the row has no output to open)."""
         rec = self.row_record(row)
         if not rec or rec.get("status") not in ("done", "skipped") or not rec.get("output"):
             self.status_label.setText("choose a finished row to open")
@@ -238,11 +250,69 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
             self.status_label.setText(json.dumps({k: v for k, v in rec.items() if k not in ("input", "output")})[:500])
             return None
-        # lazily (dask), so huge blockwise outputs open at once
-        data = read_output(out, lazy=True)
-        scale, unit = _voxel_size_of(out, rec.get("input"))
-        return self.viewer.add_labels(data, name=out.name.split(".")[0], scale=scale,
-                                      metadata={"unit": unit} if unit else {})
+        from napari.qt.threading import create_worker
+
+        self.status_label.setText(f"opening {out.name}…")
+        worker = create_worker(_open_job, out, rec.get("input"), _ignore_errors=True)
+        self._opening.add(worker)
+        worker.returned.connect(self._on_opened)
+        worker.errored.connect(self._on_open_error)
+        worker.finished.connect(lambda: self._opening.discard(worker))
+        worker.start()
+        return worker
+
+    def _on_opened(self, layer: Any) -> None:
+        """Main thread: add an opened output's layer (built in the worker), its redraw in the next
+        event-loop pass; at once if the dock was closed meanwhile (the user asked for it)."""
+        def add() -> None:
+            self.viewer.layers.append(layer)
+            show_overlays_on_mode(layer)
+            self.opened_layer = layer
+
+        if self.dock_closed:
+            add()
+            return
+        self.arrival.start([add])
+        self.status_label.setText(f"opened {layer.name}")
+
+    def _on_open_error(self, exc: BaseException) -> None:
+        if isinstance(exc, JobRuntimeError):
+            exc = exc.original
+        notify_error(exc)
+        if not self.dock_closed:
+            self.status_label.setText(f"cannot open the result: {error_message(exc)}")
+
+
+def _open_job(output: Path, input_path: Any) -> Any:
+    """:func:`output_layer` in a worker; a ``RuntimeError`` is carried out wrapped (superqt
+    would otherwise take it for a deleted worker and report nothing)."""
+    try:
+        return output_layer(output, input_path)
+    except RuntimeError as exc:
+        raise JobRuntimeError(exc) from exc
+
+
+def output_layer(output: Path, input_path: Any = None) -> Any:
+    """Worker thread: the napari Labels layer of a batch output, made ready so that adding it is
+    cheap (``_napari/_display.py``): read into memory when it is at most
+    :data:`~napari_neuroseg._napari._layers.EAGER_LABEL_BYTES` (as the plugin's reader does:
+    napari paints only in-memory labels; larger ones stay lazy, read slice by slice), ``uint16``
+    when its ids fit (napari then skips its per-slice remap), its painting overlays made when
+    their mode is picked; named after the output, at its voxel size (else its input's)."""
+    from napari.layers import Labels
+
+    from napari_neuroseg._napari._display import (
+        compact_labels,
+        hide_painting_overlays,
+        warm_labels_display,
+    )
+    from napari_neuroseg._napari._layers import EAGER_LABEL_BYTES, maybe_load
+
+    data = compact_labels(maybe_load(read_output(output, lazy=True), EAGER_LABEL_BYTES))
+    scale, unit = _voxel_size_of(output, input_path)
+    warm_labels_display()
+    return hide_painting_overlays(Labels(data, name=output.name.split(".")[0], scale=scale,
+                                         metadata={"unit": unit} if unit else {}))
 
 
 def _voxel_size_of(output: Path, input_path: Any) -> tuple[tuple[float, ...], str | None]:
