@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "tests" / "_napari"))
 
-from bench_widget_stalls import _child, _pump, _track_gc, scene  # noqa: E402
+from bench_widget_stalls import _track_gc, scene
 
 #: issue 17: an interactive action (edit, undo, redo, jump), and a computed result arriving
 ACTION_TARGET, ARRIVAL_TARGET = 0.100, 0.300
@@ -117,17 +117,17 @@ def _pick_objects(pred: np.ndarray, n_pairs: int = 3) -> dict:
     props = {p.label: p for p in regionprops(pred)}
     free = []
     for lab, p in props.items():
-        z0, y0, x0, z1, y1, x1 = p.bbox
+        _z0, y0, x0, _z1, y1, x1 = p.bbox
         if set(np.unique(pred[:, y0:y1, x0:x1]).tolist()) == {0, lab} and p.area >= 20:
             free.append(lab)
-    cz = {lab: int(round(props[lab].centroid[0])) for lab in free}
+    cz = {lab: round(props[lab].centroid[0]) for lab in free}
     pairs = [(a, b) for i, a in enumerate(free) for b in free[i + 1:]
              if cz[a] == cz[b] and abs(props[a].centroid[1] - props[b].centroid[1])
              + abs(props[a].centroid[2] - props[b].centroid[2]) < 40]
     a, b = pairs[0]
     rest = [lab for lab in free if lab not in (a, b)]
     return {"merge": (a, b), "split": rest[0], "delete": rest[1],
-            "centre": {lab: tuple(int(round(c)) for c in props[lab].centroid) for lab in free}}
+            "centre": {lab: tuple(round(c) for c in props[lab].centroid) for lab in free}}
 
 
 def case(ndisplay: int, n: int, shape: tuple[int, int, int], dtype: str, sample: bool) -> dict:
@@ -194,7 +194,7 @@ def case(ndisplay: int, n: int, shape: tuple[int, int, int], dtype: str, sample:
         scene_pos = world[shown][::-1]  # vispy's order: x, y(, z)
         tr = canvas.view.scene.node_transform(canvas._scene_canvas.scene)
         p = tr.map(np.r_[scene_pos, [0.0] * (3 - len(scene_pos)), 1.0])
-        return QPoint(int(round(p[0] / p[3])), int(round(p[1] / p[3])))
+        return QPoint(round(p[0] / p[3]), round(p[1] / p[3]))
 
     def show(labs) -> None:
         """Frame the objects (not measured: the user navigating there)."""
@@ -314,6 +314,47 @@ def case(ndisplay: int, n: int, shape: tuple[int, int, int], dtype: str, sample:
     return out
 
 
+def _child(args_list: list[str], src: str | None = None) -> dict:
+    """One case in a fresh process of this script (``bench_widget_stalls._child`` runs its own);
+    ``src``: a folder that holds another version of the package (put first on ``PYTHONPATH``)."""
+    import json
+    import subprocess
+
+    env = dict(os.environ)
+    if src:
+        env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run([sys.executable, __file__, *args_list], capture_output=True, text=True, timeout=1800,
+                          check=False, env=env)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not line:
+        print(proc.stdout[-2000:], proc.stderr[-3000:])
+        raise SystemExit(1)
+    return json.loads(line[-1][7:])
+
+
+def _print_case(label: str, r: dict) -> bool:
+    """One line per case (and the sampled stacks); returns whether an action was over target."""
+    res = r["results"]
+    base = res["baseline"]["stall_ms"]
+    parts = []
+    over = False
+    for name, x in res.items():
+        lim = max(TARGETS.get(name, 1e9) * 1000, 1.5 * base)
+        mark = "" if name == "baseline" or x["stall_ms"] <= lim else " OVER"
+        over |= bool(mark)
+        gc_note = f" (GC {x['gc_ms']:.0f})" if x["gc_ms"] > 0 else ""
+        parts.append(f"{name} {x['stall_ms']:.0f}{gc_note}{mark}")
+    view = r["ndisplay"]
+    print(f"{label + ' ' if label else ''}{view}D load {r['load']:.1f}, {r['n_objects']} objects, queue "
+          f"{r['queue']}: " + " | ".join(parts) + (f" | errors {r['errors']}" if r["errors"] else ""), flush=True)
+    for name, x in res.items():
+        if "profile" in x:
+            print(f"    {view}D {name} {x['stall_ms']:.0f} ms, main thread:")
+            for c, f in x["profile"]:
+                print(f"      {c:5d} {f}")
+    return over or bool(r["errors"])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1000, help="number of nuclei")
@@ -323,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--views", type=int, nargs="+", choices=(2, 3), default=(2, 3))
     ap.add_argument("--repeats", type=int, default=3, help="processes per view")
     ap.add_argument("--sample", action="store_true", help="sample the main thread's stack (2 ms)")
+    ap.add_argument("--compare", metavar="SRC",
+                    help="also run the package found in SRC (e.g. an older commit's src/), interleaved")
     ap.add_argument("--case", type=int, choices=(2, 3), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.case:
@@ -337,38 +380,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{up}\ntargets: edit/undo/redo/jump/save {ACTION_TARGET * 1000:.0f} ms, From metrics while running "
           f"{ACTION_TARGET * 1000:.0f} ms, its queue arriving {ARRIVAL_TARGET * 1000:.0f} ms (or 1.5 x the baseline)",
           flush=True)
-    rows: dict[int, list[dict]] = {v: [] for v in args.views}
+    versions = [("installed", None)] + ([(f"compare ({args.compare})", args.compare)] if args.compare else [])
+    rows: dict[tuple[str, int], list[dict]] = {}
     failed = False
-    for _ in range(args.repeats):
+    for rep in range(args.repeats):
         for view in args.views:
-            cmd = ["--case", str(view), "--n", str(args.n), "--shape", *map(str, args.shape), "--dtype", args.dtype]
-            r = _child(cmd + (["--sample"] if args.sample else []))
-            rows[view].append(r)
-            res = r["results"]
-            base = res["baseline"]["stall_ms"]
-            parts = []
-            for name, x in res.items():
-                lim = max(TARGETS.get(name, 1e9) * 1000, 1.5 * base)
-                mark = "" if name == "baseline" or x["stall_ms"] <= lim else " OVER"
-                failed |= bool(mark)
-                gc_note = f" (GC {x['gc_ms']:.0f})" if x["gc_ms"] > 0 else ""
-                parts.append(f"{name} {x['stall_ms']:.0f}{gc_note}{mark}")
-            print(f"{view}D load {r['load']:.1f}, {r['n_objects']} objects, queue {r['queue']}: "
-                  + " | ".join(parts) + (f" | errors {r['errors']}" if r["errors"] else ""), flush=True)
-            failed |= bool(r["errors"])
-            for name, x in res.items():
-                if "profile" in x:
-                    print(f"    {view}D {name} {x['stall_ms']:.0f} ms, main thread:")
-                    for c, f in x["profile"]:
-                        print(f"      {c:5d} {f}")
+            for label, src in versions[::-1] if rep % 2 else versions:  # alternate which runs first
+                cmd = ["--case", str(view), "--n", str(args.n), "--shape", *map(str, args.shape),
+                       "--dtype", args.dtype]
+                r = _child(cmd + (["--sample"] if args.sample else []), src)
+                rows.setdefault((label, view), []).append(r)
+                failed |= _print_case(label if args.compare else "", r)
     print("min / median longest stall (ms):")
-    for view, rs in rows.items():
+    for (label, view), rs in rows.items():
         names = list(rs[0]["results"])
         cells = []
         for name in names:
             v = [r["results"][name]["stall_ms"] for r in rs]
             cells.append(f"{name} {min(v):.0f}/{statistics.median(v):.0f}")
-        print(f"  {view}D: " + ", ".join(cells))
+        print(f"  {label + ' ' if args.compare else ''}{view}D: " + ", ".join(cells))
     return 1 if failed else 0
 
 

@@ -451,3 +451,95 @@ def test_in_memory_save_without_a_path_says_how(setup):
     _, _, widget = setup
     assert widget.controller.run(widget.controller.save) is None
     assert "Save…" in widget.status_label.text() or "in memory" in widget.status_label.text()
+
+
+# ------------------------------------------------------------------ responsiveness mechanisms (issue 17)
+def test_an_action_and_undo_redo_keys_redraw_the_canvas_one_pass_later(make_napari_viewer, qtbot):
+    """Every action (and Ctrl+Z / Ctrl+Shift+Z, napari's own history steps, bound again by the
+    dock) runs with the canvas held; it is repainted in a later event-loop pass. Closing the dock
+    leaves napari's own undo on the layer."""
+    from qtpy.QtOpenGLWidgets import QOpenGLWidget
+
+    from napari_neuroseg._napari.proofread_widget import ProofreadWidget
+    from napari_neuroseg._napari.proofreading import KEY_HANDLER_PREFIX
+
+    viewer = make_napari_viewer(show=True)
+    layer = viewer.add_labels(_labels(), name="seg")
+    widget = ProofreadWidget(viewer)
+    dw = viewer.window.add_dock_widget(widget, name="Proofreading")
+    qtbot.wait(20)
+    ctrl = widget.controller
+    (canvas,) = [w for w in widget.window().findChildren(QOpenGLWidget) if w.isVisible()]
+    seen: list[bool] = []
+    ctrl.run(lambda: seen.append(canvas.updatesEnabled()))
+    assert seen == [False] and not canvas.updatesEnabled()  # held during the action
+    qtbot.waitUntil(canvas.updatesEnabled, timeout=2000)  # released in a later pass
+    original = np.array(layer.data)
+    layer.selected_label = 2
+    _key(layer, "Delete")()
+    assert not (layer.data == 2).any()
+    handlers = {str(k): getattr(f, "__name__", "") for k, f in layer.keymap.items()}
+    assert handlers["Ctrl+Z"] == f"{KEY_HANDLER_PREFIX}undo" and handlers["Ctrl+Shift+Z"] == f"{KEY_HANDLER_PREFIX}redo"
+    qtbot.waitUntil(canvas.updatesEnabled, timeout=2000)
+    _key(layer, "Ctrl+Z")()
+    assert not canvas.updatesEnabled()  # napari's undo ran, its redraw waits for the next pass
+    np.testing.assert_array_equal(layer.data, original)
+    qtbot.waitUntil(canvas.updatesEnabled, timeout=2000)
+    _key(layer, "Ctrl+Shift+Z")()
+    assert not (layer.data == 2).any()
+    qtbot.waitUntil(canvas.updatesEnabled, timeout=2000)
+    dw.title.close_button.click()
+    qtbot.wait(20)
+    assert not any(getattr(f, "__name__", "").startswith(KEY_HANDLER_PREFIX) for f in layer.keymap.values())
+    layer.undo()  # napari's own history, as before
+    np.testing.assert_array_equal(layer.data, original)
+
+
+def test_outline_layer_is_added_hidden_when_the_queue_arrives(make_napari_viewer, qtbot):
+    """The review outline layer is inserted (hidden, not active) in a pass after the queue is
+    installed, so the first Next only swaps its data; its colormap maps every id > 0 to the
+    highlight colour without napari's numba typed-dict path (DirectLabelColormap)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    from napari_neuroseg._napari.proofread_widget import ProofreadWidget
+    from napari_neuroseg._napari.proofreading import HIGHLIGHT_LAYER
+    from napari_neuroseg._napari.proofreading.navigation import HIGHLIGHT_COLOR
+
+    viewer = make_napari_viewer(show=True)
+    layer = viewer.add_labels(_labels(), name="seg")
+    widget = ProofreadWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Proofreading")
+    widget._install_queue(ReviewQueue.from_checks(layer.data, tiny=0, border=False, largest=2), None)
+    assert HIGHLIGHT_LAYER not in viewer.layers  # not in the queue's own pass
+    qtbot.waitUntil(lambda: HIGHLIGHT_LAYER in viewer.layers, timeout=3000)
+    hl = viewer.layers[HIGHLIGHT_LAYER]
+    assert not hl.visible and viewer.layers.selection.active is layer and not hl.editable
+    assert not isinstance(hl.colormap, DirectLabelColormap)
+    np.testing.assert_allclose(hl.colormap.map(np.array([0, 1], np.uint8)), [(0, 0, 0, 0), HIGHLIGHT_COLOR])
+    inserted: list = []
+    viewer.layers.events.inserted.connect(lambda e: inserted.append(e.value))
+    widget.run_action("review_next")
+    item = widget.controller.review.current
+    assert viewer.layers[HIGHLIGHT_LAYER] is hl and hl.visible and inserted == []  # data swapped, no insert
+    box = tuple(slice(int(a), int(b)) for a, b in item.bbox)
+    np.testing.assert_array_equal(hl.data > 0, layer.data[box] == item.id)
+
+
+def test_run_in_background_runs_once_per_name_off_the_main_thread(qtbot):
+    import threading
+
+    from napari_neuroseg._napari._workers import run_in_background
+    from napari_neuroseg.proofread.ops import import_libraries
+
+    ran: list[str] = []
+    name = f"test-background-{id(ran)}"
+    th = run_in_background(lambda: ran.append(threading.current_thread().name), name)
+    assert th is not None and run_in_background(lambda: ran.append("again"), name) is None
+    qtbot.waitUntil(lambda: bool(ran) and not th.is_alive(), timeout=5000)
+    assert ran == [name]
+    failing = run_in_background(lambda: 1 / 0, name + "-error")  # an error stays in its thread
+    qtbot.waitUntil(lambda: failing.ident is not None and not failing.is_alive(), timeout=5000)
+    import_libraries()  # the proofreading operations' libraries, as the dock preloads them
+    import sys
+
+    assert "skimage.segmentation._watershed" in sys.modules and "edt" in sys.modules

@@ -56,7 +56,7 @@ from napari_neuroseg._napari._notify import notify_error
 from napari_neuroseg.runtime.progress import PROGRESS_INTERVAL, Progress, carries_data, throttle
 
 __all__ = ["JobRuntimeError", "START_WAIT_S", "after_torch", "as_progress", "offer_devices", "preload_torch",
-           "start_worker", "torch_ready"]
+           "run_in_background", "start_worker", "torch_ready"]
 
 #: longest wait (s) of a job's body for the main thread to have set up its progress bar
 START_WAIT_S = 1.0
@@ -192,6 +192,31 @@ def preload_torch(on_devices: Callable[[list[str]], None] | None = None) -> thre
         if on_devices is not None:
             on_devices(list(devices))
         return None
+    return th
+
+
+_BACKGROUND: dict[str, threading.Thread] = {}
+
+
+def run_in_background(fn: Callable[[], Any], name: str) -> threading.Thread | None:
+    """Run ``fn()`` once per process (per ``name``) in a daemon thread, started once the events
+    pending now are handled (a dock being built is laid out first). For imports a later action
+    would otherwise pay in the main thread: an import runs Python bytecode, so the main thread
+    keeps getting the GIL between its steps. Errors are ignored (the action that needs the
+    module meets them itself). Returns the thread, None when one of this name was started
+    before."""
+    with _PRELOAD_LOCK:
+        if name in _BACKGROUND:
+            return None
+
+        def body() -> None:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001, S110 - reported by the action that needs it
+                pass
+
+        th = _BACKGROUND[name] = threading.Thread(target=body, name=name, daemon=True)
+    _after_pending_events(th.start)
     return th
 
 

@@ -378,7 +378,8 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
             self.controller = None
         if layer is not None and not (self.dock_closed or self.dock_suspended):
             self.controller = ProofreadController(self.viewer, layer, shortcuts=self.shortcuts, status=self._status,
-                                                  confirm_ground_truth=self._confirm_ground_truth)
+                                                  confirm_ground_truth=self._confirm_ground_truth,
+                                                  display_widget=self)
             self._sync_options()
             self._update_buttons()
         self._update_locked()
@@ -518,6 +519,11 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
         if path:
             queue.save(path)
         self._status(f"review queue: {len(queue)} items" + (f" (saved to {path})" if path else ""))
+        # the outline layer is added (hidden) in a later event-loop pass of its own, redrawn in
+        # the pass after it: napari's insert is paid neither here nor by the first Next
+        from ._display import StagedDisplay
+
+        StagedDisplay(self).start([lambda: None, c.nav.prepare_highlight])
 
     def _default_review_path(self) -> str | None:
         p = self._labels_path()

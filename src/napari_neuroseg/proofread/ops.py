@@ -25,6 +25,7 @@ from .edit import Bbox, Edit, RemapEdit, iter_slabs, read_block, tight_bbox
 from .index import LabelIndex, find_bbox, max_label
 
 __all__ = [
+    "import_libraries",
     "merge",
     "split",
     "split_connected_components",
@@ -36,6 +37,18 @@ __all__ = [
     "new_label_from_mask",
     "take_over",
 ]
+
+
+def import_libraries() -> None:
+    """Import the libraries the operations call on first use (scikit-image's watershed, which
+    loads ``skimage.morphology``; ``edt``; ``scipy.ndimage``; ``fastremap``). scikit-image loads
+    its submodules lazily, so ``import skimage.segmentation`` alone does not: the first split of
+    a session imported them (~0.1-0.25 s). For a caller that wants them loaded ahead, e.g. in a
+    background thread (the napari dock does)."""
+    import edt  # noqa: F401
+    import fastremap  # noqa: F401
+    from scipy import ndimage  # noqa: F401
+    from skimage.segmentation import watershed  # noqa: F401
 
 
 # -- helpers --------------------------------------------------------------------------------

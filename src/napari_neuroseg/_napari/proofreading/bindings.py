@@ -14,7 +14,7 @@ from napari_neuroseg.errors import NeurosegError
 if TYPE_CHECKING:  # pragma: no cover
     from .controller import ProofreadController
 
-__all__ = ["ACTION_TITLES", "DEFAULT_SHORTCUTS", "KEY_HANDLER_PREFIX", "KeyBindings"]
+__all__ = ["ACTION_TITLES", "DEFAULT_SHORTCUTS", "HISTORY_KEYS", "KEY_HANDLER_PREFIX", "KeyBindings"]
 
 #: Action → default key (napari key syntax). Mouse: Shift+click merges the clicked label into the
 #: selected one, Ctrl+click (Cmd on macOS) adds a split seed.
@@ -59,6 +59,12 @@ ACTION_TITLES: dict[str, str] = {
 #: The ``__name__`` of every key handler bound to a layer (tests look for leftovers by it).
 KEY_HANDLER_PREFIX = "proofread_"
 
+#: napari's own undo / redo keys of a Labels layer (its ``class_keymap``), bound again on the
+#: edited layer while the controller is connected: the same ``layer.undo()`` / ``layer.redo()``,
+#: run through :meth:`ProofreadController.run`, so that the redraw they cause (napari refreshes
+#: the whole layer after a history step) comes one event-loop pass after it, not in the same stall.
+HISTORY_KEYS: dict[str, str] = {"undo": "Ctrl+Z", "redo": "Ctrl+Shift+Z"}
+
 
 class KeyBindings:
     """The keys of one controller's actions on its layer; bound only while the controller is
@@ -83,7 +89,10 @@ class KeyBindings:
         controller = self._controller
 
         def _on_key(layer: Any) -> None:
-            controller.run(action)
+            if action in HISTORY_KEYS:  # napari's own step of the layer's history
+                controller.run(getattr(controller.layer, action))
+            else:
+                controller.run(action)
 
         _on_key.__name__ = f"{KEY_HANDLER_PREFIX}{action}"
         return _on_key
@@ -94,6 +103,10 @@ class KeyBindings:
             self._controller.layer.bind_key(key, None, overwrite=True)
 
     def bind_all(self) -> None:
+        layer = self._controller.layer
+        for action, key in HISTORY_KEYS.items():  # first: an action the user put on these keys wins
+            layer.bind_key(key, self._handler(action), overwrite=True)
+            self.bound[action] = key
         for action, key in list(self.shortcuts.items()):
             self.bind(action, key)
 

@@ -56,8 +56,12 @@ class ProofreadController:
         shortcuts: dict[str, str] | None = None,
         status: Callable[[str], None] | None = None,
         confirm_ground_truth: Callable[[Any], bool] | None = None,
+        display_widget: Any = None,
     ):
         self.viewer = viewer
+        #: a Qt widget in the viewer's window (the dock): each action's canvas redraw comes one
+        #: event-loop pass after the action (``_display.repaint_after_next_pass``); None: at once
+        self.display_widget = display_widget
         self.layer = layer
         self.locked: set[int] = {int(i) for i in layer.metadata.get(LOCKED_KEY, [])}
         self.split_method = "distance"
@@ -76,7 +80,11 @@ class ProofreadController:
         self.nav = ReviewNavigator(self)
         self._wrap_zarr()
         self.connect()
-        import skimage.segmentation  # noqa: F401  (imported now, not on the first split)
+        from napari_neuroseg._napari._workers import run_in_background
+        from napari_neuroseg.proofread.ops import import_libraries
+
+        # the operations' libraries, loaded off the main thread (not by the first split or fill)
+        run_in_background(import_libraries, "neuroseg-preload-proofread")
 
     # -- set-up ------------------------------------------------------------------------------
     def _wrap_zarr(self) -> None:
@@ -155,10 +163,13 @@ class ProofreadController:
     def run(self, action: str | Callable[[], Any]) -> Any:
         """Run an action (its name, or any callable) as a user action: a declined ground-truth
         edit is a status line, any other :class:`NeurosegError` a notification and a status
-        line; returns the action's result, or None when it failed."""
+        line; returns the action's result, or None when it failed. With a ``display_widget``
+        the canvas is redrawn one event-loop pass after the action, not inside it (a key or
+        click's work and the redraw it causes are two stalls, not one)."""
         try:
             func = self.action(action) if isinstance(action, str) else action
-            return func()
+            with self._redraw_after():
+                return func()
         except GroundTruthDeclined as err:  # the user said no: not an error
             self.status(str(err))
             return None
@@ -168,6 +179,16 @@ class ProofreadController:
             notify_error(err)
             self.status(str(err))
             return None
+
+    def _redraw_after(self) -> Any:
+        """The canvas held during an action and redrawn in the next pass (with a display widget)."""
+        if self.display_widget is None:
+            from contextlib import nullcontext
+
+            return nullcontext()
+        from napari_neuroseg._napari._display import repaint_after_next_pass
+
+        return repaint_after_next_pass(self.display_widget)
 
     def status(self, msg: str) -> None:
         if self._status is not None:

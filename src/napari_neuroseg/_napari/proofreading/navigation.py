@@ -165,27 +165,56 @@ class ReviewNavigator:
         translate = np.asarray(layer.translate, float) + box[:, 0] * scale[-len(box):]
         hl = self._highlight
         if hl is None or hl not in c.viewer.layers or hl.ndim != data.ndim:
-            from napari.utils.colormaps import DirectLabelColormap
-
-            from napari_neuroseg._napari._layers import ROLE_KEY
-
-            cmap = DirectLabelColormap(color_dict={None: (0, 0, 0, 0), 0: (0, 0, 0, 0), 1: HIGHLIGHT_COLOR})
-            active = c.viewer.layers.selection.active
-            self._highlight = hl = c.viewer.add_labels(
-                data, name=HIGHLIGHT_LAYER, colormap=cmap, opacity=1.0, scale=scale, translate=translate,
-                metadata={ROLE_KEY: "scratch", "neuroseg_error_kind": "review"}, blending="translucent_no_depth",
-            )
-            hl.editable = False
-            if active is not None:
-                c.viewer.layers.selection.active = active
+            hl = self._add_highlight(data, scale, translate)
         else:
             hl.data = data
+            if not np.allclose(hl.scale, scale):
+                hl.scale = scale
             hl.translate = translate
             hl.visible = True
         # 2D: the outline; 3D (napari draws no contours there): the object veiled in white
         three_d = c.viewer.dims.ndisplay == 3
         hl.contour = 0 if three_d else 1
         hl.opacity = 0.5 if three_d else 1.0
+
+    def _add_highlight(self, data: np.ndarray, scale: Any, translate: Any, visible: bool = True) -> Any:
+        """Add the outline layer (the edited layer stays the active one). Its colormap maps
+        every id > 0 to :data:`HIGHLIGHT_COLOR` with 8-bit data shown as it is: a
+        ``DirectLabelColormap`` made napari compile numba typed-dict code in the main thread at
+        the first jump of a session (3-12 s measured). Its painting overlays never get visuals
+        (it is not editable)."""
+        from napari.layers import Labels
+        from napari.utils.colormaps import CyclicLabelColormap
+
+        from napari_neuroseg._napari._display import hide_painting_overlays
+        from napari_neuroseg._napari._layers import ROLE_KEY
+
+        c = self._c
+        cmap = CyclicLabelColormap(colors=[(0.0, 0.0, 0.0, 0.0), HIGHLIGHT_COLOR], background_value=0)
+        hl = Labels(data, name=HIGHLIGHT_LAYER, colormap=cmap, opacity=1.0, scale=scale, translate=translate,
+                    metadata={ROLE_KEY: "scratch", "neuroseg_error_kind": "review"},
+                    blending="translucent_no_depth", visible=visible)
+        hl.editable = False
+        hide_painting_overlays(hl)
+        active = c.viewer.layers.selection.active
+        c.viewer.layers.append(hl)
+        if active is not None:
+            c.viewer.layers.selection.active = active
+        self._highlight = hl
+        return hl
+
+    def prepare_highlight(self) -> None:
+        """Add the outline layer hidden, before the first jump: napari's insert of a layer
+        (its visual, its controls: 0.2-0.4 s here) is then paid when the queue arrives, not by
+        the first Next. Does nothing without a queue, once the dock let go, or when it exists."""
+        c = self._c
+        if self.queue is None or not c.connected:
+            return
+        hl = self._highlight
+        if hl is not None and hl in c.viewer.layers:
+            return
+        layer = c.layer
+        self._add_highlight(np.zeros((1,) * layer.ndim, np.uint8), layer.scale, layer.translate, visible=False)
 
     def clear_highlight(self) -> None:
         """Remove the outline layer (the queue ended, or the dock let go of the layer)."""
