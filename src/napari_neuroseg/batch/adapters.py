@@ -54,11 +54,13 @@ class NucleiTask(Task):
     default_halo = (16, 32, 32)
     params = (
         Param("model", str, None, "StarDist-3D model folder or name (default: the shipped model)"),
-        Param("prob_thresh", float, None, "object probability threshold (default: the model's)"),
-        Param("nms_thresh", float, None, "NMS overlap threshold (default: the model's)"),
+        Param("prob_thresh", float, None, "object probability threshold (0-1): higher = fewer, surer nuclei "
+                                            "(default: the model's)"),
+        Param("nms_thresh", float, None, "NMS overlap threshold (0-1, fraction of the smaller nucleus): "
+                                           "higher = more touching nuclei kept (default: the model's)"),
         Param("n_tiles", str, None, "tiles per axis inside a block/volume, e.g. '1,2,2' (default: auto)"),
         Param("device", str, "auto", "torch device: auto, cpu, cuda, cuda:1, mps"),
-        Param("channel", int, 0, "channel used when the input has several"),
+        Param("channel", int, 0, "index (from 0) of the channel segmented when the input has several"),
         Param("voxel_size", str, None, "voxel size 'Z,Y,X' in µm: the volume is resampled to the model's scale"),
         Param("object_size", str, None, "nucleus diameter: '3.2um', '25vox' or 'auto' (estimated once per volume)"),
     )
@@ -166,8 +168,11 @@ class NeuronsTask(Task):
     params = (
         Param("model", str, None, "neuron model file (default: the shipped model)"),
         Param("device", str, "auto", "torch device: auto, cpu, cuda, cuda:1, mps"),
-        Param("fg_threshold", float, None, "foreground probability threshold (default: the model's)"),
-        Param("aff_threshold", float, None, "affinity threshold (default: the model's)"),
+        Param("fg_threshold", float, None, "foreground probability threshold (0-1): voxels below it are "
+                                             "background; higher = thinner, fewer neurons (default: the model's)"),
+        Param("aff_threshold", float, None, "affinity threshold (0-1): neighbour voxels with a lower "
+                                              "affinity are not joined; higher = more, smaller fragments "
+                                              "(default: the model's)"),
         Param("min_size", int, None, "remove neurons smaller than this many voxels (applied globally; default: "
                                      "the model's, e.g. the value a fine-tune chose)"),
         Param("voxel_size", str, None, "voxel size 'Z,Y,X' in µm: the volume is resampled to the model's scale"),

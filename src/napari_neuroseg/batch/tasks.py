@@ -209,11 +209,15 @@ class ThresholdTask(Task):
     default_halo = (4, 4, 4)
     min_size_param = "min_size"
     params = (
-        Param("threshold", float, None, "intensity threshold (after smoothing); default Otsu"),
-        Param("sigma", float, 0.0, "Gaussian smoothing sigma in voxels (0 = none)"),
+        Param("threshold", float, None, "intensity threshold, in the image's intensity units (after smoothing): "
+                                        "brighter voxels are objects; higher = fewer, smaller objects; default Otsu"),
+        Param("sigma", float, 0.0, "Gaussian smoothing sigma in voxels (0 = none): more smoothing joins "
+                                   "nearby bright voxels and removes noise"),
         Param("min_size", int, 0, "remove objects smaller than this many voxels"),
-        Param("connectivity", int, 26, "voxel connectivity of objects", (6, 18, 26)),
-        Param("channel_reduce", str, "max", "how channels are combined", ("max", "sum")),
+        Param("connectivity", int, 26, "which neighbour voxels join one object: 6 = faces, 18 = and edges, "
+                                       "26 = and corners (more = fewer, larger objects)", (6, 18, 26)),
+        Param("channel_reduce", str, "max", "how a multi-channel input becomes one volume before the threshold: "
+                                            "max or sum of its channels", ("max", "sum")),
     )
 
     def halo_for(self, params: Mapping[str, Any]) -> tuple[int, int, int]:
