@@ -216,14 +216,24 @@ def test_closing_the_viewer_releases_the_layer(make_napari_viewer, qtbot):
     assert not _proofreading_callbacks(seg)
 
 
-@pytest.mark.parametrize("kind", ["nuclei", "neurons", "evaluate", "batch"])
-def test_closed_run_docks_disconnect_from_layer_events(shown_viewer, qtbot, kind):
+@pytest.mark.parametrize("how", ["close_button", "hide_button"])
+@pytest.mark.parametrize("kind", ["nuclei", "neurons", "evaluate", "batch", "finetune"])
+def test_closed_run_docks_disconnect_from_layer_events(shown_viewer, qtbot, kind, how, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEUROSEG_SESSIONS_DIR", str(tmp_path / "sessions"))
     viewer = shown_viewer
     widget = _make(kind, viewer)
     dw = _dock(viewer, widget, kind)
     qtbot.wait(20)
     combos_before = {id(c): [c.itemText(i) for i in range(c.count())] for c in widget.findChildren(QComboBox)}
-    _close(viewer, dw, "close_button", qtbot)
+    if kind != "batch":  # (the dock does follow the layer list while open; Batch has no layer box)
+        viewer.add_image(np.zeros((4, 8, 8), np.float32), name="image while open")
+        viewer.add_labels(np.zeros((4, 8, 8), np.uint8), name="labels while open")
+        texts = [c.itemText(i) for c in widget.findChildren(QComboBox) for i in range(c.count())]
+        assert "image while open" in texts or "labels while open" in texts, texts
+        viewer.layers.remove("image while open")
+        viewer.layers.remove("labels while open")
+    assert {id(c): [c.itemText(i) for i in range(c.count())] for c in widget.findChildren(QComboBox)} == combos_before
+    _close(viewer, dw, how, qtbot)
     calls: list = []
     if hasattr(widget, "_refresh_layers"):
         widget._refresh_layers = lambda *a: calls.append(a)  # a bound-method connection would bypass this
@@ -314,13 +324,18 @@ def _make(kind, viewer):
         from napari_neuroseg._napari.neurons_widget import NeuronsWidget as W
     elif kind == "batch":
         from napari_neuroseg._napari.batch_widget import BatchWidget as W
+    elif kind == "finetune":
+        from napari_neuroseg._napari.finetune_widget import FineTuneWidget
+
+        return FineTuneWidget(viewer, offer_restore=False)
     else:
         from napari_neuroseg._napari.evaluate_widget import EvaluateWidget as W
     return W(viewer)
 
 
-@pytest.mark.parametrize("kind", ["proofread", "nuclei", "neurons", "batch", "evaluate"])
-def test_docks_fit_a_1280x800_screen(shown_viewer, qtbot, kind):
+@pytest.mark.parametrize("kind", ["proofread", "nuclei", "neurons", "batch", "evaluate", "finetune"])
+def test_docks_fit_a_1280x800_screen(shown_viewer, qtbot, kind, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEUROSEG_SESSIONS_DIR", str(tmp_path / "sessions"))
     viewer = shown_viewer
     viewer.add_image(np.zeros((6, 20, 20), np.float32), name="raw")
     viewer.add_labels(_labels(), name="seg")
