@@ -167,3 +167,27 @@ def test_late_progress_after_an_error_keeps_the_error(controls, qtbot, errors_sh
     worker.yielded.emit(late)
     qtbot.wait(50)
     assert c.status.text() == "Error: ValueError: bad"
+
+
+def test_controls_deleted_while_a_job_runs_stop_it_and_take_nothing(qtbot, errors_shown):
+    """The viewer closed while a dock's job runs (Qt deletes the dock and its controls): the job is
+    asked to stop, and its later steps, return and end touch no deleted widget (they raised
+    'wrapped C/C++ object of type QProgressBar has been deleted' tracebacks in napari's console)."""
+    from qtpy.QtCore import QEvent
+    from qtpy.QtWidgets import QApplication, QWidget
+
+    gate, log, seen = threading.Event(), [], []
+    dock = QWidget()
+    c = RunControls("Go", progress_bar=True, parent=dock)
+    worker = c.start(gated, 50, gate, log, on_yield=seen.append, on_return=seen.append,
+                     on_finished=lambda: seen.append("finished"), progress_interval=0)
+    qtbot.waitUntil(lambda: "step 1" in c.status.text(), timeout=10_000)
+    dock.deleteLater()
+    QApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)  # the dock and the controls are gone
+    n_seen = len(seen)
+    gate.set()
+    qtbot.waitUntil(lambda: "closed" in log, timeout=10_000)  # the job ended ...
+    qtbot.wait(100)  # ... and its queued signals were delivered (no exception may be raised by them)
+    assert len([s for s in log if isinstance(s, int)]) < 50  # stopped early: asked to quit on deletion
+    assert len(seen) == n_seen  # the deleted dock's callbacks were not called
+    assert worker is not None and errors_shown == []

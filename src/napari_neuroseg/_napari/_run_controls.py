@@ -115,6 +115,10 @@ class RunControls(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
         layout.addWidget(self.status)
+        # Qt deleted the controls (the viewer was closed with the dock): the job is asked to stop,
+        # and its signals still queued or to come touch no deleted widget (plain Python state)
+        self._alive = alive = {"yes": True}
+        self.destroyed.connect(lambda *_: self._deleted(alive))
         for widget, tip in ((self.run_button, run_tip), (self.cancel_button, cancel_tip), (self.progress, progress_tip)):
             if widget is not None and tip:
                 widget.setToolTip(tip)
@@ -124,6 +128,15 @@ class RunControls(QWidget):
     def busy(self) -> bool:
         """Whether a job is running (its ``finished`` has not arrived yet)."""
         return self.worker is not None
+
+    def _deleted(self, alive: dict) -> None:
+        """Qt deleted the controls: no Qt calls here or after (only the worker is told to quit)."""
+        alive["yes"] = False
+        if self.worker is not None:
+            try:
+                self.worker.quit()
+            except RuntimeError:  # its thread's objects are gone too
+                pass
 
     def set_status(self, text: str) -> None:
         self.status.setText(text)
@@ -160,7 +173,11 @@ class RunControls(QWidget):
         self._set_bar(0, 1)
         self.status.setText(self.running_text)
 
+        alive = self._alive
+
         def _yielded(item: Any) -> None:
+            if not alive["yes"]:
+                return
             prog = as_progress(item)
             # no status/bar update after Cancel, once the result is in or after an error (late queued
             # or throttled progress signals would hide the result or the error message)
@@ -172,6 +189,8 @@ class RunControls(QWidget):
                 on_yield(item)
 
         def _returned(value: Any) -> None:
+            if not alive["yes"]:
+                return
             self.returned = True
             self._set_bar(1, 1)
             if on_return is not None:
@@ -179,12 +198,16 @@ class RunControls(QWidget):
 
         def _errored(exc: BaseException) -> None:
             self.last_error = exc
+            if not alive["yes"]:
+                return
             self.status.setText(f"{self.error_prefix}{error_message(exc)}")
             if on_error is not None:
                 on_error(exc)
 
         def _finished() -> None:
             self.worker = None
+            if not alive["yes"]:
+                return
             self.run_button.setEnabled(True)
             self.cancel_button.setEnabled(False)
             if (self.cancelling and not self.returned and self.last_error is None
