@@ -114,9 +114,13 @@ def test_widget_partly_and_bad_input(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     _scene(viewer)
     w = EvaluateWidget(viewer)
+    assert "fully labelled" in w.task_note.text()
     w.form.partly.value = True
+    assert "partly labelled" in w.task_note.text()  # the mode is stated in the dock ...
     res = _run(w, qtbot)
     assert res["partly"] and 50 not in res["errors"]["false_positive"]
+    rule = w.errors_list.item(0).text()  # ... and at the head of the error list, with the size filter
+    assert "partly labelled" in rule and "800 voxels" in rule, rule
     # a 2D prediction layer: a clear error in the status line, no result, buttons usable again
     viewer.add_labels(np.zeros((10, 10), np.int32), name="flat pred")
     w.form.pred.value = viewer.layers["flat pred"]
