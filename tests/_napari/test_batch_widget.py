@@ -224,3 +224,34 @@ def test_open_result_of_a_deleted_output_is_an_error_message(make_napari_viewer,
     assert "cannot open the result" in w.status_label.text()
     assert len(viewer.layers) == n and w.opened_layer is None
 
+
+
+def test_batch_widget_shows_per_file_and_per_block_progress(make_napari_viewer, qtbot, tmp_path, errors_shown,
+                                                            monkeypatch):
+    """The status line names the file ([k/n] name) and, blockwise, the block being worked on, with
+    an ETA once something finished (issue 17: it said 'starting…' for a whole file)."""
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(2):
+        tifffile.imwrite(d / f"v{i}.tif", _blobs(i))
+    viewer = make_napari_viewer()
+    w = BatchWidget(viewer)
+    w.form.inputs.value = str(d)
+    w.form.outdir.value = str(tmp_path / "out")
+    w.set_param("threshold", 500)
+    w.form.format.value = "zarr"
+    w.form.block_shape.value = "6,12,12"
+    from napari_neuroseg._napari import _run_controls
+
+    start = _run_controls.start_worker  # every step sent (not rate-limited), so the test sees the blocks
+    monkeypatch.setattr(_run_controls, "start_worker", lambda *a, **k: start(*a, **{**k, "progress_interval": 0}))
+    texts: list[str] = []
+    show = w.status.setText
+    w.status.setText = lambda t: (texts.append(t), show(t))[1]  # every text the status line got
+    w.run()
+    qtbot.waitUntil(lambda: w.result is not None and w.run_button.isEnabled(), timeout=60000)
+    steps = [t for t in texts if t.startswith("[")]
+    assert any(t.startswith("[1/2] v0: ") for t in steps) and any(t.startswith("[2/2] v1: ") for t in steps), texts
+    assert any("block" in t and "/8" in t for t in steps), steps  # 2 x 2 x 2 blocks per file
+    assert any("ETA" in t for t in steps), steps
+    assert w.table.rowCount() == 2 and texts[-1].startswith("finished: 2 done")
