@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 import pytest
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QEvent, QObject, QTimer
 
 from napari_neuroseg._napari.evaluate_widget import EvaluateWidget
 
@@ -157,3 +157,64 @@ def test_evaluate_hundreds_of_objects_stays_responsive(make_napari_viewer, qtbot
         assert len(res["errors"]["missed_gt"]) == 320
         assert "800 voxels" in w.errors_list.item(0).text()
         assert "800 voxels" in w.task_note.text()
+
+
+
+class _ResizeLog(QObject):
+    """Records the widgets resized (name, old size, new size) while ``on`` is set."""
+
+    def __init__(self, *widgets):
+        super().__init__()
+        self.on = False
+        self.resized: list[tuple[str, tuple[int, int], tuple[int, int]]] = []
+        for widget in widgets:
+            widget.installEventFilter(self)
+
+    def eventFilter(self, obj, ev):
+        if self.on and ev.type() == QEvent.Type.Resize:
+            old, new = ev.oldSize(), ev.size()
+            self.resized.append((type(obj).__name__, (old.width(), old.height()), (new.width(), new.height())))
+        return False
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("reserve", [True, False], ids=["dock-reserves", "napari-alone"])
+def test_first_run_of_a_session_resizes_nothing(make_napari_viewer, qtbot, napari_error_hooks, monkeypatch,
+                                                reserve):
+    """The indicator rule (``_dock.reserve_activity_indicator``): napari's first progress bar of a
+    session grows its status bar by a pixel (its "in progress" animation had no frame loaded
+    before), which resized and redrew the canvas and every dock inside napari's building of the
+    bar: the first run's longest stall. With the dock shown first, the status bar has its final
+    height and the first run resizes neither the canvas, the status bar nor the dock. Without the
+    dock's reservation (``napari-alone``) the same run resizes them: the check sees the growth."""
+    from qtpy.QtWidgets import QStatusBar
+
+    from napari_neuroseg._napari import _dock
+
+    if not reserve:
+        monkeypatch.setattr(_dock, "reserve_activity_indicator", lambda widget: False)
+    viewer = make_napari_viewer(show=True)
+    gt, pred = nuclei_scene(40)
+    viewer.add_labels(gt, name="gt")
+    viewer.add_labels(pred, name="pred")
+    w = EvaluateWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.form.gt.value = viewer.layers["gt"]
+    w.form.pred.value = viewer.layers["pred"]
+    qtbot.wait(100)  # the dock is shown and laid out
+    qwin = w.window()
+    bar = qwin.findChild(QStatusBar)
+    log = _ResizeLog(viewer.window._qt_viewer.canvas.native, bar, w)
+    bars_seen: list[int] = []
+    log.on = True
+    w.run()
+    w.worker.yielded.connect(lambda *_: bars_seen.append(_activity_bars(viewer)))
+    qtbot.waitUntil(lambda: w.worker is None, timeout=60000)
+    log.on = False
+    assert w.result is not None, w.status.text()
+    assert max(bars_seen, default=0) >= 1  # napari's progress bar was built and shown
+    assert [r for r in napari_error_hooks if str(getattr(r, "severity", "")).lower() == "error"] == []
+    if reserve:
+        assert log.resized == [], log.resized
+    else:
+        assert any(name == type(bar).__name__ and new[1] > old[1] for name, old, new in log.resized), log.resized

@@ -17,6 +17,17 @@ closes the dock:
 
 :class:`CollapsibleSection` is a titled section whose content folds away (long docks fit a
 1280x800 screen), and :func:`scrollable` puts a dock's content in a vertical ``QScrollArea``.
+
+Indicator rule (why a session's first job stalled the viewer 100-160 ms while napari built its
+progress bar): napari's status bar holds a hidden "in progress" label whose animation
+(a ``QMovie``) has no frame loaded until the first job of the session starts it. Its size hint
+then grows from the text height to the frame's (18 px), the status bar grows by one pixel, and
+Qt resizes the central canvas and every dock by that pixel: a ``QOpenGLWidget`` repaints at once
+when resized, then again for the update vispy asks, and the docks repaint, all inside napari's
+building of the bar (its ``processEvents()`` calls), in the job's first event-loop pass. Every
+dock therefore loads that frame and lays the label out when the dock is shown
+(:func:`reserve_activity_indicator`): the status bar takes its final height while the dock opens,
+whose layout resizes the canvas anyway, and the first bar changes no geometry (as every later one).
 """
 
 from __future__ import annotations
@@ -30,14 +41,17 @@ from qtpy.QtWidgets import (
     QComboBox,
     QDockWidget,
     QFrame,
+    QLabel,
+    QMainWindow,
     QScrollArea,
     QSizePolicy,
+    QStatusBar,
     QToolButton,
     QVBoxLayout,
     QWidget,
 )
 
-__all__ = ["CollapsibleSection", "DockLifecycleMixin", "fit_controls", "scrollable"]
+__all__ = ["CollapsibleSection", "DockLifecycleMixin", "fit_controls", "reserve_activity_indicator", "scrollable"]
 
 
 class _Bindings:
@@ -78,6 +92,32 @@ class _Bindings:
                 pass
         self.teardowns.clear()
         self.connections.clear()
+
+
+def reserve_activity_indicator(widget: QWidget) -> bool:
+    """Give the status bar of the main window holding ``widget`` the height napari's activity
+    indicator gives it when the session's first progress bar appears (the indicator rule, module
+    docstring): each hidden status-bar label showing an animation that has no frame yet gets its
+    first frame (``QMovie.jumpToFrame(0)``: the animation stays stopped) and is shown and hidden
+    again at once, which lays out its holders up to the window as napari's first ``show()`` would
+    (no paint in between: the label is never seen; napari shows and starts it with its first
+    job). Qt API only (no napari attribute); nothing happens without a main window, a status bar
+    or such a label, or once the frame is loaded. Returns whether a frame was loaded now."""
+    win = widget.parentWidget()  # a floating dock's parent is still the main window
+    while win is not None and not isinstance(win, QMainWindow):
+        win = win.parentWidget()
+    if win is None:
+        return False
+    loaded = False
+    for bar in win.findChildren(QStatusBar, "", Qt.FindChildOption.FindDirectChildrenOnly):
+        for label in bar.findChildren(QLabel):
+            movie = label.movie()
+            if (label.isHidden() and movie is not None and movie.isValid()
+                    and movie.currentPixmap().isNull() and movie.jumpToFrame(0)):
+                label.show()
+                label.hide()
+                loaded = True
+    return loaded
 
 
 class DockLifecycleMixin:
@@ -184,8 +224,10 @@ class DockLifecycleMixin:
             dock = self.dock_widget()
             if dock is not None and dock.isHidden():
                 self.suspend()
-        elif t == QEvent.Type.Show and self.__dict__.get("_dock_suspended"):
-            self.resume()
+        elif t == QEvent.Type.Show:
+            reserve_activity_indicator(self)  # type: ignore[arg-type]  # the indicator rule
+            if self.__dict__.get("_dock_suspended"):
+                self.resume()
         return super().event(ev)  # type: ignore[misc]
 
 
