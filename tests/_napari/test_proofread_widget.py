@@ -518,9 +518,12 @@ def test_outline_layer_is_added_hidden_when_the_queue_arrives(make_napari_viewer
     np.testing.assert_allclose(hl.colormap.map(np.array([0, 1], np.uint8)), [(0, 0, 0, 0), HIGHLIGHT_COLOR])
     inserted: list = []
     viewer.layers.events.inserted.connect(lambda e: inserted.append(e.value))
+    points: list = []  # each change of the slice point re-slices every layer
+    viewer.dims.events.point.connect(lambda e: points.append(e.value))
     widget.run_action("review_next")
     item = widget.controller.review.current
     assert viewer.layers[HIGHLIGHT_LAYER] is hl and hl.visible and inserted == []  # data swapped, no insert
+    assert len(points) == 1  # the slice moved to the item in one step
     box = tuple(slice(int(a), int(b)) for a, b in item.bbox)
     np.testing.assert_array_equal(hl.data > 0, layer.data[box] == item.id)
 

@@ -66,8 +66,8 @@ def frame_box(viewer: Any, layer: Any, bbox: Any, voxel: Any) -> None:
     world = np.asarray(layer.data_to_world(np.asarray(voxel, float)))
     dims = viewer.dims
     offset = dims.ndim - len(world)
-    for ax in range(len(world)):
-        dims.set_point(offset + ax, float(world[ax]))
+    # one call: each set_point re-slices every layer (three calls cost three)
+    dims.set_point([offset + ax for ax in range(len(world))], [float(w) for w in world])
     shown = [d - offset for d in dims.displayed if d - offset >= 0]
     camera = viewer.scene.camera
     camera.center = tuple(float(world[a]) for a in shown)
@@ -166,16 +166,18 @@ class ReviewNavigator:
         hl = self._highlight
         if hl is None or hl not in c.viewer.layers or hl.ndim != data.ndim:
             hl = self._add_highlight(data, scale, translate)
-        else:
+        else:  # changed while hidden: napari slices a hidden layer only once it is shown again
+            hl.visible = False
             hl.data = data
             if not np.allclose(hl.scale, scale):
                 hl.scale = scale
             hl.translate = translate
-            hl.visible = True
         # 2D: the outline; 3D (napari draws no contours there): the object veiled in white
         three_d = c.viewer.dims.ndisplay == 3
-        hl.contour = 0 if three_d else 1
+        if hl.contour != (0 if three_d else 1):  # napari refreshes the layer on every set
+            hl.contour = 0 if three_d else 1
         hl.opacity = 0.5 if three_d else 1.0
+        hl.visible = True
 
     def _add_highlight(self, data: np.ndarray, scale: Any, translate: Any, visible: bool = True) -> Any:
         """Add the outline layer (the edited layer stays the active one). Its colormap maps
@@ -194,6 +196,7 @@ class ReviewNavigator:
         hl = Labels(data, name=HIGHLIGHT_LAYER, colormap=cmap, opacity=1.0, scale=scale, translate=translate,
                     metadata={ROLE_KEY: "scratch", "neuroseg_error_kind": "review"},
                     blending="translucent_no_depth", visible=visible)
+        hl.contour = 1  # the 2D outline (set before the insert: no refresh in the viewer)
         hl.editable = False
         hide_painting_overlays(hl)
         active = c.viewer.layers.selection.active
