@@ -28,6 +28,10 @@ the main thread's stacks during each stall over its target are printed (the samp
 little GIL itself: measure without it).
 
     nice -n 10 xvfb-run -a python benchmarks/bench_stalls_batch.py [--repeats 3] [--cases files blocks] [--sample]
+
+``--before FILE``: also run another version of the dock's module (``git show
+REV:src/napari_neuroseg/_napari/batch_widget.py > FILE``), interleaved with the installed one,
+each in its own fresh process (numbers in ``docs/widgets.md``, Responsiveness, *Batch*).
 """
 
 from __future__ import annotations
