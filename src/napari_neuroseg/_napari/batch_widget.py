@@ -35,7 +35,7 @@ from napari_neuroseg._napari._dock import DockLifecycleMixin, fit_controls, scro
 from napari_neuroseg._napari._forms import fit_form, path_edit
 from napari_neuroseg._napari._notify import error_message, notify_error
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
-from napari_neuroseg._napari._workers import JobRuntimeError
+from napari_neuroseg._napari._workers import JobRuntimeError, run_in_background
 from napari_neuroseg.batch import get_task, list_tasks, read_output, run_batch
 from napari_neuroseg.errors import NeurosegError
 
@@ -119,6 +119,7 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         fit_controls(content)
         self.scroll = scrollable(self, content)  # fits a small screen; no minimum height
         fit_form(self.form, self.scroll)
+        preload_dask_cluster()
 
     # -- dock lifecycle (_dock.py) -----------------------------------------------------------------
     def on_dock_closed(self) -> None:
@@ -281,6 +282,20 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         notify_error(exc)
         if not self.dock_closed:
             self.status_label.setText(f"cannot open the result: {error_message(exc)}")
+
+
+#: the background thread that imports Dask's ``distributed`` when a Batch dock opens
+PRELOAD_THREAD = "neuroseg-preload-distributed"
+
+
+def preload_dask_cluster() -> None:
+    """Import Dask's ``distributed`` in a background thread (once per process) when the dock
+    opens, not in the job of the first run: the local engine starts an in-process Dask cluster
+    (more than one CPU), and that import (~1 s of bytecode, ~30,000 new objects) set off a full
+    garbage collection of the process early in each blockwise first run measured (0.5-2.6 s,
+    holding the GIL; none with it imported before: ``benchmarks/bench_stalls_batch.py``). The
+    engine imports it itself if this did not."""
+    run_in_background(lambda: __import__("distributed"), PRELOAD_THREAD)
 
 
 def _open_job(output: Path, input_path: Any) -> Any:
