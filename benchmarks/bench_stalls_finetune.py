@@ -138,10 +138,14 @@ def _track_gc_threads() -> list[tuple[float, str]]:
 
 def _wait_for_background(app, limit: float = 180.0) -> float:
     """Pump events until the docks' background threads (torch import, NMS compile) have ended."""
-    busy = ("neuroseg-preload-torch", "neuroseg-nms-compile")
+    busy = ("neuroseg-preload-torch", "neuroseg-nms-compile", "neuroseg-nuclei-dock-warmup",
+            "neuroseg-finetune-warmup")
     t0 = time.perf_counter()
+    warm = getattr(sys.modules.get("napari_neuroseg._napari.finetune_widget"), "_WARM", {}).get("thread")
     while time.perf_counter() - t0 < limit:
         _pump(app, 0.1)
+        if warm is not None and warm.ident is None:
+            continue  # the dock's warm-up is started after two event-loop passes
         if not any(th.name in busy and th.is_alive() for th in threading.enumerate()):
             break
     return time.perf_counter() - t0

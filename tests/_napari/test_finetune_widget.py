@@ -70,11 +70,15 @@ def test_the_whole_cycle(make_napari_viewer, qtbot, tiny_base, monkeypatch):
     from napari_neuroseg._napari.finetune_widget import FineTuneWidget
     from napari_neuroseg._napari.nuclei_widget import NucleiWidget
     from napari_neuroseg.models import registry
-    from napari_neuroseg.models.stardist3d import postprocess
+    from napari_neuroseg.models.stardist3d import postprocess, train
 
     backends: list[str] = []  # the NMS backend of every prediction the job makes (issue 17)
     check = postprocess.check_nms_backend
     monkeypatch.setattr(postprocess, "check_nms_backend", lambda nms: backends.append(nms) or check(nms))
+    in_worker: list[bool] = []  # where the training patches' targets were computed
+    targets = train.patch_targets
+    monkeypatch.setattr(train, "patch_targets",
+                        lambda *a, **kw: in_worker.append(kw.get("worker_process")) or targets(*a, **kw))
 
     viewer = make_napari_viewer()
     img, lab = _add_data(viewer)
@@ -105,6 +109,8 @@ def test_the_whole_cycle(make_napari_viewer, qtbot, tiny_base, monkeypatch):
     # scores, live F1 and the trainer's held-out score all used the numba NMS, which releases the
     # GIL: stardist's C++ NMS holds it for its whole call and froze the viewer 5-72 s a call
     assert backends and set(backends) == {"neuroseg"}, backends
+    # and stardist's GIL-holding C++ targets ran in the worker process, not in the viewer's
+    assert in_worker and set(in_worker) == {True}, in_worker
     assert "base" in w.scores_label.text() and "fine-tuned" in w.scores_label.text()
     assert [s for s, _ in w.plot.loss] == [1, 2, 3] and w.plot.val_loss and w.plot.f1_before is not None
     assert w.plot.paints > 0 or not w.plot.isVisible()
@@ -317,3 +323,121 @@ def test_neurons_task_trains_registers_and_resegments(make_napari_viewer, qtbot,
     qtbot.waitUntil(lambda: not w.controls.busy, timeout=300_000)
     assert w.last_error is None, w.status.text()
     assert viewer.layers["raw3 neurons (ft_neurons)"].data.shape == v.labels.shape
+
+
+# ------------------------------------------------------------------ responsiveness (issue 17)
+def test_the_job_runs_with_the_heap_frozen_and_releases_it_on_every_outcome():
+    """``_with_session`` holds ``runtime.collector.frozen_heap`` for the whole job: full garbage
+    collections meanwhile traverse only the objects made since (they traversed napari's and
+    torch's whole heap, holding the GIL 0.5-1.4 s). Released when the job returns, fails or is
+    closed (Cancel)."""
+    import gc
+
+    from napari_neuroseg._napari.finetune_widget import _with_session
+    from napari_neuroseg.runtime.collector import frozen_depth
+    from napari_neuroseg.runtime.progress import run_to_completion
+
+    assert frozen_depth() == 0 and gc.get_freeze_count() == 0
+    seen: list[tuple[int, int]] = []
+
+    def job(images, labels, voxel_sizes, masks=None, fail=False):
+        seen.append((frozen_depth(), gc.get_freeze_count()))
+        yield "a step"
+        if fail:
+            raise ValueError("bad")
+        return "result"
+
+    def args(**kw):
+        return (job, lambda *a: None, None, np.zeros((2, 2, 2)), np.zeros((2, 2, 2), np.int32), None, None, None), kw
+
+    a, kw = args()
+    assert run_to_completion(_with_session(*a, **kw)) == "result"
+    assert seen[-1][0] == 1 and seen[-1][1] > 1000  # napari's and numpy's objects were frozen
+    assert frozen_depth() == 0 and gc.get_freeze_count() == 0
+    a, kw = args(fail=True)
+    with pytest.raises(ValueError, match="bad"):
+        run_to_completion(_with_session(*a, **kw))
+    assert frozen_depth() == 0 and gc.get_freeze_count() == 0
+    a, kw = args()
+    gen = _with_session(*a, **kw)
+    next(gen), next(gen)  # the session step, then the job's first step: as a cancelled run
+    assert frozen_depth() == 1 and gc.get_freeze_count() > 0
+    gen.close()
+    assert frozen_depth() == 0 and gc.get_freeze_count() == 0
+
+
+def test_frozen_heap_is_shared_by_overlapping_users():
+    """The job and the NMS compilation (``nms._warmup_quiet``) may overlap: the heap stays frozen
+    until the last of them leaves, and what was made between the two entries is frozen too."""
+    import gc
+
+    from napari_neuroseg.runtime.collector import frozen_depth, frozen_heap
+
+    first, second = frozen_heap(), frozen_heap()
+    first.__enter__()
+    n1 = gc.get_freeze_count()
+    made = [[i] for i in range(1000)]  # new tracked objects
+    second.__enter__()
+    assert frozen_depth() == 2 and gc.get_freeze_count() >= n1 + len(made)
+    first.__exit__(None, None, None)
+    assert frozen_depth() == 1 and gc.get_freeze_count() > 0  # the other user still holds it
+    second.__exit__(None, None, None)
+    assert frozen_depth() == 0 and gc.get_freeze_count() == 0
+
+
+def test_targets_in_the_worker_process_are_the_same():
+    """``TrainSettings.targets_in_worker_process`` (the Fine-tune dock sets it): a patch's targets
+    come from the persistent worker process (stardist's C++ holds that process's GIL), equal to
+    those computed here."""
+    from stardist.rays3d import Rays_GoldenSpiral
+
+    from napari_neuroseg.models.stardist3d.train import patch_targets
+    from napari_neuroseg.models.stardist3d.training.data import make_targets
+    from napari_neuroseg.runtime import subprocess as sp
+
+    _img, lbl = balls()
+    calls: list = []
+    real = sp.get_worker
+    worker = real()
+    orig_call = worker.call
+
+    def spy_call(fn, *a, **kw):
+        calls.append(fn.__name__)
+        return orig_call(fn, *a, **kw)
+
+    worker.call = spy_call
+    try:
+        rays = Rays_GoldenSpiral(32, anisotropy=(2.0, 1.0, 1.0))
+        p, d = patch_targets(lbl, rays, (1, 2, 2), (2.0, 1.0, 1.0), worker_process=True)
+    finally:
+        del worker.call
+    assert calls == ["make_targets"] and worker.alive  # a real child process
+    p0, d0 = make_targets(lbl, rays, (1, 2, 2), (2.0, 1.0, 1.0))
+    np.testing.assert_array_equal(p, p0)
+    np.testing.assert_array_equal(d, d0)
+
+
+@pytest.mark.timeout(240)
+def test_opening_the_dock_compiles_what_the_first_scoring_would(make_napari_viewer, qtbot):
+    """The dock starts ``finetune_job.warmup`` in a background thread once per process: stardist's
+    matching table is compiled for the usual label dtypes before any run (numba's compiler had
+    competed with the viewer for the GIL during the run's first scoring)."""
+    import sys
+
+    from stardist.matching import _label_overlap
+
+    from napari_neuroseg._napari import finetune_widget
+    from napari_neuroseg._napari.finetune_widget import FineTuneWidget
+    from napari_neuroseg.models.finetune_job import WARM_LABEL_DTYPES, WARM_MODULES
+
+    viewer = make_napari_viewer()
+    w = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    th = finetune_widget._WARM["thread"]
+    qtbot.waitUntil(lambda: th.ident is not None and not th.is_alive(), timeout=200_000)
+    FineTuneWidget(viewer)  # a second dock does not start another
+    assert finetune_widget._WARM["thread"] is th
+    compiled = {(str(a.dtype), str(b.dtype)) for a, b in _label_overlap.signatures}
+    assert {(dt, "int32") for dt in WARM_LABEL_DTYPES} <= compiled, compiled
+    # the set-up's imports too: the trainers, and what torch's first optimiser imports
+    assert {*WARM_MODULES, "torch._dynamo"} <= set(sys.modules)

@@ -70,11 +70,14 @@ AUTOSAVE_SECONDS = 60.0
 AUTOSAVE_TICK_MS = 5000
 #: seconds between two plot/progress updates sent by the worker (<= 5 Hz)
 PLOT_INTERVAL = 0.2
-#: the NMS backend of the job's predictions (scores, live F1, held-out score, threshold search):
-#: the numba one, which releases the GIL. stardist's C++ (the CLI's quick backend) holds it for its
-#: whole call, and in the viewer's process the viewer froze with it: 5-72 s per call on the
-#: sample's held-out slab before training (``benchmarks/bench_stalls_finetune.py``)
-JOB_NMS = "neuroseg"
+#: how the job runs in the viewer's process (issue 17, ``benchmarks/bench_stalls_finetune.py``):
+#: ``nms``: the NMS of its predictions (scores, live F1, held-out score, threshold search) with
+#: the numba backend, which releases the GIL; stardist's C++ (the CLI's quick backend) holds it
+#: for its whole call, and the viewer froze with it, 5-72 s a call on the sample's held-out slab.
+#: ``targets_in_worker_process``: the training patches' targets (stardist's C++, holding the GIL
+#: 0.2-0.8 s a patch) computed in the persistent worker process. The job also runs with the heap
+#: frozen for the collector (``runtime/collector.py``, in :func:`_with_session`)
+JOB_OPTIONS = {"nms": "neuroseg", "targets_in_worker_process": True}
 
 
 def format_eta(seconds: float | None) -> str:
@@ -221,6 +224,22 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self._base_changed()
         if offer_restore:
             self.offer_restore()
+        self._start_warmup()
+
+    @staticmethod
+    def _start_warmup() -> None:
+        """Compile, in a background thread once per process, what a nuclei job's first scoring
+        compiles (``finetune_job.warmup``: stardist's matching table, the numba NMS), while the
+        user fills in the form: during a run the compiler competed with the viewer for the GIL
+        (a 752 ms stall measured at the base model's scoring)."""
+        with _WARM_LOCK:
+            if _WARM:
+                return
+            _WARM["thread"] = th = threading.Thread(target=_warm_quietly, name="neuroseg-finetune-warmup",
+                                                    daemon=True)
+        from napari_neuroseg._napari._workers import _after_pending_events
+
+        _after_pending_events(th.start)  # once the dock is built and laid out
 
     # ------------------------------------------------------------------ dock lifecycle (_dock.py)
     def on_dock_shown(self) -> None:
@@ -408,7 +427,7 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             self._review_queue(a["labels_layer"]), a["voxel_size"], desc="Fine-tune",
             out_dir=session.model_dir, base=a["base"], name=a["name"], max_minutes=a["max_minutes"],
             steps=a["steps"], device=a["device"], ignore_unlabelled=a["ignore_unlabelled"],
-            resume=resume, optimize_thresholds=a["optimize_thresholds"], nms=JOB_NMS,
+            resume=resume, optimize_thresholds=a["optimize_thresholds"], **JOB_OPTIONS,
             sources=[f"layer '{a['image_layer'].name}'"],
             label_sources=[f"layer '{a['labels_layer'].name}'"],
             on_yield=self._on_progress, on_return=self._on_result, on_error=self._on_error,
@@ -752,13 +771,31 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         return s
 
 
-def _with_session(job, write, session: Session, image, annotation, mask, review, voxel_size, **kw):
-    """The worker's job: write the session's arrays (off the main thread), then ``job``."""
-    from napari_neuroseg.models.finetune_job import FineTuneProgress
+_WARM: dict[str, threading.Thread] = {}
+_WARM_LOCK = threading.Lock()
 
-    yield FineTuneProgress(0, 1, "saving the session", phase="setup", record="setup")
-    write(session, annotation, review, image, mask)
-    return (yield from job([image], [annotation], [voxel_size], masks=[mask], **kw))
+
+def _warm_quietly() -> None:
+    try:
+        from napari_neuroseg.models.finetune_job import warmup
+
+        warmup()
+    except Exception:  # noqa: BLE001, S110 - the run compiles (and reports) instead
+        pass
+
+
+def _with_session(job, write, session: Session, image, annotation, mask, review, voxel_size, **kw):
+    """The worker's job: write the session's arrays (off the main thread), then ``job``; all of
+    it with the objects that exist at its start frozen for the garbage collector
+    (``runtime/collector.py``): the job's imports and first steps set off full collections,
+    which traversed the whole napari/torch heap holding the GIL (0.5-1.4 s stalls measured)."""
+    from napari_neuroseg.models.finetune_job import FineTuneProgress
+    from napari_neuroseg.runtime.collector import frozen_heap
+
+    with frozen_heap():  # released when the job ends, fails or is cancelled (closed)
+        yield FineTuneProgress(0, 1, "saving the session", phase="setup", record="setup")
+        write(session, annotation, review, image, mask)
+        return (yield from job([image], [annotation], [voxel_size], masks=[mask], **kw))
 
 
 def _safe_name(text: str) -> str:

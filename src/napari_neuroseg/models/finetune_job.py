@@ -45,6 +45,7 @@ __all__ = [
     "fixed_objects_mask",
     "labels_to_stack",
     "restrict_to_region",
+    "warmup",
 ]
 
 #: margin (voxels) kept around the labelled objects when the unlabelled rest is ignored
@@ -115,7 +116,9 @@ class FineTuneSettings:
     ``train.quick_nms_backend()``, stardist's C++ when installed, as ``neuroseg train nuclei``.
     In a GUI's process pass ``"neuroseg"``: stardist's C++ holds the GIL for its whole call, up to
     minutes on an untrained network's many candidates, and the viewer freezes with it; the numba
-    NMS releases it), ``every`` (neurons: validation and checkpoint interval in steps). ``steps``: the
+    NMS releases it), ``targets_in_worker_process`` (nuclei: the training patches' targets,
+    stardist's GIL-holding C++, computed in the persistent worker process; ``TrainSettings``'
+    field of that name: for a GUI's process), ``every`` (neurons: validation and checkpoint interval in steps). ``steps``: the
     most training steps; None = the task's recipe (nuclei: ``FINETUNE_RECIPE``'s 250, the length
     of its learning-rate schedule, as ``neuroseg train nuclei --init-from``; neurons: 2000)."""
 
@@ -137,6 +140,7 @@ class FineTuneSettings:
     live_f1: bool = True
     every: int = 25
     nms: str | None = None
+    targets_in_worker_process: bool = False
 
     @classmethod
     def of(cls, settings: FineTuneSettings | None, options: dict[str, Any], *, base: str) -> FineTuneSettings:
@@ -229,6 +233,47 @@ class _Job:
         yield self.progress(steps, steps, f"done: {score} on the held-out part {_fmt(f1_before)} -> {_fmt(f1_after)}",
                             "done", 0.0)
         return res
+
+
+#: the label dtypes :func:`warmup` compiles ``stardist.matching``'s overlap table for (against the
+#: predictions' int32): those of the usual Labels layers (the annotation keeps its layer's dtype)
+WARM_LABEL_DTYPES = ("uint8", "uint16", "int32", "uint32", "int64")
+
+
+#: the modules a fine-tune job imports in its set-up, imported by :func:`warmup`
+WARM_MODULES = ("napari_neuroseg.models.stardist3d.train", "napari_neuroseg.models.stardist3d.training.finetune",
+                "napari_neuroseg.models.stardist3d.training.thresholds", "napari_neuroseg.models.neurons.train",
+                "napari_neuroseg.metrics")
+
+
+def warmup() -> None:
+    """Compile what a nuclei job compiles when it first scores a model, in the calling thread
+    (a GUI's background thread, before the run): this package's numba NMS (loaded from numba's
+    disk cache after the first time) and ``stardist.matching``'s overlap table, which stardist
+    compiles with numba in every process (no cache), once per label dtype: numba's compiler is
+    Python code that competed with the viewer for the GIL during the run's first scoring, and
+    its allocations set off full garbage collections there. Also the imports a job's set-up
+    makes: the trainers' modules, and torch's optimiser, whose first instance imports
+    ``torch._dynamo`` (with ``torch.onnx`` and ``torch.distributed.tensor``, ~800 modules of
+    Python; sampled in the worker during the base model's scoring). With the heap frozen
+    meanwhile (``runtime/collector.py``)."""
+    import importlib
+
+    import torch  # waits for the dock's background import of torch when it is running
+    from stardist.matching import matching
+
+    from napari_neuroseg.models.stardist3d.nms import warmup as nms_warmup
+    from napari_neuroseg.runtime.collector import frozen_heap
+
+    with frozen_heap():
+        torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+        for name in WARM_MODULES:
+            importlib.import_module(name)
+        nms_warmup()
+        pred = np.zeros((2, 3, 3), np.int32)
+        pred[0, :2, :2] = 1
+        for dt in WARM_LABEL_DTYPES:
+            matching(pred.astype(dt), pred, thresh=0.5)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -437,6 +482,7 @@ def _nuclei_train_settings(st: FineTuneSettings, data, base_model, base_path):
         patch_size=fit_patch_size([yy.shape for yy in data.labels], base_model.config.divisor),
         optimize_thresholds=False,  # searched by the job, timed
         seed=int(st.seed), device=st.device, threads=st.threads, init_from=str(base_path),
+        targets_in_worker_process=bool(st.targets_in_worker_process),
         model_scale=None if base_model.scale is None else base_model.scale.to_dict(),
     ), steps=None if st.steps is None else int(st.steps))
     return replace(settings, nms_backend=st.nms or st_train.quick_nms_backend())

@@ -764,18 +764,17 @@ def warmup_async() -> threading.Thread:
 
 
 def _warmup_quiet() -> None:
-    import gc
+    from napari_neuroseg.runtime.collector import frozen_heap
 
     # numba's compiler allocates many objects; the full garbage collections they trigger hold
     # the GIL for 0.1-0.3 s each in a process with many live objects (napari). Freezing the
-    # objects that exist now keeps those collections shorter; unfrozen afterwards.
-    gc.freeze()
-    try:
-        warmup()
-    except Exception as err:  # noqa: BLE001 - the real call compiles (and reports) again
-        _WARM["error"] = err
-    finally:
-        gc.unfreeze()
+    # objects that exist now keeps those collections shorter; unfrozen afterwards (shared with
+    # other users of the freeze, e.g. a Fine-tune job: runtime/collector.py).
+    with frozen_heap():
+        try:
+            warmup()
+        except Exception as err:  # noqa: BLE001 - the real call compiles (and reports) again
+            _WARM["error"] = err
 
 
 def nms_3d_iter(

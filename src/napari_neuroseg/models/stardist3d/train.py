@@ -92,6 +92,11 @@ class TrainSettings:
     # with stardist's C++ star_dist3D; workers then make only patches and prob targets);
     # None: on when training on CUDA
     targets_on_device: bool | None = None
+    # the targets of each patch (stardist's C++ star_dist3D and edt_prob, which hold the GIL for
+    # their whole call: 0.2-0.8 s a patch on CPU) computed in the persistent worker process of
+    # runtime/subprocess.py instead of this thread: set by a GUI (the Fine-tune dock), whose
+    # viewer otherwise freezes while a training thread computes them (not with targets_on_device)
+    targets_in_worker_process: bool = False
     # fine-tuning: start from the weights of this model (bundled name or folder) instead of a
     # random initialisation (a new run: step 0, fresh optimizer and schedule)
     init_from: str | None = None
@@ -277,6 +282,20 @@ def _lr_at(step: int, s: TrainSettings) -> float:
     return lo + 0.5 * (s.learning_rate - lo) * (1 + math.cos(math.pi * t))
 
 
+def patch_targets(labels, rays, grid, anisotropy, *, device=None, worker_process: bool = False):
+    """:func:`~napari_neuroseg.models.stardist3d.training.data.make_targets` of one label patch,
+    in the persistent worker process (``runtime/subprocess.py``) when ``worker_process`` and no
+    ``device`` is given: stardist's C++ holds the GIL for its whole call, there it holds that
+    process's (``TrainSettings.targets_in_worker_process``)."""
+    from napari_neuroseg.models.stardist3d.training.data import make_targets
+
+    if worker_process and device is None:
+        from napari_neuroseg.runtime.subprocess import get_worker
+
+        return get_worker().call(make_targets, labels, rays, tuple(grid), anisotropy)
+    return make_targets(labels, rays, grid, anisotropy, device=device)
+
+
 class _BatchMaker:
     """Makes the batch of step ``k`` from a seed derived from (seed, k): reproducible and resumable."""
 
@@ -294,7 +313,7 @@ class _BatchMaker:
         import numpy as np
 
         from napari_neuroseg.models.stardist3d.training.augment import augment_patch
-        from napari_neuroseg.models.stardist3d.training.data import make_targets, prob_target
+        from napari_neuroseg.models.stardist3d.training.data import prob_target
 
         rng = np.random.default_rng([self.settings.seed, 1, k])
         xs, ps, ds = [], [], []
@@ -305,7 +324,8 @@ class _BatchMaker:
                 p = prob_target(y, self.grid, self.anisotropy)
                 d = np.asarray(y).astype(np.uint16).astype(np.int32)
             else:
-                p, d = make_targets(y, self.rays, self.grid, self.anisotropy)
+                p, d = patch_targets(y, self.rays, self.grid, self.anisotropy,
+                                     worker_process=self.settings.targets_in_worker_process)
             xs.append(x)
             ps.append(p[np.newaxis])
             ds.append(d)
@@ -469,7 +489,7 @@ def _validation_batches(x_va, y_va, s: TrainSettings, rays, config, target_devic
     ``target_device`` when given)."""
     import numpy as np
 
-    from napari_neuroseg.models.stardist3d.training.data import PatchSampler, make_targets
+    from napari_neuroseg.models.stardist3d.training.data import PatchSampler
 
     val_batches = []
     if x_va:
@@ -477,7 +497,8 @@ def _validation_batches(x_va, y_va, s: TrainSettings, rays, config, target_devic
         vrng = np.random.default_rng([s.seed, 2])
         for _ in range(s.n_val_patches):
             x, y = vs.sample(vrng)
-            p, d = make_targets(y, rays, config.grid, config.anisotropy, device=target_device)
+            p, d = patch_targets(y, rays, config.grid, config.anisotropy, device=target_device,
+                                 worker_process=s.targets_in_worker_process)
             val_batches.append((x[np.newaxis], p[np.newaxis, np.newaxis], d[np.newaxis]))
     return val_batches
 
