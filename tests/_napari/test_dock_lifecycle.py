@@ -377,3 +377,46 @@ def test_shortcuts_box_does_not_look_disabled(make_napari_viewer):
     widget.shortcut_section.set_expanded(True)
     assert all(e.isEnabled() for e in widget.shortcut_edits.values())
     assert widget.shortcut_box.isEnabled()
+
+
+@pytest.mark.parametrize("kind", ["proofread", "nuclei", "neurons", "batch", "evaluate", "finetune"])
+def test_first_progress_bar_leaves_the_status_bar_as_the_open_dock_set_it(shown_viewer, qtbot, kind, tmp_path,
+                                                                          monkeypatch):
+    """The indicator rule (``_dock.reserve_activity_indicator``, from every dock's ``Show``): once a
+    dock is open, napari's first progress bar of the session no longer grows its status bar (the
+    "in progress" animation's first frame is loaded and laid out already), so it resizes no canvas."""
+    from qtpy.QtCore import QEvent, QObject
+    from qtpy.QtWidgets import QStatusBar
+
+    from napari_neuroseg._napari._workers import start_worker
+    from napari_neuroseg.runtime.progress import Progress
+
+    monkeypatch.setenv("NEUROSEG_SESSIONS_DIR", str(tmp_path / "sessions"))
+    viewer = shown_viewer
+    widget = _make(kind, viewer)
+    _dock(viewer, widget, kind)
+    qtbot.wait(50)
+    bar = widget.window().findChild(QStatusBar)
+    height = bar.height()
+    resized: list = []
+
+    class Log(QObject):
+        def eventFilter(self, obj, ev):
+            if ev.type() == QEvent.Type.Resize:
+                resized.append((ev.oldSize().height(), ev.size().height()))
+            return False
+
+    log = Log()
+    bar.installEventFilter(log)
+
+    def job():
+        yield Progress(0, 1, "first step")
+        return 1
+
+    steps: list = []
+    done: list = []
+    start_worker(job, on_yield=steps.append, on_finished=lambda: done.append(1))
+    qtbot.waitUntil(lambda: bool(done), timeout=20000)
+    bar.removeEventFilter(log)
+    assert steps  # the job ran after napari built its bar (the start rule)
+    assert resized == [] and bar.height() == height, (resized, height)

@@ -185,8 +185,9 @@ def test_first_run_of_a_session_resizes_nothing(make_napari_viewer, qtbot, napar
     session grows its status bar by a pixel (its "in progress" animation had no frame loaded
     before), which resized and redrew the canvas and every dock inside napari's building of the
     bar: the first run's longest stall. With the dock shown first, the status bar has its final
-    height and the first run resizes neither the canvas, the status bar nor the dock. Without the
-    dock's reservation (``napari-alone``) the same run resizes them: the check sees the growth."""
+    height, and the first run's start (until the job's first step, after napari built its bar)
+    resizes neither the canvas, the status bar nor the dock. Without the dock's reservation
+    (``napari-alone``) the same start resizes them: the check sees the growth."""
     from qtpy.QtWidgets import QStatusBar
 
     from napari_neuroseg._napari import _dock
@@ -206,9 +207,14 @@ def test_first_run_of_a_session_resizes_nothing(make_napari_viewer, qtbot, napar
     bar = qwin.findChild(QStatusBar)
     log = _ResizeLog(viewer.window._qt_viewer.canvas.native, bar, w)
     bars_seen: list[int] = []
+
+    def first_step(*_):  # napari built its bar before the job's body began (the start rule)
+        bars_seen.append(_activity_bars(viewer))
+        log.on = False  # the result's arrival may lay the dock out anew: not measured here
+
     log.on = True
     w.run()
-    w.worker.yielded.connect(lambda *_: bars_seen.append(_activity_bars(viewer)))
+    w.worker.yielded.connect(first_step)
     qtbot.waitUntil(lambda: w.worker is None, timeout=60000)
     log.on = False
     assert w.result is not None, w.status.text()
