@@ -474,6 +474,19 @@ def test_an_action_and_undo_redo_keys_redraw_the_canvas_one_pass_later(make_napa
     ctrl.run(lambda: seen.append(canvas.updatesEnabled()))
     assert seen == [False] and not canvas.updatesEnabled()  # held during the action
     qtbot.waitUntil(canvas.updatesEnabled, timeout=2000)  # released in a later pass
+    from napari_neuroseg._napari import _display
+
+    searched: list = []
+    real_search = _display.window_canvases
+    _display.window_canvases = lambda w: searched.append(w) or real_search(w)
+    try:  # the window's canvases are found once, not at every action
+        ctrl.run(lambda: seen.append(canvas.updatesEnabled()))
+        qtbot.waitUntil(canvas.updatesEnabled, timeout=2000)
+        ctrl.run(lambda: seen.append(canvas.updatesEnabled()))
+    finally:
+        _display.window_canvases = real_search
+    assert seen == [False, False, False] and searched == []
+    qtbot.waitUntil(canvas.updatesEnabled, timeout=2000)
     original = np.array(layer.data)
     layer.selected_label = 2
     _key(layer, "Delete")()

@@ -62,6 +62,7 @@ class ProofreadController:
         #: a Qt widget in the viewer's window (the dock): each action's canvas redraw comes one
         #: event-loop pass after the action (``_display.repaint_after_next_pass``); None: at once
         self.display_widget = display_widget
+        self._canvases: tuple[Any, list[Any]] | None = None  # (window, its OpenGL widgets)
         self.layer = layer
         self.locked: set[int] = {int(i) for i in layer.metadata.get(LOCKED_KEY, [])}
         self.split_method = "distance"
@@ -181,14 +182,23 @@ class ProofreadController:
             return None
 
     def _redraw_after(self) -> Any:
-        """The canvas held during an action and redrawn in the next pass (with a display widget)."""
+        """The canvas held during an action and redrawn in the next pass (with a display widget);
+        the canvas widgets are found once per window the dock is in (not at every action)."""
         if self.display_widget is None:
             from contextlib import nullcontext
 
             return nullcontext()
-        from napari_neuroseg._napari._display import repaint_after_next_pass
+        from napari_neuroseg._napari._display import repaint_after_next_pass, window_canvases
 
-        return repaint_after_next_pass(self.display_widget)
+        window = self.display_widget.window()
+        found = self._canvases
+        try:
+            stale = found is None or found[0] is not window or any(w.window() is not window for w in found[1])
+        except RuntimeError:  # a canvas was deleted
+            stale = True
+        if stale:
+            found = self._canvases = (window, window_canvases(self.display_widget))
+        return repaint_after_next_pass(self.display_widget, canvases=found[1])
 
     def status(self, msg: str) -> None:
         if self._status is not None:
