@@ -188,7 +188,10 @@ class ProofreadController:
             from contextlib import nullcontext
 
             return nullcontext()
-        from napari_neuroseg._napari._display import repaint_after_next_pass, window_canvases
+        from napari_neuroseg._napari._display import (
+            repaint_after_next_pass,
+            window_canvases,
+        )
 
         window = self.display_widget.window()
         found = self._canvases
