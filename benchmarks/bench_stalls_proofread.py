@@ -21,11 +21,13 @@ a tick has come after the last long gap (its redraws included), with the longest
 collection in that window; ``--sample`` also samples the main thread's stack every 2 ms (a
 sampler thread reading ``sys._current_frames()``) and prints where the longest gap of every
 action over its target was spent. Each case (2D or 3D view) is a fresh process; the cases
-alternate over ``--repeats``; min / median per action at the end. ``PYTHONPATH=<src copy>``
-runs another version of the package with the same script (before / after comparisons).
+alternate over ``--repeats``; min / median per action at the end. ``--compare SRC`` also runs
+the package found in ``SRC`` (e.g. ``git archive <commit> src | tar -x -C /tmp/before``; replace
+the ``napari.yaml`` symlink in it by the file, npe2 reads it there), interleaved with the
+installed one (or with the one on ``PYTHONPATH``).
 
     nice -n 10 xvfb-run -a python benchmarks/bench_stalls_proofread.py [--repeats 3] [--views 2 3]
-        [--n 1000] [--shape 64 256 256] [--dtype uint16] [--sample]
+        [--n 1000] [--shape 64 256 256] [--dtype uint16] [--sample] [--compare /tmp/before/src]
 """
 
 from __future__ import annotations
