@@ -559,3 +559,26 @@ def test_run_in_background_runs_once_per_name_off_the_main_thread(qtbot):
     import sys
 
     assert "skimage.segmentation._watershed" in sys.modules and "edt" in sys.modules
+
+
+def test_dock_uses_no_private_napari_attribute(make_napari_viewer):
+    """napari hands a plugin dock a viewer that warns on private attributes (FutureWarning: they
+    go in napari 0.10). Adding layers (the dock refreshes its layer boxes) touches none."""
+    import warnings
+
+    from napari.utils._proxies import PublicOnlyProxy
+
+    from napari_neuroseg._napari.proofread_widget import ProofreadWidget
+
+    viewer = make_napari_viewer()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        widget = ProofreadWidget(PublicOnlyProxy(viewer))
+        viewer.add_image(np.zeros((12, 40, 40), np.float32), name="raw")
+        layer = viewer.add_labels(_labels(), name="seg")
+        viewer.add_labels(_labels(), name="other")
+        viewer.layers.selection.active = layer
+    private = [str(c.message) for c in caught if "Private attribute" in str(c.message)]
+    assert private == []
+    assert [widget.layer_combo.itemText(i) for i in range(widget.layer_combo.count())] == ["seg", "other"]
+    assert widget.image_combo.findText("raw") >= 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from napari.layers import Image, Labels
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -78,7 +79,7 @@ _NOT_TARGET_META = ("neuroseg_error_kind", "fisbe_overlaps")
 
 def _is_candidate(layer: Any) -> bool:
     """A Labels layer the user may proofread (not a scratch, error or overlaps layer)."""
-    if getattr(layer, "_type_string", None) != "labels" or layer.name.endswith(SCRATCH_SUFFIX):
+    if not isinstance(layer, Labels) or layer.name.endswith(SCRATCH_SUFFIX):
         return False
     md = getattr(layer, "metadata", None) or {}
     if md.get(ROLE_KEY) == "scratch" or any(md.get(k) for k in _NOT_TARGET_META):
@@ -316,8 +317,8 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
         self._release_controller()
 
     # -- layers ---------------------------------------------------------------------------------
-    def _layers(self, kind: str) -> list[Any]:
-        return [ly for ly in self.viewer.layers if ly._type_string == kind]
+    def _layers(self, kind: type) -> list[Any]:
+        return [ly for ly in self.viewer.layers if isinstance(ly, kind)]
 
     def _default_target(self, names: list[str]) -> str:
         """The layer to edit when none is chosen: the selected Labels layer unless it is ground
@@ -331,14 +332,14 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
 
     def _refresh_layers(self, event: Any = None) -> None:
         cur = self.layer_combo.currentText()
-        labels = [ly.name for ly in self._layers("labels") if _is_candidate(ly)]
+        labels = [ly.name for ly in self._layers(Labels) if _is_candidate(ly)]
         self.layer_combo.blockSignals(True)
         self.layer_combo.clear()
         self.layer_combo.addItems(labels)
         if labels:
             self.layer_combo.setCurrentText(cur if cur in labels else self._default_target(labels))
         self.layer_combo.blockSignals(False)
-        for combo, kind, none in ((self.image_combo, "image", "(none)"), (self.gt_combo, "labels", "(none)")):
+        for combo, kind, none in ((self.image_combo, Image, "(none)"), (self.gt_combo, Labels, "(none)")):
             c = combo.currentText()
             combo.blockSignals(True)
             combo.clear()
