@@ -378,10 +378,9 @@ def open_case(dock: str, watch_s: float) -> dict:
     viewer.window.add_plugin_dock_widget("napari-neuroseg", DOCKS[dock])
     built = time.perf_counter() - t0
     torch_after_build = "torch" in sys.modules
-    busy = ("neuroseg-preload-torch", "neuroseg-nms-compile")
-    while time.perf_counter() - t0 < watch_s:
+    while time.perf_counter() - t0 < watch_s:  # the dock's background imports and warm-ups
         _pump(app, 0.1)
-        if not any(th.name in busy and th.is_alive() for th in threading.enumerate()):
+        if not any(th.name.startswith("neuroseg-") and th.is_alive() for th in threading.enumerate()):
             break
     _pump(app, 0.5)
     watched = time.perf_counter() - t0

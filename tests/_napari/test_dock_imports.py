@@ -59,7 +59,7 @@ _CHILD = textwrap.dedent(r'''
     f = docks["neurons"].form
     out.update(main_imports=list(main_imports), devices=_workers._PRELOAD.get("devices"),
                nuclei_choices=list(docks["nuclei"].form.device.choices),
-               neurons_choices=list(f.device.choices), pending=docks["neurons"]._thresholds_pending,
+               neurons_choices=list(f.device.choices), pending=docks["neurons"].thresholds_read.pending,
                neurons_boxes=[f.merge_threshold.value, f.min_size.value],
                shipped=[read_checkpoint(DEFAULT_MODEL)["postprocess"][k] for k in ("merge_threshold", "min_size")])
     viewer.close()
@@ -96,6 +96,6 @@ def test_a_run_before_the_background_import_ends_uses_the_model_thresholds(make_
     w = NeuronsWidget(make_napari_viewer())
     shipped = read_checkpoint(DEFAULT_MODEL)["postprocess"]
     w.form.merge_threshold.value = 1.2
-    w._thresholds_pending = True  # as if torch were still being imported in the background
+    w.thresholds_read.pending = True  # as if torch were still being imported in the background
     assert w.params()["merge_threshold"] == pytest.approx(shipped["merge_threshold"])
-    assert w._thresholds_pending is False
+    assert w.thresholds_read.pending is False

@@ -426,17 +426,17 @@ def test_opening_the_dock_compiles_what_the_first_scoring_would(make_napari_view
 
     from stardist.matching import _label_overlap
 
-    from napari_neuroseg._napari import finetune_widget
+    from napari_neuroseg._napari import _workers, finetune_widget
     from napari_neuroseg._napari.finetune_widget import FineTuneWidget
     from napari_neuroseg.models.finetune_job import WARM_LABEL_DTYPES, WARM_MODULES
 
     viewer = make_napari_viewer()
     w = FineTuneWidget(viewer)
     viewer.window.add_dock_widget(w)
-    th = finetune_widget._WARM["thread"]
+    th = _workers._BACKGROUND[finetune_widget.WARMUP_THREAD]
     qtbot.waitUntil(lambda: th.ident is not None and not th.is_alive(), timeout=200_000)
     FineTuneWidget(viewer)  # a second dock does not start another
-    assert finetune_widget._WARM["thread"] is th
+    assert _workers._BACKGROUND[finetune_widget.WARMUP_THREAD] is th
     compiled = {(str(a.dtype), str(b.dtype)) for a, b in _label_overlap.signatures}
     assert {(dt, "int32") for dt in WARM_LABEL_DTYPES} <= compiled, compiled
     # the set-up's imports too: the trainers, and what torch's first optimiser imports

@@ -201,3 +201,38 @@ def test_job_body_starts_after_napari_built_its_progress_bar(make_napari_viewer,
     qtbot.waitUntil(lambda: finished == [True], timeout=10000)
     assert seen == [True]  # napari had finished building the bar before the body ran
     assert errors_shown == [] and viewer is not None
+
+
+def test_torch_read_reads_the_latest_request_once(monkeypatch):
+    """A model read waiting for torch's background import: a run's flush reads it at once, the
+    import's end then reads nothing more; cancel drops a waiting read; a closed dock reads nothing."""
+    from types import SimpleNamespace
+
+    from napari_neuroseg._napari import _workers
+
+    waiting = []
+    monkeypatch.setattr(_workers, "torch_ready", lambda: False)
+    monkeypatch.setattr(_workers, "preload_torch", lambda cb=None: waiting.append(cb))
+    reads = []
+    dock = SimpleNamespace(dock_closed=False)
+    r = _workers.TorchRead(dock, lambda: reads.append(1))
+    r.request()
+    r.request()  # the model changed again before the import ended
+    assert r.pending and reads == [] and len(waiting) == 2
+    r.flush()  # Run pressed: read now
+    assert reads == [1] and not r.pending
+    for cb in waiting:  # the import ends: nothing more to read
+        cb(["cpu"])
+    assert reads == [1]
+    r.request()
+    r.cancel()
+    waiting[-1](["cpu"])
+    assert reads == [1]
+    r.request()
+    dock.dock_closed = True
+    waiting[-1](["cpu"])
+    assert reads == [1]
+    monkeypatch.setattr(_workers, "torch_ready", lambda: True)
+    dock.dock_closed = False
+    r.request()  # torch imported: read at once
+    assert reads == [1, 1] and not r.pending

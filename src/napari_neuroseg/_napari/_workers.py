@@ -55,7 +55,7 @@ from napari.qt.threading import GeneratorWorker, create_worker
 from napari_neuroseg._napari._notify import notify_error
 from napari_neuroseg.runtime.progress import PROGRESS_INTERVAL, Progress, carries_data, throttle
 
-__all__ = ["JobRuntimeError", "START_WAIT_S", "after_torch", "as_progress", "offer_devices", "preload_torch",
+__all__ = ["JobRuntimeError", "START_WAIT_S", "TorchRead", "after_torch", "as_progress", "offer_devices", "preload_torch",
            "run_in_background", "start_worker", "torch_ready"]
 
 #: longest wait (s) of a job's body for the main thread to have set up its progress bar
@@ -154,16 +154,19 @@ def _preload_body(relay: Any) -> None:
         _dlopen_torch_libraries()
     except Exception:  # noqa: BLE001, S110 - the import below loads them as usual
         pass
+    from napari_neuroseg.runtime.collector import frozen_heap
+
     try:
-        from napari_neuroseg.runtime.device import available_devices
+        with frozen_heap():  # the import's full collections traverse its own objects only
+            from napari_neuroseg.runtime.device import available_devices
 
-        devices = available_devices()  # imports torch
-        import torch
+            devices = available_devices()  # imports torch
+            import torch
 
-        buf = io.BytesIO()  # the first torch.load imports more (~0.1 s): model files are read with it
-        torch.save({"thresholds": [0.5]}, buf)
-        buf.seek(0)
-        torch.load(buf, map_location="cpu", weights_only=True)
+            buf = io.BytesIO()  # the first torch.load imports more (~0.1 s): model files are read with it
+            torch.save({"thresholds": [0.5]}, buf)
+            buf.seek(0)
+            torch.load(buf, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - torch problems are reported when a job runs
         devices = ["cpu"]
     with _PRELOAD_LOCK:
@@ -240,6 +243,32 @@ def after_torch(dock: Any, fn: Callable[[], Any]) -> bool:
 
     preload_torch(ready)
     return False
+
+
+class TorchRead:
+    """A dock's read of a model file that needs torch (its stored thresholds): :meth:`request`
+    reads now when torch is imported, otherwise once the background import
+    (:func:`preload_torch`) has ended, in the main thread, unless the dock was closed;
+    :meth:`flush` reads now if a read still waits (a run started first: the read then waits for
+    the import in the calling thread, so the run never uses the boxes' defaults instead of the
+    model's values). Only the latest request is read; :meth:`cancel` drops a waiting one."""
+
+    def __init__(self, dock: Any, read: Callable[[], Any]):
+        self._dock = dock
+        self._read = read
+        self.pending = False
+
+    def request(self) -> None:
+        self.pending = True
+        after_torch(self._dock, self.flush)
+
+    def flush(self) -> None:
+        if self.pending:
+            self.pending = False
+            self._read()
+
+    def cancel(self) -> None:
+        self.pending = False
 
 
 def offer_devices(dock: Any, box: Any) -> None:

@@ -231,15 +231,13 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         """Compile, in a background thread once per process, what a nuclei job's first scoring
         compiles (``finetune_job.warmup``: stardist's matching table, the numba NMS), while the
         user fills in the form: during a run the compiler competed with the viewer for the GIL
-        (a 752 ms stall measured at the base model's scoring)."""
-        with _WARM_LOCK:
-            if _WARM:
-                return
-            _WARM["thread"] = th = threading.Thread(target=_warm_quietly, name="neuroseg-finetune-warmup",
-                                                    daemon=True)
-        from napari_neuroseg._napari._workers import _after_pending_events
+        (a 752 ms stall measured at the base model's scoring). torch itself comes from the
+        shared background import (``_workers.preload_torch``, started first), which loads its
+        libraries without holding the GIL."""
+        from napari_neuroseg._napari._workers import preload_torch, run_in_background
 
-        _after_pending_events(th.start)  # once the dock is built and laid out
+        preload_torch()
+        run_in_background(_warm_quietly, WARMUP_THREAD)
 
     # ------------------------------------------------------------------ dock lifecycle (_dock.py)
     def on_dock_shown(self) -> None:
@@ -771,8 +769,8 @@ class FineTuneWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         return s
 
 
-_WARM: dict[str, threading.Thread] = {}
-_WARM_LOCK = threading.Lock()
+#: The name of the dock's background warm-up thread (``_workers.run_in_background``).
+WARMUP_THREAD = "neuroseg-finetune-warmup"
 
 
 def _warm_quietly() -> None:

@@ -40,7 +40,7 @@ from napari_neuroseg._napari._forms import (
     typed_model_path,
 )
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
-from napari_neuroseg._napari._workers import after_torch, offer_devices
+from napari_neuroseg._napari._workers import TorchRead, offer_devices
 from napari_neuroseg._napari.nuclei_widget import save_dock_result, voxel_size_text
 from napari_neuroseg.errors import NeurosegError
 
@@ -146,6 +146,7 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.result: Any = None
         self.result_layer: Any = None
         self.arrival = StagedDisplay(self)  # the result's layer, then its redraw in the next pass
+        self.thresholds_read = TorchRead(self, self._read_model_thresholds)  # the model's stored values
         raw = layer_choice(napari_viewer, name="raw", label="Raw (CZYX) or channel 1", accept=_is_raw_image,
                            tooltip="One 3-channel (C, Z, Y, X) image layer, or the first of three single-channel "
                                    "(Z, Y, X) layers; its scale fills the voxel size")
@@ -247,13 +248,12 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
         A model file is read with torch: while torch is still being imported in the background
         (a dock opened in a session without it), the boxes are set once it is done
-        (``_workers.after_torch``), or at once when a run starts earlier (:meth:`params`)."""
-        self._thresholds_pending = not after_torch(self, self._read_model_thresholds)
+        (``_workers.TorchRead``), or at once when a run starts earlier (:meth:`params`)."""
+        self.thresholds_read.request()
 
     def _read_model_thresholds(self) -> None:
         from napari_neuroseg.models.registry import resolve_neuron_model
 
-        self._thresholds_pending = False
         try:
             spec = self.model_spec()
         except NeurosegError:
@@ -296,8 +296,7 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
     # ---------------------------------------------------------------- running
     def params(self) -> dict:
-        if getattr(self, "_thresholds_pending", False):  # a run before torch's background import ended
-            self._read_model_thresholds()  # waits for that import (in this thread)
+        self.thresholds_read.flush()  # a run before torch's background import ended: read now
         f = self.form
         return {"fg_threshold": f.fg_threshold.value, "merge_threshold": f.merge_threshold.value,
                 "min_size": int(f.min_size.value)}

@@ -42,7 +42,7 @@ from napari_neuroseg._napari._forms import (
 )
 from napari_neuroseg._napari._notify import notify_error
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
-from napari_neuroseg._napari._workers import after_torch, offer_devices
+from napari_neuroseg._napari._workers import TorchRead, offer_devices
 from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.runtime.progress import Progress
 
@@ -226,6 +226,7 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.result: dict | None = None
         self.result_layer: Any = None
         self.arrival = StagedDisplay(self)  # a result's layers, one event-loop pass each
+        self.thresholds_read = TorchRead(self, self._read_thresholds)  # the model's stored thresholds
         self._bundled = bundled_models()
 
         image = layer_choice(
@@ -324,21 +325,15 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
     def _start_warmup() -> None:
         """Compile the numba NMS in a background thread now (once per process), not during the
         user's first run (where its garbage collections stalled the viewer up to 138 ms)."""
-        import threading
+        from napari_neuroseg._napari._workers import run_in_background
 
         def warm() -> None:
-            try:
-                from napari_neuroseg.models.stardist3d.nms import warmup_async
+            from napari_neuroseg.models.stardist3d.nms import warmup_async
 
-                warmup_async()
-            except Exception:  # noqa: BLE001, S110 - the first run compiles (and reports) instead
-                pass
-
-        from napari_neuroseg._napari._workers import _after_pending_events
+            warmup_async()
 
         # started once the dock is built and laid out: building it competes for the GIL
-        th = threading.Thread(target=warm, name="neuroseg-nuclei-dock-warmup", daemon=True)
-        _after_pending_events(th.start)
+        run_in_background(warm, "neuroseg-nuclei-dock-warmup")
 
     # ------------------------------------------------------------------ form helpers
     def _refresh_layers(self, *_: Any, initial: bool = False) -> None:
@@ -363,18 +358,18 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
     def reset_thresholds(self) -> None:
         """Set the threshold boxes to the selected model's thresholds. A single model file is
         read with torch: while torch is still being imported in the background, the boxes are
-        set once it is done (``_workers.after_torch``), or at once when a run starts earlier."""
+        set once it is done (``_workers.TorchRead``), or at once when a run starts earlier."""
         try:
             spec = self.model_spec()
         except NeurosegError:
             return
         if _reads_with_torch(spec):
-            self._thresholds_pending = not after_torch(self, self._read_thresholds)
+            self.thresholds_read.request()
         else:
+            self.thresholds_read.cancel()
             self._read_thresholds()
 
     def _read_thresholds(self) -> None:
-        self._thresholds_pending = False
         try:
             th = _model_thresholds(self.model_spec())
         except NeurosegError:
@@ -396,8 +391,7 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
     def parameters(self) -> dict:
         """The run's keyword arguments for :func:`segment_nuclei_iter` (raises NeurosegError)."""
-        if getattr(self, "_thresholds_pending", False):  # a run before torch's background import ended
-            self._read_thresholds()  # waits for that import (in this thread)
+        self.thresholds_read.flush()  # a run before torch's background import ended: read now
         f = self.form
         lo, hi = (float(v) for v in f.percentiles.value)
         if not lo < hi:

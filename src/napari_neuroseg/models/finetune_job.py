@@ -259,13 +259,14 @@ def warmup() -> None:
     meanwhile (``runtime/collector.py``)."""
     import importlib
 
-    import torch  # waits for the dock's background import of torch when it is running
-    from stardist.matching import matching
-
-    from napari_neuroseg.models.stardist3d.nms import warmup as nms_warmup
     from napari_neuroseg.runtime.collector import frozen_heap
 
     with frozen_heap():
+        import torch  # waits for the dock's background import of torch when it is running
+        from stardist.matching import matching
+
+        from napari_neuroseg.models.stardist3d.nms import warmup as nms_warmup
+
         torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
         for name in WARM_MODULES:
             importlib.import_module(name)
