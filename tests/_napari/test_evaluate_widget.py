@@ -404,3 +404,115 @@ def test_dock_uses_no_private_napari_attribute(make_napari_viewer, qtbot):
     private = [str(c.message) for c in caught if "Private attribute" in str(c.message)]
     assert private == []
     assert "evaluation errors" in viewer.layers
+
+
+# ------------------------------------------------------------------ errors to the review queue, jump outline
+def _docked_evaluate(viewer):
+    _dw, w = viewer.window.add_plugin_dock_widget("napari-neuroseg", "Evaluate segmentation")
+    return w
+
+
+def _proofreading(viewer):
+    _dw, p = viewer.window.add_plugin_dock_widget("napari-neuroseg", "Proofreading")
+    return p
+
+
+def test_review_these_errors_feeds_the_proofreading_queue_without_recomputing(make_napari_viewer, qtbot,
+                                                                                monkeypatch):
+    """G1: the Evaluate result's errors become the Proofreading dock's review queue on the
+    evaluated prediction (never the GT), with the task, rule and partly-labelled mode; the
+    metrics are not run again."""
+    import napari_neuroseg.metrics.nuclei as nuclei_metrics
+
+    viewer = make_napari_viewer(show=True)
+    _scene(viewer)
+    w = _docked_evaluate(viewer)
+    assert not w.review_button.isEnabled()
+    w.form.partly.value = True
+    res = _run(w, qtbot)
+    assert w.review_button.isEnabled()
+
+    def no_metrics(*a, **k):
+        raise AssertionError("the metrics ran again")
+
+    monkeypatch.setattr(nuclei_metrics, "evaluate_task_iter", no_metrics)
+    viewer.layers.selection.active = viewer.layers["gt_instances"]  # the GT selected: still not the target
+    w.review_button.click()
+    p = _proofreading(viewer)
+    qtbot.waitUntil(lambda: w._review_worker is None, timeout=60000)
+    assert p.controller is not None and p.controller.review is not None, (w.status.text(), p.status_label.text())
+    q = p.controller.review
+    # the prediction is the edited layer (napari hands plugin docks proxies: compare name and data)
+    assert p.controller.layer.name == "prediction"
+    assert p.controller.layer.data is viewer.layers["prediction"].data
+    kinds = sorted((it.kind, it.id) for it in q.items)
+    assert kinds == sorted([("missed_gt", 3), ("false_split", 1)]
+                           + [("false_positive", i) for i in res["errors"]["false_positive"]])
+    assert q.meta["task"] == "neurons" and q.meta["partly"] is True and q.meta["rule"] == res["error_rule"]
+    assert p.task_combo.currentData() == "neurons" and p.partly.isChecked()
+    assert p.gt_combo.currentText() == "gt_instances"
+    text = p.review_label.text()
+    assert "800 voxels" in text and "partly labelled" in text  # G2: the queue states its rule
+    assert "queued for review" in w.status.text()
+    # walking it outlines the missed neuron from the FISBe stack
+    while q.current is None or q.current.kind != "missed_gt":
+        p.run_action("review_next")
+    assert "missed neuron" in p.review_label.text()
+
+
+def test_review_is_refused_when_the_layers_changed(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    _scene(viewer)
+    w = _docked_evaluate(viewer)
+    _run(w, qtbot)
+    pred = viewer.layers["prediction"]
+    before = pred.data.copy()
+    pred.data[0, 0, 0] = 77  # an edit in place (as painting does)
+    worker = w.review_errors()
+    assert worker is not None
+    qtbot.waitUntil(lambda: w._review_worker is None, timeout=60000)
+    assert "changed since the evaluation" in w.status.text() and "Evaluate again" in w.status.text()
+    assert not w.review_button.isEnabled()
+    names = [ly.name for ly in viewer.layers]
+    assert np.array_equal(pred.data[1:], before[1:])  # nothing else touched
+    # evaluated again: allowed; then the ground truth removed: refused at once
+    _run(w, qtbot)
+    assert w.review_button.isEnabled()
+    viewer.layers.remove("gt_instances")
+    assert w.review_errors() is None
+    assert "removed since the evaluation" in w.status.text()
+    assert [ly.name for ly in viewer.layers] == [n for n in names if n != "gt_instances"]
+
+
+def test_jump_outlines_the_error_in_white_with_the_review_outline_layer(make_napari_viewer, qtbot):
+    """G3: the jumped-to error is outlined in white (the review queue's outline layer, its data
+    swapped at each jump), and the outline goes with a new run."""
+    from napari_neuroseg._napari.evaluate_widget import JUMP_OUTLINE_LAYER
+    from napari_neuroseg._napari.proofreading.navigation import HIGHLIGHT_COLOR
+
+    viewer = make_napari_viewer(show=True)
+    gt = np.zeros((12, 40, 40), np.uint16)
+    gt[2:6, 2:8, 2:8], gt[6:10, 30:36, 5:11] = 1, 3
+    viewer.add_labels(gt, name="gt")
+    pred = np.where(gt == 3, 0, gt).astype(np.uint32)
+    pred[1:4, 20:26, 20:30] = 9  # a false positive
+    viewer.add_labels(pred, name="pred")
+    w = EvaluateWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    w.set_task("nuclei")
+    _run(w, qtbot)
+    errors = viewer.layers["evaluation errors"]
+    w.jump_to("missed_gt", 3)
+    hl = viewer.layers[JUMP_OUTLINE_LAYER]
+    assert hl.visible and hl.contour == 1 and not hl.editable
+    np.testing.assert_allclose(hl.colormap.map(np.array([1], np.uint8))[0], HIGHLIGHT_COLOR)
+    np.testing.assert_array_equal(hl.data > 0, gt[6:10, 30:36, 5:11] == 3)
+    np.testing.assert_allclose(hl.translate, [6, 30, 5])
+    assert viewer.layers.selection.active is errors and hl not in w.form.pred.choices
+    inserted: list = []
+    viewer.layers.events.inserted.connect(lambda e: inserted.append(e.value))
+    w.jump_to("false_positive", 9)
+    assert viewer.layers[JUMP_OUTLINE_LAYER] is hl and inserted == []  # data swapped, no new layer
+    np.testing.assert_array_equal(hl.data > 0, pred[1:4, 20:26, 20:30] == 9)
+    _run(w, qtbot)
+    assert JUMP_OUTLINE_LAYER not in viewer.layers

@@ -582,3 +582,56 @@ def test_dock_uses_no_private_napari_attribute(make_napari_viewer):
     assert private == []
     assert [widget.layer_combo.itemText(i) for i in range(widget.layer_combo.count())] == ["seg", "other"]
     assert widget.image_combo.findText("raw") >= 0
+
+
+# ------------------------------------------------------------------ the queue's rule, the review controls in view
+def test_review_queue_states_its_rule(setup):
+    """G2: next to the count, the dock shows the rule that chose the queue's items."""
+    _viewer, layer, widget = setup
+    rule = ("FISBe preset: predictions with <= 800 voxels removed before matching (2 removed); partly "
+            "labelled: predictions mostly in unlabelled background are not false positives; matched by clDice >= 0.5")
+    q = ReviewQueue.from_errors({"false_positive": [7], "missed_gt": []}, layer.data, task="neurons", rule=rule,
+                                partly=True)
+    widget._install_queue(q, None)
+    text = widget.review_label.text()
+    assert text.startswith("review queue: 1 items") and f"rule: {rule}" in text
+    widget.run_action("review_next")
+    assert f"rule: {rule}" in widget.review_label.text() and "current: false positive" in widget.review_label.text()
+    nuclei = ReviewQueue.from_errors({"false_positive": [7]}, layer.data, task="nuclei",
+                                     rule="unmatched at IoU 0.5 (one-to-one, stardist matching); no size filter")
+    widget._install_queue(nuclei, None)
+    assert "rule: unmatched at IoU 0.5" in widget.review_label.text()
+    widget._install_queue(ReviewQueue.from_checks(layer.data, tiny=50, border=False, largest=2), None)
+    assert "rule: checks: tiny <= 50 voxels, 2 largest" in widget.review_label.text()
+
+
+def test_review_controls_are_in_view_at_1280x800(make_napari_viewer, qtbot):
+    """N1: with the review section open in a 1280x800 window, the count/rule/current line and
+    Prev/Next/Fixed/Ignore are inside the dock's visible area without scrolling."""
+    from qtpy.QtCore import QRect
+    from qtpy.QtWidgets import QPushButton
+
+    from napari_neuroseg._napari.proofread_widget import ProofreadWidget
+
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1280, 800)
+    layer = viewer.add_labels(_labels(), name="seg")
+    widget = ProofreadWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Proofreading")
+    widget.review_section.set_expanded(True)
+    q = ReviewQueue.from_errors({"false_merge": [{"pred": 3, "gts": [4, 5]}], "false_positive": [7]}, layer.data,
+                                task="neurons", rule="FISBe preset: predictions with <= 800 voxels removed "
+                                "before matching (0 removed); fully labelled; matched by clDice >= 0.5")
+    widget._install_queue(q, None)
+    widget.run_action("review_next")
+    qtbot.wait(50)
+    assert widget.scroll.verticalScrollBar().value() == 0
+    view = widget.scroll.viewport()
+    seen = QRect(0, 0, view.width(), view.height())
+    nav = [b for b in widget.findChildren(QPushButton) if b.text() in ("◀ Prev", "Next ▶", "Fixed", "Ignore")]
+    assert len(nav) == 4
+    for w in [widget.review_label, *nav]:
+        top_left = w.mapTo(view, w.rect().topLeft())
+        rect = QRect(top_left, w.size())
+        assert seen.contains(rect), (w.objectName() or getattr(w, "text", lambda: "")(), rect, seen)
+    assert "current: false merge" in widget.review_label.text()

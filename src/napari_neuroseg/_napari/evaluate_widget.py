@@ -36,6 +36,7 @@ from qtpy.QtWidgets import (
     QAbstractButton,
     QAbstractItemView,
     QGridLayout,
+    QHBoxLayout,
     QHeaderView,
     QLabel,
     QListView,
@@ -88,6 +89,11 @@ ERROR_KINDS = {
 }
 #: the one layer holding every error object (value v has kind ``KIND_ORDER[(v - 1) % 4]``)
 ERRORS_LAYER = "evaluation errors"
+#: the white outline of the error jumped to (the review queue's outline layer, its own name)
+JUMP_OUTLINE_LAYER = "evaluate: current error"
+#: the Proofreading dock, as napari.yaml names it (``add_plugin_dock_widget``)
+PLUGIN_NAME = "napari-neuroseg"
+PROOFREADING_DOCK = "Proofreading"
 KIND_ORDER = tuple(ERROR_KINDS)
 #: the error layer draws each object's outline (px) in 2D, not a filled patch that reads as one
 #: more label among the result's; 3D views show it filled (napari draws contours in 2D only)
@@ -279,6 +285,52 @@ def evaluate_layers_iter(gt: Any, pred: Any, partly: bool, *, dim_ids: list[int]
     return result, layer
 
 
+def layer_fingerprint(layer: Any) -> tuple[Any, ...]:
+    """What an evaluated layer was: its data's identity, shape and dtype, a digest of its voxels
+    when they are in memory (an edit, an undo or a new array all change it; lazy data is
+    compared by identity only) and the identity of a FISBe instance stack it carries. Computed in
+    a worker thread (hashing releases the GIL)."""
+    import hashlib
+
+    data = layer.data
+    digest = None
+    if isinstance(data, np.ndarray):
+        digest = hashlib.blake2b(memoryview(np.ascontiguousarray(data)).cast("B"), digest_size=16).hexdigest()
+    stack = (getattr(layer, "metadata", None) or {}).get(FISBE_INSTANCES)
+    return (id(data), tuple(data.shape), str(data.dtype), digest, None if stack is None else id(stack))
+
+
+def evaluate_and_fingerprint_iter(layers: tuple[Any, ...], *args: Any, **kwargs: Any):
+    """Worker job: the fingerprints of the evaluated ``layers`` (taken before the metrics: what
+    was evaluated), then :func:`evaluate_layers_iter` with ``args``/``kwargs``. Returns
+    ``(result, layer, fingerprints)``."""
+    yield Progress(0, 1, "fingerprinting the evaluated layers")
+    fingerprints = tuple(layer_fingerprint(ly) for ly in layers)
+    result, layer = yield from evaluate_layers_iter(*args, **kwargs)
+    return result, layer, fingerprints
+
+
+def review_queue_job(result: dict[str, Any], gt_layer: Any, pred_layer: Any, fingerprints: tuple[Any, ...]):
+    """Worker job: the review queue of an Evaluate result, or ``None`` when the layers changed
+    since the run (their fingerprints differ: the errors would be stale). No metric is
+    recomputed: :meth:`ReviewQueue.from_errors` only places the listed errors (boxes, centroids)
+    in the evaluated prediction (and the ground truth, for missed and split objects)."""
+    from napari_neuroseg.proofread.review import ReviewQueue
+
+    yield Progress(0, 2, "checking the evaluated layers are unchanged")
+    if tuple(layer_fingerprint(ly) for ly in (gt_layer, pred_layer)) != tuple(fingerprints):
+        return None
+    yield Progress(1, 2, "placing the review items")
+    stack = (gt_layer.metadata or {}).get(FISBE_INSTANCES)
+    gt = stack if stack is not None else gt_layer.data
+    preset = result.get("preset") or {}
+    queue = ReviewQueue.from_errors(result["errors"], pred_layer.data, gt, task=result.get("task"),
+                                    rule=result.get("error_rule"), partly=bool(preset.get("partly", False)),
+                                    avF1=result.get("avF1"), f1=result.get("f1"), evaluated=pred_layer.name)
+    yield Progress(2, 2, "review queue ready")
+    return queue
+
+
 def _wrapped_label(text: str) -> QLabel:
     """A word-wrapped label that takes the dock's width instead of widening it (a wrapped
     ``QLabel`` otherwise asks for ~550 px)."""
@@ -333,6 +385,11 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self._guess_cache: tuple[Any, tuple[str, str]] | None = None
         self._scale: Any = None
         self._translate: Any = None
+        #: the layers of the last run (gt, pred), their fingerprints and the review-queue job
+        self._run_layers: tuple[Any, Any] | None = None
+        self._fingerprints: tuple[Any, ...] | None = None
+        self._review_worker: Any = None
+        self._outline: Any = None  # proofreading.navigation.OutlineLayer of the jumped-to error
 
         gt = layer_choice(napari_viewer, name="gt", label="Ground truth", accept=self._is_candidate,
                           tooltip="The ground-truth Labels layer (one id per object); a layer read from a FISBe "
@@ -423,7 +480,17 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                                     "'evaluation errors' layer (TIFF, OME-Zarr) with the plugin's writers")
         self.save_button.setEnabled(False)
         self.save_button.clicked.connect(lambda *_: self.save())
-        layout.addWidget(self.save_button)
+        self.review_button = QPushButton("Review these errors")
+        self.review_button.setToolTip(
+            "Walk these errors in the Proofreading dock's review queue (opens the dock) on the evaluated "
+            "prediction, with the same task, rule and partly-labelled mode; the metrics are not recomputed. "
+            "Refused when a layer changed since the evaluation")
+        self.review_button.setEnabled(False)
+        self.review_button.clicked.connect(lambda *_: self.review_errors())
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.save_button)
+        buttons.addWidget(self.review_button)
+        layout.addLayout(buttons)
         _fit_rows(self.summary, 12)
         _fit_rows(self.thresholds, 9)
         self._kind_icons = {kind: _swatch(color) for kind, (_, color) in ERROR_KINDS.items()}
@@ -448,6 +515,10 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
     def on_dock_closed(self) -> None:
         self.cancel()  # a closed dock's evaluation stops at its next step
+        if self._review_worker is not None:
+            self._review_worker.quit()
+            self._review_worker = None
+        self._clear_outline()
 
     # ---------------------------------------------------------------- layers
     @staticmethod
@@ -575,15 +646,19 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         partly = bool(self.form.partly.value) and task != "nuclei"
         self._scale, self._translate = gt_layer.scale, gt_layer.translate
         self.result = None
+        self._run_layers, self._fingerprints = (gt_layer, pred_layer), None
+        self.review_button.setEnabled(False)
+        self._clear_outline()
         self.controls.start(
-            evaluate_layers_iter, gt, pred, partly,
+            evaluate_and_fingerprint_iter, (gt_layer, pred_layer), gt, pred, partly,
             dim_ids=dim, task=task, task_reason=why if why != "guessed when run" else None,
             scale=tuple(self._scale), translate=tuple(self._translate),
             on_return=self._on_result, desc="Evaluate segmentation",
         )
 
-    def _on_result(self, value: tuple[dict[str, Any], dict[str, Any] | None]) -> None:
-        result, layer = value
+    def _on_result(self, value: tuple[Any, ...]) -> None:
+        result, layer, *fingerprints = value  # (result, layer) from evaluate_layers_iter alone
+        self._fingerprints = fingerprints[0] if fingerprints else None
         self.result = result
         self._fill_tables(result)
         self._add_error_layer(layer, result)
@@ -593,6 +668,65 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         if self.task == "auto":
             self.task_note.setText(f"auto: {task} ({result.get('task_reason', '')}).")
         self.save_button.setEnabled(True)
+        self.review_button.setEnabled(self._fingerprints is not None
+                                      and any(result["errors"].get(k) for k in KIND_ORDER))
+
+    # ---------------------------------------------------------------- review queue
+    def review_errors(self) -> Any:
+        """Hand the last result's errors to the Proofreading dock's review queue (opening the
+        dock) on the evaluated prediction, without recomputing the metrics: the queue is placed in
+        a worker thread after checking that neither evaluated layer changed (a removed layer, an
+        edit, an undo, new data: refused, "evaluate again"). Returns the worker (None if refused)."""
+        from napari_neuroseg._napari._workers import start_worker
+
+        if self.result is None or self._run_layers is None or self._fingerprints is None:
+            self.status.setText("Nothing to review: evaluate first.")
+            return None
+        if self._review_worker is not None:
+            return None
+        gt_layer, pred_layer = self._run_layers
+        gone = [ly.name for ly in (gt_layer, pred_layer) if ly not in self.viewer.layers]
+        if gone:
+            self._refuse_review(f"layer {', '.join(repr(n) for n in gone)} was removed since the evaluation")
+            return None
+        result = self.result
+
+        def done(queue: Any) -> None:
+            self._review_worker = None
+            self._on_review_queue(queue, result, gt_layer, pred_layer)
+
+        def finished() -> None:
+            self._review_worker = None
+
+        self.status.setText("Placing the errors in a review queue…")
+        self._review_worker = start_worker(review_queue_job, result, gt_layer, pred_layer, self._fingerprints,
+                                           on_return=done, on_finished=finished, desc="errors for the review queue")
+        return self._review_worker
+
+    def _refuse_review(self, why: str) -> None:
+        self.review_button.setEnabled(False)
+        self.status.setText(f"Not reviewed: {why}; the listed errors may be stale. Evaluate again.")
+
+    def _on_review_queue(self, queue: Any, result: dict[str, Any], gt_layer: Any, pred_layer: Any) -> None:
+        if self.dock_closed or result is not self.result:
+            return  # closed, or evaluated again meanwhile
+        if queue is None:
+            self._refuse_review("a layer's data changed since the evaluation")
+            return
+        if gt_layer not in self.viewer.layers or pred_layer not in self.viewer.layers:
+            self._refuse_review("a layer was removed since the evaluation")
+            return
+        dock, proofread = self.viewer.window.add_plugin_dock_widget(PLUGIN_NAME, PROOFREADING_DOCK)
+        if not dock.isVisible():
+            dock.setVisible(True)  # a hidden dock: shown again (it takes its keys back)
+        dock.raise_()
+        stack = (gt_layer.metadata or {}).get(FISBE_INSTANCES)
+        if proofread.install_review_queue(queue, pred_layer, gt_layer=gt_layer,
+                                          gt=stack if stack is not None else gt_layer.data):
+            self.status.setText(f"{len(queue)} errors queued for review in the Proofreading dock "
+                                f"(editing '{pred_layer.name}').")
+        else:
+            self.status.setText("The Proofreading dock could not take the queue; see its status line.")
 
     # ---------------------------------------------------------------- display
     @staticmethod
@@ -690,9 +824,26 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         if place is None or layer is None:
             return
         voxel, bbox = place
+        value = int(self._values[(kind, int(obj_id))])
+        self._show_outline(layer, bbox, value)
         frame_box(self.viewer, layer, bbox, voxel)
-        layer.selected_label = int(self._values[(kind, int(obj_id))])
+        layer.selected_label = value
         self.viewer.layers.selection.active = layer
+
+    def _show_outline(self, layer: Any, bbox: Any, value: int) -> None:
+        """Outline the error in white on the canvas: the review queue's outline layer
+        (:class:`~napari_neuroseg._napari.proofreading.navigation.OutlineLayer`), its data swapped
+        at each jump."""
+        from napari_neuroseg._napari.proofreading.navigation import OutlineLayer
+
+        if self._outline is None:
+            self._outline = OutlineLayer(self.viewer, name=JUMP_OUTLINE_LAYER, kind="jump")
+        box = tuple(slice(int(lo), int(hi)) for lo, hi in bbox)
+        self._outline.show(bbox, np.asarray(layer.data[box]) == value, layer.scale, layer.translate)
+
+    def _clear_outline(self) -> None:
+        if self._outline is not None:
+            self._outline.clear()
 
     def _jump(self, item: QListWidgetItem) -> None:
         data = item.data(256)

@@ -212,6 +212,23 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
         review = QWidget()
         rl = QVBoxLayout(review)
         rl.setContentsMargins(0, 0, 0, 0)
+        nav = QHBoxLayout()
+        for title, action in (("◀ Prev", "review_previous"), ("Next ▶", "review_next"),
+                              ("Fixed", "review_fixed"), ("Ignore", "review_ignore")):
+            b = QPushButton(title)
+            key = DEFAULT_SHORTCUTS.get(action)
+            b.setToolTip(ACTION_TITLES[action] + (f" ({key})" if key else "")
+                         + "; the view zooms to the item's box, centred on a voxel of the object, outlined in white")
+            b.clicked.connect(lambda _=False, a=action: self.run_action(a))
+            nav.addWidget(b)
+        # the count, the queue's rule, the current item and the walk buttons first: in view
+        # without scrolling at 1280x800 while walking (the options below fold with the section)
+        self.review_label = QLabel("No review queue")
+        self.review_label.setWordWrap(True)
+        self.review_label.setToolTip("The queue's size and progress, the rule that chose its items "
+                                     "(metrics task, FISBe size filter, partly-labelled mode) and the current item")
+        rl.addWidget(self.review_label)
+        rl.addLayout(nav)
         rl.addLayout(self._review_options_form())
         brow = QHBoxLayout()
         for title, slot, tip in (
@@ -226,19 +243,6 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
             b.clicked.connect(slot)
             brow.addWidget(b)
         rl.addLayout(brow)
-        nav = QHBoxLayout()
-        for title, action in (("◀ Prev", "review_previous"), ("Next ▶", "review_next"),
-                              ("Fixed", "review_fixed"), ("Ignore", "review_ignore")):
-            b = QPushButton(title)
-            key = DEFAULT_SHORTCUTS.get(action)
-            b.setToolTip(ACTION_TITLES[action] + (f" ({key})" if key else "")
-                         + "; the view zooms to the item's box, centred on a voxel of the object, outlined in white")
-            b.clicked.connect(lambda _=False, a=action: self.run_action(a))
-            nav.addWidget(b)
-        self.review_label = QLabel("No review queue")  # above the buttons: in view while walking
-        self.review_label.setWordWrap(True)
-        rl.addWidget(self.review_label)
-        rl.addLayout(nav)
         self.review_section = CollapsibleSection(
             "Review queue", review, expanded=True,
             tooltip="Show or hide the review queue (a list of places to check, saved next to the labels)")
@@ -439,13 +443,32 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
         self._update_locked()
         c = self.controller
         if c is not None and c.review is not None:
-            q = c.review
-            n = q.counts()
-            cur = q.current
-            self.review_label.setText(
-                f"{len(q)} items: {n['todo']} to do, {n['fixed']} fixed, {n['ignored']} ignored"
-                + (f"\ncurrent: {q.describe(cur)}" if cur else "")
-            )
+            self.review_label.setText(self.review_text(c.review))
+
+    @staticmethod
+    def review_rule(queue: ReviewQueue) -> str:
+        """The rule that chose the queue's items: the metrics' error rule (nuclei: IoU 0.5;
+        neurons: the FISBe size filter, how many it removed, the partly-labelled mode) or the
+        checks' options."""
+        meta = queue.meta or {}
+        rule = meta.get("rule")
+        if rule:
+            return str(rule)
+        if meta.get("source") == "checks":
+            parts = [f"tiny <= {meta['tiny']} voxels" if meta.get("tiny") else "",
+                     "touching the border" if meta.get("border") else "",
+                     f"{meta['largest']} largest" if meta.get("largest") else ""]
+            return "checks: " + (", ".join(p for p in parts if p) or "none")
+        return ""
+
+    def review_text(self, queue: ReviewQueue) -> str:
+        """The review line: count and progress, the queue's rule, the current item."""
+        n = queue.counts()
+        rule = self.review_rule(queue)
+        cur = queue.current
+        return (f"review queue: {len(queue)} items: {n['todo']} to do, {n['fixed']} fixed, {n['ignored']} ignored"
+                + (f"\nrule: {rule}" if rule else "")
+                + (f"\ncurrent: {queue.describe(cur)}" if cur else ""))
 
     # -- actions --------------------------------------------------------------------------------
     def run_action(self, action: str) -> Any:
@@ -520,11 +543,38 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
         if path:
             queue.save(path)
         self._status(f"review queue: {len(queue)} items" + (f" (saved to {path})" if path else ""))
+        self.review_label.setText(self.review_text(queue))
         # the outline layer is added (hidden) in a later event-loop pass of its own, redrawn in
         # the pass after it: napari's insert is paid neither here nor by the first Next
         from ._display import StagedDisplay
 
         StagedDisplay(self).start([lambda: None, c.nav.prepare_highlight])
+
+    def install_review_queue(self, queue: ReviewQueue, target_layer: Any, *, gt_layer: Any = None,
+                             gt: Any = None) -> bool:
+        """Walk ``queue`` on ``target_layer`` (the layer its items were found in, e.g. the
+        prediction the Evaluate dock scored): that layer becomes the edited one, ``gt_layer`` the
+        ground truth, the queue's task and partly-labelled mode are set in the review options, the
+        review section opens. ``gt`` is the array the queue was placed against (a FISBe stack);
+        default: ``gt_layer``'s. Returns False (and says why) when the layer cannot be edited here."""
+        if target_layer is None or target_layer not in self.viewer.layers or not _is_candidate(target_layer):
+            self._status("the evaluated prediction is not in the viewer any more: evaluate again")
+            return False
+        self.layer_combo.setCurrentText(target_layer.name)  # binds it (_on_combo_changed)
+        c = self.controller
+        if c is None or c.layer.name != target_layer.name:  # (napari may hand docks proxies of a layer)
+            self._status(f"cannot proofread '{target_layer.name}' now (is this dock open?)")
+            return False
+        if gt_layer is not None and self.gt_combo.findText(gt_layer.name) >= 0:
+            self.gt_combo.setCurrentText(gt_layer.name)
+        task = queue.meta.get("task")
+        i = self.task_combo.findData(task) if task else -1
+        if i >= 0:
+            self.task_combo.setCurrentIndex(i)
+        self.partly.setChecked(bool(queue.meta.get("partly")))
+        self.review_section.set_expanded(True)
+        self._install_queue(queue, self._default_review_path(), gt)
+        return True
 
     def _default_review_path(self) -> str | None:
         p = self._labels_path()

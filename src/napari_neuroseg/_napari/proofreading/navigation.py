@@ -17,7 +17,8 @@ from napari_neuroseg.errors import NeurosegError
 if TYPE_CHECKING:  # pragma: no cover
     from .controller import ProofreadController
 
-__all__ = ["HIGHLIGHT_COLOR", "HIGHLIGHT_LAYER", "ReviewNavigator", "frame_box", "item_mask", "on_object_voxel"]
+__all__ = ["HIGHLIGHT_COLOR", "HIGHLIGHT_LAYER", "OutlineLayer", "ReviewNavigator", "frame_box", "item_mask",
+           "on_object_voxel"]
 
 HIGHLIGHT_LAYER = "review: current item"
 #: outline colour of the current item: white is not among napari's label colours (saturated hues)
@@ -82,6 +83,86 @@ def frame_box(viewer: Any, layer: Any, bbox: Any, voxel: Any) -> None:
         camera.zoom = ZOOM_FILL * float(min(size)) / span
 
 
+class OutlineLayer:
+    """A temporary Labels layer that outlines one object in :data:`HIGHLIGHT_COLOR` (white) in
+    2D and veils it in 3D (napari draws no contours there): a small array placed at the object's
+    box, its data swapped while hidden at each :meth:`show` (no new layer per object). Used by the
+    review queue and by the Evaluate dock's jump to an error."""
+
+    def __init__(self, viewer: Any, name: str = HIGHLIGHT_LAYER, kind: str = "review"):
+        self.viewer = viewer
+        self.name = name
+        self.kind = kind  # metadata["neuroseg_error_kind"]: no dock offers the layer as a target
+        self.layer: Any = None
+
+    def show(self, bbox: Any, mask: np.ndarray | None, scale: Any, translate: Any) -> Any:
+        """Outline ``mask`` (the object's voxels inside ``bbox``, [[lo, hi], ...]; its whole box
+        where they are unknown) of a layer with ``scale`` and ``translate``. Returns the layer."""
+        box = np.array([[int(lo), int(hi)] for lo, hi in bbox])
+        shape = tuple(int(v) for v in np.maximum(box[:, 1] - box[:, 0], 1))
+        data = np.ones(shape, np.uint8) if mask is None or not mask.any() else mask.astype(np.uint8)
+        scale = np.asarray(scale, float)
+        translate = np.asarray(translate, float) + box[:, 0] * scale[-len(box):]
+        hl = self.layer
+        if hl is None or hl not in self.viewer.layers or hl.ndim != data.ndim:
+            hl = self.add(data, scale, translate)
+        else:  # changed while hidden: napari slices a hidden layer only once it is shown again
+            hl.visible = False
+            hl.data = data
+            if not np.allclose(hl.scale, scale):
+                hl.scale = scale
+            hl.translate = translate
+        # 2D: the outline; 3D (napari draws no contours there): the object veiled in white
+        three_d = self.viewer.dims.ndisplay == 3
+        if hl.contour != (0 if three_d else 1):  # napari refreshes the layer on every set
+            hl.contour = 0 if three_d else 1
+        hl.opacity = 0.5 if three_d else 1.0
+        hl.visible = True
+        return hl
+
+    def add(self, data: np.ndarray, scale: Any, translate: Any, visible: bool = True) -> Any:
+        """Add the outline layer (the active layer stays the active one). Its colormap maps
+        every id > 0 to :data:`HIGHLIGHT_COLOR` with 8-bit data shown as it is: a
+        ``DirectLabelColormap`` made napari compile numba typed-dict code in the main thread at
+        the first jump of a session (3-12 s measured). Its painting overlays never get visuals
+        (it is not editable)."""
+        from napari.layers import Labels
+        from napari.utils.colormaps import CyclicLabelColormap
+
+        from napari_neuroseg._napari._display import hide_painting_overlays
+        from napari_neuroseg._napari._layers import ROLE_KEY
+
+        cmap = CyclicLabelColormap(colors=[(0.0, 0.0, 0.0, 0.0), HIGHLIGHT_COLOR], background_value=0)
+        hl = Labels(data, name=self.name, colormap=cmap, opacity=1.0, scale=scale, translate=translate,
+                    metadata={ROLE_KEY: "scratch", "neuroseg_error_kind": self.kind},
+                    blending="translucent_no_depth", visible=visible)
+        hl.contour = 1  # the 2D outline (set before the insert: no refresh in the viewer)
+        hl.editable = False
+        hide_painting_overlays(hl)
+        active = self.viewer.layers.selection.active
+        self.viewer.layers.append(hl)
+        if active is not None:
+            self.viewer.layers.selection.active = active
+        self.layer = hl
+        return hl
+
+    def prepare(self, like: Any) -> None:
+        """Add the layer hidden (1 voxel, placed like the layer ``like``) unless it exists: the
+        insert (0.2-0.4 s) is then not paid by the first jump."""
+        if self.layer is not None and self.layer in self.viewer.layers:
+            return
+        self.add(np.zeros((1,) * like.ndim, np.uint8), like.scale, like.translate, visible=False)
+
+    def clear(self) -> None:
+        """Remove the layer (if it is still in the viewer)."""
+        hl, self.layer = self.layer, None
+        try:
+            if hl is not None and hl in self.viewer.layers:
+                self.viewer.layers.remove(hl)
+        except Exception:  # noqa: BLE001 - the viewer may be closing
+            pass
+
+
 class ReviewNavigator:
     """The review queue of one controller and the view of its current item."""
 
@@ -90,7 +171,7 @@ class ReviewNavigator:
         self.queue: Any = None  # proofread.review.ReviewQueue
         self.path: str | None = None
         self.gt: Any = None  # ground truth the queue was built against (places "gt" items)
-        self._highlight: Any = None
+        self.outline = OutlineLayer(controller.viewer)
 
     def set_queue(self, queue: Any, path: str | None = None, *, gt: Any = None) -> None:
         from .controller import LOCKED_KEY
@@ -154,76 +235,18 @@ class ReviewNavigator:
         return voxel
 
     def _show_outline(self, item: Any, mask: np.ndarray | None) -> None:
-        """Draw the item's outline (its voxels; its box where they are unknown) in the highlight
-        layer, a small array placed at the item's box."""
-        c = self._c
-        layer = c.layer
-        box = np.array([[int(lo), int(hi)] for lo, hi in item.bbox])
-        shape = tuple(int(v) for v in np.maximum(box[:, 1] - box[:, 0], 1))
-        data = np.ones(shape, np.uint8) if mask is None or not mask.any() else mask.astype(np.uint8)
-        scale = np.asarray(layer.scale, float)
-        translate = np.asarray(layer.translate, float) + box[:, 0] * scale[-len(box):]
-        hl = self._highlight
-        if hl is None or hl not in c.viewer.layers or hl.ndim != data.ndim:
-            hl = self._add_highlight(data, scale, translate)
-        else:  # changed while hidden: napari slices a hidden layer only once it is shown again
-            hl.visible = False
-            hl.data = data
-            if not np.allclose(hl.scale, scale):
-                hl.scale = scale
-            hl.translate = translate
-        # 2D: the outline; 3D (napari draws no contours there): the object veiled in white
-        three_d = c.viewer.dims.ndisplay == 3
-        if hl.contour != (0 if three_d else 1):  # napari refreshes the layer on every set
-            hl.contour = 0 if three_d else 1
-        hl.opacity = 0.5 if three_d else 1.0
-        hl.visible = True
-
-    def _add_highlight(self, data: np.ndarray, scale: Any, translate: Any, visible: bool = True) -> Any:
-        """Add the outline layer (the edited layer stays the active one). Its colormap maps
-        every id > 0 to :data:`HIGHLIGHT_COLOR` with 8-bit data shown as it is: a
-        ``DirectLabelColormap`` made napari compile numba typed-dict code in the main thread at
-        the first jump of a session (3-12 s measured). Its painting overlays never get visuals
-        (it is not editable)."""
-        from napari.layers import Labels
-        from napari.utils.colormaps import CyclicLabelColormap
-
-        from napari_neuroseg._napari._display import hide_painting_overlays
-        from napari_neuroseg._napari._layers import ROLE_KEY
-
-        c = self._c
-        cmap = CyclicLabelColormap(colors=[(0.0, 0.0, 0.0, 0.0), HIGHLIGHT_COLOR], background_value=0)
-        hl = Labels(data, name=HIGHLIGHT_LAYER, colormap=cmap, opacity=1.0, scale=scale, translate=translate,
-                    metadata={ROLE_KEY: "scratch", "neuroseg_error_kind": "review"},
-                    blending="translucent_no_depth", visible=visible)
-        hl.contour = 1  # the 2D outline (set before the insert: no refresh in the viewer)
-        hl.editable = False
-        hide_painting_overlays(hl)
-        active = c.viewer.layers.selection.active
-        c.viewer.layers.append(hl)
-        if active is not None:
-            c.viewer.layers.selection.active = active
-        self._highlight = hl
-        return hl
+        """Draw the item's outline (its voxels; its box where they are unknown)."""
+        layer = self._c.layer
+        self.outline.show(item.bbox, mask, layer.scale, layer.translate)
 
     def prepare_highlight(self) -> None:
         """Add the outline layer hidden, before the first jump: napari's insert of a layer
         (its visual, its controls: 0.2-0.4 s here) is then paid when the queue arrives, not by
         the first Next. Does nothing without a queue, once the dock let go, or when it exists."""
-        c = self._c
-        if self.queue is None or not c.connected:
+        if self.queue is None or not self._c.connected:
             return
-        hl = self._highlight
-        if hl is not None and hl in c.viewer.layers:
-            return
-        layer = c.layer
-        self._add_highlight(np.zeros((1,) * layer.ndim, np.uint8), layer.scale, layer.translate, visible=False)
+        self.outline.prepare(self._c.layer)
 
     def clear_highlight(self) -> None:
         """Remove the outline layer (the queue ended, or the dock let go of the layer)."""
-        hl, self._highlight = self._highlight, None
-        try:
-            if hl is not None and hl in self._c.viewer.layers:
-                self._c.viewer.layers.remove(hl)
-        except Exception:  # noqa: BLE001 - the viewer may be closing
-            pass
+        self.outline.clear()
