@@ -516,3 +516,34 @@ def test_jump_outlines_the_error_in_white_with_the_review_outline_layer(make_nap
     np.testing.assert_array_equal(hl.data > 0, pred[1:4, 20:26, 20:30] == 9)
     _run(w, qtbot)
     assert JUMP_OUTLINE_LAYER not in viewer.layers
+    w.jump_to("missed_gt", 3)
+    assert JUMP_OUTLINE_LAYER in viewer.layers
+    viewer.window.remove_dock_widget(w)  # closing the dock takes its outline with it
+    qtbot.waitUntil(lambda: w.dock_closed, timeout=3000)
+    assert JUMP_OUTLINE_LAYER not in viewer.layers and "evaluation errors" in viewer.layers
+
+
+def test_review_shows_a_hidden_proofreading_dock_and_uses_it(make_napari_viewer, qtbot):
+    """The Proofreading dock already open but hidden: the same dock is shown again (its keys
+    back) and takes the queue; nuclei task: the IoU rule is stated."""
+    viewer = make_napari_viewer(show=True)
+    gt = np.zeros((12, 40, 40), np.uint16)
+    gt[2:6, 2:8, 2:8], gt[6:10, 30:36, 5:11] = 1, 3
+    viewer.add_labels(gt, name="gt")
+    viewer.add_labels(np.where(gt == 3, 0, gt).astype(np.uint32), name="pred")
+    w = _docked_evaluate(viewer)
+    w.set_task("nuclei")
+    _run(w, qtbot)
+    dock, p = viewer.window.add_plugin_dock_widget("napari-neuroseg", "Proofreading")
+    qtbot.wait(50)  # shown and laid out first
+    dock.title.hide_button.click()
+    qtbot.wait(50)
+    assert p.dock_suspended and not p.controller.connected
+    w.review_button.click()
+    qtbot.waitUntil(lambda: w._review_worker is None, timeout=30000)
+    assert dock.isVisible() and not p.dock_suspended
+    q = p.controller.review
+    assert q is not None and [(it.kind, it.id) for it in q.items] == [("missed_gt", 3)]
+    assert p.controller.layer.name == "pred" and p.task_combo.currentData() == "nuclei"
+    assert "rule: unmatched at IoU 0.5" in p.review_label.text()
+    assert p.controller.connected  # keys and clicks bound again
