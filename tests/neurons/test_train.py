@@ -143,6 +143,7 @@ def test_train_with_batch_workers_and_time_budget(fisbe_folder, tmp_path):
     assert read_checkpoint(out2 / "last.pt")["iteration"] == 1
 
 
+@pytest.mark.slow  # 31 s on 2 cores (the default suite keeps under 8 min)
 def test_finetune_on_one_volume_holds_out_a_slab_and_tunes_postprocess(tmp_path):
     """Fine-tuning (--init-from) on a folder with one annotated volume and no validation sample:
     a slab of it is held out and scored at every check, the post-processing thresholds are
