@@ -38,6 +38,7 @@ each in its own fresh process (numbers in ``docs/widgets.md``, Responsiveness, *
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -54,7 +55,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests" / "_napari"))
 
-from bench_widget_stalls import ARRIVAL_TARGET, RUN_TARGET, _pump, _track_gc
+from bench_widget_stalls import (
+    ARRIVAL_TARGET,
+    RUN_TARGET,
+    _pump,
+    _track_gc,
+    settle_events,
+)
 
 SCALE = (2.0, 1.0, 1.0)
 PARAMS = {"sigma": 1.5, "min_size": 50}
@@ -189,15 +196,7 @@ def case_run(case: str, sample: bool, dock_module: str | None = None) -> dict:
     if sampler is not None:
         sampler.start()
 
-    def settle(seconds: float) -> None:
-        """Pump for ``seconds``, then on until a tick came after the last stall."""
-        t_end = time.perf_counter() + seconds
-        while True:
-            app.processEvents()
-            time.sleep(0.005)
-            now = time.perf_counter()
-            if now >= t_end and ((ends and now - ends[-1] < 0.06) or now > t_end + 10):
-                return
+    settle = functools.partial(settle_events, app, ends)  # pump, then until a tick after the last stall
 
     # the dock, as napari opens it (Plugins menu: the npe2 widget contribution)
     meter.restart()

@@ -35,6 +35,7 @@ interleaved before/after runs of one version of this script.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -50,7 +51,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "_napari"))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
-from bench_widget_stalls import ARRIVAL_TARGET, DOCKS, RUN_TARGET, _pump, _track_gc
+from bench_widget_stalls import (
+    ARRIVAL_TARGET,
+    DOCKS,
+    RUN_TARGET,
+    _pump,
+    _track_gc,
+    settle_events,
+)
 
 #: the dock whose model picker must offer the fine-tuned model, per task
 PICKER_DOCK = {"nuclei": "nuclei", "neurons": "neurons"}
@@ -214,14 +222,7 @@ def finetune_case(task: str, minutes: float, steps: int, sample: bool, switchint
     meter.on_tick.append(lambda: (ends.append(time.perf_counter()), phases.append(last_phase[0]),
                                   statuses.append(w.status.text()[:60])))
 
-    def settle(seconds: float) -> None:
-        t_end = time.perf_counter() + seconds
-        while True:
-            app.processEvents()
-            time.sleep(0.005)
-            now = time.perf_counter()
-            if now >= t_end and ((ends and now - ends[-1] < 0.06) or now > t_end + 10):
-                return
+    settle = functools.partial(settle_events, app, ends)  # pump, then until a tick after the last stall
 
     # baseline: one redraw of the scene, no job
     viewer.reset_view()

@@ -33,6 +33,7 @@ installed one (or with the one on ``PYTHONPATH``).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
@@ -48,7 +49,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "tests" / "_napari"))
 
-from bench_widget_stalls import _track_gc, scene
+from bench_widget_stalls import _track_gc, scene, settle_events
 
 #: issue 17: an interactive action (edit, undo, redo, jump), and a computed result arriving
 ACTION_TARGET, ARRIVAL_TARGET = 0.100, 0.300
@@ -179,15 +180,7 @@ def case(ndisplay: int, n: int, shape: tuple[int, int, int], dtype: str, sample:
     gc_pauses = _track_gc()
     sampler = StackSampler().start() if sample else None
 
-    def settle(seconds: float) -> None:
-        """Pump for ``seconds``, then until a tick has come after the last stall."""
-        t_end = time.perf_counter() + seconds
-        while True:
-            app.processEvents()
-            time.sleep(0.005)
-            now = time.perf_counter()
-            if now >= t_end and ((ends and now - ends[-1] < 0.06) or now > t_end + 10):
-                return
+    settle = functools.partial(settle_events, app, ends)  # pump, then until a tick after the last stall
 
     def pixel(coord) -> QPoint:
         """The canvas pixel of a data voxel of the result layer (its displayed axes)."""

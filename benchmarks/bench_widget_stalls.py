@@ -65,6 +65,7 @@ onwards) so that module compilation, which an installed package does not pay, is
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -87,6 +88,19 @@ def scene(n: int, shape: tuple[int, int, int]):
     pred[(gt > 0) & (np.roll(gt, -1, axis=2) != gt)] = 0  # lose one face: IoU ~0.7
     pred[np.isin(pred, np.arange(1, max(2, n // 30)))] = 0  # some missed
     return gt, pred
+
+
+def settle_events(app, ends: list[float], seconds: float) -> None:
+    """Pump events for ``seconds``, then on until a tick of the stall meter (its times in
+    ``ends``) has come after the last stall: a redraw longer than the pump would otherwise end
+    it unmeasured (at most 10 s more)."""
+    t_end = time.perf_counter() + seconds
+    while True:
+        app.processEvents()
+        time.sleep(0.005)
+        now = time.perf_counter()
+        if now >= t_end and ((ends and now - ends[-1] < 0.06) or now > t_end + 10):
+            return
 
 
 def _pump(app, seconds: float) -> None:
@@ -568,16 +582,7 @@ def evaluate_main(args) -> int:
     gc_pauses = _track_gc()
     failed = False
 
-    def settle(seconds: float) -> None:
-        """Pump events for ``seconds``, then on until a tick has come after the last stall (a
-        redraw longer than the pump would otherwise end it unmeasured)."""
-        t_end = time.perf_counter() + seconds
-        while True:
-            app.processEvents()
-            time.sleep(0.005)
-            now = time.perf_counter()
-            if now >= t_end and ((ends and now - ends[-1] < 0.06) or now > t_end + 10):
-                return
+    settle = functools.partial(settle_events, app, ends)  # pump, then until a tick after the last stall
 
     def redraw_stall() -> float:
         """The longest stall of one redraw of the scene as it is, no job running."""
