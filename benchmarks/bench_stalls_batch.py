@@ -61,6 +61,7 @@ from bench_widget_stalls import (
     _pump,
     _track_gc,
     settle_events,
+    track_full_gc_threads,
 )
 
 SCALE = (2.0, 1.0, 1.0)
@@ -113,20 +114,6 @@ class StackSampler(threading.Thread):
         main = Counter(" > ".join(s[1][-depth:]) for s in sel)
         other = Counter(o for s in sel for o in s[2])
         return {"n": len(sel), "main": main.most_common(top), "others": other.most_common(top + 2)}
-
-
-def _track_full_gc_threads() -> list[tuple[float, str]]:
-    """(start, thread name) of every full garbage collection of the process from now on."""
-    import gc
-
-    out: list[tuple[float, str]] = []
-
-    def cb(phase: str, info: dict) -> None:
-        if phase == "start" and info["generation"] == 2:
-            out.append((time.perf_counter(), threading.current_thread().name))
-
-    gc.callbacks.append(cb)
-    return out
 
 
 def make_inputs(folder: Path, case: str) -> dict:
@@ -191,7 +178,7 @@ def case_run(case: str, sample: bool, dock_module: str | None = None) -> dict:
     ends: list[float] = []
     meter.on_tick.append(lambda: ends.append(time.perf_counter()))
     gc_pauses = _track_gc()
-    full_gcs = _track_full_gc_threads()
+    full_gcs = track_full_gc_threads()
     sampler = StackSampler() if sample else None
     if sampler is not None:
         sampler.start()

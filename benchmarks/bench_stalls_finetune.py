@@ -58,6 +58,7 @@ from bench_widget_stalls import (
     _pump,
     _track_gc,
     settle_events,
+    track_full_gc_threads,
 )
 
 #: the dock whose model picker must offer the fine-tuned model, per task
@@ -127,21 +128,6 @@ class StackSampler(threading.Thread):
                 "main_innermost": inner.most_common(top), "main_frames": any_depth.most_common(top),
                 "other_threads": others.most_common(top),
                 "before": [(o, 1) for o in (before[0][2] if before else ())]}
-
-
-def _track_gc_threads() -> list[tuple[float, str]]:
-    """Which thread started each full garbage collection: (start, thread name). A collection
-    runs in whichever thread crossed the threshold (``_track_gc`` records how long)."""
-    import gc
-
-    out: list[tuple[float, str]] = []
-
-    def cb(phase: str, info: dict) -> None:
-        if phase == "start" and info["generation"] == 2:
-            out.append((time.perf_counter(), threading.current_thread().name))
-
-    gc.callbacks.append(cb)
-    return out
 
 
 def _wait_for_background(app, limit: float = 180.0) -> float:
@@ -247,7 +233,7 @@ def finetune_case(task: str, minutes: float, steps: int, sample: bool, switchint
 
     w._on_result, w._on_progress = timed_result, timed_progress
     gc_pauses = _track_gc()
-    gc_threads = _track_gc_threads()
+    gc_threads = track_full_gc_threads()
     sampler = StackSampler() if sample else None
     if sampler is not None:
         sampler.start()

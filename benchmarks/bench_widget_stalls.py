@@ -220,6 +220,22 @@ def nuclei_case(warmup: bool, threads: int, all_layers: bool = False) -> dict:
     return out
 
 
+def track_full_gc_threads() -> list[tuple[float, str]]:
+    """Which thread started each full garbage collection from now on: (start, thread name). A
+    collection runs in whichever thread crossed the threshold (``_track_gc`` records how long)."""
+    import gc
+    import threading
+
+    out: list[tuple[float, str]] = []
+
+    def cb(phase: str, info: dict) -> None:
+        if phase == "start" and info["generation"] == 2:
+            out.append((time.perf_counter(), threading.current_thread().name))
+
+    gc.callbacks.append(cb)
+    return out
+
+
 def _track_gc() -> list[tuple[float, float, int]]:
     """Record every garbage collection of the process: (start, seconds, generation). A full
     collection holds the GIL for its whole length, in whichever thread triggered it."""
