@@ -21,7 +21,11 @@ Every garbage collection is logged (``gc.callbacks``; the longest full one in ea
 printed). ``--sample`` also starts a thread that records the main thread's stack (and the other
 threads' innermost frames) every 2 ms with ``sys._current_frames()``; for each stall over its
 target the most frequent main-thread frames during it are printed, and how many samples the
-sampler got (few samples in a long gap: another thread held the GIL, the sampler could not run).
+sampler got (few samples in a long gap: another thread held the GIL, or the process got no CPU).
+Each of the longest stalls also carries the main thread's time on a CPU (``main_cpu_ms``) and
+waiting for one while runnable (``main_runq_ms``, ``/proc/thread-self/schedstat``): a gap that is
+mostly run-queue wait is the machine's load (other processes, ``nice``), not this process; the
+rest of a gap the thread slept or waited for the GIL.
 A baseline in the same process: one redraw of the scene, no job. Each case is a fresh process
 (``nice -n 10``, 1 torch thread); cases alternate (nuclei, neurons) ``--repeats`` times.
 
@@ -130,16 +134,30 @@ class StackSampler(threading.Thread):
                 "before": [(o, 1) for o in (before[0][2] if before else ())]}
 
 
+def _sched() -> tuple[int, int]:
+    """The calling thread's time on a CPU and time waiting for one (runnable, not running), ns
+    (``/proc/thread-self/schedstat``; zeros where the kernel does not offer it)."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            run, wait = f.read().split()[:2]
+        return int(run), int(wait)
+    except (OSError, ValueError):
+        return 0, 0
+
+
 def _wait_for_background(app, limit: float = 180.0) -> float:
     """Pump events until the docks' background threads (torch import, NMS compile) have ended."""
     busy = ("neuroseg-preload-torch", "neuroseg-nms-compile", "neuroseg-nuclei-dock-warmup",
             "neuroseg-finetune-warmup")
+    from napari_neuroseg._napari import _workers
+    from napari_neuroseg._napari.finetune_widget import WARMUP_THREAD
+
     t0 = time.perf_counter()
-    warm = getattr(sys.modules.get("napari_neuroseg._napari.finetune_widget"), "_WARM", {}).get("thread")
+    warm = _workers._BACKGROUND.get(WARMUP_THREAD)  # the dock's warm-up (run_in_background)
     while time.perf_counter() - t0 < limit:
         _pump(app, 0.1)
         if warm is not None and warm.ident is None:
-            continue  # the dock's warm-up is started after two event-loop passes
+            continue  # the dock's warm-up is started once the pending events are handled
         if not any(th.name in busy and th.is_alive() for th in threading.enumerate()):
             break
     return time.perf_counter() - t0
@@ -204,9 +222,10 @@ def finetune_case(task: str, minutes: float, steps: int, sample: bool, switchint
     ends: list[float] = []
     phases: list[str] = []
     statuses: list[str] = []
+    scheds: list[tuple[int, int]] = []  # the main thread's (CPU, run-queue wait) ns at each tick
     last_phase = ["(before the first step)"]
     meter.on_tick.append(lambda: (ends.append(time.perf_counter()), phases.append(last_phase[0]),
-                                  statuses.append(w.status.text()[:60])))
+                                  statuses.append(w.status.text()[:60]), scheds.append(_sched())))
 
     settle = functools.partial(settle_events, app, ends)  # pump, then until a tick after the last stall
 
@@ -239,7 +258,8 @@ def finetune_case(task: str, minutes: float, steps: int, sample: bool, switchint
         sampler.start()
     settle(0.3)
     t0 = meter.restart()
-    ends.clear(), phases.clear(), statuses.clear()
+    ends.clear(), phases.clear(), statuses.clear(), scheds.clear()
+    sched0 = _sched()
     w.run_button.click()
     while w.worker is not None and time.perf_counter() - t0 < 900:
         app.processEvents()
@@ -259,6 +279,8 @@ def finetune_case(task: str, minutes: float, steps: int, sample: bool, switchint
         sampler.join()
     t_arr = min(marks.get("registered", float("inf")), marks.get("result", float("inf")))
     gaps = [(e - g, e, g, ph, st) for g, e, ph, st in zip(meter.gaps, ends, phases, statuses)]
+    # per gap: the main thread's CPU and run-queue wait (the rest it slept or waited for the GIL)
+    cpu_wait = {e: ((b[0] - a[0]) / 1e6, (b[1] - a[1]) / 1e6) for e, a, b in zip(ends, [sched0, *scheds], scheds)}
     run = [x for x in gaps if x[1] < t_arr]
     arr = [x for x in gaps if x[1] >= t_arr]
     per_phase: dict[str, float] = {}
@@ -273,6 +295,7 @@ def finetune_case(task: str, minutes: float, steps: int, sample: bool, switchint
         for s, e, g, ph, st in sorted(xs, key=lambda x: -x[2])[:k]:
             item = {"at_s": round(s - t0, 2), "ms": round(g * 1000), "phase": ph, "status": st,
                     "gc_ms": round(1000 * max((d for t, d, _ in gc_pauses if s - 0.005 <= t < e), default=0.0)),
+                    "main_cpu_ms": round(cpu_wait.get(e, (0, 0))[0]), "main_runq_ms": round(cpu_wait.get(e, (0, 0))[1]),
                     "gc_by": sorted({n for t, n in gc_threads if s - 0.005 <= t < e})}
             if sampler is not None and g > target:
                 item["stack"] = sampler.during(s, e)
@@ -316,7 +339,7 @@ def _run_child(args: list[str], src: str | None) -> dict:
 
 def _print_case(r: dict, verbose: bool) -> None:
     phases = ", ".join(f"{k} {v}" for k, v in r["per_phase_ms"].items())
-    print(f"{r['case']:8s} load {r['load']:.1f} | baseline {r['baseline_ms']:4.0f} ms | run {r['run_s']:5.1f} s "
+    print(f"{r['case']:8s} load {r['load']:.1f} | warm-up waited {r['idle_s']:4.1f} s | baseline {r['baseline_ms']:4.0f} ms | run {r['run_s']:5.1f} s "
           f"({r['steps']} steps): longest stall {r['run_ms']:5.0f} ms, {r['run_over']} > 100 ms of {r['ticks']} "
           f"ticks, longest full GC {r['gc_run_ms']:4.0f} ms [{phases}] | arrival {r['arrival_ms']:4.0f} ms "
           f"(full GC {r['gc_arrival_ms']:3.0f} ms), offered: {r['offered']} | errors {len(r['errors'])} | "
