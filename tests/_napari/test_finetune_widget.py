@@ -326,65 +326,6 @@ def test_neurons_task_trains_registers_and_resegments(make_napari_viewer, qtbot,
 
 
 # ------------------------------------------------------------------ responsiveness (issue 17)
-def test_the_job_runs_with_the_heap_frozen_and_releases_it_on_every_outcome():
-    """``_with_session`` holds ``runtime.collector.frozen_heap`` for the whole job: full garbage
-    collections meanwhile traverse only the objects made since (they traversed napari's and
-    torch's whole heap, holding the GIL 0.5-1.4 s). Released when the job returns, fails or is
-    closed (Cancel)."""
-    import gc
-
-    from napari_neuroseg._napari.finetune_widget import _with_session
-    from napari_neuroseg.runtime.collector import frozen_depth
-    from napari_neuroseg.runtime.progress import run_to_completion
-
-    assert frozen_depth() == 0 and gc.get_freeze_count() == 0
-    seen: list[tuple[int, int]] = []
-
-    def job(images, labels, voxel_sizes, masks=None, fail=False):
-        seen.append((frozen_depth(), gc.get_freeze_count()))
-        yield "a step"
-        if fail:
-            raise ValueError("bad")
-        return "result"
-
-    def args(**kw):
-        return (job, lambda *a: None, None, np.zeros((2, 2, 2)), np.zeros((2, 2, 2), np.int32), None, None, None), kw
-
-    a, kw = args()
-    assert run_to_completion(_with_session(*a, **kw)) == "result"
-    assert seen[-1][0] == 1 and seen[-1][1] > 1000  # napari's and numpy's objects were frozen
-    assert frozen_depth() == 0 and gc.get_freeze_count() == 0
-    a, kw = args(fail=True)
-    with pytest.raises(ValueError, match="bad"):
-        run_to_completion(_with_session(*a, **kw))
-    assert frozen_depth() == 0 and gc.get_freeze_count() == 0
-    a, kw = args()
-    gen = _with_session(*a, **kw)
-    next(gen), next(gen)  # the session step, then the job's first step: as a cancelled run
-    assert frozen_depth() == 1 and gc.get_freeze_count() > 0
-    gen.close()
-    assert frozen_depth() == 0 and gc.get_freeze_count() == 0
-
-
-def test_frozen_heap_is_shared_by_overlapping_users():
-    """The job and the NMS compilation (``nms._warmup_quiet``) may overlap: the heap stays frozen
-    until the last of them leaves, and what was made between the two entries is frozen too."""
-    import gc
-
-    from napari_neuroseg.runtime.collector import frozen_depth, frozen_heap
-
-    first, second = frozen_heap(), frozen_heap()
-    first.__enter__()
-    n1 = gc.get_freeze_count()
-    made = [[i] for i in range(1000)]  # new tracked objects
-    second.__enter__()
-    assert frozen_depth() == 2 and gc.get_freeze_count() >= n1 + len(made)
-    first.__exit__(None, None, None)
-    assert frozen_depth() == 1 and gc.get_freeze_count() > 0  # the other user still holds it
-    second.__exit__(None, None, None)
-    assert frozen_depth() == 0 and gc.get_freeze_count() == 0
-
-
 def test_targets_in_the_worker_process_are_the_same():
     """``TrainSettings.targets_in_worker_process`` (the Fine-tune dock sets it): a patch's targets
     come from the persistent worker process (stardist's C++ holds that process's GIL), equal to

@@ -53,6 +53,7 @@ from typing import Any
 from napari.qt.threading import GeneratorWorker, create_worker
 
 from napari_neuroseg._napari._notify import notify_error
+from napari_neuroseg.runtime import collector
 from napari_neuroseg.runtime.progress import PROGRESS_INTERVAL, Progress, carries_data, throttle
 
 __all__ = ["JobRuntimeError", "START_WAIT_S", "TorchRead", "after_torch", "as_progress", "offer_devices", "preload_torch",
@@ -154,21 +155,22 @@ def _preload_body(relay: Any) -> None:
         _dlopen_torch_libraries()
     except Exception:  # noqa: BLE001, S110 - the import below loads them as usual
         pass
-    from napari_neuroseg.runtime.collector import frozen_heap
+    from napari_neuroseg.runtime import collector
 
+    collector.settle()  # the import's full collections traverse its own objects only
     try:
-        with frozen_heap():  # the import's full collections traverse its own objects only
-            from napari_neuroseg.runtime.device import available_devices
+        from napari_neuroseg.runtime.device import available_devices
 
-            devices = available_devices()  # imports torch
-            import torch
+        devices = available_devices()  # imports torch
+        import torch
 
-            buf = io.BytesIO()  # the first torch.load imports more (~0.1 s): model files are read with it
-            torch.save({"thresholds": [0.5]}, buf)
-            buf.seek(0)
-            torch.load(buf, map_location="cpu", weights_only=True)
+        buf = io.BytesIO()  # the first torch.load imports more (~0.1 s): model files are read with it
+        torch.save({"thresholds": [0.5]}, buf)
+        buf.seek(0)
+        torch.load(buf, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - torch problems are reported when a job runs
         devices = ["cpu"]
+    collector.settle()  # and torch's objects join the settled heap
     with _PRELOAD_LOCK:
         _PRELOAD["devices"] = devices
     relay.done.emit(devices)
@@ -217,6 +219,9 @@ def run_in_background(fn: Callable[[], Any], name: str) -> threading.Thread | No
                 fn()
             except Exception:  # noqa: BLE001, S110 - reported by the action that needs it
                 pass
+            from napari_neuroseg.runtime import collector
+
+            collector.settle()  # what it imported joins the settled heap (runtime/collector.py)
 
         th = _BACKGROUND[name] = threading.Thread(target=body, name=name, daemon=True)
     _after_pending_events(th.start)
@@ -358,8 +363,9 @@ def start_worker(
     def _drive() -> Generator[Any, Any, Any]:
         main_ready.wait(START_WAIT_S)  # the start rule (module docstring)
         try:
-            return (yield from throttle(gen, progress_interval, should_stop=_abort_requested,
-                                        is_progress=lambda x: as_progress(x) is not None))
+            with collector.job():  # nothing of a running job is frozen (runtime/collector.py)
+                return (yield from throttle(gen, progress_interval, should_stop=_abort_requested,
+                                            is_progress=lambda x: as_progress(x) is not None))
         except RuntimeError as exc:
             raise JobRuntimeError(exc) from exc
 

@@ -301,8 +301,11 @@ def preload_dask_cluster() -> None:
 def _open_job(output: Path, input_path: Any) -> Any:
     """:func:`output_layer` in a worker; a ``RuntimeError`` is carried out wrapped (superqt
     would otherwise take it for a deleted worker and report nothing)."""
+    from napari_neuroseg.runtime import collector
+
     try:
-        return output_layer(output, input_path)
+        with collector.job():  # nothing of it is frozen meanwhile (runtime/collector.py)
+            return output_layer(output, input_path)
     except RuntimeError as exc:
         raise JobRuntimeError(exc) from exc
 

@@ -75,8 +75,8 @@ PLOT_INTERVAL = 0.2
 #: the numba backend, which releases the GIL; stardist's C++ (the CLI's quick backend) holds it
 #: for its whole call, and the viewer froze with it, 5-72 s a call on the sample's held-out slab.
 #: ``targets_in_worker_process``: the training patches' targets (stardist's C++, holding the GIL
-#: 0.2-0.8 s a patch) computed in the persistent worker process. The job also runs with the heap
-#: frozen for the collector (``runtime/collector.py``, in :func:`_with_session`)
+#: 0.2-0.8 s a patch) computed in the persistent worker process. Its full garbage collections
+#: skip the heap settled after the dock's warm-up (``runtime/collector.py``)
 JOB_OPTIONS = {"nms": "neuroseg", "targets_in_worker_process": True}
 
 
@@ -783,17 +783,12 @@ def _warm_quietly() -> None:
 
 
 def _with_session(job, write, session: Session, image, annotation, mask, review, voxel_size, **kw):
-    """The worker's job: write the session's arrays (off the main thread), then ``job``; all of
-    it with the objects that exist at its start frozen for the garbage collector
-    (``runtime/collector.py``): the job's imports and first steps set off full collections,
-    which traversed the whole napari/torch heap holding the GIL (0.5-1.4 s stalls measured)."""
+    """The worker's job: write the session's arrays (off the main thread), then ``job``."""
     from napari_neuroseg.models.finetune_job import FineTuneProgress
-    from napari_neuroseg.runtime.collector import frozen_heap
 
-    with frozen_heap():  # released when the job ends, fails or is cancelled (closed)
-        yield FineTuneProgress(0, 1, "saving the session", phase="setup", record="setup")
-        write(session, annotation, review, image, mask)
-        return (yield from job([image], [annotation], [voxel_size], masks=[mask], **kw))
+    yield FineTuneProgress(0, 1, "saving the session", phase="setup", record="setup")
+    write(session, annotation, review, image, mask)
+    return (yield from job([image], [annotation], [voxel_size], masks=[mask], **kw))
 
 
 def _safe_name(text: str) -> str:

@@ -256,25 +256,24 @@ def warmup() -> None:
     makes: the trainers' modules, and torch's optimiser, whose first instance imports
     ``torch._dynamo`` (with ``torch.onnx`` and ``torch.distributed.tensor``, ~800 modules of
     Python; sampled in the worker during the base model's scoring). With the heap frozen
-    meanwhile (``runtime/collector.py``)."""
+    afterwards (``runtime/collector.py``)."""
     import importlib
 
-    from napari_neuroseg.runtime.collector import frozen_heap
+    import torch  # waits for the dock's background import of torch when it is running
+    from stardist.matching import matching
 
-    with frozen_heap():
-        import torch  # waits for the dock's background import of torch when it is running
-        from stardist.matching import matching
+    from napari_neuroseg.models.stardist3d.nms import warmup as nms_warmup
+    from napari_neuroseg.runtime import collector
 
-        from napari_neuroseg.models.stardist3d.nms import warmup as nms_warmup
-
-        torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
-        for name in WARM_MODULES:
-            importlib.import_module(name)
-        nms_warmup()
-        pred = np.zeros((2, 3, 3), np.int32)
-        pred[0, :2, :2] = 1
-        for dt in WARM_LABEL_DTYPES:
-            matching(pred.astype(dt), pred, thresh=0.5)
+    torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
+    for name in WARM_MODULES:
+        importlib.import_module(name)
+    nms_warmup()
+    pred = np.zeros((2, 3, 3), np.int32)
+    pred[0, :2, :2] = 1
+    for dt in WARM_LABEL_DTYPES:
+        matching(pred.astype(dt), pred, thresh=0.5)
+    collector.settle()  # what it imported and compiled joins the settled heap
 
 
 def _write_text(path: Path, text: str) -> None:

@@ -1,49 +1,142 @@
-"""Keep Python's full garbage collections short while a long job runs next to a GUI.
+"""Keep Python's full garbage collections short in a process that runs a GUI next to long jobs.
 
-A full collection traverses every tracked object of the process, holding the GIL for its whole
-length, in whichever thread crosses the collector's threshold. With napari, torch and numba
-loaded a process tracks ~600,000 objects: 0.5-1.4 s per full collection on a loaded 2-core
-machine, measured as the viewer's longest stalls during a Fine-tune run (its set-up imports and
-first steps allocate enough to trigger one; ``benchmarks/bench_stalls_finetune.py``).
+Why: a full (generation-2) collection traverses every tracked object of the process, holding the
+GIL for its whole length, in whichever thread crosses the collector's threshold. With napari,
+torch, numba and dask loaded a process tracks ~450,000-600,000 objects: 0.25-0.5 s per full
+collection on an idle 2-core machine (more when loaded). CPython starts one whenever the objects
+that survived into the old generation since the last one exceed a quarter of those it kept then,
+so a job, a layer insertion or an import sets one off somewhere in a session: it was the longest
+stall of the viewer in the stall benchmarks (Batch while running, Proofreading's first seed click
+and its 3D queue arrival, Fine-tune's set-up).
 
-:func:`frozen_heap` moves the objects that exist when it is entered into the collector's
-permanent generation (``gc.freeze()``) and back when the last user leaves (``gc.unfreeze()``):
-while it is held, full collections traverse only the objects made since, and garbage is still
-collected among those. Objects that existed before and become cyclic garbage meanwhile (a layer
-the user deletes during the job) are freed by the first full collection after it. Process-wide
-and nestable: concurrent users (a job, the NMS compilation) share one freeze, released when the
-last of them leaves. No Qt.
+The rule (*settling*): once the modules a dock needs are imported (its warm-up), the objects that
+exist then are moved to the collector's permanent generation (``gc.freeze()``). Full collections
+afterwards traverse only the objects made since: a few ms instead of 0.3 s. Reference counting
+still frees frozen objects; only *cyclic* garbage among them would stay until they are released.
+So the heap is handed back (:func:`release`, ``gc.unfreeze()``) whenever something that existed at
+the last settling may become cyclic garbage: a layer that predates it is removed from a viewer, a
+plugin dock is closed, a viewer is closed (``_napari/_heap.py`` watches those). The next natural
+full collection then collects it, and the survivors are settled again right after it (a
+``gc.callbacks`` hook: they were just traversed, so nothing is left to collect among them), unless
+a job is running: its live temporaries must not be frozen.
+
+- :func:`settle` (after a warm-up; at a job's start when nothing was settled yet): collects the
+  young generations, then freezes. Refuses after a release (the released objects may hold the
+  garbage the release was for: the next full collection settles instead). During a job it is
+  postponed to the next job's start.
+- :func:`job` marks a running job (the worker's generator runs inside it).
+- :func:`release` unfreezes.
+
+``NEUROSEG_SETTLE_HEAP=0`` in the environment turns the rule off (nothing is ever frozen).
+Process-wide, thread-safe, no Qt.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["frozen_depth", "frozen_heap"]
+__all__ = ["enabled", "epoch", "job", "jobs_running", "release", "reset", "settle", "state"]
 
-_LOCK = threading.Lock()
-_DEPTH = [0]
+NEVER, SETTLED, RELEASED = "never", "settled", "released"
+
+_LOCK = threading.RLock()
+_S = {"state": NEVER, "epoch": 0, "jobs": 0, "pending": False, "hooked": False}
+
+
+def enabled() -> bool:
+    """Whether the rule is on (``NEUROSEG_SETTLE_HEAP`` is not ``0``)."""
+    return os.environ.get("NEUROSEG_SETTLE_HEAP", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def state() -> str:
+    """``"never"`` (nothing settled yet in this process), ``"settled"`` or ``"released"``."""
+    return _S["state"]
+
+
+def epoch() -> int:
+    """How many times the heap was settled so far: an object made while it read ``e`` is frozen
+    if and only if ``epoch() > e`` and :func:`state` is ``"settled"``."""
+    return _S["epoch"]
+
+
+def jobs_running() -> int:
+    return _S["jobs"]
+
+
+def _freeze_locked() -> None:
+    gc.freeze()
+    _S["state"], _S["pending"] = SETTLED, False
+    _S["epoch"] += 1
+    if not _S["hooked"]:
+        gc.callbacks.append(_after_collection)
+        _S["hooked"] = True
+
+
+def settle() -> bool:
+    """Freeze the objects that exist now (after collecting the young generations); returns whether
+    it did. Not after a :func:`release` (the next full collection settles), not while a job runs
+    (postponed to the next job's start)."""
+    if not enabled():
+        return False
+    with _LOCK:
+        if _S["state"] == RELEASED:
+            return False
+        if _S["jobs"]:
+            _S["pending"] = True
+            return False
+        gc.collect(1)
+        _freeze_locked()
+        return True
+
+
+def release() -> bool:
+    """Hand every frozen object back to the collector (``gc.unfreeze()``); returns whether anything
+    was frozen by this rule. The next full collection traverses them all once, then settles."""
+    with _LOCK:
+        if _S["state"] != SETTLED:
+            return False
+        gc.unfreeze()
+        _S["state"] = RELEASED
+        return True
 
 
 @contextmanager
-def frozen_heap() -> Iterator[None]:
-    """Freeze the objects that exist now for the collector until the block (and every other
-    user's) has ended; see the module docstring."""
+def job() -> Iterator[None]:
+    """Mark a running job for the duration of the block (nestable, any thread). At its start the
+    heap is settled if it never was, or if a settling was postponed by a job."""
     with _LOCK:
-        gc.freeze()  # also the objects made since an enclosing user froze
-        _DEPTH[0] += 1
+        if enabled() and _S["state"] != RELEASED and (_S["state"] == NEVER or _S["pending"]):
+            gc.collect(1)
+            _freeze_locked()
+        _S["jobs"] += 1
     try:
         yield
     finally:
         with _LOCK:
-            _DEPTH[0] -= 1
-            if _DEPTH[0] == 0:
-                gc.unfreeze()
+            _S["jobs"] -= 1
 
 
-def frozen_depth() -> int:
-    """How many :func:`frozen_heap` blocks are open now (0: nothing frozen by them)."""
-    return _DEPTH[0]
+def _after_collection(phase: str, info: dict) -> None:
+    """``gc.callbacks`` hook: after a full collection following a release, with no job running,
+    settle the survivors (no young collection: the collector is inside a collection now)."""
+    if phase != "stop" or info.get("generation") != 2 or _S["state"] != RELEASED or _S["jobs"]:
+        return
+    if not _LOCK.acquire(blocking=False):  # another thread is inside settle/release/job
+        return
+    try:
+        if _S["state"] == RELEASED and not _S["jobs"] and enabled():
+            _freeze_locked()
+    finally:
+        _LOCK.release()
+
+
+def reset() -> None:
+    """Release, and forget that anything was ever settled (the next :func:`settle` freezes as the
+    first one of the process). For tests, and for a host that wants the rule's effects undone."""
+    with _LOCK:
+        release()
+        _S["state"], _S["pending"] = NEVER, False

@@ -764,17 +764,15 @@ def warmup_async() -> threading.Thread:
 
 
 def _warmup_quiet() -> None:
-    from napari_neuroseg.runtime.collector import frozen_heap
+    from napari_neuroseg.runtime import collector
 
-    # numba's compiler allocates many objects; the full garbage collections they trigger hold
-    # the GIL for 0.1-0.3 s each in a process with many live objects (napari). Freezing the
-    # objects that exist now keeps those collections shorter; unfrozen afterwards (shared with
-    # other users of the freeze, e.g. a Fine-tune job: runtime/collector.py).
-    with frozen_heap():
-        try:
-            warmup()
-        except Exception as err:  # noqa: BLE001 - the real call compiles (and reports) again
-            _WARM["error"] = err
+    try:
+        warmup()
+    except Exception as err:  # noqa: BLE001 - the real call compiles (and reports) again
+        _WARM["error"] = err
+    # numba's compiled objects join the settled heap: full collections later skip them
+    # (runtime/collector.py; postponed when a job runs)
+    collector.settle()
 
 
 def nms_3d_iter(

@@ -1,0 +1,85 @@
+"""The settled heap in a real viewer (``_napari/_heap.py``, ``runtime/collector.py``): the docks'
+warm-ups settle it, jobs run unfrozen, and nothing a user removes or closes is kept frozen."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+from napari_neuroseg.runtime import collector
+
+pytestmark = pytest.mark.gui
+
+
+@pytest.fixture(autouse=True)
+def fresh(monkeypatch):
+    monkeypatch.delenv("NEUROSEG_SETTLE_HEAP", raising=False)
+    collector.reset()
+    yield
+    collector.reset()
+
+
+def _evaluate_dock(viewer):
+    from napari_neuroseg._napari.evaluate_widget import EvaluateWidget
+
+    w = EvaluateWidget(viewer)
+    dock = viewer.window.add_dock_widget(w, name="Evaluate")
+    return w, dock
+
+
+def test_a_removed_layer_that_predates_the_settling_is_freed(viewer, qtbot):
+    from napari_neuroseg._napari import _heap
+
+    old = viewer.add_image(np.ones((4, 64, 64), np.float32), name="old")
+    data_ref = weakref.ref(old.data)
+    w, _ = _evaluate_dock(viewer)
+    assert _heap.watched_viewers() >= 1
+    assert collector.settle()  # as a dock's warm-up does when it ends
+    new = viewer.add_labels(np.zeros((4, 64, 64), np.uint16), name="new")
+    viewer.layers.remove(new)  # made after the settling: not frozen, nothing handed back
+    assert collector.state() == "settled"
+    viewer.layers.remove(old)
+    del old
+    assert collector.state() == "released" and gc.get_freeze_count() == 0
+    gc.collect()
+    assert data_ref() is None  # the layer's data is not kept by the frozen heap
+    assert collector.state() == "settled"  # that full collection settled the survivors again
+
+
+def test_closing_the_dock_releases_the_heap_and_the_viewer_watch(viewer, qtbot):
+    from napari_neuroseg._napari import _heap
+
+    n_inserted = len(viewer.layers.events.inserted.callbacks)
+    n_removed = len(viewer.layers.events.removed.callbacks)
+    w, dock = _evaluate_dock(viewer)
+    assert len(viewer.layers.events.removed.callbacks) > n_removed
+    collector.settle()
+    viewer.window.remove_dock_widget(w)  # as the title bar's close button does
+    qtbot.wait(20)
+    assert w.dock_closed
+    assert collector.state() == "released" and gc.get_freeze_count() == 0
+    assert len(viewer.layers.events.inserted.callbacks) == n_inserted
+    assert len(viewer.layers.events.removed.callbacks) == n_removed
+    assert _heap.watched_viewers() == 0
+
+
+def test_a_background_warm_up_settles_and_a_job_runs_marked(viewer, qtbot):
+    from napari_neuroseg._napari._workers import run_in_background, start_worker
+
+    th = run_in_background(lambda: None, "neuroseg-test-heap-warmup")
+    qtbot.waitUntil(lambda: th.ident is not None and not th.is_alive(), timeout=5000)
+    assert collector.state() == "settled"
+    seen = []
+
+    def job():
+        seen.append(collector.jobs_running())
+        yield {"step": 1, "total": 1}
+        return "done"
+
+    out = []
+    start_worker(job, on_return=out.append)
+    qtbot.waitUntil(lambda: out == ["done"], timeout=10_000)
+    assert seen == [1] and collector.jobs_running() == 0
