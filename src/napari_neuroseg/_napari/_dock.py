@@ -60,6 +60,9 @@ class _Bindings:
     def __init__(self) -> None:
         self.connections: list[tuple[Any, Callable]] = []
         self.teardowns: list[Callable[[], Any]] = []
+        #: Qt connections to ``destroyed`` signals, cut when the dock closes: a Python slot left
+        #: connected ran when Qt deleted the widget at interpreter exit (a segmentation fault)
+        self.qt_connections: list[Any] = []
         self.connected = True
         self.closed = False
 
@@ -92,6 +95,14 @@ class _Bindings:
                 pass
         self.teardowns.clear()
         self.connections.clear()
+        from qtpy.QtCore import QObject
+
+        for conn in self.qt_connections:
+            try:
+                QObject.disconnect(conn)
+            except (RuntimeError, TypeError):  # the sender is gone
+                pass
+        self.qt_connections.clear()
 
 
 def reserve_activity_indicator(widget: QWidget) -> bool:
@@ -137,8 +148,22 @@ class DockLifecycleMixin:
             self.__dict__["_dock_suspended"] = False
             self.__dict__["_dock_docked"] = False
             # Qt deletes the widget (the viewer closed): let go without touching Qt objects
-            self.destroyed.connect(lambda *_: b.close())  # type: ignore[attr-defined]
+            b.qt_connections.append(self.destroyed.connect(lambda *_: b.close()))  # type: ignore[attr-defined]
+            self._watch_heap(b)
         return b
+
+    def _watch_heap(self, b: _Bindings) -> None:
+        """The settled heap is handed back when this dock closes, and when a layer that predates
+        the settling leaves its viewer (``_heap.py``); registered once, when the viewer is known."""
+        if self.__dict__.get("_dock_heap_watched") or b.closed:
+            return
+        viewer = getattr(self, "viewer", None)
+        if viewer is None:
+            return
+        from napari_neuroseg._napari import _heap
+
+        self.__dict__["_dock_heap_watched"] = True
+        b.teardowns.insert(0, _heap.watch(viewer, self))  # runs last: after the dock's own
 
     # -------------------------------------------------------------- recording
     def connect_event(self, emitter: Any, callback: Callable) -> None:
@@ -216,7 +241,8 @@ class DockLifecycleMixin:
             if dock is not None:
                 if not self.__dict__["_dock_docked"]:
                     b = self._bindings()
-                    dock.destroyed.connect(lambda *_: b.close())
+                    self._watch_heap(b)
+                    b.qt_connections.append(dock.destroyed.connect(lambda *_: b.close()))
                 self.__dict__["_dock_docked"] = True
             elif self.parentWidget() is None and self.__dict__["_dock_docked"]:  # type: ignore[attr-defined]
                 self.teardown()  # taken out of its dock: close button, remove_dock_widget
