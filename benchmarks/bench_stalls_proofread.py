@@ -294,8 +294,9 @@ def case(ndisplay: int, n: int, shape: tuple[int, int, int], dtype: str, sample:
         measure("undo2", lambda: key(Qt.Key.Key_Z, Qt.KeyboardModifier.ControlModifier))
         assert (layer.data == d).any(), "undo did not bring the deleted label back"
         # Save… (the dialog answered with a path in a temporary folder)
-        measure("save", lambda: QTest.mouseClick(w.save_btn, Qt.MouseButton.LeftButton))
-        assert (out_dir / "edited.tif").exists(), w.status_label.text()
+        saved = out_dir / "edited.tif"  # written in a worker: complete once it exists (atomic rename)
+        measure("save", lambda: QTest.mouseClick(w.save_btn, Qt.MouseButton.LeftButton), saved.exists)
+        assert saved.exists(), w.status_label.text()
     finally:
         meter.stop()
         if sampler is not None:

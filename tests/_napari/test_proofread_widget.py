@@ -395,7 +395,12 @@ def test_missed_objects_are_outlined_from_the_ground_truth_and_named_after_the_t
     assert gt[voxel] == 9
 
 
-def test_save_an_in_memory_layer_through_the_plugin_writers(setup, tmp_path, monkeypatch):
+def _wait_saved(qtbot, widget) -> None:
+    """The save's worker has written the file (the status line says so)."""
+    qtbot.waitUntil(lambda: widget.status_label.text().startswith(("saved", "not saved")), timeout=20000)
+
+
+def test_save_an_in_memory_layer_through_the_plugin_writers(setup, tmp_path, monkeypatch, qtbot):
     from napari_neuroseg._napari import _save
     from napari_neuroseg.io import read_image
 
@@ -413,6 +418,7 @@ def test_save_an_in_memory_layer_through_the_plugin_writers(setup, tmp_path, mon
     assert widget.save() == str(tmp_path / "edited.tif")
     assert asked["start"].endswith("seg_edited.tif") and _save.TIFF_FILTER in asked["filters"]
     assert _save.FISBE_FILTER not in asked["filters"]  # offered only for a FISBe layer
+    _wait_saved(qtbot, widget)
     back = read_image(tmp_path / "edited.tif")
     np.testing.assert_array_equal(np.asarray(back.data).squeeze(), layer.data)
     np.testing.assert_allclose(back.scale[-3:], (2.0, 0.5, 0.5))
@@ -421,7 +427,7 @@ def test_save_an_in_memory_layer_through_the_plugin_writers(setup, tmp_path, mon
     assert widget.save() is None
 
 
-def test_save_never_overwrites_an_input_without_asking(make_napari_viewer, tmp_path, monkeypatch):
+def test_save_never_overwrites_an_input_without_asking(make_napari_viewer, tmp_path, monkeypatch, qtbot):
     from napari_neuroseg._napari import _save
     from napari_neuroseg._napari.proofread_widget import ProofreadWidget
     from napari_neuroseg.io import write_tiff
@@ -444,7 +450,45 @@ def test_save_never_overwrites_an_input_without_asking(make_napari_viewer, tmp_p
     assert path.read_bytes() == original
     monkeypatch.setattr(_save, "confirm", lambda *a: True)
     assert widget.save() == str(path)
+    _wait_saved(qtbot, widget)
     assert path.read_bytes() != original
+
+
+def test_save_writes_in_a_worker_the_labels_as_they_were_when_asked(setup, tmp_path, monkeypatch, qtbot):
+    """Save…: the labels are copied in the main thread and encoded and written in a worker
+    thread; an edit made while it writes is not in the file (never a mix), the file is complete
+    once the status line says saved, and no temporary file is left beside it."""
+    import threading
+
+    from napari_neuroseg._napari import _save, writers
+    from napari_neuroseg.io import read_image
+
+    _viewer, layer, widget = setup
+    before = np.array(layer.data)
+    threads: list = []
+    release = threading.Event()
+    real = writers.write_labels_tiff
+
+    def slow_write(*a, **k):
+        threads.append(threading.current_thread())
+        assert release.wait(10)  # the main thread edits meanwhile
+        return real(*a, **k)
+
+    monkeypatch.setattr(writers, "write_labels_tiff", slow_write)
+    out = tmp_path / "edited.tif"
+    monkeypatch.setattr(_save, "ask_save_path", lambda *a: (str(out), _save.TIFF_FILTER))
+    assert widget.save() == str(out)
+    assert "saving" in widget.status_label.text()
+    qtbot.waitUntil(lambda: bool(threads), timeout=10000)
+    assert threads[0] is not threading.main_thread()
+    layer.selected_label = 1
+    widget.run_action("delete")  # while the worker writes
+    assert not (layer.data == 1).any()
+    release.set()
+    _wait_saved(qtbot, widget)
+    assert widget.status_label.text().startswith("saved")
+    np.testing.assert_array_equal(np.asarray(read_image(out).data).squeeze(), before)
+    assert [p.name for p in tmp_path.iterdir()] == ["edited.tif"]
 
 
 def test_in_memory_save_without_a_path_says_how(setup):

@@ -16,7 +16,8 @@ from typing import Any
 
 from napari_neuroseg.errors import NeurosegError
 
-__all__ = ["LABELS_FILTERS", "ask_save_path", "confirm", "input_sources", "save_with_dialog", "write_layer"]
+__all__ = ["LABELS_FILTERS", "ask_save_path", "check_writer", "confirm", "input_sources", "save_with_dialog", "write_layer",
+           "write_layer_data"]
 
 TIFF_FILTER = "TIFF with voxel size (*.tif *.tiff)"
 OME_ZARR_FILTER = "OME-Zarr (*.ome.zarr)"
@@ -73,19 +74,28 @@ def input_sources(layers: Iterable[Any]) -> dict[Path, str]:
 
 def write_layer(layer: Any, path: str) -> list[str]:
     """Write a Labels or Image layer with the plugin's writers, chosen by the extension."""
+    return write_layer_data(path, *layer.as_layer_data_tuple())
+
+
+def write_layer_data(path: str, data: Any, meta: dict, kind: str) -> list[str]:
+    """Write a layer's data tuple (``layer.as_layer_data_tuple()``, e.g. taken in the main thread
+    and written in a worker) with the plugin's writers, chosen by the extension."""
     from napari_neuroseg._napari import writers
 
-    data, meta, kind = layer.as_layer_data_tuple()
-    low = path.lower()
+    check_writer(path)
     labels = kind == "labels"
-    if low.endswith((".tif", ".tiff")):
+    if path.lower().endswith((".tif", ".tiff")):
         fn = writers.write_labels_tiff if labels else writers.write_image_tiff
-    elif low.endswith(".zarr"):
-        fn = writers.write_labels_zarr if labels else writers.write_image_zarr
     else:
+        fn = writers.write_labels_zarr if labels else writers.write_image_zarr
+    return fn(path, data, meta)
+
+
+def check_writer(path: str) -> None:
+    """Refuse a path no writer takes (the extension chooses: .tif/.tiff, .zarr, .ome.zarr)."""
+    if not path.lower().endswith((".tif", ".tiff", ".zarr")):
         raise NeurosegError(f"no writer for {Path(path).name!r}", path=path,
                             fix="end the name with .tif, .ome.zarr or .zarr")
-    return fn(path, data, meta)
 
 
 def save_with_dialog(parent: Any, *, title: str, start: str, filters: Iterable[str], viewer: Any,

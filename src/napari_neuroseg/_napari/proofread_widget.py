@@ -104,6 +104,7 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.controller: ProofreadController | None = None
+        self._save_worker: Any = None  # the save being written (None: none, or written in place)
         self.shortcuts = dict(DEFAULT_SHORTCUTS)
         self._gt_confirmed: set[int] = set()  # id() of ground-truth layers the user agreed to edit
         content = QWidget()
@@ -509,7 +510,29 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
             return c.run(c.save)
         return c.run(lambda: save_with_dialog(
             self, title=f"Save '{c.layer.name}'", start=default_save_path(c.layer),
-            filters=labels_filters(c.layer), viewer=self.viewer, write=c.save))
+            filters=labels_filters(c.layer), viewer=self.viewer, write=lambda path: self._start_save(c, path)))
+
+    def _start_save(self, c: ProofreadController, path: str) -> None:
+        """Write the layer to ``path``: its labels copied now, encoded and written in a worker
+        (``proofreading.saving.start_save``); the status line says when the file is complete."""
+        from .proofreading.saving import start_save
+
+        def done(msg: str) -> None:
+            self._status_if_alive(msg)
+
+        def failed(err: BaseException) -> None:
+            self._status_if_alive(f"not saved: {err}")
+
+        self._save_worker = start_save(c, path, on_done=done, on_error=failed)
+        if self._save_worker is not None:
+            self._status(f"saving '{c.layer.name}' to {path}…")
+
+    def _status_if_alive(self, msg: str) -> None:
+        """The status line, unless the dock was deleted meanwhile (a save ending after a close)."""
+        try:
+            self._status(msg)
+        except RuntimeError:  # the Qt widget is gone
+            pass
 
     def load_into_memory(self) -> None:
         import numpy as np
