@@ -90,6 +90,27 @@ def test_ctrl_click_seeds_and_split_key(setup):
     np.testing.assert_array_equal(layer.data, original)
 
 
+def test_first_ctrl_click_adds_a_point_without_inserting_a_layer(setup, qtbot):
+    """The seeds' Points layer is added (empty) in an event-loop pass after the dock binds the
+    layer, so a Ctrl+click only sets its points (napari's insert of a layer is not paid by the
+    click); it leaves with the dock's hold on the layer and comes back with the seeds placed."""
+    viewer, layer, widget = setup
+    ctrl = widget.controller
+    qtbot.waitUntil(lambda: "seg split seeds" in viewer.layers, timeout=5000)
+    seeds = viewer.layers["seg split seeds"]
+    assert len(seeds.data) == 0 and seeds.visible and viewer.layers.selection.active is layer
+    inserted: list = []
+    viewer.layers.events.inserted.connect(inserted.append)
+    _press(ctrl, (5, 25, 4), "Control")
+    assert not inserted and len(seeds.data) == 1 and viewer.layers["seg split seeds"] is seeds
+    widget.on_dock_hidden()
+    assert "seg split seeds" not in viewer.layers
+    widget.on_dock_shown()
+    qtbot.waitUntil(lambda: "seg split seeds" in viewer.layers, timeout=5000)
+    np.testing.assert_array_equal(viewer.layers["seg split seeds"].data, [(5, 25, 4)])
+    assert viewer.layers.selection.active is layer
+
+
 def test_keys_for_components_delete_fill_dilate_erode_relabel(setup):
     viewer, layer, widget = setup
     original = np.array(layer.data)

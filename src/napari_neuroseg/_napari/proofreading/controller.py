@@ -121,6 +121,12 @@ class ProofreadController:
         self.layer.events.data.connect(self._on_data)
         self.keys.bind_all()
         self.rebuild_index()
+        if self.display_widget is not None:
+            # the split seeds' layer is added in an event-loop pass of its own, its first draw in
+            # the pass after (not by the first Ctrl+click)
+            from napari_neuroseg._napari._display import StagedDisplay
+
+            StagedDisplay(self.display_widget).start([lambda: None, self.picker.prepare])
 
     def disconnect(self) -> None:
         """Undo :meth:`connect` (the dock was hidden or closed); ``connect`` binds again."""
@@ -132,6 +138,7 @@ class ProofreadController:
         self.layer.events.data.disconnect(self._on_data)
         self.keys.unbind_all()
         self.nav.clear_highlight()
+        self.picker.remove_layer()
         if self._index_worker is not None:
             self._index_worker.quit()
             self._index_worker = None

@@ -107,13 +107,45 @@ class Picker:
         if self._seed_layer is None or self._seed_layer not in c.viewer.layers:
             if not len(pts):
                 return
-            self._seed_layer = c.viewer.add_points(
-                pts, name=f"{c.layer.name} split seeds", size=6, face_color="yellow",
-                scale=c.layer.scale, translate=c.layer.translate,
-            )
-            c.viewer.layers.selection.active = c.layer
+            self._add_seed_layer(pts)
         else:
             self._seed_layer.data = pts
+
+    def _add_seed_layer(self, pts: np.ndarray) -> Any:
+        """Add the seeds' Points layer, placed like the edited layer (the active layer stays)."""
+        from napari.layers import Points
+
+        from napari_neuroseg._napari._layers import ROLE_KEY
+
+        c = self._c
+        self._seed_layer = Points(pts, name=f"{c.layer.name} split seeds", size=6, face_color="yellow",
+                                  scale=c.layer.scale, translate=c.layer.translate,
+                                  metadata={ROLE_KEY: "scratch"})
+        active = c.viewer.layers.selection.active
+        c.viewer.layers.append(self._seed_layer)
+        c.viewer.layers.selection.active = active if active is not None else c.layer
+        return self._seed_layer
+
+    def prepare(self) -> None:
+        """Add the seeds' layer (empty, or with the seeds placed before) unless it exists, so the
+        first Ctrl+click only sets its points: napari's insert of a Points layer (its visuals,
+        its controls) and the first draw of its text visual (glyphs rendered on the CPU) took
+        0.2-0.5 s in that click. Nothing once the controller let go of its layer."""
+        c = self._c
+        if not c.connected or c.layer not in c.viewer.layers:
+            return
+        if self._seed_layer is None or self._seed_layer not in c.viewer.layers:
+            self._add_seed_layer(np.array(self.seeds, dtype=float).reshape(-1, c.layer.ndim))
+
+    def remove_layer(self) -> None:
+        """Remove the seeds' layer (the controller let go of its layer; the seeds are kept and
+        shown again by :meth:`prepare`)."""
+        sl, self._seed_layer = self._seed_layer, None
+        try:
+            if sl is not None and sl in self._c.viewer.layers:
+                self._c.viewer.layers.remove(sl)
+        except Exception:  # noqa: BLE001 - the viewer may be closing
+            pass
 
     def run_split(self) -> pr.Edit | None:
         """Split the seeded label by a seeded watershed (one region per seed)."""
