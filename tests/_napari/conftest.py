@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+
 @pytest.fixture(scope="session")
 def small_volumes() -> dict[str, np.ndarray]:
     """A small image (uint16 ZYX) and labels (uint32 ZYX, touching objects)."""
@@ -48,3 +49,36 @@ def layer_by_name(viewer, fragment: str):
 @pytest.fixture
 def by_name():
     return layer_by_name
+
+
+#: the plugin's docks, by the short name the tests use
+DOCK_KINDS = ("nuclei", "neurons", "evaluate", "proofreading", "batch", "finetune")
+
+
+def make_dock_widget(kind: str, viewer):
+    """The dock widget of ``kind`` (:data:`DOCK_KINDS`) for ``viewer``, not docked; Fine-tune
+    without its offer to restore a saved session."""
+    if kind == "nuclei":
+        from napari_neuroseg._napari.nuclei_widget import NucleiWidget as W
+    elif kind == "neurons":
+        from napari_neuroseg._napari.neurons_widget import NeuronsWidget as W
+    elif kind == "evaluate":
+        from napari_neuroseg._napari.evaluate_widget import EvaluateWidget as W
+    elif kind == "proofreading":
+        from napari_neuroseg._napari.proofread_widget import ProofreadWidget as W
+    elif kind == "batch":
+        from napari_neuroseg._napari.batch_widget import BatchWidget as W
+    elif kind == "finetune":
+        from napari_neuroseg._napari.finetune_widget import FineTuneWidget as W
+
+        return W(viewer, offer_restore=False)
+    else:
+        raise ValueError(f"unknown dock kind {kind!r}; one of {DOCK_KINDS}")
+    return W(viewer)
+
+
+@pytest.fixture
+def make_dock():
+    """:func:`make_dock_widget`, as a fixture."""
+    return make_dock_widget
+

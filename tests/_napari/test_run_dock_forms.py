@@ -1,79 +1,26 @@
-"""The Nuclei, Neurons, Evaluate (and Batch) docks: magicgui forms, a tooltip (unit and effect) on every
-control, the model pickers follow the model registry."""
+"""The Nuclei, Neurons, Evaluate (and Batch) docks: magicgui forms, the model pickers follow the model
+registry. (Every control's tooltip: ``test_tooltips.py``.)"""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from qtpy.QtWidgets import (
-    QAbstractButton,
-    QAbstractItemView,
-    QAbstractSpinBox,
-    QComboBox,
-    QLineEdit,
-    QProgressBar,
-)
 
 pytestmark = pytest.mark.gui
 
 KINDS = ("nuclei", "neurons", "evaluate")
-CONTROLS = (QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit, QAbstractItemView, QProgressBar)
 
 
-def _make(kind, viewer):
-    if kind == "nuclei":
-        from napari_neuroseg._napari.nuclei_widget import NucleiWidget as W
-    elif kind == "neurons":
-        from napari_neuroseg._napari.neurons_widget import NeuronsWidget as W
-    elif kind == "batch":
-        from napari_neuroseg._napari.batch_widget import BatchWidget as W
-    else:
-        from napari_neuroseg._napari.evaluate_widget import EvaluateWidget as W
-    return W(viewer)
-
-
-def _is_control(w) -> bool:
-    # the line edit of a spin box, the popup of a combo box, a table's headers are parts, not controls
-    if not isinstance(w, CONTROLS):
-        return False
-    p = w.parent()
-    while p is not None:
-        if isinstance(p, (QAbstractSpinBox, QComboBox, QAbstractItemView)):
-            return False
-        p = p.parent()
-    return True
-
-
-@pytest.mark.parametrize("kind", (*KINDS, "batch"))
-def test_every_control_has_a_tooltip(make_napari_viewer, kind):
-    from magicgui.widgets import Container
-
+def test_tooltips_say_the_unit(make_napari_viewer, make_dock):
     viewer = make_napari_viewer()
-    viewer.add_image(np.zeros((6, 20, 20), np.float32), name="raw")
-    viewer.add_labels(np.zeros((6, 20, 20), np.uint8), name="seg")
-    w = _make(kind, viewer)
-    assert isinstance(w.form, Container)
-    controls = [c for c in w.findChildren(QAbstractButton) + w.findChildren(QAbstractSpinBox)
-                + w.findChildren(QComboBox) + w.findChildren(QLineEdit) + w.findChildren(QAbstractItemView)
-                + w.findChildren(QProgressBar) if _is_control(c)]
-    assert len(controls) >= 6
-    missing = [f"{type(c).__name__} {c.objectName()!r} {getattr(c, 'text', lambda: '')()!r}"
-               for c in controls if not c.toolTip().strip()]
-    assert missing == []
-    for field in w.form:  # every form field says what it does
-        assert field.tooltip and len(field.tooltip) > 20, field.name
-
-
-def test_tooltips_say_the_unit(make_napari_viewer):
-    viewer = make_napari_viewer()
-    nuc, neu = _make("nuclei", viewer), _make("neurons", viewer)
+    nuc, neu = make_dock("nuclei", viewer), make_dock("neurons", viewer)
     assert "µm" in nuc.form.voxel_size.tooltip and "µm" in neu.form.voxel_size.tooltip
     assert "0-1" in nuc.form.prob_thresh.tooltip and "voxels" in neu.form.min_size.tooltip
     assert "%" in nuc.form.percentiles.tooltip
 
 
 @pytest.mark.parametrize("kind", ("nuclei", "neurons"))
-def test_model_picker_follows_the_registry(make_napari_viewer, qtbot, tmp_path, monkeypatch, kind):
+def test_model_picker_follows_the_registry(make_napari_viewer, make_dock, qtbot, tmp_path, monkeypatch, kind):
     """A model registered while the dock is open (the Fine-tune dock does so from a worker thread)
     appears in the Model box; a closed dock stops listening."""
     from napari_neuroseg.models import registry
@@ -82,7 +29,7 @@ def test_model_picker_follows_the_registry(make_napari_viewer, qtbot, tmp_path, 
         pytest.skip("models.registry has no change hook in this checkout")
     monkeypatch.setenv(registry.ENV_VAR, str(tmp_path / "models"))
     viewer = make_napari_viewer()
-    w = _make(kind, viewer)
+    w = make_dock(kind, viewer)
     dw = viewer.window.add_dock_widget(w, name=kind)
     before = list(w.form.model.choices)
     entry_dir = tmp_path / "models" / "my_model"
@@ -108,14 +55,14 @@ def test_model_picker_follows_the_registry(make_napari_viewer, qtbot, tmp_path, 
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_docks_fit_a_1280x800_screen(make_napari_viewer, qtbot, kind):
+def test_docks_fit_a_1280x800_screen(make_napari_viewer, make_dock, qtbot, kind):
     """Docked in a 1280x800 window, with napari's theme applied: no taller than the dock area,
     not wider than a side dock, and every field as wide as its content (no clipped box)."""
     viewer = make_napari_viewer(show=True)
     viewer.window._qt_window.resize(1280, 800)
     viewer.add_image(np.zeros((6, 20, 20), np.float32), name="raw", scale=(2, 1, 1))
     viewer.add_labels(np.zeros((6, 20, 20), np.uint8), name="seg")
-    w = _make(kind, viewer)
+    w = make_dock(kind, viewer)
     viewer.window.add_dock_widget(w, name=kind)
     qtbot.wait(50)
     hint = w.minimumSizeHint()

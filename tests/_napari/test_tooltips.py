@@ -24,31 +24,13 @@ from qtpy.QtWidgets import (
 
 pytestmark = pytest.mark.gui
 
-DOCKS = ("nuclei", "neurons", "evaluate", "proofreading", "batch", "finetune")
+DOCKS = ("nuclei", "neurons", "evaluate", "proofreading", "batch", "finetune")  # conftest.DOCK_KINDS
 CONTROLS = (QAbstractButton, QAbstractSpinBox, QComboBox, QLineEdit, QAbstractItemView, QProgressBar, QAbstractSlider)
 #: how a number control may say its unit (in its tooltip, prefix or suffix)
 UNITS = ("voxel", "vox", "µm", "um", "%", "0-1", "no unit", "px", "minute", "second", "step", "tile", "count",
          "intensity", "number of", "many")
 #: shortest tooltip that can say what a control does (shorter ones only repeat the control's name)
 MIN_CHARS = 20
-
-
-def _make(kind, viewer):
-    if kind == "nuclei":
-        from napari_neuroseg._napari.nuclei_widget import NucleiWidget as W
-    elif kind == "neurons":
-        from napari_neuroseg._napari.neurons_widget import NeuronsWidget as W
-    elif kind == "evaluate":
-        from napari_neuroseg._napari.evaluate_widget import EvaluateWidget as W
-    elif kind == "proofreading":
-        from napari_neuroseg._napari.proofread_widget import ProofreadWidget as W
-    elif kind == "batch":
-        from napari_neuroseg._napari.batch_widget import BatchWidget as W
-    else:
-        from napari_neuroseg._napari.finetune_widget import FineTuneWidget as W
-
-        return W(viewer, offer_restore=False)
-    return W(viewer)
 
 
 def _is_control(w) -> bool:
@@ -96,19 +78,19 @@ def viewer(make_napari_viewer, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", DOCKS)
-def test_every_control_of_every_dock_says_what_it_does(viewer, kind):
-    widget = _make(kind, viewer)
+def test_every_control_of_every_dock_says_what_it_does(viewer, make_dock, kind):
+    widget = make_dock(kind, viewer)
     controls = [c for c in widget.findChildren(QWidget) if _is_control(c)]
     assert len(controls) >= 5, [_name(c) for c in controls]  # the walk sees the dock's controls
     assert _problems(widget) == []
 
 
-def test_every_batch_task_parameter_says_its_unit_and_effect(viewer):
+def test_every_batch_task_parameter_says_its_unit_and_effect(viewer, make_dock):
     """Batch builds a text field per parameter of the chosen task: every task's fields, and a number
     parameter says its unit or range."""
     from napari_neuroseg.batch.tasks import get_task
 
-    widget = _make("batch", viewer)
+    widget = make_dock("batch", viewer)
     tasks = list(widget.form.task.choices)
     assert len(tasks) >= 3
     bad = []
@@ -123,3 +105,16 @@ def test_every_batch_task_parameter_says_its_unit_and_effect(viewer):
             if p.type in (int, float) and not any(u in tip.lower() for u in (*UNITS, "index", "threshold (0")):
                 bad.append(f"{name}.{p.name}: {tip!r} does not say the unit")
     assert bad == []
+
+
+@pytest.mark.parametrize("kind", ("nuclei", "neurons", "evaluate", "batch"))
+def test_every_form_field_says_what_it_does(viewer, make_dock, kind):
+    """The run docks gather their parameters in one magicgui form; each field's tooltip (the
+    one the walk above reads on its control) is set on the field itself."""
+    from magicgui.widgets import Container
+
+    w = make_dock(kind, viewer)
+    assert isinstance(w.form, Container)
+    short = [field.name for field in w.form if not (field.tooltip and len(field.tooltip) >= MIN_CHARS)]
+    assert short == []
+
