@@ -69,6 +69,8 @@ def test_closing_the_dock_releases_the_heap_and_the_viewer_watch(viewer, qtbot):
 def test_a_background_warm_up_settles_and_a_job_runs_marked(viewer, qtbot):
     from napari_neuroseg._napari._workers import run_in_background, start_worker
 
+    assert not collector.settle()  # no plugin dock open: nothing is frozen
+    _evaluate_dock(viewer)
     th = run_in_background(lambda: None, "neuroseg-test-heap-warmup")
     qtbot.waitUntil(lambda: th.ident is not None and not th.is_alive(), timeout=5000)
     assert collector.state() == "settled"
@@ -83,3 +85,14 @@ def test_a_background_warm_up_settles_and_a_job_runs_marked(viewer, qtbot):
     start_worker(job, on_return=out.append)
     qtbot.waitUntil(lambda: out == ["done"], timeout=10_000)
     assert seen == [1] and collector.jobs_running() == 0
+
+
+def test_closing_the_viewer_leaves_nothing_frozen(make_napari_viewer, qtbot):
+    """napari's own test fixture asserts that a closed viewer is collected: with a dock open and
+    the heap settled, closing the viewer releases it."""
+    viewer = make_napari_viewer()
+    w, _ = _evaluate_dock(viewer)
+    assert collector.settle()
+    viewer.close()
+    qtbot.waitUntil(lambda: w.dock_closed, timeout=5000)
+    assert collector.holders() == 0 and collector.state() == "released" and gc.get_freeze_count() == 0

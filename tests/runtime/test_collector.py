@@ -22,6 +22,7 @@ class _Cycle:
 def fresh(monkeypatch):
     monkeypatch.delenv("NEUROSEG_SETTLE_HEAP", raising=False)
     collector.reset()
+    collector.hold()  # as an open plugin dock does
     yield
     collector.reset()
     assert gc.get_freeze_count() == 0
@@ -110,3 +111,24 @@ def test_the_rule_can_be_turned_off(monkeypatch):
     with collector.job():
         pass
     assert gc.get_freeze_count() == 0 and collector.state() == "never"
+
+
+def test_nothing_is_frozen_without_a_holder_and_the_last_one_releases():
+    collector.unhold()
+    assert collector.holders() == 0
+    assert not collector.settle()  # e.g. a warm-up that ends after its dock was closed
+    with collector.job():
+        gc.collect()
+    assert gc.get_freeze_count() == 0 and collector.state() == "never"
+    collector.hold()
+    collector.hold()
+    assert collector.settle()
+    collector.unhold()  # one dock closes: released (its objects may be garbage now)
+    assert collector.state() == "released" and gc.get_freeze_count() == 0
+    gc.collect()
+    assert collector.state() == "settled"  # the other dock is still open
+    collector.unhold()
+    assert collector.state() == "released"
+    gc.collect()
+    assert collector.state() == "released" and gc.get_freeze_count() == 0
+

@@ -9,7 +9,8 @@ as soon as something that existed at the last settling may have become garbage:
   removed from a watched viewer: napari's layers hold their data through reference cycles;
   a layer inserted since is not frozen, and its removal releases nothing (Evaluate replacing its
   error layers at a result's arrival must not hand back the whole heap);
-- a plugin dock is closed (its state: undo records, results, models);
+- a plugin dock is closed (its state: undo records, results, models); nothing is settled while
+  no plugin dock is open (``collector.hold``);
 
 the next natural full collection then collects them, and the heap is settled again after it.
 Each dock registers itself with :func:`watch` (``_dock.DockLifecycleMixin`` does it); the viewer's
@@ -72,9 +73,10 @@ def watch(viewer: Any, dock: Any) -> Any:
     token = id(dock)
     if w is not None:
         w.docks.add(token)
+    collector.hold()  # the heap may be settled while the dock is open
 
     def closed() -> None:
-        collector.release()  # the dock's objects may be cyclic garbage now
+        collector.unhold()  # released: the dock's objects may be cyclic garbage now
         if w is not None:
             w.docks.discard(token)
             if not w.docks:

@@ -26,6 +26,9 @@ a job is running: its live temporaries must not be frozen.
   postponed to the next job's start.
 - :func:`job` marks a running job (the worker's generator runs inside it).
 - :func:`release` unfreezes.
+- :func:`hold` / :func:`unhold`: the rule acts only while something holds it (each open plugin
+  dock, ``_napari/_heap.py``); the last one leaving releases the heap. A warm-up that ends after
+  its dock was closed, a script or the CLI freeze nothing.
 
 ``NEUROSEG_SETTLE_HEAP=0`` in the environment turns the rule off (nothing is ever frozen).
 Process-wide, thread-safe, no Qt.
@@ -39,17 +42,38 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["enabled", "epoch", "job", "jobs_running", "release", "reset", "settle", "state"]
+__all__ = ["enabled", "epoch", "hold", "holders", "job", "jobs_running", "release", "reset", "settle", "state",
+           "unhold"]
 
 NEVER, SETTLED, RELEASED = "never", "settled", "released"
 
 _LOCK = threading.RLock()
-_S = {"state": NEVER, "epoch": 0, "jobs": 0, "pending": False, "hooked": False}
+_S = {"state": NEVER, "epoch": 0, "jobs": 0, "pending": False, "hooked": False, "holders": 0}
 
 
 def enabled() -> bool:
-    """Whether the rule is on (``NEUROSEG_SETTLE_HEAP`` is not ``0``)."""
-    return os.environ.get("NEUROSEG_SETTLE_HEAP", "1").strip().lower() not in {"0", "false", "no", "off"}
+    """Whether the rule is on (``NEUROSEG_SETTLE_HEAP`` is not ``0``) and something holds it
+    (:func:`hold`: an open plugin dock)."""
+    return _S["holders"] > 0 and os.environ.get("NEUROSEG_SETTLE_HEAP", "1").strip().lower() not in {
+        "0", "false", "no", "off"}
+
+
+def hold() -> None:
+    """Something that wants the rule (an open plugin dock) starts; nothing is ever frozen while
+    no holder exists (a script, the CLI, a test without a dock)."""
+    with _LOCK:
+        _S["holders"] += 1
+
+
+def unhold() -> None:
+    """A holder ends: releases the heap (its objects may be cyclic garbage now)."""
+    with _LOCK:
+        _S["holders"] = max(0, _S["holders"] - 1)
+        release()
+
+
+def holders() -> int:
+    return _S["holders"]
 
 
 def state() -> str:
@@ -135,8 +159,8 @@ def _after_collection(phase: str, info: dict) -> None:
 
 
 def reset() -> None:
-    """Release, and forget that anything was ever settled (the next :func:`settle` freezes as the
-    first one of the process). For tests, and for a host that wants the rule's effects undone."""
+    """Release, and forget that anything was ever settled or held (the next :func:`settle` freezes
+    as the first one of the process). For tests, and for a host that wants the rule undone."""
     with _LOCK:
         release()
-        _S["state"], _S["pending"] = NEVER, False
+        _S["state"], _S["pending"], _S["holders"] = NEVER, False, 0
