@@ -382,3 +382,79 @@ def test_opening_the_dock_compiles_what_the_first_scoring_would(make_napari_view
     assert {(dt, "int32") for dt in WARM_LABEL_DTYPES} <= compiled, compiled
     # the set-up's imports too: the trainers, and what torch's first optimiser imports
     assert {*WARM_MODULES, "torch._dynamo"} <= set(sys.modules)
+
+
+@pytest.fixture
+def slow_warmup(monkeypatch):
+    """A stand-in for the dock's warm-up thread (under a name of its own, so that the real one,
+    which the dock starts, does not interfere), running until the test sets the event it yields."""
+    import threading
+
+    from napari_neuroseg._napari import finetune_widget
+
+    monkeypatch.setattr(finetune_widget, "WARMUP_THREAD", "test-finetune-warmup")
+    release = threading.Event()
+    th = threading.Thread(target=release.wait, name="test-finetune-warmup", daemon=True)
+    th.start()
+    yield release
+    release.set()
+    th.join()
+
+
+def _spy_job(monkeypatch) -> list[str]:
+    """The names of the fine-tune jobs the dock starts (the real ones run)."""
+    from napari_neuroseg.models import finetune_job
+
+    started: list[str] = []
+    for name in ("finetune_nuclei_iter", "finetune_neurons_iter"):
+        real = getattr(finetune_job, name)
+
+        def spy(*a, _real=real, _name=name, **kw):
+            started.append(_name)
+            return (yield from _real(*a, **kw))
+
+        monkeypatch.setattr(finetune_job, name, spy)
+    return started
+
+
+def test_a_run_pressed_during_the_warmup_waits_for_it(make_napari_viewer, qtbot, tiny_base, slow_warmup, monkeypatch):
+    """Run while the dock's warm-up still compiles: the session's arrays are written, the job
+    says it waits for the warm-up and starts only once the warm-up has ended, then trains."""
+    from napari_neuroseg._napari.finetune_widget import FineTuneWidget
+
+    started = _spy_job(monkeypatch)
+    viewer = make_napari_viewer()
+    _img, lab = _add_data(viewer)
+    w = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    _form(w, tiny_base, steps=2)
+    w.run()
+    qtbot.waitUntil(lambda: "warm-up" in w.status.text(), timeout=30_000)
+    qtbot.wait(600)  # a few of its reports
+    assert started == [] and w.worker is not None and "warm-up" in w.status.text()
+    np.testing.assert_array_equal(w.session.load_array("annotation"), lab.data)  # written before the wait
+    slow_warmup.set()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=120_000)
+    assert started == ["finetune_nuclei_iter"]
+    assert w.result is not None and w.result.steps == 2
+
+
+def test_cancel_while_waiting_for_the_warmup(make_napari_viewer, qtbot, tiny_base, slow_warmup, monkeypatch):
+    """Cancel (here: closing the dock) while the run waits for the warm-up: it stops within a
+    report, the job never starts, the session is left resumable-stopped with the annotation."""
+    from napari_neuroseg._napari.finetune_widget import FineTuneWidget
+
+    started = _spy_job(monkeypatch)
+    viewer = make_napari_viewer()
+    _img, lab = _add_data(viewer)
+    w = FineTuneWidget(viewer)
+    viewer.window.add_dock_widget(w)
+    _form(w, tiny_base, steps=2)
+    finished: list[bool] = []
+    w.run().finished.connect(lambda: finished.append(True))
+    qtbot.waitUntil(lambda: "warm-up" in w.status.text(), timeout=30_000)
+    viewer.window.remove_dock_widget(w)
+    qtbot.waitUntil(lambda: bool(finished), timeout=10_000)  # while the warm-up still runs
+    assert started == [] and w.result is None
+    assert w.session.status == "stopped"
+    np.testing.assert_array_equal(w.session.load_array("annotation"), lab.data)
