@@ -207,7 +207,8 @@ def test_review_queue_walk_and_resume(setup, tmp_path):
     ctrl.nav.path = str(path)
     _key(layer, "N")()
     assert layer.selected_label == 7
-    assert tuple(int(round(v)) for v in viewer.dims.point) == (1, 0, 0)
+    assert round(viewer.dims.point[0]) == 1  # the slice of the item; the camera centres y, x
+    np.testing.assert_allclose(viewer.scene.camera.center[-2:], (0, 0))
     _key(layer, "Shift+M")()  # fixed → next
     assert q.items[0].status == "fixed" and q.position == 1
     item = q.current
@@ -360,11 +361,10 @@ def test_jump_to_an_item_zooms_to_its_box_on_the_object_and_outlines_it(make_nap
     viewer.layers.selection.active = layer
     zoom_before = viewer.scene.camera.zoom
     widget.run_action("review_next")
-    # the slice and the camera centre lie on a voxel of the object
-    voxel = tuple(int(round(v)) for v in layer.world_to_data(viewer.dims.point))
-    assert layer.data[voxel] == 5
+    # the slice (the point of the axis not displayed) and the camera centre lie on a voxel of the object
+    z = int(round(layer.world_to_data(viewer.dims.point)[0]))
     centre = np.asarray(viewer.scene.camera.center[-2:]) / 0.5
-    assert layer.data[(voxel[0], *np.round(centre).astype(int))] == 5
+    assert layer.data[(z, *np.round(centre).astype(int))] == 5
     # zoomed in to the box (26 x 26 voxels of 0.5 um, in a 200 x 200 slice), all of it in view
     cam = viewer.scene.camera
     assert cam.zoom > 2 * zoom_before
@@ -386,6 +386,34 @@ def test_jump_to_an_item_zooms_to_its_box_on_the_object_and_outlines_it(make_nap
     # the end of the queue removes the outline; closing the dock too
     widget.run_action("review_next")
     assert HIGHLIGHT_LAYER not in viewer.layers
+
+
+@pytest.mark.parametrize("ndisplay", [2, 3])
+def test_a_jump_moves_the_slice_only_along_the_axes_not_displayed(make_napari_viewer, ndisplay):
+    """A jump sets the point of the axes not displayed (the slice) and centres the camera on the
+    others; it leaves the displayed axes' point alone (each point change re-slices every layer:
+    in 3D every volume was sliced and uploaded again for nothing)."""
+    from napari_neuroseg._napari.proofread_widget import ProofreadWidget
+
+    viewer = make_napari_viewer()
+    layer = viewer.add_labels(_labels(), name="seg", scale=(2.0, 0.5, 0.5))
+    widget = ProofreadWidget(viewer)
+    viewer.dims.ndisplay = ndisplay
+    q = ReviewQueue.from_checks(layer.data, tiny=0, border=False, largest=3)
+    widget._install_queue(q, None)
+    before = np.array(viewer.dims.point)
+    points: list = []
+    viewer.dims.events.point.connect(lambda e: points.append(tuple(viewer.dims.point)))
+    voxel = widget.controller.nav.goto(q.next())
+    world = np.asarray(layer.data_to_world(np.asarray(voxel, float)))
+    shown = list(viewer.dims.displayed)
+    after = np.array(viewer.dims.point)
+    np.testing.assert_allclose(after[shown], before[shown])  # displayed axes: untouched
+    np.testing.assert_allclose(np.asarray(viewer.scene.camera.center)[-len(shown):], world[shown])
+    if ndisplay == 3:
+        assert points == []  # nothing re-sliced
+    else:
+        assert after[0] == world[0] and len(points) <= 1  # one slice change at most
 
 
 def test_missed_objects_are_outlined_from_the_ground_truth_and_named_after_the_task(setup, qtbot):
@@ -412,8 +440,9 @@ def test_missed_objects_are_outlined_from_the_ground_truth_and_named_after_the_t
     assert "missed nucleus: GT nucleus 9" in text and "neuron" not in text
     hl = viewer.layers["review: current item"]
     np.testing.assert_array_equal(hl.data > 0, gt[3:6, 25:30, 5:9] == 9)
-    voxel = tuple(int(round(v)) for v in viewer.dims.point)
-    assert gt[voxel] == 9
+    z = int(round(viewer.dims.point[0]))  # the slice; the camera centres y, x
+    y, x = (int(round(v)) for v in viewer.scene.camera.center[-2:])
+    assert gt[z, y, x] == 9
 
 
 def _wait_saved(qtbot, widget) -> None:
@@ -601,8 +630,9 @@ def test_outline_layer_is_added_hidden_when_the_queue_arrives(make_napari_viewer
     widget.run_action("review_next")
     item = widget.controller.review.current
     assert viewer.layers[HIGHLIGHT_LAYER] is hl and hl.visible and inserted == []  # data swapped, no insert
-    assert len(points) == 1  # the slice moved to the item in one step
+    assert len(points) <= 1  # the slice moved to the item in one step (none when it was there)
     box = tuple(slice(int(a), int(b)) for a, b in item.bbox)
+    assert box[0].start <= round(viewer.dims.point[0]) < box[0].stop
     np.testing.assert_array_equal(hl.data > 0, layer.data[box] == item.id)
 
 

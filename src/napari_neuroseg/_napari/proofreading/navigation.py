@@ -67,9 +67,14 @@ def frame_box(viewer: Any, layer: Any, bbox: Any, voxel: Any) -> None:
     world = np.asarray(layer.data_to_world(np.asarray(voxel, float)))
     dims = viewer.dims
     offset = dims.ndim - len(world)
-    # one call: each set_point re-slices every layer (three calls cost three)
-    dims.set_point([offset + ax for ax in range(len(world))], [float(w) for w in world])
     shown = [d - offset for d in dims.displayed if d - offset >= 0]
+    # the slice: only the axes not displayed (the camera centres the displayed ones). A layer's
+    # slice key holds the point of every axis, so setting a displayed axis's point re-sliced
+    # every layer (in 3D: every volume uploaded again) without changing what is shown; one call
+    # (each set_point re-slices every layer), none when every axis is displayed
+    hidden = [ax for ax in range(len(world)) if ax not in shown]
+    if hidden:
+        dims.set_point([offset + ax for ax in hidden], [float(world[ax]) for ax in hidden])
     camera = viewer.scene.camera
     camera.center = tuple(float(world[a]) for a in shown)
     scale = np.abs(np.asarray(layer.scale, float)[-len(world):])
@@ -136,7 +141,8 @@ class OutlineLayer:
         hl = Labels(data, name=self.name, colormap=cmap, opacity=1.0, scale=scale, translate=translate,
                     metadata={ROLE_KEY: "scratch", "neuroseg_error_kind": self.kind},
                     blending="translucent_no_depth", visible=visible)
-        hl.contour = 1  # the 2D outline (set before the insert: no refresh in the viewer)
+        # the 2D outline (set before the insert: no refresh in the viewer); napari warns of contours in 3D
+        hl.contour = 0 if self.viewer.dims.ndisplay == 3 else 1
         hl.editable = False
         hide_painting_overlays(hl)
         active = self.viewer.layers.selection.active
