@@ -636,6 +636,27 @@ def test_outline_layer_is_added_hidden_when_the_queue_arrives(make_napari_viewer
     np.testing.assert_array_equal(hl.data > 0, layer.data[box] == item.id)
 
 
+def test_queue_arrival_redraws_the_canvas_once(make_napari_viewer, qtbot):
+    """The queue's arrival changes nothing on the canvas: only the outline layer's (hidden)
+    insert, a pass later, is followed by a redraw (holding the arrival's own pass repainted the
+    whole canvas for nothing: one more 3D redraw, ~0.6 s under software OpenGL)."""
+    from napari_neuroseg._napari.proofread_widget import ProofreadWidget
+    from napari_neuroseg._napari.proofreading import HIGHLIGHT_LAYER
+
+    viewer = make_napari_viewer(show=True)
+    layer = viewer.add_labels(_labels(), name="seg")
+    widget = ProofreadWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Proofreading")
+    qtbot.waitUntil(lambda: "seg split seeds" in viewer.layers, timeout=3000)
+    qtbot.wait(300)
+    draws: list = []
+    viewer.window._qt_viewer.canvas._scene_canvas.events.draw.connect(draws.append)
+    widget._install_queue(ReviewQueue.from_checks(layer.data, tiny=0, border=False, largest=2), None)
+    qtbot.waitUntil(lambda: HIGHLIGHT_LAYER in viewer.layers, timeout=3000)
+    qtbot.wait(300)
+    assert len(draws) == 1
+
+
 def test_run_in_background_runs_once_per_name_off_the_main_thread(qtbot):
     import threading
 

@@ -571,7 +571,7 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
         # the pass after it: napari's insert is paid neither here nor by the first Next
         from ._display import StagedDisplay
 
-        StagedDisplay(self).start([lambda: None, c.nav.prepare_highlight])
+        StagedDisplay(self).start_later([c.nav.prepare_highlight])
 
     def install_review_queue(self, queue: ReviewQueue, target_layer: Any, *, gt_layer: Any = None,
                              gt: Any = None) -> bool:

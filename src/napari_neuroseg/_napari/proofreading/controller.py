@@ -126,7 +126,7 @@ class ProofreadController:
             # the pass after (not by the first Ctrl+click)
             from napari_neuroseg._napari._display import StagedDisplay
 
-            StagedDisplay(self.display_widget).start([lambda: None, self.picker.prepare])
+            StagedDisplay(self.display_widget).start_later([self.picker.prepare])
 
     def disconnect(self) -> None:
         """Undo :meth:`connect` (the dock was hidden or closed); ``connect`` binds again."""
