@@ -106,18 +106,23 @@ def _activity_bars(viewer) -> int:
     return len(viewer.window._qt_window.findChildren(QtLabeledProgressBar))
 
 
-@pytest.mark.timeout(180)
-@pytest.mark.parametrize("task", ["nuclei", "neurons"])
-def test_evaluate_hundreds_of_objects_stays_responsive(make_napari_viewer, qtbot, capfd,
-                                                       napari_error_hooks, task):
-    viewer = make_napari_viewer()
-    gt, pred = nuclei_scene()
+def _evaluate_dock(viewer, gt, pred) -> EvaluateWidget:
+    """The scene as layers ``gt`` and ``pred``, and a docked Evaluate widget set to compare them."""
     viewer.add_labels(gt, name="gt")
     viewer.add_labels(pred, name="pred")
     w = EvaluateWidget(viewer)
     viewer.window.add_dock_widget(w)
     w.form.gt.value = viewer.layers["gt"]
     w.form.pred.value = viewer.layers["pred"]
+    return w
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("task", ["nuclei", "neurons"])
+def test_evaluate_hundreds_of_objects_stays_responsive(make_napari_viewer, qtbot, capfd,
+                                                       napari_error_hooks, task):
+    viewer = make_napari_viewer()
+    w = _evaluate_dock(viewer, *nuclei_scene())
     w.set_task(task)
     bars_seen: list[int] = []
     meter = StallMeter()
@@ -195,13 +200,7 @@ def test_first_run_of_a_session_resizes_nothing(make_napari_viewer, qtbot, napar
     if not reserve:
         monkeypatch.setattr(_dock, "reserve_activity_indicator", lambda widget: False)
     viewer = make_napari_viewer(show=True)
-    gt, pred = nuclei_scene(40)
-    viewer.add_labels(gt, name="gt")
-    viewer.add_labels(pred, name="pred")
-    w = EvaluateWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    w.form.gt.value = viewer.layers["gt"]
-    w.form.pred.value = viewer.layers["pred"]
+    w = _evaluate_dock(viewer, *nuclei_scene(40))
     qtbot.wait(100)  # the dock is shown and laid out
     qwin = w.window()
     bar = qwin.findChild(QStatusBar)
