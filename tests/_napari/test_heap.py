@@ -87,6 +87,30 @@ def test_a_background_warm_up_settles_and_a_job_runs_marked(viewer, qtbot):
     assert seen == [1] and collector.jobs_running() == 0
 
 
+def test_a_cancelled_job_ends_its_mark(viewer, qtbot):
+    """napari's worker leaves a quit job's generator suspended at its yield: the mark must still
+    end (else nothing would be settled again in the process)."""
+    import threading
+
+    from napari_neuroseg._napari._workers import start_worker
+
+    _evaluate_dock(viewer)
+    gate = threading.Event()
+
+    def job():
+        for i in range(1000):
+            gate.wait(5)
+            yield {"step": i, "total": 1000}
+
+    ended = []
+    worker = start_worker(job, on_finished=lambda: ended.append(True), progress_interval=0)
+    qtbot.waitUntil(lambda: collector.jobs_running() == 1, timeout=10_000)
+    worker.quit()
+    gate.set()
+    qtbot.waitUntil(lambda: ended == [True], timeout=10_000)
+    assert collector.jobs_running() == 0
+
+
 def test_closing_the_viewer_leaves_nothing_frozen(make_napari_viewer, qtbot):
     """napari's own test fixture asserts that a closed viewer is collected: with a dock open and
     the heap settled, closing the viewer releases it."""

@@ -359,15 +359,19 @@ def start_worker(
     def _abort_requested() -> bool:
         return bool(holder) and bool(holder[0].abort_requested)
 
+    job_mark: list[Callable[[], None]] = []  # ends the job's mark (runtime/collector.py)
+
     @functools.wraps(gen_func)
     def _drive() -> Generator[Any, Any, Any]:
         main_ready.wait(START_WAIT_S)  # the start rule (module docstring)
+        job_mark.append(collector.begin_job())  # nothing of a running job is frozen
         try:
-            with collector.job():  # nothing of a running job is frozen (runtime/collector.py)
-                return (yield from throttle(gen, progress_interval, should_stop=_abort_requested,
-                                            is_progress=lambda x: as_progress(x) is not None))
+            return (yield from throttle(gen, progress_interval, should_stop=_abort_requested,
+                                        is_progress=lambda x: as_progress(x) is not None))
         except RuntimeError as exc:
             raise JobRuntimeError(exc) from exc
+        finally:
+            job_mark[0]()
 
     worker = create_worker(
         _drive,
@@ -427,6 +431,8 @@ def start_worker(
     def _finished() -> None:
         # After quit() the generator is suspended at a yield: close it so its cleanup runs.
         gen.close()
+        for end in job_mark:  # the worker's generator stays suspended too: the job is over
+            end()
         if pbar is not None:
             pbar.close()  # also connected by napari; closing twice is harmless
         if on_finished is not None:

@@ -24,7 +24,8 @@ a job is running: its live temporaries must not be frozen.
   young generations, then freezes. Refuses after a release (the released objects may hold the
   garbage the release was for: the next full collection settles instead). During a job it is
   postponed to the next job's start.
-- :func:`job` marks a running job (the worker's generator runs inside it).
+- :func:`job` / :func:`begin_job` mark a running job (``_workers.start_worker`` marks each job
+  from its start until its generator ends or its worker finishes, cancelled jobs included).
 - :func:`release` unfreezes.
 - :func:`hold` / :func:`unhold`: the rule acts only while something holds it (each open plugin
   dock, ``_napari/_heap.py``); the last one leaving releases the heap. A warm-up that ends after
@@ -39,10 +40,10 @@ from __future__ import annotations
 import gc
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-__all__ = ["enabled", "epoch", "hold", "holders", "job", "jobs_running", "release", "reset", "settle", "state",
+__all__ = ["begin_job", "enabled", "epoch", "hold", "holders", "job", "jobs_running", "release", "reset", "settle", "state",
            "unhold"]
 
 NEVER, SETTLED, RELEASED = "never", "settled", "released"
@@ -128,20 +129,35 @@ def release() -> bool:
         return True
 
 
-@contextmanager
-def job() -> Iterator[None]:
-    """Mark a running job for the duration of the block (nestable, any thread). At its start the
-    heap is settled if it never was, or if a settling was postponed by a job."""
+def begin_job() -> Callable[[], None]:
+    """Mark a job as running; returns the function that ends the mark (idempotent: call it from
+    the job's ``finally`` and from whoever learns that the job is over, e.g. a GUI's *finished*
+    signal after a cancel, which leaves the job's generator suspended). At the start the heap is
+    settled if it never was, or if a settling was postponed by a job."""
     with _LOCK:
         if enabled() and _S["state"] != RELEASED and (_S["state"] == NEVER or _S["pending"]):
             gc.collect(1)
             _freeze_locked()
         _S["jobs"] += 1
+    done = threading.Event()
+
+    def end() -> None:
+        with _LOCK:
+            if not done.is_set():
+                done.set()
+                _S["jobs"] = max(0, _S["jobs"] - 1)
+
+    return end
+
+
+@contextmanager
+def job() -> Iterator[None]:
+    """:func:`begin_job` for the duration of the block (nestable, any thread)."""
+    end = begin_job()
     try:
         yield
     finally:
-        with _LOCK:
-            _S["jobs"] -= 1
+        end()
 
 
 def _after_collection(phase: str, info: dict) -> None:
@@ -159,8 +175,9 @@ def _after_collection(phase: str, info: dict) -> None:
 
 
 def reset() -> None:
-    """Release, and forget that anything was ever settled or held (the next :func:`settle` freezes
-    as the first one of the process). For tests, and for a host that wants the rule undone."""
+    """Release, and forget that anything was ever settled, held or running (the next :func:`settle`
+    freezes as the first one of the process). For tests (a test starts from a clean state whatever
+    an earlier one left running), and for a host that wants the rule undone."""
     with _LOCK:
         release()
-        _S["state"], _S["pending"], _S["holders"] = NEVER, False, 0
+        _S["state"], _S["pending"], _S["holders"], _S["jobs"] = NEVER, False, 0, 0
