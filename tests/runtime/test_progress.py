@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from napari_neuroseg.runtime.progress import Progress, run_to_completion, throttle
+from napari_neuroseg.runtime.progress import Progress, StepClock, run_to_completion, throttle
 
 
 class FakeClock:
@@ -115,3 +115,19 @@ def test_relay_maps_steps_returns_the_result_and_closes_the_sub_job():
     assert next(gen2) == 1
     gen2.close()
     assert closed == [True, True]
+
+
+def test_step_clock_extrapolates_the_time_left_in_a_step():
+    now = [100.0]
+    clock = StepClock(lambda: now[0]).start()
+    assert clock.left(10, 100) is None and clock.text(10, 100) == ""  # no time has passed
+    now[0] = 100.5
+    assert clock.left(50, 100) is None  # under a second: no estimate yet
+    now[0] = 110.0
+    assert clock.left(1, 100) is None  # 1 % done: too little to extrapolate from
+    assert clock.left(25, 100) == pytest.approx(30.0)  # 10 s for a quarter: 30 s left
+    assert clock.text(25, 100) == " — about 0:30 left"
+    assert clock.text(1, 1000) == ""
+    now[0] = 100.0 + 7200
+    assert clock.text(50, 100) == " — about 2:00:00 left"
+    assert clock.left(100, 100) == 0.0

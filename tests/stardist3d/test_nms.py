@@ -250,5 +250,10 @@ def test_predict_instances_backends_agree(model):
     assert lab_own.dtype == np.int32 and lab_own.max() == len(np.unique(lab_own)) - 1
     assert matching(lab_ref, lab_own, thresh=0.5).f1 >= 0.99
     assert any("candidates" in s.message for s in steps)
+    nms_steps = [s for s in steps if s.message.startswith("non-maximum suppression")]
+    assert nms_steps
+    # the bar follows the NMS on its own scale (candidates processed + rendering), not one step
+    assert {s.total for s in nms_steps} == {nms_steps[0].total} and nms_steps[0].total > steps[0].total
+    assert [s.step for s in nms_steps] == sorted(s.step for s in nms_steps) and nms_steps[-1].step > 0
     with pytest.raises(NeurosegError, match="backend"):
         model.predict_instances(image, nms="bogus")

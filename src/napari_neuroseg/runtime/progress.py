@@ -40,6 +40,45 @@ class Progress:
 ProgressGenerator = Generator[Progress, None, T]
 
 
+class StepClock:
+    """The time left in one long step of a job (NMS over its candidates, a file's blocks),
+    extrapolated linearly from the step's progress so far: ``elapsed * (1 - f) / f`` for the
+    fraction ``f`` done. No estimate before :attr:`min_seconds` have passed and
+    :attr:`min_fraction` is done (a first chunk's rate says little). The clock starts at the first
+    call (or :meth:`start`)."""
+
+    min_seconds = 1.0
+    min_fraction = 0.02
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic):
+        self._clock = clock
+        self._t0: float | None = None
+
+    def start(self) -> StepClock:
+        self._t0 = self._clock()
+        return self
+
+    def left(self, step: float, total: float) -> float | None:
+        """Seconds left (None: no estimate yet)."""
+        now = self._clock()
+        if self._t0 is None:
+            self._t0 = now
+        f = 0.0 if total <= 0 else min(1.0, max(0.0, step / total))
+        elapsed = now - self._t0
+        if elapsed < self.min_seconds or f < self.min_fraction:
+            return None
+        return elapsed * (1.0 - f) / f
+
+    def text(self, step: float, total: float) -> str:
+        """``" — about 1:05 left"`` (``""`` while there is no estimate)."""
+        left = self.left(step, total)
+        if left is None:
+            return ""
+        sec = round(left)
+        return f" — about {sec // 3600:d}:{sec % 3600 // 60:02d}:{sec % 60:02d} left" if sec >= 3600 else \
+            f" — about {sec // 60:d}:{sec % 60:02d} left"
+
+
 def carries_data(item: Any) -> bool:
     """Whether a yielded item holds data for the caller beyond a step (e.g. a batch file's summary
     ``record``): such items are never skipped by rate limiting, even when they are ``Progress``."""

@@ -24,7 +24,7 @@ from napari_neuroseg.errors import NeurosegError
 from napari_neuroseg.models.safe_load import load_torch_file
 from napari_neuroseg.models.stardist3d.config import NORM_PERCENTILES, StarDistConfig, Thresholds, load_thresholds
 from napari_neuroseg.models.stardist3d.rays import make_rays, rays_spec
-from napari_neuroseg.runtime.progress import Progress, relay, run_to_completion
+from napari_neuroseg.runtime.progress import Progress, StepClock, relay, run_to_completion
 
 __all__ = ["StarDist3D", "normalize_image", "OWN_WEIGHTS", "FORMAT_NAME"]
 
@@ -656,10 +656,13 @@ class StarDist3D:
 
         nms_args = (prob, dist, points, rays_spec(self.config), self.config.n_rays, nms_thresh, shape)
         if nms == "neuroseg" and not use_subprocess:
-            # numba without the GIL: this (worker) thread; progress = candidates processed
+            # numba without the GIL: this (worker) thread. The bar shows this step on its own scale
+            # (candidates processed; the tiles' steps are done), with the time left in it
+            clock = StepClock().start()
             return (yield from relay(
                 postprocess.nms_and_render_iter(*nms_args, nms=nms),
-                lambda p: Progress(n_total - 1, n_total, f"{p.message} ({100 * p.step // max(p.total, 1)} %)")))
+                lambda p: Progress(p.step, p.total,
+                                   f"{p.message} ({100 * p.step // max(p.total, 1)} %){clock.text(p.step, p.total)}")))
         # stardist's C++ holds the GIL: the worker process (either backend with use_subprocess=True)
         worker = get_worker() if use_subprocess in (None, True) else ProcessWorker(in_process=True)
         if use_subprocess is None and len(prob) < 64 and math.prod(shape) < 64**3:
