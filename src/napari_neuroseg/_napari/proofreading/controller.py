@@ -126,7 +126,11 @@ class ProofreadController:
             # the pass after (not by the first Ctrl+click)
             from napari_neuroseg._napari._display import StagedDisplay
 
-            StagedDisplay(self.display_widget).start_later([self.picker.prepare])
+            def prepare() -> None:
+                self.picker.prepare()
+                self._window_canvases()  # found now, not in the first action (a walk of the window)
+
+            StagedDisplay(self.display_widget).start_later([prepare])
 
     def disconnect(self) -> None:
         """Undo :meth:`connect` (the dock was hidden or closed); ``connect`` binds again."""
@@ -195,10 +199,13 @@ class ProofreadController:
             from contextlib import nullcontext
 
             return nullcontext()
-        from napari_neuroseg._napari._display import (
-            repaint_after_next_pass,
-            window_canvases,
-        )
+        from napari_neuroseg._napari._display import repaint_after_next_pass
+
+        return repaint_after_next_pass(self.display_widget, canvases=self._window_canvases())
+
+    def _window_canvases(self) -> list[Any]:
+        """The OpenGL widgets of the display widget's window, found again only when it moved."""
+        from napari_neuroseg._napari._display import window_canvases
 
         window = self.display_widget.window()
         found = self._canvases
@@ -208,7 +215,7 @@ class ProofreadController:
             stale = True
         if stale:
             found = self._canvases = (window, window_canvases(self.display_widget))
-        return repaint_after_next_pass(self.display_widget, canvases=found[1])
+        return found[1]
 
     def status(self, msg: str) -> None:
         if self._status is not None:
