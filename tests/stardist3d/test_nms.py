@@ -252,8 +252,9 @@ def test_predict_instances_backends_agree(model):
     assert any("candidates" in s.message for s in steps)
     nms_steps = [s for s in steps if s.message.startswith("non-maximum suppression")]
     assert nms_steps
-    # the bar follows the NMS on its own scale (candidates processed + rendering), not one step
+    # the scale grows by the candidates (+ rendering): the bar follows the NMS, steps never go back
     assert {s.total for s in nms_steps} == {nms_steps[0].total} and nms_steps[0].total > steps[0].total
-    assert [s.step for s in nms_steps] == sorted(s.step for s in nms_steps) and nms_steps[-1].step > 0
+    assert [s.step for s in steps] == sorted(s.step for s in steps) and nms_steps[-1].step > nms_steps[0].step
+    assert steps[-1].step == steps[-1].total == nms_steps[0].total
     with pytest.raises(NeurosegError, match="backend"):
         model.predict_instances(image, nms="bogus")

@@ -566,9 +566,10 @@ class StarDist3D:
         )
         del x
         prob, dist, points = cands.arrays()
+        span = [n_total]  # the NMS may lengthen the scale (its candidates)
         labels, details = yield from self._nms_and_render_iter(
-            prob, dist, points, nms_thresh, shape, nms=nms, use_subprocess=use_subprocess, n_total=n_total)
-        yield Progress(n_total, n_total, f"{int(labels.max()) if labels is not None else 0} objects")
+            prob, dist, points, nms_thresh, shape, nms=nms, use_subprocess=use_subprocess, span=span)
+        yield Progress(span[0], span[0], f"{int(labels.max()) if labels is not None else 0} objects")
         if plan is not None:
             labels = _back_to_input_scale(labels, details, plan, shape, in_shape)
         if return_predict:
@@ -648,21 +649,28 @@ class StarDist3D:
         return sparse_run
 
     def _nms_and_render_iter(self, prob, dist, points, nms_thresh, shape, *, nms: str, use_subprocess,
-                             n_total: int) -> Generator[Progress, None, tuple]:
+                             span: list[int]) -> Generator[Progress, None, tuple]:
         """``(labels, details)`` of NMS and rendering: the numba backend in this (worker) thread,
-        stardist's C++ (which holds the GIL) or ``use_subprocess=True`` in the worker process."""
+        stardist's C++ (which holds the GIL) or ``use_subprocess=True`` in the worker process.
+        ``span[0]``: the job's scale (its tiles + 1) on entry, as lengthened by the NMS on exit."""
+        n_total = span[0]
         from napari_neuroseg.models.stardist3d import postprocess
         from napari_neuroseg.runtime.subprocess import ProcessWorker, get_worker
 
         nms_args = (prob, dist, points, rays_spec(self.config), self.config.n_rays, nms_thresh, shape)
         if nms == "neuroseg" and not use_subprocess:
-            # numba without the GIL: this (worker) thread. The bar shows this step on its own scale
-            # (candidates processed; the tiles' steps are done), with the time left in it
+            # numba without the GIL: this (worker) thread. The scale grows by the candidates (+ the
+            # rendering): the bar follows the run's longest step, never going back in steps, with the
+            # time left in it
             clock = StepClock().start()
-            return (yield from relay(
-                postprocess.nms_and_render_iter(*nms_args, nms=nms),
-                lambda p: Progress(p.step, p.total,
-                                   f"{p.message} ({100 * p.step // max(p.total, 1)} %){clock.text(p.step, p.total)}")))
+            done = n_total - 1  # the tiles' steps
+
+            def step(p: Progress) -> Progress:
+                span[0] = max(span[0], done + p.total)
+                return Progress(done + p.step, done + p.total,
+                                f"{p.message} ({100 * p.step // max(p.total, 1)} %){clock.text(p.step, p.total)}")
+
+            return (yield from relay(postprocess.nms_and_render_iter(*nms_args, nms=nms), step))
         # stardist's C++ holds the GIL: the worker process (either backend with use_subprocess=True)
         worker = get_worker() if use_subprocess in (None, True) else ProcessWorker(in_process=True)
         if use_subprocess is None and len(prob) < 64 and math.prod(shape) < 64**3:
