@@ -36,7 +36,7 @@ def test_a_removed_layer_that_predates_the_settling_is_freed(viewer, qtbot):
     old = viewer.add_image(np.ones((4, 64, 64), np.float32), name="old")
     data_ref = weakref.ref(old.data)
     w, _ = _evaluate_dock(viewer)
-    assert _heap.watched_viewers() >= 1
+    assert _heap.is_watched(viewer)
     assert collector.settle()  # as a dock's warm-up does when it ends
     new = viewer.add_labels(np.zeros((4, 64, 64), np.uint16), name="new")
     viewer.layers.remove(new)  # made after the settling: not frozen, nothing handed back
@@ -63,7 +63,7 @@ def test_closing_the_dock_releases_the_heap_and_the_viewer_watch(viewer, qtbot):
     assert collector.state() == "released" and gc.get_freeze_count() == 0
     assert len(viewer.layers.events.inserted.callbacks) == n_inserted
     assert len(viewer.layers.events.removed.callbacks) == n_removed
-    assert _heap.watched_viewers() == 0
+    assert not _heap.is_watched(viewer)
 
 
 def test_a_background_warm_up_settles_and_a_job_runs_marked(viewer, qtbot):

@@ -25,7 +25,7 @@ from typing import Any
 
 from napari_neuroseg.runtime import collector
 
-__all__ = ["watch", "watched_viewers"]
+__all__ = ["is_watched", "watch"]
 
 #: viewer id -> its watch (one per viewer with an open plugin dock)
 _WATCHES: dict[int, _Watch] = {}
@@ -34,11 +34,11 @@ _WATCHES: dict[int, _Watch] = {}
 class _Watch:
     def __init__(self, viewer: Any):
         self.viewer_ref = weakref.ref(viewer)
-        self.layers = viewer.layers
+        self.layers_ref = weakref.ref(viewer.layers)  # weak: a closed viewer's layers are not kept
         self.inserted: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
         self.docks: set[int] = set()
-        self.layers.events.inserted.connect(self._on_inserted)
-        self.layers.events.removed.connect(self._on_removed)
+        viewer.layers.events.inserted.connect(self._on_inserted)
+        viewer.layers.events.removed.connect(self._on_removed)
 
     def _on_inserted(self, event: Any) -> None:
         try:
@@ -55,11 +55,13 @@ class _Watch:
             collector.release()
 
     def close(self) -> None:
-        for emitter, cb in ((self.layers.events.inserted, self._on_inserted),
-                            (self.layers.events.removed, self._on_removed)):
+        layers = self.layers_ref()
+        if layers is None:  # gone with the viewer (and its connections with it)
+            return
+        for emitter, cb in ((layers.events.inserted, self._on_inserted), (layers.events.removed, self._on_removed)):
             try:
                 emitter.disconnect(cb)
-            except (RuntimeError, TypeError, ValueError):  # already gone with the viewer
+            except (RuntimeError, TypeError, ValueError):
                 pass
 
 
@@ -87,6 +89,7 @@ def watch(viewer: Any, dock: Any) -> Any:
     return closed
 
 
-def watched_viewers() -> int:
-    """How many viewers are watched now (tests)."""
-    return len(_WATCHES)
+def is_watched(viewer: Any) -> bool:
+    """Whether ``viewer``'s layer list is watched now (one of its plugin docks is open)."""
+    w = _WATCHES.get(id(viewer))
+    return w is not None and w.viewer_ref() is viewer
