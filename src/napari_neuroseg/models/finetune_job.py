@@ -255,8 +255,8 @@ def warmup() -> None:
     its allocations set off full garbage collections there. Also the imports a job's set-up
     makes: the trainers' modules, and torch's optimiser, whose first instance imports
     ``torch._dynamo`` (with ``torch.onnx`` and ``torch.distributed.tensor``, ~800 modules of
-    Python; sampled in the worker during the base model's scoring). With the heap frozen
-    afterwards (``runtime/collector.py``)."""
+    Python; sampled in the worker during the base model's scoring). What it loaded then joins the
+    settled heap (``runtime/collector.py``)."""
     import importlib
 
     import torch  # waits for the dock's background import of torch when it is running
