@@ -82,3 +82,15 @@ def make_dock():
     """:func:`make_dock_widget`, as a fixture."""
     return make_dock_widget
 
+
+
+@pytest.fixture(autouse=True)
+def _fresh_collector_state():
+    """Each test starts and ends with nothing settled or held (``runtime/collector.py``): a dock a
+    test made but never docked or closed would otherwise keep the rule on for later tests, and
+    freeze their closed viewers."""
+    from napari_neuroseg.runtime import collector
+
+    collector.reset()
+    yield
+    collector.reset()
