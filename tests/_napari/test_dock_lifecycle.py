@@ -13,12 +13,9 @@ import numpy as np
 import pytest
 from qtpy.QtCore import QPoint, Qt
 from qtpy.QtWidgets import (
-    QAbstractButton,
     QAbstractSpinBox,
     QComboBox,
-    QLineEdit,
     QMessageBox,
-    QWidget,
 )
 
 pytestmark = pytest.mark.gui
@@ -218,10 +215,11 @@ def test_closing_the_viewer_releases_the_layer(make_napari_viewer, qtbot):
 
 @pytest.mark.parametrize("how", ["close_button", "hide_button"])
 @pytest.mark.parametrize("kind", ["nuclei", "neurons", "evaluate", "batch", "finetune"])
-def test_closed_run_docks_disconnect_from_layer_events(shown_viewer, qtbot, kind, how, tmp_path, monkeypatch):
+def test_closed_run_docks_disconnect_from_layer_events(shown_viewer, make_dock, qtbot, kind, how, tmp_path,
+                                                      monkeypatch):
     monkeypatch.setenv("NEUROSEG_SESSIONS_DIR", str(tmp_path / "sessions"))
     viewer = shown_viewer
-    widget = _make(kind, viewer)
+    widget = make_dock(kind, viewer)
     dw = _dock(viewer, widget, kind)
     qtbot.wait(20)
     combos_before = {id(c): [c.itemText(i) for i in range(c.count())] for c in widget.findChildren(QComboBox)}
@@ -315,26 +313,8 @@ def test_new_proofreading_dock_prefers_a_result_over_the_ground_truth(make_napar
 
 
 # ------------------------------------------------------------------------ sizes, tooltips
-def _make(kind, viewer):
-    if kind == "proofread":
-        from napari_neuroseg._napari.proofread_widget import ProofreadWidget as W
-    elif kind == "nuclei":
-        from napari_neuroseg._napari.nuclei_widget import NucleiWidget as W
-    elif kind == "neurons":
-        from napari_neuroseg._napari.neurons_widget import NeuronsWidget as W
-    elif kind == "batch":
-        from napari_neuroseg._napari.batch_widget import BatchWidget as W
-    elif kind == "finetune":
-        from napari_neuroseg._napari.finetune_widget import FineTuneWidget
-
-        return FineTuneWidget(viewer, offer_restore=False)
-    else:
-        from napari_neuroseg._napari.evaluate_widget import EvaluateWidget as W
-    return W(viewer)
-
-
-@pytest.mark.parametrize("kind", ["proofread", "nuclei", "neurons", "batch", "evaluate", "finetune"])
-def test_docks_fit_a_1280x800_screen(shown_viewer, qtbot, kind, tmp_path, monkeypatch):
+@pytest.mark.parametrize("kind", ["proofreading", "nuclei", "neurons", "batch", "evaluate", "finetune"])
+def test_docks_fit_a_1280x800_screen(shown_viewer, make_dock, qtbot, kind, tmp_path, monkeypatch):
     monkeypatch.setenv("NEUROSEG_SESSIONS_DIR", str(tmp_path / "sessions"))
     viewer = shown_viewer
     viewer.add_image(np.zeros((6, 20, 20), np.float32), name="raw")
@@ -342,7 +322,7 @@ def test_docks_fit_a_1280x800_screen(shown_viewer, qtbot, kind, tmp_path, monkey
     win = viewer.window._qt_window
     size = win.size()
     assert (size.width(), size.height()) == SCREEN
-    widget = _make(kind, viewer)
+    widget = make_dock(kind, viewer)
     assert widget.minimumSizeHint().height() <= 600, widget.minimumSizeHint()  # 800 px less menu, title, status bar
     assert widget.minimumSizeHint().width() <= 420 and widget.sizeHint().width() <= 420, widget.sizeHint()
     dw = _dock(viewer, widget, kind)
@@ -360,16 +340,6 @@ def test_docks_fit_a_1280x800_screen(shown_viewer, qtbot, kind, tmp_path, monkey
     assert win.size() == size
 
 
-@pytest.mark.parametrize("kind", ["proofread", "nuclei", "neurons", "batch", "evaluate"])
-def test_every_control_has_a_tooltip(make_napari_viewer, kind):
-    widget = _make(kind, make_napari_viewer())
-    kinds = (QAbstractButton, QComboBox, QAbstractSpinBox, QLineEdit)
-    missing = [f"{type(w).__name__} {getattr(w, 'text', lambda: '')()!r}" for w in widget.findChildren(QWidget)
-               if isinstance(w, kinds) and not w.toolTip().strip()
-               and not isinstance(w.parent(), QAbstractSpinBox)]  # a spin box's own line edit
-    assert missing == []
-
-
 def test_shortcuts_box_does_not_look_disabled(make_napari_viewer):
     from napari_neuroseg._napari.proofread_widget import ProofreadWidget
 
@@ -379,9 +349,9 @@ def test_shortcuts_box_does_not_look_disabled(make_napari_viewer):
     assert widget.shortcut_box.isEnabled()
 
 
-@pytest.mark.parametrize("kind", ["proofread", "nuclei", "neurons", "batch", "evaluate", "finetune"])
-def test_first_progress_bar_leaves_the_status_bar_as_the_open_dock_set_it(shown_viewer, qtbot, kind, tmp_path,
-                                                                          monkeypatch):
+@pytest.mark.parametrize("kind", ["proofreading", "nuclei", "neurons", "batch", "evaluate", "finetune"])
+def test_first_progress_bar_leaves_the_status_bar_as_the_open_dock_set_it(shown_viewer, make_dock, qtbot, kind,
+                                                                          tmp_path, monkeypatch):
     """The indicator rule (``_dock.reserve_activity_indicator``, from every dock's ``Show``): once a
     dock is open, napari's first progress bar of the session no longer grows its status bar (the
     "in progress" animation's first frame is loaded and laid out already), so it resizes no canvas."""
@@ -393,7 +363,7 @@ def test_first_progress_bar_leaves_the_status_bar_as_the_open_dock_set_it(shown_
 
     monkeypatch.setenv("NEUROSEG_SESSIONS_DIR", str(tmp_path / "sessions"))
     viewer = shown_viewer
-    widget = _make(kind, viewer)
+    widget = make_dock(kind, viewer)
     _dock(viewer, widget, kind)
     qtbot.wait(50)
     bar = widget.window().findChild(QStatusBar)

@@ -417,17 +417,22 @@ def _spy_job(monkeypatch) -> list[str]:
     return started
 
 
-def test_a_run_pressed_during_the_warmup_waits_for_it(make_napari_viewer, qtbot, tiny_base, slow_warmup, monkeypatch):
-    """Run while the dock's warm-up still compiles: the session's arrays are written, the job
-    says it waits for the warm-up and starts only once the warm-up has ended, then trains."""
+def _docked_with_data(viewer, base):
+    """The sample's image and labels in ``viewer``, a docked Fine-tune widget on them (2 steps)."""
     from napari_neuroseg._napari.finetune_widget import FineTuneWidget
 
-    started = _spy_job(monkeypatch)
-    viewer = make_napari_viewer()
     _img, lab = _add_data(viewer)
     w = FineTuneWidget(viewer)
     viewer.window.add_dock_widget(w)
-    _form(w, tiny_base, steps=2)
+    _form(w, base, steps=2)
+    return viewer, w, lab
+
+
+def test_a_run_pressed_during_the_warmup_waits_for_it(make_napari_viewer, qtbot, tiny_base, slow_warmup, monkeypatch):
+    """Run while the dock's warm-up still compiles: the session's arrays are written, the job
+    says it waits for the warm-up and starts only once the warm-up has ended, then trains."""
+    started = _spy_job(monkeypatch)
+    _viewer, w, lab = _docked_with_data(make_napari_viewer(), tiny_base)
     w.run()
     qtbot.waitUntil(lambda: "warm-up" in w.status.text(), timeout=30_000)
     qtbot.wait(600)  # a few of its reports
@@ -442,14 +447,8 @@ def test_a_run_pressed_during_the_warmup_waits_for_it(make_napari_viewer, qtbot,
 def test_cancel_while_waiting_for_the_warmup(make_napari_viewer, qtbot, tiny_base, slow_warmup, monkeypatch):
     """Cancel (here: closing the dock) while the run waits for the warm-up: it stops within a
     report, the job never starts, the session is left resumable-stopped with the annotation."""
-    from napari_neuroseg._napari.finetune_widget import FineTuneWidget
-
     started = _spy_job(monkeypatch)
-    viewer = make_napari_viewer()
-    _img, lab = _add_data(viewer)
-    w = FineTuneWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    _form(w, tiny_base, steps=2)
+    viewer, w, lab = _docked_with_data(make_napari_viewer(), tiny_base)
     finished: list[bool] = []
     w.run().finished.connect(lambda: finished.append(True))
     qtbot.waitUntil(lambda: "warm-up" in w.status.text(), timeout=30_000)
