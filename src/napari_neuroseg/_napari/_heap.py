@@ -68,23 +68,21 @@ class _Watch:
 def watch(viewer: Any, dock: Any) -> Any:
     """Watch ``viewer``'s layer list while ``dock`` is open; returns the function to call when the
     dock closes (releases the heap; the watch ends with the viewer's last plugin dock)."""
-    key = id(viewer) if viewer is not None else None
-    w = _WATCHES.get(key) if key is not None else None
-    if viewer is not None and (w is None or w.viewer_ref() is not viewer):
+    key = id(viewer)
+    w = _WATCHES.get(key)
+    if w is None or w.viewer_ref() is not viewer:
         w = _WATCHES[key] = _Watch(viewer)
     token = id(dock)
-    if w is not None:
-        w.docks.add(token)
+    w.docks.add(token)
     collector.hold()  # the heap may be settled while the dock is open
 
     def closed() -> None:
         collector.unhold()  # released: the dock's objects may be cyclic garbage now
-        if w is not None:
-            w.docks.discard(token)
-            if not w.docks:
-                w.close()
-                if _WATCHES.get(key) is w:
-                    del _WATCHES[key]
+        w.docks.discard(token)
+        if not w.docks:
+            w.close()
+            if _WATCHES.get(key) is w:
+                del _WATCHES[key]
 
     return closed
 

@@ -255,15 +255,14 @@ def warmup() -> None:
     its allocations set off full garbage collections there. Also the imports a job's set-up
     makes: the trainers' modules, and torch's optimiser, whose first instance imports
     ``torch._dynamo`` (with ``torch.onnx`` and ``torch.distributed.tensor``, ~800 modules of
-    Python; sampled in the worker during the base model's scoring). What it loaded then joins the
-    settled heap (``runtime/collector.py``)."""
+    Python; sampled in the worker during the base model's scoring). The dock runs it with
+    ``_workers.run_in_background``, which settles the heap after it (``runtime/collector.py``)."""
     import importlib
 
     import torch  # waits for the dock's background import of torch when it is running
     from stardist.matching import matching
 
     from napari_neuroseg.models.stardist3d.nms import warmup as nms_warmup
-    from napari_neuroseg.runtime import collector
 
     torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
     for name in WARM_MODULES:
@@ -273,7 +272,6 @@ def warmup() -> None:
     pred[0, :2, :2] = 1
     for dt in WARM_LABEL_DTYPES:
         matching(pred.astype(dt), pred, thresh=0.5)
-    collector.settle()  # what it imported and compiled joins the settled heap
 
 
 def _write_text(path: Path, text: str) -> None:
