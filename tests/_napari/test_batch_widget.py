@@ -257,21 +257,29 @@ def test_batch_widget_shows_per_file_and_per_block_progress(make_napari_viewer, 
     assert w.table.rowCount() == 2 and texts[-1].startswith("finished: 2 done")
 
 
-def test_batch_dock_imports_dask_distributed_in_the_background(make_napari_viewer, qtbot):
-    """Opening the dock starts (once per process) a background import of Dask's ``distributed``,
-    which the local engine's in-process cluster needs: the first run's job no longer imports it
-    (its objects set off a full garbage collection of the process during that run)."""
+def test_batch_dock_imports_a_runs_libraries_in_the_background(make_napari_viewer, qtbot):
+    """Opening the dock starts (once per process) a background import of what a local run needs
+    (``batch.preload``): the first run's job no longer imports ~550 modules (their objects set
+    off a full garbage collection of the process during that run). Picking the *scheduler*
+    engine imports Dask's ``distributed`` the same way; the local engine does not need it."""
     import sys
     import threading
 
+    from napari_neuroseg import batch
     from napari_neuroseg._napari import _workers, batch_widget
 
     viewer = make_napari_viewer()
-    BatchWidget(viewer)
+    w = BatchWidget(viewer)
     th = _workers._BACKGROUND.get(batch_widget.PRELOAD_THREAD)
     assert th is not None and th.name == batch_widget.PRELOAD_THREAD
     qtbot.waitUntil(lambda: th.ident is not None and not th.is_alive(), timeout=60000)
     assert th.ident != threading.main_thread().ident
-    assert "distributed" in sys.modules
+    assert all(m in sys.modules for m in batch.RUN_MODULES)
     BatchWidget(viewer)  # a second dock does not start another
     assert _workers._BACKGROUND[batch_widget.PRELOAD_THREAD] is th
+
+    w.form.engine.value = "scheduler"
+    tc = _workers._BACKGROUND.get(batch_widget.PRELOAD_CLUSTER_THREAD)
+    assert tc is not None and tc is not th
+    qtbot.waitUntil(lambda: tc.ident is not None and not tc.is_alive(), timeout=60000)
+    assert "distributed" in sys.modules

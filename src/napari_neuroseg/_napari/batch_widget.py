@@ -119,7 +119,8 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         fit_controls(content)
         self.scroll = scrollable(self, content)  # fits a small screen; no minimum height
         fit_form(self.form, self.scroll)
-        preload_dask_cluster()
+        preload_batch()
+        engine.changed.connect(lambda value: value == "scheduler" and preload_batch(cluster=True))
 
     # -- dock lifecycle (_dock.py) -----------------------------------------------------------------
     def on_dock_closed(self) -> None:
@@ -284,18 +285,25 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             self.status_label.setText(f"cannot open the result: {error_message(exc)}")
 
 
-#: the background thread that imports Dask's ``distributed`` when a Batch dock opens
-PRELOAD_THREAD = "neuroseg-preload-distributed"
+#: the background thread that imports what a batch run needs when a Batch dock opens
+PRELOAD_THREAD = "neuroseg-preload-batch"
+#: the one that imports Dask's ``distributed`` when the *scheduler* engine is picked
+PRELOAD_CLUSTER_THREAD = "neuroseg-preload-distributed"
 
 
-def preload_dask_cluster() -> None:
-    """Import Dask's ``distributed`` in a background thread (once per process) when the dock
-    opens, not in the job of the first run: the local engine starts an in-process Dask cluster
-    (more than one CPU), and that import (~1 s of bytecode, ~30,000 new objects) set off a full
-    garbage collection of the process early in each blockwise first run measured (0.5-2.6 s,
-    holding the GIL; none with it imported before: ``benchmarks/bench_stalls_batch.py``). The
-    engine imports it itself if this did not."""
-    run_in_background(lambda: __import__("distributed"), PRELOAD_THREAD)
+def preload_batch(cluster: bool = False) -> None:
+    """Import a batch run's libraries (:func:`napari_neuroseg.batch.preload`) in a background
+    thread, once per process, while the form is filled in, not in the first run's job: those
+    ~550 modules' objects set off a full garbage collection of the process during the run
+    (``benchmarks/bench_stalls_batch.py``); the warm-up settles the heap after them
+    (``_workers.run_in_background``). ``cluster``: Dask's ``distributed`` too (the scheduler
+    engine; the local one runs a thread pool since session 10)."""
+    from napari_neuroseg import batch
+
+    if cluster:
+        run_in_background(lambda: batch.preload(cluster=True), PRELOAD_CLUSTER_THREAD)
+    else:
+        run_in_background(batch.preload, PRELOAD_THREAD)
 
 
 def _open_job(output: Path, input_path: Any) -> Any:

@@ -1,10 +1,14 @@
-"""Dask as the batch engine: embedded by default, an existing cluster on request.
+"""The batch engine: embedded threads by default, Dask for processes and clusters.
 
 ``Engine(scheduler)``:
 
 * ``None`` / ``"local"`` — embedded: ``"sync"`` for one worker, ``"threads"`` for several;
-* ``"sync"`` — every job runs in the calling thread (no Dask overhead, easiest to debug);
-* ``"threads"`` — an in-process ``distributed.LocalCluster`` (one worker, N threads);
+* ``"sync"`` — every job runs in the calling thread (no overhead, easiest to debug);
+* ``"threads"`` — a ``concurrent.futures.ThreadPoolExecutor`` of N threads in this process. It
+  was an in-process ``distributed.LocalCluster`` (one worker, N threads) until session 10: its
+  scheduler, event loop and comms ran Python in three more threads of the viewer's process and
+  made the objects of the full garbage collections that stalled napari during a blockwise run
+  (``benchmarks/bench_stalls_batch.py``); independent jobs need none of it;
 * ``"processes"`` — a ``LocalCluster`` of N single-threaded worker processes on 127.0.0.1;
 * ``"tcp://HOST:PORT"`` (or any Dask address) — ``distributed.Client(address)`` on an existing
   cluster; every job must then reach the inputs and the output folder by the same paths (shared
@@ -21,6 +25,7 @@ from __future__ import annotations
 import logging
 import os
 import uuid
+from concurrent import futures as _futures
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -46,6 +51,7 @@ class Engine:
         self.scheduler = scheduler
         self._client: Any = None
         self._cluster: Any = None
+        self._pool: _futures.ThreadPoolExecutor | None = None
         self._own_client = True
 
     # -- life cycle -------------------------------------------------------------------------
@@ -65,23 +71,24 @@ class Engine:
         return out
 
     def start(self) -> Any:
-        """Connect/start the Dask client (no-op for ``sync``); returns it."""
-        if self.kind == "sync" or self._client is not None:
+        """Start the thread pool (``threads``) or connect/start the Dask client; returns it
+        (``None`` for ``sync``)."""
+        if self.kind == "sync":
+            return None
+        if self.kind == "threads":
+            if self._pool is None:
+                self._pool = _futures.ThreadPoolExecutor(self.workers, thread_name_prefix="neuroseg-batch")
+            return self._pool
+        if self._client is not None:
             return self._client
         from distributed import Client, LocalCluster
 
-        if not self.debug and self.kind in ("threads", "processes"):
+        if not self.debug and self.kind == "processes":
             for name in _JOB_LOGGERS:
                 lg = logging.getLogger(name)
                 self._saved_levels.setdefault(name, lg.level)
                 lg.setLevel(logging.CRITICAL)
-        if self.kind == "threads":
-            self._cluster = LocalCluster(
-                processes=False, n_workers=1, threads_per_worker=self.workers,
-                dashboard_address=None, silence_logs=logging.ERROR,
-            )
-            self._client = Client(self._cluster)
-        elif self.kind == "processes":
+        if self.kind == "processes":
             self._cluster = LocalCluster(
                 processes=True, n_workers=self.workers, threads_per_worker=1, host="127.0.0.1",
                 dashboard_address=None, worker_dashboard_address=None,
@@ -102,6 +109,11 @@ class Engine:
         return self._client
 
     def close(self) -> None:
+        """Release the engine. The thread pool drops its queued jobs and waits for the running
+        ones (one block or file each), so nothing writes into a run's folder after it ended."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
         if self._client is not None and self._own_client:
             try:
                 self._client.close()
@@ -167,6 +179,9 @@ class Engine:
                 else:
                     yield i, res, None
             return
+        if self.kind == "threads":
+            yield from self._map_threads(fn, jobs)
+            return
         from distributed import as_completed
 
         client = self.start()
@@ -196,6 +211,20 @@ class Engine:
                     client.cancel(pending)
                 except RuntimeError:  # closed late (garbage collection): the engine's loop is gone already
                     pass
+
+    def _map_threads(
+        self, fn: Callable[..., Any], jobs: Sequence[tuple],
+    ) -> Iterator[tuple[int, Any, BaseException | None]]:
+        pool = self.start()
+        index = {pool.submit(fn, *args): i for i, args in enumerate(jobs)}
+        try:
+            for fut in _futures.as_completed(index):
+                i = index.pop(fut)
+                err = fut.exception()
+                yield (i, None, err) if err is not None else (i, fut.result(), None)
+        finally:
+            for fut in index:  # closed early (cancel): the jobs not started are dropped
+                fut.cancel()
 
 
 def _explain(err: BaseException) -> BaseException:
