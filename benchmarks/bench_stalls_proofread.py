@@ -62,6 +62,8 @@ ACTIONS = ("metrics", "next", "merge", "undo", "redo", "seeds", "split", "delete
 TARGETS = {a: ACTION_TARGET for a in ACTIONS} | {"metrics_arrival": ARRIVAL_TARGET}
 #: how far napari's own slice change (the ``slice`` baseline) moves the slice, in slices
 SLICE_STEPS = 7
+#: actions whose longest gap ``--sample`` profiles even within their limit (``--profile``)
+PROFILE_ALWAYS: set[str] = set()
 
 
 def limit_ms(name: str, base_ms: float, slice_ms: float) -> float:
@@ -245,7 +247,7 @@ def case(ndisplay: int, n: int, shape: tuple[int, int, int], dtype: str, sample:
             r = {"stall_ms": 1000 * worst, "gc_ms": 1000 * full_gc, "wall_s": b - a,
                  "status": w.status_label.text()[:60]}
             over = 1000 * worst > limit_ms(wname, 1000 * base, 1000 * slice_base)
-            if sampler is not None and over:
+            if sampler is not None and (over or wname in PROFILE_ALWAYS):
                 r["profile"] = sampler.profile(end - worst, end)
             results[wname] = r
 
@@ -386,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--views", type=int, nargs="+", choices=(2, 3), default=(2, 3))
     ap.add_argument("--repeats", type=int, default=3, help="processes per view")
     ap.add_argument("--sample", action="store_true", help="sample the main thread's stack (2 ms)")
+    ap.add_argument("--profile", nargs="+", default=[], metavar="ACTION",
+                    help="with --sample: profile these actions' longest gaps even within their limits")
     ap.add_argument("--compare", metavar="SRC",
                     help="also run the package found in SRC (e.g. an older commit's src/), interleaved")
     ap.add_argument("--case", type=int, choices=(2, 3), help=argparse.SUPPRESS)
@@ -393,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.case:
         import json
 
+        PROFILE_ALWAYS.update(args.profile)
         r = case(args.case, args.n, tuple(args.shape), args.dtype, args.sample)
         print("RESULT " + json.dumps(r), flush=True)
         return 0
@@ -410,7 +415,8 @@ def main(argv: list[str] | None = None) -> int:
             for label, src in versions[::-1] if rep % 2 else versions:  # alternate which runs first
                 cmd = ["--case", str(view), "--n", str(args.n), "--shape", *map(str, args.shape),
                        "--dtype", args.dtype]
-                r = _child(cmd + (["--sample"] if args.sample else []), src)
+                r = _child(cmd + (["--sample"] if args.sample else [])
+                           + (["--profile", *args.profile] if args.profile else []), src)
                 rows.setdefault((label, view), []).append(r)
                 failed |= _print_case(label if args.compare else "", r)
     print("min / median longest stall (ms):")

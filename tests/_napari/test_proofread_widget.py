@@ -346,7 +346,7 @@ def _ring_labels():
     return lab
 
 
-def test_jump_to_an_item_zooms_to_its_box_on_the_object_and_outlines_it(make_napari_viewer):
+def test_jump_to_an_item_zooms_to_its_box_on_the_object_and_outlines_it(make_napari_viewer, qtbot):
     from napari_neuroseg._napari.proofread_widget import ProofreadWidget
     from napari_neuroseg._napari.proofreading import HIGHLIGHT_LAYER
     from napari_neuroseg._napari.proofreading.navigation import HIGHLIGHT_COLOR
@@ -361,6 +361,7 @@ def test_jump_to_an_item_zooms_to_its_box_on_the_object_and_outlines_it(make_nap
     viewer.layers.selection.active = layer
     zoom_before = viewer.scene.camera.zoom
     widget.run_action("review_next")
+    _wait_outline(qtbot, widget)  # drawn in the pass after the jump
     # the slice (the point of the axis not displayed) and the camera centre lie on a voxel of the object
     z = int(round(layer.world_to_data(viewer.dims.point)[0]))
     centre = np.asarray(viewer.scene.camera.center[-2:]) / 0.5
@@ -436,6 +437,7 @@ def test_missed_objects_are_outlined_from_the_ground_truth_and_named_after_the_t
     q = widget.controller.review
     assert q.task == "nuclei" and [(it.kind, it.id) for it in q.items] == [("missed_gt", 9)]
     widget.run_action("review_next")
+    _wait_outline(qtbot, widget)  # drawn in the pass after the jump
     text = widget.review_label.text()
     assert "missed nucleus: GT nucleus 9" in text and "neuron" not in text
     hl = viewer.layers["review: current item"]
@@ -443,6 +445,51 @@ def test_missed_objects_are_outlined_from_the_ground_truth_and_named_after_the_t
     z = int(round(viewer.dims.point[0]))  # the slice; the camera centres y, x
     y, x = (int(round(v)) for v in viewer.scene.camera.center[-2:])
     assert gt[z, y, x] == 9
+
+
+def test_a_jumps_outline_is_drawn_in_the_next_pass_and_only_the_last_of_rapid_jumps(make_napari_viewer, qtbot):
+    """Next changes the slice and the camera in its own event-loop pass; the outline's data
+    swap comes after that pass's repaint: three stalls (jump, repaint, outline and its repaint),
+    not one or two of ~100 ms (benchmarks/bench_stalls_proofread.py). Jumps faster than the passes (a held key) draw
+    only the last item's outline; the end of the queue or the dock letting go drops a waiting one."""
+    from napari_neuroseg._napari.proofread_widget import ProofreadWidget
+    from napari_neuroseg._napari.proofreading import HIGHLIGHT_LAYER
+
+    viewer = make_napari_viewer(show=True)
+    layer = viewer.add_labels(_labels(), name="seg")
+    widget = ProofreadWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="Proofreading")
+    widget._install_queue(ReviewQueue.from_checks(layer.data, tiny=0, border=False, largest=3), None)
+    qtbot.waitUntil(lambda: HIGHLIGHT_LAYER in viewer.layers, timeout=3000)
+    hl = viewer.layers[HIGHLIGHT_LAYER]
+    swaps: list = []
+    hl.events.data.connect(lambda e: swaps.append(np.array(hl.data)))
+    nav = widget.controller.nav
+    widget.run_action("review_next")
+    first = widget.controller.review.current
+    assert nav.outline_pending and swaps == []  # the jump's pass: slice and camera only
+    assert round(viewer.dims.point[0]) in range(*map(int, first.bbox[0]))
+    _wait_outline(qtbot, widget)
+    assert len(swaps) == 1
+    np.testing.assert_array_equal(swaps[0] > 0, layer.data[tuple(slice(a, b) for a, b in first.bbox)] == first.id)
+    swaps.clear()
+    widget.run_action("review_next")
+    widget.run_action("review_next")  # before the outline's pass
+    last = widget.controller.review.current
+    _wait_outline(qtbot, widget)
+    qtbot.wait(50)
+    assert len(swaps) == 1  # the skipped item's outline is never drawn
+    np.testing.assert_array_equal(hl.data > 0, layer.data[tuple(slice(a, b) for a, b in last.bbox)] == last.id)
+    widget.run_action("review_previous")
+    widget.controller.nav.clear_highlight()  # the queue ended meanwhile
+    assert not nav.outline_pending
+    qtbot.wait(50)
+    assert HIGHLIGHT_LAYER not in viewer.layers  # not drawn (and so not added) again
+
+
+def _wait_outline(qtbot, widget) -> None:
+    """The jump's outline, drawn one event-loop pass after the jump, is drawn."""
+    qtbot.waitUntil(lambda: not widget.controller.nav.outline_pending, timeout=3000)
 
 
 def _wait_saved(qtbot, widget) -> None:
@@ -628,6 +675,7 @@ def test_outline_layer_is_added_hidden_when_the_queue_arrives(make_napari_viewer
     points: list = []  # each change of the slice point re-slices every layer
     viewer.dims.events.point.connect(lambda e: points.append(e.value))
     widget.run_action("review_next")
+    _wait_outline(qtbot, widget)  # drawn in the pass after the jump
     item = widget.controller.review.current
     assert viewer.layers[HIGHLIGHT_LAYER] is hl and hl.visible and inserted == []  # data swapped, no insert
     assert len(points) <= 1  # the slice moved to the item in one step (none when it was there)

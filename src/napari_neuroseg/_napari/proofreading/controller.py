@@ -180,7 +180,7 @@ class ProofreadController:
         click's work and the redraw it causes are two stalls, not one)."""
         try:
             func = self.action(action) if isinstance(action, str) else action
-            with self._redraw_after():
+            with self.redraw_after():
                 return func()
         except GroundTruthDeclined as err:  # the user said no: not an error
             self.status(str(err))
@@ -192,7 +192,7 @@ class ProofreadController:
             self.status(str(err))
             return None
 
-    def _redraw_after(self) -> Any:
+    def redraw_after(self) -> Any:
         """The canvas held during an action and redrawn in the next pass (with a display widget);
         the canvas widgets are found once per window the dock is in (not at every action)."""
         if self.display_widget is None:

@@ -91,7 +91,7 @@ def frame_box(viewer: Any, layer: Any, bbox: Any, voxel: Any) -> None:
 class OutlineLayer:
     """A temporary Labels layer that outlines one object in :data:`HIGHLIGHT_COLOR` (white) in
     2D and veils it in 3D (napari draws no contours there): a small array placed at the object's
-    box, its data swapped while hidden at each :meth:`show` (no new layer per object). Used by the
+    box, its data swapped in place at each :meth:`show` (no new layer per object). Used by the
     review queue and by the Evaluate dock's jump to an error."""
 
     def __init__(self, viewer: Any, name: str = HIGHLIGHT_LAYER, kind: str = "review"):
@@ -181,6 +181,7 @@ class ReviewNavigator:
         self.path: str | None = None
         self.gt: Any = None  # ground truth the queue was built against (places "gt" items)
         self.outline = OutlineLayer(controller.viewer)
+        self._pending: tuple[Any, Any] | None = None  # (bbox, mask) of the outline still to draw
 
     def set_queue(self, queue: Any, path: str | None = None, *, gt: Any = None) -> None:
         from .controller import LOCKED_KEY
@@ -226,7 +227,15 @@ class ReviewNavigator:
     # -- showing an item ----------------------------------------------------------------------
     def goto(self, item: Any) -> tuple[int, ...] | None:
         """Show ``item``: the slice and camera centre on a voxel of the object, the zoom fits its
-        bounding box, its outline is drawn and its label selected. Returns that voxel."""
+        bounding box, its outline is drawn and its label selected. Returns that voxel.
+
+        With a display widget (the dock) the outline is drawn after the jump's repaint
+        (:meth:`_draw_outline_later`): the jump's slice change (napari re-slices every layer),
+        its repaint (every layer's new slice uploaded) and the outline's data swap (two layer
+        changes, each re-slicing the outline and recomputing the viewer's extent: 15-35 ms)
+        are three stalls, not one or two. Rapid jumps (a held key) draw only the last item's
+        outline. Not in 3D: a jump changes no slice there (the camera moves) and a repaint under
+        software OpenGL takes ~0.6 s, so the outline is drawn with the jump, in one repaint."""
         c = self._c
         if item is None:
             self.clear_highlight()
@@ -235,18 +244,50 @@ class ReviewNavigator:
         layer = c.layer
         mask = item_mask(item, layer.data, self.gt)
         voxel = on_object_voxel(item, mask, layer.scale)
-        self._show_outline(item, mask)
+        later = c.display_widget is not None and c.viewer.dims.ndisplay == 2
+        if not later:
+            self._pending = None  # an earlier jump's outline still waiting is out of date
+            self._show_outline(item.bbox, mask)
         frame_box(c.viewer, layer, item.bbox, voxel)
+        if later:
+            self._draw_outline_later(item.bbox, mask)
         if item.select_id:
             layer.selected_label = int(item.select_id)
         q = self.queue
         c.status(f"review {q.position + 1}/{len(q)}: {q.describe(item)}")
         return voxel
 
-    def _show_outline(self, item: Any, mask: np.ndarray | None) -> None:
+    def _show_outline(self, bbox: Any, mask: np.ndarray | None) -> None:
         """Draw the item's outline (its voxels; its box where they are unknown)."""
         layer = self._c.layer
-        self.outline.show(item.bbox, mask, layer.scale, layer.translate)
+        self.outline.show(bbox, mask, layer.scale, layer.translate)
+
+    def _draw_outline_later(self, bbox: Any, mask: np.ndarray | None) -> None:
+        """Draw this outline after the jump's repaint: two 1 ms timers, the second started by
+        the first, so it fires after the action's release of the canvas (a 1 ms timer started
+        at the action's end) and after the repaint that release posts (posted events come
+        before timers in an event-loop pass). The outline then costs its own pass and a
+        repaint of its own."""
+        from qtpy.QtCore import QTimer
+
+        waiting = self._pending is not None
+        self._pending = (bbox, mask)
+        if not waiting:
+            QTimer.singleShot(1, lambda: QTimer.singleShot(1, self.draw_pending_outline))
+
+    @property
+    def outline_pending(self) -> bool:
+        """Whether a jump's outline still waits for its event-loop pass."""
+        return self._pending is not None
+
+    def draw_pending_outline(self) -> None:
+        """Draw the outline still waiting for its pass (now), unless the dock let go or the
+        highlight was cleared meanwhile."""
+        pending, self._pending = self._pending, None
+        if pending is None or not self._c.connected:
+            return
+        with self._c.redraw_after():
+            self._show_outline(*pending)
 
     def prepare_highlight(self) -> None:
         """Add the outline layer hidden, before the first jump: napari's insert of a layer
@@ -258,4 +299,5 @@ class ReviewNavigator:
 
     def clear_highlight(self) -> None:
         """Remove the outline layer (the queue ended, or the dock let go of the layer)."""
+        self._pending = None
         self.outline.clear()
