@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["StagedDisplay", "compact_labels", "hide_painting_overlays", "repaint_after_next_pass",
+__all__ = ["CanvasCache", "StagedDisplay", "compact_labels", "hide_painting_overlays", "repaint_after_next_pass",
            "show_labels_layer", "show_overlays_on_mode", "warm_labels_display", "window_canvases"]
 
 #: the largest id napari shows without a per-slice remap (16-bit labels)
@@ -147,6 +147,39 @@ def window_canvases(widget: Any) -> list[Any]:
     from qtpy.QtOpenGLWidgets import QOpenGLWidget
 
     return widget.window().findChildren(QOpenGLWidget)
+
+
+class CanvasCache:
+    """The OpenGL widgets of ``widget``'s window, found again only when the widget moved to
+    another window or a canvas was deleted (a walk of the window's ~700 widgets takes 4-11 ms:
+    not at every action). Holds the window and its canvases weakly: a dock kept alive after
+    its viewer closed must not keep the viewer's window (napari's leak check)."""
+
+    def __init__(self, widget: Any) -> None:
+        self._widget = widget
+        self._found: tuple[Any, list[Any]] | None = None  # weak refs: (window, its OpenGL widgets)
+
+    def get(self) -> list[Any]:
+        import weakref
+
+        window = self._widget.window()
+        found = self._found
+        canvases = None
+        if found is not None and found[0]() is window:
+            canvases = [ref() for ref in found[1]]
+            try:
+                if any(w is None or w.window() is not window for w in canvases):
+                    canvases = None
+            except RuntimeError:  # a canvas was deleted
+                canvases = None
+        if canvases is None:
+            canvases = window_canvases(self._widget)
+            self._found = (weakref.ref(window), [weakref.ref(w) for w in canvases])
+        return canvases
+
+    def redraw_after(self) -> Any:
+        """:func:`repaint_after_next_pass` of the widget, with the cached canvases."""
+        return repaint_after_next_pass(self._widget, canvases=self.get())
 
 
 class StagedDisplay:

@@ -51,6 +51,8 @@ from qtpy.QtWidgets import (
 )
 
 from napari_neuroseg._napari._display import (
+    CanvasCache,
+    StagedDisplay,
     hide_painting_overlays,
     repaint_after_next_pass,
     show_overlays_on_mode,
@@ -390,6 +392,7 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self._fingerprints: tuple[Any, ...] | None = None
         self._review_worker: Any = None
         self._outline: Any = None  # proofreading.navigation.OutlineLayer of the jumped-to error
+        self._canvases = CanvasCache(self)  # the window's OpenGL widgets, held during a jump
 
         gt = layer_choice(napari_viewer, name="gt", label="Ground truth", accept=self._is_candidate,
                           tooltip="The ground-truth Labels layer (one id per object); a layer read from a FISBe "
@@ -648,7 +651,8 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.result = None
         self._run_layers, self._fingerprints = (gt_layer, pred_layer), None
         self.review_button.setEnabled(False)
-        self._clear_outline()
+        if self._outline is not None:
+            self._outline.hide()  # the last run's error; kept for the next jump (no new insert)
         self.controls.start(
             evaluate_and_fingerprint_iter, (gt_layer, pred_layer), gt, pred, partly,
             dim_ids=dim, task=task, task_reason=why if why != "guessed when run" else None,
@@ -793,6 +797,7 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                     self.viewer.layers.append(layer)
                     layer.features = built["features"]  # after: see make_error_layer
                 show_overlays_on_mode(layer)
+            StagedDisplay(self).start_later([lambda: self._prepare_outline(result, layer)])
             counts: dict[str, int] = {}
             for kind, i, v, cent, text in built["items"]:
                 self.error_layers[kind] = layer
@@ -815,8 +820,9 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
     def jump_to(self, kind: str, obj_id: int) -> None:
         """Show error ``obj_id`` of ``kind``: slice through and centre on a voxel that lies on the
-        object, zoom to its bounding box (the review queue's framing) and select it in the error
-        layer."""
+        object, zoom to its bounding box (the review queue's framing), select it in the error
+        layer and outline it in white (in 2D after the jump's repaint, in a pass of its own:
+        :meth:`OutlineLayer.show_after_repaint`)."""
         from napari_neuroseg._napari.proofreading.navigation import frame_box
 
         place = self._centroids.get((kind, int(obj_id)))
@@ -825,21 +831,44 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             return
         voxel, bbox = place
         value = int(self._values[(kind, int(obj_id))])
-        self._show_outline(layer, bbox, value)
-        frame_box(self.viewer, layer, bbox, voxel)
-        layer.selected_label = value
-        self.viewer.layers.selection.active = layer
+        box = tuple(slice(int(lo), int(hi)) for lo, hi in bbox)
+        mask = np.asarray(layer.data[box]) == value
+        outline = self._outline_layer()
+        later = self.viewer.dims.ndisplay == 2
+        with self._canvases.redraw_after():
+            if not later:
+                outline.show(bbox, mask, layer.scale, layer.translate)
+            frame_box(self.viewer, layer, bbox, voxel)
+            if later:
+                outline.show_after_repaint(bbox, mask, layer.scale, layer.translate,
+                                           redraw=self._canvases.redraw_after,
+                                           wanted=lambda: not self.dock_closed)
+            layer.selected_label = value
+            if self.viewer.layers.selection.active is not layer:
+                self.viewer.layers.selection.active = layer
 
-    def _show_outline(self, layer: Any, bbox: Any, value: int) -> None:
-        """Outline the error in white on the canvas: the review queue's outline layer
-        (:class:`~napari_neuroseg._napari.proofreading.navigation.OutlineLayer`), its data swapped
-        at each jump."""
+    def _outline_layer(self) -> Any:
+        """The review queue's outline layer
+        (:class:`~napari_neuroseg._napari.proofreading.navigation.OutlineLayer`), its data
+        swapped at each jump."""
         from napari_neuroseg._napari.proofreading.navigation import OutlineLayer
 
         if self._outline is None:
             self._outline = OutlineLayer(self.viewer, name=JUMP_OUTLINE_LAYER, kind="jump")
-        box = tuple(slice(int(lo), int(hi)) for lo, hi in bbox)
-        self._outline.show(bbox, np.asarray(layer.data[box]) == value, layer.scale, layer.translate)
+        return self._outline
+
+    def _prepare_outline(self, result: dict[str, Any], like: Any) -> None:
+        """Add the outline layer hidden, a pass after the error layer (napari's insert of a
+        layer, 0.2-0.4 s, is then paid when the result arrives, not by the first jump). In 2D
+        only: the insert hands the active layer back to the error layer, and napari's status
+        update for a Labels layer with features fails in a 3D view the mouse has not moved in
+        (see :func:`make_error_layer`); a 3D jump pays the insert, in a pass before its repaint."""
+        if self.dock_closed or result is not self.result or like not in self.viewer.layers:
+            return
+        self._canvases.get()  # the window's canvases found now, not by the first jump
+        if self.viewer.dims.ndisplay != 2:
+            return
+        self._outline_layer().prepare(like)
 
     def _clear_outline(self) -> None:
         if self._outline is not None:

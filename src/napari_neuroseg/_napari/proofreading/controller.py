@@ -62,7 +62,11 @@ class ProofreadController:
         #: a Qt widget in the viewer's window (the dock): each action's canvas redraw comes one
         #: event-loop pass after the action (``_display.repaint_after_next_pass``); None: at once
         self.display_widget = display_widget
-        self._canvases: tuple[Any, list[Any]] | None = None  # (window, its OpenGL widgets)
+        self._canvases: Any = None  # _display.CanvasCache of the display widget's window
+        if display_widget is not None:
+            from napari_neuroseg._napari._display import CanvasCache
+
+            self._canvases = CanvasCache(display_widget)
         self.layer = layer
         self.locked: set[int] = {int(i) for i in layer.metadata.get(LOCKED_KEY, [])}
         self.split_method = "distance"
@@ -128,7 +132,7 @@ class ProofreadController:
 
             def prepare() -> None:
                 self.picker.prepare()
-                self._window_canvases()  # found now, not in the first action (a walk of the window)
+                self._canvases.get()  # found now, not in the first action (a walk of the window)
 
             StagedDisplay(self.display_widget).start_later([prepare])
 
@@ -195,27 +199,11 @@ class ProofreadController:
     def redraw_after(self) -> Any:
         """The canvas held during an action and redrawn in the next pass (with a display widget);
         the canvas widgets are found once per window the dock is in (not at every action)."""
-        if self.display_widget is None:
+        if self._canvases is None:
             from contextlib import nullcontext
 
             return nullcontext()
-        from napari_neuroseg._napari._display import repaint_after_next_pass
-
-        return repaint_after_next_pass(self.display_widget, canvases=self._window_canvases())
-
-    def _window_canvases(self) -> list[Any]:
-        """The OpenGL widgets of the display widget's window, found again only when it moved."""
-        from napari_neuroseg._napari._display import window_canvases
-
-        window = self.display_widget.window()
-        found = self._canvases
-        try:
-            stale = found is None or found[0] is not window or any(w.window() is not window for w in found[1])
-        except RuntimeError:  # a canvas was deleted
-            stale = True
-        if stale:
-            found = self._canvases = (window, window_canvases(self.display_widget))
-        return found[1]
+        return self._canvases.redraw_after()
 
     def status(self, msg: str) -> None:
         if self._status is not None:

@@ -8,6 +8,7 @@ The queue is saved after every step (``<labels>.review.json``) when it has a pat
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -99,10 +100,47 @@ class OutlineLayer:
         self.name = name
         self.kind = kind  # metadata["neuroseg_error_kind"]: no dock offers the layer as a target
         self.layer: Any = None
+        self._pending: tuple[Any, ...] | None = None  # show()'s arguments, drawn after a repaint
+        self._wanted: Callable[[], bool] = lambda: True
+        self._redraw: Callable[[], Any] | None = None
+
+    def show_after_repaint(self, bbox: Any, mask: np.ndarray | None, scale: Any, translate: Any, *,
+                           redraw: Callable[[], Any], wanted: Callable[[], bool] = lambda: True) -> None:
+        """:meth:`show` after the repaint that the current pass's changes cause (a jump's slice
+        change: napari re-slices every layer and uploads their new slices at the repaint), in a
+        pass of its own with ``redraw()`` (a context manager: the canvas held and repainted a pass
+        later) around it: the jump, its repaint and the outline (two layer changes, each
+        re-slicing the outline and recomputing the viewer's extent: 15-35 ms) are three stalls,
+        not one. Two 1 ms timers, the second started by the first: it fires after a release of
+        the canvas started at the end of the current pass (a 1 ms timer) and after the repaint
+        that release posts (posted events come before timers in an event-loop pass). Rapid calls
+        (a held key) draw only the last; ``wanted()`` False then (the dock let go) draws none."""
+        from qtpy.QtCore import QTimer
+
+        waiting = self._pending is not None
+        self._pending = (bbox, mask, scale, translate)
+        self._redraw, self._wanted = redraw, wanted
+        if not waiting:
+            QTimer.singleShot(1, lambda: QTimer.singleShot(1, self.draw_pending))
+
+    @property
+    def pending(self) -> bool:
+        """Whether an outline still waits for its pass (:meth:`show_after_repaint`)."""
+        return self._pending is not None
+
+    def draw_pending(self) -> None:
+        """Draw the outline still waiting for its pass, now."""
+        pending, self._pending = self._pending, None
+        if pending is None or not self._wanted():
+            return
+        with self._redraw():
+            self.show(*pending)
 
     def show(self, bbox: Any, mask: np.ndarray | None, scale: Any, translate: Any) -> Any:
         """Outline ``mask`` (the object's voxels inside ``bbox``, [[lo, hi], ...]; its whole box
-        where they are unknown) of a layer with ``scale`` and ``translate``. Returns the layer."""
+        where they are unknown) of a layer with ``scale`` and ``translate``, now (an outline
+        waiting for a later pass is dropped). Returns the layer."""
+        self._pending = None
         box = np.array([[int(lo), int(hi)] for lo, hi in bbox])
         shape = tuple(int(v) for v in np.maximum(box[:, 1] - box[:, 0], 1))
         data = np.ones(shape, np.uint8) if mask is None or not mask.any() else mask.astype(np.uint8)
@@ -126,6 +164,8 @@ class OutlineLayer:
             hl.opacity = 0.5 if three_d else 1.0
         if not hl.visible:
             hl.visible = True
+        if hl.editable:  # napari makes a Labels layer editable again when it is shown
+            hl.editable = False
         return hl
 
     def add(self, data: np.ndarray, scale: Any, translate: Any, visible: bool = True) -> Any:
@@ -162,8 +202,15 @@ class OutlineLayer:
             return
         self.add(np.zeros((1,) * like.ndim, np.uint8), like.scale, like.translate, visible=False)
 
+    def hide(self) -> None:
+        """Hide the layer (kept for the next :meth:`show`); an outline waiting is dropped."""
+        self._pending = None
+        if self.layer is not None and self.layer in self.viewer.layers and self.layer.visible:
+            self.layer.visible = False
+
     def clear(self) -> None:
-        """Remove the layer (if it is still in the viewer)."""
+        """Remove the layer (if it is still in the viewer); an outline waiting is dropped."""
+        self._pending = None
         hl, self.layer = self.layer, None
         try:
             if hl is not None and hl in self.viewer.layers:
@@ -181,7 +228,6 @@ class ReviewNavigator:
         self.path: str | None = None
         self.gt: Any = None  # ground truth the queue was built against (places "gt" items)
         self.outline = OutlineLayer(controller.viewer)
-        self._pending: tuple[Any, Any] | None = None  # (bbox, mask) of the outline still to draw
 
     def set_queue(self, queue: Any, path: str | None = None, *, gt: Any = None) -> None:
         from .controller import LOCKED_KEY
@@ -230,11 +276,8 @@ class ReviewNavigator:
         bounding box, its outline is drawn and its label selected. Returns that voxel.
 
         With a display widget (the dock) the outline is drawn after the jump's repaint
-        (:meth:`_draw_outline_later`): the jump's slice change (napari re-slices every layer),
-        its repaint (every layer's new slice uploaded) and the outline's data swap (two layer
-        changes, each re-slicing the outline and recomputing the viewer's extent: 15-35 ms)
-        are three stalls, not one or two. Rapid jumps (a held key) draw only the last item's
-        outline. Not in 3D: a jump changes no slice there (the camera moves) and a repaint under
+        (:meth:`OutlineLayer.show_after_repaint`): the jump's slice change, its repaint and the
+        outline are three stalls, not one. Not in 3D: a jump changes no slice there (the camera moves) and a repaint under
         software OpenGL takes ~0.6 s, so the outline is drawn with the jump, in one repaint."""
         c = self._c
         if item is None:
@@ -246,48 +289,21 @@ class ReviewNavigator:
         voxel = on_object_voxel(item, mask, layer.scale)
         later = c.display_widget is not None and c.viewer.dims.ndisplay == 2
         if not later:
-            self._pending = None  # an earlier jump's outline still waiting is out of date
-            self._show_outline(item.bbox, mask)
+            self.outline.show(item.bbox, mask, layer.scale, layer.translate)
         frame_box(c.viewer, layer, item.bbox, voxel)
         if later:
-            self._draw_outline_later(item.bbox, mask)
+            self.outline.show_after_repaint(item.bbox, mask, layer.scale, layer.translate,
+                                            redraw=c.redraw_after, wanted=lambda: c.connected)
         if item.select_id:
             layer.selected_label = int(item.select_id)
         q = self.queue
         c.status(f"review {q.position + 1}/{len(q)}: {q.describe(item)}")
         return voxel
 
-    def _show_outline(self, bbox: Any, mask: np.ndarray | None) -> None:
-        """Draw the item's outline (its voxels; its box where they are unknown)."""
-        layer = self._c.layer
-        self.outline.show(bbox, mask, layer.scale, layer.translate)
-
-    def _draw_outline_later(self, bbox: Any, mask: np.ndarray | None) -> None:
-        """Draw this outline after the jump's repaint: two 1 ms timers, the second started by
-        the first, so it fires after the action's release of the canvas (a 1 ms timer started
-        at the action's end) and after the repaint that release posts (posted events come
-        before timers in an event-loop pass). The outline then costs its own pass and a
-        repaint of its own."""
-        from qtpy.QtCore import QTimer
-
-        waiting = self._pending is not None
-        self._pending = (bbox, mask)
-        if not waiting:
-            QTimer.singleShot(1, lambda: QTimer.singleShot(1, self.draw_pending_outline))
-
     @property
     def outline_pending(self) -> bool:
         """Whether a jump's outline still waits for its event-loop pass."""
-        return self._pending is not None
-
-    def draw_pending_outline(self) -> None:
-        """Draw the outline still waiting for its pass (now), unless the dock let go or the
-        highlight was cleared meanwhile."""
-        pending, self._pending = self._pending, None
-        if pending is None or not self._c.connected:
-            return
-        with self._c.redraw_after():
-            self._show_outline(*pending)
+        return self.outline.pending
 
     def prepare_highlight(self) -> None:
         """Add the outline layer hidden, before the first jump: napari's insert of a layer
@@ -299,5 +315,4 @@ class ReviewNavigator:
 
     def clear_highlight(self) -> None:
         """Remove the outline layer (the queue ended, or the dock let go of the layer)."""
-        self._pending = None
         self.outline.clear()
