@@ -26,7 +26,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--format", default="tif", choices=("tif", "zarr", "ome-zarr"), help="label output format (default tif; blockwise needs zarr/ome-zarr)")
     p.add_argument("--block-shape", nargs=3, type=int, metavar=("Z", "Y", "X"), help="process blockwise with this block shape")
     p.add_argument("--halo", nargs=3, type=int, metavar=("Z", "Y", "X"), help="voxels of context around each block (default: the task's)")
-    p.add_argument("--scheduler", default=None, metavar="ADDR", help="Dask scheduler: tcp://HOST:PORT, or sync / threads / processes (default: embedded)")
+    p.add_argument("--scheduler", default=None, metavar="ADDR", help="where jobs run: tcp://HOST:PORT (a Dask scheduler), sync (this thread), threads (a thread pool here) or processes (a local Dask cluster) (default: threads, sync for one worker)")
     p.add_argument("--workers", type=int, default=None, help="embedded workers/threads (default: min(4, CPUs))")
     p.add_argument("--resume", action="store_true", help="skip inputs (and blocks) finished by a previous run")
     p.add_argument("--key", default=None, help="array key inside Zarr/HDF5 inputs")
