@@ -612,8 +612,9 @@ def evaluate_main(args) -> int:
     def jump_errors(ndisplay: int, task: str, base: float) -> bool:
         """Click three errors of the list in turn (the jump: slice, zoom, outline): the longest
         stall of each click until the canvas is quiet, against the action target (100 ms, or
-        1.5 x the baseline redraw; a jump to another slice also 1.5 x napari's own slice change,
-        ``dims.set_point`` to the last error's slice and back, measured here)."""
+        1.5 x the baseline redraw; a jump also 1.5 x one redraw of the view it leads to, and a
+        jump to another slice 1.5 x napari's own slice change, ``dims.set_point`` 7 slices on
+        from the last error's, both measured here)."""
         from qtpy.QtCore import Qt
         from qtpy.QtGui import QCursor
         from qtpy.QtTest import QTest
@@ -638,6 +639,9 @@ def evaluate_main(args) -> int:
             QTest.mouseClick(lst.viewport(), Qt.MouseButton.LeftButton, pos=lst.visualItemRect(item).center())
             settle(0.8)
             stalls.append(meter.worst)
+        # one redraw of the view the last jump left (zoomed in to an error: in 3D the volume
+        # then covers the canvas, and software OpenGL casts a ray per pixel)
+        view_base = redraw_stall()
         slice_base = 0.0
         if z_axis is not None:  # napari's own slice change, from the last error's slice
             z = viewer.dims.point[z_axis]
@@ -647,11 +651,12 @@ def evaluate_main(args) -> int:
             viewer.dims.set_point(z_axis, z + 7 * viewer.dims.range[z_axis].step)
             settle(0.8)
             slice_base = meter.worst
-        limit = max(RUN_TARGET, 1.5 * base, 1.5 * slice_base)
+        limit = max(RUN_TARGET, 1.5 * base, 1.5 * slice_base, 1.5 * view_base)
         ok = max(stalls) <= limit
         print(f"{ndisplay}D {task:8s} jump to 3 errors (first, middle, last of {n}): longest stall "
               + ", ".join(f"{x * 1000:.0f}" for x in stalls) + f" ms {'ok' if ok else 'OVER'} "
-              f"(napari's own slice change {slice_base * 1000:.0f} ms; limit {limit * 1000:.0f} ms)", flush=True)
+              f"(napari's own slice change {slice_base * 1000:.0f} ms, one redraw of the jumped-to view "
+              f"{view_base * 1000:.0f} ms; limit {limit * 1000:.0f} ms)", flush=True)
         return ok
 
     try:

@@ -797,7 +797,7 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
                     self.viewer.layers.append(layer)
                     layer.features = built["features"]  # after: see make_error_layer
                 show_overlays_on_mode(layer)
-            StagedDisplay(self).start_later([lambda: self._prepare_outline(result, layer)])
+            self._prepare_outline_later(result, layer)
             counts: dict[str, int] = {}
             for kind, i, v, cent, text in built["items"]:
                 self.error_layers[kind] = layer
@@ -857,18 +857,27 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             self._outline = OutlineLayer(self.viewer, name=JUMP_OUTLINE_LAYER, kind="jump")
         return self._outline
 
-    def _prepare_outline(self, result: dict[str, Any], like: Any) -> None:
-        """Add the outline layer hidden, a pass after the error layer (napari's insert of a
-        layer, 0.2-0.4 s, is then paid when the result arrives, not by the first jump). In 2D
-        only: the insert hands the active layer back to the error layer, and napari's status
-        update for a Labels layer with features fails in a 3D view the mouse has not moved in
-        (see :func:`make_error_layer`); a 3D jump pays the insert, in a pass before its repaint."""
-        if self.dock_closed or result is not self.result or like not in self.viewer.layers:
+    def _prepare_outline_later(self, result: dict[str, Any], like: Any) -> None:
+        """In a later event-loop pass: find the window's canvases (not in the first jump) and,
+        in a 2D view without the outline layer, add it hidden in a pass of its own, redrawn a
+        pass later (napari's insert of a layer, 0.2-0.4 s, is then paid when the result
+        arrives, not by the first jump). Nothing is held or redrawn when there is nothing to
+        add (a hold still repaints the whole canvas: a 3D redraw for nothing). Not in 3D: the
+        insert hands the active layer back to the error layer, and napari's status update for
+        a Labels layer with features fails in a 3D view the mouse has not moved in (see
+        :func:`make_error_layer`); a 3D jump pays the insert, in a pass before its redraw."""
+        from qtpy.QtCore import QTimer
+
+        def wanted() -> bool:
+            return not self.dock_closed and result is self.result and like in self.viewer.layers
+
+        QTimer.singleShot(1, lambda: wanted() and self._canvases.get())
+        outline = self._outline_layer()
+        if self.viewer.dims.ndisplay != 2 or (outline.layer is not None
+                                               and outline.layer in self.viewer.layers):
             return
-        self._canvases.get()  # the window's canvases found now, not by the first jump
-        if self.viewer.dims.ndisplay != 2:
-            return
-        self._outline_layer().prepare(like)
+        StagedDisplay(self).start_later(
+            [lambda: wanted() and self.viewer.dims.ndisplay == 2 and outline.prepare(like)])
 
     def _clear_outline(self) -> None:
         if self._outline is not None:

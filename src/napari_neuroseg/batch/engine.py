@@ -25,12 +25,11 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from concurrent import futures as _futures
 from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures as _futures
 from typing import Any
 
 from napari_neuroseg.errors import NeurosegError
-
 
 #: loggers of the in-process Dask workers that print a traceback for every failed job
 _JOB_LOGGERS = ("distributed.worker", "distributed.worker.state_machine")

@@ -277,8 +277,10 @@ class ReviewNavigator:
 
         With a display widget (the dock) the outline is drawn after the jump's repaint
         (:meth:`OutlineLayer.show_after_repaint`): the jump's slice change, its repaint and the
-        outline are three stalls, not one. Not in 3D: a jump changes no slice there (the camera moves) and a repaint under
-        software OpenGL takes ~0.6 s, so the outline is drawn with the jump, in one repaint."""
+        outline are three stalls, not one (for that one repaint the previous item's outline is
+        still drawn where it was). Not in 3D: a jump changes no slice there (the camera moves)
+        and a repaint under software OpenGL takes ~0.6 s, so the outline is drawn with the
+        jump, in one repaint."""
         c = self._c
         if item is None:
             self.clear_highlight()
