@@ -68,6 +68,13 @@ def test_closing_the_iterator_drops_queued_jobs_and_close_waits_for_the_running_
     assert len(finished) == n  # nothing ran after close
 
 
+def _fresh_python_prints(code: str) -> str:
+    """What ``code`` prints, run in a fresh interpreter (its modules are this process's own)."""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 def test_threads_engine_does_not_import_dask_distributed():
     code = (
         "import sys\n"
@@ -76,9 +83,7 @@ def test_threads_engine_does_not_import_dask_distributed():
         "    assert sorted(r for _i, r, _e in e.map(abs, [(-1,), (-2,)])) == [1, 2]\n"
         "print('distributed' in sys.modules)\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "False"
+    assert _fresh_python_prints(code) == "False"
 
 
 def test_preload_imports_what_a_local_run_needs():
@@ -96,9 +101,7 @@ def test_preload_imports_what_a_local_run_needs():
         "                  fmt='zarr', block_shape=(8, 16, 16), workers=2))\n"
         "print(sorted(set(sys.modules) - before - {'napari_neuroseg.runtime.progress'}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert _fresh_python_prints(code) == "[]"
 
 
 @pytest.mark.parametrize("workers", [1, 2])
