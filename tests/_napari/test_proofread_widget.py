@@ -467,7 +467,7 @@ def test_a_jumps_outline_is_drawn_in_the_next_pass_and_only_the_last_of_rapid_ju
     nav = widget.controller.nav
     widget.run_action("review_next")
     first = widget.controller.review.current
-    assert nav.outline_pending and swaps == []  # the jump's pass: slice and camera only
+    assert nav.outline.pending and swaps == []  # the jump's pass: slice and camera only
     assert round(viewer.dims.point[0]) in range(*map(int, first.bbox[0]))
     _wait_outline(qtbot, widget)
     assert len(swaps) == 1
@@ -482,14 +482,14 @@ def test_a_jumps_outline_is_drawn_in_the_next_pass_and_only_the_last_of_rapid_ju
     np.testing.assert_array_equal(hl.data > 0, layer.data[tuple(slice(a, b) for a, b in last.bbox)] == last.id)
     widget.run_action("review_previous")
     widget.controller.nav.clear_highlight()  # the queue ended meanwhile
-    assert not nav.outline_pending
+    assert not nav.outline.pending
     qtbot.wait(50)
     assert HIGHLIGHT_LAYER not in viewer.layers  # not drawn (and so not added) again
 
 
 def _wait_outline(qtbot, widget) -> None:
     """The jump's outline, drawn one event-loop pass after the jump, is drawn."""
-    qtbot.waitUntil(lambda: not widget.controller.nav.outline_pending, timeout=3000)
+    qtbot.waitUntil(lambda: not widget.controller.nav.outline.pending, timeout=3000)
 
 
 def _wait_saved(qtbot, widget) -> None:

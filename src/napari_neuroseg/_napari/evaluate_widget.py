@@ -822,8 +822,8 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         """Show error ``obj_id`` of ``kind``: slice through and centre on a voxel that lies on the
         object, zoom to its bounding box (the review queue's framing), select it in the error
         layer and outline it in white (in 2D after the jump's repaint, in a pass of its own:
-        :meth:`OutlineLayer.show_after_repaint`)."""
-        from napari_neuroseg._napari.proofreading.navigation import frame_box
+        :func:`~napari_neuroseg._napari.proofreading.navigation.jump_to_object`)."""
+        from napari_neuroseg._napari.proofreading.navigation import jump_to_object
 
         place = self._centroids.get((kind, int(obj_id)))
         layer = self.error_layers.get(kind)
@@ -833,16 +833,9 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         value = int(self._values[(kind, int(obj_id))])
         box = tuple(slice(int(lo), int(hi)) for lo, hi in bbox)
         mask = np.asarray(layer.data[box]) == value
-        outline = self._outline_layer()
-        later = self.viewer.dims.ndisplay == 2
         with self._canvases.redraw_after():
-            if not later:
-                outline.show(bbox, mask, layer.scale, layer.translate)
-            frame_box(self.viewer, layer, bbox, voxel)
-            if later:
-                outline.show_after_repaint(bbox, mask, layer.scale, layer.translate,
-                                           redraw=self._canvases.redraw_after,
-                                           wanted=lambda: not self.dock_closed)
+            jump_to_object(self.viewer, layer, self._outline_layer(), bbox, voxel, mask,
+                           redraw=self._canvases.redraw_after, wanted=lambda: not self.dock_closed)
             layer.selected_label = value
             if self.viewer.layers.selection.active is not layer:
                 self.viewer.layers.selection.active = layer

@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .controller import ProofreadController
 
 __all__ = ["HIGHLIGHT_COLOR", "HIGHLIGHT_LAYER", "OutlineLayer", "ReviewNavigator", "frame_box", "item_mask",
+           "jump_to_object",
            "on_object_voxel"]
 
 HIGHLIGHT_LAYER = "review: current item"
@@ -219,6 +220,24 @@ class OutlineLayer:
             pass
 
 
+def jump_to_object(viewer: Any, layer: Any, outline: OutlineLayer, bbox: Any, voxel: Any,
+                   mask: np.ndarray | None, *, redraw: Callable[[], Any] | None = None,
+                   wanted: Callable[[], bool] = lambda: True) -> None:
+    """Frame the object (:func:`frame_box`) and outline it with ``outline``. With ``redraw`` (a
+    dock: the canvas held, repainted a pass later) in a 2D view, the outline is drawn after the
+    jump's repaint (:meth:`OutlineLayer.show_after_repaint`): the jump's slice change, its
+    repaint and the outline are three stalls, not one (for that one repaint the previous
+    outline is still drawn where it was). In 3D a jump changes no slice (the camera moves) and a
+    repaint under software OpenGL takes 0.3-0.7 s, so the outline is drawn with the jump, in
+    one repaint. For the review queue's jumps and the Evaluate dock's."""
+    later = redraw is not None and viewer.dims.ndisplay == 2
+    if not later:
+        outline.show(bbox, mask, layer.scale, layer.translate)
+    frame_box(viewer, layer, bbox, voxel)
+    if later:
+        outline.show_after_repaint(bbox, mask, layer.scale, layer.translate, redraw=redraw, wanted=wanted)
+
+
 class ReviewNavigator:
     """The review queue of one controller and the view of its current item."""
 
@@ -273,14 +292,8 @@ class ReviewNavigator:
     # -- showing an item ----------------------------------------------------------------------
     def goto(self, item: Any) -> tuple[int, ...] | None:
         """Show ``item``: the slice and camera centre on a voxel of the object, the zoom fits its
-        bounding box, its outline is drawn and its label selected. Returns that voxel.
-
-        With a display widget (the dock) the outline is drawn after the jump's repaint
-        (:meth:`OutlineLayer.show_after_repaint`): the jump's slice change, its repaint and the
-        outline are three stalls, not one (for that one repaint the previous item's outline is
-        still drawn where it was). Not in 3D: a jump changes no slice there (the camera moves)
-        and a repaint under software OpenGL takes ~0.6 s, so the outline is drawn with the
-        jump, in one repaint."""
+        bounding box, its outline is drawn (with a display widget in 2D, after the jump's
+        repaint: :func:`jump_to_object`) and its label selected. Returns that voxel."""
         c = self._c
         if item is None:
             self.clear_highlight()
@@ -289,23 +302,14 @@ class ReviewNavigator:
         layer = c.layer
         mask = item_mask(item, layer.data, self.gt)
         voxel = on_object_voxel(item, mask, layer.scale)
-        later = c.display_widget is not None and c.viewer.dims.ndisplay == 2
-        if not later:
-            self.outline.show(item.bbox, mask, layer.scale, layer.translate)
-        frame_box(c.viewer, layer, item.bbox, voxel)
-        if later:
-            self.outline.show_after_repaint(item.bbox, mask, layer.scale, layer.translate,
-                                            redraw=c.redraw_after, wanted=lambda: c.connected)
+        jump_to_object(c.viewer, layer, self.outline, item.bbox, voxel, mask,
+                       redraw=c.redraw_after if c.display_widget is not None else None,
+                       wanted=lambda: c.connected)
         if item.select_id:
             layer.selected_label = int(item.select_id)
         q = self.queue
         c.status(f"review {q.position + 1}/{len(q)}: {q.describe(item)}")
         return voxel
-
-    @property
-    def outline_pending(self) -> bool:
-        """Whether a jump's outline still waits for its event-loop pass."""
-        return self.outline.pending
 
     def prepare_highlight(self) -> None:
         """Add the outline layer hidden, before the first jump: napari's insert of a layer
