@@ -13,7 +13,13 @@ turns: a gap with little CPU in it was not this process's work), for the first r
 one-off costs (numba compiling stardist's overlap table in the worker, napari's first-use
 shaders), so the second run is the steady state. A baseline in the same run, one redraw of the
 scene with no job, shows what the display alone costs (software OpenGL under Xvfb draws a 3D
-view slowly); a case passes at <= its target or <= 1.5 x that baseline.
+view slowly); a case passes at <= its target or <= 1.5 x that baseline. The result's arrival
+is also compared with one redraw of the scene it leaves (the same view with the error layer, no
+job, measured right after the case): in 3D every visible Labels layer is ray-cast, so the third
+volume makes napari's every redraw of that scene ~1.5 x the two-layer baseline, whatever
+triggers it; an arrival passes at <= 1.5 x that redraw too. ``--sample`` samples the main
+thread's stack every 2 ms and prints, for each case, the gaps after the arrival and where the
+longest one went.
 
 Before the progress rule of ``_napari/_workers.py`` this job nested hundreds of progress updates
 (``RecursionError``) and froze for seconds; before the worker-built error layer the result
@@ -528,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--all-layers", action="store_true",
                     help="nuclei: also show the polyhedra (Surface) and the probability map")
     ap.add_argument("--verbose", action="store_true", help="nuclei: where the longest stalls were")
+    ap.add_argument("--sample", action="store_true",
+                    help="evaluate: sample the main thread's stack (2 ms) and print where the longest "
+                         "gap at each result's arrival went")
     args = ap.parse_args(argv)
     if args.widget == "nuclei":
         return nuclei_main(args)
@@ -597,6 +606,11 @@ def evaluate_main(args) -> int:
                                   cpu.append((time.thread_time(), time.process_time()))))
     gc_pauses = _track_gc()
     failed = False
+    sampler = None
+    if args.sample:
+        from bench_stalls_proofread import StackSampler
+
+        sampler = StackSampler().start()
 
     settle = functools.partial(settle_events, app, ends)  # pump, then until a tick after the last stall
 
@@ -697,22 +711,38 @@ def evaluate_main(args) -> int:
                     arr = max((g for g, e in zip(meter.gaps, ends) if e >= t_arr), default=0.0)
                     gc_run = max((d for t, d, gen in gc_pauses if t0 <= t < t_arr and gen == 2), default=0.0)
                     gc_arr = max((d for t, d, gen in gc_pauses if t >= t_arr and gen == 2), default=0.0)
+                    where: list[str] = []
+                    if sampler is not None and arr > 0:
+                        end = max(e for g, e in zip(meter.gaps, ends) if e >= t_arr and g == arr)
+                        where.append("      gaps from the arrival on (> 40 ms): " + ", ".join(
+                            f"{g * 1000:.0f} ms at +{(e - g - t_arr) * 1000:.0f}"
+                            for g, e in zip(meter.gaps, ends) if e >= t_arr and g > 0.04))
+                        where += [f"      {c:4d} {f}" for c, f in sampler.profile(end - arr, end)]
+                    # napari's own redraw of the scene the result leaves (same view, the error
+                    # layer in it): in 3D each visible Labels layer is ray-cast, so a third
+                    # volume makes every redraw ~1.5 x the baseline's, whoever triggers it
+                    scene_redraw = redraw_stall()
                     ok_run = run <= max(RUN_TARGET, 1.5 * base)
-                    ok_arr = arr <= max(ARRIVAL_TARGET, 1.5 * base)
+                    ok_arr = arr <= max(ARRIVAL_TARGET, 1.5 * base, 1.5 * scene_redraw)
                     failed |= not (ok_run and ok_arr)
                     print(f"{ndisplay}D {task:8s} {rep:6s} run {wall:5.2f} s | longest stall while running "
                           f"{run * 1000:5.0f} ms {'ok' if ok_run else 'OVER'} (full GC {gc_run * 1000:3.0f} ms; "
                           f"CPU main thread {run_cpu[0] * 1000:3.0f}, process {run_cpu[1] * 1000:3.0f} ms) | "
                           f"at the result {arr * 1000:5.0f} ms {'ok' if ok_arr else 'OVER'} (full GC "
-                          f"{gc_arr * 1000:3.0f} ms) | {w.status.text()[:40]}", flush=True)
+                          f"{gc_arr * 1000:3.0f} ms; one redraw of the result's scene {scene_redraw * 1000:3.0f} ms)"
+                          f" | {w.status.text()[:40]}", flush=True)
+                    for line in where:
+                        print(line)
                 failed |= not jump_errors(ndisplay, task, base)
             after = redraw_stall()
             print(f"{ndisplay}D one redraw with the error layer, no job: longest stall {after * 1000:6.0f} ms")
     finally:
         meter.stop()
         notification_manager.restore_hooks()
+        if sampler is not None:
+            sampler.stop()
     print(f"targets: while running {RUN_TARGET * 1000:.0f} ms, at the result {ARRIVAL_TARGET * 1000:.0f} ms, "
-          "or 1.5 x the baseline redraw")
+          "or 1.5 x the baseline redraw (at the result also 1.5 x one redraw of the result's scene)")
     errors = [r for r in notification_manager.records[start_records:]
               if str(r.severity).lower() in ("error", "fatal")]
     print(f"error notifications: {len(errors)}")
