@@ -46,8 +46,12 @@ numba loaded: ~570,000 tracked objects), in whichever thread crosses the thresho
 longest one inside each window is printed beside the stall.
 
 ``--widget neurons``: the Neurons dock's first run of a fresh process on the napari sample
-(shipped model): the longest stall while it runs (where, and the status line then) and at the
-result's arrival.
+(shipped model): the longest stall while the dock sits open until its warm-up (the
+post-processing's numba kernels, compiled or loaded in a background thread) has ended, while
+the run runs (where, and the status line then) and at the result's arrival; both cases
+(``dock-warmup`` as shipped, ``no-warmup``: the kernels readied in the run) unless
+``--cases dock-warmup``. ``--cold`` gives each process an empty numba cache, as the first run
+after an install meets it (the kernels are compiled: ~12 s).
 
 ``--widget arrival [--n 1000]``: the Nuclei dock's result arrival alone, a result with ``n``
 objects handed to the dock as the worker returned it before (``int32`` labels) and as it does
@@ -55,7 +59,7 @@ now (``uint16``, caches warmed and the layers built in the worker: ``_napari/_di
 ``nuclei_widget.result_layers``), each in a fresh process, once the dock's background import of
 torch has ended (a result cannot come earlier).
 
-    xvfb-run -a python benchmarks/bench_widget_stalls.py --widget neurons [--repeats 2]
+    xvfb-run -a python benchmarks/bench_widget_stalls.py --widget neurons [--repeats 2] [--cases dock-warmup] [--cold]
     xvfb-run -a python benchmarks/bench_widget_stalls.py --widget arrival --n 1000 [--repeats 2]
 
 ``--widget open``: opening each dock as napari does (its npe2 widget contribution) in a fresh
@@ -260,23 +264,27 @@ def _track_gc() -> list[tuple[float, float, int]]:
     return pauses
 
 
-def neurons_case(threads: int) -> dict:
+def neurons_case(threads: int, warmup: bool = True) -> dict:
     """One fresh-process case of the Neurons dock's first run on the napari sample (shipped
-    model): the longest stall while it runs (the model load included) and at the result."""
+    model): the longest stall while the dock sits open until its warm-up has ended (the user
+    choosing parameters; 2 s without the warm-up), while it runs (the model load included) and
+    at the result."""
     import napari
     import torch
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication
 
-    from napari_neuroseg._napari.neurons_widget import NeuronsWidget
+    from napari_neuroseg._napari import _workers, neurons_widget
 
     torch.set_num_threads(threads)
+    if not warmup:  # the dock as it was: the kernels compiled (or loaded) in the first run
+        neurons_widget.NeuronsWidget._start_warmup = staticmethod(lambda: None)
     viewer = napari.Viewer(show=True)
     viewer.open_sample("napari-neuroseg", "neurons")
     app = QApplication.instance()
     gaps: list[tuple[float, float, str, bool]] = []  # (start, end, status, the result had arrived)
     last = [time.perf_counter()]
-    w = NeuronsWidget(viewer)
+    w = neurons_widget.NeuronsWidget(viewer)
 
     def tick() -> None:
         now = time.perf_counter()
@@ -287,9 +295,18 @@ def neurons_case(threads: int) -> dict:
     timer.timeout.connect(tick)
     timer.start(20)
     gc_pauses = _track_gc()
+    t_open = time.perf_counter()
     viewer.window.add_dock_widget(w, name="Neurons (FISBe)")
     w.form.device.value = "cpu"
     _pump(app, 2.0)
+    while time.perf_counter() - t_open < 300:  # the dock's warm-up, until it has ended
+        th = _workers._BACKGROUND.get(neurons_widget.WARMUP_THREAD)
+        if th is None or (th.ident is not None and not th.is_alive()):
+            break
+        app.processEvents()
+        time.sleep(0.002)
+    idle_s = time.perf_counter() - t_open
+    idle_stall = max((b - a for a, b, *_ in gaps), default=float("nan"))
     gaps.clear()
     last[0] = time.perf_counter()
     viewer.reset_view()
@@ -308,7 +325,8 @@ def neurons_case(threads: int) -> dict:
     run = [g for g in gaps if not g[3]]
     t_arr = min((g[0] for g in arrival), default=t_res)
     worst_run = max(run, key=lambda g: g[1] - g[0], default=(0.0, 0.0, "", False))
-    out = {"case": "neurons", "baseline_ms": base * 1000, "run_s": t_res - t0,
+    out = {"case": "dock-warmup" if warmup else "no-warmup", "baseline_ms": base * 1000,
+           "idle_s": idle_s, "idle_stall_ms": idle_stall * 1000, "run_s": t_res - t0,
            "run_stall_ms": 1000 * (worst_run[1] - worst_run[0]), "run_stall_at_s": worst_run[0] - t0,
            "run_stall_status": worst_run[2],
            "arrival_ms": 1000 * max((b - a for a, b, *_ in arrival), default=float("nan")),
@@ -443,12 +461,13 @@ def open_main(args) -> int:
     return 0
 
 
-def _child(args_list: list[str]) -> dict:
+def _child(args_list: list[str], env: dict | None = None) -> dict:
     import json
+    import os
     import subprocess
 
     proc = subprocess.run([sys.executable, __file__, *args_list], capture_output=True, text=True, timeout=1800,
-                          check=False)
+                          check=False, env=None if env is None else {**os.environ, **env})
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not line:
         print(proc.stdout[-2000:], proc.stderr[-3000:])
@@ -457,12 +476,20 @@ def _child(args_list: list[str]) -> dict:
 
 
 def neurons_main(args) -> int:
-    for _ in range(args.repeats):
-        r = _child(["--widget", "neurons-case", "--threads", str(args.threads)])
-        print(f"neurons  baseline {r['baseline_ms']:4.0f} ms | first run {r['run_s']:5.1f} s: longest stall "
-              f"{r['run_stall_ms']:4.0f} ms at {r['run_stall_at_s']:.2f} s ({r['run_stall_status']!r}), longest GC "
-              f"{r['gc_run_ms']:4.0f} ms | result arrival {r['arrival_ms']:5.0f} ms (longest GC in it "
-              f"{r['gc_arrival_ms']:4.0f} ms) | {r['status'][:30]}", flush=True)
+    import tempfile
+
+    for rep in range(args.repeats):
+        for warm in (True,) if args.cases == "dock-warmup" else (False, True) if rep % 2 == 0 else (True, False):
+            # --cold: numba's disk cache empty, as on the first run after an install
+            env = {"NUMBA_CACHE_DIR": tempfile.mkdtemp(prefix="neuroseg-cold-numba-")} if args.cold else None
+            r = _child(["--widget", "neurons-case", "--threads", str(args.threads)]
+                       + ([] if warm else ["--no-warmup"]), env)
+            print(f"{r['case']:12s} baseline {r['baseline_ms']:4.0f} ms | dock open {r['idle_s']:4.1f} s: "
+                  f"{r['idle_stall_ms']:4.0f} ms | first run {r['run_s']:5.1f} s: longest stall "
+                  f"{r['run_stall_ms']:4.0f} ms at {r['run_stall_at_s']:.2f} s ({r['run_stall_status']!r}), longest GC "
+                  f"{r['gc_run_ms']:4.0f} ms | result arrival {r['arrival_ms']:5.0f} ms (longest GC in it "
+                  f"{r['gc_arrival_ms']:4.0f} ms) | {r['status'][:30]}{' | cold numba cache' if args.cold else ''}",
+                  flush=True)
     return 0
 
 
@@ -527,8 +554,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--watch", type=float, default=20.0, help="open: longest watch after opening (s)")
     ap.add_argument("--prepared", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cases", choices=("both", "dock-warmup"), default="both",
-                    help="nuclei: run both cases or only the dock as shipped")
-    ap.add_argument("--repeats", type=int, default=2, help="nuclei: processes per case")
+                    help="nuclei, neurons: run both cases (the dock's warm-up off and on) or only the dock as shipped")
+    ap.add_argument("--cold", action="store_true",
+                    help="neurons: each process with an empty numba cache (NUMBA_CACHE_DIR), as after an install")
+    ap.add_argument("--repeats", type=int, default=2, help="nuclei, neurons: processes per case")
     ap.add_argument("--threads", type=int, default=1, help="nuclei: torch threads")
     ap.add_argument("--no-warmup", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--all-layers", action="store_true",
@@ -554,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.widget in ("neurons-case", "arrival-case"):
         import json
 
-        r = neurons_case(args.threads) if args.widget == "neurons-case" else arrival_case(args.n, args.prepared)
+        r = (neurons_case(args.threads, not args.no_warmup) if args.widget == "neurons-case"
+             else arrival_case(args.n, args.prepared))
         print("RESULT " + json.dumps(r), flush=True)
         return 0
     if args.widget == "nuclei-case":
@@ -564,6 +594,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     return evaluate_main(args)
+
 
 def evaluate_main(args) -> int:
     """The Evaluate dock, each task in a 2D then a 3D view, a first run (adds the error layer)

@@ -345,3 +345,21 @@ def _write_labels(shape, idx, frag, parent, size, min_size: int, vr) -> np.ndarr
     labels = np.zeros(shape, np.uint32)
     K.run_chunks(K.write_labels, vr, idx, frag, new_id[r], labels.reshape(-1))
     return labels
+
+
+def warmup() -> None:
+    """Compile (the first time after an install, ~12 s) or load from numba's on-disk cache
+    (later processes) every kernel a prediction's post-processing calls, with the argument
+    types a prediction passes, on a tiny random volume: with and without affinities and colour
+    whitening, with a uint8 map as the tiled network returns it. For a GUI's background thread
+    before the first run (numba's compiler is Python code: run during a job, it competes with
+    the viewer for the GIL, and its allocations set off full garbage collections)."""
+    from .preprocess import normalize
+
+    rng = np.random.default_rng(0)
+    shape = (6, 12, 12)
+    image = normalize(rng.random((3, *shape), np.float32))
+    outs = rng.integers(0, 256, (1 + len(OFFSETS), *shape), dtype=np.uint8)
+    for params in (PostprocessParams(min_size=8),
+                   PostprocessParams(min_size=8, use_affinities=True, colour_whiten=True)):
+        instances_from_outputs(outs[0], outs[1:], image, params)
