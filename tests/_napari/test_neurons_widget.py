@@ -283,3 +283,36 @@ def test_opening_the_dock_readies_the_post_processing_kernels(make_napari_viewer
     NeuronsWidget(viewer)  # a second dock does not start another
     assert _workers._BACKGROUND[neurons_widget.WARMUP_THREAD] is th
     assert K.count_rows.signatures and K.write_labels.signatures and K.greedy_merge.signatures
+
+
+def test_the_status_says_post_processing_while_it_runs(make_napari_viewer, qtbot, tiny_model, volume, monkeypatch):
+    """The step the job yields right after the last network tile ("post-processing") is shown
+    while the post-processing runs (held back by the progress rate limit, the dock said
+    "network: tile 1/1" through 3-13 s of it)."""
+    import importlib
+    import threading
+
+    predict_module = importlib.import_module("napari_neuroseg.models.neurons.predict")
+    entered, release = threading.Event(), threading.Event()
+    real = predict_module.instances_from_outputs
+
+    def slow_post_processing(*args, **kwargs):
+        entered.set()
+        release.wait(60)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "instances_from_outputs", slow_post_processing)
+    viewer = make_napari_viewer()
+    viewer.add_image(volume.raw, name="raw")
+    w = NeuronsWidget(viewer)
+    w.form.model.value = FILE
+    w.form.model_path.value = str(tiny_model)
+    w.form.device.value = "cpu"
+    w.run()
+    try:
+        qtbot.waitUntil(entered.is_set, timeout=60_000)
+        qtbot.waitUntil(lambda: "post-processing" in w.status.text(), timeout=5_000)
+    finally:
+        release.set()
+    _wait(w, qtbot)
+    assert w.status.text().startswith("Done")

@@ -64,6 +64,56 @@ def test_should_stop_forwards_the_step_and_close_closes_the_job():
     assert log == ["closed"]
 
 
+def test_a_new_phase_is_shown_before_its_work_not_after():
+    """The step a job yields right before a long phase ("post-processing" after the last network
+    tile, microseconds later) is forwarded at once: held back by the rate limit, the bar said
+    "network: tile 1/1" through the whole post-processing."""
+    from napari_neuroseg.runtime.progress import phase_of
+
+    clock = FakeClock()
+
+    def predict():
+        for i in range(8):  # tiles, 1 ms apart: rate-limited
+            clock.t += 0.001
+            yield Progress(i + 1, 9, f"network: tile {i + 1}/8")
+        yield Progress(8, 9, "post-processing")  # no time passes ...
+        clock.t += 5.0  # ... then 5 s of work
+        yield Progress(9, 9, "12 neurons")
+        return "labels"
+
+    shown = []  # (what the consumer got, when)
+    gen = throttle(predict(), 0.1, clock=clock)
+    with pytest.raises(StopIteration) as stop:
+        while True:
+            p = next(gen)
+            shown.append((p.message, clock.t))
+    assert stop.value.value == "labels"
+    messages = [m for m, _ in shown]
+    assert messages[0] == "network: tile 1/8" and messages[-2:] == ["post-processing", "12 neurons"]
+    assert dict(shown)["post-processing"] == pytest.approx(0.008)  # before the 5 s, not after
+    assert phase_of(Progress(3, 12, "network: tile 3/12")) == phase_of(Progress(4, 12, "network: tile 4/12"))
+    assert phase_of(Progress(1, 1, "post-processing")) != phase_of(Progress(3, 12, "network: tile 3/12"))
+
+
+def test_alternating_phases_are_still_rate_limited():
+    """Messages that change phase at every step (two kinds of steps interleaved) pass at once
+    only in a short burst, then about one per interval more: no flood of bar updates."""
+    from napari_neuroseg.runtime.progress import PHASE_BURST
+
+    clock = FakeClock()
+
+    def flood():
+        for i in range(1000):
+            clock.t += 0.001
+            yield Progress(i + 1, 1000, ("matching" if i % 2 else "skeletonising") + f" {i}")
+        return None
+
+    out = list(throttle(flood(), 0.1, clock=clock))
+    # 1 s of steps: the first, 10 by the interval, PHASE_BURST + 10 by the phase rule, the last
+    assert len(out) <= 1 + 10 + PHASE_BURST + 10 + 1, len(out)
+    assert out[-1].step == 1000
+
+
 def test_run_to_completion_through_throttle():
     clock = FakeClock()
     assert run_to_completion(throttle(job(50, clock, 0.01, []), clock=clock)) == "result"

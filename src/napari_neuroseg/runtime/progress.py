@@ -13,6 +13,7 @@ always), so a job with thousands of tiny steps costs the main thread ~10 updates
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -22,6 +23,10 @@ T = TypeVar("T")
 
 #: seconds between two forwarded progress steps (about 10 updates a second)
 PROGRESS_INTERVAL = 0.1
+#: steps that start a new phase of a job (:func:`phase_of`) forwarded at once, up to this many
+#: in a burst, then one per ``interval`` (a token bucket): the step before a long computation
+#: says what it is ("post-processing" right after the last network tile)
+PHASE_BURST = 4
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,17 @@ def relay(gen: Generator[Any, Any, T], to_progress: Callable[[Any], Any]) -> Gen
         gen.close()
 
 
+def phase_of(item: Any) -> str | None:
+    """The phase a progress step announces: its message with every number replaced by ``#``
+    ("network: tile 3/12" and "network: tile 4/12" are one phase, "post-processing" another);
+    None without a message."""
+    msg = getattr(item, "message", None)
+    return None if msg is None else _DIGITS.sub("#", str(msg))
+
+
+_DIGITS = re.compile(r"\d+")
+
+
 def throttle(
     gen: Generator[Any, Any, T],
     interval: float = PROGRESS_INTERVAL,
@@ -138,7 +154,11 @@ def throttle(
 
     The first ``Progress`` is forwarded at once, later ones only when ``interval`` has passed
     since the last forwarded one; a skipped step is not lost for good: the latest one is forwarded
-    before the result (so a bar ends on the job's last step). Items that are not ``Progress``
+    before the result (so a bar ends on the job's last step). A step that starts a new phase
+    (:func:`phase_of` differs from the last forwarded step's) is forwarded at once too, up to
+    :data:`PHASE_BURST` in a row and then one per ``interval``: a job yields it right before that
+    phase's work, and held back it would not be shown until the work is done (the Neurons dock
+    said "network: tile 1/1" through 3-13 s of post-processing). Items that are not ``Progress``
     (data for the caller; ``is_progress`` decides, default: instances of ``Progress``) and steps
     that :func:`carries_data` are always forwarded. ``should_stop()`` is asked after each
     skipped step: when it says true the step is forwarded at once, so a consumer that cancels at
@@ -146,6 +166,8 @@ def throttle(
     throttle closes ``gen`` (its ``finally`` blocks run).
     """
     last: float | None = None
+    last_phase: str | None = None
+    tokens, t_tokens = float(PHASE_BURST), None
     pending: Any = None
     step_test = is_progress if is_progress is not None else (lambda x: isinstance(x, Progress))
 
@@ -163,9 +185,16 @@ def throttle(
                 yield item
                 continue
             now = clock()
-            if last is None or now - last >= interval:
+            if t_tokens is not None and interval > 0:
+                tokens = min(float(PHASE_BURST), tokens + (now - t_tokens) / interval)
+            t_tokens = now
+            phase = phase_of(item)
+            new_phase = last is not None and phase != last_phase and tokens >= 1
+            if last is None or now - last >= interval or new_phase:
+                if new_phase and now - last < interval:
+                    tokens -= 1
                 pending = None
-                last = now
+                last, last_phase = now, phase
                 yield item
             elif should_stop is not None and should_stop():
                 pending = None
