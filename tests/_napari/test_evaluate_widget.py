@@ -556,3 +556,34 @@ def test_review_shows_a_hidden_proofreading_dock_and_uses_it(make_napari_viewer,
     assert p.controller.layer.name == "pred" and p.task_combo.currentData() == "nuclei"
     assert "rule: unmatched at IoU 0.5" in p.review_label.text()
     assert p.controller.connected  # keys and clicks bound again
+
+
+@pytest.mark.timeout(240)
+def test_the_dock_readies_the_metrics_kernels_for_the_chosen_layers(make_napari_viewer, qtbot):
+    """Opening the dock readies the thinning (once per process) and stardist's overlap table for
+    the chosen layers' dtypes (again when another pair is chosen), in background threads: the
+    first run after an install no longer compiles them (tests/metrics/test_metrics_warmup.py
+    checks that an evaluation after the warm-up compiles nothing)."""
+    from stardist.matching import _label_overlap
+
+    from napari_neuroseg._napari import _workers, evaluate_widget
+
+    def overlap_pairs():
+        return {(str(a.dtype), str(b.dtype), a.ndim) for a, b in _label_overlap.signatures}
+
+    def wait_for(name):
+        th = _workers._BACKGROUND[name]
+        qtbot.waitUntil(lambda: th.ident is not None and not th.is_alive(), timeout=200_000)
+
+    viewer = make_napari_viewer()
+    gt = viewer.add_labels(np.zeros((4, 8, 8), np.uint16), name="gt")
+    viewer.add_labels(np.zeros((4, 8, 8), np.int16), name="pred")
+    w = EvaluateWidget(viewer)
+    assert w.form.gt.value is gt and w.form.pred.value.name == "pred"
+    wait_for(evaluate_widget.WARMUP_THREAD)
+    wait_for(f"{evaluate_widget.WARMUP_THREAD}-<u2-<i2-3d")
+    assert ("uint16", "int16", 3) in overlap_pairs()
+    other = viewer.add_labels(np.zeros((4, 8, 8), np.int8), name="other")
+    w.form.pred.value = other
+    wait_for(f"{evaluate_widget.WARMUP_THREAD}-<u2-|i1-3d")
+    assert ("uint16", "int8", 3) in overlap_pairs()
