@@ -650,12 +650,11 @@ def evaluate_main(args) -> int:
     # the user chooses the layers while the dock readies the metrics' kernels (compiled the first
     # time after an install, loaded from numba's cache later): until those threads have ended
     from napari_neuroseg._napari import _workers
-    from napari_neuroseg._napari.evaluate_widget import WARMUP_THREAD
 
     t_open = meter.restart()
     while time.perf_counter() - t_open < 300:
         warming = [th for name, th in list(_workers._BACKGROUND.items())
-                   if name.startswith(WARMUP_THREAD) and (th.ident is None or th.is_alive())]
+                   if name.startswith(_workers.METRICS_WARMUP) and (th.ident is None or th.is_alive())]
         if not warming and time.perf_counter() - t_open > 0.5:
             break
         app.processEvents()

@@ -566,7 +566,7 @@ def test_the_dock_readies_the_metrics_kernels_for_the_chosen_layers(make_napari_
     checks that an evaluation after the warm-up compiles nothing)."""
     from stardist.matching import _label_overlap
 
-    from napari_neuroseg._napari import _workers, evaluate_widget
+    from napari_neuroseg._napari import _workers
 
     def overlap_pairs():
         return {(str(a.dtype), str(b.dtype), a.ndim) for a, b in _label_overlap.signatures}
@@ -580,10 +580,10 @@ def test_the_dock_readies_the_metrics_kernels_for_the_chosen_layers(make_napari_
     viewer.add_labels(np.zeros((4, 8, 8), np.int16), name="pred")
     w = EvaluateWidget(viewer)
     assert w.form.gt.value is gt and w.form.pred.value.name == "pred"
-    wait_for(evaluate_widget.WARMUP_THREAD)
-    wait_for(f"{evaluate_widget.WARMUP_THREAD}-<u2-<i2-3d")
+    wait_for(_workers.METRICS_WARMUP)
+    wait_for(f"{_workers.METRICS_WARMUP}-<u2-<i2-3d")
     assert ("uint16", "int16", 3) in overlap_pairs()
     other = viewer.add_labels(np.zeros((4, 8, 8), np.int8), name="other")
     w.form.pred.value = other
-    wait_for(f"{evaluate_widget.WARMUP_THREAD}-<u2-|i1-3d")
+    wait_for(f"{_workers.METRICS_WARMUP}-<u2-|i1-3d")
     assert ("uint16", "int8", 3) in overlap_pairs()

@@ -56,8 +56,8 @@ from napari_neuroseg._napari._notify import notify_error
 from napari_neuroseg.runtime import collector
 from napari_neuroseg.runtime.progress import PROGRESS_INTERVAL, Progress, carries_data, throttle
 
-__all__ = ["JobRuntimeError", "START_WAIT_S", "TorchRead", "after_torch", "as_progress", "offer_devices", "preload_torch",
-           "run_in_background", "start_worker", "torch_ready"]
+__all__ = ["JobRuntimeError", "METRICS_WARMUP", "START_WAIT_S", "TorchRead", "after_torch", "as_progress", "offer_devices",
+           "preload_torch", "run_in_background", "start_worker", "torch_ready", "warm_metrics"]
 
 #: longest wait (s) of a job's body for the main thread to have set up its progress bar
 START_WAIT_S = 1.0
@@ -226,6 +226,30 @@ def run_in_background(fn: Callable[[], Any], name: str) -> threading.Thread | No
         th = _BACKGROUND[name] = threading.Thread(target=body, name=name, daemon=True)
     _after_pending_events(th.start)
     return th
+
+
+#: the background threads that ready the metrics' numba kernels (:func:`warm_metrics`): this name
+#: (the thinning), and this name with a pair of label dtypes (stardist's overlap table)
+METRICS_WARMUP = "neuroseg-metrics-warmup"
+
+
+def warm_metrics(gt: Any = None, pred: Any = None) -> None:
+    """Compile (the first time after an install) or load from numba's disk cache the metrics'
+    kernels in background threads (:mod:`napari_neuroseg.metrics.warmup`), for the docks that
+    evaluate (Evaluate, Proofreading's *From metrics*) while the user chooses: the thinning once
+    per process, stardist's overlap table once per pair of label dtypes of the arrays ``gt`` and
+    ``pred`` (none for a FISBe stack or a non-integer array). Compiled in the first run after an
+    install, numba's compiler stalled the viewer 110-116 ms."""
+    from napari_neuroseg.metrics.warmup import label_signature, warmup
+
+    run_in_background(warmup, METRICS_WARMUP)
+    if gt is None or pred is None:
+        return
+    pair = (label_signature(gt), label_signature(pred))
+    if None in pair or pair[0][1] != pair[1][1]:
+        return
+    run_in_background(lambda: warmup([pair], thinning=False),
+                      f"{METRICS_WARMUP}-{pair[0][0]}-{pair[1][0]}-{pair[0][1]}d")
 
 
 def torch_ready() -> bool:

@@ -93,9 +93,6 @@ ERROR_KINDS = {
 ERRORS_LAYER = "evaluation errors"
 #: the white outline of the error jumped to (the review queue's outline layer, its own name)
 JUMP_OUTLINE_LAYER = "evaluate: current error"
-#: the background threads that ready the metrics' numba kernels (the thinning once per process;
-#: stardist's overlap table once per pair of label dtypes: this name and the pair)
-WARMUP_THREAD = "neuroseg-evaluate-warmup"
 #: the Proofreading dock, as napari.yaml names it (``add_plugin_dock_widget``)
 PLUGIN_NAME = "napari-neuroseg"
 PROOFREADING_DOCK = "Proofreading"
@@ -559,23 +556,12 @@ class EvaluateWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self._update_task_note()
 
     def _warm_metrics(self, *_: Any) -> None:
-        """Compile (the first time after an install) or load from numba's disk cache the metrics'
-        kernels in background threads while the user chooses (:mod:`napari_neuroseg.metrics.warmup`):
-        the thinning once per process, stardist's overlap table for the chosen layers' dtypes.
-        Compiled in the first run after an install, numba's compiler stalled the viewer
-        110-116 ms."""
-        from napari_neuroseg._napari._workers import run_in_background
-        from napari_neuroseg.metrics.warmup import label_signature, warmup
+        """Ready the metrics' kernels for the chosen layers in the background
+        (:func:`~napari_neuroseg._napari._workers.warm_metrics`), not in the first run."""
+        from napari_neuroseg._napari._workers import warm_metrics
 
-        run_in_background(warmup, WARMUP_THREAD)
         gt, pred = self.form.gt.value, self.form.pred.value
-        if gt is None or pred is None:
-            return
-        pair = (label_signature(gt.data), label_signature(pred.data))
-        if None in pair or pair[0][1] != pair[1][1]:
-            return  # a FISBe stack, a lazy non-integer array: nothing of stardist's to ready
-        name = f"{WARMUP_THREAD}-{pair[0][0]}-{pair[1][0]}-{pair[0][1]}d"
-        run_in_background(lambda: warmup([pair], thinning=False), name)
+        warm_metrics(None if gt is None else gt.data, None if pred is None else pred.data)
 
     @staticmethod
     def _source(layer: Any) -> tuple[Any, list[int] | None]:

@@ -289,6 +289,7 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
     def _connect_signals(self) -> None:
         """The form's options, the viewer's layer list and the teardown on close."""
         self.layer_combo.currentIndexChanged.connect(self._on_combo_changed)
+        self.gt_combo.currentIndexChanged.connect(self._warm_metrics)
         self.method_combo.currentTextChanged.connect(self._sync_options)
         self.image_combo.currentIndexChanged.connect(self._sync_options)
         self.radius.valueChanged.connect(self._sync_options)
@@ -357,6 +358,7 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
                 or self.controller.layer.name != self.layer_combo.currentText():
             self._bind_selected_layer()
         self._on_active()  # a new layer is selected as napari adds it: follow it
+        self._warm_metrics()
 
     def _on_active(self, event: Any = None) -> None:
         """The layer selected in the layer list changed: follow it, unless it is ground truth."""
@@ -548,6 +550,14 @@ class ProofreadWidget(DockLifecycleMixin, QWidget):
     def _labels_path(self) -> str | None:
         c = self.controller
         return None if c is None else getattr(c.layer.source, "path", None)
+
+    def _warm_metrics(self, *_: Any) -> None:
+        """Ready *From metrics*' kernels for the chosen ground truth and edited layer in the
+        background (:func:`~napari_neuroseg._napari._workers.warm_metrics`), not in its first run."""
+        from ._workers import warm_metrics
+
+        c = self.controller
+        warm_metrics(self._gt_data(), None if c is None else c.layer.data)
 
     def _gt_data(self) -> Any:
         """The chosen ground truth (its FISBe stack if it has one), or None."""
