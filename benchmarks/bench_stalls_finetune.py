@@ -151,10 +151,11 @@ def _sched() -> tuple[int, int]:
 
 def _wait_for_background(app, limit: float = 180.0) -> float:
     """Pump events until the docks' background threads (torch import, NMS compile) have ended."""
-    busy = ("neuroseg-preload-torch", "neuroseg-nms-compile", "neuroseg-nuclei-dock-warmup",
-            "neuroseg-finetune-warmup")
     from napari_neuroseg._napari import _workers
     from napari_neuroseg._napari.finetune_widget import WARMUP_THREAD
+
+    busy = ("neuroseg-preload-torch", "neuroseg-nms-compile", _workers.NUCLEI_WARMUP, _workers.NEURONS_WARMUP,
+            "neuroseg-finetune-warmup")
 
     t0 = time.perf_counter()
     warm = _workers._BACKGROUND.get(WARMUP_THREAD)  # the dock's warm-up (run_in_background)

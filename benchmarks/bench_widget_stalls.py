@@ -303,7 +303,7 @@ def neurons_case(threads: int, warmup: bool = True) -> dict:
     w.form.device.value = "cpu"
     _pump(app, 2.0)
     while time.perf_counter() - t_open < 300:  # the dock's warm-up, until it has ended
-        th = _workers._BACKGROUND.get(neurons_widget.WARMUP_THREAD)
+        th = _workers._BACKGROUND.get(_workers.NEURONS_WARMUP)
         if th is None or (th.ident is not None and not th.is_alive()):
             break
         app.processEvents()

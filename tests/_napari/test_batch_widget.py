@@ -283,3 +283,18 @@ def test_batch_dock_imports_a_runs_libraries_in_the_background(make_napari_viewe
     assert tc is not None and tc is not th
     qtbot.waitUntil(lambda: tc.ident is not None and not tc.is_alive(), timeout=60000)
     assert "distributed" in sys.modules
+
+
+def test_the_chosen_task_s_kernels_are_readied_in_the_background(make_napari_viewer, monkeypatch):
+    """Choosing a task readies its numba kernels in the background (the nuclei NMS, the neurons
+    post-processing, the metrics' thinning), not in the first run's job."""
+    from napari_neuroseg._napari import _workers, batch_widget
+
+    started = []
+    monkeypatch.setattr(_workers, "warm_nuclei", lambda: started.append("nuclei"))
+    monkeypatch.setattr(_workers, "warm_neurons", lambda: started.append("neurons"))
+    monkeypatch.setattr(_workers, "warm_metrics", lambda *a: started.append("metrics"))
+    w = batch_widget.BatchWidget(make_napari_viewer())
+    for task in ("neurons", "threshold", "evaluate", "nuclei"):
+        w.form.task.value = task
+    assert started == ["neurons", "metrics", "nuclei"]

@@ -57,7 +57,8 @@ from napari_neuroseg.runtime import collector
 from napari_neuroseg.runtime.progress import PROGRESS_INTERVAL, Progress, carries_data, throttle
 
 __all__ = ["JobRuntimeError", "METRICS_WARMUP", "START_WAIT_S", "TorchRead", "after_torch", "as_progress", "offer_devices",
-           "preload_torch", "run_in_background", "start_worker", "torch_ready", "warm_metrics"]
+           "NEURONS_WARMUP", "NUCLEI_WARMUP", "preload_torch", "run_in_background", "start_worker", "torch_ready",
+           "warm_metrics", "warm_neurons", "warm_nuclei", "warm_task"]
 
 #: longest wait (s) of a job's body for the main thread to have set up its progress bar
 START_WAIT_S = 1.0
@@ -226,6 +227,46 @@ def run_in_background(fn: Callable[[], Any], name: str) -> threading.Thread | No
         th = _BACKGROUND[name] = threading.Thread(target=body, name=name, daemon=True)
     _after_pending_events(th.start)
     return th
+
+
+#: the background threads that ready the nuclei NMS's and the neurons post-processing's numba
+#: kernels (:func:`warm_nuclei`, :func:`warm_neurons`), once per process
+NUCLEI_WARMUP = "neuroseg-nuclei-dock-warmup"
+NEURONS_WARMUP = "neuroseg-neurons-dock-warmup"
+
+
+def warm_nuclei() -> None:
+    """Compile (or load from numba's cache) the nuclei NMS in a background thread, once per
+    process, for a dock about to run it (Nuclei, Batch's *nuclei* task), not in its first run
+    (its compiler's garbage collections stalled the viewer up to 138 ms). Started once the dock
+    is built and laid out: building it competes for the GIL."""
+    def warm() -> None:
+        from napari_neuroseg.models.stardist3d.nms import warmup_async
+
+        warmup_async()
+
+    run_in_background(warm, NUCLEI_WARMUP)
+
+
+def warm_neurons() -> None:
+    """Compile (the first time after an install: ~12 s) or load from numba's disk cache the
+    neurons post-processing's kernels in a background thread, once per process, for a dock about
+    to run it (Neurons, Batch's *neurons* task) while the user chooses: compiled in the first
+    run, numba's compiler (Python code) made that run 5x longer (16 s against 3 s) and competed
+    with the viewer for the GIL (213-277 ms stalls). A run started before it ends waits for
+    numba's compiler lock, not for a second compilation."""
+    def warm() -> None:
+        from napari_neuroseg.models.neurons.postprocess import warmup
+
+        warmup()
+
+    run_in_background(warm, NEURONS_WARMUP)
+
+
+def warm_task(task: str) -> None:
+    """The warm-up of a batch task's kernels (:func:`warm_nuclei`, :func:`warm_neurons`, the
+    thinning of :func:`warm_metrics`); nothing for a task without any."""
+    {"nuclei": warm_nuclei, "neurons": warm_neurons, "evaluate": warm_metrics}.get(task, lambda: None)()
 
 
 #: the background threads that ready the metrics' numba kernels (:func:`warm_metrics`): this name

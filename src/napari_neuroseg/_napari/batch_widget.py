@@ -35,7 +35,7 @@ from napari_neuroseg._napari._dock import DockLifecycleMixin, fit_controls, scro
 from napari_neuroseg._napari._forms import fit_form, path_edit
 from napari_neuroseg._napari._notify import error_message, notify_error
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
-from napari_neuroseg._napari._workers import JobRuntimeError, run_in_background
+from napari_neuroseg._napari._workers import JobRuntimeError, run_in_background, warm_task
 from napari_neuroseg.batch import get_task, list_tasks, read_output, run_batch
 from napari_neuroseg.errors import NeurosegError
 
@@ -87,6 +87,7 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
             inputs, use_layers, task, self.params, outdir, fmt, block, engine, scheduler, resume])
         self.form.margins = (0, 0, 0, 0)
         task.changed.connect(self._build_params)
+        task.changed.connect(warm_task)  # the task's numba kernels, readied while the form is filled in
 
         content = QWidget()
         layout = QVBoxLayout(content)
@@ -120,6 +121,7 @@ class BatchWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
         self.scroll = scrollable(self, content)  # fits a small screen; no minimum height
         fit_form(self.form, self.scroll)
         preload_batch()
+        warm_task(task.value)
         engine.changed.connect(lambda value: value == "scheduler" and preload_batch(cluster=True))
 
     # -- dock lifecycle (_dock.py) -----------------------------------------------------------------

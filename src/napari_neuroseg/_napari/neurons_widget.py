@@ -40,7 +40,7 @@ from napari_neuroseg._napari._forms import (
     typed_model_path,
 )
 from napari_neuroseg._napari._run_controls import RunControls, RunControlsMixin
-from napari_neuroseg._napari._workers import TorchRead, offer_devices, run_in_background
+from napari_neuroseg._napari._workers import TorchRead, offer_devices, warm_neurons
 from napari_neuroseg._napari.nuclei_widget import save_dock_result, voxel_size_text
 from napari_neuroseg.errors import NeurosegError
 
@@ -52,8 +52,6 @@ SHIPPED = "neuroseg_neurons"
 FILE = "Model file (.pt, .zip, rdf.yaml)…"
 FOLDER = "Package folder…"
 MODEL_FILTER = "Neuron model (*.pt *.zip *.yaml)"
-#: the background thread that readies the post-processing's numba kernels (once per process)
-WARMUP_THREAD = "neuroseg-neurons-dock-warmup"
 
 
 def neurons_job(channels: list[Any], model: str | None, device: str, params: dict, voxel_size=None,
@@ -220,18 +218,8 @@ class NeuronsWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
     @staticmethod
     def _start_warmup() -> None:
-        """Compile (the first time after an install: ~12 s) or load from numba's disk cache the
-        post-processing's kernels in a background thread now, once per process, while the user
-        chooses the parameters: compiled in the first run's post-processing, numba's compiler
-        (Python code) made that run 5x longer (16 s against 3 s) and competed with the viewer
-        for the GIL (a 165 ms stall, with a 59 ms garbage collection). A run started before it
-        ends waits for numba's compiler lock, not for a second compilation."""
-        def warm() -> None:
-            from napari_neuroseg.models.neurons.postprocess import warmup
-
-            warmup()
-
-        run_in_background(warm, WARMUP_THREAD)
+        """The post-processing's kernels readied in the background (:func:`~._workers.warm_neurons`)."""
+        warm_neurons()
 
     # ---------------------------------------------------------------- dock lifecycle (_dock.py)
     def on_dock_shown(self) -> None:

@@ -323,17 +323,10 @@ class NucleiWidget(DockLifecycleMixin, RunControlsMixin, QWidget):
 
     @staticmethod
     def _start_warmup() -> None:
-        """Compile the numba NMS in a background thread now (once per process), not during the
-        user's first run (where its garbage collections stalled the viewer up to 138 ms)."""
-        from napari_neuroseg._napari._workers import run_in_background
+        """The NMS compiled or loaded in the background (:func:`~._workers.warm_nuclei`)."""
+        from napari_neuroseg._napari._workers import warm_nuclei
 
-        def warm() -> None:
-            from napari_neuroseg.models.stardist3d.nms import warmup_async
-
-            warmup_async()
-
-        # started once the dock is built and laid out: building it competes for the GIL
-        run_in_background(warm, "neuroseg-nuclei-dock-warmup")
+        warm_nuclei()
 
     # ------------------------------------------------------------------ form helpers
     def _refresh_layers(self, *_: Any, initial: bool = False) -> None:
