@@ -382,6 +382,11 @@ def test_opening_the_dock_compiles_what_the_first_scoring_would(make_napari_view
     assert {(dt, "int32") for dt in WARM_LABEL_DTYPES} <= compiled, compiled
     # the set-up's imports too: the trainers, and what torch's first optimiser imports
     assert {*WARM_MODULES, "torch._dynamo"} <= set(sys.modules)
+    # a neurons job's scoring: the post-processing and the thinning
+    from napari_neuroseg.metrics._thin import _thin
+    from napari_neuroseg.models.neurons import _postprocess_kernels as K
+
+    assert K.count_rows.signatures and K.greedy_merge.signatures and _thin.signatures
 
 
 @pytest.fixture

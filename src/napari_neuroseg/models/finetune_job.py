@@ -247,10 +247,11 @@ WARM_MODULES = ("napari_neuroseg.models.stardist3d.train", "napari_neuroseg.mode
 
 
 def warmup() -> None:
-    """Compile what a nuclei job compiles when it first scores a model, in the calling thread
-    (a GUI's background thread, before the run): this package's numba NMS (loaded from numba's
+    """Compile what a job compiles when it first scores a model, in the calling thread (a GUI's
+    background thread, before the run): for nuclei this package's numba NMS (loaded from numba's
     disk cache after the first time) and ``stardist.matching``'s overlap table, which stardist
-    compiles with numba in every process (no cache), once per label dtype: numba's compiler is
+    compiles with numba in every process (no cache), once per label dtype; for neurons the
+    post-processing's kernels and the FISBe metrics' thinning (both cached on disk): numba's compiler is
     Python code that competed with the viewer for the GIL during the run's first scoring, and
     its allocations set off full garbage collections there. Also the imports a job's set-up
     makes: the trainers' modules, and torch's optimiser, whose first instance imports
@@ -272,6 +273,12 @@ def warmup() -> None:
     pred[0, :2, :2] = 1
     for dt in WARM_LABEL_DTYPES:
         matching(pred.astype(dt), pred, thresh=0.5)
+    # a neurons job scores its model: the post-processing and the FISBe metrics' thinning
+    from napari_neuroseg.metrics.warmup import warmup as metrics_warmup
+    from napari_neuroseg.models.neurons.postprocess import warmup as neurons_warmup
+
+    neurons_warmup()
+    metrics_warmup()
 
 
 def _write_text(path: Path, text: str) -> None:
