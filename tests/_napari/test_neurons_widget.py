@@ -286,22 +286,24 @@ def test_opening_the_dock_readies_the_post_processing_kernels(make_napari_viewer
 
 
 def test_the_status_says_post_processing_while_it_runs(make_napari_viewer, qtbot, tiny_model, volume, monkeypatch):
-    """The step the job yields right after the last network tile ("post-processing") is shown
-    while the post-processing runs (held back by the progress rate limit, the dock said
-    "network: tile 1/1" through 3-13 s of it)."""
+    """The step the job yields right after the last network tile ("post-processing: foreground
+    (0 %)") is shown while the post-processing runs (held back by the progress rate limit, the
+    dock said "network: tile 1/1" through 3-13 s of it)."""
     import importlib
     import threading
 
     predict_module = importlib.import_module("napari_neuroseg.models.neurons.predict")
     entered, release = threading.Event(), threading.Event()
-    real = predict_module.instances_from_outputs
+    real = predict_module.instances_from_outputs_iter
 
-    def slow_post_processing(*args, **kwargs):
+    def slow_post_processing(*args, **kwargs):  # held after announcing its first step
+        gen = real(*args, **kwargs)
+        yield next(gen)
         entered.set()
         release.wait(60)
-        return real(*args, **kwargs)
+        return (yield from gen)
 
-    monkeypatch.setattr(predict_module, "instances_from_outputs", slow_post_processing)
+    monkeypatch.setattr(predict_module, "instances_from_outputs_iter", slow_post_processing)
     viewer = make_napari_viewer()
     viewer.add_image(volume.raw, name="raw")
     w = NeuronsWidget(viewer)
@@ -311,7 +313,7 @@ def test_the_status_says_post_processing_while_it_runs(make_napari_viewer, qtbot
     w.run()
     try:
         qtbot.waitUntil(entered.is_set, timeout=60_000)
-        qtbot.waitUntil(lambda: "post-processing" in w.status.text(), timeout=5_000)
+        qtbot.waitUntil(lambda: w.status.text().startswith("post-processing: foreground"), timeout=5_000)
     finally:
         release.set()
     _wait(w, qtbot)

@@ -52,6 +52,24 @@ def test_progress_and_cancel(tiny_model_path, small_volume):
     assert len(tiles) == n_at_cancel < n_full  # nothing ran after the close, the rest never ran
 
 
+def test_progress_through_the_post_processing_steps(tiny_model_path, small_volume):
+    """The post-processing reports each of its steps (what runs next, its share of the
+    post-processing's time done) inside the bar's last unit, after the network's tiles."""
+    from napari_neuroseg.models.neurons.postprocess import STEPS, PostprocessParams
+
+    m = load_model(tiny_model_path, "cpu")
+    steps = [p for p in predict_iter(small_volume.raw, m, n_tiles=(1, 2, 2),
+                                     params=PostprocessParams(fg_threshold=0.0, min_size=1))
+             if p.message != "normalising"]
+    post = [p for p in steps if p.message.startswith("post-processing: ")]
+    assert [p.message.split(": ")[1].split(" (")[0] for p in post] == [text for _, text, _ in STEPS]
+    assert [p.message.split("(")[1].split(" %")[0] for p in post] == [str(pct) for _, _, pct in STEPS]
+    tiles = [p for p in steps if p.message.startswith("network")]
+    assert tiles[-1].step == 400 and {p.total for p in steps} == {500}  # 4 tiles + the post-processing
+    assert [p.step for p in post] == [400 + pct for _, _, pct in STEPS]
+    assert steps[-1].step == steps[-1].total and steps[-1].message.endswith("neurons")
+
+
 def test_bad_inputs(tiny_model_path):
     m = load_model(tiny_model_path, "cpu")
     with pytest.raises(NeurosegError, match="single-channel"):

@@ -116,6 +116,14 @@ class _Affs(NamedTuple):
     used: bool
 
 
+#: the post-processing's steps as progress reports them: (name in ``timings``, what the user
+#: reads, % of the post-processing's time before the step starts: measured per step on a
+#: 400×700×700 volume, docs/neurons.md, "Post-processing speed")
+STEPS = (("foreground", "foreground", 0), ("pairs", "neighbour pairs", 4), ("colour", "colour smoothing", 9),
+         ("fragments", "fragments", 19), ("candidates", "fragment pairs", 27), ("two_hop", "two-hop pairs", 33),
+         ("merge", "merging", 57), ("small_clusters", "small clusters", 77), ("labels", "label volume", 93))
+
+
 def instances_from_outputs(
     fg_prob: np.ndarray,
     affs: np.ndarray | None,
@@ -131,27 +139,54 @@ def instances_from_outputs(
     ``use_affinities`` is False) and the normalised colour image (3,Z,Y,X).
 
     ``timings``: a dict that receives the seconds of every step (profiling, benchmarks);
-    ``threads``: threads for the per-voxel steps (default: the CPUs of this process)."""
+    ``threads``: threads for the per-voxel steps (default: the CPUs of this process).
+    :func:`instances_from_outputs_iter` is the same as a progress generator."""
+    from napari_neuroseg.runtime.progress import run_to_completion
+
+    return run_to_completion(instances_from_outputs_iter(fg_prob, affs, image, params, timings=timings,
+                                                         threads=threads))
+
+
+def instances_from_outputs_iter(
+    fg_prob: np.ndarray,
+    affs: np.ndarray | None,
+    image: np.ndarray,
+    params: PostprocessParams | None = None,
+    *,
+    timings: dict | None = None,
+    threads: int | None = None,
+):
+    """:func:`instances_from_outputs` as a progress generator: before each of its :data:`STEPS`
+    it yields ``Progress(percent of the post-processing's time done, 100, what runs next)``;
+    returns the labels."""
+    from napari_neuroseg.runtime.progress import Progress
+
     p = params or PostprocessParams()
     step = _Steps(timings)
     fg_prob, image = _checked(fg_prob, image)
     nt = max(1, int(threads or K.n_threads()))
+    says = {name: Progress(pct, 100, text) for name, text, pct in STEPS}
     # 1. foreground
+    yield says["foreground"]
     image, rowptr, idx = _foreground_voxels(fg_prob, image, p, nt)
     if idx is None:
         return np.zeros(fg_prob.shape, np.uint32)
     step("foreground")
+    yield says["pairs"]
     vr = K.split(len(idx), nt)
     nbr, rev = _neighbours(idx, rowptr, fg_prob.shape, nt, vr)
     step("pairs")
+    yield says["colour"]
     col = _smoothed_colours(image, idx, nbr, rev, vr, p.colour_sigma)
     del rev
     step("colour")
     # 2. fragments
+    yield says["fragments"]
     aff = _affinities(affs, p)
     nfrag, frag = _fragments(col, nbr, idx, aff, p, vr)
     step("fragments")
     # 3. agglomeration over fragment pairs
+    yield says["candidates"]
     fsize, fcol = K.fragment_stats(frag, col, nfrag)
     del col
     key, val = _candidate_keys(nbr, frag, nfrag, idx, aff, vr)
@@ -164,13 +199,17 @@ def instances_from_outputs(
         del key, val
         pa, pb = ukey // nfrag, ukey % nfrag
         step("candidates")
+        yield says["two_hop"]
         pa, pb, mean_aff = _with_two_hop(pa, pb, ukey, nfrag, fsize, mean_aff)
         step("two_hop")
+        yield says["merge"]
         _merge(pa, pb, mean_aff, fcol, parent, size, colour, p, nt)
         step("merge")
         # 4. small clusters join the touching cluster of the closest colour
+        yield says["small_clusters"]
         _attach_small_clusters(pa, pb, parent, size, colour, p.min_size)
         step("small_clusters")
+    yield says["labels"]
     labels = _write_labels(fg_prob.shape, idx, frag, parent, size, p.min_size, vr)
     step("labels")
     return labels

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_neuroseg.runtime.progress import Progress, ProgressGenerator, relay, run_to_completion
+from napari_neuroseg.runtime.progress import Progress, ProgressGenerator, StepClock, relay, run_to_completion
 
 from .model import NeuronModel, cached_load_model
-from .postprocess import PostprocessParams, instances_from_outputs
+from .postprocess import PostprocessParams, instances_from_outputs_iter
 from .preprocess import apply_norm, check_raw, normalize
 from .targets import OFFSETS
 
@@ -175,18 +175,25 @@ def predict_iter(
         return NeuronPrediction(labels=np.zeros(in_shape, np.uint32), n_instances=0, params=p,
                                 info={"model": m.path, "device": str(m.device), "empty": True})
     n_out = 0
+    # the bar: each network tile one unit, the post-processing one more, in hundredths (its steps,
+    # weighted by their measured share of its time: postprocess.STEPS)
 
-    def network_step(pr: Progress) -> Progress:  # the network's tiles, then one post-processing step
+    def network_step(pr: Progress) -> Progress:
         nonlocal n_out
         n_out = pr.total
-        return Progress(pr.step, pr.total + 1, f"network: {pr.message}")
+        return Progress(100 * pr.step, 100 * (pr.total + 1), f"network: {pr.message}")
 
     outs = yield from relay(network_outputs(m, image, n_tiles=n_tiles, tta=tta), network_step)
     outs = outs[(slice(None),) + tuple(slice(0, s) for s in shape)]
-    yield Progress(n_out, n_out + 1, "post-processing")
-    labels = instances_from_outputs(outs[0], outs[1:], image, p)
+    clock = StepClock().start()
+
+    def post_step(pr: Progress) -> Progress:
+        return Progress(100 * n_out + pr.step, 100 * (n_out + 1),
+                        f"post-processing: {pr.message} ({pr.step} %){clock.text(pr.step, pr.total)}")
+
+    labels = yield from relay(instances_from_outputs_iter(outs[0], outs[1:], image, p), post_step)
     n_inst = int(labels.max())
-    yield Progress(n_out + 1, n_out + 1, f"{n_inst} neurons")
+    yield Progress(100 * (n_out + 1), 100 * (n_out + 1), f"{n_inst} neurons")
     info = {"model": m.path, "device": str(m.device), "tta": bool(tta)}
     if plan is not None:
         info["scale_plan"] = plan.to_dict()
