@@ -94,3 +94,34 @@ def _fresh_collector_state():
     collector.reset()
     yield
     collector.reset()
+
+
+@pytest.fixture
+def background_done(qtbot):
+    """``wait(name)``: waits until the docks' background thread ``name``
+    (``_workers.run_in_background``) has been started and has ended; returns it."""
+    from napari_neuroseg._napari import _workers
+
+    def wait(name: str, timeout: int = 200_000):
+        qtbot.waitUntil(lambda: name in _workers._BACKGROUND, timeout=10_000)
+        th = _workers._BACKGROUND[name]
+        qtbot.waitUntil(lambda: th.ident is not None and not th.is_alive(), timeout=timeout)
+        return th
+
+    return wait
+
+
+@pytest.fixture
+def warms_once(background_done):
+    """``check(viewer, dock_class, name)``: a ``dock_class`` dock added to ``viewer`` starts the
+    background thread ``name``, which ends, and a second dock of the class starts no other."""
+    from napari_neuroseg._napari import _workers
+
+    def check(viewer, dock_class, name: str):
+        viewer.window.add_dock_widget(dock_class(viewer))
+        th = background_done(name)
+        dock_class(viewer)
+        assert _workers._BACKGROUND[name] is th
+        return th
+
+    return check

@@ -559,7 +559,7 @@ def test_review_shows_a_hidden_proofreading_dock_and_uses_it(make_napari_viewer,
 
 
 @pytest.mark.timeout(240)
-def test_the_dock_readies_the_metrics_kernels_for_the_chosen_layers(make_napari_viewer, qtbot):
+def test_the_dock_readies_the_metrics_kernels_for_the_chosen_layers(make_napari_viewer, background_done):
     """Opening the dock readies the thinning (once per process) and stardist's overlap table for
     the chosen layers' dtypes (again when another pair is chosen), in background threads: the
     first run after an install no longer compiles them (tests/metrics/test_metrics_warmup.py
@@ -571,19 +571,15 @@ def test_the_dock_readies_the_metrics_kernels_for_the_chosen_layers(make_napari_
     def overlap_pairs():
         return {(str(a.dtype), str(b.dtype), a.ndim) for a, b in _label_overlap.signatures}
 
-    def wait_for(name):
-        th = _workers._BACKGROUND[name]
-        qtbot.waitUntil(lambda: th.ident is not None and not th.is_alive(), timeout=200_000)
-
     viewer = make_napari_viewer()
     gt = viewer.add_labels(np.zeros((4, 8, 8), np.uint16), name="gt")
     viewer.add_labels(np.zeros((4, 8, 8), np.int16), name="pred")
     w = EvaluateWidget(viewer)
     assert w.form.gt.value is gt and w.form.pred.value.name == "pred"
-    wait_for(_workers.METRICS_WARMUP)
-    wait_for(f"{_workers.METRICS_WARMUP}-<u2-<i2-3d")
+    background_done(_workers.METRICS_WARMUP)
+    background_done(f"{_workers.METRICS_WARMUP}-<u2-<i2-3d")
     assert ("uint16", "int16", 3) in overlap_pairs()
     other = viewer.add_labels(np.zeros((4, 8, 8), np.int8), name="other")
     w.form.pred.value = other
-    wait_for(f"{_workers.METRICS_WARMUP}-<u2-|i1-3d")
+    background_done(f"{_workers.METRICS_WARMUP}-<u2-|i1-3d")
     assert ("uint16", "int8", 3) in overlap_pairs()

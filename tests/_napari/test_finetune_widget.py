@@ -359,7 +359,7 @@ def test_targets_in_the_worker_process_are_the_same():
 
 
 @pytest.mark.timeout(240)
-def test_opening_the_dock_compiles_what_the_first_scoring_would(make_napari_viewer, qtbot):
+def test_opening_the_dock_compiles_what_the_first_scoring_would(make_napari_viewer, warms_once):
     """The dock starts ``finetune_job.warmup`` in a background thread once per process: stardist's
     matching table is compiled for the usual label dtypes before any run (numba's compiler had
     competed with the viewer for the GIL during the run's first scoring)."""
@@ -367,17 +367,11 @@ def test_opening_the_dock_compiles_what_the_first_scoring_would(make_napari_view
 
     from stardist.matching import _label_overlap
 
-    from napari_neuroseg._napari import _workers, finetune_widget
+    from napari_neuroseg._napari import finetune_widget
     from napari_neuroseg._napari.finetune_widget import FineTuneWidget
     from napari_neuroseg.models.finetune_job import WARM_LABEL_DTYPES, WARM_MODULES
 
-    viewer = make_napari_viewer()
-    w = FineTuneWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    th = _workers._BACKGROUND[finetune_widget.WARMUP_THREAD]
-    qtbot.waitUntil(lambda: th.ident is not None and not th.is_alive(), timeout=200_000)
-    FineTuneWidget(viewer)  # a second dock does not start another
-    assert _workers._BACKGROUND[finetune_widget.WARMUP_THREAD] is th
+    warms_once(make_napari_viewer(), FineTuneWidget, finetune_widget.WARMUP_THREAD)
     compiled = {(str(a.dtype), str(b.dtype)) for a, b in _label_overlap.signatures}
     assert {(dt, "int32") for dt in WARM_LABEL_DTYPES} <= compiled, compiled
     # the set-up's imports too: the trainers, and what torch's first optimiser imports

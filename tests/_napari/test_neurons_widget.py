@@ -268,20 +268,14 @@ def test_neurite_thickness_field(make_napari_viewer, volume):
 
 
 @pytest.mark.timeout(240)
-def test_opening_the_dock_readies_the_post_processing_kernels(make_napari_viewer, qtbot):
+def test_opening_the_dock_readies_the_post_processing_kernels(make_napari_viewer, warms_once):
     """The dock starts ``postprocess.warmup`` in a background thread once per process: numba's
     compiler no longer runs in the user's first run (tests/neurons/test_postprocess_warmup.py
     checks that a prediction after it compiles nothing)."""
     from napari_neuroseg._napari import _workers
     from napari_neuroseg.models.neurons import _postprocess_kernels as K
 
-    viewer = make_napari_viewer()
-    w = NeuronsWidget(viewer)
-    viewer.window.add_dock_widget(w)
-    th = _workers._BACKGROUND[_workers.NEURONS_WARMUP]
-    qtbot.waitUntil(lambda: th.ident is not None and not th.is_alive(), timeout=200_000)
-    NeuronsWidget(viewer)  # a second dock does not start another
-    assert _workers._BACKGROUND[_workers.NEURONS_WARMUP] is th
+    warms_once(make_napari_viewer(), NeuronsWidget, _workers.NEURONS_WARMUP)
     assert K.count_rows.signatures and K.write_labels.signatures and K.greedy_merge.signatures
 
 

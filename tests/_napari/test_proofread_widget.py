@@ -336,7 +336,7 @@ def test_review_from_metrics_runs_in_a_worker(setup, qtbot):
 
 
 @pytest.mark.timeout(240)
-def test_from_metrics_kernels_are_readied_for_the_chosen_ground_truth(setup, qtbot):
+def test_from_metrics_kernels_are_readied_for_the_chosen_ground_truth(setup, background_done):
     """Choosing a ground truth readies stardist's overlap table for its dtype and the edited
     layer's in a background thread (the thinning too), not in From metrics' first run."""
     from stardist.matching import _label_overlap
@@ -347,9 +347,7 @@ def test_from_metrics_kernels_are_readied_for_the_chosen_ground_truth(setup, qtb
     viewer.add_labels(np.zeros(layer.data.shape, np.int8), name="gt")
     widget.gt_combo.setCurrentText("gt")
     for name in (_workers.METRICS_WARMUP, f"{_workers.METRICS_WARMUP}-|i1-<u4-3d"):
-        qtbot.waitUntil(lambda n=name: n in _workers._BACKGROUND, timeout=10_000)
-        th = _workers._BACKGROUND[name]
-        qtbot.waitUntil(lambda t=th: t.ident is not None and not t.is_alive(), timeout=200_000)
+        background_done(name)
     assert ("int8", "uint32", 3) in {(str(a.dtype), str(b.dtype), a.ndim) for a, b in _label_overlap.signatures}
 
 

@@ -33,6 +33,7 @@ from typing import NamedTuple
 import numpy as np
 
 from napari_neuroseg.errors import NeurosegError
+from napari_neuroseg.runtime.progress import Progress, run_to_completion
 
 from . import _postprocess_kernels as K
 from .targets import N_SHORT, OFFSETS
@@ -124,27 +125,10 @@ STEPS = (("foreground", "foreground", 0), ("pairs", "neighbour pairs", 4), ("col
          ("merge", "merging", 57), ("small_clusters", "small clusters", 77), ("labels", "label volume", 93))
 
 
-def instances_from_outputs(
-    fg_prob: np.ndarray,
-    affs: np.ndarray | None,
-    image: np.ndarray,
-    params: PostprocessParams | None = None,
-    *,
-    timings: dict | None = None,
-    threads: int | None = None,
-) -> np.ndarray:
-    """Label volume (uint32 ZYX, 0 = background) from the foreground probability (Z,Y,X; float in
-    [0, 1] or uint8 = probability × 255), the
-    affinity probabilities (K,Z,Y,X, ordered as :data:`OFFSETS`; may be None when
-    ``use_affinities`` is False) and the normalised colour image (3,Z,Y,X).
-
-    ``timings``: a dict that receives the seconds of every step (profiling, benchmarks);
-    ``threads``: threads for the per-voxel steps (default: the CPUs of this process).
-    :func:`instances_from_outputs_iter` is the same as a progress generator."""
-    from napari_neuroseg.runtime.progress import run_to_completion
-
-    return run_to_completion(instances_from_outputs_iter(fg_prob, affs, image, params, timings=timings,
-                                                         threads=threads))
+def instances_from_outputs(fg_prob: np.ndarray, affs: np.ndarray | None, image: np.ndarray,
+                           params: PostprocessParams | None = None, **options) -> np.ndarray:
+    """:func:`instances_from_outputs_iter` run to completion: the label volume."""
+    return run_to_completion(instances_from_outputs_iter(fg_prob, affs, image, params, **options))
 
 
 def instances_from_outputs_iter(
@@ -156,11 +140,15 @@ def instances_from_outputs_iter(
     timings: dict | None = None,
     threads: int | None = None,
 ):
-    """:func:`instances_from_outputs` as a progress generator: before each of its :data:`STEPS`
-    it yields ``Progress(percent of the post-processing's time done, 100, what runs next)``;
-    returns the labels."""
-    from napari_neuroseg.runtime.progress import Progress
+    """Label volume (uint32 ZYX, 0 = background) from the foreground probability (Z,Y,X; float in
+    [0, 1] or uint8 = probability × 255), the affinity probabilities (K,Z,Y,X, ordered as
+    :data:`OFFSETS`; may be None when ``use_affinities`` is False) and the normalised colour
+    image (3,Z,Y,X), as a progress generator: before each of its :data:`STEPS` it yields
+    ``Progress(percent of the post-processing's time done, 100, what runs next)``; returns the
+    labels.
 
+    ``timings``: a dict that receives the seconds of every step (profiling, benchmarks);
+    ``threads``: threads for the per-voxel steps (default: the CPUs of this process)."""
     p = params or PostprocessParams()
     step = _Steps(timings)
     fg_prob, image = _checked(fg_prob, image)
