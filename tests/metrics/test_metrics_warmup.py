@@ -55,3 +55,4 @@ def test_label_signature():
     assert label_signature(np.zeros((3, 4), bool)) == ("|u1", 2)  # as the nuclei metrics read it
     assert label_signature(np.zeros((2, 3, 4), np.float32)) is None
     assert label_signature(np.zeros((1, 2, 3, 4), np.int32)) is None
+    assert label_signature(None) is None and label_signature(type("A", (), {"dtype": "no", "ndim": 3})()) is None

@@ -21,7 +21,10 @@ __all__ = ["label_signature", "warmup"]
 def label_signature(arr: Any) -> tuple[str, int] | None:
     """(dtype, ndim) of a label array as the nuclei metrics see it (booleans as uint8), or None
     when it is not an integer (or boolean) array of 2 or 3 dimensions."""
-    dt, nd = np.dtype(getattr(arr, "dtype", object)), int(getattr(arr, "ndim", 0))
+    try:
+        dt, nd = np.dtype(getattr(arr, "dtype", object)), int(getattr(arr, "ndim", 0))
+    except (TypeError, ValueError):  # an array-like whose dtype numpy does not read
+        return None
     if dt == np.bool_:
         dt = np.dtype(np.uint8)
     if dt.kind not in "iu" or nd not in (2, 3):
