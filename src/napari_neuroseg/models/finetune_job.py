@@ -261,24 +261,21 @@ def warmup() -> None:
     import importlib
 
     import torch  # waits for the dock's background import of torch when it is running
-    from stardist.matching import matching
 
+    from napari_neuroseg.metrics.warmup import label_signature
+    from napari_neuroseg.metrics.warmup import warmup as metrics_warmup
+    from napari_neuroseg.models.neurons.postprocess import warmup as neurons_warmup
     from napari_neuroseg.models.stardist3d.nms import warmup as nms_warmup
 
     torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))])
     for name in WARM_MODULES:
         importlib.import_module(name)
     nms_warmup()
+    # the scoring: stardist's overlap table against int32 predictions (nuclei), the FISBe thinning
+    # and the post-processing (neurons)
     pred = np.zeros((2, 3, 3), np.int32)
-    pred[0, :2, :2] = 1
-    for dt in WARM_LABEL_DTYPES:
-        matching(pred.astype(dt), pred, thresh=0.5)
-    # a neurons job scores its model: the post-processing and the FISBe metrics' thinning
-    from napari_neuroseg.metrics.warmup import warmup as metrics_warmup
-    from napari_neuroseg.models.neurons.postprocess import warmup as neurons_warmup
-
+    metrics_warmup([(label_signature(pred.astype(dt)), label_signature(pred)) for dt in WARM_LABEL_DTYPES])
     neurons_warmup()
-    metrics_warmup()
 
 
 def _write_text(path: Path, text: str) -> None:
