@@ -123,6 +123,24 @@ def _pump(app, seconds: float) -> None:
         time.sleep(0.005)
 
 
+def wait_for_warmups(app, prefix: str, at_least: float = 0.0, limit: float = 300.0) -> float:
+    """Pump events for ``at_least`` s, then until no docks' background thread whose name starts
+    with ``prefix`` (``_workers.run_in_background``) is waiting to start or running (at most
+    ``limit`` s in all): the user choosing parameters while a dock readies its kernels. Returns
+    the seconds waited."""
+    from napari_neuroseg._napari import _workers
+
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < limit:
+        warming = [th for name, th in list(_workers._BACKGROUND.items())
+                   if name.startswith(prefix) and (th.ident is None or th.is_alive())]
+        if not warming and time.perf_counter() - t0 >= at_least:
+            break
+        app.processEvents()
+        time.sleep(0.002)
+    return time.perf_counter() - t0
+
+
 def nuclei_case(warmup: bool, threads: int, all_layers: bool = False) -> dict:
     """One fresh-process case of the Nuclei dock's first run; returns the measured numbers."""
     import napari
@@ -298,17 +316,9 @@ def neurons_case(threads: int, warmup: bool = True) -> dict:
     timer.timeout.connect(tick)
     timer.start(20)
     gc_pauses = _track_gc()
-    t_open = time.perf_counter()
     viewer.window.add_dock_widget(w, name="Neurons (FISBe)")
     w.form.device.value = "cpu"
-    _pump(app, 2.0)
-    while time.perf_counter() - t_open < 300:  # the dock's warm-up, until it has ended
-        th = _workers._BACKGROUND.get(_workers.NEURONS_WARMUP)
-        if th is None or (th.ident is not None and not th.is_alive()):
-            break
-        app.processEvents()
-        time.sleep(0.002)
-    idle_s = time.perf_counter() - t_open
+    idle_s = wait_for_warmups(app, _workers.NEURONS_WARMUP, at_least=2.0)  # until the dock's warm-up ended
     idle_stall = max((b - a for a, b, *_ in gaps), default=float("nan"))
     gaps.clear()
     last[0] = time.perf_counter()
@@ -651,15 +661,9 @@ def evaluate_main(args) -> int:
     # time after an install, loaded from numba's cache later): until those threads have ended
     from napari_neuroseg._napari import _workers
 
-    t_open = meter.restart()
-    while time.perf_counter() - t_open < 300:
-        warming = [th for name, th in list(_workers._BACKGROUND.items())
-                   if name.startswith(_workers.METRICS_WARMUP) and (th.ident is None or th.is_alive())]
-        if not warming and time.perf_counter() - t_open > 0.5:
-            break
-        app.processEvents()
-        time.sleep(0.002)
-    print(f"dock open while it readies the metrics' kernels: {time.perf_counter() - t_open:.1f} s, "
+    meter.restart()
+    waited = wait_for_warmups(app, _workers.METRICS_WARMUP, at_least=0.5)
+    print(f"dock open while it readies the metrics' kernels: {waited:.1f} s, "
           f"longest stall {meter.worst * 1000:.0f} ms", flush=True)
 
     def redraw_stall() -> float:

@@ -74,6 +74,11 @@ class StepClock:
             return None
         return elapsed * (1.0 - f) / f
 
+    def describe(self, message: str, step: int, total: int) -> str:
+        """``message`` with the step's percentage done and the time left:
+        ``"merging (57 %) — about 0:05 left"``."""
+        return f"{message} ({100 * step // max(total, 1)} %){self.text(step, total)}"
+
     def text(self, step: float, total: float) -> str:
         """``" — about 1:05 left"`` (``""`` while there is no estimate)."""
         left = self.left(step, total)
@@ -131,15 +136,15 @@ def relay(gen: Generator[Any, Any, T], to_progress: Callable[[Any], Any]) -> Gen
         gen.close()
 
 
+_DIGITS = re.compile(r"\d+")
+
+
 def phase_of(item: Any) -> str | None:
     """The phase a progress step announces: its message with every number replaced by ``#``
     ("network: tile 3/12" and "network: tile 4/12" are one phase, "post-processing" another);
     None without a message."""
     msg = getattr(item, "message", None)
     return None if msg is None else _DIGITS.sub("#", str(msg))
-
-
-_DIGITS = re.compile(r"\d+")
 
 
 def throttle(

@@ -189,7 +189,7 @@ def predict_iter(
 
     def post_step(pr: Progress) -> Progress:
         return Progress(100 * n_out + pr.step, 100 * (n_out + 1),
-                        f"post-processing: {pr.message} ({pr.step} %){clock.text(pr.step, pr.total)}")
+                        "post-processing: " + clock.describe(pr.message, pr.step, pr.total))
 
     labels = yield from relay(instances_from_outputs_iter(outs[0], outs[1:], image, p), post_step)
     n_inst = int(labels.max())

@@ -667,8 +667,7 @@ class StarDist3D:
 
             def step(p: Progress) -> Progress:
                 span[0] = max(span[0], done + p.total)
-                return Progress(done + p.step, done + p.total,
-                                f"{p.message} ({100 * p.step // max(p.total, 1)} %){clock.text(p.step, p.total)}")
+                return Progress(done + p.step, done + p.total, clock.describe(p.message, p.step, p.total))
 
             return (yield from relay(postprocess.nms_and_render_iter(*nms_args, nms=nms), step))
         # stardist's C++ holds the GIL: the worker process (either backend with use_subprocess=True)
